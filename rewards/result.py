@@ -1,0 +1,47 @@
+"""The result every built-in reward produces: a score plus the reason for it.
+
+A zero always says why (`no_answer`, `wrong`, `failed`...), and a null (`score=None`) means "could not be
+scored" (`gold_unparseable`, `timeout`, `sandbox_error`...), never a silent 0 or 1.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+
+@dataclass(frozen=True)
+class RewardResult:
+    score: float | None
+    reason: str = "ok"
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def completion_text(completion: Any) -> str:
+    """Text of a completion in either TRL format: a plain string, or a list of chat messages."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, list) and completion and isinstance(completion[-1], dict):
+        return str(completion[-1].get("content", ""))
+    if isinstance(completion, dict):
+        return str(completion.get("content", ""))
+    raise TypeError(f"completion must be a string or a list of messages, got {type(completion).__name__}")
+
+
+def scores(results: Sequence[RewardResult]) -> list[float | None]:
+    return [r.score for r in results]
+
+
+def trl_reward(results_fn: Callable[..., list[RewardResult]]) -> Callable[..., list[float | None]]:
+    """Wrap a `(prompts, completions, **columns) -> list[RewardResult]` function into TRL's float signature.
+
+    The wrapper keeps the detailed function as `.results` so the label stage can record reasons.
+    """
+
+    def reward(prompts, completions, **columns) -> list[float | None]:
+        return scores(results_fn(prompts, completions, **columns))
+
+    reward.__name__ = results_fn.__name__.removesuffix("_results") + "_reward"
+    reward.__qualname__ = reward.__name__
+    reward.__doc__ = results_fn.__doc__
+    reward.results = results_fn  # type: ignore[attr-defined]
+    return reward

@@ -1,0 +1,88 @@
+"""Build tiny random Llama models with a locally trained BPE tokenizer (no hub needed).
+
+The tokenizer is trained on text from the Python standard library's docstrings plus digits and
+arithmetic, so math prompts tokenize sensibly. head_dim is 64 so the vLLM CPU backend accepts it.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+def _corpus() -> list[str]:
+    import collections, json as _json, os as _os, string, textwrap  # noqa: E401  (modules with docstrings)
+
+    lines = []
+    for mod in (collections, _json, _os, string, textwrap):
+        for name in dir(mod):
+            doc = getattr(getattr(mod, name), "__doc__", None)
+            if isinstance(doc, str):
+                lines.extend(doc.splitlines())
+    lines += [f"{a} + {b} = {a + b}. The answer is \\boxed{{{a + b}}}." for a in range(60) for b in range(0, 60, 7)]
+    lines += ["<think> step by step </think> def f(x): return x * 2", "```python\nprint(1)\n```"]
+    return lines
+
+
+def build_tokenizer(path: Path, vocab_size: int = 1024, pad_is_eos: bool = False):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(_corpus(), trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        bos_token=None,
+        pad_token="<|im_end|>" if pad_is_eos else "<|endoftext|>",
+        unk_token=None,
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(path)
+    return fast
+
+
+def build_tiny_model(path: str | os.PathLike, seed: int = 0, pad_is_eos: bool = False, layers: int = 2) -> Path:
+    """Write a tiny random LlamaForCausalLM + tokenizer to `path` (idempotent) and return the path."""
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    path = Path(path)
+    if (path / "config.json").exists() and (path / "tokenizer.json").exists():
+        return path
+    path.mkdir(parents=True, exist_ok=True)
+    tok = build_tokenizer(path, pad_is_eos=pad_is_eos)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=64,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=None,
+        torch_dtype="float32",
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    model.save_pretrained(path)
+    (path / "prefsmith_tiny.json").write_text(json.dumps({"seed": seed, "pad_is_eos": pad_is_eos}))
+    return path
