@@ -1,0 +1,65 @@
+"""`prefsmith` command line. Each subcommand lives in its own module exposing
+`add_arguments(parser)` and `run(args) -> int`; modules are imported only when their command runs, so
+`prefsmith --help` and light commands start fast (no torch import)."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from pipelines.errors import UserError
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "generate": ("pipelines.generate", "sample N completions per prompt (hf | vllm | openai engines)"),
+    "label": ("pipelines.label", "apply reward functions to rollouts"),
+    "check-gold": ("pipelines.check_gold", "list gold answers that do not parse, before spending compute"),
+    "dedup": ("pipelines.dedup", "remove exact and near-duplicate rows (MinHash LSH)"),
+    "decontaminate": ("pipelines.decontaminate", "remove rows overlapping evaluation sets (n-grams)"),
+    "pairs": ("pipelines.pairs", "build DPO preference pairs from scored rollouts"),
+    "kto": ("pipelines.kto", "build KTO rows (binary labels) from scored rollouts"),
+    "select": ("pipelines.select", "build rejection-sampling (RFT) SFT sets"),
+    "stats": ("pipelines.stats", "summary table and histograms of a dataset"),
+    "export": ("pipelines.export", "write any dataset as JSONL for inspection"),
+    "run": ("pipelines.pipeline", "run a pipeline file (YAML): stages in order, resumable"),
+    "models": ("pipelines.models", "manage models (fetch-default: convert the embedded default model)"),
+    "train": ("trainers.cli", "train: sft | dpo | kto | rm"),
+    "plot": ("trainers.cli", "plot a training run's metrics"),
+}
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="prefsmith",
+        description="Post-training data and training: rollouts, rewards, hygiene, training sets, trainers.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="commands:\n" + "\n".join(f"  {k:<14} {v[1]}" for k, v in COMMANDS.items())
+        + "\n\nRun `prefsmith COMMAND --help` for a command's options.",
+    )
+    p.add_argument("command", choices=list(COMMANDS), metavar="COMMAND")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        _top_parser().parse_args(argv[:1] or ["--help"])
+        return 2
+    name, rest = argv[0], argv[1:]
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    module = importlib.import_module(COMMANDS[name][0])
+    try:
+        if name in ("train", "plot"):  # trainers parse their own sub-subcommands
+            return int((module.main if name == "train" else module.plot_main)(rest) or 0)
+        parser = argparse.ArgumentParser(prog=f"prefsmith {name}", description=COMMANDS[name][1])
+        module.add_arguments(parser)
+        args = parser.parse_args(rest)
+        return int(module.run(args) or 0)
+    except UserError as e:
+        print(f"prefsmith {name}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""Datasets on disk: a directory with `manifest.json` and its Parquet shards under `data/`.
+
+    DIR/manifest.json            stage, config, fingerprints, versions, row counts, timings, shard status
+    DIR/data/part-00000.parquet  the rows: load with datasets.load_dataset("parquet", data_dir="DIR/data")
+    DIR/removed/...              side datasets some stages write (same layout)
+
+The shards live in `data/` rather than beside the manifest because `datasets.load_dataset("parquet",
+data_dir=...)` tries to read every non-hidden file of the folder, the manifest included.
+
+Stages read JSONL, single Parquet files, dataset directories and Hugging Face dataset names. Input is
+validated before any work starts: a missing required column, a malformed JSONL line, a non-UTF-8 byte or an
+empty input raises one `UserError` naming the file, the line/row and the column.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines.errors import UserError
+
+MANIFEST = "manifest.json"
+DATA = "data"
+SHARD_GLOB = "part-*.parquet"
+
+
+# ----------------------------------------------------------------------------------------------- reading
+def _source_kind(source: str) -> str:
+    p = Path(source)
+    if p.is_dir():
+        return "dir"
+    if p.is_file():
+        if p.suffix == ".parquet":
+            return "parquet"
+        if p.suffix in (".jsonl", ".json", ".ndjson"):
+            return "jsonl"
+        raise UserError(f"{source}: unsupported file type {p.suffix!r}; use .jsonl, .parquet or a dataset directory")
+    looks_local = source.startswith((".", "/", "~")) or source.count("/") > 1 or p.suffix in (".jsonl", ".json", ".parquet")
+    if looks_local:
+        raise UserError(f"{source}: no such file or directory")
+    return "hub"
+
+
+def shard_files(directory: str | Path) -> list[Path]:
+    """Our layout (`DIR/data/part-*.parquet`), or any folder of Parquet files."""
+    directory = Path(directory)
+    return sorted((directory / DATA).glob(SHARD_GLOB)) or sorted(directory.glob("*.parquet"))
+
+
+def _read_jsonl(path: Path) -> pa.Table:
+    rows: list[dict] = []
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise UserError(f"{path}:{lineno}: not valid UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1})") from None
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{lineno}: malformed JSON at column {e.colno}: {e.msg}") from None
+            if not isinstance(row, dict):
+                raise UserError(f"{path}:{lineno}: each line must be a JSON object, got {type(row).__name__}")
+            rows.append(row)
+    if not rows:
+        raise UserError(f"{path}: empty input (no JSON rows)")
+    try:
+        return pa.Table.from_pylist(rows)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        raise UserError(f"{path}: columns have inconsistent types across lines ({e}); make every line use the same type per column") from None
+
+
+def _read_parquet_files(files: Sequence[Path], label: str) -> pa.Table:
+    tables = []
+    for f in files:
+        try:
+            tables.append(pq.read_table(f))
+        except (pa.ArrowInvalid, OSError) as e:
+            raise UserError(f"{f}: not a readable Parquet file ({e})") from None
+    if not tables:
+        raise UserError(f"{label}: no Parquet files found")
+    return concat(tables)
+
+
+def _read_hub(name: str) -> pa.Table:
+    repo, _, split = name.partition(":")
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(repo, split=split or "train")
+    except Exception as e:  # the hub client raises many types; the user needs the name and the cause
+        raise UserError(f"{name}: could not load as a Hugging Face dataset ({type(e).__name__}: {e}). "
+                        "Pass a local .jsonl/.parquet file or dataset directory, or check the name and your hub access.") from None
+    return ds.data.table
+
+
+def load_table(source: str | os.PathLike, required: Sequence[str] = ()) -> pa.Table:
+    """Read any supported input into one Arrow table and validate it (see module docstring)."""
+    source = str(source)
+    kind = _source_kind(source)
+    if kind == "jsonl":
+        table = _read_jsonl(Path(source))
+    elif kind == "parquet":
+        table = _read_parquet_files([Path(source)], source)
+    elif kind == "dir":
+        table = _read_parquet_files(shard_files(source), source)
+    else:
+        table = _read_hub(source)
+    validate(table, source, required)
+    return table
+
+
+def validate(table: pa.Table, source: str, required: Sequence[str] = ()) -> None:
+    if table.num_rows == 0:
+        raise UserError(f"{source}: empty input (0 rows)")
+    missing = [c for c in required if c not in table.column_names]
+    if missing:
+        raise UserError(f"{source}: missing required column(s) {', '.join(map(repr, missing))}; "
+                        f"found {', '.join(table.column_names)}")
+    for col in required:
+        nulls = table.column(col).null_count
+        if nulls:
+            row = table.column(col).to_pylist().index(None)
+            raise UserError(f"{source}: row {row}: column {col!r} is null ({nulls} null rows in all)")
+
+
+def load_rows(source: str | os.PathLike, required: Sequence[str] = ()) -> list[dict]:
+    return load_table(source, required).to_pylist()
+
+
+def concat(tables: Sequence[pa.Table]) -> pa.Table:
+    """Concatenate tables whose schemas differ only by nulls / missing columns."""
+    non_empty = [t for t in tables if t.num_columns] or list(tables[:1])
+    return pa.concat_tables(non_empty, promote_options="permissive")
+
+
+def fingerprint(source: str | os.PathLike) -> str:
+    """Content fingerprint of an input: file bytes, a dataset's shards, or a hub dataset's own fingerprint."""
+    source = str(source)
+    kind = _source_kind(source)
+    h = hashlib.sha256()
+    if kind == "hub":
+        h.update(source.encode())
+        return h.hexdigest()[:16]
+    files = [Path(source)] if kind in ("jsonl", "parquet") else shard_files(source)
+    for f in files:
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------------- writing
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_parquet_atomic(table: pa.Table, path: Path) -> None:
+    """Write to a temp file in the same directory, fsync, then rename: a reader never sees half a shard."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def rows_to_table(rows: Sequence[dict]) -> pa.Table:
+    if not rows:
+        return pa.table({})
+    try:
+        return pa.Table.from_pylist(list(rows))
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        raise ValueError(f"stage produced rows whose columns have inconsistent types: {e}") from None
+
+
+def read_manifest(directory: str | Path) -> dict | None:
+    path = Path(directory) / MANIFEST
+    if not path.exists():
+        return None
+    return json.loads(path.read_text())
+
+
+def write_manifest(directory: str | Path, manifest: dict) -> None:
+    atomic_write_bytes(Path(directory) / MANIFEST, json.dumps(manifest, indent=2, default=str).encode())
+
+
+def write_dataset(rows: Iterable[dict] | pa.Table, directory: str | Path, manifest: dict | None = None) -> Path:
+    """Write a whole dataset in one go (for small outputs that don't need the sharded runner)."""
+    directory = Path(directory)
+    table = rows if isinstance(rows, pa.Table) else rows_to_table(list(rows))
+    write_parquet_atomic(table, directory / DATA / "part-00000.parquet")
+    write_manifest(directory, {**(manifest or {}), "rows_out": table.num_rows, "complete": True,
+                               "completed_shards": [0], "num_shards": 1})
+    return directory
+
+
+def unify_shards(directory: str | Path) -> pa.Schema | None:
+    """Rewrite shards whose schema differs from the union schema (e.g. an all-null column in one shard), so
+    `datasets.load_dataset("parquet", data_dir=...)` and `polars.scan_parquet` read the directory as one."""
+    files = shard_files(directory)
+    schemas = [pq.read_schema(f) for f in files]
+    non_empty = [s for s in schemas if len(s)]
+    if not non_empty:
+        return None
+    unified = pa.unify_schemas(non_empty, promote_options="permissive")
+    for f, schema in zip(files, schemas):
+        if schema.equals(unified):
+            continue
+        table = pq.read_table(f)
+        if table.num_rows == 0:
+            fixed = unified.empty_table()
+        else:
+            fixed = concat([unified.empty_table(), table]).select(unified.names)
+        write_parquet_atomic(fixed, f)
+    return unified
+
+
+def export_jsonl(source: str, out: str) -> int:
+    """Write any readable dataset as JSONL, one row a line, for inspection."""
+    table = load_table(source)
+    out_path = Path(out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(out_path, "w", encoding="utf-8") as f:
+        for row in table.to_pylist():
+            f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+    return table.num_rows

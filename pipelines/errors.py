@@ -1,0 +1,8 @@
+"""The one exception type for mistakes a user can fix (bad file, missing column, changed config...).
+
+The CLI prints its message without a traceback and exits with status 2.
+"""
+
+
+class UserError(Exception):
+    pass

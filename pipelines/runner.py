@@ -1,0 +1,230 @@
+"""The stage runner: shards, progress, atomic shard writes, resume, fingerprints, manifest.
+
+A stage is a function from the rows of one shard to output rows. The runner owns everything else:
+
+- the input is read and validated before any work starts;
+- rows are cut into shards of `shard_size` input rows (never splitting a `group_by` group);
+- each finished shard is written atomically (temp file + rename), then recorded in `manifest.json`;
+- a rerun skips shards already on disk when the fingerprint (stage + config + input content) matches, so a
+  run killed with SIGKILL at any moment continues where it stopped and ends with exactly the rows an
+  uninterrupted run gives; a finished stage is a no-op;
+- a changed config or input refuses to mix with old shards unless `overwrite=True`.
+
+A stage may also return side rows (e.g. the duplicates dedup removed) as `{"rows": [...], "removed": [...]}`;
+those go to `OUTPUT/removed/data/` with the same shard numbering, written before the main shard. A shard is
+complete when its marker `OUTPUT/.shards/part-NNNNN.done` exists; the marker is made after the shard's files
+are renamed into place (a shard with no output rows writes no Parquet file, only the marker).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import pyarrow as pa
+
+from pipelines import dataset as ds
+from pipelines.errors import UserError
+
+FORMAT_VERSION = 1
+MARKERS = ".shards"
+
+
+@dataclass
+class Shard:
+    index: int
+    start: int  # index of the shard's first input row in the whole input
+    tick: Callable[[int], None] = lambda n: None  # advance the progress bar by n input rows
+
+
+Process = Callable[[list[dict], Shard], "list[dict] | dict[str, list[dict]]"]
+
+
+@dataclass
+class StageResult:
+    output: Path
+    manifest: dict
+    skipped: bool = False  # True when everything was already done
+    shards_run: int = 0
+    seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+def config_fingerprint(stage: str, config: dict, input_fp: str, shard_size: int, group_by: str | None) -> str:
+    blob = json.dumps({"stage": stage, "config": config, "input": input_fp, "shard_size": shard_size,
+                       "group_by": group_by, "format": FORMAT_VERSION}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def plan_shards(table: pa.Table, shard_size: int, group_by: str | None) -> list[tuple[int, int]]:
+    """[start, end) row ranges. With `group_by`, a group's rows must be contiguous and never split."""
+    n = table.num_rows
+    if not group_by:
+        return [(s, min(s + shard_size, n)) for s in range(0, n, shard_size)]
+    keys = table.column(group_by).to_pylist()
+    seen, bounds, start = set(), [], 0
+    for i in range(n):
+        if i > 0 and keys[i] != keys[i - 1]:
+            if keys[i] in seen:
+                raise UserError(f"rows of {group_by}={keys[i]!r} are not contiguous (row {i}); sort the input by {group_by}")
+            seen.add(keys[i - 1])
+            if i - start >= shard_size:
+                bounds.append((start, i))
+                start = i
+    bounds.append((start, n))
+    return bounds
+
+
+def _describe_change(old: dict, new: dict) -> str:
+    changes = []
+    if old.get("input", {}).get("fingerprint") != new["input"]["fingerprint"]:
+        changes.append("input content")
+    oc, nc = old.get("config", {}), new["config"]
+    for k in sorted(set(oc) | set(nc)):
+        if oc.get(k) != nc.get(k):
+            changes.append(f"{k}: {oc.get(k)!r} -> {nc.get(k)!r}")
+    for k in ("shard_size", "group_by"):
+        if old.get(k) != new.get(k):
+            changes.append(f"{k}: {old.get(k)!r} -> {new.get(k)!r}")
+    return "; ".join(changes) or "format version"
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {"python": sys.version.split()[0]}
+    for pkg in ("prefsmith", "torch", "transformers", "vllm", "datasets", "pyarrow"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def run_stage(
+    stage: str,
+    process: Process,
+    config: dict,
+    input: str,
+    output: str,
+    *,
+    required: Sequence[str] = (),
+    shard_size: int = 256,
+    group_by: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr),
+) -> StageResult:
+    """Run `process` over `input` shard by shard into the dataset directory `output` (see module docstring)."""
+    t0 = time.time()
+    out = Path(output)
+    table = ds.load_table(input, required)
+    input_fp = ds.fingerprint(input)
+    fp = config_fingerprint(stage, config, input_fp, shard_size, group_by)
+    bounds = plan_shards(table, shard_size, group_by)
+    manifest = {
+        "stage": stage,
+        "fingerprint": fp,
+        "config": config,
+        "input": {"source": str(input), "fingerprint": input_fp, "rows": table.num_rows},
+        "shard_size": shard_size,
+        "group_by": group_by,
+        "num_shards": len(bounds),
+        "completed_shards": [],
+        "shards": {},
+        "rows_in": table.num_rows,
+        "rows_out": None,
+        "complete": False,
+        "versions": _versions(),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+    old = ds.read_manifest(out)
+    if old is not None and old.get("fingerprint") != fp:
+        if not overwrite:
+            raise UserError(f"{out} already holds {old.get('stage')} output made with a different config or input "
+                            f"({_describe_change(old, manifest)}). Use --overwrite to replace it, or another --output.")
+        old = None
+    if old is None and out.exists() and any(out.iterdir()):
+        if not overwrite and not (out / ds.MANIFEST).exists():
+            raise UserError(f"{out} exists and is not a prefsmith dataset directory; pass --overwrite or another --output")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.rglob(".*.tmp"):  # left by a kill mid-write
+        stale.unlink()
+
+    done: set[int] = set()
+    if old is not None:
+        manifest.update({k: old[k] for k in ("shards", "started_at") if k in old})
+        # the marker is the truth, even if the kill came before the manifest recorded the shard
+        done = {int(p.name.split("-")[1].split(".")[0]) for p in (out / MARKERS).glob("part-*.done")}
+        done &= set(range(len(bounds)))
+        if len(done) == len(bounds) and old.get("complete"):
+            log(f"[{stage}] {out} is already complete ({old.get('rows_out')} rows); nothing to do")
+            return StageResult(out, old, skipped=True, seconds=time.time() - t0)
+        if done:
+            log(f"[{stage}] resuming {out}: {len(done)}/{len(bounds)} shards already done")
+    manifest["completed_shards"] = sorted(done)
+    ds.write_manifest(out, manifest)
+
+    bar = _progress(stage, table.num_rows, sum(e - s for i, (s, e) in enumerate(bounds) if i in done), progress)
+    shards_run = 0
+    try:
+        for i, (start, end) in enumerate(bounds):
+            if i in done:
+                continue
+            ts = time.time()
+            rows = table.slice(start, end - start).to_pylist()
+            ticked = [0]
+
+            def tick(n: int, _t=ticked) -> None:
+                _t[0] += n
+                bar.update(n)
+
+            result = process(rows, Shard(index=i, start=start, tick=tick))
+            main_rows, side = (result.pop("rows"), result) if isinstance(result, dict) else (result, {})
+            name = f"part-{i:05d}.parquet"
+            for side_name, side_rows in side.items():
+                if side_rows:
+                    ds.write_parquet_atomic(ds.rows_to_table(side_rows), out / side_name / ds.DATA / name)
+            if main_rows:
+                ds.write_parquet_atomic(ds.rows_to_table(main_rows), out / ds.DATA / name)
+            ds.atomic_write_bytes(out / MARKERS / f"part-{i:05d}.done", b"")
+            bar.update(max(0, (end - start) - ticked[0]))
+            shards_run += 1
+            manifest["shards"][str(i)] = {"rows_in": end - start, "rows_out": len(main_rows),
+                                          "seconds": round(time.time() - ts, 3),
+                                          **{f"{k}_rows": len(v) for k, v in side.items()}}
+            done.add(i)
+            manifest["completed_shards"] = sorted(done)
+            ds.write_manifest(out, manifest)
+    finally:
+        bar.close()
+
+    for d in [out, *(p for p in out.iterdir() if p.is_dir() and (p / ds.DATA).is_dir())]:
+        ds.unify_shards(d)
+    manifest["rows_out"] = sum(s["rows_out"] for s in manifest["shards"].values())
+    manifest["complete"] = True
+    manifest["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    manifest["seconds"] = round(sum(s["seconds"] for s in manifest["shards"].values()), 3)
+    ds.write_manifest(out, manifest)
+    return StageResult(out, manifest, shards_run=shards_run, seconds=time.time() - t0)
+
+
+def update_manifest(output: str | Path, **fields: Any) -> dict:
+    """Add stage-specific results (a summary, KTO weights...) to a finished dataset's manifest."""
+    manifest = ds.read_manifest(output) or {}
+    manifest.update(fields)
+    ds.write_manifest(output, manifest)
+    return manifest
+
+
+def _progress(stage: str, total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=stage, unit="row", disable=not enabled, dynamic_ncols=True)

@@ -1,0 +1,268 @@
+"""Run a picklable function on many items in worker processes, each item under a hard wall-clock limit.
+
+Why processes and not threads: checkers such as math-verify and sympy can spin in C code that no signal or
+thread can interrupt (`9^9^9^9^9`), and math-verify's own timeout needs `signal.alarm` on a main thread. A
+worker here is a plain child interpreter (`python -m rewards.pool`); a slow item gets a soft timeout (a
+`SIGALRM` raised inside the worker, which keeps the worker) and, if the worker does not answer by the hard
+deadline, the worker is killed and replaced. Either way the item reports `timeout` and every other item is
+unaffected.
+
+    with WorkerPool(workers=2, timeout=5.0, preload=["rewards.math"]) as pool:
+        outcomes = pool.map(my_module.check, items)   # list[Outcome], in input order
+
+`fn` must be importable by module name in the child (a module-level function, not a lambda or a function
+defined in `__main__` of a script run as a file). Workers are plain subprocesses, so a pool can be opened
+from inside a daemonic process and from any thread.
+"""
+from __future__ import annotations
+
+import atexit
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from typing import Any, Callable, Iterable, Sequence
+
+# Soft timeout fires at this fraction of the item's limit; the hard kill at the limit itself.
+SOFT_FRACTION = 0.9
+READY_TIMEOUT_S = 120.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one item: `ok` (value set), `timeout`, `error` (exception text) or `crashed`."""
+
+    status: str
+    value: Any = None
+    error: str = ""
+
+
+@dataclass
+class PoolStats:
+    tasks: int = 0
+    timeouts: int = 0
+    killed: int = 0
+    crashed: int = 0
+    started: int = 0
+
+
+class _Worker:
+    def __init__(self, preload: Sequence[str]):
+        to_child_r, to_child_w = os.pipe()
+        from_child_r, from_child_w = os.pipe()
+        env = dict(os.environ)
+        paths = [p for p in sys.path if isinstance(p, str)]
+        paths = [os.path.abspath(p) if p else os.getcwd() for p in paths]
+        env["PYTHONPATH"] = os.pathsep.join(paths)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "rewards.pool", str(to_child_r), str(from_child_w), *preload],
+            pass_fds=(to_child_r, from_child_w),
+            stdin=subprocess.DEVNULL,
+            env=env,
+            close_fds=True,
+        )
+        os.close(to_child_r)
+        os.close(from_child_w)
+        self.send_conn = Connection(to_child_w, readable=False)
+        self.recv_conn = Connection(from_child_r, writable=False)
+        self.ready = False
+        self.index: int | None = None  # item index being run
+        self.deadline = 0.0
+
+    def kill(self) -> None:
+        try:
+            self.proc.kill()
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+        self.send_conn.close()
+        self.recv_conn.close()
+
+    def stop(self) -> None:
+        try:
+            self.send_conn.send(None)
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            pass
+        self.kill()
+
+
+class WorkerPool:
+    """N worker processes, reusable across `map` calls; a killed or crashed worker is replaced."""
+
+    def __init__(self, workers: int = 2, timeout: float = 5.0, preload: Sequence[str] = ()):
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        if timeout <= 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
+        self.n_workers = workers
+        self.timeout = timeout
+        self.preload = tuple(preload)
+        self.stats = PoolStats()
+        self._workers: list[_Worker] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        atexit.register(self.close)
+
+    def _spawn(self) -> _Worker:
+        self.stats.started += 1
+        return _Worker(self.preload)
+
+    def _ensure_workers(self) -> None:
+        while len(self._workers) < self.n_workers:
+            self._workers.append(self._spawn())
+
+    def _replace(self, w: _Worker) -> None:
+        w.kill()
+        self._workers[self._workers.index(w)] = self._spawn()
+
+    def map(self, fn: Callable[[Any], Any], items: Iterable[Any], timeout: float | None = None) -> list[Outcome]:
+        """Run `fn(item)` for every item; results in input order, each within `timeout` seconds of wall clock."""
+        items = list(items)
+        limit = self.timeout if timeout is None else timeout
+        fn_blob = pickle.dumps(fn)
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("WorkerPool is closed")
+            self._ensure_workers()
+            results: list[Outcome | None] = [None] * len(items)
+            todo = list(range(len(items)))[::-1]
+            done = 0
+            while done < len(items):
+                now = time.monotonic()
+                for w in list(self._workers):
+                    if w.ready and w.index is None and todo:
+                        i = todo.pop()
+                        try:
+                            payload = pickle.dumps((fn_blob, items[i], limit * SOFT_FRACTION))
+                        except Exception as e:
+                            results[i] = Outcome("error", error=f"item {i} is not picklable: {e}")
+                            done += 1
+                            continue
+                        try:
+                            w.send_conn.send_bytes(payload)
+                        except OSError:  # the worker died while idle: replace it and retry the item
+                            todo.append(i)
+                            self.stats.crashed += 1
+                            self._replace(w)
+                            continue
+                        w.index, w.deadline = i, now + limit
+                        self.stats.tasks += 1
+                busy = [w for w in self._workers if w.index is not None]
+                starting = [w for w in self._workers if not w.ready]
+                if busy:
+                    wait_s = max(0.0, min(w.deadline for w in busy) - time.monotonic())
+                else:
+                    wait_s = READY_TIMEOUT_S
+                ready_conns = wait([w.recv_conn for w in busy + starting], timeout=wait_s)
+                for w in list(self._workers):
+                    if w.recv_conn not in ready_conns:
+                        continue
+                    try:
+                        msg = w.recv_conn.recv()
+                    except (EOFError, OSError):
+                        if w.index is not None:
+                            results[w.index] = Outcome("crashed", error="worker process died")
+                            done += 1
+                        elif not w.ready:
+                            raise RuntimeError(
+                                f"worker failed to start (preload {list(self.preload)}); see its stderr above"
+                            )
+                        self.stats.crashed += 1
+                        self._replace(w)
+                        continue
+                    if msg == "ready":
+                        w.ready = True
+                        continue
+                    status, payload = msg
+                    if status == "timeout":
+                        self.stats.timeouts += 1
+                    results[w.index] = Outcome(status, value=payload if status == "ok" else None,
+                                               error="" if status == "ok" else str(payload))
+                    done += 1
+                    w.index = None
+                now = time.monotonic()
+                for w in list(self._workers):
+                    if w.index is not None and now >= w.deadline:
+                        results[w.index] = Outcome("timeout", error=f"killed after {limit:g}s")
+                        done += 1
+                        self.stats.timeouts += 1
+                        self.stats.killed += 1
+                        self._replace(w)
+                if not busy and starting and not ready_conns:
+                    raise RuntimeError(f"no worker became ready within {READY_TIMEOUT_S:g}s")
+            return results  # type: ignore[return-value]
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for w in self._workers:
+                w.stop()
+            self._workers = []
+
+    def __enter__(self) -> "WorkerPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class _SoftTimeout(BaseException):
+    """Raised by SIGALRM inside a worker; BaseException so library `except Exception` blocks don't eat it."""
+
+
+def _on_alarm(signum, frame):
+    raise _SoftTimeout()
+
+
+def _worker_main(read_fd: int, write_fd: int, preload: Sequence[str]) -> None:
+    import importlib
+
+    recv_conn = Connection(read_fd, writable=False)
+    send_conn = Connection(write_fd, readable=False)
+    for name in preload:
+        importlib.import_module(name)
+    signal.signal(signal.SIGALRM, _on_alarm)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the parent, which closes the pool
+    send_conn.send("ready")
+    fns: dict[bytes, Callable] = {}
+    while True:
+        try:
+            blob = recv_conn.recv_bytes()
+        except EOFError:
+            return
+        task = pickle.loads(blob)
+        if task is None:
+            return
+        fn_blob, item, soft_s = task
+        try:
+            fn = fns.get(fn_blob) or fns.setdefault(fn_blob, pickle.loads(fn_blob))
+            signal.setitimer(signal.ITIMER_REAL, soft_s)
+            try:
+                reply = ("ok", fn(item))
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+        except _SoftTimeout:
+            reply = ("timeout", f"timed out after {soft_s:g}s (soft)")
+        except Exception as e:  # the item's own failure, reported, never fatal to the worker
+            reply = ("error", f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}")
+        try:
+            send_conn.send(reply)
+        except Exception as e:
+            send_conn.send(("error", f"result not picklable: {type(e).__name__}: {e}"))
+
+
+if __name__ == "__main__":
+    # A received `None` task means "exit" (see _Worker.stop); the parent pickles tasks with send_bytes.
+    _worker_main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:])

@@ -1,0 +1,112 @@
+"""Checkpoints: everything needed to continue a run bit-for-bit, written atomically.
+
+Layout: OUTPUT/checkpoints/step-00000010/ with the model (or LoRA adapter) and tokenizer as
+`save_pretrained` writes them (so a checkpoint loads with `from_pretrained`), `optimizer.pt`, `scheduler.pt`,
+`rng.pt` (torch/python/numpy/cuda states of every rank) and `trainer_state.json` (step, epoch, position in
+the epoch's batch order). A checkpoint is written to a temporary directory and renamed into place, so a kill
+mid-save leaves the previous checkpoint intact.
+"""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CHECKPOINT_DIR = "checkpoints"
+STATE_FILE = "trainer_state.json"
+
+
+@dataclass
+class TrainerState:
+    """Where the loop is: optimizer steps done, and the position inside the current epoch."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    examples_seen: int = 0
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoint_root(output: str | Path) -> Path:
+    return Path(output) / CHECKPOINT_DIR
+
+
+def list_checkpoints(output: str | Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    root = checkpoint_root(output)
+    if not root.is_dir():
+        return []
+    done = [p for p in root.glob("step-*") if p.is_dir() and (p / STATE_FILE).exists()]
+    return sorted(done, key=lambda p: int(p.name.split("-")[1]))
+
+
+def latest_checkpoint(output: str | Path) -> Path | None:
+    found = list_checkpoints(output)
+    return found[-1] if found else None
+
+
+def save_checkpoint(
+    output: str | Path,
+    model,
+    tokenizer,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    state: TrainerState,
+    rng_states: list[dict],
+    config_json: str,
+    keep: int = 2,
+) -> Path:
+    """Write a checkpoint for `state.step` (main process only) and prune all but the newest `keep`."""
+    root = checkpoint_root(output)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{state.step:08d}"
+    tmp = root / f".tmp-step-{state.step:08d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    torch.save(rng_states, tmp / "rng.pt")
+    (tmp / "prefsmith_train.json").write_text(config_json)
+    # The state file is the completeness marker: written last, inside the temp dir, before the rename.
+    (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    if keep > 0:
+        for old in list_checkpoints(output)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_trainer_state(path: str | Path) -> TrainerState:
+    return TrainerState(**json.loads((Path(path) / STATE_FILE).read_text()))
+
+
+def load_training_state(path: str | Path, optimizer, scheduler, rank: int) -> TrainerState:
+    """Restore optimizer, scheduler and this rank's RNG from a checkpoint; returns the loop position."""
+    path = Path(path)
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+    states = torch.load(path / "rng.pt", weights_only=False)
+    set_rng_state(states[rank] if rank < len(states) else states[0])
+    return load_trainer_state(path)

@@ -1,0 +1,124 @@
+"""Typed configuration for `prefsmith train sft|dpo|kto|rm`.
+
+One dataclass holds everything the shared loop needs; algorithm-specific knobs (beta, loss type, KTO weights)
+live next to the generic ones so a run's full config can be written to one JSON file and read back.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ALGORITHMS = ("sft", "dpo", "kto", "rm")
+DPO_LOSSES = ("sigmoid", "ipo", "hinge", "robust", "simpo", "orpo", "dpop")
+REFERENCE_FREE_LOSSES = ("simpo", "orpo")
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs. Batch sizes are *global*: the same numbers give the same run on one
+    process or many (each process takes batch_size / world_size examples per optimizer step)."""
+
+    algorithm: str
+    model: str
+    data: str
+    output: str
+    # optimisation
+    lr: float = 5e-6
+    epochs: float = 1.0
+    max_steps: int | None = None
+    batch_size: int = 8
+    grad_accum: int = 1
+    warmup_ratio: float = 0.1
+    scheduler: str = "cosine"
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    max_grad_norm: float = 1.0
+    dtype: str = "fp32"
+    seed: int = 42
+    max_length: int | None = 1024
+    # data
+    eval_data: str | None = None
+    eval_split: float = 0.0
+    eval_every: int = 0
+    shuffle: bool = True
+    # checkpoints
+    save_every: int = 0
+    save_total_limit: int = 2
+    resume: bool = False
+    # reference model and its cached log-probs
+    no_reference: bool = False
+    ref_model: str | None = None
+    ref_cache_dir: str | None = None
+    # preference objectives
+    loss: str = "sigmoid"
+    beta: float | None = None
+    label_smoothing: float = 0.0
+    simpo_gamma: float = 0.5
+    dpop_lambda: float = 50.0
+    orpo_alpha: float | None = None
+    # KTO
+    desirable_weight: float | None = None
+    undesirable_weight: float | None = None
+    # reward model
+    rm_center_coef: float = 0.0
+    # LoRA (needs peft)
+    lora_r: int = 0
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    # misc
+    logging_every: int = 1
+    progress: bool = True
+    plots: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"unknown algorithm {self.algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
+        if self.algorithm == "dpo" and self.loss not in DPO_LOSSES:
+            raise ValueError(f"--loss {self.loss!r} is not a DPO loss; choose one of {', '.join(DPO_LOSSES)}")
+        if self.scheduler not in ("cosine", "linear", "constant"):
+            raise ValueError(f"--scheduler must be cosine, linear or constant, not {self.scheduler!r}")
+        if self.dtype not in ("fp32", "bf16"):
+            raise ValueError(f"--dtype must be fp32 or bf16, not {self.dtype!r}")
+        if self.batch_size < 1 or self.grad_accum < 1:
+            raise ValueError("--batch-size and --grad-accum must be at least 1")
+        if not 0.0 <= self.eval_split < 1.0:
+            raise ValueError(f"--eval-split must be a fraction in [0, 1), got {self.eval_split}")
+        if self.no_reference and self.algorithm == "dpo" and self.loss not in REFERENCE_FREE_LOSSES:
+            raise ValueError(
+                f"--no-reference only works with reference-free losses ({', '.join(REFERENCE_FREE_LOSSES)}); "
+                f"--loss {self.loss} needs a reference model"
+            )
+        if self.no_reference and self.algorithm == "kto":
+            raise ValueError("KTO needs a reference model; drop --no-reference")
+
+    @property
+    def uses_reference(self) -> bool:
+        """Whether reference log-probs are needed (DPO family except SimPO/ORPO, and KTO)."""
+        if self.algorithm == "kto":
+            return True
+        if self.algorithm == "dpo":
+            return self.loss not in REFERENCE_FREE_LOSSES and not self.no_reference
+        return False
+
+    @property
+    def effective_beta(self) -> float:
+        """Paper defaults: DPO/IPO/KTO 0.1, SimPO 2.0, ORPO's lambda 0.1 (passed as beta)."""
+        if self.beta is not None:
+            return self.beta
+        return {"simpo": 2.0}.get(self.loss, 0.1) if self.algorithm == "dpo" else 0.1
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TrainConfig":
+        data = json.loads(Path(path).read_text())
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})

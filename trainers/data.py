@@ -1,0 +1,180 @@
+"""Tokenization with assistant-only loss masks, padding, length-bucketed batching, KTO mismatched pairs.
+
+Masks are built from the structure of the row (which message is an assistant turn, where the prompt
+ends), never by comparing token ids with the pad or eos id, so they stay right when pad == eos: the eos
+that closes an assistant turn is trained, padding is not (collate() marks padding by position).
+
+Chat rows go through the tokenizer's chat template once (the template adds any BOS itself, so the
+rendered text is tokenized with add_special_tokens=False). An assistant turn's tokens are those between
+the end of ``template(messages[:i], add_generation_prompt=True)`` and the end of
+``template(messages[:i+1])``: the turn's content, its end-of-turn token and whatever the template puts
+after it (ChatML's newline), which is also what TRL trains for a single-turn completion.
+"""
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import torch
+
+Messages = list[dict[str, Any]]
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _chat_ids(tokenizer, messages: Messages, add_generation_prompt: bool = False) -> list[int]:
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _encode_chat(tokenizer, messages: Messages, train_from: int) -> tuple[list[int], list[int]]:
+    """Token ids of a conversation and a mask that is 1 on assistant turns with index >= train_from."""
+    ids = _chat_ids(tokenizer, messages)
+    mask = [0] * len(ids)
+    for i, message in enumerate(messages):
+        if i < train_from or message.get("role") != "assistant":
+            continue
+        start = _common_prefix(_chat_ids(tokenizer, messages[:i], add_generation_prompt=True), ids)
+        turn = _chat_ids(tokenizer, messages[: i + 1])
+        end = _common_prefix(turn, ids)
+        if end < len(turn) - 1:  # one merged token at the boundary is fine; more means a non-prefix template
+            raise ValueError(
+                "the chat template renders earlier turns differently once later turns follow (message "
+                f"{i} of {len(messages)}), so assistant tokens cannot be located; use a template whose "
+                "rendering of a conversation prefix is a prefix of the full rendering"
+            )
+        for t in range(start, max(end, start)):
+            mask[t] = 1
+    return ids, mask
+
+
+def _check_messages(messages: Any, what: str) -> Messages:
+    if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m for m in messages):
+        raise ValueError(f"{what} must be a string or a list of {{role, content}} messages, got {type(messages).__name__}")
+    return messages
+
+
+def encode_prompt_completion(
+    tokenizer, prompt: str | Messages, completion: str | Messages, max_length: int | None = None, add_eos: bool = True
+) -> dict:
+    """Tokenize one prompt + completion; ``loss_mask`` is 1 on completion tokens only.
+
+    - Chat prompt (list of messages): a string completion becomes one assistant message; a list of
+      messages is appended as is, and every assistant turn in it is trained (none in the prompt).
+    - Plain-text prompt and completion: tokenized as ``prompt + completion`` with the tokenizer's special
+      tokens (BOS if it adds one); the eos token is appended to the completion if missing (``add_eos``),
+      as TRL does, so the model learns to stop. The completion starts where the tokenization of the
+      prompt alone stops being a prefix of the full tokenization.
+    - Truncation to ``max_length``: tokens are dropped from the left of the prompt (its end, nearest the
+      completion, stays). If the completion alone is longer than ``max_length``, the prompt keeps its last
+      ``max_length // 2`` tokens (or all if shorter) and the completion is cut at the right.
+      ``truncated`` says whether anything was dropped.
+    """
+    if isinstance(prompt, str):
+        if not isinstance(completion, str):
+            raise ValueError("a plain-text prompt needs a plain-text completion (got messages)")
+        if add_eos and tokenizer.eos_token and not completion.endswith(tokenizer.eos_token):
+            completion = completion + tokenizer.eos_token
+        prompt_ids = tokenizer(prompt)["input_ids"]
+        ids = tokenizer(prompt + completion)["input_ids"]
+        n_prompt = _common_prefix(prompt_ids, ids)
+        mask = [0] * n_prompt + [1] * (len(ids) - n_prompt)
+    else:
+        prompt = _check_messages(prompt, "prompt")
+        if isinstance(completion, str):
+            completion = [{"role": "assistant", "content": completion}]
+        completion = _check_messages(completion, "completion")
+        ids, mask = _encode_chat(tokenizer, prompt + completion, train_from=len(prompt))
+        n_prompt = mask.index(1) if 1 in mask else len(ids)
+    return _truncate_left(ids, mask, n_prompt, max_length)
+
+
+def _truncate_left(ids: list[int], mask: list[int], n_prompt: int, max_length: int | None) -> dict:
+    if max_length is None or len(ids) <= max_length:
+        return {"input_ids": ids, "loss_mask": mask, "truncated": False}
+    n_completion = len(ids) - n_prompt
+    keep_prompt = max_length - n_completion if n_completion < max_length else min(n_prompt, max_length // 2)
+    start = n_prompt - keep_prompt
+    end = start + max_length
+    return {"input_ids": ids[start:end], "loss_mask": mask[start:end], "truncated": True}
+
+
+def encode_messages(tokenizer, messages: Messages, max_length: int | None = None) -> dict:
+    """Tokenize an SFT conversation; every assistant turn is in the loss, all other turns are not.
+
+    Truncation keeps the start of the conversation (cuts at the right), like TRL's SFT default, so the
+    system prompt and first turns survive.
+    """
+    ids, mask = _encode_chat(tokenizer, _check_messages(messages, "messages"), train_from=0)
+    truncated = max_length is not None and len(ids) > max_length
+    if truncated:
+        ids, mask = ids[:max_length], mask[:max_length]
+    return {"input_ids": ids, "loss_mask": mask, "truncated": truncated}
+
+
+def collate(features: list[dict], pad_id: int, padding_side: str = "right") -> dict[str, torch.Tensor]:
+    """Pad ``input_ids``/``loss_mask`` into tensors and add ``attention_mask`` (0 on padding).
+
+    Scalar fields present in every feature (labels, cached reference log-probs) become 1-d tensors.
+    """
+    if padding_side not in ("right", "left"):
+        raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
+    width = max(len(f["input_ids"]) for f in features)
+    out: dict[str, list] = {"input_ids": [], "attention_mask": [], "loss_mask": []}
+    for f in features:
+        n = len(f["input_ids"])
+        pad = width - n
+        rows = (list(f["input_ids"]), [1] * n, list(f["loss_mask"]))
+        fills = (pad_id, 0, 0)
+        for key, row, fill in zip(out, rows, fills):
+            out[key].append(row + [fill] * pad if padding_side == "right" else [fill] * pad + row)
+    batch = {k: torch.tensor(v, dtype=torch.long) for k, v in out.items()}
+    for key, value in features[0].items():
+        if key not in batch and isinstance(value, (bool, int, float)):
+            batch[key] = torch.tensor([f[key] for f in features])
+    return batch
+
+
+def length_batches(lengths: list[int], batch_size: int, seed: int, shuffle: bool = True) -> list[list[int]]:
+    """Group indices into batches of similar length (less padding), deterministically for a seed.
+
+    With ``shuffle``: indices are shuffled, cut into mega-chunks of 50 batches, sorted by length inside each
+    chunk, cut into batches, and the batch order is shuffled. Without: sorted by length (stable), in order.
+    The last batch may be smaller.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    order = list(range(len(lengths)))
+    if not shuffle:
+        order.sort(key=lambda i: lengths[i])
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    rng = random.Random(seed)
+    rng.shuffle(order)
+    chunk = batch_size * 50
+    batches = []
+    for c in range(0, len(order), chunk):
+        part = sorted(order[c : c + chunk], key=lambda i: lengths[i])
+        batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def kto_mismatched_pairs(batch_rows: list[dict], completion_key: str = "completion") -> list[dict]:
+    """Rows for KTO's KL estimate: completions rotated by one within the batch, as TRL does.
+
+    Row i keeps its prompt and gets row i-1's completion: (x_1, y_n), (x_2, y_1), ..., (x_n, y_{n-1}),
+    so the mismatched completions are the batch's own completions. Works for odd sizes. A batch of one
+    row has no mismatched pair: the result is empty and kto_loss then uses z0 = 0.
+    """
+    if len(batch_rows) < 2:
+        return []
+    completions = [row[completion_key] for row in batch_rows]
+    rotated = completions[-1:] + completions[:-1]
+    return [{**row, completion_key: c} for row, c in zip(batch_rows, rotated)]
