@@ -1,0 +1,68 @@
+"""Log-probabilities of the loss-masked tokens of a padded batch, and reward-model scores.
+
+A batch is what ``data.collate`` returns: ``input_ids``, ``attention_mask`` (0 on padding) and
+``loss_mask`` (1 on trained tokens), all (B, T). Position ids are computed from the attention mask, so
+left- and right-padded copies of the same rows give the same log-probs.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def _position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def token_logps(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Per-token log-probs aligned with ``input_ids``: out[b, t] = log p(input_ids[b, t] | tokens < t).
+
+    Shape (B, T), float32; zero where ``loss_mask`` is 0 (including position 0, which has no context).
+    """
+    input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
+    logits = model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=_position_ids(attention_mask), use_cache=False
+    ).logits[:, :-1].float()
+    targets = input_ids[:, 1:]
+    # log_softmax gathered at the target, without materializing the full (B, T, V) log-softmax twice
+    picked = torch.gather(logits, -1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    mask = batch["loss_mask"][:, 1:].to(picked.dtype)
+    return torch.nn.functional.pad(picked * mask, (1, 0))
+
+
+def sequence_logps(model, batch: dict[str, torch.Tensor], average: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sequence sum (or, with ``average``, token mean) of the loss-masked log-probs, and token counts.
+
+    Returns (logps, n_tokens), both shape (B,). A row with no loss tokens gets 0 and n_tokens 0.
+    """
+    per_token = token_logps(model, batch)
+    n_tokens = batch["loss_mask"][:, 1:].sum(-1)
+    logps = per_token.sum(-1)
+    if average:
+        logps = logps / n_tokens.clamp(min=1)
+    return logps, n_tokens
+
+
+def reward_model_scores(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Scalar scores (B,) of a sequence-classification model (num_labels=1) at each row's last real token.
+
+    The last real token is found from ``attention_mask``, not from the pad id, so the score is read at the
+    closing eos even when pad == eos (HF's own pooling would read the token before it), and left padding
+    works too. Needs a model with a ``score`` head on top of ``base_model`` (Llama, Qwen, Mistral, ...).
+    """
+    head = getattr(model, "score", None)
+    if head is None:
+        raise ValueError(
+            f"{type(model).__name__} has no `score` head; load the reward model with "
+            "AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)"
+        )
+    attention_mask = batch["attention_mask"]
+    hidden = model.base_model(
+        input_ids=batch["input_ids"],
+        attention_mask=attention_mask,
+        position_ids=_position_ids(attention_mask),
+        use_cache=False,
+    ).last_hidden_state
+    width = attention_mask.size(1)
+    last = width - 1 - attention_mask.flip(-1).long().argmax(-1)
+    pooled = hidden[torch.arange(hidden.size(0), device=hidden.device), last]
+    return head(pooled).squeeze(-1).float()
