@@ -1,0 +1,340 @@
+"""Math answer reward: 1 if the completion's final answer equals the gold answer, else 0, with a reason.
+
+    from rewards import math_reward        # TRL signature: (prompts, completions, answer, **columns)
+    math_reward(prompts, ["... so \\boxed{\\frac12}"], answer=["0.5"])   # -> [1.0]
+
+Pipeline per row: take the final answer out of the completion (`rewards.extract`), normalize both strings
+(units, currency, `percent`, scientific notation, `\\left`/`\\right`...), then decide equivalence with
+math-verify (gold parsed first, `verify(gold, answer)` in that order, because verify is asymmetric), falling
+back to a guarded sympy parse of plain-text answers where math-verify's LaTeX reading gives up (`pi/2`).
+Every check runs in a worker process under a hard wall-clock limit (`rewards.pool`); identical normalized
+(gold, answer) pairs are checked once per process and cached.
+
+Reasons: `correct` (1), `wrong` (0), `no_answer` (0), `gold_unparseable` (None), `timeout` (None),
+`check_error` (None), `bad_completion` (None). Rules in docs/rewards_math.md.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import re
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any, Sequence
+
+from rewards.extract import extract_answer, gold_text
+from rewards.pool import WorkerPool
+from rewards.result import RewardResult, completion_text, trl_reward
+
+DEFAULT_TIMEOUT_S = 5.0
+CACHE_SIZE = 200_000
+
+# ---------------------------------------------------------------------------------------------------------
+# String normalization (parent process, pure)
+
+_NUM = r"-?(?:\d[\d,]*(?:\.\d+)?|\.\d+)(?:/\d+)?"
+_WRAPPERS = [(r"\\left", ""), (r"\\right", ""), (r"\\displaystyle", ""), (r"\\[dt]frac", r"\\frac"),
+             (r"\\[!,;:]", " "), (r"~", " "), (r"\^\s*\{?\\circ\}?", ""), ("°", ""), (r"\\\s", " ")]
+_PERCENT_WORD = re.compile(r"(\d)\s*(?:\\text\{\s*)?(?:percent|per\s*cent)\b\}?", re.IGNORECASE)
+_TEXT_UNIT = re.compile(rf"^({_NUM}|\\frac\{{\d+\}}\{{\d+\}})\s*\\(?:text|mbox|mathrm)\{{\s*[A-Za-z][A-Za-z .]*\}}(?:\^\d)?$")
+_WORD_UNIT = re.compile(rf"^({_NUM}|\\frac\{{\d+\}}\{{\d+\}})\s*[A-Za-z]{{2,}}[A-Za-z .]*(?:\^\d|\^\{{\d\}})?$")
+_SCIENTIFIC = re.compile(r"^(-?\d+(?:\.\d+)?)[eE]([+-]?\d+)$")
+_THOUSANDS = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
+_PLAIN_NUMBER = re.compile(r"^-?(?:\d+(?:\.\d+)?|\.\d+)$")
+_TEXT_WRAP = re.compile(r"^\\(?:text|mathrm|textbf|mbox)\{([^{}]*)\}$")
+_MATH_WORDS = {"sin", "cos", "tan", "cot", "sec", "csc", "log", "ln", "exp", "sqrt", "pi", "inf", "infty",
+               "oo", "arcsin", "arccos", "arctan", "sinh", "cosh", "tanh", "frac", "and", "or"}
+
+
+def normalize_answer(s: str) -> str:
+    """Canonical string for an answer: same meaning, fewer spellings; the cache key of a check."""
+    s = str(s).strip()
+    for _ in range(2):  # "$\$5$" needs two passes
+        if len(s) >= 2 and s[0] == "$" and s[-1] == "$" and not s.startswith("$$\\"):
+            s = s.strip("$").strip()
+        if s.startswith("\\(") and s.endswith("\\)"):
+            s = s[2:-2].strip()
+        if s.startswith("\\[") and s.endswith("\\]"):
+            s = s[2:-2].strip()
+    for pat, rep in _WRAPPERS:
+        s = re.sub(pat, rep, s)
+    s = _PERCENT_WORD.sub(r"\1\\%", s)
+    s = re.sub(r"^(?:\\\$|\$|US\$|USD)\s*", "", s)  # currency prefix
+    s = re.sub(r"\s+", " ", s).strip().rstrip(".").strip()
+    m = _TEXT_UNIT.match(s) or _WORD_UNIT.match(s)
+    if m and not _is_text(s):
+        s = m.group(1)
+    m = _SCIENTIFIC.match(s)
+    if m:
+        s = f"{m.group(1)}\\times 10^{{{m.group(2)}}}"
+    if _THOUSANDS.match(s):
+        s = s.replace(",", "")
+    return s
+
+
+def _is_text(s: str) -> bool:
+    """True for a word answer ("Monday", "\\text{even}") that must not be read as a product of symbols."""
+    m = _TEXT_WRAP.match(s)
+    inner = m.group(1).strip() if m else s
+    if not re.fullmatch(r"[A-Za-z][A-Za-z '\-]*", inner):
+        return False
+    words = re.findall(r"[A-Za-z]+", inner)
+    return inner.lower() == "no" or any(len(w) >= 3 and w.lower() not in _MATH_WORDS for w in words)
+
+
+def _text_key(s: str) -> str:
+    m = _TEXT_WRAP.match(s)
+    inner = (m.group(1) if m else s).strip().lower()
+    inner = re.sub(r"^the\s+", "", inner)
+    return re.sub(r"[\s'\-]+", " ", inner).strip()
+
+
+def _plain_number(s: str) -> Fraction | None:
+    return Fraction(s) if _PLAIN_NUMBER.match(s) else None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The check (worker process)
+
+_SAFE_EXPR = re.compile(r"[0-9A-Za-z+\-*/^()., ]+")
+_SAFE_NAMES = {"pi", "sqrt", "e", "E", "I", "log", "ln", "exp", "sin", "cos", "tan", "oo", "infty"}
+
+
+def _quiet_math_verify() -> None:
+    # We disable math-verify's signal timeouts (the pool owns the clock); silence its one-time warning.
+    for name in ("math_verify", "math_verify.parser", "math_verify.grader", "latex2sympy2_extended"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def _sympy_parse(s: str) -> list:
+    """Plain-text expression (`pi/2`, `2^10`, `sqrt(2)/2`) -> [sympy expr]; [] if unsafe or unparseable.
+
+    sympy's parse_expr evaluates Python, so only arithmetic characters and a short list of names pass.
+    """
+    if "\\" in s or not _SAFE_EXPR.fullmatch(s) or "," in s:
+        return []
+    names = set(re.findall(r"[A-Za-z]+", s))
+    if any(len(n) > 1 and n not in _SAFE_NAMES for n in names):
+        return []
+    from sympy.parsing.sympy_parser import (convert_xor, implicit_multiplication_application,
+                                            parse_expr, standard_transformations)
+
+    s = s.replace("infty", "oo").replace("ln", "log")
+    try:
+        expr = parse_expr(s, transformations=standard_transformations + (implicit_multiplication_application,
+                                                                          convert_xor))
+    except Exception:  # SyntaxError, TypeError, TokenError...: not an expression
+        return []
+    return [expr]
+
+
+@functools.lru_cache(maxsize=4096)
+def _mv_parse(s: str) -> tuple:
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse
+
+    found = parse("\\boxed{" + s + "}",
+                  extraction_config=[LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()],
+                  parsing_timeout=None)
+    return tuple(x for x in found if not isinstance(x, str))
+
+
+def _verify(gold: Sequence, answer: Sequence) -> bool:
+    from math_verify import verify
+
+    return bool(answer) and verify(list(gold), list(answer), timeout_seconds=None)
+
+
+def check_pair(pair: tuple[str, str | None]) -> tuple[float | None, str, dict[str, Any]]:
+    """Decide one normalized (gold, answer) pair: (score, reason, info). `answer=None` checks the gold only."""
+    gold, answer = pair
+    _quiet_math_verify()
+    if _is_text(gold):
+        if answer is None:
+            return 0.0, "no_answer", {}
+        ok = _text_key(gold) == _text_key(answer)
+        return (1.0, "correct", {"rule": "text"}) if ok else (0.0, "wrong", {"rule": "text"})
+    gold_parsed = _mv_parse(gold) or tuple(_sympy_parse(gold))
+    if not gold_parsed:
+        return None, "gold_unparseable", {"gold": gold[:200]}
+    if answer is None:
+        return 0.0, "no_answer", {}
+    if gold == answer:
+        return 1.0, "correct", {"rule": "same_string"}
+    answer_parsed = _mv_parse(answer)
+    if _verify(gold_parsed, answer_parsed):
+        return 1.0, "correct", {"rule": "math_verify"}
+    # math-verify reads plain text as LaTeX (`pi/2` -> p*i/2); give the sympy reading of the same string a try.
+    if _verify(gold_parsed, _sympy_parse(answer)):
+        return 1.0, "correct", {"rule": "sympy"}
+    return 0.0, "wrong", {} if answer_parsed else {"detail": "answer_unparseable"}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Batch scoring (parent process)
+
+
+def default_workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+@dataclass
+class MathVerifier:
+    """Scores batches; owns the worker pool and the pair cache, so reuse one across batches.
+
+    `checks` counts pairs actually sent to workers (cache hits and fast paths excluded).
+    """
+
+    timeout: float = DEFAULT_TIMEOUT_S
+    workers: int = field(default_factory=default_workers)
+    checks: int = 0
+
+    def __post_init__(self) -> None:
+        self._pool: WorkerPool | None = None
+        self._cache: OrderedDict[tuple[str, str | None], tuple] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _pool_(self) -> WorkerPool:
+        if self._pool is None:
+            self._pool = WorkerPool(self.workers, timeout=self.timeout, preload=["rewards.math"])
+        return self._pool
+
+    def score(self, completions: Sequence[Any], answers: Sequence[Any],
+              last_number_fallback: bool = False) -> list[RewardResult]:
+        if len(completions) != len(answers):
+            raise ValueError(f"math reward: {len(completions)} completions but {len(answers)} values in the "
+                             "`answer` column; pass one gold answer per completion")
+        results: list[RewardResult | None] = [None] * len(completions)
+        keys: list[tuple[str, str | None] | None] = [None] * len(completions)
+        extracted: list[dict[str, str]] = [{} for _ in completions]
+        for i, (completion, gold) in enumerate(zip(completions, answers)):
+            if gold is None or not str(gold).strip():
+                results[i] = RewardResult(None, "gold_unparseable", {"gold": "" if gold is None else str(gold)})
+                continue
+            try:
+                text = completion_text(completion)
+            except TypeError as e:
+                results[i] = RewardResult(None, "bad_completion", {"error": str(e)})
+                continue
+            found = extract_answer(text, last_number=last_number_fallback)
+            if found:
+                extracted[i] = {"extracted": found.text, "method": found.method}
+            g = normalize_answer(gold_text(str(gold)))
+            a = normalize_answer(found.text) if found else None
+            gn, an = _plain_number(g), (_plain_number(a) if a is not None else None)
+            if gn is not None and an is not None:  # two plain decimals: exact comparison, no worker needed
+                ok = gn == an
+                results[i] = RewardResult(1.0 if ok else 0.0, "correct" if ok else "wrong",
+                                          {**extracted[i], "rule": "number"})
+                continue
+            keys[i] = (g, a)
+        with self._lock:
+            todo = list(dict.fromkeys(k for k in keys if k is not None and k not in self._cache))
+            if todo:
+                outcomes = self._pool_().map(check_pair, todo)
+                self.checks += len(todo)
+                fresh = {}
+                for key, out in zip(todo, outcomes):
+                    if out.status == "ok":
+                        fresh[key] = out.value
+                        self._cache[key] = out.value
+                    elif out.status == "timeout":
+                        fresh[key] = (None, "timeout", {"limit_s": self.timeout})
+                    else:
+                        fresh[key] = (None, "check_error", {"error": out.error[-500:]})
+                while len(self._cache) > CACHE_SIZE:
+                    self._cache.popitem(last=False)
+            else:
+                fresh = {}
+            for i, key in enumerate(keys):
+                if key is None:
+                    continue
+                score, reason, info = fresh[key] if key in fresh else self._cache[key]
+                results[i] = RewardResult(score, reason, {**info, **extracted[i]})
+        return results  # type: ignore[return-value]
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+
+_VERIFIERS: dict[tuple[float, int], MathVerifier] = {}
+_VERIFIERS_LOCK = threading.Lock()
+
+
+def get_verifier(timeout: float = DEFAULT_TIMEOUT_S, workers: int | None = None) -> MathVerifier:
+    """The process-wide verifier for these settings (pool started on first use, closed at exit)."""
+    key = (float(timeout), workers or default_workers())
+    with _VERIFIERS_LOCK:
+        if key not in _VERIFIERS:
+            _VERIFIERS[key] = MathVerifier(timeout=key[0], workers=key[1])
+        return _VERIFIERS[key]
+
+
+def math_results(prompts: Sequence[Any] | None, completions: Sequence[Any], answer: Sequence[Any], *,
+                 last_number_fallback: bool = False, timeout: float = DEFAULT_TIMEOUT_S,
+                 workers: int | None = None, **columns: Any) -> list[RewardResult]:
+    """Score each completion against its gold `answer`: 1 correct, 0 wrong / no answer, None unscorable.
+
+    >>> [r.score for r in math_results(None, ["So $\\\\boxed{\\\\frac{1}{2}}$."], answer=["0.5"])]
+    [1.0]
+    """
+    return get_verifier(timeout, workers).score(completions, answer, last_number_fallback=last_number_fallback)
+
+
+def math_last_number_results(prompts: Sequence[Any] | None, completions: Sequence[Any], answer: Sequence[Any],
+                             **columns: Any) -> list[RewardResult]:
+    """`math_results` with the last-number fallback on (the CLI's `--reward math:last_number`)."""
+    columns.pop("last_number_fallback", None)
+    return math_results(prompts, completions, answer, last_number_fallback=True, **columns)
+
+
+math_reward = trl_reward(math_results)
+math_last_number_reward = trl_reward(math_last_number_results)
+# trl_reward builds its wrapper inside rewards.result; point pickle at this module, where the name resolves.
+math_reward.__module__ = __name__
+math_last_number_reward.__module__ = __name__
+
+
+# ---------------------------------------------------------------------------------------------------------
+# check-gold
+
+
+@dataclass(frozen=True)
+class GoldProblem:
+    row: int
+    gold: str
+    reason: str
+
+
+def check_gold(golds: Sequence[Any], timeout: float = DEFAULT_TIMEOUT_S,
+               workers: int | None = None) -> list[GoldProblem]:
+    """Gold answers the math reward could not score (every row using them would get None), with the reason."""
+    verifier = get_verifier(timeout, workers)
+    results = verifier.score([""] * len(golds), golds)
+    return [GoldProblem(i, "" if g is None else str(g), r.reason)
+            for i, (g, r) in enumerate(zip(golds, results)) if r.score is None]
+
+
+def check_gold_main(rows: Sequence[dict[str, Any]], column: str = "answer", timeout: float = DEFAULT_TIMEOUT_S,
+                    workers: int | None = None, out=None) -> int:
+    """CLI body of `prefsmith check-gold`: print one line per bad gold, a summary, and return the exit code.
+
+    Exit code 0 when every gold parses, 1 when some don't, 2 when the column is missing.
+    """
+    import sys
+
+    out = out or sys.stdout
+    if rows and column not in rows[0]:
+        print(f"check-gold: no `{column}` column in the input (columns: {sorted(rows[0])}); "
+              f"add gold answers or pass the right column name", file=out)
+        return 2
+    problems = check_gold([row.get(column) for row in rows], timeout=timeout, workers=workers)
+    for p in problems:
+        print(f"row {p.row}: {p.reason}: {p.gold[:120]!r}", file=out)
+    print(f"check-gold: {len(rows) - len(problems)}/{len(rows)} gold answers parse, {len(problems)} don't",
+          file=out)
+    return 1 if problems else 0
