@@ -1,0 +1,192 @@
+"""`prefsmith generate`: sample N completions per prompt and write rollout rows.
+
+One output row per (prompt, sample): every input column is carried, plus `id` (`{prompt_id}-{sample_idx}`),
+`prompt_id`, `sample_idx`, `completion`, `completion_ids`, `logprobs`, `finish_reason`, `policy`, `sampling`.
+Prompt i is sampled with seed `hash(seed, prompt_id)`, so the output doesn't depend on batching or on where a
+killed run resumed: same seed + engine + model → same rows.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipelines.engines.base import Prompt, SamplingConfig
+from pipelines.errors import UserError
+from pipelines.models import resolve_model
+from pipelines.runner import Shard, StageResult, run_stage, update_manifest
+
+
+@dataclass
+class GenerateConfig:
+    model: str
+    engine: str = "hf"
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    prompt_column: str = "prompt"
+    template: str | None = None  # e.g. "{prompt}\nPut the final answer in \\boxed{{}}."
+    chat: str = "auto"  # auto | always | never: wrap string prompts as one user message
+    system: str | None = None
+    batch_size: int = 8  # prompts per engine call
+    engine_options: dict[str, Any] = field(default_factory=dict)
+
+
+def prompt_seed(seed: int, prompt_id: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}:{prompt_id}".encode()).digest()[:4], "little")
+
+
+def prompt_ids(rows: list[dict], start: int) -> list[str]:
+    """The input's `id` when it has one, else the row's position in the input."""
+    return [str(r["id"]) if r.get("id") is not None else f"row{start + i:07d}" for i, r in enumerate(rows)]
+
+
+def build_prompt(row: dict, cfg: GenerateConfig, use_chat: bool) -> Prompt:
+    prompt = row[cfg.prompt_column]
+    if isinstance(prompt, str):
+        text = cfg.template.format(prompt=prompt, **{k: v for k, v in row.items() if k != "prompt"}) if cfg.template else prompt
+        if not use_chat:
+            return text
+        messages = [{"role": "user", "content": text}]
+    else:
+        messages = [dict(m) for m in prompt]
+    if cfg.system and messages[0]["role"] != "system":
+        messages = [{"role": "system", "content": cfg.system}, *messages]
+    return messages
+
+
+class GenerateStage:
+    """The per-shard function; the engine is loaded on first use, so a finished stage never loads a model."""
+
+    def __init__(self, cfg: GenerateConfig):
+        self.cfg = cfg
+        self.engine = None
+        self.use_chat = cfg.chat == "always"
+        self.tokens = 0
+        self.gen_seconds = 0.0
+
+    def _load(self) -> None:
+        from pipelines.engines import load_engine
+
+        self.engine = load_engine(self.cfg.engine, self.cfg.model, **self.cfg.engine_options)
+        if self.cfg.chat == "auto":
+            self.use_chat = _has_chat_template(self.engine)
+
+    def __call__(self, rows: list[dict], shard: Shard) -> list[dict]:
+        if self.engine is None:
+            self._load()
+        cfg, out = self.cfg, []
+        ids = prompt_ids(rows, shard.start)
+        policy = {"model": cfg.model, "engine": cfg.engine}
+        sampling = cfg.sampling.to_dict()
+        for b in range(0, len(rows), cfg.batch_size):
+            batch, batch_ids = rows[b:b + cfg.batch_size], ids[b:b + cfg.batch_size]
+            prompts = [build_prompt(r, cfg, self.use_chat) for r in batch]
+            t0 = time.time()
+            results = self.engine.generate(prompts, cfg.sampling, [prompt_seed(cfg.sampling.seed, i) for i in batch_ids])
+            self.gen_seconds += time.time() - t0
+            for row, pid, samples in zip(batch, batch_ids, results):
+                for k, s in enumerate(samples):
+                    self.tokens += len(s.token_ids or [])
+                    out.append({**row, "id": f"{pid}-{k}", "prompt_id": pid, "sample_idx": k, "completion": s.text,
+                                "completion_ids": s.token_ids, "logprobs": s.logprobs,
+                                "finish_reason": s.finish_reason, "policy": policy, "sampling": sampling})
+            shard.tick(len(batch))
+        return out
+
+
+def _has_chat_template(engine) -> bool:
+    tok = getattr(engine, "tokenizer", None)  # the openai engine may have none: the server templates
+    return tok is None or bool(getattr(tok, "chat_template", None))
+
+
+def generate(cfg: GenerateConfig, input: str, output: str, overwrite: bool = False, shard_size: int = 64,
+             progress: bool = True) -> StageResult:
+    stage = GenerateStage(cfg)
+    config = {**{k: v for k, v in cfg.__dict__.items() if k != "sampling"}, "sampling": cfg.sampling.to_dict()}
+    config.pop("engine_options")
+    config["engine_options"] = {k: v for k, v in cfg.engine_options.items() if k not in ("api_key",)}
+    result = run_stage("generate", stage, config, input, output, required=[cfg.prompt_column],
+                       shard_size=shard_size, overwrite=overwrite, progress=progress)
+    if not result.skipped:
+        rate = stage.tokens / stage.gen_seconds if stage.gen_seconds else 0.0
+        result.extra = {"tokens": stage.tokens, "gen_seconds": round(stage.gen_seconds, 2), "tokens_per_s": round(rate, 1)}
+        update_manifest(output, generation=result.extra)
+    if stage.engine is not None:
+        stage.engine.close()
+    return result
+
+
+def report(output: str) -> dict:
+    """Rows, tokens/s and finish reasons of a rollout dataset (printed by the CLI and the demo)."""
+    from collections import Counter
+
+    from pipelines.dataset import load_table, read_manifest
+
+    table = load_table(output)
+    manifest = read_manifest(output) or {}
+    reasons = Counter(table.column("finish_reason").to_pylist())
+    lengths = [len(x or []) for x in table.column("completion_ids").to_pylist()]
+    return {"rows": table.num_rows, "prompts": len(set(table.column("prompt_id").to_pylist())),
+            "completion_tokens": sum(lengths), "mean_completion_tokens": round(sum(lengths) / max(1, len(lengths)), 1),
+            "tokens_per_s": manifest.get("generation", {}).get("tokens_per_s"), "finish_reasons": dict(reasons)}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="`default` (embedded SmolLM2-135M-Instruct), a local folder or a hub name")
+    p.add_argument("--input", required=True, help="prompts: JSONL, Parquet, dataset directory or hub dataset name")
+    p.add_argument("--output", required=True, help="output dataset directory")
+    p.add_argument("--engine", choices=["hf", "vllm", "openai"], default="hf")
+    p.add_argument("--n", type=int, default=8, help="completions per prompt")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--base-url", help="OpenAI-compatible server URL (engine openai)")
+    p.add_argument("--prompt-column", default="prompt")
+    p.add_argument("--template", help="format string for string prompts, e.g. '{prompt} Put the answer in \\boxed{{}}.'")
+    p.add_argument("--chat", choices=["auto", "always", "never"], default="auto",
+                   help="wrap string prompts as a user message (auto: when the model has a chat template)")
+    p.add_argument("--system", help="system message prepended to chat prompts")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per engine call")
+    p.add_argument("--shard-size", type=int, default=64, help="prompts per output shard (the unit of resume)")
+    p.add_argument("--engine-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra engine option (JSON value), e.g. dtype=\"bfloat16\" or max_concurrency=16")
+    p.add_argument("--overwrite", action="store_true", help="replace an output made with another config or input")
+
+
+def _parse_options(items: list[str]) -> dict[str, Any]:
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"--engine-option {item!r}: expected KEY=VALUE")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
+def run(args: argparse.Namespace) -> int:
+    options = _parse_options(args.engine_option)
+    if args.engine == "openai":
+        if not args.base_url:
+            raise UserError("--engine openai needs --base-url (e.g. http://127.0.0.1:8000/v1)")
+        options["base_url"] = args.base_url
+        model = args.model if not Path(args.model).exists() else str(Path(args.model).resolve())
+    else:
+        model = resolve_model(args.model)
+    cfg = GenerateConfig(
+        model=model, engine=args.engine,
+        sampling=SamplingConfig(n=args.n, temperature=args.temperature, top_p=args.top_p,
+                                max_new_tokens=args.max_new_tokens, seed=args.seed),
+        prompt_column=args.prompt_column, template=args.template, chat=args.chat, system=args.system,
+        batch_size=args.batch_size, engine_options=options,
+    )
+    result = generate(cfg, args.input, args.output, overwrite=args.overwrite, shard_size=args.shard_size)
+    print(json.dumps(report(args.output)), file=sys.stdout)
+    return 0
