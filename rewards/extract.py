@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*(\{|\s+(?=\S))")
 _ANSWER_IS_RE = re.compile(
-    r"(?:final\s+answer|the\s+answer|answer)\s*(?:is|:|=)\s*[:\-]?\s*(?P<ans>[^\n]+)", re.IGNORECASE
+    r"(?:final\s+answer|the\s+answer|answer)\s*(?:is|:|=)\s*:?\s*(?P<ans>[^\n]+)", re.IGNORECASE
 )
 _HASH_RE = re.compile(r"^\s*####\s*(?P<ans>[^\n]+)", re.MULTILINE)
 _NUMBER_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+")

@@ -37,7 +37,7 @@ CACHE_SIZE = 200_000
 
 _NUM = r"-?(?:\d[\d,]*(?:\.\d+)?|\.\d+)(?:/\d+)?"
 _WRAPPERS = [(r"\\left", ""), (r"\\right", ""), (r"\\displaystyle", ""), (r"\\[dt]frac", r"\\frac"),
-             (r"\\[!,;:]", " "), (r"~", " "), (r"\^\s*\{?\\circ\}?", ""), ("°", ""), (r"\\\s", " ")]
+             (r"(?<!\\)\\[!,;:]", " "), (r"~", " "), (r"\^\s*\{?\\circ\}?", ""), ("°", ""), (r"(?<!\\)\\\s", " ")]
 _PERCENT_WORD = re.compile(r"(\d)\s*(?:\\text\{\s*)?(?:percent|per\s*cent)\b\}?", re.IGNORECASE)
 _TEXT_UNIT = re.compile(rf"^({_NUM}|\\frac\{{\d+\}}\{{\d+\}})\s*\\(?:text|mbox|mathrm)\{{\s*[A-Za-z][A-Za-z .]*\}}(?:\^\d)?$")
 _WORD_UNIT = re.compile(rf"^({_NUM}|\\frac\{{\d+\}}\{{\d+\}})\s*[A-Za-z]{{2,}}[A-Za-z .]*(?:\^\d|\^\{{\d\}})?$")
