@@ -1,0 +1,300 @@
+"""Code reward: run the completion's program against the row's tests inside the sandbox (rewards/sandbox.py).
+
+`tests` per row is one of:
+- a test program (string), e.g. HumanEval's `test` defining `check(candidate)`; with an `entry_point` column the
+  call `check(<entry_point>)` is appended;
+- a list of test statements (MBPP style asserts); each is one test;
+- stdin/stdout cases: a list of `{"input": ..., "output": ...}` (or APPS' `{"inputs": [...], "outputs": [...]}`,
+  also as a JSON string); output is compared line by line after trimming whitespace.
+
+Each test ends as one of `TEST_STATUSES`. The score is 1.0 when all pass, else 0.0 (`fraction=True`: the share
+passed); null when the row could not be scored (no or malformed tests, sandbox failure), with the reason.
+
+Example:
+    >>> code_results(["Add."], ["```python\\ndef add(a, b):\\n    return a + b\\n```"], tests=[["assert add(1, 2) == 3"]])
+    [RewardResult(score=1.0, reason='passed 1/1', info={...})]
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import secrets
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+from rewards.result import RewardResult, completion_text, trl_reward
+from rewards.sandbox import Sandbox, SandboxLimits, SandboxRun, rlimit_args
+
+TEST_STATUSES = ("passed", "failed", "compile_error", "runtime_error", "timeout", "memory_limit", "sandbox_error")
+HARNESS_SOURCE = (Path(__file__).parent / "code_harness.py").read_text()
+_FENCE = re.compile(r"```([^\n`]*)\n(.*?)```", re.DOTALL)
+_STARTUP_SLACK_S = 3.0  # interpreter start-up on a loaded machine, on top of the per-test time
+
+
+@dataclass(frozen=True)
+class TestSuite:
+    """A row's tests: `asserts` (test snippets run after the program, in its namespace) or `stdio` cases."""
+
+    mode: str
+    items: tuple  # asserts: tuple[str]; stdio: tuple[tuple[str, str]] of (stdin, expected stdout)
+
+
+def extract_program(text: str) -> str:
+    """The last ```python fenced block, else the last fenced block, else the whole text."""
+    blocks = _FENCE.findall(text)
+    if not blocks:
+        return text
+    python_blocks = [body for lang, body in blocks if lang.strip().lower() in ("python", "py", "python3")]
+    return (python_blocks or [body for _, body in blocks])[-1]
+
+
+def parse_tests(tests: Any, entry_point: str | None = None) -> TestSuite:
+    """Normalize one row's `tests` value; raises ValueError saying what shape was expected."""
+    if isinstance(tests, str) and tests.lstrip().startswith(("{", "[")):
+        try:
+            tests = json.loads(tests)
+        except json.JSONDecodeError:
+            pass  # a test program that happens to start with a bracket
+    if isinstance(tests, dict) and "inputs" in tests and "outputs" in tests:
+        if len(tests["inputs"]) != len(tests["outputs"]):
+            raise ValueError("`tests` has different numbers of inputs and outputs")
+        tests = [{"input": i, "output": o} for i, o in zip(tests["inputs"], tests["outputs"])]
+    if isinstance(tests, str):
+        program = tests + (f"\n\ncheck({entry_point})\n" if entry_point else "")
+        items: tuple = (program,)
+        mode = "asserts"
+    elif isinstance(tests, (list, tuple)) and tests and all(isinstance(t, str) for t in tests):
+        items, mode = tuple(tests), "asserts"
+    elif isinstance(tests, (list, tuple)) and tests and all(isinstance(t, dict) for t in tests):
+        try:
+            items = tuple((_as_text(t["input"]), _as_text(t["output"])) for t in tests)
+        except KeyError as exc:
+            raise ValueError(f"stdin/stdout test case lacks the {exc} key") from None
+        mode = "stdio"
+    else:
+        raise ValueError(
+            "`tests` must be a test program (string), a non-empty list of test statements, or a list of "
+            f'{{"input": ..., "output": ...}} cases; got {type(tests).__name__}'
+        )
+    if mode == "asserts":
+        for index, test in enumerate(items):
+            try:
+                compile(test, f"test_{index}", "exec")  # compiling never runs code; a broken test is the data's fault
+            except (SyntaxError, ValueError) as exc:
+                raise ValueError(f"test {index} does not compile: {exc}") from None
+    return TestSuite(mode, items)
+
+
+def _as_text(value: Any) -> str:
+    return "\n".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def _lines(text: str) -> list[str]:
+    return [line.rstrip() for line in text.strip().splitlines()]
+
+
+def build_program(prompt: Any, completion: Any, entry_point: str | None) -> str:
+    """The program to test: the extracted code; for a HumanEval-style continuation that does not define the entry
+    point itself, the prompt (function signature and docstring) followed by the completion."""
+    text = completion_text(completion)
+    program = extract_program(text)
+    if entry_point and not re.search(rf"def\s+{re.escape(entry_point)}\s*\(", program):
+        if isinstance(prompt, str) and re.search(rf"def\s+{re.escape(entry_point)}\s*\(", prompt):
+            return prompt + text
+    return program
+
+
+@dataclass
+class _Outcome:
+    statuses: list[str]
+    details: list[str]
+    truncated: bool = False
+
+
+def _crash_status(run: SandboxRun) -> tuple[str, str]:
+    """How a launch ended when the harness could not report: the status for the test that was running."""
+    if run.timed_out:
+        return "timeout", "wall-clock limit"
+    if run.truncated:
+        return "runtime_error", "output limit exceeded"
+    raw = run.extra.get("raw_returncode")
+    if raw in (-24, 128 + 24, 128 + 9, -9) and b"MemoryError" not in run.stderr:
+        return "timeout", "cpu-time limit"
+    if b"MemoryError" in run.stderr:
+        return "memory_limit", "MemoryError"
+    return "runtime_error", f"exited with code {raw} before reporting"
+
+
+def _parse_channel(run: SandboxRun, nonce: str) -> dict[str, tuple[str, str]]:
+    events: dict[str, tuple[str, str]] = {}
+    for line in run.channel.decode(errors="replace").splitlines():
+        parts = line.split(" ", 3)
+        if len(parts) >= 3 and parts[0] == nonce:
+            events.setdefault(parts[1], (parts[2], parts[3] if len(parts) > 3 else ""))
+    return events
+
+
+class _Runner:
+    """Runs one row's tests through a shared Sandbox."""
+
+    def __init__(self, sandbox: Sandbox, timeout_s: float):
+        self.sandbox = sandbox
+        self.timeout_s = timeout_s
+
+    def _launch(self, program: str, mode: str, tests: list[str], first_index: int, stdin: str, n_timed: int):
+        nonce = secrets.token_hex(16)
+        wall = self.timeout_s * n_timed + _STARTUP_SLACK_S
+        rlimits = dict(item.split("=") for item in rlimit_args(self.sandbox.limits))
+        rlimits = {k: int(v) for k, v in rlimits.items()}
+        rlimits["RLIMIT_CPU"] = math.ceil(wall) + 1
+        spec = {"mode": mode, "tests": tests, "first_index": first_index, "timeout_s": self.timeout_s,
+                "rlimits": rlimits}
+        run = self.sandbox.run(
+            ["{python}", "-I", "-S", "{job}/harness.py", "{job}/spec.json", "{channel_fd}"],
+            files={"harness.py": HARNESS_SOURCE, "program.py": program, "spec.json": json.dumps(spec)},
+            stdin=(nonce + "\n" + stdin).encode(),
+            wall_s=wall,
+        )
+        return run, _parse_channel(run, nonce)
+
+    def run_asserts(self, program: str, tests: Sequence[str]) -> _Outcome:
+        statuses = [""] * len(tests)
+        details = [""] * len(tests)
+        truncated = False
+        start = 0
+        while start < len(tests):
+            pending = list(tests[start:])
+            run, events = self._launch(program, "asserts", pending, start, "", len(pending) + 1)
+            truncated |= run.truncated
+            if "start" not in events:
+                return self._all(statuses, details, start, "sandbox_error", _stderr_tail(run), truncated)
+            crash = _crash_status(run)
+            program_event = events.get("program")
+            if program_event is None or program_event[0] != "ok":
+                status, detail = program_event or crash
+                return self._all(statuses, details, start, status, detail, truncated)
+            index = start
+            while index < len(tests) and str(index) in events:
+                statuses[index], details[index] = events[str(index)]
+                index += 1
+            if index < len(tests):  # the launch died during test `index`: record why, go on after it
+                statuses[index], details[index] = crash
+                index += 1
+            start = index
+        return _Outcome(statuses, details, truncated)
+
+    @staticmethod
+    def _all(statuses, details, start, status, detail, truncated) -> _Outcome:
+        for i in range(start, len(statuses)):
+            statuses[i], details[i] = status, detail
+        return _Outcome(statuses, details, truncated)
+
+    def run_case(self, program: str, stdin: str, expected: str) -> _Outcome:
+        run, events = self._launch(program, "stdio", [], 0, stdin, 1)
+        if "start" not in events:
+            return _Outcome(["sandbox_error"], [_stderr_tail(run)], run.truncated)
+        if run.truncated:
+            return _Outcome(["failed"], ["output limit exceeded"], True)
+        program_event = events.get("program") or _crash_status(run)
+        if program_event[0] != "ok":
+            return _Outcome([program_event[0]], [program_event[1]])
+        got = run.stdout.decode(errors="replace")
+        if _lines(got) == _lines(expected):
+            return _Outcome(["passed"], [""])
+        return _Outcome(["failed"], [f"expected {expected.strip()[:60]!r}, got {got.strip()[:60]!r}"])
+
+
+def _stderr_tail(run: SandboxRun) -> str:
+    return run.stderr.decode(errors="replace").strip().replace("\n", " ")[-200:] or f"exit {run.returncode}"
+
+
+def _summarize(outcome: _Outcome, fraction: bool) -> RewardResult:
+    statuses = outcome.statuses
+    total = len(statuses)
+    passed = statuses.count("passed")
+    info = {"statuses": statuses, "details": outcome.details, "passed": passed, "total": total,
+            "truncated": outcome.truncated}
+    failures = [s for s in statuses if s != "passed"]
+    reason = f"passed {passed}/{total}" + (f"; first failure: {failures[0]}" if failures else "")
+    if "sandbox_error" in statuses:
+        first = statuses.index("sandbox_error")
+        return RewardResult(None, f"sandbox_error: {outcome.details[first]}", info)
+    score = passed / total if fraction else float(passed == total)
+    return RewardResult(score, reason, info)
+
+
+def code_results(
+    prompts: Sequence[Any],
+    completions: Sequence[Any],
+    tests: Sequence[Any] | None = None,
+    entry_point: Sequence[str | None] | None = None,
+    fraction: bool = False,
+    workers: int | None = None,
+    timeout_s: float = 5.0,
+    limits: SandboxLimits | None = None,
+    python: str | None = None,
+    allow_unsandboxed_code_execution: bool = False,
+    **columns: Any,
+) -> list[RewardResult]:
+    """Run each completion's program against its row's `tests` in the sandbox; see the module docstring.
+
+    `timeout_s` is per test; `workers` launches run in parallel (default: CPU cores); `limits` sets the sandbox's
+    memory/process/file/output limits; `python` is the interpreter used inside the sandbox (its install prefix is
+    mounted read-only; default: the base interpreter of this one).
+    """
+    n = len(completions)
+    if tests is None:
+        raise ValueError("code reward needs a `tests` column (test program, list of asserts, or stdin/stdout cases)")
+    if len(tests) != n or len(prompts) != n:
+        raise ValueError(f"code reward got {len(prompts)} prompts, {n} completions and {len(tests)} tests rows")
+    entry_points = list(entry_point) if entry_point is not None else [None] * n
+    results: list[RewardResult | None] = [None] * n
+    jobs = []  # (row, kind, payload)
+    for row in range(n):
+        try:
+            suite = parse_tests(tests[row], entry_points[row])
+            program = build_program(prompts[row], completions[row], entry_points[row])
+        except (ValueError, TypeError) as exc:
+            results[row] = RewardResult(None, f"bad_tests: row {row}: {exc}", {})
+            continue
+        if suite.mode == "asserts":
+            jobs.append((row, "asserts", (program, suite.items)))
+        else:
+            jobs.extend((row, "stdio", (program, stdin, expected)) for stdin, expected in suite.items)
+    if not jobs:
+        return [r for r in results]  # type: ignore[misc]
+    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
+    limits = limits or SandboxLimits()
+    limits = replace(limits, cpu_s=max(limits.cpu_s, math.ceil(timeout_s) + 1))
+    with Sandbox(limits, workers=workers, python=python,
+                 allow_unsandboxed_code_execution=allow_unsandboxed_code_execution) as sandbox:
+        runner = _Runner(sandbox, timeout_s)
+
+        def do(job) -> _Outcome:
+            _, kind, payload = job
+            try:
+                if kind == "asserts":
+                    return runner.run_asserts(*payload)
+                return runner.run_case(*payload)
+            except Exception as exc:  # noqa: BLE001 - one broken launch must not sink the batch
+                size = len(payload[1]) if kind == "asserts" else 1
+                return _Outcome(["sandbox_error"] * size, [f"{type(exc).__name__}: {exc}"] * size)
+
+        with ThreadPoolExecutor(workers) as pool:
+            outcomes = list(pool.map(do, jobs))
+    per_row: dict[int, _Outcome] = {}
+    for (row, _, _), outcome in zip(jobs, outcomes):
+        merged = per_row.setdefault(row, _Outcome([], []))
+        merged.statuses += outcome.statuses
+        merged.details += outcome.details
+        merged.truncated |= outcome.truncated
+    for row, outcome in per_row.items():
+        results[row] = _summarize(outcome, fraction)
+    return results  # type: ignore[return-value]
+
+
+code_reward = trl_reward(code_results)
