@@ -5,7 +5,9 @@ template exactly once, by the engine or by the server). For each prompt an engin
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Protocol, Sequence, Union
 
 Prompt = Union[str, list[dict[str, Any]]]
@@ -44,3 +46,102 @@ class Engine(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class EngineError(RuntimeError):
+    """A problem the user can fix (wrong model path, unreachable server); raised before any work starts."""
+
+
+def derive_seed(seed: int, sample_idx: int) -> int:
+    """Seed for sample `sample_idx` of a prompt seeded `seed`, when samples must be drawn one request at a
+    time (servers that ignore `n`). Sample 0 keeps the prompt's seed; the others get stable, distinct seeds."""
+    if sample_idx == 0:
+        return seed
+    digest = hashlib.sha256(f"{seed}:{sample_idx}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def is_chat(prompt: Prompt) -> bool:
+    return not isinstance(prompt, str)
+
+
+def render_prompt_ids(tokenizer: Any, prompt: Prompt) -> list[int]:
+    """Token ids the model sees for `prompt`.
+
+    A chat prompt is rendered with the tokenizer's chat template once, then tokenized without adding special
+    tokens (the template already holds any BOS). A string is tokenized with the tokenizer's usual special tokens,
+    as vLLM and the `completions` endpoint do. A chat ending in an assistant turn is continued, not closed.
+    """
+    if isinstance(prompt, str):
+        return list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+    if not prompt:
+        raise EngineError("empty chat prompt (no messages): give at least one {role, content} message")
+    continue_final = prompt[-1].get("role") == "assistant"
+    text = tokenizer.apply_chat_template(
+        list(prompt), tokenize=False, add_generation_prompt=not continue_final, continue_final_message=continue_final
+    )
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+_SENTINEL = "PREFSMITH_END_OF_TURN_PROBE"
+
+
+def end_of_turn_id(tokenizer: Any) -> int | None:
+    """The special token the chat template writes right after an assistant message (e.g. `<|im_end|>`,
+    `<|eot_id|>`), or None when there is no template or no such token."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": _SENTINEL}]
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False)
+    except Exception:  # templates may reject this probe (e.g. require a system turn); then there is none to add
+        return None
+    tail = text.split(_SENTINEL, 1)[-1]
+    ids = tokenizer(tail, add_special_tokens=False)["input_ids"] if tail else []
+    if ids and ids[0] in set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {})):
+        return int(ids[0])
+    return None
+
+
+def stop_token_ids(tokenizer: Any, generation_eos: int | list[int] | None = None) -> list[int]:
+    """Every token that ends a completion: the generation config's eos ids, the tokenizer's eos and the chat
+    template's end-of-turn token."""
+    ids: list[int] = []
+    for value in (generation_eos, tokenizer.eos_token_id, end_of_turn_id(tokenizer)):
+        for tid in value if isinstance(value, (list, tuple)) else [value]:
+            if tid is not None and int(tid) not in ids:
+                ids.append(int(tid))
+    return ids
+
+
+def resolve_model_path(model: str) -> str:
+    """Return `model` as a usable string: an existing local folder (expanded) or a hub name. A string that is
+    clearly a path but does not exist, or a folder without config.json, raises EngineError."""
+    path = Path(model).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise EngineError(
+                f"model folder {path} has no config.json: point --model at a folder written by save_pretrained "
+                "(for the default policy run `prefsmith models fetch-default`)"
+            )
+        return str(path)
+    looks_like_path = model.startswith(("/", ".", "~")) or model.count("/") > 1 or "\\" in model
+    if looks_like_path:
+        raise EngineError(
+            f"model folder {path} does not exist: pass an existing local folder "
+            "(for the default policy run `prefsmith models fetch-default`) or a hub name like org/name"
+        )
+    return model
+
+
+def load_tokenizer(model: str) -> Any:
+    """The model's tokenizer, or EngineError saying which model could not be loaded and what to do."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(model)
+    except Exception as err:  # offline hub name, corrupt folder: one message instead of a deep stack trace
+        raise EngineError(
+            f"cannot load the tokenizer of model {model!r} ({type(err).__name__}: {err}). Pass a local folder "
+            "written by save_pretrained (for the default policy run `prefsmith models fetch-default`)"
+        ) from err

@@ -1,0 +1,120 @@
+"""`hf` engine: transformers `generate`, the CPU default.
+
+Each prompt's `n` samples are one batch drawn under `torch.manual_seed(seeds[i])`,
+so a prompt's samples never depend on its neighbours. With `prompt_batch_size > 1` several prompts share a
+left-padded batch seeded by the first prompt's seed: faster, but then samples depend on how the caller batches.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from .base import (
+    EngineError,
+    Prompt,
+    Sample,
+    SamplingConfig,
+    load_tokenizer,
+    render_prompt_ids,
+    resolve_model_path,
+    stop_token_ids,
+)
+
+
+@dataclass
+class HFOptions:
+    device: str = "auto"  # cpu | cuda | cuda:N | auto (cuda when available)
+    dtype: str = "auto"  # auto: float32 on CPU, bfloat16 on GPU
+    prompt_batch_size: int = 1  # >1 batches prompts together (faster, but batch-dependent samples)
+
+
+def _pick_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _pick_dtype(dtype: str, device: str) -> torch.dtype:
+    if dtype == "auto":
+        return torch.float32 if device == "cpu" else torch.bfloat16
+    return getattr(torch, dtype)
+
+
+class HFEngine:
+    name = "hf"
+
+    def __init__(self, model: str, device: str = "auto", dtype: str = "auto", prompt_batch_size: int = 1) -> None:
+        from transformers import AutoModelForCausalLM
+
+        self.model = resolve_model_path(model)
+        self.options = HFOptions(device=device, dtype=dtype, prompt_batch_size=prompt_batch_size)
+        self.device = _pick_device(device)
+        self.tokenizer = load_tokenizer(self.model)
+        try:
+            self.lm = AutoModelForCausalLM.from_pretrained(self.model, dtype=_pick_dtype(dtype, self.device))
+        except Exception as err:
+            raise EngineError(f"cannot load model {self.model!r} with transformers ({type(err).__name__}: {err})") from err
+        self.lm.to(self.device).eval()
+        self.stop_ids = stop_token_ids(self.tokenizer, self.lm.generation_config.eos_token_id)
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else self.stop_ids[0]
+
+    def generate(
+        self, prompts: Sequence[Prompt], sampling: SamplingConfig, seeds: Sequence[int] | None = None
+    ) -> list[list[Sample]]:
+        seeds = list(seeds) if seeds is not None else [sampling.seed + i for i in range(len(prompts))]
+        if len(seeds) != len(prompts):
+            raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds: give one seed per prompt")
+        ids = [render_prompt_ids(self.tokenizer, p) for p in prompts]
+        size = max(1, self.options.prompt_batch_size)
+        out: list[list[Sample]] = []
+        for start in range(0, len(ids), size):
+            out.extend(self._generate_batch(ids[start : start + size], sampling, seeds[start]))
+        return out
+
+    @torch.inference_mode()
+    def _generate_batch(self, batch: list[list[int]], sampling: SamplingConfig, seed: int) -> list[list[Sample]]:
+        from transformers import GenerationConfig
+
+        width = max(len(x) for x in batch)
+        # each prompt row repeated n times (what num_return_sequences does, but valid for greedy too)
+        rows = [x for x in batch for _ in range(sampling.n)]
+        input_ids = torch.tensor([[self.pad_id] * (width - len(x)) + x for x in rows], device=self.device)
+        attention = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in rows], device=self.device)
+        greedy = sampling.temperature == 0
+        # A fresh config: the checkpoint's own defaults (top_k=50, repetition penalties…) must not alter sampling.
+        config = GenerationConfig(
+            do_sample=not greedy,
+            temperature=None if greedy else sampling.temperature,
+            top_p=None if greedy else sampling.top_p,
+            top_k=None if greedy else 0,
+            max_new_tokens=sampling.max_new_tokens,
+            eos_token_id=self.stop_ids,
+            pad_token_id=self.pad_id,
+            return_dict_in_generate=True,
+            output_scores=True,
+        )
+        torch.manual_seed(seed)
+        result = self.lm.generate(input_ids=input_ids, attention_mask=attention, generation_config=config)
+        new_tokens = result.sequences[:, width:]
+        # scores are the processed logits each token was sampled from (after temperature and top-p masking)
+        logprobs = torch.stack(result.scores, dim=1).float().log_softmax(-1)
+        picked = logprobs.gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
+        samples = [self._sample(new_tokens[r].tolist(), picked[r].tolist()) for r in range(new_tokens.shape[0])]
+        return [samples[i * sampling.n : (i + 1) * sampling.n] for i in range(len(batch))]
+
+    def _sample(self, tokens: list[int], logprobs: list[float]) -> Sample:
+        stops = set(self.stop_ids)
+        end = next((k + 1 for k, t in enumerate(tokens) if t in stops), None)
+        finish = "length" if end is None else "stop"
+        end = len(tokens) if end is None else end
+        body = tokens[: end - 1] if finish == "stop" else tokens[:end]
+        text = self.tokenizer.decode(body, skip_special_tokens=True)
+        return Sample(text=text, token_ids=tokens[:end], logprobs=logprobs[:end], finish_reason=finish)
+
+    def close(self) -> None:
+        self.lm = None
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()
