@@ -8,6 +8,7 @@ import importlib
 import os
 import sys
 
+from pipelines.engines.base import EngineError  # light: no torch
 from pipelines.errors import UserError
 
 # name -> (module, one-line help)
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         module.add_arguments(parser)
         args = parser.parse_args(rest)
         return int(module.run(args) or 0)
-    except UserError as e:
+    except (UserError, EngineError) as e:
         print(f"prefsmith {name}: error: {e}", file=sys.stderr)
         return 2
 

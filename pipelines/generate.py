@@ -104,13 +104,13 @@ def _has_chat_template(engine) -> bool:
 
 
 def generate(cfg: GenerateConfig, input: str, output: str, overwrite: bool = False, shard_size: int = 64,
-             progress: bool = True) -> StageResult:
+             limit: int | None = None, progress: bool = True) -> StageResult:
     stage = GenerateStage(cfg)
     config = {**{k: v for k, v in cfg.__dict__.items() if k != "sampling"}, "sampling": cfg.sampling.to_dict()}
     config.pop("engine_options")
     config["engine_options"] = {k: v for k, v in cfg.engine_options.items() if k not in ("api_key",)}
     result = run_stage("generate", stage, config, input, output, required=[cfg.prompt_column],
-                       shard_size=shard_size, overwrite=overwrite, progress=progress)
+                       shard_size=shard_size, overwrite=overwrite, limit=limit, progress=progress)
     if not result.skipped:
         rate = stage.tokens / stage.gen_seconds if stage.gen_seconds else 0.0
         result.extra = {"tokens": stage.tokens, "gen_seconds": round(stage.gen_seconds, 2), "tokens_per_s": round(rate, 1)}
@@ -153,6 +153,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--system", help="system message prepended to chat prompts")
     p.add_argument("--batch-size", type=int, default=8, help="prompts per engine call")
     p.add_argument("--shard-size", type=int, default=64, help="prompts per output shard (the unit of resume)")
+    p.add_argument("--limit", type=int, help="use only the first N prompts")
     p.add_argument("--engine-option", action="append", default=[], metavar="KEY=VALUE",
                    help="extra engine option (JSON value), e.g. dtype=\"bfloat16\" or max_concurrency=16")
     p.add_argument("--overwrite", action="store_true", help="replace an output made with another config or input")
@@ -187,6 +188,6 @@ def run(args: argparse.Namespace) -> int:
         prompt_column=args.prompt_column, template=args.template, chat=args.chat, system=args.system,
         batch_size=args.batch_size, engine_options=options,
     )
-    result = generate(cfg, args.input, args.output, overwrite=args.overwrite, shard_size=args.shard_size)
+    generate(cfg, args.input, args.output, overwrite=args.overwrite, shard_size=args.shard_size, limit=args.limit)
     print(json.dumps(report(args.output)), file=sys.stdout)
     return 0

@@ -117,6 +117,7 @@ def run_stage(
     shard_size: int = 256,
     group_by: str | None = None,
     overwrite: bool = False,
+    limit: int | None = None,
     progress: bool = True,
     log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr),
 ) -> StageResult:
@@ -124,6 +125,9 @@ def run_stage(
     t0 = time.time()
     out = Path(output)
     table = ds.load_table(input, required)
+    if limit is not None:
+        table = table.slice(0, limit)
+        config = {**config, "limit": limit}
     input_fp = ds.fingerprint(input)
     fp = config_fingerprint(stage, config, input_fp, shard_size, group_by)
     bounds = plan_shards(table, shard_size, group_by)
