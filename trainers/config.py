@@ -56,9 +56,8 @@ class TrainConfig:
     loss: str = "sigmoid"
     beta: float | None = None
     label_smoothing: float = 0.0
-    simpo_gamma: float = 0.5
+    simpo_gamma: float = 1.0
     dpop_lambda: float = 50.0
-    orpo_alpha: float | None = None
     # KTO
     desirable_weight: float | None = None
     undesirable_weight: float | None = None

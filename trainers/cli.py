@@ -1,0 +1,135 @@
+"""`prefsmith train sft|dpo|kto|rm ...` and `prefsmith plot RUN_DIR`.
+
+Also runnable as `python -m trainers.cli dpo --model M --data D --output O`, which is what
+`torchrun --nproc-per-node N -m trainers.cli dpo ...` uses for data-parallel training.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from trainers.config import ALGORITHMS, DPO_LOSSES, TrainConfig
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="prefsmith train", description="Train a model: sft | dpo | kto | rm.")
+    p.add_argument("algorithm", choices=ALGORITHMS, help="sft, dpo (and variants via --loss), kto, rm")
+    g = p.add_argument_group("inputs and outputs")
+    g.add_argument("--model", required=True, help="local model directory (policy; for rm the reward model's base)")
+    g.add_argument("--data", required=True, help="dataset directory (Parquet shards + manifest), .parquet or .jsonl")
+    g.add_argument("--output", required=True, help="run directory: final model, checkpoints/, metrics.jsonl, plots/")
+    g.add_argument("--eval-data", default=None, help="held-out dataset for eval metrics")
+    g.add_argument("--eval-split", type=float, default=0.0, help="hold out this fraction of --data for eval")
+    g.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (always at the end)")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--lr", type=float, default=None, help="peak learning rate (default: TRL's, 2e-5 sft, 1e-5 rm, 1e-6 dpo/kto)")
+    g.add_argument("--epochs", type=float, default=1.0)
+    g.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps (overrides --epochs)")
+    g.add_argument("--batch-size", type=int, default=8,
+                   help="global examples per optimizer step, summed over processes and accumulation micro-steps")
+    g.add_argument("--grad-accum", type=int, default=1, help="split each step into N micro-batches (saves memory)")
+    g.add_argument("--warmup-ratio", type=float, default=0.1)
+    g.add_argument("--scheduler", choices=("cosine", "linear", "constant"), default="cosine")
+    g.add_argument("--weight-decay", type=float, default=0.0)
+    g.add_argument("--max-grad-norm", type=float, default=1.0, help="clip the global gradient norm (0: off)")
+    g.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="bf16: autocast, fp32 master weights")
+    g.add_argument("--seed", type=int, default=42)
+    g.add_argument("--max-length", type=int, default=1024, help="truncate prompt+completion to N tokens")
+    g.add_argument("--no-shuffle", action="store_true", help="length-sorted order instead of seeded shuffling")
+    g = p.add_argument_group("checkpoints")
+    g.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps")
+    g.add_argument("--save-total-limit", type=int, default=2, help="keep the newest N checkpoints")
+    g.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output")
+    g = p.add_argument_group("reference model")
+    g.add_argument("--ref-model", default=None, help="reference model directory (default: --model)")
+    g.add_argument("--no-reference", action="store_true", help="no reference pass (only for --loss simpo/orpo)")
+    g.add_argument("--ref-cache-dir", default=None,
+                   help="where cached reference log-probs live (default $PREFSMITH_CACHE or ~/.cache/prefsmith)")
+    g = p.add_argument_group("objective")
+    g.add_argument("--loss", choices=DPO_LOSSES, default="sigmoid", help="DPO variant")
+    g.add_argument("--beta", type=float, default=None,
+                   help="β (default 0.1; SimPO 2.0; for ORPO this is λ, default 0.1; for IPO it is τ)")
+    g.add_argument("--label-smoothing", type=float, default=0.0, help="cDPO / robust DPO label-flip rate")
+    g.add_argument("--simpo-gamma", type=float, default=1.0, help="SimPO target margin γ")
+    g.add_argument("--dpop-lambda", type=float, default=50.0, help="DPOP penalty weight λ")
+    g.add_argument("--desirable-weight", type=float, default=None,
+                   help="KTO λ_D (default: the dataset manifest's recommendation, else 1.0)")
+    g.add_argument("--undesirable-weight", type=float, default=None, help="KTO λ_U (default as --desirable-weight)")
+    g.add_argument("--rm-center-coef", type=float, default=0.0, help="reward model: penalty on (r_w + r_l)^2")
+    g = p.add_argument_group("LoRA (needs peft)")
+    g.add_argument("--lora-r", type=int, default=0, help="LoRA rank; 0 trains all weights")
+    g.add_argument("--lora-alpha", type=int, default=16)
+    g.add_argument("--lora-dropout", type=float, default=0.0)
+    g = p.add_argument_group("logging")
+    g.add_argument("--logging-every", type=int, default=1, help="write train metrics every N steps")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--no-plots", action="store_true", help="skip PNG plots at the end")
+    return p
+
+
+_DEFAULT_LR = {"sft": 2e-5, "rm": 1e-5, "dpo": 1e-6, "kto": 1e-6}  # TRL defaults
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(
+        algorithm=args.algorithm, model=args.model, data=args.data, output=args.output,
+        lr=args.lr if args.lr is not None else _DEFAULT_LR[args.algorithm], epochs=args.epochs,
+        max_steps=args.max_steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
+        warmup_ratio=args.warmup_ratio, scheduler=args.scheduler, weight_decay=args.weight_decay,
+        max_grad_norm=args.max_grad_norm, dtype=args.dtype, seed=args.seed, max_length=args.max_length,
+        eval_data=args.eval_data, eval_split=args.eval_split, eval_every=args.eval_every, shuffle=not args.no_shuffle,
+        save_every=args.save_every, save_total_limit=args.save_total_limit, resume=args.resume,
+        no_reference=args.no_reference, ref_model=args.ref_model, ref_cache_dir=args.ref_cache_dir,
+        loss=args.loss, beta=args.beta, label_smoothing=args.label_smoothing, simpo_gamma=args.simpo_gamma,
+        dpop_lambda=args.dpop_lambda, desirable_weight=args.desirable_weight,
+        undesirable_weight=args.undesirable_weight, rm_center_coef=args.rm_center_coef, lora_r=args.lora_r,
+        lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout, logging_every=args.logging_every,
+        progress=not args.no_progress, plots=not args.no_plots,
+    )
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from pipelines.errors import UserError
+
+    from trainers.algorithms import UserDataError
+
+    return (UserError, UserDataError, FileNotFoundError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point for `prefsmith train ...` (argv after `train`). Returns the exit status."""
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        cfg = config_from_args(args)
+    except ValueError as e:
+        print(f"prefsmith train: error: {e}", file=sys.stderr)
+        return 2
+    from trainers.loop import train
+
+    try:
+        train(cfg)
+    except _user_errors() as e:
+        print(f"prefsmith train: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def plot_main(argv: list[str] | None = None) -> int:
+    """Entry point for `prefsmith plot RUN_DIR`: rewrite RUN_DIR/plots/*.png from metrics.jsonl."""
+    p = argparse.ArgumentParser(prog="prefsmith plot", description="Plot a training run's metrics.jsonl.")
+    p.add_argument("run_dir", help="a `prefsmith train` output directory")
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    from trainers.metrics import plot_run
+
+    try:
+        files = plot_run(args.run_dir)
+    except FileNotFoundError as e:
+        print(f"prefsmith plot: error: {e}", file=sys.stderr)
+        return 2
+    for f in files:
+        print(f)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
