@@ -1,0 +1,121 @@
+"""`prefsmith kto`: unpaired KTO rows (binary labels) from scored rollouts, with class-balance weights.
+
+- `label = reward >= threshold` (default 0.5: the midpoint of [0, 1] rewards, and for {0, 1} rewards the
+  same as 1.0); `--label-column COL` labels from another column instead: a boolean column is used as is, a
+  numeric one is compared with the threshold (e.g. a judge's score).
+- rows whose score is null (or NaN) are skipped and counted by the reason in `reward_info`.
+- output: `prompt`, `completion`, `label` (+ `id`, `prompt_id`, `reward` and the prompt-level columns).
+  A conversational prompt keeps its message list and `completion` becomes a one-message assistant list
+  (TRL's conversational unpaired-preference format); a text prompt gets a string completion.
+- weights: the KTO paper (Ethayarajh et al. 2024, Eq. 8) recommends
+  `lambda_D * n_D / (lambda_U * n_U)` in [1, 4/3]. We fix `undesirable_weight = 1` and take the
+  `desirable_weight` in that range closest to the paper's default 1: it stays 1 when the data already
+  satisfies the bound, otherwise it is the nearest end: `n_U / n_D` when desirable rows are the minority
+  (ratio exactly 1), `(4/3) * n_U / n_D` when they are the majority. These satisfy TRL's KTOTrainer check.
+  Written to the manifest as `"kto": {...}` for `prefsmith train kto` to pick up.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass
+
+from pipelines.dataset import load_table
+from pipelines.errors import UserError
+from pipelines.grouping import as_completion, carried, check_input, count_by, read_side, score_rows
+from pipelines.runner import Shard, run_stage, update_manifest
+
+KTO_BOUND = (1.0, 4.0 / 3.0)  # Eq. 8: lambda_D * n_D / (lambda_U * n_U) in this range
+
+
+@dataclass
+class KTOConfig:
+    threshold: float = 0.5
+    label_column: str = "reward"
+
+
+@dataclass
+class KTOWeights:
+    desirable_weight: float
+    undesirable_weight: float
+    n_desirable: int
+    n_undesirable: int
+    warning: str | None = None
+
+
+def kto_weights(n_desirable: int, n_undesirable: int) -> KTOWeights:
+    """Class weights inside the KTO paper's bound (see module docstring).
+
+    >>> kto_weights(10, 90).desirable_weight
+    9.0
+    """
+    if n_desirable == 0 or n_undesirable == 0:
+        which = "desirable" if n_desirable == 0 else "undesirable"
+        return KTOWeights(1.0, 1.0, n_desirable, n_undesirable,
+                          warning=f"no {which} rows: KTO needs both classes; lower/raise --threshold or add data")
+    ratio = n_undesirable / n_desirable
+    low, high = KTO_BOUND[0] * ratio, KTO_BOUND[1] * ratio
+    return KTOWeights(min(max(1.0, low), high), 1.0, n_desirable, n_undesirable)
+
+
+def make_process(cfg: KTOConfig):
+    def process(rows: list[dict], shard: Shard) -> dict:
+        valid, skipped = score_rows(rows, cfg.label_column)
+        out = []
+        for s in valid:
+            row = s.row
+            value = row[cfg.label_column]
+            label = value if isinstance(value, bool) else s.reward >= cfg.threshold
+            out.append({"prompt": row["prompt"], "completion": as_completion(row["prompt"], row["completion"]),
+                        "label": bool(label), "id": s.id, "prompt_id": row.get("prompt_id"),
+                        "reward": row.get("reward"), **carried(row)})
+        return {"rows": out, "skipped": skipped}
+
+    return process
+
+
+def build_kto(input: str, output: str, cfg: KTOConfig = KTOConfig(), *, overwrite: bool = False,
+              progress: bool = True) -> dict:
+    """Run the kto stage; returns the manifest fields `summary` and `kto` (the weights)."""
+    check_input(input, ["prompt", "completion", cfg.label_column],
+                f"label rows for KTO (label = {cfg.label_column} >= {cfg.threshold})")
+    result = run_stage("kto", make_process(cfg), asdict(cfg), input, output,
+                       required=["prompt", "completion"], overwrite=overwrite, progress=progress)
+    labels = load_table(output).column("label").to_pylist() if result.manifest.get("rows_out") else []
+    n_desirable = sum(labels)
+    weights = kto_weights(n_desirable, len(labels) - n_desirable)
+    skipped = read_side(output, "skipped")
+    fields = {
+        "summary": {"rows": len(labels), "desirable_fraction": n_desirable / len(labels) if labels else None,
+                    "null_rows_skipped": len(skipped), "null_reasons": count_by(skipped, "reason")},
+        "kto": {k: v for k, v in asdict(weights).items() if v is not None},
+    }
+    if {k: result.manifest.get(k) for k in fields} != fields:
+        update_manifest(output, **fields)
+    return fields
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input", required=True, help="labeled rollouts (JSONL, Parquet or dataset directory)")
+    p.add_argument("--output", required=True, help="dataset directory to write")
+    p.add_argument("--threshold", type=float, default=0.5, help="label = score >= threshold (default 0.5)")
+    p.add_argument("--label-column", default="reward",
+                   help="column to label from (default reward); a boolean column is used as the label directly")
+    p.add_argument("--overwrite", action="store_true", help="replace an output made with another config")
+
+
+def run(args: argparse.Namespace) -> int:
+    fields = build_kto(args.input, args.output, KTOConfig(threshold=args.threshold, label_column=args.label_column),
+                       overwrite=args.overwrite)
+    s, w = fields["summary"], fields["kto"]
+    if not s["rows"]:
+        raise UserError(f"{args.input}: every row has a null {args.label_column}; nothing to label")
+    print(f"rows: {s['rows']}  desirable: {w['n_desirable']} ({100 * s['desirable_fraction']:.1f}%)  "
+          f"undesirable: {w['n_undesirable']}")
+    print(f"null rows skipped: {s['null_rows_skipped']}"
+          + "".join(f"\n  {reason}: {n}" for reason, n in s["null_reasons"].items()))
+    print(f"weights (KTO Eq. 8, ratio in [1, 4/3]): desirable_weight={w['desirable_weight']:.4g} "
+          f"undesirable_weight={w['undesirable_weight']:.4g}")
+    if w.get("warning"):
+        print(f"warning: {w['warning']}")
+    print(f"wrote {s['rows']} rows to {args.output}")
+    return 0
