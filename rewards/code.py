@@ -21,6 +21,7 @@ import math
 import os
 import re
 import secrets
+import signal
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -122,7 +123,7 @@ def _crash_status(run: SandboxRun) -> tuple[str, str]:
     if run.truncated:
         return "runtime_error", "output limit exceeded"
     raw = run.extra.get("raw_returncode")
-    if raw in (-24, 128 + 24, 128 + 9, -9) and b"MemoryError" not in run.stderr:
+    if raw in (-signal.SIGXCPU, 128 + signal.SIGXCPU):  # RLIMIT_CPU reached
         return "timeout", "cpu-time limit"
     if b"MemoryError" in run.stderr:
         return "memory_limit", "MemoryError"
