@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines import dataset as ds
@@ -28,20 +29,26 @@ SAMPLE_COLUMNS = frozenset({
 })
 
 
-def input_columns(source: str) -> list[str]:
-    """Column names of an input, reading only the Parquet footers when the input is Parquet."""
+def input_schema(source: str) -> pa.Schema:
+    """Schema of an input, reading only the Parquet footers when the input is Parquet."""
     kind = ds._source_kind(str(source))
     if kind == "parquet":
-        return pq.read_schema(source).names
+        return pq.read_schema(source)
     if kind == "dir":
         files = ds.shard_files(source)
         if not files:
             raise UserError(f"{source}: no Parquet files found (expected {source}/data/part-*.parquet)")
-        names: list[str] = []
-        for f in files:
-            names += [n for n in pq.read_schema(f).names if n not in names]
-        return names
-    return ds.load_table(source).column_names
+        return pa.unify_schemas([pq.read_schema(f) for f in files], promote_options="permissive")
+    return ds.load_table(source).schema
+
+
+def input_columns(source: str) -> list[str]:
+    return input_schema(source).names
+
+
+def chat_column(schema: pa.Schema, column: str) -> bool:
+    """Whether a column holds message lists (a list type) rather than strings."""
+    return column in schema.names and pa.types.is_list(schema.field(column).type)
 
 
 def check_input(source: str, columns: Sequence[str], what: str) -> list[str]:

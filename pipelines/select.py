@@ -1,0 +1,214 @@
+"""`prefsmith select`: rejection-sampling (RFT) SFT sets from scored rollouts, optionally mixed with other SFT data.
+
+Rules (see docs/builders.md):
+- a completion is correct when its reward is not null and `reward >= min_reward` (default 1.0);
+- `best`: one row per prompt: the highest reward, then the shortest completion (characters after
+  whitespace normalization: the least verbose correct answer), then the earliest `sample_idx`;
+- `all-correct`: every correct completion, duplicates within a prompt (same text after whitespace
+  normalization) kept once (the highest reward, then the earliest sample), in `sample_idx` order;
+- `--mix OTHER:RATIO`: RATIO is the fraction of the final set drawn from OTHER. With S selected rows,
+  `round(S * RATIO / (1 - RATIO))` rows of OTHER are drawn uniformly without replacement (seeded by
+  `--seed`) and appended as the last shard; too few rows in OTHER is an error naming the largest possible
+  ratio. Rows are not shuffled (trainers shuffle).
+
+Output: `prompt`, `completion`, `id`, `prompt_id`, `reward`, `source` ("rft" for selected rows, "mix:OTHER"
+for mixed ones) and the prompt-level columns. A conversational prompt gets a one-message assistant list as
+`completion` (TRL's conversational prompt-completion format). When mixing with an SFT set that uses
+`messages`, or when one side is conversational and the other plain text, every row is written as
+`messages` instead (a text prompt becomes one user message, the completion one assistant message).
+"""
+from __future__ import annotations
+
+import argparse
+import random
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import pyarrow as pa
+
+from pipelines import dataset as ds
+from pipelines.errors import UserError
+from pipelines.grouping import (Sample, as_completion, carried, chat_column, check_input, count_by, group_rows,
+                                input_schema, is_chat, read_side, score_rows)
+from pipelines.runner import MARKERS, Shard, run_stage, update_manifest
+
+KEEP = ("best", "all-correct")
+
+
+@dataclass
+class SelectConfig:
+    keep: str = "best"
+    min_reward: float = 1.0
+    mix: str | None = None  # path or name of another SFT dataset
+    mix_ratio: float = 0.0  # fraction of the final set drawn from `mix`
+    seed: int = 0
+    # filled by build_select (part of the fingerprint): output format and the mix input's content hash
+    format: str = "prompt-completion"
+    mix_fingerprint: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.keep not in KEEP:
+            raise UserError(f"--keep must be one of {', '.join(KEEP)}, got {self.keep!r}")
+        if self.mix is not None and not 0.0 <= self.mix_ratio < 1.0:
+            raise UserError(f"--mix ratio must be in [0, 1) (the fraction of the final set drawn from it), got {self.mix_ratio}")
+
+
+def parse_mix(value: str) -> tuple[str, float]:
+    """'path/to/sft.jsonl:0.3' -> ('path/to/sft.jsonl', 0.3); the ratio follows the last colon."""
+    path, sep, ratio = value.rpartition(":")
+    try:
+        if not sep or not path:
+            raise ValueError
+        return path, float(ratio)
+    except ValueError:
+        raise UserError(f"--mix {value!r}: expected OTHER_SFT:RATIO, e.g. data/sft.jsonl:0.3") from None
+
+
+def choose(valid: list[Sample], keep: str, min_reward: float) -> tuple[list[Sample], int, int]:
+    """(selected samples, correct count, distinct correct count) for one prompt."""
+    correct = [s for s in valid if s.reward >= min_reward]
+    ranked = sorted(correct, key=lambda s: (-s.reward, s.order))
+    distinct: dict[str, Sample] = {}
+    for s in ranked:
+        distinct.setdefault(s.text, s)
+    if not distinct:
+        return [], len(correct), 0
+    if keep == "best":
+        picked = [min(distinct.values(), key=lambda s: (-s.reward, len(s.text), s.order))]
+    else:
+        picked = sorted(distinct.values(), key=lambda s: s.order)
+    return picked, len(correct), len(distinct)
+
+
+def to_messages(prompt, completion) -> list[dict]:
+    head = list(prompt) if is_chat(prompt) else [{"role": "user", "content": prompt}]
+    tail = list(completion) if is_chat(completion) else [{"role": "assistant", "content": completion}]
+    return head + tail
+
+
+def selected_row(s: Sample, fmt: str) -> dict:
+    row = s.row
+    body = ({"messages": to_messages(row["prompt"], row["completion"])} if fmt == "messages" else
+            {"prompt": row["prompt"], "completion": as_completion(row["prompt"], row["completion"])})
+    return {**body, "id": s.id, "prompt_id": row["prompt_id"], "reward": s.reward, "source": "rft", **carried(row)}
+
+
+def make_process(cfg: SelectConfig):
+    def process(rows: list[dict], shard: Shard) -> dict:
+        out, prompts, skipped = [], [], []
+        for group in group_rows(rows):
+            valid, nulls = score_rows(group)
+            picked, n_correct, n_distinct = choose(valid, cfg.keep, cfg.min_reward)
+            out += [selected_row(s, cfg.format) for s in picked]
+            skipped += nulls
+            prompts.append({"prompt_id": group[0]["prompt_id"], "rows": len(group), "null": len(nulls),
+                            "correct": n_correct, "distinct_correct": n_distinct, "selected": len(picked)})
+            shard.tick(len(group))
+        return {"rows": out, "prompts": prompts, "skipped": skipped}
+
+    return process
+
+
+def mix_rows(other: pa.Table, n: int, seed: int, fmt: str, name: str) -> list[dict]:
+    """`n` rows of `other` drawn without replacement (seeded), in `fmt`, tagged with their source."""
+    picked = sorted(random.Random(seed).sample(range(other.num_rows), n))
+    rows = other.take(picked).to_pylist() if picked else []
+    out = []
+    for i, r in zip(picked, rows):
+        if fmt == "messages":
+            body = {"messages": r["messages"] if "messages" in r else to_messages(r["prompt"], r["completion"])}
+        else:
+            completion = r["completion"] if is_chat(r["completion"]) else as_completion(r["prompt"], r["completion"])
+            body = {"prompt": r["prompt"], "completion": completion}
+        out.append({**body, "id": str(r["id"]) if r.get("id") is not None else f"{name}-{i}",
+                    "prompt_id": None, "reward": None, "source": f"mix:{name}"})
+    return out
+
+
+def _mix_format(input: str, other: pa.Table, mix: str) -> str:
+    if "messages" in other.column_names:
+        return "messages"
+    if not {"prompt", "completion"} <= set(other.column_names):
+        raise UserError(f"{mix}: an SFT set needs a 'messages' column or 'prompt' + 'completion'; "
+                        f"found {', '.join(other.column_names)}")
+    ours = chat_column(input_schema(input), "prompt")
+    theirs = chat_column(other.schema, "prompt") or chat_column(other.schema, "completion")
+    return "messages" if ours != theirs else "prompt-completion"
+
+
+def build_select(input: str, output: str, cfg: SelectConfig = SelectConfig(), *, overwrite: bool = False,
+                 progress: bool = True) -> dict:
+    """Run the select stage (and the mix); returns the summary stored in the manifest."""
+    check_input(input, ["prompt_id", "prompt", "completion", "reward"], "select correct completions")
+    other = None
+    if cfg.mix is not None:
+        other = ds.load_table(cfg.mix)
+        cfg = replace(cfg, format=_mix_format(input, other, cfg.mix), mix_fingerprint=ds.fingerprint(cfg.mix))
+    result = run_stage("select", make_process(cfg), asdict(cfg), input, output,
+                       required=["prompt_id", "prompt", "completion"], group_by="prompt_id",
+                       overwrite=overwrite, progress=progress)
+    manifest = result.manifest
+    prompts, skipped = read_side(output, "prompts"), read_side(output, "skipped")
+    n_selected = sum(p["selected"] for p in prompts)
+    summary = {
+        "prompts": len(prompts),
+        "prompts_with_correct": sum(1 for p in prompts if p["correct"]),
+        "selected": n_selected,
+        "duplicates_removed": sum(p["correct"] - p["distinct_correct"] for p in prompts),
+        "null_rows_skipped": len(skipped),
+        "null_reasons": count_by(skipped, "reason"),
+    }
+    if other is not None:
+        summary["mix"] = _write_mix(output, manifest, other, cfg, n_selected)
+    summary["rows"] = n_selected + summary.get("mix", {}).get("rows", 0)
+    if manifest.get("summary") != summary:
+        update_manifest(output, summary=summary, rows_out=summary["rows"])
+    return summary
+
+
+def _write_mix(output: str, manifest: dict, other: pa.Table, cfg: SelectConfig, n_selected: int) -> dict:
+    """Append the mixed rows as shard `num_shards` (after the runner's shards), once."""
+    n = round(n_selected * cfg.mix_ratio / (1.0 - cfg.mix_ratio))
+    if n > other.num_rows:
+        best = other.num_rows / (other.num_rows + n_selected)
+        update_manifest(output, complete=False)  # a rerun retries the mix
+        raise UserError(f"{cfg.mix}: has {other.num_rows} rows but --mix ratio {cfg.mix_ratio} with {n_selected} "
+                        f"selected rows needs {n}; use a ratio <= {best:.4f} or a larger set")
+    name = Path(cfg.mix).stem if Path(cfg.mix).exists() else cfg.mix
+    path = Path(output) / ds.DATA / f"part-{manifest['num_shards']:05d}.parquet"
+    marker = Path(output) / MARKERS / "mix.done"
+    if not marker.exists():
+        rows = mix_rows(other, n, cfg.seed, cfg.format, name)
+        if rows:
+            ds.write_parquet_atomic(ds.rows_to_table(rows), path)
+            ds.unify_shards(output)
+        ds.atomic_write_bytes(marker, b"")
+    total = n_selected + n
+    return {"source": cfg.mix, "rows": n, "ratio": cfg.mix_ratio, "achieved_ratio": n / total if total else 0.0}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input", required=True, help="labeled rollouts (JSONL, Parquet or dataset directory)")
+    p.add_argument("--output", required=True, help="dataset directory to write")
+    p.add_argument("--keep", choices=KEEP, default="best",
+                   help="best: one per prompt (highest reward, then shortest); all-correct: every distinct correct one")
+    p.add_argument("--min-reward", type=float, default=1.0, help="correct means reward >= this (default 1.0)")
+    p.add_argument("--mix", default=None, metavar="OTHER_SFT:RATIO",
+                   help="append rows of another SFT set so they make RATIO of the final set (e.g. sft.jsonl:0.3)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the mix sampling")
+    p.add_argument("--overwrite", action="store_true", help="replace an output made with another config")
+
+
+def run(args: argparse.Namespace) -> int:
+    mix, ratio = parse_mix(args.mix) if args.mix else (None, 0.0)
+    cfg = SelectConfig(keep=args.keep, min_reward=args.min_reward, mix=mix, mix_ratio=ratio, seed=args.seed)
+    s = build_select(args.input, args.output, cfg, overwrite=args.overwrite)
+    print(f"prompts: {s['prompts']}  with a correct completion: {s['prompts_with_correct']}  "
+          f"selected: {s['selected']}  duplicates removed: {s['duplicates_removed']}")
+    print(f"null-reward rows skipped: {s['null_rows_skipped']}"
+          + "".join(f"\n  {reason}: {n}" for reason, n in s["null_reasons"].items()))
+    if "mix" in s:
+        print(f"mixed in {s['mix']['rows']} rows of {s['mix']['source']} "
+              f"({100 * s['mix']['achieved_ratio']:.1f}% of the set; asked {100 * s['mix']['ratio']:.1f}%)")
+    print(f"wrote {s['rows']} rows to {args.output}")
+    return 0
