@@ -171,6 +171,18 @@ def test_collate_pads_and_carries_scalars():
     assert left["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]
 
 
+def test_template_that_rewrites_past_turns_is_rejected(tiny_model):
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    # like templates that strip past reasoning: earlier assistant turns render differently later on
+    tok.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+        "{% if m['role'] == 'assistant' and not loop.last %}(earlier){% else %}{{ m['content'] }}{% endif %}"
+        "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    with pytest.raises(ValueError, match="renders earlier turns differently"):
+        encode_messages(tok, CONVERSATION)
+
+
 def test_bad_rows_raise_clear_errors(tok):
     with pytest.raises(ValueError, match="plain-text completion"):
         encode_prompt_completion(tok, "Hi", [{"role": "assistant", "content": "5"}])

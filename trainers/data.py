@@ -41,10 +41,12 @@ def _encode_chat(tokenizer, messages: Messages, train_from: int) -> tuple[list[i
     for i, message in enumerate(messages):
         if i < train_from or message.get("role") != "assistant":
             continue
-        start = _common_prefix(_chat_ids(tokenizer, messages[:i], add_generation_prompt=True), ids)
+        head = _chat_ids(tokenizer, messages[:i], add_generation_prompt=True)
+        start = _common_prefix(head, ids)
         turn = _chat_ids(tokenizer, messages[: i + 1])
         end = _common_prefix(turn, ids)
-        if end < len(turn) - 1:  # one merged token at the boundary is fine; more means a non-prefix template
+        # one merged token at a boundary is fine; more means the template is not prefix-stable
+        if start < len(head) - 1 or end < len(turn) - 1:
             raise ValueError(
                 "the chat template renders earlier turns differently once later turns follow (message "
                 f"{i} of {len(messages)}), so assistant tokens cannot be located; use a template whose "
