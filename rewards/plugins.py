@@ -1,0 +1,294 @@
+"""Reward specs from the command line -> reward functions that always answer with one result per row.
+
+A spec is `NAME[:ARG]`. Built-in names (the one name -> function map, `BUILTINS`):
+
+    math              math_results (gold in the `answer` column); `math:last_number` adds the last-number fallback
+    code              code_results (tests in the `tests` column); `code:fraction` scores the fraction of tests passed
+    format:think      the R1 `<think>...</think> answer` template
+    format:REGEX      any other argument is a regex the whole completion must match (re.fullmatch, DOTALL)
+    overlong:MAX,CACHE[,TOKENIZER]   DAPO soft overlong penalty
+    rm:MODEL          a sequence-classification reward model (local folder or hub name)
+
+Anything else is a user function with TRL's signature, `fn(prompts, completions, **columns)`, named as
+`my_module:my_fn` (importable; the current directory is on the path) or `path/to/file.py:my_fn`. It may be
+`async def`, and may return floats / None or `RewardResult`s. A built-in name wins over a module of the same
+name; use the file form for such a module.
+
+`RewardFn.score` never raises for a bad batch: an exception in the function, a list of the wrong length or a
+value that is not a number become null results whose reason starts with `error:` (counted by the label stage).
+A spec that cannot load (missing module, file, function, model) raises `RewardSpecError` before any work.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import math
+import os
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from rewards.result import RewardResult
+
+ERROR_PREFIX = "error: "
+
+
+class RewardSpecError(ValueError):
+    """A `--reward` spec that cannot be turned into a function (the CLI shows the message, no traceback)."""
+
+
+@dataclass
+class Options:
+    """Settings the label stage passes to the built-ins that use them."""
+
+    workers: int | None = None  # worker processes for math / code
+    device: str | None = None  # reward-model device (default: PREFSMITH_RM_DEVICE, else cuda if available)
+    batch_size: int = 16  # reward-model batch size
+
+
+@dataclass
+class RewardFn:
+    """One reward ready to run. `fn` returns floats (TRL) or RewardResults; `score` turns either into results."""
+
+    name: str  # the column name in `rewards` / `reward_info` (before de-duplication)
+    spec: str
+    fn: Callable[..., Any]
+    required: list[str] = field(default_factory=list)  # dataset columns it needs
+    fingerprint: str = ""  # changes when the function's source file changes
+
+    def score(self, prompts: Sequence[Any], completions: Sequence[Any], columns: dict[str, list]) -> list[RewardResult]:
+        n = len(completions)
+        try:
+            value = self.fn(list(prompts), list(completions), **columns)
+            if inspect.isawaitable(value):
+                value = run_coroutine(value)
+        except Exception as e:  # the user's function failed on this batch: null these rows, keep going
+            return [RewardResult(None, f"{ERROR_PREFIX}{type(e).__name__}: {_one_line(e)}")] * n
+        return to_results(value, n)
+
+
+def _one_line(e: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def run_coroutine(coro) -> Any:
+    """Run a coroutine to completion, also when called from inside a running event loop (e.g. Jupyter)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = asyncio.run(coro)
+        except BaseException as e:  # re-raised in the calling thread
+            box["error"] = e
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def to_results(value: Any, n: int) -> list[RewardResult]:
+    """A reward function's return value -> exactly n RewardResults (nulls with reasons for what is not usable)."""
+    if hasattr(value, "tolist") and not isinstance(value, (list, tuple)):  # numpy array / torch tensor
+        value = value.tolist()
+    if not isinstance(value, (list, tuple)):
+        return [RewardResult(None, f"{ERROR_PREFIX}returned {type(value).__name__}, expected a list of {n} scores")] * n
+    if len(value) != n:
+        return [RewardResult(None, f"{ERROR_PREFIX}returned {len(value)} scores for {n} rows")] * n
+    return [_one_result(v) for v in value]
+
+
+def _one_result(v: Any) -> RewardResult:
+    if isinstance(v, RewardResult):
+        if v.score is None:
+            return v if v.reason != "ok" else RewardResult(None, "returned_none", v.info)
+        return _one_result(v.score) if _bad_number(v.score) else RewardResult(float(v.score), v.reason, v.info)
+    if v is None:
+        return RewardResult(None, "returned_none")
+    if _bad_number(v):
+        if isinstance(v, float) and math.isnan(v):
+            return RewardResult(None, "returned_nan")
+        return RewardResult(None, f"{ERROR_PREFIX}score {v!r} is not a finite number")
+    return RewardResult(float(v), "ok")
+
+
+def _bad_number(v: Any) -> bool:
+    try:
+        return isinstance(v, (str, bytes)) or not math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return True
+
+
+# ------------------------------------------------------------------------------------------------ built-ins
+def _math(arg: str, opts: Options) -> Callable:
+    from rewards import math as m
+
+    if arg not in ("", "last_number"):
+        raise RewardSpecError(f"math:{arg}: unknown option; use `math` or `math:last_number`")
+    return functools.partial(m.math_results, last_number_fallback=arg == "last_number", workers=opts.workers)
+
+
+def _code(arg: str, opts: Options) -> Callable:
+    try:
+        from rewards import code as c
+    except ImportError as e:
+        raise RewardSpecError(f"code reward is not available here ({e})") from None
+    if arg not in ("", "fraction"):
+        raise RewardSpecError(f"code:{arg}: unknown option; use `code` or `code:fraction`")
+    params = inspect.signature(c.code_results).parameters
+    kwargs: dict[str, Any] = {}
+    if "workers" in params:
+        kwargs["workers"] = opts.workers
+    if arg == "fraction":
+        kwargs["fraction"] = True
+    return functools.partial(c.code_results, **kwargs)
+
+
+def _format(arg: str, opts: Options) -> Callable:
+    from rewards import format as f
+
+    if not arg:
+        raise RewardSpecError("format needs an argument: `format:think` or `format:REGEX`")
+    if arg == "think":
+        return f.think_format_results
+    try:
+        return f.RegexFormat(arg).results
+    except ValueError as e:
+        raise RewardSpecError(str(e)) from None
+
+
+def _overlong(arg: str, opts: Options) -> Callable:
+    from rewards import format as f
+
+    parts = [p.strip() for p in arg.split(",")]
+    try:
+        max_len, cache = int(parts[0]), int(parts[1])
+    except (ValueError, IndexError):
+        raise RewardSpecError(f"overlong:{arg}: write overlong:MAX,CACHE[,TOKENIZER] with token counts, "
+                              "e.g. overlong:20480,4096 (DAPO)") from None
+    tokenizer = parts[2] if len(parts) > 2 and parts[2] else None
+    try:
+        return f.Overlong(max_len, cache, tokenizer).results
+    except ValueError as e:
+        raise RewardSpecError(str(e)) from None
+
+
+def _rm(arg: str, opts: Options) -> Callable:
+    from rewards import rm
+
+    if not arg:
+        raise RewardSpecError("rm needs a model: rm:path/to/model or rm:org/name")
+    try:
+        return rm.RewardModel(arg, device=opts.device, batch_size=opts.batch_size).results
+    except ValueError as e:
+        raise RewardSpecError(str(e)) from None
+
+
+BUILTINS: dict[str, Callable[[str, Options], Callable]] = {
+    "math": _math,
+    "code": _code,
+    "format": _format,
+    "overlong": _overlong,
+    "rm": _rm,
+}
+REQUIRED_COLUMNS = {"math": ["answer"], "code": ["tests"]}
+
+
+# ------------------------------------------------------------------------------------------------ user functions
+def _file_module(path: Path):
+    key = "prefsmith_plugin_" + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+    if key in sys.modules:
+        return sys.modules[key]
+    spec = importlib.util.spec_from_file_location(key, path)
+    if spec is None or spec.loader is None:
+        raise RewardSpecError(f"{path}: cannot be loaded as a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[key] = module  # so dataclasses, pickling and relative lookups inside the file work
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:
+        del sys.modules[key]
+        raise RewardSpecError(f"{path}: running the file failed: {type(e).__name__}: {e}") from None
+    return module
+
+
+def _import_module(name: str):
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())  # like `python -m`: modules in the current directory are found
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name and (name == e.name or name.startswith(e.name + ".")):
+            raise RewardSpecError(f"no module named {e.name!r} (from reward {name!r}); run from the folder that holds "
+                                  "it, add that folder to PYTHONPATH, or name the file: path/to/file.py:function") from None
+        raise RewardSpecError(f"importing {name!r} failed: {type(e).__name__}: {e}") from None
+    except Exception as e:
+        raise RewardSpecError(f"importing {name!r} failed: {type(e).__name__}: {e}") from None
+
+
+def load_function(spec: str) -> Callable:
+    """`module:fn` or `path/to/file.py:fn` -> the function (RewardSpecError with a clear message otherwise)."""
+    target, sep, fn_name = spec.rpartition(":")
+    if not sep or not target or not fn_name:
+        raise RewardSpecError(f"reward {spec!r}: name a built-in ({', '.join(BUILTINS)}) or a function as "
+                              "module:function or path/to/file.py:function")
+    is_file = target.endswith(".py") or "/" in target or os.sep in target
+    if is_file:
+        path = Path(target).expanduser()
+        if not path.is_file():
+            raise RewardSpecError(f"reward {spec!r}: file {target} not found")
+        module = _file_module(path)
+    else:
+        module = _import_module(target)
+    fn = getattr(module, fn_name, None)
+    if fn is None:
+        found = sorted(k for k, v in vars(module).items() if callable(v) and not k.startswith("_")
+                       and getattr(v, "__module__", None) == module.__name__)
+        raise RewardSpecError(f"reward {spec!r}: {target} has no function {fn_name!r}"
+                              + (f" (it defines {', '.join(found)})" if found else ""))
+    if not callable(fn):
+        raise RewardSpecError(f"reward {spec!r}: {fn_name} is a {type(fn).__name__}, not a function")
+    return fn
+
+
+def _needed_columns(fn: Callable) -> list[str]:
+    """Parameters after (prompts, completions) with no default: columns the dataset must have."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return []
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    extra = positional[2:] + [p for p in params if p.kind == p.KEYWORD_ONLY]
+    return [p.name for p in extra if p.default is p.empty and p.name not in ("completion_ids",)]
+
+
+def _file_fingerprint(fn: Callable) -> str:
+    try:
+        src = inspect.getsourcefile(inspect.unwrap(fn)) or ""
+        return hashlib.sha256(Path(src).read_bytes()).hexdigest()[:16] if src else ""
+    except (TypeError, OSError):
+        return ""
+
+
+def build(spec: str, options: Options | None = None) -> RewardFn:
+    """A `--reward` spec -> RewardFn (see module docstring for the forms)."""
+    options = options or Options()
+    head, _, arg = spec.partition(":")
+    if head in BUILTINS:
+        return RewardFn(head, spec, BUILTINS[head](arg, options), list(REQUIRED_COLUMNS.get(head, [])))
+    fn = load_function(spec)
+    name = spec.rpartition(":")[2]
+    return RewardFn(name, spec, fn, _needed_columns(fn), _file_fingerprint(fn))

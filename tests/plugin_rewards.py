@@ -1,0 +1,44 @@
+"""Small user reward functions for the label-stage tests, named as `plugin_rewards:NAME` on the command line."""
+from __future__ import annotations
+
+import asyncio
+import os
+
+from rewards.result import RewardResult
+
+
+def length_reward(prompts, completions, **columns):
+    """Completion length in characters (a float per row)."""
+    return [float(len(c)) for c in completions]
+
+
+async def async_length_reward(prompts, completions, **columns):
+    """Same as length_reward, computed concurrently the way an API-backed reward would be."""
+
+    async def one(c):
+        await asyncio.sleep(0)
+        return float(len(c))
+
+    return list(await asyncio.gather(*(one(c) for c in completions)))
+
+
+def answer_in_completion(prompts, completions, answer, **columns):
+    """1.0 if the gold answer's text appears in the completion; None (with a reason) when there is no gold."""
+    return [RewardResult(None, "no_gold") if a is None else RewardResult(float(str(a) in c), "found" if str(a) in c else "missing")
+            for c, a in zip(completions, answer)]
+
+
+def fails_on_bad(prompts, completions, id, **columns):
+    """Raises ValueError for any batch that holds a row whose id contains the env var FAIL_MARK (default 'bad')."""
+    mark = os.environ.get("FAIL_MARK", "bad")
+    if mark and any(mark in str(i) for i in id):
+        raise ValueError(f"cannot score row {next(i for i in id if mark in str(i))}")
+    return [1.0] * len(completions)
+
+
+def wrong_length(prompts, completions, **columns):
+    return [1.0] * (len(completions) + 1)
+
+
+def ids_length(prompts, completions, completion_ids, **columns):
+    return [None if ids is None else float(len(ids)) for ids in completion_ids]
