@@ -75,7 +75,7 @@ class SFT:
 
     name = "sft"
     ref_keys: tuple[str, ...] = ()
-    metric_names = ("loss", "tokens")
+    metric_names = ("loss", "completion_tokens")
 
     def encode(self, rows: list[dict], tokenizer, cfg: TrainConfig, source: str) -> list[dict]:
         examples = []
@@ -98,7 +98,7 @@ class SFT:
         loss_sum = -logps.sum()
         stats = Stats()
         stats.add("loss", loss_sum.detach(), n_tokens.sum())
-        stats.add("tokens", n_tokens.sum(), len(examples))
+        stats.add("completion_tokens", n_tokens.sum(), len(examples))
         return loss_sum, stats
 
 
