@@ -422,7 +422,7 @@ def dedup(input: str, output: str, config: DedupConfig | None = None, *, index: 
                    if old.get("config", {}).get(k) != v]
         if old.get("input", {}).get("fingerprint") != input_fp:
             changes.append("input content")
-        if old.get("index", {}).get("fingerprint") != (idx.fingerprint if index_dir else None):
+        if (old.get("index") or {}).get("fingerprint") != (idx.fingerprint if index_dir else None):
             changes.append("index contents")
         raise UserError(f"{out} already holds {old.get('stage')} output made with a different config or input "
                         f"({'; '.join(changes) or 'format'}). Use --overwrite to replace it, or another --output.")

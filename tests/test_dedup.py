@@ -1,0 +1,211 @@
+"""`prefsmith dedup` on planted duplicates: exact copies, case/whitespace/punctuation variants, near copies
+(a few words changed in a long text), heavily edited and unrelated texts; keep rules, the cross-round index,
+rerun, bad input."""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines import dataset as ds
+from pipelines.cli import main
+from pipelines.dedup import DedupConfig, dedup
+from pipelines.errors import UserError
+from pipelines.text import normalize
+
+VOCAB = [f"{a}{b}{c}" for a in "bcdfgklmnprst" for b in "aeiou" for c in "lmnrstxz"]  # 520 made-up words
+
+
+def doc(seed: int, n: int = 200) -> list[str]:
+    return random.Random(seed).choices(VOCAB, k=n)
+
+
+def edit(words: list[str], positions: list[int], seed: int) -> str:
+    w = list(words)
+    rng = random.Random(seed)
+    for p in positions:
+        w[p] = "zz" + rng.choice(VOCAB)  # a word that never occurs in the originals
+    return " ".join(w)
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def read(directory: Path) -> list[dict]:
+    return ds.load_rows(str(directory)) if ds.shard_files(directory) else []
+
+
+def planted() -> list[dict]:
+    o = {i: doc(i) for i in range(8)}
+    rows = [{"id": f"orig{i}", "prompt": " ".join(o[i]), "extra": i} for i in range(8)]
+    rows += [
+        {"id": "copy0", "prompt": " ".join(o[0]), "extra": 100},  # exact copy
+        {"id": "case1", "prompt": "  " + " ,".join(o[1]).upper() + "!!\n", "extra": 101},  # case/space/punct
+        {"id": "near2a", "prompt": edit(o[2], [20, 120], 1), "extra": 102},  # 2 words of 200 changed
+        {"id": "near2b", "prompt": edit(o[2], [50, 150], 2), "extra": 103},
+        {"id": "near3", "prompt": edit(o[3], [100], 3) + " " + VOCAB[7], "extra": 104},  # 1 changed + 1 added
+        {"id": "heavy4", "prompt": edit(o[4], list(range(0, 200, 3)), 4), "extra": 105},  # a third changed: kept
+        {"id": "other", "prompt": " ".join(doc(99)), "extra": 106},  # unrelated
+    ]
+    return rows
+
+
+def test_normalization_is_documented_behaviour():
+    assert normalize("  Hello,\tWORLD!!  ｆｕｌｌ-width  ") == "hello world full width"
+    assert normalize("x+y = 2^3") == "x+y = 2^3"  # symbols are kept
+
+
+def test_planted_duplicates_exact_counts(tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", planted())
+    out = tmp_path / "out"
+    assert main(["dedup", "--input", src, "--output", str(out), "--no-progress"]) == 0
+    kept = read(out)
+    removed = {r["id"]: r for r in read(out / "removed")}
+    assert [r["id"] for r in kept] == [f"orig{i}" for i in range(8)] + ["heavy4", "other"]
+    assert kept[0]["extra"] == 0 and set(kept[0]) == {"id", "prompt", "extra"}  # columns untouched
+    assert {k: (r["duplicate_of"], r["dup_kind"]) for k, r in removed.items()} == {
+        "copy0": ("orig0", "exact"), "case1": ("orig1", "exact"), "near2a": ("orig2", "near"),
+        "near2b": ("orig2", "near"), "near3": ("orig3", "near")}
+    assert removed["copy0"]["jaccard"] == 1.0 and removed["case1"]["jaccard"] == 1.0
+    for k in ("near2a", "near2b", "near3"):
+        assert 0.8 <= removed[k]["jaccard"] < 1.0
+    assert removed["near2a"]["extra"] == 102  # removed rows keep all their columns
+    m = ds.read_manifest(out)
+    assert m["complete"] and m["rows_in"] == 15 and m["rows_out"] == 10
+    assert m["counts"] == {"kept": 10, "removed": 5, "removed_exact": 2, "removed_near": 3, "removed_by_index": 0}
+    assert m["lsh"] == {"bands": 9, "rows_per_band": 13}
+
+
+def test_threshold_and_ngram_change_what_is_near(tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", planted())
+    # at 0.95 the 2-word edits (true 5-gram Jaccard ~0.9) are no longer duplicates; exact ones still are
+    r = dedup(src, str(tmp_path / "strict"), DedupConfig(threshold=0.95), progress=False)
+    assert (r.removed_exact, r.removed_near) == (2, 0)
+    # with 1-word shingles (a bag of words) a third of the words changed is still ~0.51 similar (unrelated: ~0.2)
+    r = dedup(src, str(tmp_path / "loose"), DedupConfig(threshold=0.4, ngram=1), progress=False)
+    assert (r.removed_exact, r.removed_near) == (2, 4)
+    assert "heavy4" in {x["id"] for x in read(tmp_path / "loose" / "removed")}
+
+
+def test_keep_best_reward(tmp_path):
+    a, b, c = doc(10), doc(11), doc(12)
+    rows = [
+        {"id": "a0", "prompt": " ".join(a), "reward": 0.1},
+        {"id": "a1", "prompt": edit(a, [5], 1), "reward": 0.9},
+        {"id": "a2", "prompt": " ".join(a), "reward": 0.9},  # tie with a1: the earlier (a1) wins
+        {"id": "a3", "prompt": edit(a, [90], 2), "reward": None},
+        {"id": "b0", "prompt": " ".join(b), "reward": None},
+        {"id": "b1", "prompt": " ".join(b).upper(), "reward": None},  # all null: the earliest
+        {"id": "c0", "prompt": " ".join(c), "reward": None},
+        {"id": "c1", "prompt": edit(c, [7], 3), "reward": -1.0},  # any reward beats null
+    ]
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out"
+    assert main(["dedup", "--input", src, "--output", str(out), "--keep", "best-reward", "--no-progress"]) == 0
+    assert [r["id"] for r in read(out)] == ["a1", "b0", "c1"]
+    removed = {r["id"]: (r["duplicate_of"], r["dup_kind"]) for r in read(out / "removed")}
+    assert removed == {"a0": ("a1", "near"), "a2": ("a1", "near"), "a3": ("a1", "near"), "b1": ("b0", "exact"),
+                       "c0": ("c1", "near")}
+
+
+def test_cross_round_index(tmp_path):
+    o = {i: doc(100 + i) for i in range(6)}
+    round1 = [{"id": f"r1-{i}", "prompt": " ".join(o[i])} for i in range(4)] + \
+             [{"id": "r1-dup", "prompt": " ".join(o[0])}]
+    # round 1 as a Parquet dataset directory, the streamed input path
+    ds.write_dataset(round1, tmp_path / "round1")
+    index = tmp_path / "index"
+    r1 = dedup(str(tmp_path / "round1"), str(tmp_path / "out1"), index=str(index), progress=False)
+    assert (r1.rows_out, r1.removed_exact, r1.removed_by_index) == (4, 1, 0)
+    round2 = [
+        {"id": "r2-copy1", "prompt": " ".join(o[1]).upper()},  # exact dup of round 1
+        {"id": "r2-near2", "prompt": edit(o[2], [30, 170], 5)},  # near dup of round 1
+        {"id": "r2-new4", "prompt": " ".join(o[4])},
+        {"id": "r2-new4b", "prompt": edit(o[4], [60], 6)},  # near dup within round 2
+        {"id": "r2-new5", "prompt": " ".join(o[5])},
+    ]
+    src2 = write_jsonl(tmp_path / "round2.jsonl", round2)
+    out2 = tmp_path / "out2"
+    assert main(["dedup", "--input", src2, "--output", str(out2), "--index", str(index), "--no-progress"]) == 0
+    assert [r["id"] for r in read(out2)] == ["r2-new4", "r2-new5"]
+    removed = {r["id"]: (r["duplicate_of"], r["dup_kind"]) for r in read(out2 / "removed")}
+    assert removed == {"r2-copy1": ("r1-1", "exact"), "r2-near2": ("r1-2", "near"), "r2-new4b": ("r2-new4", "near")}
+    assert ds.read_manifest(out2)["counts"]["removed_by_index"] == 2
+    meta = json.loads((index / "index.json").read_text())
+    assert [r["rows"] for r in meta["rounds"]] == [4, 2]
+    # rerunning round 2 is a no-op and leaves the index alone
+    assert main(["dedup", "--input", src2, "--output", str(out2), "--index", str(index), "--no-progress"]) == 0
+    assert [r["rows"] for r in json.loads((index / "index.json").read_text())["rounds"]] == [4, 2]
+    # round 3 sees round 2's kept rows too
+    src3 = write_jsonl(tmp_path / "round3.jsonl", [{"id": "r3-a", "prompt": edit(o[5], [3], 7)},
+                                                    {"id": "r3-b", "prompt": " ".join(o[0])},
+                                                    {"id": "r3-c", "prompt": " ".join(doc(777))}])
+    r3 = dedup(src3, str(tmp_path / "out3"), index=str(index), progress=False)
+    assert (r3.rows_out, r3.removed_by_index) == (1, 2)
+    assert {r["id"]: r["duplicate_of"] for r in read(tmp_path / "out3" / "removed")} == {"r3-a": "r2-new5", "r3-b": "r1-0"}
+    # an index built with other settings is refused
+    with pytest.raises(UserError, match="other settings"):
+        dedup(src3, str(tmp_path / "out4"), DedupConfig(ngram=3), index=str(index), progress=False)
+
+
+def test_rerun_is_noop_and_changed_config_refuses(tmp_path, capsys):
+    src = write_jsonl(tmp_path / "in.jsonl", planted())
+    out = tmp_path / "out"
+    assert main(["dedup", "--input", src, "--output", str(out), "--no-progress"]) == 0
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "data").iterdir()}
+    capsys.readouterr()
+    assert main(["dedup", "--input", src, "--output", str(out), "--no-progress"]) == 0
+    assert "nothing to do" in capsys.readouterr().err
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "data").iterdir()} == before
+    assert main(["dedup", "--input", src, "--output", str(out), "--threshold", "0.9", "--no-progress"]) == 2
+    assert "threshold: 0.8 -> 0.9" in capsys.readouterr().err
+    assert main(["dedup", "--input", src, "--output", str(out), "--threshold", "0.9", "--overwrite", "--no-progress"]) == 0
+    assert ds.read_manifest(out)["config"]["threshold"] == 0.9
+
+
+def test_small_batches_and_shards_give_the_same_rows(tmp_path):
+    rows = planted()
+    ds.write_dataset(rows, tmp_path / "in")
+    big = dedup(str(tmp_path / "in"), str(tmp_path / "a"), progress=False)
+    small = dedup(str(tmp_path / "in"), str(tmp_path / "b"), DedupConfig(batch_rows=3, shard_rows=4), progress=False)
+    assert [r["id"] for r in read(tmp_path / "a")] == [r["id"] for r in read(tmp_path / "b")]
+    assert (big.removed_exact, big.removed_near) == (small.removed_exact, small.removed_near) == (2, 3)
+    # batches of 3 rows keep 3, 3, 2, 0, 2 rows; a shard is written once it holds >= 4 rows
+    assert [pq.read_metadata(f).num_rows for f in ds.shard_files(tmp_path / "b")] == [6, 4]
+    import datasets
+
+    assert datasets.load_dataset("parquet", data_dir=str(tmp_path / "b" / "data"), split="train").num_rows == 10
+
+
+def test_chat_message_field_and_row_ids(tmp_path):
+    a = doc(55)
+    rows = [
+        {"messages": [{"role": "user", "content": " ".join(a[:100])}, {"role": "assistant", "content": " ".join(a[100:])}]},
+        {"messages": [{"role": "user", "content": " ".join(a[:100]).upper()}, {"role": "assistant", "content": " ".join(a[100:])}]},
+        {"messages": [{"role": "user", "content": " ".join(doc(56))}]},
+    ]
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    r = dedup(src, str(tmp_path / "out"), DedupConfig(field="messages"), progress=False)
+    assert (r.rows_out, r.removed_exact) == (2, 1)
+    assert [(x["duplicate_of"], x["dup_kind"]) for x in read(tmp_path / "out" / "removed")] == [("0", "exact")]
+
+
+def test_bad_input_clear_errors(tmp_path, capsys):
+    src = write_jsonl(tmp_path / "in.jsonl", planted())
+    assert main(["dedup", "--input", src, "--output", str(tmp_path / "o"), "--field", "completion", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "in.jsonl" in err and "'completion'" in err and "found id, prompt, extra" in err
+    assert main(["dedup", "--input", src, "--output", str(tmp_path / "o"), "--keep", "best-reward", "--no-progress"]) == 2
+    assert "needs a 'reward' column" in capsys.readouterr().err
+    pq.write_table(pa.table({"id": ["a", "b"], "prompt": ["x y z", None]}), tmp_path / "nulls.parquet")
+    assert main(["dedup", "--input", str(tmp_path / "nulls.parquet"), "--output", str(tmp_path / "o2"), "--no-progress"]) == 2
+    assert "nulls.parquet: row 1: column 'prompt' is null" in capsys.readouterr().err
+    pq.write_table(pa.table({"id": ["a"], "prompt": [3]}), tmp_path / "ints.parquet")
+    assert main(["dedup", "--input", str(tmp_path / "ints.parquet"), "--output", str(tmp_path / "o3"), "--no-progress"]) == 2
+    assert "column 'prompt' has type int64" in capsys.readouterr().err
