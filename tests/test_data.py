@@ -74,7 +74,9 @@ def test_plain_text_gets_eos_and_single_bos(tiny_model, tmp_path):
     # a tokenizer that adds BOS on every call, with a template that also writes BOS: the classic double-BOS trap
     tok.bos_token = "<|endoftext|>"
     bos = tok.bos_token_id
-    tok._tokenizer.post_processor = TemplateProcessing(single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", bos)])
+    tok._tokenizer.post_processor = TemplateProcessing(
+        single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", bos)]
+    )
     tok.chat_template = "{{ bos_token }}" + tok.chat_template
     enc = encode_prompt_completion(tok, [{"role": "user", "content": "Hi"}], "5")
     assert enc["input_ids"].count(bos) == 1 and enc["input_ids"][0] == bos

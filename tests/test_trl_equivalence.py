@@ -176,7 +176,8 @@ def test_plain_text_dpo_tokenization_matches_trl(models, tmp_path):
     tok, policy, ref = models
     rows = [{"prompt": "3 + 4 =", "chosen": " 7", "rejected": " 8. The answer is \\boxed{8}."},
             {"prompt": "def f(x):", "chosen": " return x * 2", "rejected": " print(1)"}]
-    args = DPOConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, bf16=False, per_device_train_batch_size=2,
+    args = DPOConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, bf16=False,
+                     per_device_train_batch_size=2,
                      max_length=None)
     trainer = DPOTrainer(model=copy.deepcopy(policy), ref_model=copy.deepcopy(ref), args=args,
                          train_dataset=datasets.Dataset.from_list(rows), processing_class=tok)

@@ -59,7 +59,9 @@ def _encode_chat(tokenizer, messages: Messages, train_from: int) -> tuple[list[i
 
 def _check_messages(messages: Any, what: str) -> Messages:
     if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m for m in messages):
-        raise ValueError(f"{what} must be a string or a list of {{role, content}} messages, got {type(messages).__name__}")
+        raise ValueError(
+            f"{what} must be a string or a list of {{role, content}} messages, got {type(messages).__name__}"
+        )
     return messages
 
 
