@@ -45,6 +45,7 @@ class LabelConfig:
     batch_size: int = 64  # rows per reward-function call
     shard_size: int = 256  # rows per output shard (the unit of resume)
     device: str | None = None  # reward-model device
+    allow_unsandboxed_code: bool = False  # run the code reward's untrusted programs with no isolation
 
 
 @dataclass
@@ -64,7 +65,8 @@ def load_rewards(cfg: LabelConfig) -> tuple[list[RewardFn], list[str], dict[str,
         raise UserError(f"--workers must be >= 1, got {cfg.workers}")
     if cfg.max_errors is not None and cfg.max_errors < 0:
         raise UserError(f"--max-errors must be >= 0, got {cfg.max_errors}")
-    options = Options(workers=cfg.workers, device=cfg.device, batch_size=cfg.batch_size)
+    options = Options(workers=cfg.workers, device=cfg.device, batch_size=cfg.batch_size,
+                      allow_unsandboxed_code=cfg.allow_unsandboxed_code)
     fns = []
     for spec in cfg.rewards:
         try:
@@ -209,12 +211,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="rows per reward-function call (default 64)")
     p.add_argument("--shard-size", type=int, default=256, help="rows per output shard, the unit of resume")
     p.add_argument("--device", default=None, help="device for rm: rewards (default: cuda if available, else cpu)")
+    p.add_argument("--i-know-this-runs-untrusted-code-unsandboxed", dest="allow_unsandboxed_code",
+                   action="store_true", help="code reward: run model-written programs with NO isolation")
     p.add_argument("--overwrite", action="store_true", help="replace an output made with another config")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = LabelConfig(rewards=args.reward, weights=args.weight, workers=args.workers, max_errors=args.max_errors,
-                      batch_size=args.batch_size, shard_size=args.shard_size, device=args.device)
+                      batch_size=args.batch_size, shard_size=args.shard_size, device=args.device,
+                      allow_unsandboxed_code=args.allow_unsandboxed_code)
     label(args.input, args.output, cfg, overwrite=args.overwrite, progress=not args.no_progress)
     return 0

@@ -50,6 +50,7 @@ class Options:
     workers: int | None = None  # worker processes for math / code
     device: str | None = None  # reward-model device (default: PREFSMITH_RM_DEVICE, else cuda if available)
     batch_size: int = 16  # reward-model batch size
+    allow_unsandboxed_code: bool = False  # code reward without isolation (loudly named CLI flag only)
 
 
 @dataclass
@@ -148,13 +149,15 @@ def _code(arg: str, opts: Options) -> Callable:
         raise RewardSpecError(f"code reward is not available here ({e})") from None
     if arg not in ("", "fraction"):
         raise RewardSpecError(f"code:{arg}: unknown option; use `code` or `code:fraction`")
-    params = inspect.signature(c.code_results).parameters
-    kwargs: dict[str, Any] = {}
-    if "workers" in params:
-        kwargs["workers"] = opts.workers
-    if arg == "fraction":
-        kwargs["fraction"] = True
-    return functools.partial(c.code_results, **kwargs)
+    from rewards.sandbox import Sandbox, SandboxUnavailable
+
+    try:  # fail before any work when the isolation layer cannot start here
+        with Sandbox(workers=1, allow_unsandboxed_code_execution=opts.allow_unsandboxed_code):
+            pass
+    except SandboxUnavailable as e:
+        raise RewardSpecError(f"code reward: {e}") from None
+    return functools.partial(c.code_results, fraction=arg == "fraction", workers=opts.workers,
+                             allow_unsandboxed_code_execution=opts.allow_unsandboxed_code)
 
 
 def _format(arg: str, opts: Options) -> Callable:

@@ -165,3 +165,24 @@ def test_user_errors_stop_before_any_work(tmp_path, capsys, extra, message):
     assert main(["label", "--input", str(src), "--output", str(out), "--no-progress", *extra]) == 2
     assert message in capsys.readouterr().err
     assert not (out / "data").exists()
+
+
+def test_code_reward_through_the_stage(tmp_path):
+    from rewards.sandbox import Sandbox, SandboxUnavailable
+
+    try:
+        Sandbox(workers=1).close()
+    except SandboxUnavailable as e:
+        pytest.skip(f"no sandbox on this machine: {e}")
+    good = "```python\ndef add(a, b):\n    return a + b\n```"
+    bad = "```python\ndef add(a, b):\n    return a - b\n```"
+    tests = ["assert add(1, 2) == 3", "assert add(2, 0) == 2"]
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": "c0", "prompt": "add", "completion": good, "tests": tests},
+                                              {"id": "c1", "prompt": "add", "completion": bad, "tests": tests}])
+    out = tmp_path / "out"
+    assert main(["label", "--input", str(src), "--output", str(out), "--no-progress", "--workers", "2",
+                 "--reward", "code", "--reward", "code:fraction", "--weight", "code_2=0"]) == 0
+    rows = read(out)
+    assert [r["rewards"] for r in rows] == [{"code": 1.0, "code_2": 1.0}, {"code": 0.0, "code_2": 0.5}]
+    assert [r["reward"] for r in rows] == [1.0, 0.0]
+    assert rows[0]["reward_info"]["code"] == "passed 2/2"
