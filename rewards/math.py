@@ -43,7 +43,6 @@ _TEXT_UNIT = re.compile(rf"^({_NUM}|\\frac\{{\d+\}}\{{\d+\}})\s*\\(?:text|mbox|m
 _WORD_UNIT = re.compile(rf"^({_NUM}|\\frac\{{\d+\}}\{{\d+\}})\s*[A-Za-z]{{2,}}[A-Za-z .]*(?:\^\d|\^\{{\d\}})?$")
 _SCIENTIFIC = re.compile(r"^(-?\d+(?:\.\d+)?)[eE]([+-]?\d+)$")
 _THOUSANDS = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
-_PLAIN_NUMBER = re.compile(r"^-?(?:\d+(?:\.\d+)?|\.\d+)$")
 _TEXT_WRAP = re.compile(r"^\\(?:text|mathrm|textbf|mbox)\{([^{}]*)\}$")
 _MATH_WORDS = {"sin", "cos", "tan", "cot", "sec", "csc", "log", "ln", "exp", "sqrt", "pi", "inf", "infty",
                "oo", "arcsin", "arccos", "arctan", "sinh", "cosh", "tanh", "frac", "and", "or"}
@@ -92,8 +91,47 @@ def _text_key(s: str) -> str:
     return re.sub(r"[\s'\-]+", " ", inner).strip()
 
 
-def _plain_number(s: str) -> Fraction | None:
-    return Fraction(s) if _PLAIN_NUMBER.match(s) else None
+_ASSIGN = re.compile(r"^[A-Za-z]\s*=\s*")
+
+
+def _signed_frac(m: re.Match) -> Fraction:
+    return Fraction(int(m.group(2)), int(m.group(3))) * (-1 if m.group(1) else 1)
+
+
+_SIMPLE = [
+    (re.compile(r"^-?\d+(?:\.\d{1,6})?$"), lambda m: Fraction(m.group(0))),
+    (re.compile(r"^(-?)(\d+)/([1-9]\d*)$"), _signed_frac),
+    (re.compile(r"^(-?)\\frac\{(\d+)\}\{([1-9]\d*)\}$"), _signed_frac),
+    (re.compile(r"^(-?)\\frac(\d)([1-9])$"), _signed_frac),
+]
+
+
+def simple_value(s: str) -> tuple[Fraction, bool] | None:
+    """(value, is_percent) for a plain number, fraction or percent (`x = ` allowed); None for anything else.
+
+    Decimals stop at 6 places: beyond that math-verify rounds, and those pairs go to the worker.
+    """
+    if len(s) > 60:  # long digit strings go to the worker (and its time limit)
+        return None
+    s = _ASSIGN.sub("", s)
+    pct = s.endswith("%")
+    if pct:
+        s = s.removesuffix("\\%").removesuffix("%").strip()
+    for pattern, value in _SIMPLE:
+        m = pattern.match(s)
+        if m:
+            return value(m), pct
+    return None
+
+
+def simple_equal(gold: tuple[Fraction, bool], answer: tuple[Fraction, bool]) -> bool:
+    """math-verify's percent rule on exact numbers: `x%` also accepts `x/100`; a plain gold accepts `x%` as x."""
+    (g, g_pct), (a, a_pct) = gold, answer
+    if g_pct and not a_pct:
+        return a == g or a == g / 100
+    if a_pct and not g_pct:
+        return a == g or a / 100 == g
+    return a == g
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -147,6 +185,11 @@ def _verify(gold: Sequence, answer: Sequence) -> bool:
     return bool(answer) and verify(list(gold), list(answer), timeout_seconds=None)
 
 
+def warm_worker() -> None:
+    """First math-verify call in a process builds the LaTeX parser (~0.5 s); do it before taking work."""
+    check_pair(("\\frac{1}{2}", "\\sqrt{x}"))
+
+
 def check_pair(pair: tuple[str, str | None]) -> tuple[float | None, str, dict[str, Any]]:
     """Decide one normalized (gold, answer) pair: (score, reason, info). `answer=None` checks the gold only."""
     gold, answer = pair
@@ -166,8 +209,9 @@ def check_pair(pair: tuple[str, str | None]) -> tuple[float | None, str, dict[st
     answer_parsed = _mv_parse(answer)
     if _verify(gold_parsed, answer_parsed):
         return 1.0, "correct", {"rule": "math_verify"}
-    # math-verify reads plain text as LaTeX (`pi/2` -> p*i/2); give the sympy reading of the same string a try.
-    if _verify(gold_parsed, _sympy_parse(answer)):
+    # math-verify reads plain text as LaTeX (`pi/2` -> p*i/2, `sqrt(2)` -> s*q*r*t*2); for plain text with a
+    # function or constant name, give sympy's reading of the same string a try.
+    if "\\" not in answer and re.search(r"[A-Za-z]{2,}", answer) and _verify(gold_parsed, _sympy_parse(answer)):
         return 1.0, "correct", {"rule": "sympy"}
     return 0.0, "wrong", {} if answer_parsed else {"detail": "answer_unparseable"}
 
@@ -198,7 +242,8 @@ class MathVerifier:
 
     def _pool_(self) -> WorkerPool:
         if self._pool is None:
-            self._pool = WorkerPool(self.workers, timeout=self.timeout, preload=["rewards.math"])
+            self._pool = WorkerPool(self.workers, timeout=self.timeout, preload=["rewards.math"],
+                                    warmup=warm_worker)
         return self._pool
 
     def score(self, completions: Sequence[Any], answers: Sequence[Any],
@@ -223,9 +268,9 @@ class MathVerifier:
                 extracted[i] = {"extracted": found.text, "method": found.method}
             g = normalize_answer(gold_text(str(gold)))
             a = normalize_answer(found.text) if found else None
-            gn, an = _plain_number(g), (_plain_number(a) if a is not None else None)
-            if gn is not None and an is not None:  # two plain decimals: exact comparison, no worker needed
-                ok = gn == an
+            gv, av = simple_value(g), (simple_value(a) if a is not None else None)
+            if gv is not None and av is not None:  # exact numbers: decided here, no worker needed
+                ok = simple_equal(gv, av)
                 results[i] = RewardResult(1.0 if ok else 0.0, "correct" if ok else "wrong",
                                           {**extracted[i], "rule": "number"})
                 continue

@@ -30,7 +30,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Iterable, Sequence
 
 # Soft timeout fires at this fraction of the item's limit; the hard kill at the limit itself.
-SOFT_FRACTION = 0.9
+SOFT_FRACTION = 0.8
 READY_TIMEOUT_S = 120.0
 
 
@@ -53,7 +53,7 @@ class PoolStats:
 
 
 class _Worker:
-    def __init__(self, preload: Sequence[str]):
+    def __init__(self, preload: Sequence[str], warmup_blob: bytes):
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
         env = dict(os.environ)
@@ -71,6 +71,7 @@ class _Worker:
         os.close(from_child_w)
         self.send_conn = Connection(to_child_w, readable=False)
         self.recv_conn = Connection(from_child_r, writable=False)
+        self.send_conn.send_bytes(warmup_blob)
         self.ready = False
         self.index: int | None = None  # item index being run
         self.deadline = 0.0
@@ -99,7 +100,10 @@ class _Worker:
 class WorkerPool:
     """N worker processes, reusable across `map` calls; a killed or crashed worker is replaced."""
 
-    def __init__(self, workers: int = 2, timeout: float = 5.0, preload: Sequence[str] = ()):
+    def __init__(self, workers: int = 2, timeout: float = 5.0, preload: Sequence[str] = (),
+                 warmup: Callable[[], Any] | None = None):
+        """`preload`: modules each worker imports before it takes work; `warmup`: a picklable function each
+        worker runs once before it reports ready (first-call costs stay out of every item's time limit)."""
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         if timeout <= 0:
@@ -107,6 +111,7 @@ class WorkerPool:
         self.n_workers = workers
         self.timeout = timeout
         self.preload = tuple(preload)
+        self._warmup_blob = pickle.dumps(warmup)
         self.stats = PoolStats()
         self._workers: list[_Worker] = []
         self._lock = threading.Lock()
@@ -115,7 +120,7 @@ class WorkerPool:
 
     def _spawn(self) -> _Worker:
         self.stats.started += 1
-        return _Worker(self.preload)
+        return _Worker(self.preload, self._warmup_blob)
 
     def _ensure_workers(self) -> None:
         while len(self._workers) < self.n_workers:
@@ -235,6 +240,12 @@ def _worker_main(read_fd: int, write_fd: int, preload: Sequence[str]) -> None:
         importlib.import_module(name)
     signal.signal(signal.SIGALRM, _on_alarm)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the parent, which closes the pool
+    warmup = pickle.loads(recv_conn.recv_bytes())
+    if warmup is not None:
+        try:
+            warmup()
+        except Exception:  # a failed warm-up only costs speed; the items will report their own errors
+            traceback.print_exc()
     send_conn.send("ready")
     fns: dict[bytes, Callable] = {}
     while True:

@@ -126,7 +126,7 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def verifier():
-    v = MathVerifier(timeout=3.0, workers=2)
+    v = MathVerifier(timeout=30.0, workers=2)  # generous: this machine is shared; timeouts are tested apart
     yield v
     v.close()
 
@@ -143,7 +143,7 @@ def test_equivalence_case(verifier, gold, completion, want):
 
 def test_equivalence_table_in_one_batch():
     """The whole table in one batch through a fresh pool: same scores as case by case."""
-    verifier = MathVerifier(timeout=3.0, workers=2)
+    verifier = MathVerifier(timeout=30.0, workers=2)
     results = verifier.score([c for _, c, _ in CASES], [g for g, _, _ in CASES])
     bad = [(g, c, want, r) for (g, c, want), r in zip(CASES, results) if r.score != want]
     assert not bad, "\n".join(map(repr, bad))
@@ -216,19 +216,22 @@ def test_length_mismatch_names_the_column(verifier):
 
 
 def test_identical_pairs_checked_once():
-    v = MathVerifier(timeout=3.0, workers=2)
+    v = MathVerifier(timeout=30.0, workers=2)
     try:
-        comps = [B % r"\frac{1}{2}", "So the answer is $\\frac{1}{2}$.", B % r"\frac12", B % "x=1/2", B % "7"]
-        # 3 distinct pairs go to workers: \frac{1}{2} (boxed and in a phrase), \frac12, x=1/2. "7" vs "0.5"
-        # are two plain numbers, compared in the parent.
-        rs = v.score(comps * 10, ["0.5"] * 50)
+        comps = [B % r"\sqrt{2}", "So the answer is $\\sqrt{2}$.", B % r"\sqrt 2", B % "2^{1/2}", B % "7"]
+        # 4 distinct pairs go to workers: \sqrt{2} (boxed and in a phrase), \sqrt 2, 2^{1/2}, 7.
+        rs = v.score(comps * 10, [r"\sqrt{2}"] * 50)
         assert [r.score for r in rs[:5]] == [1.0, 1.0, 1.0, 1.0, 0.0]
-        assert v.checks == 3
-        rs2 = v.score(comps, ["0.5"] * 5)  # the next batch hits the cache
-        assert v.checks == 3 and [r.score for r in rs2] == [r.score for r in rs[:5]]
-        # plain numbers compare in the parent, no worker check at all
-        v.score([B % "1,000", "#### 1000", B % "999"], ["1000", "1000", "1000"])
-        assert v.checks == 3
+        assert [r.score for r in rs] == [r.score for r in rs[:5]] * 10
+        assert v.checks == 4
+        rs2 = v.score(comps, [r"\sqrt{2}"] * 5)  # the next batch hits the cache
+        assert v.checks == 4 and [r.score for r in rs2] == [r.score for r in rs[:5]]
+        # exact numbers, fractions and percents compare in the parent, no worker check at all
+        rs3 = v.score([B % "1,000", "#### 1000", B % "999", B % r"\frac{1}{2}", B % r"50\%", B % "x = 1/2"],
+                      ["1000", "1000", "1000", "0.5", "0.5", "0.5"])
+        assert [r.score for r in rs3] == [1.0, 1.0, 0.0, 1.0, 1.0, 1.0]
+        assert {r.info["rule"] for r in rs3} == {"number"}
+        assert v.checks == 4
     finally:
         v.close()
 
@@ -243,7 +246,8 @@ def test_adversarial_answers_time_out_and_do_not_hold_other_rows():
             (None, "timeout"), (None, "timeout"), (1.0, "correct"), (0.0, "wrong"), (1.0, "correct")]
         assert rs[0].info["limit_s"] == 2.0
         # the pool survives and keeps scoring
-        assert [r.score for r in v.score([B % "2"], ["2"])] == [1.0]
+        assert [r.score for r in v.score([B % r"\sqrt{4}"], ["2"])] == [1.0]
+        assert v._pool.stats.timeouts == 2
     finally:
         v.close()
 
@@ -321,15 +325,17 @@ def _square(x):
 
 
 def test_pool_results_in_order_with_failures_isolated():
-    with WorkerPool(workers=2, timeout=1.0) as pool:
+    with WorkerPool(workers=2, timeout=2.0) as pool:
         outs = pool.map(_square, [1, "sleep", 2, "raise", "stubborn", 3, "die", 4])
         assert [o.status for o in outs] == ["ok", "timeout", "ok", "error", "timeout", "ok", "crashed", "ok"]
         assert [o.value for o in outs if o.status == "ok"] == [1, 4, 9, 16]
         assert "bad item" in outs[3].error
-        assert pool.stats.killed == 1 and pool.stats.crashed == 1
+        # "stubborn" ignores the soft alarm, so its worker is killed; "sleep" normally ends on the soft alarm
+        # (killed too if this shared machine is too loaded to answer in time). "die" crashed its worker.
+        assert pool.stats.killed >= 1 and pool.stats.crashed == 1
         # reusable across batches; killed / crashed workers were replaced
         assert [o.value for o in pool.map(_square, range(50))] == [i * i for i in range(50)]
-        assert pool.stats.started == 4
+        assert pool.stats.started == 2 + pool.stats.killed + pool.stats.crashed
 
 
 def test_pool_rejects_bad_settings():
