@@ -169,9 +169,9 @@ def format_table(stats: dict, source: str) -> str:
             for k, v in value.items():
                 emit(k, v, indent + 1)
         elif isinstance(value, float):
-            lines.append(f"{pad}{key:<24} {value:.4f}")
+            lines.append(f"{pad}{key:<{28 - len(pad)}} {value:.4f}")
         else:
-            lines.append(f"{pad}{key:<24} {value}")
+            lines.append(f"{pad}{key:<{28 - len(pad)}} {value}")
 
     for k, v in stats.items():
         if k != "kind":

@@ -101,3 +101,31 @@ def test_rerun_noop_and_missing_column(tmp_path, capsys):
     assert "missing column(s) 'reward'" in capsys.readouterr().err
     with pytest.raises(UserError, match="'judge'"):
         build_kto(src, str(tmp_path / "y"), KTOConfig(label_column="judge"))
+
+
+def test_trl_kto_trainer_accepts_rows_and_weights(tmp_path, tiny_model, caplog):
+    """TRL's KTOTrainer takes our rows, and our 1:9 weights keep its Eq. 8 imbalance warning quiet."""
+    import logging
+
+    import datasets
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import KTOConfig as TRLKTOConfig, KTOTrainer
+
+    rows = [row(i, 1.0 if i % 10 == 0 else 0.0) for i in range(40)]  # 4 desirable, 36 undesirable
+    out = tmp_path / "kto"
+    kto = build_kto(write_jsonl(tmp_path / "in.jsonl", rows), str(out), progress=False)["kto"]
+    assert (kto["desirable_weight"], kto["undesirable_weight"]) == (9.0, 1.0)
+    data = datasets.load_dataset("parquet", data_dir=str(out / "data"), split="train")
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+
+    def warnings_for(desirable, undesirable):
+        caplog.clear()
+        args = TRLKTOConfig(output_dir=str(tmp_path / "t"), per_device_train_batch_size=4, report_to=[],
+                            use_cpu=True, desirable_weight=desirable, undesirable_weight=undesirable)
+        with caplog.at_level(logging.WARNING):
+            KTOTrainer(model=model, args=args, train_dataset=data, processing_class=tok)
+        return [r.getMessage() for r in caplog.records if "ideal range" in r.getMessage()]
+
+    assert warnings_for(1.0, 1.0)  # control: the unweighted imbalance is flagged
+    assert warnings_for(kto["desirable_weight"], kto["undesirable_weight"]) == []

@@ -185,3 +185,26 @@ def test_missing_reward_column_is_a_clear_error(tmp_path, capsys):
 def _run(src, out, cfg):
     build_pairs(str(src), str(out), cfg, progress=False)
     return out
+
+
+def test_trl_dpo_trainer_trains_on_our_pairs(tmp_path, tiny_model):
+    """The output is TRL's conversational preference format: DPOTrainer tokenizes it and takes a step."""
+    import datasets
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    msgs = [{"role": "user", "content": "What is 2+2?"}]
+    rows = [rollout(f"c{p}", i, f"the answer is {4 + i}", float(i == 0), prompt=msgs) for p in range(2) for i in range(2)]
+    src = tmp_path / "chat.parquet"
+    pq.write_table(ds.rows_to_table(rows), src)
+    out = _run(src, tmp_path / "pairs", PairsConfig())
+    data = datasets.load_dataset("parquet", data_dir=str(out / "data"), split="train")
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    args = DPOConfig(output_dir=str(tmp_path / "dpo"), max_steps=1, per_device_train_batch_size=2, report_to=[],
+                     use_cpu=True, save_strategy="no", logging_steps=1)
+    trainer = DPOTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_model), args=args, train_dataset=data,
+                         processing_class=tok)
+    first = trainer.train_dataset[0]
+    assert "the answer is 4" in tok.decode(first["chosen_ids"])
+    assert "the answer is 5" in tok.decode(first["rejected_ids"])
+    assert trainer.train().global_step == 1
