@@ -117,6 +117,9 @@ class _Slot:
 
     def __init__(self, base: Path | None, max_procs: int):
         self.path: Path | None = None
+        self.server: subprocess.Popen | None = None  # warm server (Sandbox.call), if started
+        self.server_key: tuple | None = None
+        self.server_dir: Path | None = None
         if base is not None:
             self.path = base / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
             self.path.mkdir()
@@ -224,6 +227,7 @@ class Sandbox:
 
     def close(self) -> None:
         for slot in self._slots:
+            self._stop_server(slot)
             slot.remove()
         shutil.rmtree(self._workdir, ignore_errors=True)
 
@@ -253,6 +257,47 @@ class Sandbox:
                 with self._lock:
                     self._free.append(slot)
 
+    def call(self, argv: list[str], files: dict[str, str | bytes], request: bytes, wall_s: float) -> bytes | None:
+        """One request/reply with a long-lived server started from `argv` inside the sandbox (one per worker slot,
+        started on first use, kept warm between calls, restarted after it dies or overruns). `request` is one line;
+        returns the server's one-line reply, or None when it died, misbehaved or ran past `wall_s` (it is then
+        killed with everything it started). The server must keep its calls apart: see rewards/code_harness.py."""
+        with self._ready:
+            with self._lock:
+                slot = self._free.pop()
+            try:
+                key = (tuple(argv), tuple(sorted((k, hash(v)) for k, v in files.items())))
+                if slot.server is None or slot.server.poll() is not None or slot.server_key != key:
+                    self._stop_server(slot)
+                    full, slot.server_dir, cwd = self._command(argv, files, slot)
+                    slot.server = subprocess.Popen(full, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                                   stderr=subprocess.DEVNULL, start_new_session=True, cwd=cwd)
+                    slot.server_key = key
+                reply = _exchange(slot.server, request.rstrip(b"\n") + b"\n", time.monotonic() + wall_s,
+                                  16 * self.limits.output_bytes + (1 << 20))
+                if reply is None:
+                    self._stop_server(slot)
+                return reply
+            finally:
+                with self._lock:
+                    self._free.append(slot)
+
+    def _stop_server(self, slot: _Slot) -> None:
+        if slot.server is not None:
+            if slot.server.poll() is None:
+                _kill_group(slot.server)
+            slot.server.wait()
+            for stream in (slot.server.stdin, slot.server.stdout):
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+            slot.server = None
+            slot.kill_all()
+        if slot.server_dir is not None:
+            shutil.rmtree(slot.server_dir, ignore_errors=True)
+            slot.server_dir = None
+
     def _bwrap_argv(self, job_dir: Path) -> list[str]:
         prefix = str(Path(self.python).parent.parent)
         argv = [
@@ -279,23 +324,26 @@ class Sandbox:
         ]
         return argv
 
-    def _launch(self, argv: list[str], files: dict, stdin: bytes, wall_s: float, slot: _Slot) -> SandboxRun:
+    def _command(self, argv: list[str], files: dict, slot: _Slot, **fmt) -> tuple[list[str], Path, Path | None]:
+        """Write `files` into a fresh job dir and build the full command line (bwrap + cgroup join)."""
         job_dir = Path(tempfile.mkdtemp(dir=self._workdir))
         for name, content in files.items():
             data = content.encode() if isinstance(content, str) else content
             (job_dir / name).write_bytes(data)
         os.chmod(job_dir, 0o755)
-        chan_r, chan_w = os.pipe()
         job = str(job_dir) if self.unsandboxed else JOB_MOUNT
-        cmd = [a.format(python=self.python, job=job, channel_fd=chan_w) for a in argv]
+        cmd = [a.format(python=self.python, job=job, **fmt) for a in argv]
         if self.unsandboxed:
-            full = cmd
-            cwd = job_dir
-        else:
-            full = self._bwrap_argv(job_dir) + cmd
-            cwd = None
-            if slot.path is not None:  # join the slot's pids cgroup before bwrap forks anything
-                full = ["/bin/sh", "-c", 'echo 0 > "$0" && exec "$@"', str(slot.path / "cgroup.procs"), *full]
+            return cmd, job_dir, job_dir
+        full = self._bwrap_argv(job_dir) + cmd
+        if slot.path is not None:  # join the slot's pids cgroup before bwrap forks anything
+            full = ["/bin/sh", "-c", 'echo 0 > "$0" && exec "$@"', str(slot.path / "cgroup.procs"), *full]
+        return full, job_dir, None
+
+    def _launch(self, argv: list[str], files: dict, stdin: bytes, wall_s: float, slot: _Slot) -> SandboxRun:
+        self._stop_server(slot)  # the slot's cgroup is swept after the launch, which would take a server with it
+        chan_r, chan_w = os.pipe()
+        full, job_dir, cwd = self._command(argv, files, slot, channel_fd=chan_w)
         start = time.monotonic()
         try:
             proc = subprocess.Popen(
@@ -375,6 +423,41 @@ class Sandbox:
             _kill_group(proc)
         return (bytes(bufs[proc.stdout.fileno()]), bytes(bufs[proc.stderr.fileno()]), bytes(bufs[chan_r]),
                 timed_out, truncated)
+
+
+def _exchange(proc: subprocess.Popen, request: bytes, deadline: float, max_reply: int) -> bytes | None:
+    """Write `request` and read one reply line, both before `deadline`; None on death, overrun or oversize."""
+    out_fd, in_fd = proc.stdout.fileno(), proc.stdin.fileno()
+    os.set_blocking(in_fd, False)
+    pending = memoryview(request)
+    reply = bytearray()
+    with selectors.DefaultSelector() as sel:
+        sel.register(out_fd, selectors.EVENT_READ)
+        sel.register(in_fd, selectors.EVENT_WRITE)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            for key, _ in sel.select(timeout=min(left, 0.5)):
+                if key.fd == in_fd:
+                    try:
+                        pending = pending[os.write(in_fd, pending[:1 << 16]):]
+                    except BlockingIOError:
+                        continue
+                    except BrokenPipeError:
+                        return None
+                    if not pending:
+                        sel.unregister(in_fd)
+                    continue
+                chunk = os.read(out_fd, 1 << 16)
+                if not chunk:
+                    return None
+                reply += chunk
+                if b"\n" in reply:
+                    line, _, rest = bytes(reply).partition(b"\n")
+                    return None if rest else line  # a reply is exactly one line
+                if len(reply) > max_reply:
+                    return None
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
