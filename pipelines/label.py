@@ -180,8 +180,12 @@ def label(input: str, output: str, cfg: LabelConfig, *, overwrite: bool = False,
     # Only what changes the values goes into the fingerprint, so a resume may change workers or batch size.
     config = {"rewards": list(cfg.rewards), "names": names, "weights": weights}
     t0 = time.time()
-    result = run_stage("label", process, config, input, output, required=required, shard_size=cfg.shard_size,
-                       overwrite=overwrite, progress=progress)
+    try:
+        result = run_stage("label", process, config, input, output, required=required, shard_size=cfg.shard_size,
+                           overwrite=overwrite, progress=progress)
+    finally:
+        for f in fns:
+            f.close()
     seconds = time.time() - t0
     summary = summarize(output, names, weights)
     if not result.skipped:
@@ -205,7 +209,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a reward to apply (repeat for several)")
     p.add_argument("--weight", action="append", default=[], metavar="NAME=W",
                    help="weight of a reward in the total `reward` (default 1; 0 records without counting)")
-    p.add_argument("--workers", type=int, default=None, help="worker processes for math/code checks")
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker processes for math/code checks and for your (sync) reward functions")
     p.add_argument("--max-errors", type=int, default=None,
                    help="stop once more than N rows errored in reward functions (default: never stop)")
     p.add_argument("--batch-size", type=int, default=64, help="rows per reward-function call (default 64)")

@@ -62,9 +62,13 @@ class RewardFn:
     fn: Callable[..., Any]
     required: list[str] = field(default_factory=list)  # dataset columns it needs
     fingerprint: str = ""  # changes when the function's source file changes
+    workers: int = 1  # > 1: a user function runs on slices of each batch in this many worker processes
+    _pool: Any = field(default=None, repr=False)
 
     def score(self, prompts: Sequence[Any], completions: Sequence[Any], columns: dict[str, list]) -> list[RewardResult]:
         n = len(completions)
+        if self.workers > 1 and n > 1:
+            return self._score_in_workers(list(prompts), list(completions), columns)
         try:
             value = self.fn(list(prompts), list(completions), **columns)
             if inspect.isawaitable(value):
@@ -72,6 +76,44 @@ class RewardFn:
         except Exception as e:  # the user's function failed on this batch: null these rows, keep going
             return [RewardResult(None, f"{ERROR_PREFIX}{type(e).__name__}: {_one_line(e)}")] * n
         return to_results(value, n)
+
+    def _score_in_workers(self, prompts: list, completions: list, columns: dict[str, list]) -> list[RewardResult]:
+        from rewards.pool import WorkerPool
+
+        if self._pool is None:
+            self._pool = WorkerPool(self.workers, timeout=WORKER_TIMEOUT_S, preload=["rewards.plugins"])
+        n = len(completions)
+        step = -(-n // self.workers)
+        cuts = [(a, min(a + step, n)) for a in range(0, n, step)]
+        items = [(self.spec, prompts[a:b], completions[a:b], {k: v[a:b] for k, v in columns.items()}) for a, b in cuts]
+        out: list[RewardResult] = []
+        for (a, b), outcome in zip(cuts, self._pool.map(call_in_worker, items)):
+            if outcome.status == "ok":
+                out.extend(outcome.value)
+            else:  # the worker reports "ValueError: message\n<traceback>"; keep the first line
+                msg = outcome.error.splitlines()[0] if outcome.error else outcome.status
+                out.extend([RewardResult(None, f"{ERROR_PREFIX}{_one_line(Exception(msg))}")] * (b - a))
+        return out
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+
+WORKER_TIMEOUT_S = 600.0  # per slice of a batch; a hung user function is killed and its rows get null
+_WORKER_FNS: dict[str, Callable] = {}
+
+
+def call_in_worker(item: tuple[str, list, list, dict[str, list]]) -> list[RewardResult]:
+    """Worker-process side of `RewardFn` with workers > 1: load the spec once, score one slice."""
+    spec, prompts, completions, columns = item
+    if spec not in _WORKER_FNS:
+        _WORKER_FNS[spec] = load_function(spec)
+    value = _WORKER_FNS[spec](prompts, completions, **columns)
+    if inspect.isawaitable(value):
+        value = run_coroutine(value)
+    return to_results(value, len(completions))
 
 
 def _one_line(e: BaseException, limit: int = 300) -> str:
@@ -287,11 +329,16 @@ def _file_fingerprint(fn: Callable) -> str:
 
 
 def build(spec: str, options: Options | None = None) -> RewardFn:
-    """A `--reward` spec -> RewardFn (see module docstring for the forms)."""
+    """A `--reward` spec -> RewardFn (see module docstring for the forms).
+
+    Built-ins manage their own parallelism (math/code pools get `options.workers`); a synchronous user function
+    runs in `options.workers` worker processes when that is > 1 (async ones stay in this process).
+    """
     options = options or Options()
     head, _, arg = spec.partition(":")
     if head in BUILTINS:
         return RewardFn(head, spec, BUILTINS[head](arg, options), list(REQUIRED_COLUMNS.get(head, [])))
     fn = load_function(spec)
     name = spec.rpartition(":")[2]
-    return RewardFn(name, spec, fn, _needed_columns(fn), _file_fingerprint(fn))
+    workers = 1 if inspect.iscoroutinefunction(fn) else (options.workers or 1)
+    return RewardFn(name, spec, fn, _needed_columns(fn), _file_fingerprint(fn), workers=workers)

@@ -42,3 +42,8 @@ def wrong_length(prompts, completions, **columns):
 
 def ids_length(prompts, completions, completion_ids, **columns):
     return [None if ids is None else float(len(ids)) for ids in completion_ids]
+
+
+def worker_pid(prompts, completions, **columns):
+    """The id of the process that scored each row (to see where a function ran)."""
+    return [float(os.getpid())] * len(completions)

@@ -107,3 +107,24 @@ def test_total_weights_and_null_propagation():
         parse_weights(["fmt=1"], ["math", "format"])
     with pytest.raises(ValueError, match="is not a number"):
         parse_weights(["math=high"], ["math"])
+
+
+def test_sync_plugins_run_in_worker_processes_when_asked():
+    import os
+
+    from rewards.plugins import Options
+
+    pids = build("plugin_rewards:worker_pid", Options(workers=2))
+    try:
+        got = [r.score for r in pids.score(["p"] * 4, ["a"] * 4, {})]
+        assert os.getpid() not in got and got[0] == got[1] and got[2] == got[3]  # two slices, in workers
+    finally:
+        pids.close()
+    by_file = build(f"{HERE / 'plugin_rewards.py'}:fails_on_bad", Options(workers=2))
+    try:
+        res = by_file.score(["p"] * 4, ["a"] * 4, {"id": ["r0", "r1", "bad2", "r3"]})
+        assert [(r.score, r.reason) for r in res] == [(1.0, "ok")] * 2 + [
+            (None, "error: ValueError: cannot score row bad2")] * 2
+    finally:
+        by_file.close()
+    assert build("plugin_rewards:async_length_reward", Options(workers=2)).workers == 1  # async stays here
