@@ -50,14 +50,26 @@ def check_samples(result, n_prompts: int, sampling: SamplingConfig, stop_ids: li
                 assert s.token_ids[-1] in stop_ids and not set(s.token_ids[:-1]) & set(stop_ids)
 
 
-def rescore(model_path: Path, prompt_ids: list[int], completion_ids: list[int]) -> list[float]:
+def rescore(
+    model_path: Path, prompt_ids: list[int], completion_ids: list[int], temperature: float = 1.0, top_p: float = 1.0
+) -> list[float]:
+    """Log-prob of each completion token under the model, with temperature and top-p applied the way samplers
+    do (keep the smallest most-likely set whose mass reaches top_p, renormalise)."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
     with torch.no_grad():
         logits = model(torch.tensor([prompt_ids + completion_ids])).logits[0].float()
-    logp = logits[len(prompt_ids) - 1 : -1].log_softmax(-1)
-    return logp.gather(-1, torch.tensor(completion_ids)[:, None])[:, 0].tolist()
+    out = []
+    for pos, tid in enumerate(completion_ids):
+        step = logits[len(prompt_ids) - 1 + pos] / temperature
+        probs = step.softmax(-1)
+        sorted_p, order = probs.sort(descending=True)
+        keep = order[: max(1, int((sorted_p.cumsum(0) - sorted_p < top_p).sum()))]
+        masked = torch.full_like(step, float("-inf"))
+        masked[keep] = step[keep]
+        out.append(masked.log_softmax(-1)[tid].item())
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -117,19 +129,9 @@ def test_hf_logprobs_match_rescoring(hf, stopper):
 def test_hf_logprobs_follow_temperature_and_top_p(hf, stopper):
     """Sampling log-probs are those of the distribution sampled from: temperature-scaled, top-p renormalised."""
     prompt_ids = render_prompt_ids(hf.tokenizer, CHAT)
-    s = hf.generate([CHAT], SamplingConfig(n=1, temperature=0.5, top_p=0.3, max_new_tokens=4), seeds=[0])[0][0]
-    raw = rescore(stopper, prompt_ids, s.token_ids)
-    assert s.logprobs[0] > raw[0] and s.logprobs[0] != pytest.approx(raw[0] / 0.5, abs=1e-3)
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(stopper, dtype=torch.float32).eval()
-    with torch.no_grad():
-        logits = model(torch.tensor([prompt_ids])).logits[0, -1] / 0.5
-    probs = logits.softmax(-1)
-    sorted_p, order = probs.sort(descending=True)
-    keep = order[: int((sorted_p.cumsum(0) - sorted_p < 0.3).sum())]  # smallest set reaching top_p
-    expected = logits[keep].log_softmax(-1)[(keep == s.token_ids[0]).nonzero()[0, 0]].item()
-    assert s.logprobs[0] == pytest.approx(expected, abs=1e-4)
+    for s in hf.generate([CHAT], SamplingConfig(n=3, temperature=0.5, top_p=0.3, max_new_tokens=6), seeds=[0])[0]:
+        assert s.logprobs == pytest.approx(rescore(stopper, prompt_ids, s.token_ids, 0.5, 0.3), abs=1e-4)
+        assert s.logprobs != pytest.approx(rescore(stopper, prompt_ids, s.token_ids), abs=1e-3)
 
 
 def test_hf_prompt_batching_left_pads_correctly(hf, stopper):

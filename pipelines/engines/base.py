@@ -145,3 +145,10 @@ def load_tokenizer(model: str) -> Any:
             f"cannot load the tokenizer of model {model!r} ({type(err).__name__}: {err}). Pass a local folder "
             "written by save_pretrained (for the default policy run `prefsmith models fetch-default`)"
         ) from err
+
+
+def completion_text(tokenizer: Any, token_ids: list[int], finish_reason: str) -> str:
+    """The completion's text: its tokens decoded without special tokens, the final stop token left out. Every
+    engine that has the token ids decodes them this same way, so equal ids give equal text."""
+    body = token_ids[:-1] if finish_reason == "stop" and token_ids else token_ids
+    return tokenizer.decode(body, skip_special_tokens=True)

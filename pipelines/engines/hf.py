@@ -16,6 +16,7 @@ from .base import (
     Prompt,
     Sample,
     SamplingConfig,
+    completion_text,
     load_tokenizer,
     render_prompt_ids,
     resolve_model_path,
@@ -110,8 +111,7 @@ class HFEngine:
         end = next((k + 1 for k, t in enumerate(tokens) if t in stops), None)
         finish = "length" if end is None else "stop"
         end = len(tokens) if end is None else end
-        body = tokens[: end - 1] if finish == "stop" else tokens[:end]
-        text = self.tokenizer.decode(body, skip_special_tokens=True)
+        text = completion_text(self.tokenizer, tokens[:end], finish)
         return Sample(text=text, token_ids=tokens[:end], logprobs=logprobs[:end], finish_reason=finish)
 
     def close(self) -> None:
