@@ -108,11 +108,11 @@ def signatures(sh: tx.Shingles, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     while i < len(starts):
         j = max(int(np.searchsorted(starts, starts[i] + _BLOCK, side="left")), i + 1)
         s0, s1 = starts[i], (starts[j] if j < len(starts) else total)
-        with np.errstate(over="ignore"):
-            v = np.multiply.outer(sh.hashes[s0:s1], a)
-            v += b
+        with np.errstate(over="ignore"):  # (num_perm, shingles): the reduction runs along contiguous memory
+            v = np.multiply.outer(a, sh.hashes[s0:s1])
+            v += b[:, None]
         v >>= shift
-        sig[docs[i:j]] = np.minimum.reduceat(v, starts[i:j] - s0, axis=0).astype(np.uint32)
+        sig[docs[i:j]] = np.minimum.reduceat(v.astype(np.uint32), starts[i:j] - s0, axis=1).T
         i = j
     return sig
 
@@ -137,7 +137,9 @@ class _Sig:
 def make_lsh(threshold: float, num_perm: int, params: tuple[int, int] | None = None):
     from datasketch import MinHashLSH
 
-    return MinHashLSH(threshold=threshold, num_perm=num_perm, params=params)
+    # recall-oriented banding: every LSH candidate is verified against the threshold with the full signature,
+    # so a false candidate costs a comparison while a missed one is a duplicate left in the data
+    return MinHashLSH(threshold=threshold, num_perm=num_perm, params=params, weights=(0.05, 0.95))
 
 
 # ------------------------------------------------------------------------------------------ input streaming
@@ -382,9 +384,9 @@ def _keepers(c: _Clusters, keep: str) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------ the job
-def _fingerprint(cfg: DedupConfig, input_fp: str, index_fp: str | None, index_path: str | None) -> str:
-    blob = json.dumps({"stage": STAGE, "config": cfg.identity(), "input": input_fp, "index": index_fp,
-                       "index_path": index_path}, sort_keys=True)
+def _fingerprint(settings: dict, cfg: DedupConfig, input_fp: str, index_fp: str | None, index_path: str | None) -> str:
+    blob = json.dumps({"stage": STAGE, "settings": settings, "config": cfg.identity(), "input": input_fp,
+                       "index": index_fp, "index_path": index_path}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -411,7 +413,7 @@ def dedup(input: str, output: str, config: DedupConfig | None = None, *, index: 
     round_key = _round_key(cfg, input_fp)
     index_dir = Path(index) if index else None
     idx = _load_index(index_dir, settings, round_key)
-    fp = _fingerprint(cfg, input_fp, idx.fingerprint if index_dir else None, str(index_dir) if index_dir else None)
+    fp = _fingerprint(settings, cfg, input_fp, idx.fingerprint if index_dir else None, str(index_dir) if index_dir else None)
 
     old = ds.read_manifest(out)
     if old is not None and old.get("fingerprint") == fp and old.get("complete"):
