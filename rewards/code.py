@@ -24,12 +24,12 @@ import re
 import secrets
 import signal
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from rewards.result import RewardResult, completion_text, trl_reward
-from rewards.sandbox import Sandbox, SandboxLimits, SandboxRun, rlimit_args
+from rewards.sandbox import Sandbox, SandboxLimits, SandboxRun
 
 TEST_STATUSES = ("passed", "failed", "compile_error", "runtime_error", "timeout", "memory_limit", "sandbox_error")
 HARNESS_SOURCE = (Path(__file__).parent / "code_harness.py").read_text()
@@ -158,8 +158,7 @@ class _Runner:
         killed by the program) a cold sandbox launch, which reports exactly how far the program got."""
         nonce = secrets.token_hex(16)
         wall = self.timeout_s * n_timed + _STARTUP_SLACK_S
-        rlimits = {k: int(v) for k, v in (item.split("=") for item in rlimit_args(self.sandbox.limits))}
-        rlimits["RLIMIT_CPU"] = math.ceil(wall) + 1
+        rlimits = self.sandbox.rlimits(cpu_s=math.ceil(wall) + 1)
         spec = {"mode": mode, "tests": tests, "first_index": first_index, "timeout_s": self.timeout_s,
                 "rlimits": rlimits}
         if self.warm:
@@ -303,7 +302,6 @@ def code_results(
         return [r for r in results]  # type: ignore[misc]
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
     limits = limits or SandboxLimits()
-    limits = replace(limits, cpu_s=max(limits.cpu_s, math.ceil(timeout_s) + 1))
     with Sandbox(limits, workers=workers, python=python,
                  allow_unsandboxed_code_execution=allow_unsandboxed_code_execution) as sandbox:
         runner = _Runner(sandbox, timeout_s)

@@ -244,13 +244,18 @@ def _kill(pid: int) -> None:
 def _clean_up(scratch: str, isolated: bool) -> None:
     """Leave nothing of the last job for the next: no processes, no files."""
     if isolated:
-        _kill(-1)  # every process in the sandbox but this server and the namespace's init
-        while True:
-            try:
-                if os.waitpid(-1, os.WNOHANG) == (0, 0):
+        me = os.getpid()
+        for _ in range(100):
+            _kill(-1)  # every process in the sandbox but this server and the namespace's init
+            while True:
+                try:
+                    if os.waitpid(-1, os.WNOHANG) == (0, 0):
+                        break
+                except ChildProcessError:
                     break
-            except ChildProcessError:
+            if not [p for p in os.listdir("/proc") if p.isdigit() and int(p) not in (1, me) and _alive(p)]:
                 break
+            time.sleep(0.001)
     for root in (scratch, "/dev/shm" if isolated else None):
         if root and os.path.isdir(root):
             for name in os.listdir(root):
@@ -262,6 +267,15 @@ def _clean_up(scratch: str, isolated: bool) -> None:
                         os.unlink(path)
                 except OSError:
                     pass
+
+
+def _alive(pid: str) -> bool:
+    """A process that is not yet a zombie (zombies are reaped by the namespace's init)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _make_undumpable() -> None:

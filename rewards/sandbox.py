@@ -74,18 +74,6 @@ class SandboxRun:
     extra: dict = field(default_factory=dict)
 
 
-def rlimit_args(limits: SandboxLimits) -> list[str]:
-    """The rlimits as `name=value` strings, applied inside the sandbox by `apply_rlimits` before user code."""
-    mib = 1024 * 1024
-    return [
-        f"RLIMIT_CPU={limits.cpu_s}",
-        f"RLIMIT_AS={limits.memory_mb * mib}",
-        f"RLIMIT_FSIZE={limits.file_size_mb * mib}",
-        f"RLIMIT_NOFILE={limits.max_open_files}",
-        "RLIMIT_CORE=0",
-    ]
-
-
 def _find_pids_cgroup() -> Path | None:
     """A writable directory under which per-slot pids cgroups can be made (cgroup v1 or v2), else None."""
     v1 = Path("/sys/fs/cgroup/pids")
@@ -214,6 +202,23 @@ class Sandbox:
                     "the pids controller), so a fork bomb could not be contained (RLIMIT_NPROC does not apply to "
                     f"root); run as a non-root user, or give the container a writable cgroup; or {INSTALL_HINT}"
                 )
+
+    def rlimits(self, cpu_s: int | None = None) -> dict[str, int]:
+        """The rlimits a job must set on itself before running untrusted code (names from the `resource` module).
+
+        RLIMIT_NPROC is added only when no pids cgroup caps processes: it is not enforced for root, but for a
+        non-root caller it counts the processes of the sandbox's own user namespace."""
+        mib = 1024 * 1024
+        limits = {
+            "RLIMIT_CPU": cpu_s or self.limits.cpu_s,
+            "RLIMIT_AS": self.limits.memory_mb * mib,
+            "RLIMIT_FSIZE": self.limits.file_size_mb * mib,
+            "RLIMIT_NOFILE": self.limits.max_open_files,
+            "RLIMIT_CORE": 0,
+        }
+        if self._cgroup_base is None and not self.unsandboxed and os.geteuid() != 0:
+            limits["RLIMIT_NPROC"] = self.limits.max_procs
+        return limits
 
     def _probe(self) -> None:
         probe = self.run(["{python}", "-I", "-S", "-c", "print('ok')"], {}, wall_s=30.0)

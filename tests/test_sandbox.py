@@ -277,3 +277,25 @@ def test_unsandboxed_needs_the_flag_and_then_runs(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     results = code_results(["p"], [GOOD], tests=[TESTS], allow_unsandboxed_code_execution=True)
     assert results[0].score == 1.0
+
+
+def test_program_cannot_tamper_with_the_warm_server():
+    # the program runs in a child of the slot's fork server: it must not read the server's memory or pipes,
+    # and the next row must be scored by a healthy server (or a fresh one)
+    attack = """
+import os
+server = os.getppid()
+reached = []
+for path in (f"/proc/{server}/mem", f"/proc/{server}/fd/0", f"/proc/{server}/environ"):
+    try:
+        open(path, "rb").read(1)
+        reached.append(path)
+    except OSError:
+        pass
+def solve():
+    return 1 if not reached else 0
+"""
+    assert run_pair(attack).score == 1.0
+    stopper = "import os, signal\nos.kill(os.getppid(), signal.SIGSTOP)\ndef solve():\n    return 1\n"
+    results = code_results(["p"] * 3, [stopper, GOOD, GOOD], tests=[TESTS] * 3, workers=1, timeout_s=1.0)
+    assert [r.score for r in results] == [1.0, 1.0, 1.0]  # the stopped server is replaced, nothing is lost
