@@ -22,6 +22,10 @@ import pyarrow.parquet as pq
 from pipelines import dataset as ds
 from pipelines.errors import UserError
 
+# Builders do little work per row, so shards are larger than the runner's default: the cost of a shard is
+# then its atomic writes (fsync) and manifest update, not the rows.
+SHARD_SIZE = 4096
+
 # Columns that describe one sample, not the prompt: never carried into a built training set.
 SAMPLE_COLUMNS = frozenset({
     "id", "sample_idx", "prompt", "completion", "completion_ids", "logprobs", "finish_reason",

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from typing import Callable
 
 from pipelines.errors import UserError
-from pipelines.grouping import (Sample, as_completion, carried, check_input, count_by, edit_distance,
+from pipelines.grouping import (SHARD_SIZE, Sample, as_completion, carried, check_input, count_by, edit_distance,
                                 group_rows, read_side, score_rows)
 from pipelines.runner import Shard, run_stage, update_manifest
 
@@ -90,13 +90,20 @@ def build_prompt_pairs(valid: list[Sample], n_null: int, cfg: PairsConfig, promp
             break
         if chosen.text == rejected.text:
             out.skipped_identical += 1
-        elif cfg.min_edit_distance > 0 and edit_distance(chosen.text, rejected.text) < cfg.min_edit_distance:
+        elif cfg.min_edit_distance > 0 and _too_similar(chosen.text, rejected.text, cfg.min_edit_distance):
             out.skipped_similar += 1
         else:
             out.pairs.append((chosen, rejected))
     if not out.pairs:
         out.reason = "too_similar" if out.skipped_similar else "identical"
     return out
+
+
+def _too_similar(a: str, b: str, min_distance: float) -> bool:
+    # the length difference is a lower bound of the edit distance: enough to clear most pairs without the DP
+    if abs(len(a) - len(b)) >= min_distance * max(len(a), len(b)):
+        return False
+    return edit_distance(a, b) < min_distance
 
 
 def pair_row(chosen: Sample, rejected: Sample) -> dict:
@@ -155,7 +162,7 @@ def build_pairs(input: str, output: str, cfg: PairsConfig = PairsConfig(), *, ov
     check_input(input, ["prompt_id", "prompt", "completion", "reward"], "build preference pairs")
     result = run_stage("pairs", make_process(cfg), asdict(cfg), input, output,
                        required=["prompt_id", "prompt", "completion"], group_by="prompt_id",
-                       overwrite=overwrite, progress=progress)
+                       shard_size=SHARD_SIZE, overwrite=overwrite, progress=progress)
     summary = summarize(output)
     if result.manifest.get("summary") != summary:
         update_manifest(output, summary=summary)

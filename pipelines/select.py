@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from pipelines import dataset as ds
 from pipelines.errors import UserError
-from pipelines.grouping import (Sample, as_completion, carried, chat_column, check_input, count_by, group_rows,
+from pipelines.grouping import (SHARD_SIZE, Sample, as_completion, carried, chat_column, check_input, count_by, group_rows,
                                 input_schema, is_chat, read_side, score_rows)
 from pipelines.runner import MARKERS, Shard, run_stage, update_manifest
 
@@ -146,7 +146,7 @@ def build_select(input: str, output: str, cfg: SelectConfig = SelectConfig(), *,
         cfg = replace(cfg, format=_mix_format(input, other, cfg.mix), mix_fingerprint=ds.fingerprint(cfg.mix))
     result = run_stage("select", make_process(cfg), asdict(cfg), input, output,
                        required=["prompt_id", "prompt", "completion"], group_by="prompt_id",
-                       overwrite=overwrite, progress=progress)
+                       shard_size=SHARD_SIZE, overwrite=overwrite, progress=progress)
     manifest = result.manifest
     prompts, skipped = read_side(output, "prompts"), read_side(output, "skipped")
     n_selected = sum(p["selected"] for p in prompts)

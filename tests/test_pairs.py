@@ -208,3 +208,35 @@ def test_trl_dpo_trainer_trains_on_our_pairs(tmp_path, tiny_model):
     assert "the answer is 4" in tok.decode(first["chosen_ids"])
     assert "the answer is 5" in tok.decode(first["rejected_ids"])
     assert trainer.train().global_step == 1
+
+
+def test_levenshtein_matches_dynamic_programming():
+    import random
+
+    def dp(a, b):
+        prev = list(range(len(b) + 1))
+        for i, ca in enumerate(a, 1):
+            cur = [i]
+            for j, cb in enumerate(b, 1):
+                cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+            prev = cur
+        return prev[-1]
+
+    rng = random.Random(0)
+    for _ in range(300):
+        a = "".join(rng.choice("ab c") for _ in range(rng.randint(0, 70)))
+        b = "".join(rng.choice("ab c") for _ in range(rng.randint(0, 70)))
+        assert levenshtein(a, b) == dp(a, b)
+    assert levenshtein("kitten", "sitting") == 3 and edit_distance("", "") == 0.0
+
+
+def test_resume_after_crash_gives_the_same_pairs_and_summary(labeled, tmp_path):
+    out = tmp_path / "pairs"
+    first = build_pairs(str(labeled), str(out), progress=False)
+    expected = ids(read(out))
+    # a kill after the shard was written but before it was recorded complete
+    (out / ".shards" / "part-00000.done").unlink()
+    manifest = ds.read_manifest(out)
+    ds.write_manifest(out, {**manifest, "complete": False, "summary": None})
+    assert build_pairs(str(labeled), str(out), progress=False) == first
+    assert ids(read(out)) == expected and ds.read_manifest(out)["summary"] == first
