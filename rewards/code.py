@@ -56,11 +56,15 @@ def extract_program(text: str) -> str:
 
 def parse_tests(tests: Any, entry_point: str | None = None) -> TestSuite:
     """Normalize one row's `tests` value; raises ValueError saying what shape was expected."""
+    if hasattr(tests, "tolist") and not isinstance(tests, str):  # numpy / pandas arrays from a DataFrame
+        tests = tests.tolist()
     if isinstance(tests, str) and tests.lstrip().startswith(("{", "[")):
         try:
             tests = json.loads(tests)
         except json.JSONDecodeError:
             pass  # a test program that happens to start with a bracket
+    if isinstance(tests, dict) and tests.get("fn_name"):
+        raise ValueError("call-based APPS tests (`fn_name`) are not supported; give asserts or stdin/stdout cases")
     if isinstance(tests, dict) and "inputs" in tests and "outputs" in tests:
         if len(tests["inputs"]) != len(tests["outputs"]):
             raise ValueError("`tests` has different numbers of inputs and outputs")
@@ -284,7 +288,10 @@ def code_results(
         raise ValueError("code reward needs a `tests` column (test program, list of asserts, or stdin/stdout cases)")
     if len(tests) != n or len(prompts) != n:
         raise ValueError(f"code reward got {len(prompts)} prompts, {n} completions and {len(tests)} tests rows")
-    entry_points = list(entry_point) if entry_point is not None else [None] * n
+    if entry_point is None or isinstance(entry_point, str):
+        entry_points = [entry_point] * n
+    else:
+        entry_points = list(entry_point)
     results: list[RewardResult | None] = [None] * n
     jobs = []  # (row, kind, payload)
     for row in range(n):
@@ -300,7 +307,7 @@ def code_results(
             jobs.extend((row, "stdio", (program, stdin, expected)) for stdin, expected in suite.items)
     if not jobs:
         return [r for r in results]  # type: ignore[misc]
-    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
+    workers = max(1, min(workers or len(os.sched_getaffinity(0)), len(jobs)))
     limits = limits or SandboxLimits()
     with Sandbox(limits, workers=workers, python=python,
                  allow_unsandboxed_code_execution=allow_unsandboxed_code_execution) as sandbox:

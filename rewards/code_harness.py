@@ -253,9 +253,10 @@ def _clean_up(scratch: str, isolated: bool) -> None:
                         break
                 except ChildProcessError:
                     break
-            if not [p for p in os.listdir("/proc") if p.isdigit() and int(p) not in (1, me) and _alive(p)]:
+            others = [p for p in os.listdir("/proc") if p.isdigit() and int(p) not in (1, me)]
+            if not others:
                 break
-            time.sleep(0.001)
+            time.sleep(0.001 if any(_alive(p) for p in others) else 0.0002)  # zombies: init reaps them
     for root in (scratch, "/dev/shm" if isolated else None):
         if root and os.path.isdir(root):
             for name in os.listdir(root):

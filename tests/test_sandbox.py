@@ -18,9 +18,10 @@ TESTS = ["assert solve() == 1"]
 
 
 def run_pair(attack: str, tests=TESTS, **kwargs):
-    """Score [attack, correct program] in one batch; returns both results after checking row 1."""
+    """Score [attack, correct program] in one batch with one worker, so row 1 runs in the same (warm) sandbox
+    right after the attack; returns row 0's result after checking row 1 scored normally."""
     kwargs.setdefault("timeout_s", 2.0)
-    results = code_results(["p", "p"], [attack, GOOD], tests=[tests, TESTS], workers=2, **kwargs)
+    results = code_results(["p", "p"], [attack, GOOD], tests=[tests, TESTS], workers=1, **kwargs)
     assert results[1].score == 1.0, results[1]
     assert results[1].info["statuses"] == ["passed"]
     return results[0]
@@ -299,3 +300,47 @@ def solve():
     stopper = "import os, signal\nos.kill(os.getppid(), signal.SIGSTOP)\ndef solve():\n    return 1\n"
     results = code_results(["p"] * 3, [stopper, GOOD, GOOD], tests=[TESTS] * 3, workers=1, timeout_s=1.0)
     assert [r.score for r in results] == [1.0, 1.0, 1.0]  # the stopped server is replaced, nothing is lost
+
+
+def test_nothing_leaks_between_rows_sharing_a_warm_sandbox():
+    first = """
+import os, subprocess
+open("/tmp/left_behind", "w").write("row 0")
+open("/dev/shm/left_behind", "w").write("row 0")
+subprocess.Popen(["sleep", "60"], start_new_session=True)
+def solve():
+    return 1
+"""
+    second = """
+import os
+me, server = os.getpid(), os.getppid()
+others = sorted(int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) not in (1, me, server))
+files = os.listdir("/tmp") + os.listdir("/dev/shm")
+def solve():
+    return 1 if others == [] and files == [] else (others, files)
+"""
+    results = code_results(["p", "p"], [first, second], tests=[TESTS, TESTS], workers=1)
+    assert [r.score for r in results] == [1.0, 1.0], results
+    assert sandbox_processes() == []
+
+
+def test_file_size_and_tmp_space_are_capped():
+    program = """
+import errno, os
+def write(path, size):
+    try:
+        with open(path, "wb") as f:
+            f.write(b"x" * size)
+        return "ok"
+    except OSError as exc:
+        return errno.errorcode[exc.errno]
+big = write("/tmp/big", 8 * 1024 * 1024)       # over the 4 MiB file-size limit
+os.remove("/tmp/big")
+small = [write(f"/tmp/small{i}", 3 * 1024 * 1024) for i in range(4)]   # the 8 MiB tmpfs fills up
+def solve():
+    return (big, small)
+"""
+    limits = SandboxLimits(file_size_mb=4, tmp_mb=8)
+    result = code_results(["p"], [program], tests=[["assert solve() == ('EFBIG', ['ok', 'ok', 'ENOSPC', 'ENOSPC'])"]],
+                          limits=limits)[0]
+    assert result.score == 1.0, result
