@@ -87,37 +87,58 @@ def main(argv: list[str] | None = None) -> dict:
     completions, golds = make_rollouts(args.prompts, args.k, args.seed)
     n = len(completions)
 
+    def trl(completions, golds):
+        return accuracy_reward([[{"role": "assistant", "content": c}] for c in completions],
+                               solution=[f"${g}$" for g in golds])
+
     t0 = time.perf_counter()
-    trl_scores = accuracy_reward([[{"role": "assistant", "content": c}] for c in completions],
-                                 solution=[f"${g}$" for g in golds])
+    trl_scores = trl(completions, golds)
     t_trl = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     verifier = MathVerifier(workers=args.workers)
     ours = verifier.score(completions, golds)
     t_ours = time.perf_counter() - t0
+
+    # Warm: a second, different batch (another seed) through the same verifier, as in a GRPO loop where the
+    # pool lives across steps. The pair cache is cleared so this measures the warm pool, not cache hits.
+    completions2, golds2 = make_rollouts(args.prompts, args.k, args.seed + 1)
+    t0 = time.perf_counter()
+    trl(completions2, golds2)
+    t_trl2 = time.perf_counter() - t0
+    checks_before = verifier.checks
+    verifier.clear_cache()
+    t0 = time.perf_counter()
+    verifier.score(completions2, golds2)
+    t_ours2 = time.perf_counter() - t0
     verifier.close()
 
+    print(f"rows: {n} ({args.prompts} prompts x {args.k} completions), workers: {args.workers}")
+    print(f"batch 1 TRL accuracy_reward : {t_trl:7.2f} s {n / t_trl:8.1f} rows/s")
+    print(f"batch 1 prefsmith math      : {t_ours:7.2f} s {n / t_ours:8.1f} rows/s  (cold: includes starting "
+          f"the workers; {checks_before} worker checks, the rest deduplicated or exact numbers)")
+    print(f"batch 2 TRL accuracy_reward : {t_trl2:7.2f} s {n / t_trl2:8.1f} rows/s")
+    print(f"batch 2 prefsmith math      : {t_ours2:7.2f} s {n / t_ours2:8.1f} rows/s  (warm pool, empty cache; "
+          f"{verifier.checks - checks_before} worker checks)")
+    print(f"speedup (TRL time / ours): cold {t_trl / t_ours:.2f}x, warm {t_trl2 / t_ours2:.2f}x")
     our_scores = [r.score for r in ours]
     agree = sum(a == b for a, b in zip(our_scores, trl_scores)) / n
-    disagreements = [(golds[i], ours[i].info.get("extracted"), our_scores[i], trl_scores[i],
-                      f"{ours[i].reason}, {ours[i].info.get('method', '-')}")
-                     for i in range(n) if our_scores[i] != trl_scores[i]]
-    print(f"rows: {n} ({args.prompts} prompts x {args.k} completions), workers: {args.workers}")
-    print(f"TRL accuracy_reward : {t_trl:7.2f} s  {n / t_trl:8.1f} rows/s")
-    print(f"prefsmith math      : {t_ours:7.2f} s  {n / t_ours:8.1f} rows/s  (cold start, {verifier.checks} "
-          f"worker checks after dedup and the plain-number path)")
-    print(f"speedup (ours / TRL): {t_trl / t_ours:.2f}x")
-    print(f"agreement: {agree:.3f} of rows get equal scores; {len(disagreements)} disagree")
-    seen = set()
-    for gold, extracted, mine, theirs, reason in disagreements:
-        if (gold, extracted) in seen:
-            continue
-        seen.add((gold, extracted))
-        print(f"  gold={gold!r:24} answer={extracted!r:24} ours={mine} ({reason}) trl={theirs}")
-        if len(seen) >= 10:
-            break
-    return {"rows": n, "trl_s": t_trl, "ours_s": t_ours, "ratio": t_trl / t_ours, "agreement": agree}
+    rows = [(golds[i], ours[i].info.get("extracted"), our_scores[i], trl_scores[i], ours[i].reason,
+             ours[i].info.get("method", "-")) for i in range(n)]
+    boxed = [r for r in rows if r[5] == "boxed"]
+    boxed_agree = sum(r[2] == r[3] for r in boxed) / max(1, len(boxed))
+    disagreements = [r for r in rows if r[2] != r[3]]
+    print(f"agreement: {agree:.3f} of rows get equal scores ({len(disagreements)} disagree); on the "
+          f"{len(boxed)} rows whose answer is boxed (both sides read the same span): {boxed_agree:.3f}")
+    by_kind: dict[tuple, list] = {}
+    for r in disagreements:
+        by_kind.setdefault((r[5], r[2], r[3]), []).append(r)
+    for (method, mine, theirs), group in sorted(by_kind.items(), key=lambda kv: -len(kv[1])):
+        print(f"  {len(group):4d} rows: answer found by {method}, ours={mine}, trl={theirs}; e.g.")
+        for gold, extracted, *_ in list(dict.fromkeys((r[0], r[1]) for r in group))[:3]:
+            print(f"         gold={gold!r:22} answer={extracted!r}")
+    return {"rows": n, "trl_s": t_trl, "ours_s": t_ours, "ratio": t_trl / t_ours,
+            "ratio_warm": t_trl2 / t_ours2, "agreement": agree}
 
 
 if __name__ == "__main__":

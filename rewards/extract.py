@@ -65,8 +65,9 @@ def _clean_phrase(ans: str) -> str:
     # "$\frac{1}{2}$." -> "\frac{1}{2}": drop wrapping dollars / bold and trailing sentence punctuation.
     ans = re.sub(r"^\*+|\*+$", "", ans).strip()
     ans = ans.rstrip(" .;!")
-    if ans.startswith("$") and ans.count("$") >= 2:
-        ans = ans[1 : ans.index("$", 1)]
+    math_mode = re.match(r"\$((?:[^$\\]|\\.)*)\$", ans)  # `$...$`, skipping escaped `\$`
+    if math_mode:
+        ans = math_mode.group(1)
     elif ans.startswith("\\(") and "\\)" in ans:
         ans = ans[2 : ans.index("\\)")]
     elif ans.startswith("\\[") and "\\]" in ans:

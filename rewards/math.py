@@ -134,6 +134,45 @@ def simple_equal(gold: tuple[Fraction, bool], answer: tuple[Fraction, bool]) -> 
     return a == g
 
 
+def simple_compare(gold: str, answer: str) -> bool | None:
+    """Decide exact-number pairs without sympy: True / False, or None when a worker has to decide.
+
+    Covers single numbers, fractions and percents (`simple_value`), number lists / sets (`2, 3`,
+    `\\{3,2\\}`: equal as sets, so every gold answer is required and nothing extra is allowed) and
+    bracketed pairs (`(1, 2]`: same brackets, same numbers; read as interval or tuple, the verdict agrees).
+    """
+    gv, av = simple_value(gold), simple_value(answer)
+    if gv is not None and av is not None:
+        return simple_equal(gv, av)
+    gs, as_ = _simple_structure(gold), _simple_structure(answer)
+    if gs is None or as_ is None:
+        return None
+    if gs[0] == "set" and as_[0] == "set":
+        return gs[1] == as_[1]
+    if gs[0] == "bracket" and as_[0] == "bracket":
+        return gs[1:] == as_[1:]
+    return None
+
+
+def _simple_structure(s: str) -> tuple | None:
+    if len(s) > 200:
+        return None
+    bracket = re.fullmatch(r"([\(\[])([^,()\[\]]+),([^,()\[\]]+)([\)\]])", s)
+    if bracket:
+        values = [simple_value(x.strip()) for x in bracket.group(2, 3)]
+        if any(v is None or v[1] for v in values):
+            return None
+        return "bracket", bracket.group(1), bracket.group(4), tuple(v[0] for v in values)
+    inner = s[2:-2] if s.startswith("\\{") and s.endswith("\\}") else s
+    parts = [x.strip() for x in inner.split(",")]
+    if len(parts) < 2 and inner == s:
+        return None
+    values = [simple_value(x) if "=" not in x else None for x in parts]
+    if any(v is None or v[1] for v in values):
+        return None
+    return "set", frozenset(v[0] for v in values)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The check (worker process)
 
@@ -268,10 +307,12 @@ class MathVerifier:
                 extracted[i] = {"extracted": found.text, "method": found.method}
             g = normalize_answer(gold_text(str(gold)))
             a = normalize_answer(found.text) if found else None
-            gv, av = simple_value(g), (simple_value(a) if a is not None else None)
-            if gv is not None and av is not None:  # exact numbers: decided here, no worker needed
-                ok = simple_equal(gv, av)
-                results[i] = RewardResult(1.0 if ok else 0.0, "correct" if ok else "wrong",
+            if a is None and (simple_value(g) is not None or _simple_structure(g) is not None):
+                results[i] = RewardResult(0.0, "no_answer", {})  # a plain-number gold surely parses
+                continue
+            verdict = simple_compare(g, a) if a is not None else None
+            if verdict is not None:  # exact numbers: decided here, no worker needed
+                results[i] = RewardResult(1.0 if verdict else 0.0, "correct" if verdict else "wrong",
                                           {**extracted[i], "rule": "number"})
                 continue
             keys[i] = (g, a)
@@ -300,6 +341,10 @@ class MathVerifier:
                 results[i] = RewardResult(score, reason, {**info, **extracted[i]})
         return results  # type: ignore[return-value]
 
+    def clear_cache(self) -> None:
+        with self._lock:
+            self._cache.clear()
+
     def close(self) -> None:
         if self._pool is not None:
             self._pool.close()
@@ -319,19 +364,27 @@ def get_verifier(timeout: float = DEFAULT_TIMEOUT_S, workers: int | None = None)
         return _VERIFIERS[key]
 
 
-def math_results(prompts: Sequence[Any] | None, completions: Sequence[Any], answer: Sequence[Any], *,
-                 last_number_fallback: bool = False, timeout: float = DEFAULT_TIMEOUT_S,
+def math_results(prompts: Sequence[Any] | None, completions: Sequence[Any], answer: Sequence[Any] | None = None,
+                 *, last_number_fallback: bool = False, timeout: float = DEFAULT_TIMEOUT_S,
                  workers: int | None = None, **columns: Any) -> list[RewardResult]:
     """Score each completion against its gold `answer`: 1 correct, 0 wrong / no answer, None unscorable.
 
-    >>> [r.score for r in math_results(None, ["So $\\\\boxed{\\\\frac{1}{2}}$."], answer=["0.5"])]
+    Gold comes from the `answer` column (a bare answer, or a solution with `\\boxed{}` / `####`); datasets in
+    the open-r1 layout may carry it as `solution` instead. `timeout` is the hard per-check limit in seconds.
+
+    >>> [r.score for r in math_results(None, ["So $\\boxed{\\frac{1}{2}}$."], answer=["0.5"])]
     [1.0]
     """
+    if answer is None:
+        answer = columns.get("solution")
+    if answer is None:
+        raise ValueError("math reward needs gold answers: add an `answer` column to the prompts "
+                         f"(columns given: {sorted(columns)})")
     return get_verifier(timeout, workers).score(completions, answer, last_number_fallback=last_number_fallback)
 
 
-def math_last_number_results(prompts: Sequence[Any] | None, completions: Sequence[Any], answer: Sequence[Any],
-                             **columns: Any) -> list[RewardResult]:
+def math_last_number_results(prompts: Sequence[Any] | None, completions: Sequence[Any],
+                             answer: Sequence[Any] | None = None, **columns: Any) -> list[RewardResult]:
     """`math_results` with the last-number fallback on (the CLI's `--reward math:last_number`)."""
     columns.pop("last_number_fallback", None)
     return math_results(prompts, completions, answer, last_number_fallback=True, **columns)

@@ -116,7 +116,16 @@ class WorkerPool:
         self._workers: list[_Worker] = []
         self._lock = threading.Lock()
         self._closed = False
+        self._pid = os.getpid()
         atexit.register(self.close)
+
+    def _adopt_after_fork(self) -> None:
+        # A forked child (DataLoader worker, multiprocessing "fork") inherits our pipes to the parent's
+        # workers: it must neither use nor stop them, so it starts its own.
+        if os.getpid() != self._pid:
+            self._pid = os.getpid()
+            self._workers = []
+            self._lock = threading.Lock()
 
     def _spawn(self) -> _Worker:
         self.stats.started += 1
@@ -135,79 +144,94 @@ class WorkerPool:
         items = list(items)
         limit = self.timeout if timeout is None else timeout
         fn_blob = pickle.dumps(fn)
+        self._adopt_after_fork()
         with self._lock:
             if self._closed:
                 raise RuntimeError("WorkerPool is closed")
             self._ensure_workers()
-            results: list[Outcome | None] = [None] * len(items)
-            todo = list(range(len(items)))[::-1]
-            done = 0
-            while done < len(items):
-                now = time.monotonic()
+            try:
+                return self._run(fn_blob, items, limit)
+            except BaseException:
+                # Interrupted (Ctrl-C, a bug): busy workers hold stale items; replace them so the pool stays usable.
                 for w in list(self._workers):
-                    if w.ready and w.index is None and todo:
-                        i = todo.pop()
-                        try:
-                            payload = pickle.dumps((fn_blob, items[i], limit * SOFT_FRACTION))
-                        except Exception as e:
-                            results[i] = Outcome("error", error=f"item {i} is not picklable: {e}")
-                            done += 1
-                            continue
-                        try:
-                            w.send_conn.send_bytes(payload)
-                        except OSError:  # the worker died while idle: replace it and retry the item
-                            todo.append(i)
-                            self.stats.crashed += 1
-                            self._replace(w)
-                            continue
-                        w.index, w.deadline = i, now + limit
-                        self.stats.tasks += 1
-                busy = [w for w in self._workers if w.index is not None]
-                starting = [w for w in self._workers if not w.ready]
-                if busy:
-                    wait_s = max(0.0, min(w.deadline for w in busy) - time.monotonic())
-                else:
-                    wait_s = READY_TIMEOUT_S
-                ready_conns = wait([w.recv_conn for w in busy + starting], timeout=wait_s)
-                for w in list(self._workers):
-                    if w.recv_conn not in ready_conns:
+                    if w.index is not None:
+                        self._replace(w)
+                raise
+
+    def _run(self, fn_blob: bytes, items: list, limit: float) -> list[Outcome]:
+        results: list[Outcome | None] = [None] * len(items)
+        todo = list(range(len(items)))[::-1]
+        done = 0
+        while done < len(items):
+            now = time.monotonic()
+            for w in list(self._workers):
+                if w.ready and w.index is None and todo:
+                    i = todo.pop()
+                    try:
+                        payload = pickle.dumps((fn_blob, items[i], limit * SOFT_FRACTION))
+                    except Exception as e:
+                        results[i] = Outcome("error", error=f"item {i} is not picklable: {e}")
+                        done += 1
                         continue
                     try:
-                        msg = w.recv_conn.recv()
-                    except (EOFError, OSError):
-                        if w.index is not None:
-                            results[w.index] = Outcome("crashed", error="worker process died")
-                            done += 1
-                        elif not w.ready:
-                            raise RuntimeError(
-                                f"worker failed to start (preload {list(self.preload)}); see its stderr above"
-                            )
+                        w.send_conn.send_bytes(payload)
+                    except OSError:  # the worker died while idle: replace it and retry the item
+                        todo.append(i)
                         self.stats.crashed += 1
                         self._replace(w)
                         continue
-                    if msg == "ready":
-                        w.ready = True
-                        continue
-                    status, payload = msg
-                    if status == "timeout":
-                        self.stats.timeouts += 1
-                    results[w.index] = Outcome(status, value=payload if status == "ok" else None,
-                                               error="" if status == "ok" else str(payload))
-                    done += 1
-                    w.index = None
-                now = time.monotonic()
-                for w in list(self._workers):
-                    if w.index is not None and now >= w.deadline:
-                        results[w.index] = Outcome("timeout", error=f"killed after {limit:g}s")
+                    w.index, w.deadline = i, now + limit
+                    self.stats.tasks += 1
+            busy = [w for w in self._workers if w.index is not None]
+            starting = [w for w in self._workers if not w.ready]
+            if busy:
+                wait_s = max(0.0, min(w.deadline for w in busy) - time.monotonic())
+            else:
+                wait_s = READY_TIMEOUT_S
+            ready_conns = wait([w.recv_conn for w in busy + starting], timeout=wait_s)
+            for w in list(self._workers):
+                if w.recv_conn not in ready_conns:
+                    continue
+                try:
+                    msg = w.recv_conn.recv()
+                except (EOFError, OSError):
+                    if w.index is not None:
+                        results[w.index] = Outcome("crashed", error="worker process died")
                         done += 1
-                        self.stats.timeouts += 1
-                        self.stats.killed += 1
-                        self._replace(w)
-                if not busy and starting and not ready_conns:
-                    raise RuntimeError(f"no worker became ready within {READY_TIMEOUT_S:g}s")
-            return results  # type: ignore[return-value]
+                    elif not w.ready:
+                        raise RuntimeError(
+                            f"worker failed to start (preload {list(self.preload)}); see its stderr above"
+                        )
+                    self.stats.crashed += 1
+                    self._replace(w)
+                    continue
+                if msg == "ready":
+                    w.ready = True
+                    continue
+                status, payload = msg
+                if status == "timeout":
+                    self.stats.timeouts += 1
+                results[w.index] = Outcome(status, value=payload if status == "ok" else None,
+                                           error="" if status == "ok" else str(payload))
+                done += 1
+                w.index = None
+            now = time.monotonic()
+            for w in list(self._workers):
+                if w.index is not None and now >= w.deadline:
+                    results[w.index] = Outcome("timeout", error=f"killed after {limit:g}s")
+                    done += 1
+                    self.stats.timeouts += 1
+                    self.stats.killed += 1
+                    self._replace(w)
+            if not busy and starting and not ready_conns:
+                raise RuntimeError(f"no worker became ready within {READY_TIMEOUT_S:g}s")
+        return results  # type: ignore[return-value]
 
     def close(self) -> None:
+        if os.getpid() != self._pid:  # inherited through fork: the workers belong to the parent
+            self._workers = []
+            self._closed = True
+            return
         with self._lock:
             if self._closed:
                 return

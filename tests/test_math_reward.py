@@ -204,6 +204,34 @@ def test_message_list_completions():
                        answer=["4", "4", "4"]) == [1.0, 0.0, 1.0]
 
 
+def test_missing_answer_column_is_one_clear_error_and_solution_is_accepted():
+    with pytest.raises(ValueError, match="`answer` column"):
+        math_reward(["q"], [B % "1"], tests=["x"])
+    # open-r1 layout: the gold is a full solution in `solution`
+    assert math_reward(["q"], [B % "4"], solution=[r"2+2 is $\boxed{4}$"]) == [1.0]
+
+
+def test_forked_child_gets_its_own_workers():
+    """A fork (e.g. a DataLoader worker) must not share the parent's worker pipes."""
+    v = MathVerifier(timeout=30.0, workers=1)
+    try:
+        assert v.score([B % r"\sqrt{4}"], ["2"])[0].score == 1.0
+        parent_workers = [w.proc.pid for w in v._pool._workers]
+        pid = os.fork()
+        if pid == 0:
+            code = 0 if v.score([B % r"\sqrt{9}"], ["3"])[0].score == 1.0 else 1
+            code |= 0 if [w.proc.pid for w in v._pool._workers] != parent_workers else 2
+            v.close()
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        # the parent's workers are intact after the child ran and closed its pool
+        assert [w.proc.pid for w in v._pool._workers] == parent_workers
+        assert v.score([B % r"\sqrt{16}"], ["4"])[0].score == 1.0
+    finally:
+        v.close()
+
+
 def test_bad_completion_is_a_row_null_not_a_crash(verifier):
     rs = verifier.score([12345, B % "4"], ["4", "4"])
     assert (rs[0].score, rs[0].reason) == (None, "bad_completion")
