@@ -336,4 +336,10 @@ def code_results(
     return results  # type: ignore[return-value]
 
 
+def code_fraction_results(prompts: Sequence[Any], completions: Sequence[Any], **columns: Any) -> list[RewardResult]:
+    """`code_results` scored by the share of tests passed (CLI: `--reward code:fraction`)."""
+    return code_results(prompts, completions, **{**columns, "fraction": True})
+
+
 code_reward = trl_reward(code_results)
+code_fraction_reward = trl_reward(code_fraction_results)

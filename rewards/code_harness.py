@@ -69,6 +69,8 @@ def run_job(spec: dict, source: str, nonce: str, channel_fd: int) -> None:
 
     for name, value in spec["rlimits"].items():
         limit = getattr(resource, name)
+        hard = resource.getrlimit(limit)[1]
+        value = value if hard == resource.RLIM_INFINITY else min(value, hard)  # only lowering is allowed
         resource.setrlimit(limit, (value, value))
     signal.signal(signal.SIGALRM, _on_alarm)
     report("start", "ok")

