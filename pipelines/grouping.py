@@ -6,7 +6,8 @@
   with the reason taken from `reward_info`).
 - `normalize_text` is the whitespace normalization used to decide that two completions are "the same".
 - `as_completion` gives the completion side in the format TRL expects for the prompt's format.
-- `carried` keeps a row's prompt-level columns (`answer`, `tests`, `policy`...) and drops per-sample ones.
+- `carried` / `prompt_columns` keep a row's / a prompt's extra columns (`answer`, `tests`, `policy`...) and
+  drop the standard per-sample ones.
 - `levenshtein` / `edit_distance` measure how different two completions are (near-duplicate filter).
 """
 from __future__ import annotations
@@ -81,8 +82,16 @@ def as_completion(prompt: Any, text: str) -> str | list[dict]:
 
 
 def carried(row: dict) -> dict:
-    """The row's prompt-level columns (gold answer, tests, policy, sampling...)."""
+    """The row's own columns other than the standard per-sample ones (gold answer, tests, policy, a judge's
+    verdict...): for outputs where one row is one sample (KTO, select)."""
     return {k: v for k, v in row.items() if k not in SAMPLE_COLUMNS}
+
+
+def prompt_columns(group: list[dict]) -> dict:
+    """Columns shared by a prompt's samples (gold answer, tests, policy...), for outputs that combine two
+    samples (pairs). A column whose value differs between the samples is not the prompt's: it is null."""
+    first = carried(group[0])
+    return {k: v if all(r.get(k) == v for r in group[1:]) else None for k, v in first.items()}
 
 
 def null_reason(row: dict) -> str:

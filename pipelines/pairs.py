@@ -12,7 +12,8 @@ Rules (see docs/builders.md):
   so the result does not depend on sharding or resume.
 
 Output: `prompt`, `chosen`, `rejected`, `score_chosen`, `score_rejected`, `prompt_id`, `chosen_id`,
-`rejected_id`, plus the prompt-level columns (`answer`, ...). A conversational prompt (list of messages)
+`rejected_id`, plus the prompt-level columns (`answer`, ...: columns with one value across the prompt's
+samples; a column that differs between samples is null). A conversational prompt (list of messages)
 stays a list and `chosen`/`rejected` become one-message assistant lists (TRL's conversational preference
 format); a text prompt gets string `chosen`/`rejected`. Side datasets: `DIR/prompts/` (one row per prompt:
 counts and the reason it has no pair) and `DIR/skipped/` (null-reward rows with their reason).
@@ -25,8 +26,8 @@ from dataclasses import asdict, dataclass
 from typing import Callable
 
 from pipelines.errors import UserError
-from pipelines.grouping import (SHARD_SIZE, Sample, as_completion, carried, check_input, count_by, edit_distance,
-                                group_rows, read_side, score_rows)
+from pipelines.grouping import (SHARD_SIZE, Sample, as_completion, check_input, count_by, edit_distance,
+                                group_rows, prompt_columns, read_side, score_rows)
 from pipelines.runner import Shard, run_stage, update_manifest
 
 STRATEGIES = ("best-worst", "all", "random")
@@ -106,7 +107,7 @@ def _too_similar(a: str, b: str, min_distance: float) -> bool:
     return edit_distance(a, b) < min_distance
 
 
-def pair_row(chosen: Sample, rejected: Sample) -> dict:
+def pair_row(chosen: Sample, rejected: Sample, shared: dict) -> dict:
     prompt = chosen.row["prompt"]
     return {
         "prompt": prompt,
@@ -117,7 +118,7 @@ def pair_row(chosen: Sample, rejected: Sample) -> dict:
         "prompt_id": chosen.row["prompt_id"],
         "chosen_id": chosen.id,
         "rejected_id": rejected.id,
-        **carried(chosen.row),
+        **shared,
     }
 
 
@@ -127,7 +128,8 @@ def make_process(cfg: PairsConfig) -> Callable[[list[dict], Shard], dict]:
         for group in group_rows(rows):
             valid, nulls = score_rows(group)
             result = build_prompt_pairs(valid, len(nulls), cfg, group[0]["prompt_id"])
-            pairs += [pair_row(c, r) for c, r in result.pairs]
+            shared = prompt_columns(group)
+            pairs += [pair_row(c, r, shared) for c, r in result.pairs]
             skipped += nulls
             prompts.append({"prompt_id": group[0]["prompt_id"], "rows": len(group), "valid": len(valid),
                             "null": len(nulls), "pairs": len(result.pairs), "no_pair_reason": result.reason,

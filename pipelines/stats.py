@@ -1,7 +1,7 @@
 """`prefsmith stats DIR`: a summary table (and `--json`) plus a PNG of reward and length histograms.
 
 The dataset kind is detected from its columns: `pairs` (chosen + rejected), `kto` (label + completion),
-`labeled` (reward), `sft` (messages, or a `source` column), `rollouts` (completion). Reported:
+`sft` (messages, or the `source` column `select` writes), `labeled` (reward), `rollouts` (completion). Reported:
 - rows, prompts (distinct `prompt_id`, else distinct prompt text);
 - reward: mean, nulls, and the distribution (a value histogram when there are at most 10 distinct values,
   else quantiles);
@@ -49,10 +49,10 @@ def detect_kind(columns: Sequence[str]) -> str:
         return "pairs"
     if {"label", "completion"} <= cols:
         return "kto"
-    if "reward" in cols:
-        return "labeled"
     if "messages" in cols or "source" in cols:
         return "sft"
+    if "reward" in cols:
+        return "labeled"
     if "completion" in cols:
         return "rollouts"
     raise UserError(f"cannot tell what kind of dataset this is from its columns ({', '.join(columns)}); "

@@ -240,3 +240,12 @@ def test_resume_after_crash_gives_the_same_pairs_and_summary(labeled, tmp_path):
     ds.write_manifest(out, {**manifest, "complete": False, "summary": None})
     assert build_pairs(str(labeled), str(out), progress=False) == first
     assert ids(read(out)) == expected and ds.read_manifest(out)["summary"] == first
+
+
+def test_prompt_level_columns_carried_per_sample_ones_null(tmp_path):
+    rows = [{**rollout("p0", i, f"c{i}", float(i == 0)), "policy": {"model": "tiny", "round": 2},
+             "judge_note": f"note {i}"} for i in range(3)]
+    row = read(_run(write_jsonl(tmp_path / "in.jsonl", rows), tmp_path / "o", PairsConfig()))[0]
+    assert row["policy"] == {"model": "tiny", "round": 2} and row["answer"] == "ans-p0"
+    assert row["judge_note"] is None  # differs between the samples: not a prompt-level value
+    assert not {"completion", "reward", "rewards", "reward_info", "sample_idx", "finish_reason"} & set(row)

@@ -100,3 +100,12 @@ def test_bad_inputs(tmp_path, capsys):
     assert "every k must be >= 1" in capsys.readouterr().err
     with pytest.raises(UserError, match="no such file"):
         compute_stats(ds.load_table(str(tmp_path / "missing.jsonl")))
+
+
+def test_select_output_is_an_sft_set(labeled, tmp_path):
+    from pipelines.select import SelectConfig, build_select
+
+    build_select(str(labeled), str(tmp_path / "sft"), SelectConfig(keep="all-correct"), progress=False)
+    s = compute_stats(ds.load_table(tmp_path / "sft"))
+    assert s["kind"] == "sft" and s["rows"] == 6 and s["sources"] == {"rft": 6}
+    assert "outcomes" not in s and s["reward"]["values"] == {"1": 6}
