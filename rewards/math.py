@@ -39,8 +39,9 @@ _NUM = r"-?(?:\d[\d,]*(?:\.\d+)?|\.\d+)(?:/\d+)?"
 _WRAPPERS = [(r"\\left", ""), (r"\\right", ""), (r"\\displaystyle", ""), (r"\\[dt]frac", r"\\frac"),
              (r"(?<!\\)\\[!,;:]", " "), (r"~", " "), (r"\^\s*\{?\\circ\}?", ""), ("°", ""), (r"(?<!\\)\\\s", " ")]
 _PERCENT_WORD = re.compile(r"(\d)\s*(?:\\text\{\s*)?(?:percent|per\s*cent)\b\}?", re.IGNORECASE)
-_TEXT_UNIT = re.compile(rf"^({_NUM}|\\frac\{{\d+\}}\{{\d+\}})\s*\\(?:text|mbox|mathrm)\{{\s*[A-Za-z][A-Za-z .]*\}}(?:\^\d)?$")
-_WORD_UNIT = re.compile(rf"^({_NUM}|\\frac\{{\d+\}}\{{\d+\}})\s*[A-Za-z]{{2,}}[A-Za-z .]*(?:\^\d|\^\{{\d\}})?$")
+_UNIT_NUM = rf"({_NUM}|\\frac\{{\d+\}}\{{\d+\}})"
+_TEXT_UNIT = re.compile(rf"^{_UNIT_NUM}\s*\\(?:text|mbox|mathrm)\{{\s*([A-Za-z][A-Za-z .]*)\}}(?:\^\d)?$")
+_WORD_UNIT = re.compile(rf"^{_UNIT_NUM}\s*([A-Za-z]{{2,}}[A-Za-z .]*)(?:\^\d|\^\{{\d\}})?$")
 _SCIENTIFIC = re.compile(r"^(-?\d+(?:\.\d+)?)[eE]([+-]?\d+)$")
 _THOUSANDS = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 _TEXT_WRAP = re.compile(r"^\\(?:text|mathrm|textbf|mbox)\{([^{}]*)\}$")
@@ -64,8 +65,8 @@ def normalize_answer(s: str) -> str:
     s = re.sub(r"^(?:\\\$|\$|US\$|USD)\s*", "", s)  # currency prefix
     s = re.sub(r"\s+", " ", s).strip().rstrip(".").strip()
     m = _TEXT_UNIT.match(s) or _WORD_UNIT.match(s)
-    if m and not _is_text(s):
-        s = m.group(1)
+    if m and not _MATH_WORDS.intersection(w.lower() for w in re.findall(r"[A-Za-z]+", m.group(2))):
+        s = m.group(1)  # "5 cm", "5\\text{ dollars}" -> "5"; but "3 pi" stays
     m = _SCIENTIFIC.match(s)
     if m:
         s = f"{m.group(1)}\\times 10^{{{m.group(2)}}}"

@@ -61,6 +61,8 @@ CASES = [
     ("5 cm", B % "5", 1.0),
     ("60", B % "60 miles per hour", 1.0),
     ("5", B % r"6 \text{ cm}", 0.0),
+    ("3", "The answer is 3 pi", 0.0),  # "pi" is not a unit
+    (r"3\pi", "The answer is 3 pi", 1.0),
     ("30", B % r"30^\circ", 1.0),
     ("30", B % "30 degrees", 1.0),
     # x = 3 vs 3
