@@ -180,14 +180,18 @@ class Sandbox:
         self._cgroup_base: Path | None = None
         self._workdir = Path(tempfile.mkdtemp(prefix="prefsmith-sandbox-"))
         os.chmod(self._workdir, 0o700)
-        if not self.unsandboxed:
-            self._find_isolation()
-        for _ in range(max(1, workers)):
-            slot = _Slot(self._cgroup_base, limits.max_procs)
-            self._slots.append(slot)
-            self._free.append(slot)
-        if not self.unsandboxed:
-            self._probe()
+        try:
+            if not self.unsandboxed:
+                self._find_isolation()
+            for _ in range(max(1, workers)):
+                slot = _Slot(self._cgroup_base, limits.max_procs)
+                self._slots.append(slot)
+                self._free.append(slot)
+            if not self.unsandboxed:
+                self._probe()
+        except BaseException:
+            self.close()
+            raise
 
     # -- setup ---------------------------------------------------------------------------------------------------
 
@@ -317,7 +321,7 @@ class Sandbox:
             elif os.path.isdir(f"/{link}"):
                 argv += ["--ro-bind", f"/{link}", f"/{link}"]
         for path in (prefix, *self.ro_binds):
-            if not path.startswith("/usr/"):
+            if path not in ("/", "/usr") and not path.startswith("/usr/"):  # never the whole root
                 argv += ["--ro-bind", path, path]
         argv += [
             "--ro-bind", str(job_dir), JOB_MOUNT,
