@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import asdict, dataclass
 
 from pipelines.dataset import load_table
@@ -53,8 +54,14 @@ def kto_weights(n_desirable: int, n_undesirable: int) -> KTOWeights:
         return KTOWeights(1.0, 1.0, n_desirable, n_undesirable,
                           warning=f"no {which} rows: KTO needs both classes; lower/raise --threshold or add data")
     ratio = n_undesirable / n_desirable
-    low, high = KTO_BOUND[0] * ratio, KTO_BOUND[1] * ratio
-    return KTOWeights(min(max(1.0, low), high), 1.0, n_desirable, n_undesirable)
+    weight = min(max(1.0, KTO_BOUND[0] * ratio), KTO_BOUND[1] * ratio)
+    # float rounding can leave weight * n_D / n_U a hair outside the bound; step to the nearest float inside,
+    # so that exact checks (ours in the trainer, TRL's) agree
+    while weight * n_desirable / n_undesirable < KTO_BOUND[0]:
+        weight = math.nextafter(weight, math.inf)
+    while weight * n_desirable / n_undesirable > KTO_BOUND[1]:
+        weight = math.nextafter(weight, 0.0)
+    return KTOWeights(weight, 1.0, n_desirable, n_undesirable)
 
 
 def make_process(cfg: KTOConfig):

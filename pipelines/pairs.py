@@ -70,7 +70,7 @@ def _ordered_candidates(valid: list[Sample], margin: float) -> list[tuple[Sample
     return cands
 
 
-def build_prompt_pairs(valid: list[Sample], n_null: int, cfg: PairsConfig, prompt_id: object) -> PromptPairs:
+def build_prompt_pairs(valid: list[Sample], cfg: PairsConfig, prompt_id: object) -> PromptPairs:
     """Pure pair rules for one prompt's valid samples (see module docstring)."""
     if not valid:
         return PromptPairs([], "all_null")
@@ -127,7 +127,7 @@ def make_process(cfg: PairsConfig) -> Callable[[list[dict], Shard], dict]:
         pairs, prompts, skipped = [], [], []
         for group in group_rows(rows):
             valid, nulls = score_rows(group)
-            result = build_prompt_pairs(valid, len(nulls), cfg, group[0]["prompt_id"])
+            result = build_prompt_pairs(valid, cfg, group[0]["prompt_id"])
             shared = prompt_columns(group)
             pairs += [pair_row(c, r, shared) for c, r in result.pairs]
             skipped += nulls

@@ -26,7 +26,7 @@ def write_jsonl(path, rows):
 
 def in_bound(w):
     ratio = w["desirable_weight"] * w["n_desirable"] / (w["undesirable_weight"] * w["n_undesirable"])
-    return 1.0 - 1e-12 <= ratio <= 4 / 3 + 1e-12
+    return 1.0 <= ratio <= 4 / 3
 
 
 def test_one_to_nine_imbalance_gives_exact_weights(tmp_path, capsys):
@@ -52,6 +52,10 @@ def test_weight_rule_majority_and_balanced():
     assert kto_weights(55, 50).desirable_weight == 1.0  # 1.1 already in [1, 4/3]: keep the default
     assert kto_weights(3, 7).desirable_weight == pytest.approx(7 / 3)
     assert kto_weights(0, 5).warning and kto_weights(0, 5).desirable_weight == 1.0
+    for n_d in range(1, 60):  # exactly inside the bound, float rounding included
+        for n_u in range(1, 60):
+            assert in_bound(vars(kto_weights(n_d, n_u))), (n_d, n_u)
+    assert kto_weights(7, 61).desirable_weight == pytest.approx(61 / 7, rel=1e-15)
 
 
 def test_threshold_and_null_rows(tmp_path):

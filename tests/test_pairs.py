@@ -145,7 +145,7 @@ def test_random_strategy_is_seeded(tmp_path):
 
 
 def test_chat_prompts_give_trl_conversational_pairs(tmp_path):
-    from trl.data_utils import is_conversational, maybe_apply_chat_template
+    from trl.data_utils import is_conversational
 
     msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}]
     src = tmp_path / "chat.parquet"
