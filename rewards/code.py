@@ -201,6 +201,9 @@ class _Runner:
             while index < len(tests) and str(index) in events:
                 statuses[index], details[index] = events[str(index)]
                 index += 1
+            if run.timed_out:  # the wall clock, not the per-test timer, ended it: the program defeats the timer
+                # (catches or ignores it, or blocks in C); relaunching would cost a full wall clock per test
+                return self._all(statuses, details, index, "timeout", "wall-clock limit", truncated)
             stopped = index > start and statuses[index - 1] == "memory_limit"  # the harness stops after one
             if index < len(tests) and not stopped:  # the launch died during test `index`: record why, go on
                 statuses[index], details[index] = crash

@@ -191,11 +191,21 @@ def solve():
         pass
 """
     start = time.monotonic()
-    result = run_pair(attack, tests=["assert solve() == 1", "assert 2 == 2"], timeout_s=1.0)
-    assert time.monotonic() - start < 20
-    # the hung test times out; the test after it still runs, in a fresh launch
-    assert result.info["statuses"] == ["timeout", "passed"]
+    result = run_pair(attack, tests=["assert 1 == 1", "assert solve() == 1", "assert 2 == 2"], timeout_s=1.0)
+    # one wall clock for the row (1 s x (3 tests + 1) + 3 s start-up slack), not one per remaining test
+    assert time.monotonic() - start < 15
+    assert result.info["statuses"] == ["passed", "timeout", "timeout"]
+    assert result.info["details"][1] == "wall-clock limit"
     assert result.score == 0.0
+
+
+def test_crash_in_one_test_does_not_sink_the_rest():
+    # a test that kills its own process is recorded, and the tests after it run in a fresh process
+    program = "import os\ndef solve(x):\n    if x == 2:\n        os._exit(3)\n    return x\n"
+    tests = ["assert solve(1) == 1", "assert solve(2) == 2", "assert solve(3) == 3", "assert solve(4) == 5"]
+    result = code_results(["p"], [program], tests=[tests], fraction=True)[0]
+    assert result.info["statuses"] == ["passed", "runtime_error", "passed", "failed"]
+    assert result.score == 0.5
 
 
 @pytest.mark.parametrize("attack, statuses", [
