@@ -48,6 +48,9 @@ class PairsConfig:
             raise UserError(f"--min-margin must be >= 0 (ties never pair), got {self.min_margin}")
         if self.max_per_prompt is not None and self.max_per_prompt < 1:
             raise UserError(f"--max-per-prompt must be >= 1, got {self.max_per_prompt}")
+        if self.strategy == "best-worst" and (self.max_per_prompt or 1) > 1:
+            raise UserError("--strategy best-worst makes one pair per prompt; for more use --strategy all "
+                            "(largest margins first) or random with --max-per-prompt")
         if not 0.0 <= self.min_edit_distance <= 1.0:
             raise UserError(f"--min-edit-distance must be in [0, 1], got {self.min_edit_distance}")
 

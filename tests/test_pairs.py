@@ -180,6 +180,8 @@ def test_missing_reward_column_is_a_clear_error(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
     with pytest.raises(UserError, match="'reward'"):
         build_pairs(str(src), str(tmp_path / "o2"))
+    assert main(["pairs", "--input", str(src), "--output", str(tmp_path / "o3"), "--max-per-prompt", "2"]) == 2
+    assert "best-worst makes one pair per prompt" in capsys.readouterr().err
 
 
 def _run(src, out, cfg):
