@@ -107,14 +107,15 @@ _SIMPLE = [
 ]
 
 
-def simple_value(s: str) -> tuple[Fraction, bool] | None:
+def simple_value(s: str, allow_assignment: bool = True) -> tuple[Fraction, bool] | None:
     """(value, is_percent) for a plain number, fraction or percent (`x = ` allowed); None for anything else.
 
     Decimals stop at 6 places: beyond that math-verify rounds, and those pairs go to the worker.
     """
     if len(s) > 60:  # long digit strings go to the worker (and its time limit)
         return None
-    s = _ASSIGN.sub("", s)
+    if allow_assignment:
+        s = _ASSIGN.sub("", s)
     pct = s.endswith("%")
     if pct:
         s = s.removesuffix("\\%").removesuffix("%").strip()
@@ -142,7 +143,7 @@ def simple_compare(gold: str, answer: str) -> bool | None:
     `\\{3,2\\}`: equal as sets, so every gold answer is required and nothing extra is allowed) and
     bracketed pairs (`(1, 2]`: same brackets, same numbers; read as interval or tuple, the verdict agrees).
     """
-    gv, av = simple_value(gold), simple_value(answer)
+    gv, av = simple_value(gold, allow_assignment=False), simple_value(answer)  # `y=3` gold: math-verify decides
     if gv is not None and av is not None:
         return simple_equal(gv, av)
     gs, as_ = _simple_structure(gold), _simple_structure(answer)
@@ -295,7 +296,7 @@ class MathVerifier:
         keys: list[tuple[str, str | None] | None] = [None] * len(completions)
         extracted: list[dict[str, str]] = [{} for _ in completions]
         for i, (completion, gold) in enumerate(zip(completions, answers)):
-            if gold is None or not str(gold).strip():
+            if gold is None or (isinstance(gold, float) and gold != gold) or not str(gold).strip():
                 results[i] = RewardResult(None, "gold_unparseable", {"gold": "" if gold is None else str(gold)})
                 continue
             try:

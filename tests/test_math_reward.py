@@ -69,6 +69,8 @@ CASES = [
     ("3", B % "x = 3", 1.0),
     ("3", B % "x=4", 0.0),
     ("x=3", B % "3", 1.0),
+    ("x=3", B % "x=3", 1.0),
+    ("y=3", B % "x=3", 0.0),
     ("y = 2x + 1", B % "y=2x+1", 1.0),
     # intervals and inequalities
     ("(1,2]", B % "(1, 2]", 1.0),
@@ -159,12 +161,13 @@ def test_math_reward_trl_signature(gold, completion, want):
 
 
 def test_reasons_for_unscorable_and_missing(verifier):
-    golds = ["}{", r"\frac{1}{", "", None, "3", "3", "3"]
-    comps = [B % "3", B % "1", B % "3", B % "3", "I don't know", r"\boxed{3", "no box but 3 at the end"]
+    golds = ["}{", r"\frac{1}{", "", None, float("nan"), "3", "3", "3"]
+    comps = [B % "3", B % "1", B % "3", B % "3", B % "3", "I don't know", r"\boxed{3", "no box but 3 at the end"]
     rs = verifier.score(comps, golds)
     assert [(r.score, r.reason) for r in rs] == [
         (None, "gold_unparseable"), (None, "gold_unparseable"), (None, "gold_unparseable"),
-        (None, "gold_unparseable"), (0.0, "no_answer"), (0.0, "no_answer"), (0.0, "no_answer")]
+        (None, "gold_unparseable"), (None, "gold_unparseable"),
+        (0.0, "no_answer"), (0.0, "no_answer"), (0.0, "no_answer")]
 
 
 def test_unparseable_gold_never_scores_one_even_for_identical_text(verifier):
