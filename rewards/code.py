@@ -11,7 +11,8 @@ Each test ends as one of `TEST_STATUSES`. The score is 1.0 when all pass, else 0
 passed); null when the row could not be scored (no or malformed tests, sandbox failure), with the reason.
 
 Example:
-    >>> code_results(["Add."], ["```python\\ndef add(a, b):\\n    return a + b\\n```"], tests=[["assert add(1, 2) == 3"]])
+    >>> completion = "```python\\ndef add(a, b):\\n    return a + b\\n```"
+    >>> code_results(["Add."], [completion], tests=[["assert add(1, 2) == 3"]])
     [RewardResult(score=1.0, reason='passed 1/1', info={...})]
 """
 from __future__ import annotations
