@@ -1,0 +1,276 @@
+"""`openai` engine: any OpenAI-compatible server (`vllm serve`, `transformers serve`, a hosted API).
+
+Chat prompts go to `chat.completions` (the server applies the chat template), strings to `completions`. Requests
+run concurrently under a semaphore, are retried with exponential backoff on connection errors, timeouts, 429
+and 5xx, and every finished sample is cached on disk, keyed by everything that determines it, so rerunning a
+stage pays only for what is missing.
+
+Servers differ, and the engine adapts:
+- one that honours `n` answers one request per prompt; one that ignores it (`transformers serve`) gets one
+  request per missing sample, each with its own seed (`derive_seed(seed, j)`);
+- token ids come from the server when it returns them (vLLM: `return_token_ids`); otherwise from a local
+  tokenizer re-tokenizing the text (plus the stop token when the sample stopped), when one is loadable;
+  otherwise None;
+- log-probs are whatever the server reports for the sampled tokens (vLLM: according to its
+  `--logprobs-mode`), or None when it reports none.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import random
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Sequence
+
+from .base import EngineError, Prompt, Sample, SamplingConfig, derive_seed, end_of_turn_id, is_chat
+
+DEFAULT_BASE_URL = "http://localhost:8000/v1"
+DEFAULT_CACHE_DIR = Path("~/.cache/prefsmith/openai").expanduser()
+_OPTIONAL_FIELDS = {"logprobs", "return_token_ids"}  # dropped, once, if a server rejects them (400/422)
+_STOP_REASONS = {"stop", "eos", "end_turn", "tool_calls", "stop_sequence"}
+
+
+class OpenAIEngine:
+    name = "openai"
+
+    def __init__(
+        self,
+        model: str,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        max_concurrency: int = 8,
+        max_retries: int = 5,
+        backoff_s: float = 1.0,
+        timeout_s: float = 600.0,
+        cache_dir: str | os.PathLike | None = DEFAULT_CACHE_DIR,
+        tokenizer: str | None = None,
+        on_error: str = "raise",
+    ) -> None:
+        """`model` is the name the server serves. `base_url` defaults to $OPENAI_BASE_URL, else
+        http://localhost:8000/v1; `api_key` to $OPENAI_API_KEY, else "EMPTY". `cache_dir=None` turns the cache
+        off. `tokenizer`: a local tokenizer folder used to recover token ids when the server sends none (default:
+        `model` itself when it is a local folder). `on_error`: "raise" (default; finished samples stay cached,
+        so a rerun resumes) or "sample" (a failed sample becomes text "" with finish_reason "error:<why>")."""
+        if on_error not in ("raise", "sample"):
+            raise ValueError(f"on_error must be 'raise' or 'sample', got {on_error!r}")
+        self.model = model
+        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        self.api_key = api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"
+        self.max_concurrency = max_concurrency
+        self.max_retries = max_retries
+        self.backoff_s = backoff_s
+        self.timeout_s = timeout_s
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
+        self.on_error = on_error
+        self.tokenizer = _local_tokenizer(tokenizer or model)
+        self.honours_n: bool | None = None  # learnt from the first request that asks for n > 1
+        self.optional_fields = set(_OPTIONAL_FIELDS)
+        self.check()
+
+    def check(self) -> None:
+        """Fail now, with the URL and what to do, if the server is unreachable or refuses the key."""
+        import openai
+
+        client = openai.OpenAI(base_url=self.base_url, api_key=self.api_key, max_retries=0, timeout=10.0)
+        try:
+            client.models.list()
+        except (openai.APIConnectionError, openai.APITimeoutError) as err:
+            raise EngineError(
+                f"cannot reach an OpenAI-compatible server at {self.base_url} ({err}). Start one (e.g. "
+                f"`vllm serve MODEL` or `transformers serve MODEL`) or pass the right --base-url"
+            ) from err
+        except openai.AuthenticationError as err:
+            raise EngineError(f"the server at {self.base_url} refused the API key: set OPENAI_API_KEY") from err
+        except openai.APIStatusError:
+            pass  # some servers have no /models; the first real request will tell
+        finally:
+            client.close()
+
+    # ---- public API -------------------------------------------------------------------------------------------
+
+    def generate(
+        self, prompts: Sequence[Prompt], sampling: SamplingConfig, seeds: Sequence[int] | None = None
+    ) -> list[list[Sample]]:
+        seeds = list(seeds) if seeds is not None else [sampling.seed + i for i in range(len(prompts))]
+        if len(seeds) != len(prompts):
+            raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds: give one seed per prompt")
+        coro = self._generate_all(list(prompts), sampling, seeds)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(coro)
+        from concurrent.futures import ThreadPoolExecutor  # called from inside a running loop (e.g. a notebook)
+
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, coro).result()
+
+    def close(self) -> None:
+        pass
+
+    # ---- one prompt ---------------------------------------------------------------------------------------------
+
+    async def _generate_all(self, prompts: list[Prompt], sampling: SamplingConfig, seeds: list[int]) -> list[list[Sample]]:
+        import openai
+
+        client = openai.AsyncOpenAI(base_url=self.base_url, api_key=self.api_key, max_retries=0, timeout=self.timeout_s)
+        gate = asyncio.Semaphore(self.max_concurrency)
+        try:
+            return list(await asyncio.gather(*(self._one_prompt(client, gate, p, sampling, s) for p, s in zip(prompts, seeds))))
+        finally:
+            await client.close()
+
+    async def _one_prompt(self, client: Any, gate: asyncio.Semaphore, prompt: Prompt, sampling: SamplingConfig, seed: int) -> list[Sample]:
+        keys = [self._cache_key(prompt, sampling, seed, j) for j in range(sampling.n)]
+        samples: list[Sample | None] = [self._cache_get(k) for k in keys]
+        missing = [j for j, s in enumerate(samples) if s is None]
+        if len(missing) == sampling.n and sampling.n > 1 and self.honours_n is not False:
+            got = await self._request(client, gate, prompt, sampling, seed, sampling.n)
+            if self.honours_n is None and not got[0].finish_reason.startswith("error:"):
+                self.honours_n = len(got) >= sampling.n
+            for j, sample in enumerate(got[: sampling.n]):
+                samples[j] = sample
+        jobs = [j for j, s in enumerate(samples) if s is None]
+        singles = await asyncio.gather(
+            *(self._request(client, gate, prompt, sampling, derive_seed(seed, j), 1) for j in jobs)
+        )
+        for j, got in zip(jobs, singles):
+            samples[j] = got[0]
+        for key, sample in zip(keys, samples):
+            if not sample.finish_reason.startswith("error:"):
+                self._cache_put(key, sample)
+        return samples  # type: ignore[return-value]
+
+    async def _request(self, client: Any, gate: asyncio.Semaphore, prompt: Prompt, sampling: SamplingConfig, seed: int, n: int) -> list[Sample]:
+        import openai
+
+        attempt = 0
+        while True:
+            body = self._body(prompt, sampling, seed, n)
+            sent_optional = bool(self.optional_fields)
+            try:
+                async with gate:
+                    if is_chat(prompt):
+                        response = await client.chat.completions.create(**body)
+                    else:
+                        response = await client.completions.create(**body)
+                return [self._to_sample(prompt, c) for c in response.model_dump()["choices"]]
+            except (openai.BadRequestError, openai.UnprocessableEntityError) as err:
+                if sent_optional:  # a strict server rejecting logprobs / return_token_ids: ask without them
+                    self.optional_fields = set()
+                    continue
+                raise EngineError(f"the server at {self.base_url} rejected the request for model {self.model!r}: {err}") from err
+            except openai.NotFoundError as err:
+                raise EngineError(
+                    f"the server at {self.base_url} does not serve model {self.model!r} ({err}): check --model against "
+                    f"GET {self.base_url}/models"
+                ) from err
+            except (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError, openai.APIStatusError) as err:
+                status = getattr(err, "status_code", None)
+                retryable = status is None or status == 429 or status >= 500
+                if retryable and attempt < self.max_retries:
+                    await asyncio.sleep(min(60.0, self.backoff_s * 2**attempt) * (0.5 + random.random()))
+                    attempt += 1
+                    continue
+                if self.on_error == "sample" and retryable:
+                    why = f"error:{type(err).__name__}: {str(err)[:200]}"
+                    return [Sample(text="", token_ids=None, logprobs=None, finish_reason=why)] * n
+                raise EngineError(
+                    f"request to {self.base_url} for model {self.model!r} failed after {attempt + 1} attempts: "
+                    f"{type(err).__name__}: {err}. Finished samples are cached; rerun to continue"
+                ) from err
+
+    def _body(self, prompt: Prompt, sampling: SamplingConfig, seed: int, n: int) -> dict[str, Any]:
+        body: dict[str, Any] = dict(
+            model=self.model, temperature=sampling.temperature, top_p=sampling.top_p,
+            max_tokens=sampling.max_new_tokens, n=n, seed=seed,
+        )
+        if is_chat(prompt):
+            body["messages"] = list(prompt)
+        else:
+            body["prompt"] = prompt
+        if "logprobs" in self.optional_fields:
+            body["logprobs"] = True if is_chat(prompt) else 1
+        if "return_token_ids" in self.optional_fields:
+            body["extra_body"] = {"return_token_ids": True}
+        return body
+
+    def _to_sample(self, prompt: Prompt, choice: dict[str, Any]) -> Sample:
+        text = (choice.get("message") or {}).get("content") if is_chat(prompt) else choice.get("text")
+        text = text or ""
+        reason = choice.get("finish_reason") or "stop"
+        finish = "length" if reason == "length" else "stop" if reason in _STOP_REASONS else f"error:{reason}"
+        info = choice.get("logprobs") or {}
+        if is_chat(prompt):
+            logprobs = [float(t["logprob"]) for t in info.get("content") or []] or None
+        else:
+            logprobs = [float(x) for x in info.get("token_logprobs") or [] if x is not None] or None
+        token_ids = choice.get("token_ids")
+        if token_ids is None and self.tokenizer is not None:
+            token_ids = self._retokenize(prompt, text, finish, logprobs)
+        return Sample(text=text, token_ids=list(token_ids) if token_ids is not None else None, logprobs=logprobs, finish_reason=finish)
+
+    def _retokenize(self, prompt: Prompt, text: str, finish: str, logprobs: list[float] | None) -> list[int] | None:
+        """Token ids for `text` from the local tokenizer, plus the stop token when the sample stopped; None when
+        they cannot be the sampled ones (text with U+FFFD from split bytes, or a count that disagrees with the
+        server's log-probs): better none than wrong ones."""
+        ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        if "\ufffd" in text or self.tokenizer.decode(ids, skip_special_tokens=True) != text:
+            return None
+        stop = (end_of_turn_id(self.tokenizer) if is_chat(prompt) else None) or self.tokenizer.eos_token_id
+        if finish == "stop" and stop is not None:
+            ids.append(int(stop))
+        if logprobs is not None and len(logprobs) != len(ids):
+            return None
+        return ids
+
+    # ---- cache ----------------------------------------------------------------------------------------------------
+
+    def _cache_key(self, prompt: Prompt, sampling: SamplingConfig, seed: int, sample_idx: int) -> str:
+        blob = json.dumps(
+            {
+                "base_url": self.base_url, "model": self.model, "prompt": prompt,
+                "temperature": sampling.temperature, "top_p": sampling.top_p,
+                "max_new_tokens": sampling.max_new_tokens, "seed": seed, "sample_idx": sample_idx,
+            },
+            sort_keys=True,
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def _cache_path(self, key: str) -> Path:
+        assert self.cache_dir is not None
+        return self.cache_dir / key[:2] / f"{key}.json"
+
+    def _cache_get(self, key: str) -> Sample | None:
+        if self.cache_dir is None:
+            return None
+        path = self._cache_path(key)
+        try:
+            return Sample(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):  # absent, or a torn/foreign file: fetch again
+            return None
+
+    def _cache_put(self, key: str, sample: Sample) -> None:
+        if self.cache_dir is None:
+            return
+        path = self._cache_path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
+            json.dump(asdict(sample), tmp)
+        os.replace(tmp.name, path)
+
+
+def _local_tokenizer(name: str) -> Any:
+    """A tokenizer from a local folder, or None. Never reaches for the hub: `model` may be a hosted API's name."""
+    path = Path(name).expanduser()
+    if not (path / "tokenizer_config.json").exists() and not (path / "tokenizer.json").exists():
+        return None
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except Exception:  # an unreadable tokenizer only costs the token ids, never the run
+        return None

@@ -1,0 +1,187 @@
+"""The `openai` engine against a real `transformers serve` on loopback, started here on the tiny model."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from test_engines import CHAT, make_stopping_model
+
+from pipelines.engines import EngineError, SamplingConfig, load_engine
+from pipelines.engines.base import derive_seed
+
+pytest.importorskip("fastapi", reason="transformers serve needs fastapi and uvicorn")
+pytest.importorskip("uvicorn", reason="transformers serve needs fastapi and uvicorn")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served_model(tiny_model, tmp_path_factory) -> Path:
+    """The stopping tiny model with `do_sample` on in its generation config: `transformers serve` samples only
+    then, with the same warpers as the hf engine (top_k off)."""
+    from transformers import GenerationConfig
+
+    path = make_stopping_model(tiny_model, tmp_path_factory.mktemp("served") / "m")
+    config = GenerationConfig.from_pretrained(path)
+    config.do_sample, config.top_k = True, 0
+    config.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(served_model, tmp_path_factory):
+    """`transformers serve` on a free loopback port; yields (base_url, log file); killed at the end."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("serve") / "server.log"
+    exe = Path(sys.executable).with_name("transformers")
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [str(exe), "serve", str(served_model), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu",
+             "--log-level", "info"],
+            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read()
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    pytest.fail(f"transformers serve did not start:\n{log.read_text()[-3000:]}")
+                time.sleep(1)
+        yield f"http://127.0.0.1:{port}/v1", log
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def engine(server, served_model, **options):
+    options = {"cache_dir": None, "max_concurrency": 1, **options}
+    return load_engine("openai", str(served_model), base_url=server[0], **options)
+
+
+def test_openai_reproduces_the_hf_engine_sample_by_sample(server, served_model):
+    """`transformers serve` ignores `n`: the engine asks once per sample with derived seeds, and each answer is
+    exactly what the hf engine samples from the same model and seed."""
+    sampling = SamplingConfig(n=3, temperature=1.0, max_new_tokens=6)
+    prompts, seeds = [CHAT, "Once upon a time", "The answer is"], [5, 6, 7]
+    client = engine(server, served_model)
+    result = client.generate(prompts, sampling, seeds)
+    assert client.honours_n is False
+    hf = load_engine("hf", str(served_model), device="cpu")
+    reasons = []
+    for prompt, seed, samples in zip(prompts, seeds, result):
+        assert len(samples) == 3
+        for j, s in enumerate(samples):
+            ref = hf.generate([prompt], SamplingConfig(n=1, max_new_tokens=6), [derive_seed(seed, j)])[0][0]
+            assert (s.text, s.finish_reason) == (ref.text, ref.finish_reason)
+            assert s.logprobs is None  # transformers serve reports none
+            # ids re-tokenized from the text, only when that reproduces the text (else None)
+            assert s.token_ids is None or s.token_ids == ref.token_ids
+            reasons.append(s.finish_reason)
+    assert set(reasons) == {"stop", "length"}
+    assert any(s.token_ids is not None for samples in result for s in samples)
+
+
+def test_openai_seed_determinism(server, served_model):
+    client = engine(server, served_model)
+    sampling = SamplingConfig(n=2, max_new_tokens=8)
+    texts = lambda seed: [s.text for s in client.generate([CHAT], sampling, [seed])[0]]  # noqa: E731
+    first = texts(11)
+    assert texts(11) == first
+    assert texts(12) != first
+    assert first[0] != first[1]
+
+
+def test_openai_cache_makes_a_rerun_free(server, served_model, tmp_path):
+    sampling = SamplingConfig(n=2, max_new_tokens=4)
+    posts = lambda: server[1].read_text().count("POST /v1/")  # noqa: E731
+    first = engine(server, served_model, cache_dir=tmp_path, max_concurrency=4).generate([CHAT, "Hello"], sampling, [1, 2])
+    assert len(list(tmp_path.rglob("*.json"))) == 4  # one file per (prompt, sample)
+    before = posts()
+    again = engine(server, served_model, cache_dir=tmp_path).generate([CHAT, "Hello"], sampling, [1, 2])
+    assert posts() == before and again == first
+    engine(server, served_model, cache_dir=tmp_path).generate([CHAT], SamplingConfig(n=2, max_new_tokens=5), [1])
+    assert posts() > before  # other sampling params: other keys, new requests
+    assert len(list(tmp_path.rglob("*.json"))) == 6
+
+
+def test_openai_unreachable_server_and_wrong_model_fail_clearly(server, served_model):
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    with pytest.raises(EngineError, match=f"cannot reach an OpenAI-compatible server at {url}"):
+        load_engine("openai", "m", base_url=url)
+    client = load_engine("openai", "not-the-served-model", base_url=server[0], cache_dir=None)
+    with pytest.raises(EngineError, match="rejected the request for model 'not-the-served-model'"):
+        client.generate([CHAT], SamplingConfig(max_new_tokens=2), [0])
+
+
+class FlakyServer(BaseHTTPRequestHandler):
+    """Answers 503 to the first `failures` completion requests, then a one-choice completion with vLLM-style
+    token ids and log-probs: enough to watch retries and the server-reported ids and log-probs being used."""
+
+    failures = 2
+    calls: list[dict] = []
+
+    def do_GET(self):  # /v1/models
+        self._reply(200, {"object": "list", "data": []})
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        FlakyServer.calls.append(body)
+        if len(FlakyServer.calls) <= FlakyServer.failures:
+            return self._reply(503, {"error": {"message": "overloaded"}})
+        choice = {"index": 0, "text": " four", "finish_reason": "stop", "token_ids": [7, 8, 2],
+                  "logprobs": {"tokens": ["a", "b", "c"], "token_logprobs": [-0.5, -0.25, -0.125],
+                               "top_logprobs": None, "text_offset": [0, 1, 2]}}
+        self._reply(200, {"id": "x", "object": "text_completion", "created": 0, "model": body["model"],
+                          "choices": [choice]})
+
+    def _reply(self, status, payload):
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_openai_retries_5xx_and_uses_server_token_ids():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), FlakyServer)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+        client = load_engine("openai", "m", base_url=url, cache_dir=None, backoff_s=0.01)
+        [[s]] = client.generate(["2 + 2 ="], SamplingConfig(n=1, max_new_tokens=3), [9])
+        assert len(FlakyServer.calls) == 3  # two 503s, then the answer
+        assert FlakyServer.calls[-1]["seed"] == 9 and FlakyServer.calls[-1]["return_token_ids"] is True
+        assert (s.text, s.token_ids, s.logprobs, s.finish_reason) == (" four", [7, 8, 2], [-0.5, -0.25, -0.125], "stop")
+        FlakyServer.failures, FlakyServer.calls = 10, []
+        give_up = load_engine("openai", "m", base_url=url, cache_dir=None, backoff_s=0.01, max_retries=1)
+        with pytest.raises(EngineError, match="failed after 2 attempts"):
+            give_up.generate(["x"], SamplingConfig(max_new_tokens=1), [0])
+        marked = load_engine("openai", "m", base_url=url, cache_dir=None, backoff_s=0.01, max_retries=0, on_error="sample")
+        [[bad]] = marked.generate(["x"], SamplingConfig(max_new_tokens=1), [0])
+        assert bad.finish_reason.startswith("error:InternalServerError") and bad.text == ""
+    finally:
+        httpd.shutdown()
