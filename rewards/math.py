@@ -262,7 +262,9 @@ def check_pair(pair: tuple[str, str | None]) -> tuple[float | None, str, dict[st
 
 
 def default_workers() -> int:
-    return max(1, min(8, os.cpu_count() or 1))
+    """CPUs this process may use (respects taskset / cgroup affinity), capped at 8."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(8, cpus))
 
 
 @dataclass

@@ -160,6 +160,34 @@ def test_math_reward_trl_signature(gold, completion, want):
     assert math_reward(prompts=["q"], completions=[completion], answer=[gold]) == [want]
 
 
+def test_accepts_the_extra_arguments_trl_passes():
+    """GRPOTrainer calls reward funcs with completion_ids, trainer_state, log_extra, log_metric and all columns."""
+    out = math_reward(prompts=["q", "q"], completions=[[{"role": "assistant", "content": B % "4"}]] * 2,
+                      completion_ids=[[1, 2], [3]], trainer_state=None, log_extra=None, log_metric=None,
+                      answer=["4", "5"], id=["a", "b"])
+    assert out == [1.0, 0.0]
+
+
+BOXED_PEER_CASES = [
+    (r"\frac{1}{3}", r"\frac{1}{3}"), (r"\frac{1}{3}", r"\frac{1}{2}"), ("0.5", r"\frac{1}{2}"), ("72", "72"),
+    ("72", "73"), ("1,000", "1000"), ("-3", "-3"), ("-3", "3"), ("x^2+2x+1", "(x+1)^2"), ("x^2+1", "(x+1)^2"),
+    (r"2\sqrt{3}", r"\sqrt{12}"), ("(1,2]", "(1, 2]"), ("(1,2]", "[1,2]"), ("2, 3", "3, 2"), ("2, 3", "2"),
+    (r"50\%", "50"), ("3", "x = 3"), (r"\frac{\pi}{2}", r"\dfrac{\pi}{2}"),
+]
+
+
+def test_agrees_with_trl_accuracy_reward_on_boxed_answers(verifier):
+    """Where both read the same boxed span, our verdicts equal TRL's math-verify reward (the peer)."""
+    trl_rewards = pytest.importorskip("trl.rewards")
+    comps = [f"Work... so the answer is $\\boxed{{{a}}}$." for _, a in BOXED_PEER_CASES]
+    golds = [g for g, _ in BOXED_PEER_CASES]
+    theirs = trl_rewards.accuracy_reward([[{"role": "assistant", "content": c}] for c in comps],
+                                         solution=[f"${g}$" for g in golds])
+    ours = [r.score for r in verifier.score(comps, golds)]
+    assert ours == theirs
+    assert ours.count(1.0) == 12 and ours.count(0.0) == 6
+
+
 def test_reasons_for_unscorable_and_missing(verifier):
     golds = ["}{", r"\frac{1}{", "", None, float("nan"), "3", "3", "3"]
     comps = [B % "3", B % "1", B % "3", B % "3", B % "3", "I don't know", r"\boxed{3", "no box but 3 at the end"]
