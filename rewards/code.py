@@ -148,15 +148,16 @@ def _parse_channel(run: SandboxRun, nonce: str) -> dict[str, tuple[str, str]]:
 class _Runner:
     """Runs one row's tests through a shared Sandbox."""
 
-    def __init__(self, sandbox: Sandbox, timeout_s: float, warm: bool = True):
+    def __init__(self, sandbox: Sandbox, timeout_s: float, site_packages: bool = False, warm: bool = True):
         self.sandbox = sandbox
         self.timeout_s = timeout_s
+        self.interpreter = ["{python}", "-I"] if site_packages else ["{python}", "-I", "-S"]
         self.warm = warm
 
     def _server_argv(self) -> list[str]:
         if self.sandbox.unsandboxed:  # no kill(-1) outside a PID namespace: it would hit the user's processes
-            return ["{python}", "-I", "-S", "{job}/harness.py", "--serve", "{job}/scratch"]
-        return ["{python}", "-I", "-S", "{job}/harness.py", "--serve", "/tmp", "--isolated"]
+            return [*self.interpreter, "{job}/harness.py", "--serve", "{job}/scratch"]
+        return [*self.interpreter, "{job}/harness.py", "--serve", "/tmp", "--isolated"]
 
     def _launch(self, program: str, mode: str, tests: list[str], first_index: int, stdin: str, n_timed: int):
         """One launch of the harness: through the slot's warm fork server, or (if that server died mid-job, e.g.
@@ -175,7 +176,7 @@ class _Runner:
             if run is not None:
                 return run, _parse_channel(run, nonce)
         run = self.sandbox.run(
-            ["{python}", "-I", "-S", "{job}/harness.py", "{job}/spec.json", "{channel_fd}"],
+            [*self.interpreter, "{job}/harness.py", "{job}/spec.json", "{channel_fd}"],
             files={"harness.py": HARNESS_SOURCE, "program.py": program, "spec.json": json.dumps(spec)},
             stdin=(nonce + "\n" + stdin).encode(),
             wall_s=wall,
@@ -278,14 +279,16 @@ def code_results(
     timeout_s: float = 5.0,
     limits: SandboxLimits | None = None,
     python: str | None = None,
+    site_packages: bool = False,
     allow_unsandboxed_code_execution: bool = False,
     **columns: Any,
 ) -> list[RewardResult]:
     """Run each completion's program against its row's `tests` in the sandbox; see the module docstring.
 
     `timeout_s` is per test; `workers` launches run in parallel (default: CPU cores); `limits` sets the sandbox's
-    memory/process/file/output limits; `python` is the interpreter used inside the sandbox (its install prefix is
-    mounted read-only; default: the base interpreter of this one).
+    memory/process/file/output limits; `python` is the interpreter used inside the sandbox (its install prefix, and
+    for a virtual environment the venv, are mounted read-only; default: the base interpreter of this one);
+    `site_packages=True` lets programs import that interpreter's installed packages (default: standard library).
     """
     n = len(completions)
     if tests is None:
@@ -315,7 +318,7 @@ def code_results(
     limits = limits or SandboxLimits()
     with Sandbox(limits, workers=workers, python=python,
                  allow_unsandboxed_code_execution=allow_unsandboxed_code_execution) as sandbox:
-        runner = _Runner(sandbox, timeout_s)
+        runner = _Runner(sandbox, timeout_s, site_packages=site_packages)
 
         def do(job) -> _Outcome:
             _, kind, payload = job

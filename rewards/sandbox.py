@@ -308,7 +308,9 @@ class Sandbox:
             slot.server_dir = None
 
     def _bwrap_argv(self, job_dir: Path) -> list[str]:
-        prefix = str(Path(self.python).parent.parent)
+        # the interpreter's install prefix, and for a virtual environment also the venv itself (read-only)
+        real = os.path.realpath(self.python)
+        prefixes = sorted({str(Path(self.python).parent.parent), str(Path(real).parent.parent)})
         argv = [
             "bwrap", "--unshare-all", "--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
             "--disable-userns", "--die-with-parent", "--new-session", "--hostname", "sandbox",
@@ -320,7 +322,7 @@ class Sandbox:
                 argv += ["--symlink", target, f"/{link}"]
             elif os.path.isdir(f"/{link}"):
                 argv += ["--ro-bind", f"/{link}", f"/{link}"]
-        for path in (prefix, *self.ro_binds):
+        for path in (*prefixes, *self.ro_binds):
             if path not in ("/", "/usr") and not path.startswith("/usr/"):  # never the whole root
                 argv += ["--ro-bind", path, path]
         argv += [

@@ -118,3 +118,17 @@ def test_all_humaneval_canonical_solutions_pass_and_wrong_ones_fail():
     assert failed_canonical == []
     assert passed_wrong == []
     assert all(r.info["statuses"] == ["passed"] for r in results[:n])
+
+
+def test_site_packages_of_a_virtualenv_are_opt_in():
+    import sys
+    from pathlib import Path
+
+    venv_python = str(Path(sys.executable))  # the project's .venv interpreter, which has pyyaml installed
+    program = "import yaml\ndef load(text):\n    return yaml.safe_load(text)\n"
+    tests = [["assert load('a: 1') == {'a': 1}"]]
+    stdlib_only = code_results(["p"], [program], tests=tests, python=venv_python)[0]
+    assert stdlib_only.info["statuses"] == ["runtime_error"]
+    assert "ModuleNotFoundError" in stdlib_only.info["details"][0]
+    with_packages = code_results(["p"], [program], tests=tests, python=venv_python, site_packages=True)[0]
+    assert with_packages.score == 1.0, with_packages
