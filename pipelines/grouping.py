@@ -173,7 +173,7 @@ def levenshtein(a: str, b: str) -> int:
 
     The shorter string's columns live in the bits of one Python int, so a comparison costs len(longer)
     big-int operations instead of len(a)*len(b) cell updates: two 2,000-character completions take
-    about a millisecond.
+    a few milliseconds.
     """
     if len(a) < len(b):
         a, b = b, a
