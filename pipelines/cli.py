@@ -42,6 +42,17 @@ def _top_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _resolve_default_models(argv: list[str]) -> list[str]:
+    """`--model default` / `--ref-model default` → the embedded model's local folder (converted on first use)."""
+    out = list(argv)
+    for i, arg in enumerate(out[:-1]):
+        if arg in ("--model", "--ref-model") and out[i + 1] == "default":
+            from pipelines.models import resolve_model
+
+            out[i + 1] = resolve_model("default")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
@@ -52,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[name][0])
     try:
         if name in ("train", "plot"):  # trainers parse their own sub-subcommands
-            return int((module.main if name == "train" else module.plot_main)(rest) or 0)
+            return int((module.main if name == "train" else module.plot_main)(_resolve_default_models(rest)) or 0)
         parser = argparse.ArgumentParser(prog=f"prefsmith {name}", description=COMMANDS[name][1])
         module.add_arguments(parser)
         args = parser.parse_args(rest)

@@ -1,0 +1,73 @@
+"""The main job (`make demo`): run data/pipelines/demo.yaml on the embedded default model and print a report.
+
+Every stage is resumable: interrupt it and run `make demo` again to continue where it stopped.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.chdir(ROOT)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from pipelines.dataset import load_table, read_manifest  # noqa: E402
+from pipelines.models import fetch_default  # noqa: E402
+from pipelines.pipeline import load_pipeline, run_pipeline  # noqa: E402
+
+PIPELINE = os.environ.get("PREFSMITH_DEMO_PIPELINE", str(ROOT / "data/pipelines/demo.yaml"))
+
+
+def section(title: str) -> None:
+    print(f"\n== {title} " + "=" * max(0, 70 - len(title)))
+
+
+def report(outputs: dict[str, str], seconds: float) -> None:
+    from pipelines.generate import report as rollout_report
+
+    section("prefsmith demo report")
+    spec = {s["name"]: s for s in load_pipeline(PIPELINE)["stages"]}
+    for name, out in outputs.items():
+        command = spec[name]["command"]
+        manifest = read_manifest(out) or {}
+        if command == "generate":
+            r = rollout_report(out)
+            print(f"{name:>18}: {r['rows']} rollouts of {r['prompts']} prompts, {r['completion_tokens']} tokens "
+                  f"({r['mean_completion_tokens']}/completion) at {r['tokens_per_s']} tokens/s; finish reasons {r['finish_reasons']}")
+        elif command == "label":
+            s = manifest.get("summary", {})
+            means = s.get("mean", {}) if isinstance(s, dict) else {}
+            acc = means.get("math")
+            print(f"{name:>18}: {manifest.get('rows_out')} rows; mean rewards {json.dumps(means)}"
+                  + (f"; math accuracy {acc:.1%}" if isinstance(acc, (int, float)) else ""))
+        elif command == "train":
+            metrics = Path(out) / "metrics.jsonl"
+            evals = [json.loads(l) for l in metrics.read_text().splitlines() if '"eval' in l] if metrics.exists() else []
+            if evals:
+                first, last = evals[0], evals[-1]
+                keys = [k for k in first if k.startswith("eval") and "accuracy" in k]
+                for k in keys:
+                    print(f"{name:>18}: held-out {k}: {first[k]:.3f} before -> {last.get(k, float('nan')):.3f} after")
+            plots = sorted(str(p) for p in (Path(out) / "plots").glob("*.png"))
+            print(f"{name:>18}: model saved in {out}; plots: {', '.join(plots) or 'none'}")
+        else:
+            extra = {k: manifest[k] for k in ("summary", "kto", "removed", "per_eval") if k in manifest}
+            print(f"{name:>18}: {manifest.get('rows_in')} rows in -> {manifest.get('rows_out')} out"
+                  + (f"; {json.dumps(extra, default=str)[:300]}" if extra else ""))
+    print(f"\nall stages finished in {seconds:.0f}s; outputs under {Path(next(iter(outputs.values()))).parent}")
+
+
+def main() -> int:
+    t0 = time.time()
+    fetch_default()
+    outputs = run_pipeline(PIPELINE)
+    report(outputs, time.time() - t0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
