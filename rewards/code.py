@@ -281,6 +281,7 @@ def code_results(
     python: str | None = None,
     site_packages: bool = False,
     allow_unsandboxed_code_execution: bool = False,
+    sandbox: Sandbox | None = None,
     **columns: Any,
 ) -> list[RewardResult]:
     """Run each completion's program against its row's `tests` in the sandbox; see the module docstring.
@@ -289,6 +290,8 @@ def code_results(
     memory/process/file/output limits; `python` is the interpreter used inside the sandbox (its install prefix, and
     for a virtual environment the venv, are mounted read-only; default: the base interpreter of this one);
     `site_packages=True` lets programs import that interpreter's installed packages (default: standard library).
+    `sandbox`: an open `Sandbox` to use instead of making one for this call (its limits, interpreter, workers and
+    unsandboxed flag then apply); reusing one across calls keeps its fork servers warm between batches.
     """
     n = len(completions)
     if tests is None:
@@ -314,24 +317,33 @@ def code_results(
             jobs.extend((row, "stdio", (program, stdin, expected)) for stdin, expected in suite.items)
     if not jobs:
         return [r for r in results]  # type: ignore[misc]
+    if sandbox is not None:
+        return _finish(results, jobs, _run_jobs(sandbox, jobs, timeout_s, site_packages), fraction)
     workers = max(1, min(workers or len(os.sched_getaffinity(0)), len(jobs)))
-    limits = limits or SandboxLimits()
-    with Sandbox(limits, workers=workers, python=python,
-                 allow_unsandboxed_code_execution=allow_unsandboxed_code_execution) as sandbox:
-        runner = _Runner(sandbox, timeout_s, site_packages=site_packages)
+    with Sandbox(limits or SandboxLimits(), workers=workers, python=python,
+                 allow_unsandboxed_code_execution=allow_unsandboxed_code_execution) as own:
+        outcomes = _run_jobs(own, jobs, timeout_s, site_packages)
+    return _finish(results, jobs, outcomes, fraction)
 
-        def do(job) -> _Outcome:
-            _, kind, payload = job
-            try:
-                if kind == "asserts":
-                    return runner.run_asserts(*payload)
-                return runner.run_case(*payload)
-            except Exception as exc:  # noqa: BLE001 - one broken launch must not sink the batch
-                size = len(payload[1]) if kind == "asserts" else 1
-                return _Outcome(["sandbox_error"] * size, [f"{type(exc).__name__}: {exc}"] * size)
 
-        with ThreadPoolExecutor(workers) as pool:
-            outcomes = list(pool.map(do, jobs))
+def _run_jobs(sandbox: Sandbox, jobs: list, timeout_s: float, site_packages: bool) -> list[_Outcome]:
+    runner = _Runner(sandbox, timeout_s, site_packages=site_packages)
+
+    def do(job) -> _Outcome:
+        _, kind, payload = job
+        try:
+            if kind == "asserts":
+                return runner.run_asserts(*payload)
+            return runner.run_case(*payload)
+        except Exception as exc:  # noqa: BLE001 - one broken launch must not sink the batch
+            size = len(payload[1]) if kind == "asserts" else 1
+            return _Outcome(["sandbox_error"] * size, [f"{type(exc).__name__}: {exc}"] * size)
+
+    with ThreadPoolExecutor(min(sandbox.workers, len(jobs))) as pool:
+        return list(pool.map(do, jobs))
+
+
+def _finish(results: list, jobs: list, outcomes: list[_Outcome], fraction: bool) -> list[RewardResult]:
     per_row: dict[int, _Outcome] = {}
     for (row, _, _), outcome in zip(jobs, outcomes):
         merged = per_row.setdefault(row, _Outcome([], []))

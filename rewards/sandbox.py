@@ -168,8 +168,13 @@ class Sandbox:
         python: str | None = None,
         ro_binds: tuple[str, ...] = (),
         allow_unsandboxed_code_execution: bool = False,
+        pids_cgroup: bool | None = None,
     ):
+        """`pids_cgroup`: cap processes with a pids cgroup (None: when running as root and one is writable). As root
+        without one, bwrap itself runs as uid 65534 so that RLIMIT_NPROC applies; the interpreter must then be
+        readable by that uid."""
         self.limits = limits
+        self.workers = max(1, workers)
         self.python = python or os.path.realpath(sys._base_executable)  # type: ignore[attr-defined]
         self.ro_binds = tuple(ro_binds)
         self.unsandboxed = allow_unsandboxed_code_execution
@@ -178,11 +183,12 @@ class Sandbox:
         self._lock = threading.Lock()
         self._ready = threading.Semaphore(max(1, workers))
         self._cgroup_base: Path | None = None
+        self._run_as: int | None = None  # uid/gid bwrap runs as, when root must drop privileges
         self._workdir = Path(tempfile.mkdtemp(prefix="prefsmith-sandbox-"))
         os.chmod(self._workdir, 0o700)
         try:
             if not self.unsandboxed:
-                self._find_isolation()
+                self._find_isolation(pids_cgroup)
             for _ in range(max(1, workers)):
                 slot = _Slot(self._cgroup_base, limits.max_procs)
                 self._slots.append(slot)
@@ -195,17 +201,21 @@ class Sandbox:
 
     # -- setup ---------------------------------------------------------------------------------------------------
 
-    def _find_isolation(self) -> None:
+    def _find_isolation(self, pids_cgroup: bool | None) -> None:
         if shutil.which("bwrap") is None:
             raise SandboxUnavailable(f"bubblewrap (bwrap) is not installed; {INSTALL_HINT}")
-        if os.geteuid() == 0:
+        if pids_cgroup is not False and (pids_cgroup or os.geteuid() == 0):
             self._cgroup_base = _find_pids_cgroup()
-            if self._cgroup_base is None:
+            if self._cgroup_base is None and pids_cgroup:
                 raise SandboxUnavailable(
-                    "running as root but no writable pids cgroup was found (/sys/fs/cgroup/pids or cgroup v2 with "
-                    "the pids controller), so a fork bomb could not be contained (RLIMIT_NPROC does not apply to "
-                    f"root); run as a non-root user, or give the container a writable cgroup; or {INSTALL_HINT}"
+                    "pids_cgroup=True but no writable pids cgroup was found (/sys/fs/cgroup/pids, or cgroup v2 with "
+                    "the pids controller); give the process a writable cgroup or pass pids_cgroup=None"
                 )
+        if self._cgroup_base is None and os.geteuid() == 0:
+            # RLIMIT_NPROC is not enforced for root, and bwrap maps the sandbox's uid to its caller's: drop to an
+            # unprivileged uid first so the process cap holds
+            self._run_as = SANDBOX_UID
+            os.chmod(self._workdir, 0o711)
 
     def rlimits(self, cpu_s: int | None = None) -> dict[str, int]:
         """The rlimits a job must set on itself before running untrusted code (names from the `resource` module).
@@ -220,8 +230,8 @@ class Sandbox:
             "RLIMIT_NOFILE": self.limits.max_open_files,
             "RLIMIT_CORE": 0,
         }
-        if self._cgroup_base is None and not self.unsandboxed and os.geteuid() != 0:
-            limits["RLIMIT_NPROC"] = self.limits.max_procs
+        if self._cgroup_base is None and not self.unsandboxed:
+            limits["RLIMIT_NPROC"] = self.limits.max_procs + 3  # + bwrap's init and the fork server
         return limits
 
     def _probe(self) -> None:
@@ -231,7 +241,10 @@ class Sandbox:
             raise SandboxUnavailable(
                 f"bubblewrap is installed but could not start a sandbox ({detail or probe.returncode}); it needs "
                 f"user namespaces (sysctl kernel.unprivileged_userns_clone=1, or a container run with "
-                f"--privileged / a seccomp profile that allows unshare); {INSTALL_HINT}"
+                f"--privileged / a seccomp profile that allows unshare)"
+                + (f"; bwrap runs as uid {SANDBOX_UID} here (root without a writable pids cgroup), so the "
+                   f"interpreter {self.python} must be readable by that uid: pass python=" if self._run_as else "")
+                + f"; {INSTALL_HINT}"
             )
 
     def close(self) -> None:
@@ -280,7 +293,8 @@ class Sandbox:
                     self._stop_server(slot)
                     full, slot.server_dir, cwd = self._command(argv, files, slot)
                     slot.server = subprocess.Popen(full, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                                   stderr=subprocess.DEVNULL, start_new_session=True, cwd=cwd)
+                                                   stderr=subprocess.DEVNULL, start_new_session=True, cwd=cwd,
+                                                   **self._identity())
                     slot.server_key = key
                 reply = _exchange(slot.server, request.rstrip(b"\n") + b"\n", time.monotonic() + wall_s,
                                   16 * self.limits.output_bytes + (1 << 20))
@@ -290,6 +304,11 @@ class Sandbox:
             finally:
                 with self._lock:
                     self._free.append(slot)
+
+    def _identity(self) -> dict:
+        if self._run_as is None:
+            return {}
+        return {"user": self._run_as, "group": self._run_as, "extra_groups": []}
 
     def _stop_server(self, slot: _Slot) -> None:
         if slot.server is not None:
@@ -359,7 +378,7 @@ class Sandbox:
         try:
             proc = subprocess.Popen(
                 full, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(chan_w,),
-                start_new_session=True, cwd=cwd,
+                start_new_session=True, cwd=cwd, **self._identity(),
             )
         except OSError as exc:
             os.close(chan_r)

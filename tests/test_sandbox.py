@@ -354,3 +354,33 @@ def solve():
     result = code_results(["p"], [program], tests=[["assert solve() == ('EFBIG', ['ok', 'ok', 'ENOSPC', 'ENOSPC'])"]],
                           limits=limits)[0]
     assert result.score == 1.0, result
+
+
+FORKER = """
+import os, time
+started = 0
+for _ in range(100):
+    try:
+        if os.fork() == 0:
+            time.sleep(30)
+            os._exit(0)
+        started += 1
+    except OSError:
+        break
+def solve():
+    return started
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.access("/usr/bin/python3", os.X_OK),
+                    reason="the fallback is for root without a pids cgroup, with an interpreter uid 65534 can read")
+def test_root_without_pids_cgroup_drops_privileges_and_still_caps_processes():
+    limits = SandboxLimits(max_procs=16)
+    with Sandbox(limits, workers=1, python="/usr/bin/python3", pids_cgroup=False) as sandbox:
+        assert sandbox.rlimits()["RLIMIT_NPROC"] == 19
+        results = code_results(["p", "p"], [FORKER, GOOD], tests=[["assert 5 < solve() < 19"], TESTS],
+                               sandbox=sandbox)
+        again = code_results(["p"], [GOOD], tests=[TESTS], sandbox=sandbox)  # the same warm sandbox, reused
+    assert [r.score for r in results] == [1.0, 1.0], results
+    assert again[0].score == 1.0
+    assert sandbox_processes() == []
