@@ -7,9 +7,10 @@ Each launch gets:
   minimal `/dev`, the job's own files read-only at `/sandbox`, and a size-capped private tmpfs at `/tmp` (the only
   writable place). Nothing else of the host (home, /work, /etc, other temp dirs) is mounted;
 - an unprivileged uid (65534) with no capabilities, no new user namespaces, a new session (no terminal access);
-- a pids cgroup capping the number of processes (RLIMIT_NPROC is not enforced for root, and the sandbox's uid is
-  root outside the user namespace), and rlimits set before any untrusted code runs (CPU time, address space,
-  file size, open files, no core dumps);
+- a cap on the number of processes: a pids cgroup per worker slot when running as root (RLIMIT_NPROC is not
+  enforced for root, and bwrap maps the sandbox's uid to its caller's), else RLIMIT_NPROC, with bwrap started as
+  uid 65534 when root has no writable cgroup; plus rlimits set before any untrusted code runs (CPU time, address
+  space, file size, open files, no core dumps);
 - a wall-clock limit that kills the whole tree: the PID namespace dies with its init, and any process still in
   the cgroup afterwards is killed;
 - stdout/stderr captured up to a cap, with truncation flagged (the program is killed when it floods).

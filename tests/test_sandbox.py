@@ -143,11 +143,9 @@ while True:
     except OSError:
         pass
 """
-    before = len(os.listdir("/proc"))
     result = run_pair(attack, timeout_s=1.0)
     assert result.score == 0.0 and result.info["statuses"] == ["timeout"]
     assert sandbox_processes() == []
-    assert len(os.listdir("/proc")) < before + 20
 
 
 def test_process_limit_is_enforced():
