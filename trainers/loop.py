@@ -338,6 +338,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         examples = [e for e in examples if e["units"] > 0]
     if not examples:
         raise UserDataError(f"{cfg.data}: no trainable examples")
+    eval_examples = [e for e in eval_examples if e["units"] > 0]
 
     ref_info: dict = {}
     ref = eval_ref = None
