@@ -44,12 +44,12 @@ def time_ours(problems: list[dict], workers: int, timeout_s: float) -> tuple[flo
     return time.perf_counter() - start, sum(r.score == 1.0 for r in results)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--repeat", type=int, default=3, help="take the best of this many runs of each")
     parser.add_argument("--timeout", type=float, default=5.0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     problems = list(read_problems().values())
     theirs, ours = [], []
     for _ in range(args.repeat):  # interleaved so both see the same machine load
