@@ -70,6 +70,13 @@ def make_rollouts(n_prompts: int = 200, k: int = 8, seed: int = 0) -> tuple[list
     return completions, golds
 
 
+def _children_cpu() -> float:
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prompts", type=int, default=200)
@@ -91,27 +98,36 @@ def main(argv: list[str] | None = None) -> dict:
         return accuracy_reward([[{"role": "assistant", "content": c}] for c in completions],
                                solution=[f"${g}$" for g in golds])
 
+    cpu_trl = time.process_time()
     t0 = time.perf_counter()
     trl_scores = trl(completions, golds)
     t_trl = time.perf_counter() - t0
+    cpu_trl = time.process_time() - cpu_trl
 
+    cpu_ours, children0 = time.process_time(), _children_cpu()
     t0 = time.perf_counter()
     verifier = MathVerifier(workers=args.workers)
     ours = verifier.score(completions, golds)
     t_ours = time.perf_counter() - t0
+    cpu_ours = time.process_time() - cpu_ours
 
     # Warm: a second, different batch (another seed) through the same verifier, as in a GRPO loop where the
     # pool lives across steps. The pair cache is cleared so this measures the warm pool, not cache hits.
     completions2, golds2 = make_rollouts(args.prompts, args.k, args.seed + 1)
+    cpu = time.process_time()
     t0 = time.perf_counter()
     trl(completions2, golds2)
     t_trl2 = time.perf_counter() - t0
+    cpu_trl += time.process_time() - cpu
     checks_before = verifier.checks
     verifier.clear_cache()
+    cpu = time.process_time()
     t0 = time.perf_counter()
     verifier.score(completions2, golds2)
     t_ours2 = time.perf_counter() - t0
-    verifier.close()
+    cpu_ours += time.process_time() - cpu
+    verifier.close()  # reaps the workers, so their CPU time is counted below
+    cpu_ours += _children_cpu() - children0
 
     print(f"rows: {n} ({args.prompts} prompts x {args.k} completions), workers: {args.workers}")
     print(f"batch 1 TRL accuracy_reward : {t_trl:7.2f} s {n / t_trl:8.1f} rows/s")
@@ -121,6 +137,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"batch 2 prefsmith math      : {t_ours2:7.2f} s {n / t_ours2:8.1f} rows/s  (warm pool, empty cache; "
           f"{verifier.checks - checks_before} worker checks)")
     print(f"speedup (TRL time / ours): cold {t_trl / t_ours:.2f}x, warm {t_trl2 / t_ours2:.2f}x")
+    print(f"CPU seconds over both batches: TRL {cpu_trl:.2f}, ours {cpu_ours:.2f} (parent + workers, worker "
+          f"start-up included): {cpu_trl / cpu_ours:.2f}x less CPU; wall-clock ratios above depend on machine load")
     our_scores = [r.score for r in ours]
     agree = sum(a == b for a, b in zip(our_scores, trl_scores)) / n
     rows = [(golds[i], ours[i].info.get("extracted"), our_scores[i], trl_scores[i], ours[i].reason,
@@ -138,7 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
         for gold, extracted, *_ in list(dict.fromkeys((r[0], r[1]) for r in group))[:3]:
             print(f"         gold={gold!r:22} answer={extracted!r}")
     return {"rows": n, "trl_s": t_trl, "ours_s": t_ours, "ratio": t_trl / t_ours,
-            "ratio_warm": t_trl2 / t_ours2, "agreement": agree}
+            "ratio_warm": t_trl2 / t_ours2, "cpu_ratio": cpu_trl / cpu_ours, "agreement": agree}
 
 
 if __name__ == "__main__":

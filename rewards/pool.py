@@ -2,17 +2,20 @@
 
 Why processes and not threads: checkers such as math-verify and sympy can spin in C code that no signal or
 thread can interrupt (`9^9^9^9^9`), and math-verify's own timeout needs `signal.alarm` on a main thread. A
-worker here is a plain child interpreter (`python -m rewards.pool`); a slow item gets a soft timeout (a
-`SIGALRM` raised inside the worker, which keeps the worker) and, if the worker does not answer by the hard
-deadline, the worker is killed and replaced. Either way the item reports `timeout` and every other item is
-unaffected.
+slow item first gets a soft timeout (a `SIGALRM` raised inside the worker, which keeps the worker); if the
+worker does not answer by the hard deadline it is killed and replaced. Either way the item reports
+`timeout` and every other item is unaffected.
 
     with WorkerPool(workers=2, timeout=5.0, preload=["rewards.math"]) as pool:
         outcomes = pool.map(my_module.check, items)   # list[Outcome], in input order
 
+How workers start: one template process (`python -m rewards.pool`, a plain child interpreter, so a pool can
+be opened from any thread and from inside a daemonic process) imports `preload`, runs `warmup` once, and
+then forks each worker on request. Workers start warm and cheap, and replacing a killed one costs a fork,
+not a fresh interpreter. The template is single-threaded, so forking it is safe.
+
 `fn` must be importable by module name in the child (a module-level function, not a lambda or a function
-defined in `__main__` of a script run as a file). Workers are plain subprocesses, so a pool can be opened
-from inside a daemonic process and from any thread.
+defined in `__main__` of a script run as a file).
 """
 from __future__ import annotations
 
@@ -20,6 +23,8 @@ import atexit
 import os
 import pickle
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -52,49 +57,74 @@ class PoolStats:
     started: int = 0
 
 
-class _Worker:
+class _Template:
+    """The warm process that forks workers; talks over one UNIX socket (fds travel with SCM_RIGHTS)."""
+
     def __init__(self, preload: Sequence[str], warmup_blob: bytes):
-        to_child_r, to_child_w = os.pipe()
-        from_child_r, from_child_w = os.pipe()
+        ours, theirs = socket.socketpair()
         env = dict(os.environ)
-        paths = [p for p in sys.path if isinstance(p, str)]
-        paths = [os.path.abspath(p) if p else os.getcwd() for p in paths]
+        paths = [os.path.abspath(p) if p else os.getcwd() for p in sys.path if isinstance(p, str)]
         env["PYTHONPATH"] = os.pathsep.join(paths)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "rewards.pool", str(to_child_r), str(from_child_w), *preload],
-            pass_fds=(to_child_r, from_child_w),
-            stdin=subprocess.DEVNULL,
-            env=env,
-            close_fds=True,
+            [sys.executable, "-m", "rewards.pool", str(theirs.fileno()), *preload],
+            pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env, close_fds=True,
         )
-        os.close(to_child_r)
-        os.close(from_child_w)
-        self.send_conn = Connection(to_child_w, readable=False)
-        self.recv_conn = Connection(from_child_r, writable=False)
-        self.send_conn.send_bytes(warmup_blob)
+        theirs.close()
+        self.sock = ours
+        self.sock.settimeout(READY_TIMEOUT_S)
+        self.sock.sendall(struct.pack("q", len(warmup_blob)) + warmup_blob)
+        if _recv_exact(self.sock, 1) != b"R":
+            raise RuntimeError(f"worker template failed to start (preload {list(preload)}); see stderr above")
+
+    def fork(self) -> "_Worker":
+        ours, theirs = socket.socketpair()
+        try:
+            socket.send_fds(self.sock, [b"F"], [theirs.fileno()])
+            (pid,) = struct.unpack("q", _recv_exact(self.sock, 8))
+        finally:
+            theirs.close()
+        return _Worker(pid, Connection(ours.detach()))
+
+    def close(self) -> None:
+        self.sock.close()  # the template exits on EOF
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise EOFError("worker template closed its socket")
+        data += chunk
+    return data
+
+
+class _Worker:
+    def __init__(self, pid: int, conn: Connection):
+        self.pid = pid
+        self.conn = conn
         self.ready = False
         self.index: int | None = None  # item index being run
         self.deadline = 0.0
 
     def kill(self) -> None:
         try:
-            self.proc.kill()
+            os.kill(self.pid, signal.SIGKILL)  # the template reaps it
         except ProcessLookupError:
             pass
-        self.proc.wait()
-        self.send_conn.close()
-        self.recv_conn.close()
+        self.conn.close()
 
     def stop(self) -> None:
         try:
-            self.send_conn.send(None)
+            self.conn.send(None)
         except OSError:
             pass
-        try:
-            self.proc.wait(timeout=2)
-        except subprocess.TimeoutExpired:
-            pass
-        self.kill()
+        self.conn.close()
 
 
 class WorkerPool:
@@ -114,6 +144,7 @@ class WorkerPool:
         self._warmup_blob = pickle.dumps(warmup)
         self.stats = PoolStats()
         self._workers: list[_Worker] = []
+        self._template: _Template | None = None
         self._lock = threading.Lock()
         self._closed = False
         self._pid = os.getpid()
@@ -125,11 +156,22 @@ class WorkerPool:
         if os.getpid() != self._pid:
             self._pid = os.getpid()
             self._workers = []
+            self._template = None
             self._lock = threading.Lock()
 
     def _spawn(self) -> _Worker:
         self.stats.started += 1
-        return _Worker(self.preload, self._warmup_blob)
+        for attempt in range(2):
+            if self._template is None:
+                self._template = _Template(self.preload, self._warmup_blob)
+            try:
+                return self._template.fork()
+            except (OSError, EOFError):
+                if attempt:
+                    raise
+                self._template.close()  # it died; start a new one and retry once
+                self._template = None
+        raise AssertionError("unreachable")
 
     def _ensure_workers(self) -> None:
         while len(self._workers) < self.n_workers:
@@ -174,7 +216,7 @@ class WorkerPool:
                         done += 1
                         continue
                     try:
-                        w.send_conn.send_bytes(payload)
+                        w.conn.send_bytes(payload)
                     except OSError:  # the worker died while idle: replace it and retry the item
                         todo.append(i)
                         self.stats.crashed += 1
@@ -188,12 +230,12 @@ class WorkerPool:
                 wait_s = max(0.0, min(w.deadline for w in busy) - time.monotonic())
             else:
                 wait_s = READY_TIMEOUT_S
-            ready_conns = wait([w.recv_conn for w in busy + starting], timeout=wait_s)
+            ready_conns = wait([w.conn for w in busy + starting], timeout=wait_s)
             for w in list(self._workers):
-                if w.recv_conn not in ready_conns:
+                if w.conn not in ready_conns:
                     continue
                 try:
-                    msg = w.recv_conn.recv()
+                    msg = w.conn.recv()
                 except (EOFError, OSError):
                     if w.index is not None:
                         results[w.index] = Outcome("crashed", error="worker process died")
@@ -230,6 +272,7 @@ class WorkerPool:
     def close(self) -> None:
         if os.getpid() != self._pid:  # inherited through fork: the workers belong to the parent
             self._workers = []
+            self._template = None
             self._closed = True
             return
         with self._lock:
@@ -239,6 +282,9 @@ class WorkerPool:
             for w in self._workers:
                 w.stop()
             self._workers = []
+            if self._template is not None:
+                self._template.close()
+                self._template = None
 
     def __enter__(self) -> "WorkerPool":
         return self
@@ -255,26 +301,14 @@ def _on_alarm(signum, frame):
     raise _SoftTimeout()
 
 
-def _worker_main(read_fd: int, write_fd: int, preload: Sequence[str]) -> None:
-    import importlib
-
-    recv_conn = Connection(read_fd, writable=False)
-    send_conn = Connection(write_fd, readable=False)
-    for name in preload:
-        importlib.import_module(name)
+def _worker_loop(fd: int) -> None:
+    conn = Connection(fd)
     signal.signal(signal.SIGALRM, _on_alarm)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the parent, which closes the pool
-    warmup = pickle.loads(recv_conn.recv_bytes())
-    if warmup is not None:
-        try:
-            warmup()
-        except Exception:  # a failed warm-up only costs speed; the items will report their own errors
-            traceback.print_exc()
-    send_conn.send("ready")
+    conn.send("ready")
     fns: dict[bytes, Callable] = {}
     while True:
         try:
-            blob = recv_conn.recv_bytes()
+            blob = conn.recv_bytes()
         except EOFError:
             return
         task = pickle.loads(blob)
@@ -293,11 +327,64 @@ def _worker_main(read_fd: int, write_fd: int, preload: Sequence[str]) -> None:
         except Exception as e:  # the item's own failure, reported, never fatal to the worker
             reply = ("error", f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}")
         try:
-            send_conn.send(reply)
+            conn.send(reply)
         except Exception as e:
-            send_conn.send(("error", f"result not picklable: {type(e).__name__}: {e}"))
+            conn.send(("error", f"result not picklable: {type(e).__name__}: {e}"))
+
+
+def _reap(signum, frame) -> None:
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+    except ChildProcessError:
+        pass
+
+
+def _template_main(ctrl_fd: int, preload: Sequence[str]) -> None:
+    import importlib
+
+    ctrl = socket.socket(fileno=ctrl_fd)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the parent, which closes the pool
+    for name in preload:
+        importlib.import_module(name)
+    (size,) = struct.unpack("q", _recv_exact(ctrl, 8))
+    warmup = pickle.loads(_recv_exact(ctrl, size))
+    if warmup is not None:
+        try:
+            warmup()
+        except Exception:  # a failed warm-up only costs speed; the items will report their own errors
+            traceback.print_exc()
+    signal.signal(signal.SIGCHLD, _reap)  # reaping (not SIG_IGN) keeps workers' CPU time in rusage
+    ctrl.sendall(b"R")
+    while True:
+        try:
+            msg, fds, _, _ = socket.recv_fds(ctrl, 1, 1)
+        except OSError:
+            return
+        if not msg or not fds:  # the parent closed the pool or died: wait for the workers, then go
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            signal.alarm(10)  # a worker that will not exit must not keep the template alive
+            try:
+                while True:
+                    os.wait()
+            except ChildProcessError:
+                return
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                ctrl.close()
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # a user fn may run subprocesses
+                _worker_loop(fds[0])
+            except BaseException:
+                traceback.print_exc()
+                code = 1
+            finally:
+                os._exit(code)
+        os.close(fds[0])
+        ctrl.sendall(struct.pack("q", pid))
+        _reap(0, None)
 
 
 if __name__ == "__main__":
-    # A received `None` task means "exit" (see _Worker.stop); the parent pickles tasks with send_bytes.
-    _worker_main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:])
+    _template_main(int(sys.argv[1]), sys.argv[2:])

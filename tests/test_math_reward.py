@@ -249,17 +249,17 @@ def test_forked_child_gets_its_own_workers():
     v = MathVerifier(timeout=30.0, workers=1)
     try:
         assert v.score([B % r"\sqrt{4}"], ["2"])[0].score == 1.0
-        parent_workers = [w.proc.pid for w in v._pool._workers]
+        parent_workers = [w.pid for w in v._pool._workers]
         pid = os.fork()
         if pid == 0:
             code = 0 if v.score([B % r"\sqrt{9}"], ["3"])[0].score == 1.0 else 1
-            code |= 0 if [w.proc.pid for w in v._pool._workers] != parent_workers else 2
+            code |= 0 if [w.pid for w in v._pool._workers] != parent_workers else 2
             v.close()
             os._exit(code)
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
         # the parent's workers are intact after the child ran and closed its pool
-        assert [w.proc.pid for w in v._pool._workers] == parent_workers
+        assert [w.pid for w in v._pool._workers] == parent_workers
         assert v.score([B % r"\sqrt{16}"], ["4"])[0].score == 1.0
     finally:
         v.close()
