@@ -133,10 +133,16 @@ def test_reward_model_on_rankings_and_reference_free_simpo(tiny_model, tmp_path)
     rm = AutoModelForSequenceClassification.from_pretrained(result.output)
     assert rm.config.num_labels == 1 and rm.score.weight.shape[0] == 1
 
-    simpo = train(cfg_for("dpo", tiny_model, pref_data(tmp_path / "pref"), tmp_path / "simpo", loss="simpo",
-                          no_reference=True, max_steps=2))
+    pref = pref_data(tmp_path / "pref")
+    simpo = train(cfg_for("dpo", tiny_model, pref, tmp_path / "simpo", loss="simpo", no_reference=True, max_steps=2))
     assert simpo.ref_cache_hits == {}
     assert json.loads((tmp_path / "simpo" / "run_info.json").read_text())["ref_cache"] == {}
+    # SimPO's loss is -log σ(margin - γ) per pair, so it is at least -log σ(mean margin - γ) (Jensen)
+    first = read_metrics(simpo.output)[0]
+    bound = -torch.nn.functional.logsigmoid(torch.tensor(first["rewards/margins"] - 1.0)).item()
+    assert first["loss"] >= bound - 1e-5 and first["rewards/chosen"] < 0  # reward = β · average log-prob
+    orpo = train(cfg_for("dpo", tiny_model, pref, tmp_path / "orpo", loss="orpo", max_steps=2, dtype="bf16"))
+    assert orpo.ref_cache_hits == {} and "log_odds_ratio" in orpo.train_metrics
 
 
 def test_cli_errors_and_plot(tiny_model, tmp_path, capsys):

@@ -113,6 +113,8 @@ class DPO:
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.ref_keys = ("chosen", "rejected") if cfg.uses_reference else ()
+        if cfg.loss == "orpo":
+            self.metric_names = self.metric_names + ("log_odds_ratio",)
 
     def encode(self, rows: list[dict], tokenizer, cfg: TrainConfig, source: str) -> list[dict]:
         examples = []

@@ -72,8 +72,8 @@ def setup_distributed() -> Dist:
 
 
 def _reduce_stats(stats: Stats, names: tuple[str, ...], d: Dist) -> Stats:
-    """Sum metric sums and counts over processes (every process passes the same names, in the same order)."""
-    names = tuple(names) + tuple(sorted(set(stats.sums) - set(names)))
+    """Sum metric sums and counts over processes. `names` is the algorithm's fixed list, identical on every
+    process (a process with no data this step sends zeros), so the all-reduce always has the same shape."""
     flat = torch.tensor([v for n in names for v in stats.sums.get(n, [0.0, 0.0])], dtype=torch.float64)
     if d.world > 1:
         flat = flat.to(d.device)
@@ -310,6 +310,9 @@ def _save_final(model, tokenizer, cfg: TrainConfig) -> None:
 def train(cfg: TrainConfig) -> TrainResult:
     """Run (or resume) one training run; returns final metrics. Call it from every process under torchrun."""
     d = setup_distributed()
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own bar is the one to watch; per-file load bars are noise
     out = Path(cfg.output)
     resume_dir = ckpt.latest_checkpoint(out) if cfg.resume else None
     if not cfg.resume and ckpt.list_checkpoints(out):
