@@ -492,8 +492,32 @@ def _exchange(proc: subprocess.Popen, request: bytes, deadline: float, max_reply
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
-    """Kill bwrap's process group; --die-with-parent and the PID namespace take the sandboxed tree with it."""
+    """Kill bwrap's process group; --die-with-parent and the PID namespace take the sandboxed tree with it. Waits
+    (up to 2 s) until the namespace's init is gone: the kernel lets init finish exiting only after every other
+    process in its namespace has, so nothing of the sandbox is left running when this returns."""
+    init = _child_of(proc.pid)
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+    if init is not None:
+        deadline = time.monotonic() + 2.0
+        while _running(init) and time.monotonic() < deadline:
+            time.sleep(0.002)
+
+
+def _child_of(pid: int) -> int | None:
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return None
+    return int(children[0]) if children else None
+
+
+def _running(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
