@@ -399,6 +399,17 @@ def test_pool_results_in_order_with_failures_isolated():
         assert pool.stats.started == 2 + pool.stats.killed + pool.stats.crashed
 
 
+def test_pool_survives_its_template_dying():
+    with WorkerPool(workers=1, timeout=5.0) as pool:
+        assert pool.map(_square, [3])[0].value == 9
+        os.kill(pool._template.proc.pid, signal.SIGKILL)
+        pool._template.proc.wait()
+        # the live worker still serves; replacing the crashed one needs a new template, started on demand
+        outs = pool.map(_square, [2, "die", 5])
+        assert [o.status for o in outs] == ["ok", "crashed", "ok"] and outs[2].value == 25
+        assert pool._template.proc.poll() is None
+
+
 def test_pool_rejects_bad_settings():
     with pytest.raises(ValueError):
         WorkerPool(workers=0)
