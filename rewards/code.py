@@ -300,16 +300,20 @@ def code_results(
         raise ValueError(f"code reward got {len(prompts)} prompts, {n} completions and {len(tests)} tests rows")
     if entry_point is None or isinstance(entry_point, str):
         entry_points = [entry_point] * n
-    else:
-        entry_points = list(entry_point)
+    else:  # a missing value in a DataFrame column (None, NaN) means "no entry point"
+        entry_points = [e if isinstance(e, str) and e else None for e in entry_point]
     results: list[RewardResult | None] = [None] * n
     jobs = []  # (row, kind, payload)
     for row in range(n):
         try:
             suite = parse_tests(tests[row], entry_points[row])
-            program = build_program(prompts[row], completions[row], entry_points[row])
         except (ValueError, TypeError) as exc:
             results[row] = RewardResult(None, f"bad_tests: row {row}: {exc}", {})
+            continue
+        try:
+            program = build_program(prompts[row], completions[row], entry_points[row])
+        except TypeError as exc:
+            results[row] = RewardResult(None, f"bad_completion: row {row}: {exc}", {})
             continue
         if suite.mode == "asserts":
             jobs.append((row, "asserts", (program, suite.items)))
