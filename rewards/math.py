@@ -296,30 +296,13 @@ class MathVerifier:
                              "`answer` column; pass one gold answer per completion")
         results: list[RewardResult | None] = [None] * len(completions)
         keys: list[tuple[str, str | None] | None] = [None] * len(completions)
-        extracted: list[dict[str, str]] = [{} for _ in completions]
+        found: list[dict[str, str]] = [{} for _ in completions]
         for i, (completion, gold) in enumerate(zip(completions, answers)):
-            if gold is None or (isinstance(gold, float) and gold != gold) or not str(gold).strip():
-                results[i] = RewardResult(None, "gold_unparseable", {"gold": "" if gold is None else str(gold)})
-                continue
-            try:
-                text = completion_text(completion)
-            except TypeError as e:
-                results[i] = RewardResult(None, "bad_completion", {"error": str(e)})
-                continue
-            found = extract_answer(text, last_number=last_number_fallback)
-            if found:
-                extracted[i] = {"extracted": found.text, "method": found.method}
-            g = normalize_answer(gold_text(str(gold)))
-            a = normalize_answer(found.text) if found else None
-            if a is None and (simple_value(g) is not None or _simple_structure(g) is not None):
-                results[i] = RewardResult(0.0, "no_answer", {})  # a plain-number gold surely parses
-                continue
-            verdict = simple_compare(g, a) if a is not None else None
-            if verdict is not None:  # exact numbers: decided here, no worker needed
-                results[i] = RewardResult(1.0 if verdict else 0.0, "correct" if verdict else "wrong",
-                                          {**extracted[i], "rule": "number"})
-                continue
-            keys[i] = (g, a)
+            prepared = _prepare_row(completion, gold, last_number_fallback)
+            if isinstance(prepared, RewardResult):
+                results[i] = prepared
+            else:
+                keys[i], found[i] = prepared
         with self._lock:
             todo = list(dict.fromkeys(k for k in keys if k is not None and k not in self._cache))
             if todo:
@@ -342,7 +325,7 @@ class MathVerifier:
                 if key is None:
                     continue
                 score, reason, info = fresh[key] if key in fresh else self._cache[key]
-                results[i] = RewardResult(score, reason, {**info, **extracted[i]})
+                results[i] = RewardResult(score, reason, {**info, **found[i]})
         return results  # type: ignore[return-value]
 
     def clear_cache(self) -> None:
@@ -353,6 +336,27 @@ class MathVerifier:
         if self._pool is not None:
             self._pool.close()
             self._pool = None
+
+
+def _prepare_row(completion: Any, gold: Any, last_number_fallback: bool
+                 ) -> RewardResult | tuple[tuple[str, str | None], dict[str, str]]:
+    """Decide a row in the parent when no sympy is needed; otherwise its (gold, answer) key for a worker."""
+    if gold is None or (isinstance(gold, float) and gold != gold) or not str(gold).strip():
+        return RewardResult(None, "gold_unparseable", {"gold": "" if gold is None else str(gold)})
+    try:
+        text = completion_text(completion)
+    except TypeError as e:
+        return RewardResult(None, "bad_completion", {"error": str(e)})
+    found = extract_answer(text, last_number=last_number_fallback)
+    info = {"extracted": found.text, "method": found.method} if found else {}
+    g = normalize_answer(gold_text(str(gold)))
+    a = normalize_answer(found.text) if found else None
+    if a is None and (simple_value(g) is not None or _simple_structure(g) is not None):
+        return RewardResult(0.0, "no_answer", {})  # a plain-number gold surely parses
+    verdict = simple_compare(g, a) if a is not None else None
+    if verdict is not None:  # exact numbers: decided here, no worker needed
+        return RewardResult(1.0 if verdict else 0.0, "correct" if verdict else "wrong", {**info, "rule": "number"})
+    return (g, a), info
 
 
 _VERIFIERS: dict[tuple[float, int], MathVerifier] = {}
