@@ -32,6 +32,16 @@ def _on_cpu() -> bool:
     return current_platform.is_cpu()
 
 
+def _generation_eos(model: str) -> int | list[int] | None:
+    """The checkpoint's generation-config eos ids (what the hf engine stops at too), or None."""
+    from transformers import GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(model).eos_token_id
+    except OSError:  # no generation_config.json: the tokenizer's eos and the template's end-of-turn remain
+        return None
+
+
 class VLLMEngine:
     name = "vllm"
 
@@ -82,7 +92,7 @@ class VLLMEngine:
                 f"vLLM could not start on model {self.model!r} ({type(err).__name__}: {err}). Check the model folder, "
                 "max_model_len and memory options (see docs/engines.md), or use --engine hf"
             ) from err
-        self.stop_ids = stop_token_ids(self.tokenizer, self.llm.llm_engine.model_config.hf_config.eos_token_id)
+        self.stop_ids = stop_token_ids(self.tokenizer, _generation_eos(self.model))
 
     def prompt_ids(self, prompt: Prompt) -> list[int]:
         return render_prompt_ids(self.tokenizer, prompt)
