@@ -111,6 +111,9 @@ def load_table(source: str | os.PathLike, required: Sequence[str] = ()) -> pa.Ta
     elif kind == "parquet":
         table = _read_parquet_files([Path(source)], source)
     elif kind == "dir":
+        manifest = read_manifest(source)
+        if manifest and manifest.get("complete") and manifest.get("rows_out") == 0:
+            raise UserError(f"{source}: empty dataset (the {manifest.get('stage')} stage that wrote it produced 0 rows)")
         table = _read_parquet_files(shard_files(source), source)
     else:
         table = _read_hub(source)

@@ -101,7 +101,7 @@ def run_pipeline(path: str, only: list[str] | None = None, overwrite: bool = Fal
         argv = stage_argv(stage, outputs, workdir)
         if only and stage["name"] not in only:
             continue
-        if overwrite and stage["command"] != "train":
+        if overwrite and stage["command"] not in ("train", "stats", "export"):
             argv.append("--overwrite")
         key = hashlib.sha256(json.dumps(argv).encode()).hexdigest()[:16]
         if stage["command"] in TRAIN_COMMANDS and state.get(stage["name"]) == key:
