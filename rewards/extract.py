@@ -14,11 +14,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-_BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*(\{|\s+(?=\S))")
+# Patterns avoid nested or adjacent `\s*` runs, so a completion made of whitespace cannot make them backtrack
+# quadratically (this runs in the parent, outside any time limit).
+_BOX_RE = re.compile(r"\\(?:boxed|fbox)(?:[ \t]*(\{)|[ \t]+(?=[^\s{]))")
 _ANSWER_IS_RE = re.compile(
-    r"(?:final\s+answer|the\s+answer|answer)\s*(?:is|:|=)\s*:?\s*(?P<ans>[^\n]+)", re.IGNORECASE
+    r"(?:final[ \t]+answer|the[ \t]+answer|answer)[ \t]*(?:is\b|:|=)[ \t]*:?(?P<ans>[^\n]+)",
+    re.IGNORECASE,
 )
-_HASH_RE = re.compile(r"^\s*####\s*(?P<ans>[^\n]+)", re.MULTILINE)
+_HASH_RE = re.compile(r"^[ \t]*####(?P<ans>[^\n]+)", re.MULTILINE)
 _NUMBER_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+")
 
 
@@ -28,39 +31,48 @@ class Extracted:
     method: str  # boxed | answer_is | hashes | last_number
 
 
-def _braced(text: str, start: int) -> str | None:
-    """Content of the brace group whose `{` is at `start`, or None when it never closes."""
-    depth, j = 0, start
-    while j < len(text):
+_BARE_TOKEN = re.compile(r"[^\s$]+")
+
+
+def _closing_braces(text: str) -> dict[int, int]:
+    """Position of each `{` -> position of its matching `}`, in one pass (`\\{`, `\\}` are literal)."""
+    pairs, stack, j, n = {}, [], 0, len(text)
+    while j < n:
         c = text[j]
-        if c == "\\":  # `\{` and `\}` are literal braces, not groups
+        if c == "\\":
             j += 2
             continue
         if c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth == 0:
-                return text[start + 1 : j]
+            stack.append(j)
+        elif c == "}" and stack:
+            pairs[stack.pop()] = j
         j += 1
-    return None
+    return pairs
 
 
 def last_boxed(text: str) -> str | None:
-    """Content of the last `\\boxed{...}` or `\\fbox{...}` that closes; `\\boxed 5` gives `5`."""
-    found = None
-    for m in _BOX_RE.finditer(text):
+    """Content of the last `\\boxed{...}` or `\\fbox{...}` that closes; `\\boxed 5` gives `5`.
+
+    Linear in the text, so a completion full of unclosed boxes costs one pass, not one pass per box.
+    """
+    matches = list(_BOX_RE.finditer(text))
+    if not matches:
+        return None
+    closing = _closing_braces(text) if any(m.group(1) == "{" for m in matches) else {}
+    for m in reversed(matches):
         if m.group(1) == "{":
-            inner = _braced(text, m.end() - 1)
+            end = closing.get(m.end() - 1)
+            if end is not None:
+                return text[m.end() : end]
         else:
-            tail = re.match(r"[^\s$]+", text[m.end() :])
-            inner = tail.group(0) if tail else None
-        if inner is not None:
-            found = inner
-    return found
+            tail = _BARE_TOKEN.match(text, m.end())
+            if tail:
+                return tail.group(0)
+    return None
 
 
 def _clean_phrase(ans: str) -> str:
+    ans = ans[:1000].strip().lstrip(":").strip()  # an answer phrase is short; bounds work on a hostile line
     ans = re.split(r"(?<!\d)\.\s|\.\s+(?=[A-Z])|,?\s+(?:because|since|so|which)\s", ans.strip())[0]
     # "$\frac{1}{2}$." -> "\frac{1}{2}": drop wrapping dollars / bold and trailing sentence punctuation.
     ans = re.sub(r"^\*+|\*+$", "", ans).strip()

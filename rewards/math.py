@@ -7,7 +7,8 @@ Pipeline per row: take the final answer out of the completion (`rewards.extract`
 (units, currency, `percent`, scientific notation, `\\left`/`\\right`...), then decide equivalence with
 math-verify (gold parsed first, `verify(gold, answer)` in that order, because verify is asymmetric), falling
 back to a guarded sympy parse of plain-text answers where math-verify's LaTeX reading gives up (`pi/2`).
-Every check runs in a worker process under a hard wall-clock limit (`rewards.pool`); identical normalized
+Exact numbers, fractions, percents and number lists are decided in the parent without sympy; every other
+check runs in a worker process under a hard wall-clock limit (`rewards.pool`). Identical normalized
 (gold, answer) pairs are checked once per process and cached.
 
 Reasons: `correct` (1), `wrong` (0), `no_answer` (0), `gold_unparseable` (None), `timeout` (None),
@@ -61,6 +62,8 @@ def normalize_answer(s: str) -> str:
             s = s[2:-2].strip()
     for pat, rep in _WRAPPERS:
         s = re.sub(pat, rep, s)
+    if len(s) > 500:  # long answers skip the unit rules (their regexes backtrack); math-verify still reads them
+        return s
     s = _PERCENT_WORD.sub(r"\1\\%", s)
     s = re.sub(r"^(?:\\\$|\$|US\$|USD)\s*", "", s)  # currency prefix
     s = re.sub(r"\s+", " ", s).strip().rstrip(".").strip()

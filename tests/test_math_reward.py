@@ -336,10 +336,24 @@ def _call_math_reward(pair):
     ("Answer: 12 because 3*4", ("12", "answer_is")),
     ("text\n#### 1,000\n", ("1,000", "hashes")),
     ("nothing to see", None),
+    ("The answer is:\n\n5", None),
+    ("The answer isn't clear", None),
 ])
 def test_extract_answer(text, want):
     got = extract_answer(text)
     assert (got.text, got.method) == want if want else got is None
+
+
+def test_hostile_completions_are_read_in_one_pass(verifier):
+    """Extraction runs in the parent with no time limit, so its regexes must stay linear on hostile text.
+
+    Each of these would take minutes with a backtracking pattern; here the batch simply has to finish.
+    """
+    hostile = ["\\boxed{" * 100_000, "answer is" + " " * 100_000, "answer is " + "\n" * 100_000,
+               "#### " + " " * 100_000, "\\boxed" + " " * 100_000, "The answer is 5" + " a" * 50_000 + "!",
+               "\n" * 200_000 + "x"]
+    rs = verifier.score(hostile, ["5"] * len(hostile))
+    assert [r.reason for r in rs] == ["no_answer"] * 5 + ["wrong", "no_answer"]
 
 
 def test_gold_text_and_normalize():
