@@ -194,10 +194,10 @@ def main() -> None:
     t_dt, rem_dt = run_datatrove(work / "corpus.jsonl", work / "datatrove", bands, rows)
     results["datatrove minhash"] = (t_dt, rem_dt)
 
-    print(f"\n{'tool':<20} {'seconds':>8} {'docs/s':>9} {'removed':>8} {'precision':>10} {'recall':>8} {'FP':>6} {'FN':>6}")
+    print(f"\n{'tool':<20} {'seconds':>8} {'docs/s':>9} {'removed':>8} {'precision':>10} {'recall':>8} {'F1':>7} {'FP':>6} {'FN':>6}")
     for name, (dt, removed) in results.items():
         p, r, tp, fp, fn = score(removed, ids, groups)
-        print(f"{name:<20} {dt:>8.1f} {len(ids) / dt:>9.0f} {len(removed):>8} {p:>10.4f} {r:>8.4f} {fp:>6} {fn:>6}")
+        print(f"{name:<20} {dt:>8.1f} {len(ids) / dt:>9.0f} {len(removed):>8} {p:>10.4f} {r:>8.4f} {2 * p * r / max(p + r, 1e-9):>7.4f} {fp:>6} {fn:>6}")
     print(f"\nspeed ratio (prefsmith / datatrove docs/s): {t_dt / t_ours:.2f}x")
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
