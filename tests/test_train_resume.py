@@ -28,7 +28,7 @@ def _cmd(model: Path, data: Path, out: Path, cache: Path, *extra: str) -> list[s
             "--no-progress", "--no-plots", "--ref-cache-dir", str(cache), *extra]
 
 
-def test_killed_run_resumes_to_identical_weights(tiny_model, tmp_path):
+def test_killed_run_resumes_to_identical_weights(tiny_model, tmp_path, capsys):
     rng = random.Random(2)
     rows = []
     for i in range(20):
@@ -71,3 +71,11 @@ def test_killed_run_resumes_to_identical_weights(tiny_model, tmp_path):
     assert [r["loss"] for r in resumed_log] == pytest.approx([r["loss"] for r in full_log], abs=1e-6)
     assert len(list_checkpoints(out)) == 2  # --save-total-limit default keeps the newest two
     assert json.loads((out / "run_info.json").read_text())["ref_cache"]["train"]["hit"] is True
+
+    # resuming with a setting that changes the data order is refused with a message naming it
+    from trainers.cli import main
+
+    args = _cmd(tiny_model, data, out, cache, "--resume")[3:]
+    args[args.index("--batch-size") + 1] = "5"
+    assert main(args) == 2
+    assert "--batch-size 4 -> 5" in capsys.readouterr().err

@@ -208,8 +208,12 @@ def lr_lambda(step: int, total: int, warmup: int, kind: str) -> float:
 
 
 # ------------------------------------------------------------------------------------------------ reference
-def _reference_logps(cfg: TrainConfig, algo, examples: list[dict], tokenizer, d: Dist, what: str, info: dict):
-    """(N, len(algo.ref_keys)) summed reference log-probs, from the disk cache or one pass of the reference."""
+def _reference_logps(cfg: TrainConfig, algo, examples: list[dict], tokenizer, d: Dist, what: str, info: dict,
+                     initial_policy=None):
+    """(N, len(algo.ref_keys)) summed reference log-probs, from the disk cache or one pass of the reference.
+
+    `initial_policy` is the freshly loaded, not yet trained policy: when the reference is the policy's own
+    starting point it is scored with that model instead of loading a second copy."""
     if not examples:
         return torch.zeros(0, len(algo.ref_keys))
     ref_path = cfg.ref_model or cfg.model
@@ -226,7 +230,8 @@ def _reference_logps(cfg: TrainConfig, algo, examples: list[dict], tokenizer, d:
         info[what] = {"key": key, "hit": True, "forward_passes": 0}
         return values
     _log(d, f"{what}: computing reference log-probs for {len(examples)} examples with {ref_path}")
-    model = _load_model(ref_path, cfg, tokenizer, for_rm=False).to(d.device).eval()
+    model = initial_policy if initial_policy is not None else _load_model(ref_path, cfg, tokenizer, for_rm=False)
+    model = model.to(d.device).eval()
     mine = list(range(d.rank, len(examples), d.world))
     mine.sort(key=lambda i: examples[i]["length"])
     bs = max(1, cfg.batch_size // (d.world * cfg.grad_accum))
@@ -243,7 +248,7 @@ def _reference_logps(cfg: TrainConfig, algo, examples: list[dict], tokenizer, d:
                 passes += 1
             for j, i in enumerate(idx):
                 local[i] = [float(c[j]) for c in cols]
-    del model
+    del model  # the caller keeps the policy; a separately loaded reference is freed here
     gathered = [local]
     if d.world > 1:
         gathered = [None] * d.world
@@ -320,6 +325,8 @@ def train(cfg: TrainConfig) -> TrainResult:
                             "another --output")
     if cfg.resume and resume_dir is None:
         _log(d, f"--resume: no checkpoint in {out / ckpt.CHECKPOINT_DIR}, starting from the beginning")
+    if resume_dir is not None:
+        _check_resumable(resume_dir, cfg)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -343,14 +350,15 @@ def train(cfg: TrainConfig) -> TrainResult:
         raise UserDataError(f"{cfg.data}: no trainable examples")
     eval_examples = [e for e in eval_examples if e["units"] > 0]
 
+    model = _load_model(resume_dir if resume_dir and not cfg.lora_r else cfg.model, cfg, tokenizer,
+                        for_rm=cfg.algorithm == "rm")
     ref_info: dict = {}
     ref = eval_ref = None
     if algo.ref_keys:
-        ref = _reference_logps(cfg, algo, examples, tokenizer, d, "train", ref_info)
-        eval_ref = _reference_logps(cfg, algo, eval_examples, tokenizer, d, "eval", ref_info)
-
-    model = _load_model(resume_dir if resume_dir and not cfg.lora_r else cfg.model, cfg, tokenizer,
-                        for_rm=cfg.algorithm == "rm")
+        # Before the first step (and before LoRA wraps it) the policy *is* the default reference.
+        same = cfg.ref_model is None and (resume_dir is None or cfg.lora_r)
+        ref = _reference_logps(cfg, algo, examples, tokenizer, d, "train", ref_info, model if same else None)
+        eval_ref = _reference_logps(cfg, algo, eval_examples, tokenizer, d, "eval", ref_info, model if same else None)
     if cfg.lora_r:
         model = _apply_lora(model, cfg, resume_dir)
     model.to(d.device).train()
@@ -447,6 +455,20 @@ def train(cfg: TrainConfig) -> TrainResult:
         dist.barrier()
     return TrainResult(output=out, steps=state.step, train_metrics=last_train, eval_metrics=last_eval,
                        ref_cache_hits={k: v["hit"] for k, v in ref_info.items()})
+
+
+# Settings that fix which examples each step sees; changing them makes "continue at batch k" meaningless.
+_RESUME_INVARIANTS = ("algorithm", "data", "model", "batch_size", "seed", "max_length", "shuffle", "eval_split",
+                      "eval_data", "lora_r")
+
+
+def _check_resumable(resume_dir: Path, cfg: TrainConfig) -> None:
+    saved = json.loads((resume_dir / "prefsmith_train.json").read_text())
+    changed = [k for k in _RESUME_INVARIANTS if k in saved and saved[k] != getattr(cfg, k)]
+    if changed:
+        diffs = ", ".join(f"--{k.replace('_', '-')} {saved[k]!r} -> {getattr(cfg, k)!r}" for k in changed)
+        raise UserDataError(f"cannot --resume {resume_dir}: {diffs} changed since the checkpoint (they decide the "
+                            "data order); rerun with the original values or start a new --output")
 
 
 def _checkpoint(model, tokenizer, optimizer, scheduler, state, cfg: TrainConfig, d: Dist) -> None:
