@@ -61,6 +61,9 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--hf-prompt-batch-size", type=int, default=1, help="hf: prompts per generate() call")
+    parser.add_argument("--hf-threads", type=int, default=None,
+                        help="hf: torch threads (default: torch's). On a busy machine 1 can be far faster: idle "
+                             "OpenMP threads spin while waiting for a core")
     args = parser.parse_args()
 
     model = args.model
@@ -74,9 +77,10 @@ def main() -> None:
     prompts = make_prompts(args.prompts)
     sampling = SamplingConfig(n=args.n, temperature=args.temperature, max_new_tokens=args.max_new_tokens)
     print(f"model {model}\n{len(prompts)} chat prompts x n={args.n}, max_new_tokens={args.max_new_tokens}, "
-          f"temperature={args.temperature}, {os.cpu_count()} CPUs")
+          f"temperature={args.temperature}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, "
+          f"hf threads {args.hf_threads or 'default'}, hf prompt batch {args.hf_prompt_batch_size}")
 
-    hf = run("hf", model, prompts, sampling, prompt_batch_size=args.hf_prompt_batch_size)
+    hf = run("hf", model, prompts, sampling, prompt_batch_size=args.hf_prompt_batch_size, num_threads=args.hf_threads)
     vllm = run("vllm", model, prompts, sampling)
     for name, r in (("hf", hf), ("vllm", vllm)):
         print(f"{name:5s} startup {r['startup_s']:6.1f} s | {r['tokens']:6d} tokens in {r['seconds']:7.2f} s "

@@ -212,12 +212,14 @@ def test_derive_seed_is_stable_and_distinct():
     assert all(0 <= s < 2**31 for s in seeds)
 
 
-def test_bad_model_path_and_engine_name_raise_clear_errors(tmp_path):
+def test_bad_model_path_and_engine_name_raise_clear_errors(tmp_path, hf):
     with pytest.raises(EngineError, match="does not exist"):
         load_engine("hf", str(tmp_path / "missing_model"))
     with pytest.raises(EngineError, match="no config.json"):
         load_engine("hf", str(tmp_path))
     with pytest.raises(EngineError, match="unknown engine"):
         load_engine("tgi", str(tmp_path))
+    with pytest.raises(EngineError, match="empty prompt"):
+        hf.generate(["ok", ""], SamplingConfig(max_new_tokens=2), seeds=[0, 1])
     with pytest.raises(EngineError, match="cannot load"):
         load_engine("hf", "nobody-org/no-such-model-xyz")  # offline hub name

@@ -73,7 +73,10 @@ def render_prompt_ids(tokenizer: Any, prompt: Prompt) -> list[int]:
     as vLLM and the `completions` endpoint do. A chat ending in an assistant turn is continued, not closed.
     """
     if isinstance(prompt, str):
-        return list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+        ids = list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+        if not ids:
+            raise EngineError("empty prompt string (no tokens, and the tokenizer adds no BOS): drop or fill that row")
+        return ids
     if not prompt:
         raise EngineError("empty chat prompt (no messages): give at least one {role, content} message")
     continue_final = prompt[-1].get("role") == "assistant"

@@ -29,6 +29,7 @@ class HFOptions:
     device: str = "auto"  # cpu | cuda | cuda:N | auto (cuda when available)
     dtype: str = "auto"  # auto: float32 on CPU, bfloat16 on GPU
     prompt_batch_size: int = 1  # >1 batches prompts together (faster, but batch-dependent samples)
+    num_threads: int | None = None  # CPU: torch intra-op threads (process-wide); None keeps torch's setting
 
 
 def _pick_device(device: str) -> str:
@@ -46,11 +47,20 @@ def _pick_dtype(dtype: str, device: str) -> torch.dtype:
 class HFEngine:
     name = "hf"
 
-    def __init__(self, model: str, device: str = "auto", dtype: str = "auto", prompt_batch_size: int = 1) -> None:
+    def __init__(
+        self,
+        model: str,
+        device: str = "auto",
+        dtype: str = "auto",
+        prompt_batch_size: int = 1,
+        num_threads: int | None = None,
+    ) -> None:
         from transformers import AutoModelForCausalLM
 
         self.model = resolve_model_path(model)
-        self.options = HFOptions(device=device, dtype=dtype, prompt_batch_size=prompt_batch_size)
+        self.options = HFOptions(device, dtype, prompt_batch_size, num_threads)
+        if num_threads is not None:
+            torch.set_num_threads(num_threads)
         self.device = _pick_device(device)
         self.tokenizer = load_tokenizer(self.model)
         try:
@@ -101,8 +111,11 @@ class HFEngine:
         result = self.lm.generate(input_ids=input_ids, attention_mask=attention, generation_config=config)
         new_tokens = result.sequences[:, width:]
         # scores are the processed logits each token was sampled from (after temperature and top-p masking)
-        logprobs = torch.stack(result.scores, dim=1).float().log_softmax(-1)
-        picked = logprobs.gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
+        # one step at a time: stacking all steps' full-vocabulary scores would double generate's peak memory
+        picked = torch.stack(
+            [step.float().log_softmax(-1).gather(-1, new_tokens[:, t : t + 1])[:, 0] for t, step in enumerate(result.scores)],
+            dim=1,
+        )
         samples = [self._sample(new_tokens[r].tolist(), picked[r].tolist()) for r in range(new_tokens.shape[0])]
         return [samples[i * sampling.n : (i + 1) * sampling.n] for i in range(len(batch))]
 
