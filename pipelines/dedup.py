@@ -17,7 +17,8 @@ pass 2  read the input again and write the rows each cluster keeps (`--keep firs
 `--index DIR` keeps the representatives of earlier rounds (ids, exact keys, signatures) on disk: they are
 loaded into the LSH index first, rows matching them are removed (`duplicate_of` = the earlier round's id), and
 this round's kept rows are appended. Memory: per input row ~30 bytes of bookkeeping plus `num_perm` x 4 bytes
-of signature (512 B at 128 perms), plus the LSH index over cluster representatives; see docs/hygiene.md.
+of signature (512 B at 128 perms), plus ~5 KB per cluster representative in the LSH index, plus one batch's
+working set; see docs/hygiene.md for the measured numbers.
 """
 from __future__ import annotations
 
