@@ -11,6 +11,7 @@ from rewards.result import RewardResult, completion_text, trl_reward
 
 _LAZY = {
     "math_reward": "rewards.math",
+    "math_last_number_reward": "rewards.math",
     "code_reward": "rewards.code",
     "code_fraction_reward": "rewards.code",
     "think_format_reward": "rewards.format",

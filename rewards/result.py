@@ -41,6 +41,7 @@ def trl_reward(results_fn: Callable[..., list[RewardResult]]) -> Callable[..., l
         return scores(results_fn(prompts, completions, **columns))
 
     reward.__name__ = results_fn.__name__.removesuffix("_results") + "_reward"
+    reward.__module__ = results_fn.__module__  # so pickle finds it as module.name
     reward.__qualname__ = reward.__name__
     reward.__doc__ = results_fn.__doc__
     reward.results = results_fn  # type: ignore[attr-defined]
