@@ -110,7 +110,7 @@ def test_sft_messages_learns_and_masks_prompt(tiny_model, tmp_path):
 
 def test_kto_reads_manifest_weights_and_logs_kl(tiny_model, tmp_path):
     data = kto_data(tmp_path / "kto", manifest={"kto": {"desirable_weight": 1.0, "undesirable_weight": 1.7}})
-    result = train(cfg_for("kto", tiny_model, data, tmp_path / "run", eval_split=0.25))
+    result = train(cfg_for("kto", tiny_model, data, tmp_path / "run", eval_split=0.25, group_by_length=False))
     saved = json.loads((tmp_path / "run" / "prefsmith_train.json").read_text())
     assert (saved["desirable_weight"], saved["undesirable_weight"]) == (1.0, 1.7)
     recs = [r for r in read_metrics(result.output) if r["split"] == "train"]

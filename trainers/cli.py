@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=42)
     g.add_argument("--max-length", type=int, default=1024, help="truncate prompt+completion to N tokens")
     g.add_argument("--no-shuffle", action="store_true", help="length-sorted order instead of seeded shuffling")
+    g.add_argument("--no-group-by-length", action="store_true",
+                   help="seeded random batches instead of batches of similar length")
     g = p.add_argument_group("checkpoints")
     g.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps")
     g.add_argument("--save-total-limit", type=int, default=2, help="keep the newest N checkpoints")
@@ -78,6 +80,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         warmup_ratio=args.warmup_ratio, scheduler=args.scheduler, weight_decay=args.weight_decay,
         max_grad_norm=args.max_grad_norm, dtype=args.dtype, seed=args.seed, max_length=args.max_length,
         eval_data=args.eval_data, eval_split=args.eval_split, eval_every=args.eval_every, shuffle=not args.no_shuffle,
+        group_by_length=not args.no_group_by_length,
         save_every=args.save_every, save_total_limit=args.save_total_limit, resume=args.resume,
         no_reference=args.no_reference, ref_model=args.ref_model, ref_cache_dir=args.ref_cache_dir,
         loss=args.loss, beta=args.beta, label_smoothing=args.label_smoothing, simpo_gamma=args.simpo_gamma,

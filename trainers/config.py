@@ -44,6 +44,7 @@ class TrainConfig:
     eval_split: float = 0.0
     eval_every: int = 0
     shuffle: bool = True
+    group_by_length: bool = True
     # checkpoints
     save_every: int = 0
     save_total_limit: int = 2

@@ -266,6 +266,15 @@ def _reference_logps(cfg: TrainConfig, algo, examples: list[dict], tokenizer, d:
 
 
 # ------------------------------------------------------------------------------------------------ steps
+def epoch_batches(lengths: list[int], cfg: TrainConfig, epoch: int) -> list[list[int]]:
+    """The epoch's batches of example indices: a pure function of (lengths, seed, epoch, batch size), so every
+    process and every resumed run sees the same order."""
+    if cfg.group_by_length or not cfg.shuffle:
+        return length_batches(lengths, cfg.batch_size, cfg.seed + epoch, shuffle=cfg.shuffle)
+    order = np.random.default_rng(cfg.seed + epoch).permutation(len(lengths)).tolist()
+    return [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+
+
 def _micro_batches(indices: list[int], examples: list[dict], d: Dist, grad_accum: int) -> list[list[int]]:
     """This process's micro-batches of one step: the step sorted by length, cut into world×accum chunks."""
     ordered = sorted(indices, key=lambda i: examples[i]["length"])
@@ -392,7 +401,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     last_train: dict = {}
     last_eval: dict = {}
     while state.step < total_steps:
-        batches = length_batches(lengths, cfg.batch_size, cfg.seed + state.epoch, shuffle=cfg.shuffle)
+        batches = epoch_batches(lengths, cfg, state.epoch)
         while state.batch_in_epoch < len(batches) and state.step < total_steps:
             t0 = time.perf_counter()
             indices = batches[state.batch_in_epoch]
@@ -458,8 +467,8 @@ def train(cfg: TrainConfig) -> TrainResult:
 
 
 # Settings that fix which examples each step sees; changing them makes "continue at batch k" meaningless.
-_RESUME_INVARIANTS = ("algorithm", "data", "model", "batch_size", "seed", "max_length", "shuffle", "eval_split",
-                      "eval_data", "lora_r")
+_RESUME_INVARIANTS = ("algorithm", "data", "model", "batch_size", "seed", "max_length", "shuffle",
+                      "group_by_length", "eval_split", "eval_data", "lora_r")
 
 
 def _check_resumable(resume_dir: Path, cfg: TrainConfig) -> None:
