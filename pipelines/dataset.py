@@ -17,8 +17,9 @@ import hashlib
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -163,28 +164,15 @@ def fingerprint(source: str | os.PathLike) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- writing
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def write_parquet_atomic(table: pa.Table, path: Path) -> None:
-    """Write to a temp file in the same directory, fsync, then rename: a reader never sees half a shard."""
+@contextmanager
+def _atomic_path(path: Path) -> Iterator[str]:
+    """Yield a temp path in `path`'s directory; on success fsync it and rename it onto `path`, so a reader
+    never sees half a file (a kill leaves only a hidden `.NAME.*.tmp`, which the runner removes)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        pq.write_table(table, tmp)
+        yield tmp
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -192,6 +180,16 @@ def write_parquet_atomic(table: pa.Table, path: Path) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    with _atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+
+
+def write_parquet_atomic(table: pa.Table, path: Path) -> None:
+    with _atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 def rows_to_table(rows: Sequence[dict]) -> pa.Table:

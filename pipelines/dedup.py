@@ -398,7 +398,7 @@ def _round_key(cfg: DedupConfig, input_fp: str) -> str:
 def dedup(input: str, output: str, config: DedupConfig | None = None, *, index: str | None = None,
           overwrite: bool = False, progress: bool = True, log=lambda m: print(m, file=sys.stderr)) -> DedupResult:
     """Deduplicate `input` into the dataset directory `output` (see module docstring)."""
-    from pipelines.runner import _versions
+    from pipelines.runner import versions
 
     t0 = time.time()
     cfg = config or DedupConfig()
@@ -441,7 +441,7 @@ def dedup(input: str, output: str, config: DedupConfig | None = None, *, index: 
                   "rows_before": len(idx.ids)} if index_dir else None,
         "lsh": {"bands": lsh.b, "rows_per_band": lsh.r},
         "rows_in": inp.rows, "rows_out": None, "complete": False, "num_shards": 0, "completed_shards": [],
-        "versions": _versions(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": versions(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     ds.write_manifest(out, manifest)
 

@@ -94,7 +94,7 @@ def _describe_change(old: dict, new: dict) -> str:
     return "; ".join(changes) or "format version"
 
 
-def _versions() -> dict[str, str]:
+def versions() -> dict[str, str]:
     from importlib import metadata
 
     out = {"python": sys.version.split()[0]}
@@ -144,7 +144,7 @@ def run_stage(
         "rows_in": table.num_rows,
         "rows_out": None,
         "complete": False,
-        "versions": _versions(),
+        "versions": versions(),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
