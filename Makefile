@@ -40,6 +40,7 @@ test-fast: venv
 	$(BIN)/python -m pytest -q tests -m "not slow"
 
 bench: venv
+	$(PIP) install -e '.[bench]'
 	$(BIN)/python bench/generate.py
 	$(BIN)/python bench/rewards.py
 	$(BIN)/python bench/dedup.py
