@@ -126,22 +126,18 @@ class OpenAIEngine:
     async def _one_prompt(self, client: Any, gate: asyncio.Semaphore, prompt: Prompt, sampling: SamplingConfig, seed: int) -> list[Sample]:
         keys = [self._cache_key(prompt, sampling, seed, j) for j in range(sampling.n)]
         samples: list[Sample | None] = [self._cache_get(k) for k in keys]
-        missing = [j for j, s in enumerate(samples) if s is None]
-        if len(missing) == sampling.n and sampling.n > 1 and self.honours_n is not False:
+        if all(s is None for s in samples) and sampling.n > 1 and self.honours_n is not False:
             got = await self._request(client, gate, prompt, sampling, seed, sampling.n)
             if self.honours_n is None and not got[0].finish_reason.startswith("error:"):
                 self.honours_n = len(got) >= sampling.n
             for j, sample in enumerate(got[: sampling.n]):
-                samples[j] = sample
-        jobs = [j for j, s in enumerate(samples) if s is None]
-        singles = await asyncio.gather(
-            *(self._request(client, gate, prompt, sampling, derive_seed(seed, j), 1) for j in jobs)
-        )
-        for j, got in zip(jobs, singles):
-            samples[j] = got[0]
-        for key, sample in zip(keys, samples):
-            if not sample.finish_reason.startswith("error:"):
-                self._cache_put(key, sample)
+                samples[j] = self._cache_put(keys[j], sample)
+
+        async def one(j: int) -> None:  # each sample is cached as soon as it arrives: a failure costs only itself
+            [sample, *_] = await self._request(client, gate, prompt, sampling, derive_seed(seed, j), 1)
+            samples[j] = self._cache_put(keys[j], sample)
+
+        await asyncio.gather(*(one(j) for j, s in enumerate(samples) if s is None))
         return samples  # type: ignore[return-value]
 
     async def _request(self, client: Any, gate: asyncio.Semaphore, prompt: Prompt, sampling: SamplingConfig, seed: int, n: int) -> list[Sample]:
@@ -177,7 +173,7 @@ class OpenAIEngine:
                     continue
                 if self.on_error == "sample" and retryable:
                     why = f"error:{type(err).__name__}: {str(err)[:200]}"
-                    return [Sample(text="", token_ids=None, logprobs=None, finish_reason=why)] * n
+                    return [Sample(text="", token_ids=None, logprobs=None, finish_reason=why) for _ in range(n)]
                 raise EngineError(
                     f"request to {self.base_url} for model {self.model!r} failed after {attempt + 1} attempts: "
                     f"{type(err).__name__}: {err}. Finished samples are cached; rerun to continue"
@@ -253,14 +249,16 @@ class OpenAIEngine:
         except (OSError, ValueError, TypeError):  # absent, or a torn/foreign file: fetch again
             return None
 
-    def _cache_put(self, key: str, sample: Sample) -> None:
-        if self.cache_dir is None:
-            return
+    def _cache_put(self, key: str, sample: Sample) -> Sample:
+        """Store a finished sample (never an error one) and return it."""
+        if self.cache_dir is None or sample.finish_reason.startswith("error:"):
+            return sample
         path = self._cache_path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
             json.dump(asdict(sample), tmp)
         os.replace(tmp.name, path)
+        return sample
 
 
 def _local_tokenizer(name: str) -> Any:
