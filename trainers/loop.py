@@ -320,6 +320,26 @@ def _save_final(model, tokenizer, cfg: TrainConfig) -> None:
     cfg.save(out / "prefsmith_train.json")
 
 
+def _prepare_examples(cfg: TrainConfig, tokenizer, d: Dist):
+    """Read, split and tokenize the data; returns (algorithm, train examples, eval examples)."""
+    train_rows, eval_rows = _split_eval(_read_rows(cfg.data, cfg.algorithm), cfg)
+    if cfg.algorithm == "kto":
+        _kto_defaults(cfg, train_rows, d)
+    algo = make_algorithm(cfg)
+    examples = algo.encode(train_rows, tokenizer, cfg, cfg.data)
+    eval_examples = algo.encode(eval_rows, tokenizer, cfg, cfg.eval_data or cfg.data) if eval_rows else []
+    truncated = sum(any(isinstance(v, dict) and v.get("truncated") for v in e.values()) for e in examples)
+    if truncated:
+        _log(d, f"{truncated} of {len(examples)} training examples were truncated to --max-length {cfg.max_length}")
+    dropped = [i for i, e in enumerate(examples) if e["units"] == 0]
+    if dropped:
+        _log(d, f"skipping {len(dropped)} examples with no trainable tokens (first: row {dropped[0]})")
+        examples = [e for e in examples if e["units"] > 0]
+    if not examples:
+        raise UserDataError(f"{cfg.data}: no trainable examples")
+    return algo, examples, [e for e in eval_examples if e["units"] > 0]
+
+
 # ------------------------------------------------------------------------------------------------ train
 def train(cfg: TrainConfig) -> TrainResult:
     """Run (or resume) one training run; returns final metrics. Call it from every process under torchrun."""
@@ -341,24 +361,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     np.random.seed(cfg.seed)
 
     tokenizer = _load_tokenizer(cfg.model)
-    rows = _read_rows(cfg.data, cfg.algorithm)
-    train_rows, eval_rows = _split_eval(rows, cfg)
-    if cfg.algorithm == "kto":
-        _kto_defaults(cfg, train_rows, d)
-    algo = make_algorithm(cfg)
-    examples = algo.encode(train_rows, tokenizer, cfg, cfg.data)
-    eval_examples = algo.encode(eval_rows, tokenizer, cfg, cfg.eval_data or cfg.data) if eval_rows else []
-    truncated = sum(any(isinstance(v, dict) and v.get("truncated") for v in e.values()) for e in examples)
-    if truncated:
-        _log(d, f"{truncated} of {len(examples)} training examples were truncated to --max-length {cfg.max_length}")
-    dropped = [i for i, e in enumerate(examples) if e["units"] == 0]
-    if dropped:
-        _log(d, f"skipping {len(dropped)} examples with no trainable tokens (first: row {dropped[0]})")
-        examples = [e for e in examples if e["units"] > 0]
-    if not examples:
-        raise UserDataError(f"{cfg.data}: no trainable examples")
-    eval_examples = [e for e in eval_examples if e["units"] > 0]
-
+    algo, examples, eval_examples = _prepare_examples(cfg, tokenizer, d)
     model = _load_model(resume_dir if resume_dir and not cfg.lora_r else cfg.model, cfg, tokenizer,
                         for_rm=cfg.algorithm == "rm")
     ref_info: dict = {}
