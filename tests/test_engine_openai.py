@@ -1,6 +1,7 @@
 """The `openai` engine against a real `transformers serve` on loopback, started here on the tiny model."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -16,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from test_engines import CHAT, make_stopping_model
+from test_engines import CHAT, make_stopping_model, rescore
 
 from pipelines.engines import EngineError, SamplingConfig, load_engine
-from pipelines.engines.base import derive_seed
+from pipelines.engines.base import derive_seed, render_prompt_ids
 
 pytest.importorskip("fastapi", reason="transformers serve needs fastapi and uvicorn")
 pytest.importorskip("uvicorn", reason="transformers serve needs fastapi and uvicorn")
@@ -44,33 +45,42 @@ def served_model(tiny_model, tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def server(served_model, tmp_path_factory):
-    """`transformers serve` on a free loopback port; yields (base_url, log file); killed at the end."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("serve") / "server.log"
-    exe = Path(sys.executable).with_name("transformers")
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
+@contextlib.contextmanager
+def serving(command: list[str], port: int, log: Path, startup_s: float = 180):
+    """Run a server command on a loopback port until the block ends; wait (bounded) for GET /health."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE="1")
     with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [str(exe), "serve", str(served_model), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu",
-             "--log-level", "info"],
-            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-        )
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
-        deadline = time.time() + 120
+        deadline = time.time() + startup_s
         while True:
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read()
                 break
             except OSError:
                 if proc.poll() is not None or time.time() > deadline:
-                    pytest.fail(f"transformers serve did not start:\n{log.read_text()[-3000:]}")
+                    pytest.fail(f"{command[:3]} did not start:\n{log.read_text()[-3000:]}")
                 time.sleep(1)
-        yield f"http://127.0.0.1:{port}/v1", log
+        yield f"http://127.0.0.1:{port}/v1"
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(served_model, tmp_path_factory):
+    """`transformers serve` on a free loopback port; yields (base_url, log file)."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("serve") / "server.log"
+    exe = str(Path(sys.executable).with_name("transformers"))
+    command = [exe, "serve", str(served_model), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu",
+               "--log-level", "info"]
+    with serving(command, port, log) as url:
+        yield url, log
 
 
 def engine(server, served_model, **options):
@@ -185,3 +195,29 @@ def test_openai_retries_5xx_and_uses_server_token_ids():
         assert bad.finish_reason.startswith("error:InternalServerError") and bad.text == ""
     finally:
         httpd.shutdown()
+
+
+def test_openai_against_vllm_server_uses_its_ids_and_processed_logprobs(served_model, tmp_path):
+    """vLLM's OpenAI server honours n and seeds and returns token ids; started with
+    `--logprobs-mode processed_logprobs`, its log-probs are the sampling ones, like the offline engine's."""
+    pytest.importorskip("vllm", reason="vllm is not installed")
+    port = free_port()
+    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(served_model),
+               "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--max-model-len", "256",
+               "--enforce-eager", "--logprobs-mode", "processed_logprobs"]
+    with serving(command, port, tmp_path / "vllm.log") as url:
+        client = load_engine("openai", str(served_model), base_url=url, cache_dir=None)
+        prompts = [CHAT, "The answer is"]
+        sampling = SamplingConfig(n=3, temperature=0.9, top_p=0.95, max_new_tokens=8)
+        result = client.generate(prompts, sampling, [1, 2])
+        again = client.generate(prompts, sampling, [1, 2])
+    assert client.honours_n is True and client.optional_fields == {"logprobs", "return_token_ids"}
+    assert result == again
+    assert (tmp_path / "vllm.log").read_text().count("POST /v1/") == 4  # one request per prompt and run
+    for prompt, samples in zip(prompts, result):
+        assert len(samples) == 3
+        prompt_ids = render_prompt_ids(client.tokenizer, prompt)  # what the server renders too
+        for s in samples:
+            assert s.finish_reason in ("stop", "length") and len(s.token_ids) == len(s.logprobs) <= 8
+            assert s.logprobs == pytest.approx(rescore(served_model, prompt_ids, s.token_ids, 0.9, 0.95), abs=1e-4)
+    assert [s.token_ids for s in result[1]] == [[2]] * 3  # this prompt makes the stopping model stop at once
