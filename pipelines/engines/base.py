@@ -155,3 +155,12 @@ def completion_text(tokenizer: Any, token_ids: list[int], finish_reason: str) ->
     engine that has the token ids decodes them this same way, so equal ids give equal text."""
     body = token_ids[:-1] if finish_reason == "stop" and token_ids else token_ids
     return tokenizer.decode(body, skip_special_tokens=True)
+
+
+def per_prompt_seeds(n_prompts: int, sampling: SamplingConfig, seeds: Sequence[int] | None) -> list[int]:
+    """`seeds` checked to hold one seed per prompt; when None, `sampling.seed + i` (batch-position dependent)."""
+    if seeds is None:
+        return [sampling.seed + i for i in range(n_prompts)]
+    if len(seeds) != n_prompts:
+        raise ValueError(f"got {n_prompts} prompts but {len(seeds)} seeds: give one seed per prompt")
+    return [int(s) for s in seeds]

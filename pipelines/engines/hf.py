@@ -18,6 +18,7 @@ from .base import (
     SamplingConfig,
     completion_text,
     load_tokenizer,
+    per_prompt_seeds,
     render_prompt_ids,
     resolve_model_path,
     stop_token_ids,
@@ -75,9 +76,7 @@ class HFEngine:
     def generate(
         self, prompts: Sequence[Prompt], sampling: SamplingConfig, seeds: Sequence[int] | None = None
     ) -> list[list[Sample]]:
-        seeds = list(seeds) if seeds is not None else [sampling.seed + i for i in range(len(prompts))]
-        if len(seeds) != len(prompts):
-            raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds: give one seed per prompt")
+        seeds = per_prompt_seeds(len(prompts), sampling, seeds)
         ids = [render_prompt_ids(self.tokenizer, p) for p in prompts]
         size = max(1, self.options.prompt_batch_size)
         out: list[list[Sample]] = []

@@ -26,7 +26,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
-from .base import EngineError, Prompt, Sample, SamplingConfig, derive_seed, end_of_turn_id, is_chat
+from .base import EngineError, Prompt, Sample, SamplingConfig, derive_seed, end_of_turn_id, is_chat, per_prompt_seeds
 
 DEFAULT_BASE_URL = "http://localhost:8000/v1"
 DEFAULT_CACHE_DIR = Path("~/.cache/prefsmith/openai").expanduser()
@@ -95,9 +95,7 @@ class OpenAIEngine:
     def generate(
         self, prompts: Sequence[Prompt], sampling: SamplingConfig, seeds: Sequence[int] | None = None
     ) -> list[list[Sample]]:
-        seeds = list(seeds) if seeds is not None else [sampling.seed + i for i in range(len(prompts))]
-        if len(seeds) != len(prompts):
-            raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds: give one seed per prompt")
+        seeds = per_prompt_seeds(len(prompts), sampling, seeds)
         coro = self._generate_all(list(prompts), sampling, seeds)
         try:
             asyncio.get_running_loop()

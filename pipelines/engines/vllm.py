@@ -18,6 +18,7 @@ from .base import (
     SamplingConfig,
     completion_text,
     load_tokenizer,
+    per_prompt_seeds,
     render_prompt_ids,
     resolve_model_path,
     stop_token_ids,
@@ -102,9 +103,7 @@ class VLLMEngine:
     ) -> list[list[Sample]]:
         from vllm import SamplingParams
 
-        seeds = list(seeds) if seeds is not None else [sampling.seed + i for i in range(len(prompts))]
-        if len(seeds) != len(prompts):
-            raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds: give one seed per prompt")
+        seeds = per_prompt_seeds(len(prompts), sampling, seeds)
         if not prompts:
             return []
         inputs = [{"prompt_token_ids": self.prompt_ids(p)} for p in prompts]
