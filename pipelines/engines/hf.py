@@ -1,8 +1,11 @@
 """`hf` engine: transformers `generate`, the CPU default.
 
-Each prompt's `n` samples are one batch drawn under `torch.manual_seed(seeds[i])`,
-so a prompt's samples never depend on its neighbours. With `prompt_batch_size > 1` several prompts share a
-left-padded batch seeded by the first prompt's seed: faster, but then samples depend on how the caller batches.
+Prompts are batched (left-padded, `prompt_batch_size` prompts × n samples per `generate` call), yet every
+sample depends only on its own seed: each row draws its token with the Gumbel-max trick from its own
+`torch.Generator` (seeded from the prompt's seed and the sample index), and `generate` runs greedy on the
+result. argmax(log p + Gumbel noise) is an exact draw from p, so this is ordinary sampling from the
+temperature/top-p distribution, made independent of which other prompts share the batch (up to float
+rounding of padded matmuls, which could only matter at an exact tie).
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from .base import (
     Sample,
     SamplingConfig,
     completion_text,
+    derive_seed,
     load_tokenizer,
     per_prompt_seeds,
     render_prompt_ids,
@@ -29,7 +33,7 @@ from .base import (
 class HFOptions:
     device: str = "auto"  # cpu | cuda | cuda:N | auto (cuda when available)
     dtype: str = "auto"  # auto: float32 on CPU, bfloat16 on GPU
-    prompt_batch_size: int = 1  # >1 batches prompts together (faster, but batch-dependent samples)
+    prompt_batch_size: int = 8  # prompts per generate call (samples stay batch-independent)
     num_threads: int | None = None  # CPU: torch intra-op threads (process-wide); None keeps torch's setting
 
 
@@ -45,6 +49,31 @@ def _pick_dtype(dtype: str, device: str) -> torch.dtype:
     return getattr(torch, dtype)
 
 
+class _RowSampler:
+    """A logits processor that samples every row from its own generator (Gumbel-max) and records the
+    log-prob of the drawn token under the processed (temperature, top-p) distribution. It returns a score
+    vector that is 0 at the drawn token and -inf elsewhere, so greedy decoding picks exactly that token."""
+
+    def __init__(self, row_seeds: list[int], sampling: SamplingConfig, device: str) -> None:
+        from transformers import TopPLogitsWarper
+
+        self.generators = [torch.Generator(device=device).manual_seed(s) for s in row_seeds]
+        self.temperature = sampling.temperature
+        self.top_p = TopPLogitsWarper(sampling.top_p) if sampling.top_p < 1.0 else None
+        self.picked: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores = scores.float() / self.temperature
+        if self.top_p is not None:
+            scores = self.top_p(input_ids, scores)
+        logp = scores.log_softmax(-1)
+        uniform = torch.stack([torch.rand(scores.shape[-1], generator=g, device=scores.device) for g in self.generators])
+        gumbel = -torch.log(-torch.log(uniform.clamp(1e-20, 1.0 - 1e-7)))
+        token = (logp + gumbel).argmax(-1, keepdim=True)
+        self.picked.append(logp.gather(-1, token)[:, 0])
+        return torch.full_like(scores, float("-inf")).scatter_(-1, token, 0.0)
+
+
 class HFEngine:
     name = "hf"
 
@@ -53,7 +82,7 @@ class HFEngine:
         model: str,
         device: str = "auto",
         dtype: str = "auto",
-        prompt_batch_size: int = 1,
+        prompt_batch_size: int = 8,
         num_threads: int | None = None,
     ) -> None:
         from transformers import AutoModelForCausalLM
@@ -81,12 +110,12 @@ class HFEngine:
         size = max(1, self.options.prompt_batch_size)
         out: list[list[Sample]] = []
         for start in range(0, len(ids), size):
-            out.extend(self._generate_batch(ids[start : start + size], sampling, seeds[start]))
+            out.extend(self._generate_batch(ids[start : start + size], sampling, seeds[start : start + size]))
         return out
 
     @torch.inference_mode()
-    def _generate_batch(self, batch: list[list[int]], sampling: SamplingConfig, seed: int) -> list[list[Sample]]:
-        from transformers import GenerationConfig
+    def _generate_batch(self, batch: list[list[int]], sampling: SamplingConfig, seeds: list[int]) -> list[list[Sample]]:
+        from transformers import GenerationConfig, LogitsProcessorList
 
         width = max(len(x) for x in batch)
         # each prompt row repeated n times (what num_return_sequences does, but valid for greedy too)
@@ -96,25 +125,24 @@ class HFEngine:
         greedy = sampling.temperature == 0
         # A fresh config: the checkpoint's own defaults (top_k=50, repetition penalties…) must not alter sampling.
         config = GenerationConfig(
-            do_sample=not greedy,
-            temperature=None if greedy else sampling.temperature,
-            top_p=None if greedy else sampling.top_p,
-            top_k=None if greedy else 0,
+            do_sample=False,
             max_new_tokens=sampling.max_new_tokens,
             eos_token_id=self.stop_ids,
             pad_token_id=self.pad_id,
             return_dict_in_generate=True,
-            output_scores=True,
+            output_scores=greedy,
         )
-        torch.manual_seed(seed)
-        result = self.lm.generate(input_ids=input_ids, attention_mask=attention, generation_config=config)
+        sampler = None if greedy else _RowSampler(
+            [derive_seed(seed, k) for seed in seeds for k in range(sampling.n)], sampling, self.device)
+        processors = LogitsProcessorList([sampler] if sampler else [])
+        result = self.lm.generate(input_ids=input_ids, attention_mask=attention, generation_config=config,
+                                  logits_processor=processors)
         new_tokens = result.sequences[:, width:]
-        # scores are the processed logits each token was sampled from (after temperature and top-p masking)
-        # one step at a time: stacking all steps' full-vocabulary scores would double generate's peak memory
-        picked = torch.stack(
-            [step.float().log_softmax(-1).gather(-1, new_tokens[:, t : t + 1])[:, 0] for t, step in enumerate(result.scores)],
-            dim=1,
-        )
+        if sampler:
+            picked = torch.stack(sampler.picked, dim=1)
+        else:  # greedy: log-probs of the model's own distribution (temperature 1)
+            picked = torch.stack([step.float().log_softmax(-1).gather(-1, new_tokens[:, t : t + 1])[:, 0]
+                                  for t, step in enumerate(result.scores)], dim=1)
         samples = [self._sample(new_tokens[r].tolist(), picked[r].tolist()) for r in range(new_tokens.shape[0])]
         return [samples[i * sampling.n : (i + 1) * sampling.n] for i in range(len(batch))]
 
