@@ -162,3 +162,18 @@ def test_cli_errors_and_plot(tiny_model, tmp_path, capsys):
     # plots can be redrawn on demand from metrics.jsonl
     assert prefsmith(["plot", str(tmp_path / "k")]) == 0
     assert "loss.png" in capsys.readouterr().out
+
+
+def test_lora_trains_adapters_and_saves_a_merged_model(tiny_model, tmp_path):
+    from safetensors.torch import load_file
+
+    result = train(cfg_for("dpo", tiny_model, pref_data(tmp_path / "pref"), tmp_path / "lora", lora_r=4, max_steps=3,
+                           save_every=2))
+    ckpt_dir = tmp_path / "lora" / "checkpoints" / "step-00000002"
+    assert (ckpt_dir / "adapter_model.safetensors").exists() and (ckpt_dir / "optimizer.pt").exists()
+    merged = load_file(result.output / "model.safetensors")
+    start = load_file(tiny_model / "model.safetensors")
+    assert merged.keys() == start.keys()  # a plain model: no lora_A / lora_B / base_layer names
+    assert not torch.equal(merged["model.layers.0.self_attn.q_proj.weight"], start["model.layers.0.self_attn.q_proj.weight"])
+    assert torch.equal(merged["model.norm.weight"], start["model.norm.weight"])  # only adapted layers move
+    assert read_metrics(result.output)[-1]["loss"] < 0.6931
