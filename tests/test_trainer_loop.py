@@ -57,7 +57,8 @@ def test_dpo_metrics_plots_final_model_and_ref_cache_reuse(tiny_model, tmp_path)
     assert train_recs[0]["loss"] == pytest.approx(0.6931472, abs=1e-5)
     assert train_recs[0]["rewards/margins"] == pytest.approx(0.0, abs=1e-5)
     assert train_recs[-1]["loss"] < 0.6  # lr 1e-3 separates these pairs quickly
-    assert [r["step"] for r in eval_recs] == [2, 4]
+    assert [r["step"] for r in eval_recs] == [0, 2, 4]  # step 0: the held-out point before training
+    assert eval_recs[0]["eval/loss"] == pytest.approx(0.6931472, abs=1e-5)
     assert 0.0 <= eval_recs[-1]["eval/rewards/accuracies"] <= 1.0
     assert result.eval_metrics["rewards/accuracies"] == eval_recs[-1]["eval/rewards/accuracies"]
     assert {"loss.png", "rewards_accuracies.png", "rewards_margins.png"} <= {p.name for p in (run / "plots").iterdir()}

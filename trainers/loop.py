@@ -403,6 +403,10 @@ def train(cfg: TrainConfig) -> TrainResult:
                file=sys.stderr, dynamic_ncols=True)
     last_train: dict = {}
     last_eval: dict = {}
+    if state.step == 0 and eval_examples:  # the "before" point of every held-out curve
+        before = evaluate(model, algo, eval_examples, eval_ref, ctx, d)
+        if log and before:
+            log.write({"split": "eval", "step": 0, **{f"eval/{k}": v for k, v in before.items()}})
     while state.step < total_steps:
         batches = epoch_batches(lengths, cfg, state.epoch)
         while state.batch_in_epoch < len(batches) and state.step < total_steps:
