@@ -108,21 +108,55 @@ def t_equation(r):
     return f"Solve for x: {a}x {sign} {abs(b)} = {a * x + b}.", x
 
 
-TEMPLATES = [t_add, t_sub_mul, t_money, t_share, t_fraction, t_percent, t_rate, t_age, t_average, t_area,
-             t_negative, t_equation]
+def e_add(r):
+    n, it = r.choice(NAMES), r.choice(ITEMS)
+    a, b = r.randint(1, 9), r.randint(1, 9)
+    return f"{n} has {a} {it} and finds {b} more. How many {it} does {n} have?", a + b
+
+
+def e_sub(r):
+    n, it = r.choice(NAMES), r.choice(ITEMS)
+    a = r.randint(4, 12)
+    b = r.randint(1, a - 1)
+    return f"{n} has {a} {it} and gives away {b}. How many {it} are left?", a - b
+
+
+def e_mul(r):
+    n, it = r.choice(NAMES), r.choice(ITEMS)
+    bags, per = r.randint(2, 5), r.randint(2, 5)
+    return f"{n} has {bags} bags with {per} {it} in each bag. How many {it} does {n} have?", bags * per
+
+
+def e_arith(r):
+    a, b = r.randint(2, 20), r.randint(2, 20)
+    op = r.choice(["+", "-", "*"])
+    return f"What is {max(a, b)} {op} {min(a, b)}?", eval(f"{max(a, b)} {op} {min(a, b)}")  # noqa: S307 (our own digits)
+
+
+# one-step problems with small numbers: the embedded 135M default model solves some of these, so its rollouts
+# get mixed rewards (and therefore preference pairs); the multi-step ones are for stronger policies
+EASY = [e_add, e_sub, e_mul, e_arith]
+MULTI_STEP = [t_add, t_sub_mul, t_money, t_share, t_fraction, t_percent, t_rate, t_age, t_average, t_area,
+              t_negative, t_equation]
+# alternate: multi-step, easy, multi-step, easy ...
+TEMPLATES = [t for pair in zip(MULTI_STEP, EASY * 3) for t in pair]
 
 
 def make(n: int, seed: int, prefix: str, avoid: set[str]) -> list[dict]:
     r = random.Random(seed)
     rows, seen = [], set(avoid)
-    while len(rows) < n:
+    for _attempt in range(100 * n):
+        if len(rows) == n:
+            break
         template = TEMPLATES[len(rows) % len(TEMPLATES)]
         question, answer = template(r)
         if question in seen:
             continue
         seen.add(question)
         rows.append({"id": f"{prefix}-{len(rows):04d}", "prompt": question, "answer": fmt(Fraction(answer)),
-                     "kind": template.__name__[2:]})
+                     "kind": template.__name__[2:], "level": "easy" if template in EASY else "multi-step"})
+    if len(rows) < n:
+        raise RuntimeError(f"templates ran out of distinct problems after {len(rows)} of {n}")
     return rows
 
 
