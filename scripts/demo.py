@@ -39,25 +39,37 @@ def report(outputs: dict[str, str], seconds: float) -> None:
             print(f"{name:>18}: {r['rows']} rollouts of {r['prompts']} prompts, {r['completion_tokens']} tokens "
                   f"({r['mean_completion_tokens']}/completion) at {r['tokens_per_s']} tokens/s; finish reasons {r['finish_reasons']}")
         elif command == "label":
-            s = manifest.get("summary", {})
-            means = s.get("mean", {}) if isinstance(s, dict) else {}
+            summary = manifest.get("summary", {})
+            means = {k: v["mean"] for k, v in summary.get("rewards", {}).items()}
             acc = means.get("math")
-            print(f"{name:>18}: {manifest.get('rows_out')} rows; mean rewards {json.dumps(means)}"
-                  + (f"; math accuracy {acc:.1%}" if isinstance(acc, (int, float)) else ""))
+            print(f"{name:>18}: {manifest.get('rows_out')} rows; mean rewards "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in means.items() if v is not None)
+                  + (f"; math accuracy {acc:.1%}" if acc is not None else ""))
         elif command == "train":
             metrics = Path(out) / "metrics.jsonl"
-            evals = [json.loads(l) for l in metrics.read_text().splitlines() if '"eval' in l] if metrics.exists() else []
+            rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
+            evals = [r for r in rows if r.get("split") == "eval"]
             if evals:
-                first, last = evals[0], evals[-1]
-                keys = [k for k in first if k.startswith("eval") and "accuracy" in k]
-                for k in keys:
-                    print(f"{name:>18}: held-out {k}: {first[k]:.3f} before -> {last.get(k, float('nan')):.3f} after")
+                before, after = evals[0], evals[-1]
+                for key in ("eval/rewards/accuracies", "eval/rewards/margins", "eval/loss"):
+                    if key in before:
+                        print(f"{name:>18}: held-out {key[5:]}: {before[key]:.3f} before training (step {before['step']})"
+                              f" -> {after[key]:.3f} after (step {after['step']})")
             plots = sorted(str(p) for p in (Path(out) / "plots").glob("*.png"))
             print(f"{name:>18}: model saved in {out}; plots: {', '.join(plots) or 'none'}")
+        elif command == "stats":
+            target = Path(spec[name]["args"]["input"].lstrip("@"))
+            target = Path(outputs.get(str(target), target))
+            print(f"{name:>18}: table printed above; histograms in {target / 'stats.png'}")
         else:
-            extra = {k: manifest[k] for k in ("summary", "kto", "removed", "per_eval") if k in manifest}
+            detail = {"dedup": lambda m: m.get("counts"),
+                      "decontaminate": lambda m: {k: v.get("removed") for k, v in m.get("decontamination", {}).get("per_eval", {}).items()},
+                      "pairs": lambda m: {k: m.get("summary", {}).get(k) for k in ("prompts", "prompts_with_pairs", "pairs")},
+                      "kto": lambda m: m.get("kto"),
+                      "select": lambda m: {k: v for k, v in m.get("summary", {}).items() if not isinstance(v, dict)}}
+            extra = detail.get(command, lambda m: None)(manifest)
             print(f"{name:>18}: {manifest.get('rows_in')} rows in -> {manifest.get('rows_out')} out"
-                  + (f"; {json.dumps(extra, default=str)[:300]}" if extra else ""))
+                  + (f"; {json.dumps(extra, default=str)}" if extra else ""))
     print(f"\nall stages finished in {seconds:.0f}s; outputs under {Path(next(iter(outputs.values()))).parent}")
 
 
