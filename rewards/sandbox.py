@@ -109,6 +109,7 @@ class _Slot:
         self.server: subprocess.Popen | None = None  # warm server (Sandbox.call), if started
         self.server_key: tuple | None = None
         self.server_dir: Path | None = None
+        self.server_tree: list[int] = []  # the server's processes below bwrap (init, fork server), once up
         if base is not None:
             self.path = base / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
             self.path.mkdir()
@@ -297,10 +298,13 @@ class Sandbox:
                                                    stderr=subprocess.DEVNULL, start_new_session=True, cwd=cwd,
                                                    **self._identity())
                     slot.server_key = key
+                    slot.server_tree = []
                 reply = _exchange(slot.server, request.rstrip(b"\n") + b"\n", time.monotonic() + wall_s,
                                   16 * self.limits.output_bytes + (1 << 20))
                 if reply is None:
                     self._stop_server(slot)
+                elif not slot.server_tree:  # the namespace is up: remember its processes for the teardown
+                    slot.server_tree = _descendants(slot.server.pid)
                 return reply
             finally:
                 with self._lock:
@@ -313,9 +317,11 @@ class Sandbox:
 
     def _stop_server(self, slot: _Slot) -> None:
         if slot.server is not None:
+            below = slot.server_tree or _descendants(slot.server.pid)
             if slot.server.poll() is None:
                 _kill_group(slot.server)
             slot.server.wait()
+            _wait_gone(below)  # also when bwrap had already exited and its namespace is still dying
             for stream in (slot.server.stdin, slot.server.stdout):
                 try:
                     stream.close()
@@ -493,25 +499,35 @@ def _exchange(proc: subprocess.Popen, request: bytes, deadline: float, max_reply
 
 def _kill_group(proc: subprocess.Popen) -> None:
     """Kill bwrap's process group; --die-with-parent and the PID namespace take the sandboxed tree with it. Waits
-    (up to 2 s) until the namespace's init is gone: the kernel lets init finish exiting only after every other
-    process in its namespace has, so nothing of the sandbox is left running when this returns."""
-    init = _child_of(proc.pid)
+    (up to 2 s) until every process that was below bwrap is gone, the namespace's init included: the kernel lets
+    init finish exiting only after every other process in its namespace has, so nothing of the sandbox is left
+    running when this returns (also when a wrapper that drops privileges stands between us and bwrap)."""
+    below = _descendants(proc.pid)
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-    if init is not None:
-        deadline = time.monotonic() + 2.0
-        while _running(init) and time.monotonic() < deadline:
-            time.sleep(0.002)
+    _wait_gone(below)
 
 
-def _child_of(pid: int) -> int | None:
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return None
-    return int(children[0]) if children else None
+def _wait_gone(pids: list[int], timeout_s: float = 2.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while any(_running(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.002)
+
+
+def _descendants(pid: int) -> list[int]:
+    """`pid`'s children, their children, and so on (read from /proc, main threads only)."""
+    found, todo = [], [pid]
+    while todo:
+        try:
+            children = [int(child) for task in Path(f"/proc/{todo.pop()}/task").glob("*/children")
+                        for child in task.read_text().split()]
+        except OSError:
+            continue
+        found += children
+        todo += children
+    return found
 
 
 def _running(pid: int) -> bool:

@@ -75,7 +75,8 @@ def test_dpo_metrics_plots_final_model_and_ref_cache_reuse(tiny_model, tmp_path)
     info2 = json.loads((tmp_path / "run2" / "run_info.json").read_text())["ref_cache"]
     assert again.ref_cache_hits == {"train": True, "eval": True}
     assert info2["train"] == {"key": info["train"]["key"], "hit": True, "forward_passes": 0}
-    assert read_metrics(tmp_path / "run2")[0]["loss"] == pytest.approx(train_recs[0]["loss"], abs=1e-7)
+    run2_train = [r for r in read_metrics(tmp_path / "run2") if r["split"] == "train"]
+    assert run2_train[0]["loss"] == pytest.approx(train_recs[0]["loss"], abs=1e-7)
     # a different max_length changes the tokens scored, hence the key
     train(cfg_for("dpo", tiny_model, data, tmp_path / "run3", max_steps=1, max_length=12))
     info3 = json.loads((tmp_path / "run3" / "run_info.json").read_text())["ref_cache"]
