@@ -15,6 +15,21 @@ from rewards.sandbox import Sandbox, SandboxLimits, SandboxUnavailable
 
 GOOD = "```python\ndef solve():\n    return 1\n```"
 TESTS = ["assert solve() == 1"]
+# forks up to 100 sleeping children; solve() says how many the process limit let it start
+FORKER = """
+import os, time
+started = 0
+for _ in range(100):
+    try:
+        if os.fork() == 0:
+            time.sleep(30)
+            os._exit(0)
+        started += 1
+    except OSError:
+        break
+def solve():
+    return started
+"""
 
 
 def run_pair(attack: str, tests=TESTS, **kwargs):
@@ -150,21 +165,7 @@ while True:
 
 def test_process_limit_is_enforced():
     limits = SandboxLimits(max_procs=16)
-    attack = """
-import os, time
-started = 0
-for _ in range(100):
-    try:
-        if os.fork() == 0:
-            time.sleep(30)
-            os._exit(0)
-        started += 1
-    except OSError:
-        break
-def solve():
-    return started
-"""
-    result = code_results(["p"], [attack], tests=[["assert solve() < 16", "assert solve() > 5"]], limits=limits,
+    result = code_results(["p"], [FORKER], tests=[["assert solve() < 16", "assert solve() > 5"]], limits=limits,
                           timeout_s=5.0)[0]
     assert result.score == 1.0, result
     assert sandbox_processes() == []
@@ -352,20 +353,6 @@ def solve():
     assert result.score == 1.0, result
 
 
-FORKER = """
-import os, time
-started = 0
-for _ in range(100):
-    try:
-        if os.fork() == 0:
-            time.sleep(30)
-            os._exit(0)
-        started += 1
-    except OSError:
-        break
-def solve():
-    return started
-"""
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not os.access("/usr/bin/python3", os.X_OK),
