@@ -348,13 +348,14 @@ class Sandbox:
                 argv += ["--symlink", target, f"/{link}"]
             elif os.path.isdir(f"/{link}"):
                 argv += ["--ro-bind", f"/{link}", f"/{link}"]
+        # the private /tmp first: a venv or interpreter that lives under /tmp (a CI checkout) is bound on top of it
+        argv += ["--size", str(self.limits.tmp_mb * 1024 * 1024), "--tmpfs", "/tmp"]
         for path in (*prefixes, *self.ro_binds):
             if path not in ("/", "/usr") and not path.startswith("/usr/"):  # never the whole root
                 argv += ["--ro-bind", path, path]
         argv += [
             "--ro-bind", str(job_dir), JOB_MOUNT,
             "--proc", "/proc", "--dev", "/dev",
-            "--size", str(self.limits.tmp_mb * 1024 * 1024), "--tmpfs", "/tmp",
             "--chdir", "/tmp", "--clearenv",
             "--setenv", "PATH", "/usr/local/bin:/usr/bin:/bin", "--setenv", "HOME", "/tmp",
             "--setenv", "PYTHONDONTWRITEBYTECODE", "1", "--setenv", "PYTHONHASHSEED", "0",
