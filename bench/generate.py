@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--hf-prompt-batch-size", type=int, default=1, help="hf: prompts per generate() call")
+    parser.add_argument("--hf-prompt-batch-size", type=int, default=8, help="hf: prompts per generate() call (the engine default)")
     parser.add_argument("--hf-threads", type=int, default=None,
                         help="hf: torch threads (default: torch's). On a busy machine 1 can be far faster: idle "
                              "OpenMP threads spin while waiting for a core")
