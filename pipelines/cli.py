@@ -8,7 +8,6 @@ import importlib
 import os
 import sys
 
-from pipelines.engines.base import EngineError  # light: no torch
 from pipelines.errors import UserError
 
 # name -> (module, one-line help)
@@ -68,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         module.add_arguments(parser)
         args = parser.parse_args(rest)
         return int(module.run(args) or 0)
-    except (UserError, EngineError) as e:
+    except UserError as e:  # includes the engines' EngineError and the trainers' UserDataError
         print(f"prefsmith {name}: error: {e}", file=sys.stderr)
         return 2
 

@@ -78,14 +78,9 @@ def resolve_model(name: str) -> str:
     """`default` → the converted local folder; an existing path → itself; anything else is a hub name."""
     if name == "default":
         return str(fetch_default())
-    path = Path(name).expanduser()
-    if path.exists():
-        if not (path / "config.json").exists():
-            raise UserError(f"--model {name}: the folder has no config.json; point it at a transformers model folder")
-        return str(path)
-    if name.startswith((".", "/", "~")):
-        raise UserError(f"--model {name}: no such folder")
-    return name  # a hub name: loading code downloads it for users with a hub
+    from pipelines.engines.base import resolve_model_path  # light: no torch
+
+    return resolve_model_path(name)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

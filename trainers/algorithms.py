@@ -13,13 +13,14 @@ from typing import Any
 
 import torch
 
+from pipelines.errors import UserError
 from trainers import objectives
 from trainers.config import TrainConfig
 from trainers.data import collate, encode_messages, encode_prompt_completion, kto_mismatched_pairs
 from trainers.logprobs import reward_model_scores, sequence_logps
 
 
-class UserDataError(ValueError):
+class UserDataError(UserError, ValueError):
     """A row the user must fix; the message names the file, row and column."""
 
 

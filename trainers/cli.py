@@ -92,11 +92,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
-    from pipelines.errors import UserError
+    from pipelines.errors import UserError  # UserDataError and EngineError are UserErrors too
 
-    from trainers.algorithms import UserDataError
-
-    return (UserError, UserDataError, FileNotFoundError)
+    return (UserError, FileNotFoundError)
 
 
 def main(argv: list[str] | None = None) -> int:

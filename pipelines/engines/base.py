@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol, Sequence, Union
 
+from pipelines.errors import UserError
+
 Prompt = Union[str, list[dict[str, Any]]]
 
 
@@ -48,7 +50,7 @@ class Engine(Protocol):
     def close(self) -> None: ...
 
 
-class EngineError(RuntimeError):
+class EngineError(UserError, RuntimeError):
     """A problem the user can fix (wrong model path, unreachable server); raised before any work starts."""
 
 
