@@ -26,6 +26,10 @@ import pyarrow.parquet as pq
 
 from pipelines.errors import UserError
 
+# columns of the standard datasets and the stage that writes them, for "run this first" hints
+MADE_BY = {"completion": "generate", "prompt_id": "generate", "sample_idx": "generate",
+           "reward": "label", "rewards": "label", "reward_info": "label"}
+
 MANIFEST = "manifest.json"
 DATA = "data"
 SHARD_GLOB = "part-*.parquet"
@@ -103,8 +107,10 @@ def _read_hub(name: str) -> pa.Table:
     return ds.data.table
 
 
-def load_table(source: str | os.PathLike, required: Sequence[str] = ()) -> pa.Table:
-    """Read any supported input into one Arrow table and validate it (see module docstring)."""
+def load_table(source: str | os.PathLike, required: Sequence[str] = (), present: Sequence[str] = ()) -> pa.Table:
+    """Read any supported input into one Arrow table and validate it (see module docstring). `required`
+    columns must exist and hold no nulls; `present` columns must exist and may hold nulls (a `reward` column,
+    where null means "could not be scored")."""
     source = str(source)
     kind = _source_kind(source)
     if kind == "jsonl":
@@ -118,17 +124,23 @@ def load_table(source: str | os.PathLike, required: Sequence[str] = ()) -> pa.Ta
         table = _read_parquet_files(shard_files(source), source)
     else:
         table = _read_hub(source)
-    validate(table, source, required)
+    validate(table, source, required, present)
     return table
 
 
-def validate(table: pa.Table, source: str, required: Sequence[str] = ()) -> None:
+def validate(table: pa.Table, source: str, required: Sequence[str] = (), present: Sequence[str] = ()) -> None:
     if table.num_rows == 0:
         raise UserError(f"{source}: empty input (0 rows)")
-    missing = [c for c in required if c not in table.column_names]
-    if missing:
-        raise UserError(f"{source}: missing required column(s) {', '.join(map(repr, missing))}; "
-                        f"found {', '.join(table.column_names)}")
+    missing_required = [c for c in required if c not in table.column_names]
+    missing_present = [c for c in present if c not in table.column_names]
+    if missing_required or missing_present:
+        quoted = lambda cols: ", ".join(map(repr, cols))  # noqa: E731
+        parts = ([f"missing required column(s) {quoted(missing_required)}"] if missing_required else []) + \
+                ([f"missing column(s) {quoted(missing_present)}"] if missing_present else [])
+        stages = sorted({MADE_BY[c] for c in (*missing_required, *missing_present) if c in MADE_BY})
+        hint = "".join(f"; `prefsmith {s}` writes {quoted([c for c in MADE_BY if MADE_BY[c] == s])}: run it first, "
+                       "or point at the right column" for s in stages)
+        raise UserError(f"{source}: {'; '.join(parts)}; found {', '.join(table.column_names)}{hint}")
     for col in required:
         nulls = table.column(col).null_count
         if nulls:

@@ -1,7 +1,5 @@
 """What the training-set builders (`pairs`, `kto`, `select`) share: reading one prompt's scored samples.
 
-- `check_input` validates the input's columns before any work (the `reward` column must exist even though
-  its values may be null, which the runner's `required` check does not allow).
 - `score_rows` splits a prompt's rows into valid ones (a finite reward) and skipped ones (null/NaN reward,
   with the reason taken from `reward_info`).
 - `normalize_text` is the whitespace normalization used to decide that two completions are "the same".
@@ -15,7 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -47,24 +45,9 @@ def input_schema(source: str) -> pa.Schema:
     return ds.load_table(source).schema
 
 
-def input_columns(source: str) -> list[str]:
-    return input_schema(source).names
-
-
 def chat_column(schema: pa.Schema, column: str) -> bool:
     """Whether a column holds message lists (a list type) rather than strings."""
     return column in schema.names and pa.types.is_list(schema.field(column).type)
-
-
-def check_input(source: str, columns: Sequence[str], what: str) -> list[str]:
-    """Raise one clear error if `source` lacks any of `columns`; return its column names."""
-    names = input_columns(source)
-    missing = [c for c in columns if c not in names]
-    if missing:
-        raise UserError(f"{source}: missing column(s) {', '.join(map(repr, missing))} needed to {what}; "
-                        f"found {', '.join(names)}. Label the rollouts first (`prefsmith label`), "
-                        "or point at the right column.")
-    return names
 
 
 def normalize_text(text: str) -> str:

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 
 from pipelines.dataset import load_table
 from pipelines.errors import UserError
-from pipelines.grouping import SHARD_SIZE, as_completion, carried, check_input, count_by, read_side, score_rows
+from pipelines.grouping import SHARD_SIZE, as_completion, carried, count_by, read_side, score_rows
 from pipelines.runner import Shard, run_stage, update_manifest
 
 KTO_BOUND = (1.0, 4.0 / 3.0)  # Eq. 8: lambda_D * n_D / (lambda_U * n_U) in this range
@@ -83,10 +83,8 @@ def make_process(cfg: KTOConfig):
 def build_kto(input: str, output: str, cfg: KTOConfig = KTOConfig(), *, overwrite: bool = False,
               progress: bool = True) -> dict:
     """Run the kto stage; returns the manifest fields `summary` and `kto` (the weights)."""
-    check_input(input, ["prompt", "completion", cfg.label_column],
-                f"label rows for KTO (label = {cfg.label_column} >= {cfg.threshold})")
     result = run_stage("kto", make_process(cfg), asdict(cfg), input, output,
-                       required=["prompt", "completion"], shard_size=SHARD_SIZE, overwrite=overwrite, progress=progress)
+                       required=["prompt", "completion"], present=[cfg.label_column], shard_size=SHARD_SIZE, overwrite=overwrite, progress=progress)
     labels = load_table(output).column("label").to_pylist() if result.manifest.get("rows_out") else []
     n_desirable = sum(labels)
     weights = kto_weights(n_desirable, len(labels) - n_desirable)

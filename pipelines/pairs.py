@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from typing import Callable
 
 from pipelines.errors import UserError
-from pipelines.grouping import (SHARD_SIZE, Sample, as_completion, check_input, count_by, edit_distance,
+from pipelines.grouping import (SHARD_SIZE, Sample, as_completion, count_by, edit_distance,
                                 group_rows, prompt_columns, read_side, score_rows)
 from pipelines.runner import Shard, run_stage, update_manifest
 
@@ -164,9 +164,8 @@ def summarize(output: str) -> dict:
 def build_pairs(input: str, output: str, cfg: PairsConfig = PairsConfig(), *, overwrite: bool = False,
                 progress: bool = True) -> dict:
     """Run the pairs stage; returns the summary (also stored in the manifest under `summary`)."""
-    check_input(input, ["prompt_id", "prompt", "completion", "reward"], "build preference pairs")
     result = run_stage("pairs", make_process(cfg), asdict(cfg), input, output,
-                       required=["prompt_id", "prompt", "completion"], group_by="prompt_id",
+                       required=["prompt_id", "prompt", "completion"], present=["reward"], group_by="prompt_id",
                        shard_size=SHARD_SIZE, overwrite=overwrite, progress=progress)
     summary = summarize(output)
     if result.manifest.get("summary") != summary:

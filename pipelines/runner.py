@@ -114,6 +114,7 @@ def run_stage(
     output: str,
     *,
     required: Sequence[str] = (),
+    present: Sequence[str] = (),
     shard_size: int = 256,
     group_by: str | None = None,
     overwrite: bool = False,
@@ -124,7 +125,7 @@ def run_stage(
     """Run `process` over `input` shard by shard into the dataset directory `output` (see module docstring)."""
     t0 = time.time()
     out = Path(output)
-    table = ds.load_table(input, required)
+    table = ds.load_table(input, required, present)
     if limit is not None:
         table = table.slice(0, limit)
         config = {**config, "limit": limit}

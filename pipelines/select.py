@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from pipelines import dataset as ds
 from pipelines.errors import UserError
-from pipelines.grouping import (SHARD_SIZE, Sample, as_completion, carried, chat_column, check_input, count_by, group_rows,
+from pipelines.grouping import (SHARD_SIZE, Sample, as_completion, carried, chat_column, count_by, group_rows,
                                 input_schema, is_chat, read_side, score_rows)
 from pipelines.runner import MARKERS, Shard, run_stage, update_manifest
 
@@ -139,13 +139,12 @@ def _mix_format(input: str, other: pa.Table, mix: str) -> str:
 def build_select(input: str, output: str, cfg: SelectConfig = SelectConfig(), *, overwrite: bool = False,
                  progress: bool = True) -> dict:
     """Run the select stage (and the mix); returns the summary stored in the manifest."""
-    check_input(input, ["prompt_id", "prompt", "completion", "reward"], "select correct completions")
     other = None
     if cfg.mix is not None:
         other = ds.load_table(cfg.mix)
         cfg = replace(cfg, format=_mix_format(input, other, cfg.mix), mix_fingerprint=ds.fingerprint(cfg.mix))
     result = run_stage("select", make_process(cfg), asdict(cfg), input, output,
-                       required=["prompt_id", "prompt", "completion"], group_by="prompt_id",
+                       required=["prompt_id", "prompt", "completion"], present=["reward"], group_by="prompt_id",
                        shard_size=SHARD_SIZE, overwrite=overwrite, progress=progress)
     manifest = result.manifest
     prompts, skipped = read_side(output, "prompts"), read_side(output, "skipped")
