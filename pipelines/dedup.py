@@ -398,7 +398,7 @@ def _round_key(cfg: DedupConfig, input_fp: str) -> str:
 def dedup(input: str, output: str, config: DedupConfig | None = None, *, index: str | None = None,
           overwrite: bool = False, progress: bool = True, log=lambda m: print(m, file=sys.stderr)) -> DedupResult:
     """Deduplicate `input` into the dataset directory `output` (see module docstring)."""
-    from pipelines.runner import versions
+    from pipelines.runner import open_output, versions
 
     t0 = time.time()
     cfg = config or DedupConfig()
@@ -416,24 +416,6 @@ def dedup(input: str, output: str, config: DedupConfig | None = None, *, index: 
     idx = _load_index(index_dir, settings, round_key)
     fp = _fingerprint(settings, cfg, input_fp, idx.fingerprint if index_dir else None, str(index_dir) if index_dir else None)
 
-    old = ds.read_manifest(out)
-    if old is not None and old.get("fingerprint") == fp and old.get("complete"):
-        log(f"[{STAGE}] {out} is already complete ({old.get('rows_out')} rows); nothing to do")
-        return _result_from_manifest(out, old, time.time() - t0)
-    if old is not None and old.get("fingerprint") != fp and not overwrite:
-        changes = [f"{k}: {old.get('config', {}).get(k)!r} -> {v!r}" for k, v in asdict(cfg).items()
-                   if old.get("config", {}).get(k) != v]
-        if old.get("input", {}).get("fingerprint") != input_fp:
-            changes.append("input content")
-        if (old.get("index") or {}).get("fingerprint") != (idx.fingerprint if index_dir else None):
-            changes.append("index contents")
-        raise UserError(f"{out} already holds {old.get('stage')} output made with a different config or input "
-                        f"({'; '.join(changes) or 'format'}). Use --overwrite to replace it, or another --output.")
-    if out.exists() and any(out.iterdir()):
-        if old is None and not overwrite:
-            raise UserError(f"{out} exists and is not a prefsmith dataset directory; pass --overwrite or another --output")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
     manifest = {
         "stage": STAGE, "fingerprint": fp, "config": asdict(cfg),
         "input": {"source": str(input), "fingerprint": input_fp, "rows": inp.rows},
@@ -443,6 +425,14 @@ def dedup(input: str, output: str, config: DedupConfig | None = None, *, index: 
         "rows_in": inp.rows, "rows_out": None, "complete": False, "num_shards": 0, "completed_shards": [],
         "versions": versions(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    # "index" compares the index's fingerprint (and where it lives) with the old run's
+    old = open_output(out, manifest, overwrite, extra_keys=("index",))
+    if old is not None and old.get("complete"):
+        log(f"[{STAGE}] {out} is already complete ({old.get('rows_out')} rows); nothing to do")
+        return _result_from_manifest(out, old, time.time() - t0)
+    if old is not None:  # the same run, killed part-way: dedup is global, so it starts over
+        shutil.rmtree(out)
+        out.mkdir(parents=True)
     ds.write_manifest(out, manifest)
 
     c = _cluster(inp, cfg, idx, lsh, progress)

@@ -80,7 +80,7 @@ def plan_shards(table: pa.Table, shard_size: int, group_by: str | None) -> list[
     return bounds
 
 
-def _describe_change(old: dict, new: dict) -> str:
+def _describe_change(old: dict, new: dict, extra_keys: Sequence[str]) -> str:
     changes = []
     if old.get("input", {}).get("fingerprint") != new["input"]["fingerprint"]:
         changes.append("input content")
@@ -88,10 +88,32 @@ def _describe_change(old: dict, new: dict) -> str:
     for k in sorted(set(oc) | set(nc)):
         if oc.get(k) != nc.get(k):
             changes.append(f"{k}: {oc.get(k)!r} -> {nc.get(k)!r}")
-    for k in ("shard_size", "group_by"):
+    for k in extra_keys:
         if old.get(k) != new.get(k):
             changes.append(f"{k}: {old.get(k)!r} -> {new.get(k)!r}")
     return "; ".join(changes) or "format version"
+
+
+def open_output(out: Path, manifest: dict, overwrite: bool, extra_keys: Sequence[str] = ()) -> dict | None:
+    """Make `out` ready for a run described by `manifest` (with its `fingerprint`). Returns the old manifest
+    when it has the same fingerprint (the caller resumes or finds the work done); otherwise starts from an
+    empty directory. Refuses, naming what changed, to replace output of another config or input unless
+    `overwrite`, and refuses a non-empty folder that is not a prefsmith dataset."""
+    old = ds.read_manifest(out)
+    if old is not None and old.get("fingerprint") != manifest["fingerprint"]:
+        if not overwrite:
+            raise UserError(f"{out} already holds {old.get('stage')} output made with a different config or input "
+                            f"({_describe_change(old, manifest, extra_keys)}). Use --overwrite to replace it, "
+                            "or another --output.")
+        old = None
+    if old is None and out.exists() and any(out.iterdir()):
+        if not overwrite and not (out / ds.MANIFEST).exists():
+            raise UserError(f"{out} exists and is not a prefsmith dataset directory; pass --overwrite or another --output")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.rglob(".*.tmp"):  # left by a kill mid-write
+        stale.unlink()
+    return old
 
 
 def versions() -> dict[str, str]:
@@ -149,19 +171,7 @@ def run_stage(
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
-    old = ds.read_manifest(out)
-    if old is not None and old.get("fingerprint") != fp:
-        if not overwrite:
-            raise UserError(f"{out} already holds {old.get('stage')} output made with a different config or input "
-                            f"({_describe_change(old, manifest)}). Use --overwrite to replace it, or another --output.")
-        old = None
-    if old is None and out.exists() and any(out.iterdir()):
-        if not overwrite and not (out / ds.MANIFEST).exists():
-            raise UserError(f"{out} exists and is not a prefsmith dataset directory; pass --overwrite or another --output")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.rglob(".*.tmp"):  # left by a kill mid-write
-        stale.unlink()
+    old = open_output(out, manifest, overwrite, extra_keys=("shard_size", "group_by"))
 
     done: set[int] = set()
     if old is not None:
