@@ -223,12 +223,26 @@ def run_stage(
 
     for d in [out, *(p for p in out.iterdir() if p.is_dir() and (p / ds.DATA).is_dir())]:
         ds.unify_shards(d)
-    manifest["rows_out"] = sum(s["rows_out"] for s in manifest["shards"].values())
+    # Counts come from the data, not from the manifest's record of each shard: a kill between a shard's
+    # marker and the manifest update leaves a done shard the manifest never heard of.
+    for i, (start, end) in enumerate(bounds):
+        if str(i) not in manifest["shards"]:
+            manifest["shards"][str(i)] = {"rows_in": end - start, "rows_out": _rows_on_disk(out / ds.DATA, i),
+                                          "seconds": None, "recovered_from_marker": True}
+    manifest["rows_out"] = sum(_rows_on_disk(out / ds.DATA, i) for i in range(len(bounds)))
     manifest["complete"] = True
     manifest["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    manifest["seconds"] = round(sum(s["seconds"] for s in manifest["shards"].values()), 3)
+    manifest["seconds"] = round(sum(s["seconds"] or 0.0 for s in manifest["shards"].values()), 3)
     ds.write_manifest(out, manifest)
     return StageResult(out, manifest, shards_run=shards_run, seconds=time.time() - t0)
+
+
+def _rows_on_disk(data_dir: Path, index: int) -> int:
+    """Rows in shard `index`'s Parquet file (from its footer); 0 when the shard wrote no file."""
+    import pyarrow.parquet as pq
+
+    f = data_dir / f"part-{index:05d}.parquet"
+    return pq.ParquetFile(f).metadata.num_rows if f.exists() else 0
 
 
 def update_manifest(output: str | Path, **fields: Any) -> dict:

@@ -90,3 +90,30 @@ def test_group_by_never_splits_a_group(tmp_path, src):
     assert plan_shards(table, 2, "g") == [(0, 3), (3, 6), (6, 9), (9, 10)]
     assert plan_shards(table, 4, "g") == [(0, 6), (6, 10)]
     assert plan_shards(table, 4, None) == [(0, 4), (4, 8), (8, 10)]
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL at one exact point: nothing after it runs, no handler sees it."""
+
+
+def test_kill_between_marker_and_manifest_update_counts_rows_from_the_data(tmp_path, src, monkeypatch):
+    out = str(tmp_path / "out")
+    real_write = ds.write_manifest
+
+    def dies_after_shard_1_marker(directory, manifest):
+        if 1 in manifest.get("completed_shards", []):  # shard 1's marker is on disk, its manifest entry is not
+            raise Killed()
+        real_write(directory, manifest)
+
+    monkeypatch.setattr(ds, "write_manifest", dies_after_shard_1_marker)
+    with pytest.raises(Killed):
+        run_stage("t", double, {}, src, out, shard_size=3, progress=False)
+    monkeypatch.setattr(ds, "write_manifest", real_write)
+    assert (tmp_path / "out" / ".shards" / "part-00001.done").exists()
+    assert "1" not in ds.read_manifest(out)["shards"]
+
+    result = run_stage("t", double, {}, src, out, shard_size=3, progress=False)
+    assert result.shards_run == 2  # shards 2 and 3; shard 1 is trusted from its marker
+    assert result.manifest["rows_out"] == len(ds.load_rows(out)) == 10
+    assert result.manifest["shards"]["1"]["rows_out"] == 3
+    assert ds.read_manifest(out)["rows_out"] == 10
