@@ -19,7 +19,7 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -78,9 +78,34 @@ def _read_jsonl(path: Path) -> pa.Table:
     if not rows:
         raise UserError(f"{path}: empty input (no JSON rows)")
     try:
-        return pa.Table.from_pylist(rows)
+        return pa.Table.from_pylist(unify_message_columns(rows))
     except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
         raise UserError(f"{path}: columns have inconsistent types across lines ({e}); make every line use the same type per column") from None
+
+
+def _is_messages(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(m, dict) and "role" in m for m in value)
+
+
+def unify_message_columns(rows: list[dict]) -> list[dict]:
+    """Where a column mixes plain strings and chat-message lists (prompt files concatenated together), make
+    each string one message: a user message in `prompt`, an assistant message in any other column.
+
+    >>> unify_message_columns([{"prompt": "a"}, {"prompt": [{"role": "user", "content": "b"}]}])[0]
+    {'prompt': [{'role': 'user', 'content': 'a'}]}
+    """
+    mixed = [c for c in dict.fromkeys(k for r in rows for k in r)
+             if any(isinstance(r.get(c), str) for r in rows) and any(_is_messages(r.get(c)) for r in rows)]
+    if not mixed:
+        return rows
+    out = []
+    for r in rows:
+        r = dict(r)
+        for c in mixed:
+            if isinstance(r.get(c), str):
+                r[c] = [{"role": "user" if c == "prompt" else "assistant", "content": r[c]}]
+        out.append(r)
+    return out
 
 
 def _read_parquet_files(files: Sequence[Path], label: str) -> pa.Table:
@@ -92,7 +117,13 @@ def _read_parquet_files(files: Sequence[Path], label: str) -> pa.Table:
             raise UserError(f"{f}: not a readable Parquet file ({e})") from None
     if not tables:
         raise UserError(f"{label}: no Parquet files found")
-    return concat(tables)
+    try:
+        return concat(tables)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
+        try:  # files that differ only by string-vs-messages columns
+            return pa.Table.from_pylist(unify_message_columns([r for t in tables for r in t.to_pylist()]))
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            raise UserError(f"{label}: its Parquet files have columns of different types ({e})") from None
 
 
 def _read_hub(name: str) -> pa.Table:

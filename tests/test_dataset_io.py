@@ -99,3 +99,23 @@ def test_export_writes_every_row(tmp_path):
 def test_cli_help_lists_commands():
     out = subprocess.run([sys.executable, "-m", "pipelines.cli", "--help"], capture_output=True, text=True)
     assert "generate" in out.stdout and "decontaminate" in out.stdout
+
+
+def test_mixed_string_and_message_prompts_are_one_column_of_messages(tmp_path):
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "b"}]
+    src = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "a", "completion": "x"},
+                                             {"prompt": msgs, "completion": [{"role": "assistant", "content": "y"}]}])
+    rows = ds.load_table(src, required=["prompt"]).to_pylist()
+    assert rows[0]["prompt"] == [{"role": "user", "content": "a"}]
+    assert rows[0]["completion"] == [{"role": "assistant", "content": "x"}]
+    assert rows[1]["prompt"] == msgs
+    # the same across Parquet shards of one folder (e.g. two prompt files written as shards)
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    pq.write_table(pa.Table.from_pylist([{"prompt": "a"}]), folder / "a.parquet")
+    pq.write_table(pa.Table.from_pylist([{"prompt": msgs}]), folder / "b.parquet")
+    assert [r["prompt"] for r in ds.load_table(str(folder)).to_pylist()] == [[{"role": "user", "content": "a"}], msgs]
+    # a column that is plain strings everywhere is left alone; a real type clash still names the file
+    assert ds.load_table(write_jsonl(tmp_path / "s.jsonl", [{"prompt": "a"}, {"prompt": "b"}])).column("prompt").to_pylist() == ["a", "b"]
+    with pytest.raises(UserError, match=r"n\.jsonl: columns have inconsistent types"):
+        ds.load_table(write_jsonl(tmp_path / "n.jsonl", [{"prompt": "a"}, {"prompt": {"x": 1}}]))

@@ -99,6 +99,9 @@ def test_template_and_mixed_prompt_types(tmp_path, tiny_model):
     assert build_prompt({"prompt": "1+1?"}, cfg, use_chat=True) == [
         {"role": "system", "content": "You solve math."}, {"role": "user", "content": "1+1? Answer in \\boxed{}."}]
     assert build_prompt({"prompt": "1+1?"}, cfg, use_chat=False) == "1+1? Answer in \\boxed{}."
+    # concatenated prompt files: a plain string is one user message
     src = tmp_path / "mixed.jsonl"
     src.write_text(json.dumps({"prompt": "a"}) + "\n" + json.dumps({"prompt": [{"role": "user", "content": "b"}]}) + "\n")
-    assert cli(gen_args(tiny_model, src, tmp_path / "o")) == 2
+    assert cli(gen_args(tiny_model, src, tmp_path / "o", extra=("--n", "1"))) == 0
+    rows = ds.load_rows(tmp_path / "o")
+    assert [r["prompt"] for r in rows] == [[{"role": "user", "content": "a"}], [{"role": "user", "content": "b"}]]
