@@ -13,20 +13,46 @@ def _position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+# Config fields of models whose forward does more to the logits than the output projection.
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+
+
+def _decoder_and_head(model):
+    """(decoder, lm_head) when logits are exactly `lm_head(decoder(...).last_hidden_state)`, else None."""
+    cfg = getattr(model, "config", None)
+    if cfg is None or any(getattr(cfg, name, None) not in (None, 1, 1.0) for name in _LOGIT_TRANSFORMS):
+        return None
+    try:
+        decoder, head = model.get_decoder(), model.get_output_embeddings()
+    except (AttributeError, NotImplementedError):
+        return None
+    if decoder is None or not isinstance(head, torch.nn.Linear):
+        return None
+    return decoder, head
+
+
 def token_logps(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Per-token log-probs aligned with ``input_ids``: out[b, t] = log p(input_ids[b, t] | tokens < t).
 
     Shape (B, T), float32; zero where ``loss_mask`` is 0 (including position 0, which has no context).
+    The vocabulary projection runs only at the positions that are scored (completion tokens): the (B, T, V)
+    logits of prompts and padding, the largest tensor of a step for a real vocabulary, are never made.
     """
     input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
-    logits = model(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=_position_ids(attention_mask), use_cache=False
-    ).logits[:, :-1].float()
+    mask = batch["loss_mask"][:, 1:].bool()
     targets = input_ids[:, 1:]
-    # log_softmax gathered at the target, without materializing the full (B, T, V) log-softmax twice
-    picked = torch.gather(logits, -1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-    mask = batch["loss_mask"][:, 1:].to(picked.dtype)
-    return torch.nn.functional.pad(picked * mask, (1, 0))
+    kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=_position_ids(attention_mask),
+                  use_cache=False)
+    parts = _decoder_and_head(model)
+    if parts is None:
+        logits = model(**kwargs).logits[:, :-1][mask].float()
+    else:
+        decoder, head = parts
+        logits = head(decoder(**kwargs).last_hidden_state[:, :-1][mask]).float()
+    # log_softmax gathered at the target, without materializing the full log-softmax twice
+    picked = torch.gather(logits, -1, targets[mask].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    out = torch.zeros(mask.shape, dtype=picked.dtype, device=picked.device).masked_scatter(mask, picked)
+    return torch.nn.functional.pad(out, (1, 0))
 
 
 def sequence_logps(model, batch: dict[str, torch.Tensor], average: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
