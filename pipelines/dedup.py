@@ -1,30 +1,34 @@
 """`prefsmith dedup`: remove exact and near-duplicate rows, within a dataset and across rounds.
 
-Two passes over the input, streamed in Arrow record batches (the text is never held beyond one batch):
+The rule (docs/hygiene.md): two rows are near duplicates when the exact Jaccard similarity of their word
+n-gram shingle sets is >= `--threshold`. MinHash LSH only proposes candidates; every candidate is checked
+with the exact Jaccard, and the banding is derived from the threshold so that a pair at exactly the
+threshold becomes a candidate with probability >= 0.995 (`choose_banding`).
 
-pass 1  for each batch: normalize the `--field` text (pipelines.text), hash it (exact key), build word
-        n-gram shingles and their MinHash signatures (numpy, `num_perm` 32-bit values per row). Then row by
-        row, in input order: a row whose exact key was seen joins that cluster (`exact`); otherwise the
-        datasketch `MinHashLSH` index proposes candidates, whose estimated Jaccard (share of equal signature
-        values) is checked against `--threshold`; the row joins the most similar cluster above it (`near`),
-        or starts a new cluster and is inserted into the index as that cluster's representative.
-        Clusters therefore grow around their first row: every member is within the threshold of it.
-pass 2  read the input again and write the rows each cluster keeps (`--keep first`: the earliest row;
-        `--keep best-reward`: the highest `reward`, ties -> earliest, null reward last) to OUTPUT/data/, and
-        the others to OUTPUT/removed/data/ with `duplicate_of` (id of the row kept), `dup_kind`
-        (`exact` when its normalized text equals the kept row's, else `near`) and `jaccard` (estimated).
+pass 1a  per input batch (one *signature shard*, resumable): normalize the `--field` text (pipelines.text),
+         hash it (exact key), build the sorted set of shingle hashes and the MinHash band keys. Written to
+         OUTPUT/.dedup/ with a done marker last, so a killed run recomputes only unfinished shards.
+pass 1b  row by row, in input order: a row whose exact key was seen joins that cluster (`exact`); otherwise
+         the LSH tables propose representatives, the row joins the one with the highest exact Jaccard >=
+         threshold (`near`; ties -> the earliest), or starts a new cluster as its representative.
+         Shingle sets are read from the memory-mapped shard files, so only candidates' sets are touched.
+pass 2   read the input again and write the rows each cluster keeps (`--keep first`: the representative, its
+         earliest row; `--keep best-reward`: the highest `reward`, ties -> earliest, null reward last) and the
+         removed ones (`duplicate_of`, `dup_kind`, exact `jaccard` to the kept row) to a staging folder,
+         moved into OUTPUT/ at the end; the manifest is marked complete last.
 
-`--index DIR` keeps the representatives of earlier rounds (ids, exact keys, signatures) on disk: they are
-loaded into the LSH index first, rows matching them are removed (`duplicate_of` = the earlier round's id), and
-this round's kept rows are appended. Memory: per input row ~30 bytes of bookkeeping plus `num_perm` x 4 bytes
-of signature (512 B at 128 perms), plus ~5 KB per cluster representative in the LSH index, plus one batch's
-working set; see docs/hygiene.md for the measured numbers.
+`--index DIR` keeps the kept rows of earlier rounds (ids, exact keys, band keys, shingle sets) on disk: they
+are loaded into the LSH tables first, rows matching them are removed (`duplicate_of` = the earlier round's
+id), and this round's kept rows are appended.
 """
 from __future__ import annotations
 
 import argparse
+import bisect
 import hashlib
+import io
 import json
+import math
 import shutil
 import sys
 import time
@@ -41,20 +45,22 @@ from pipelines import text as tx
 from pipelines.errors import UserError
 
 STAGE = "dedup"
-INDEX_FORMAT = 1
-_BLOCK = 16384  # shingles per numpy block when computing signatures (block x num_perm x 8 bytes of scratch)
+INDEX_FORMAT = 2  # 2: band keys and exact shingle sets per row (1 held 128-value signatures)
+RECALL_AT_THRESHOLD = 0.995  # P(candidate) promised for a pair whose Jaccard equals the threshold
+WORK = ".dedup"  # OUTPUT/.dedup: signature shards of an unfinished run
+_BLOCK = 16384  # shingles per numpy block when computing signatures (block x perms x 8 bytes of scratch)
 _EMPTY = np.uint32(0xFFFFFFFF)
 
 
 @dataclass
 class DedupConfig:
     field: str = "prompt"
-    threshold: float = 0.8  # estimated Jaccard of the shingle sets at or above which two rows are duplicates
+    threshold: float = 0.8  # exact Jaccard of the shingle sets at or above which two rows are duplicates
     ngram: int = 5  # words per shingle
-    num_perm: int = 128  # MinHash permutations
+    num_perm: int = 128  # MinHash permutation budget: the banding uses bands x rows <= num_perm of them
     keep: str = "first"  # first | best-reward
     seed: int = 1  # MinHash permutation seed (an index must always use the same)
-    batch_rows: int = 8192  # rows per streamed input batch
+    batch_rows: int = 8192  # rows per streamed input batch = per resumable signature shard
     shard_rows: int = 100_000  # rows per output shard
 
     def validate(self) -> None:
@@ -62,10 +68,12 @@ class DedupConfig:
             raise UserError(f"--threshold must be in (0, 1], got {self.threshold}")
         if self.ngram < 1:
             raise UserError(f"--ngram must be >= 1, got {self.ngram}")
-        if self.num_perm < 4:
-            raise UserError(f"--num-perm must be >= 4, got {self.num_perm}")
+        if self.num_perm < 1:
+            raise UserError(f"--num-perm must be >= 1, got {self.num_perm}")
         if self.keep not in ("first", "best-reward"):
             raise UserError(f"--keep must be 'first' or 'best-reward', got {self.keep!r}")
+        if self.batch_rows < 1:
+            raise UserError(f"--batch-rows must be >= 1, got {self.batch_rows}")
 
     def identity(self) -> dict:
         """The settings that change which rows are removed (batch/shard sizes do not)."""
@@ -84,10 +92,42 @@ class DedupResult:
     rows_per_band: int
     seconds: float
     skipped: bool = False
+    resumed_shards: int = 0  # signature shards found finished by an earlier, killed run
     manifest: dict = field(default_factory=dict)
 
 
-# ------------------------------------------------------------------------------------------ MinHash math
+# ------------------------------------------------------------------------------------------ LSH math
+def p_candidate(j: float | np.ndarray, bands: int, rows: int) -> float | np.ndarray:
+    """Probability that a pair with Jaccard j shares at least one of `bands` bands of `rows` MinHash values:
+    1 - (1 - j^rows)^bands (the S-curve)."""
+    return 1.0 - (1.0 - np.asarray(j, np.float64) ** rows) ** bands
+
+
+def choose_banding(threshold: float, num_perm: int, recall: float = RECALL_AT_THRESHOLD) -> tuple[int, int]:
+    """(bands, rows): the most selective banding (most rows per band, then fewest bands) whose candidate
+    probability at J = threshold is >= `recall`, within `num_perm` permutations.
+
+    More rows per band make the S-curve steeper (fewer candidates below the threshold to verify) but need more
+    bands, hence permutations, to keep the recall at the threshold: 0.8 / 128 -> 18 x 6 (108 permutations)."""
+    for r in range(num_perm, 0, -1):
+        q = threshold ** r
+        if q >= 1.0:
+            b = 1
+        elif q <= 0.0:
+            continue
+        else:
+            b = max(1, math.ceil(math.log(1.0 - recall) / math.log1p(-q)))
+            if b * r > num_perm:
+                continue
+            while p_candidate(threshold, b, r) < recall:  # guard the float rounding of the ceil
+                b += 1
+        if b * r <= num_perm:
+            return b, r
+    need = math.ceil(math.log(1.0 - recall) / math.log1p(-threshold))
+    raise UserError(f"--threshold {threshold}: finding {recall:.1%} of the pairs at the threshold needs at least "
+                    f"{need} MinHash permutations; pass --num-perm {need} or more (or a higher --threshold)")
+
+
 def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Multiply-shift hash family h_j(x) = ((a_j * x + b_j) mod 2^64) >> 32, a_j odd."""
     rng = np.random.Generator(np.random.PCG64(seed))
@@ -118,29 +158,105 @@ def signatures(sh: tx.Shingles, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return sig
 
 
-def jaccard(s: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """Estimated Jaccard: the share of equal signature values (row-wise for 2-D inputs)."""
-    return (s == t).mean(axis=-1)
+def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """(num_docs, bands) uint64: one 64-bit key per band of `rows` signature values (two rows share a key
+    iff their band is equal, up to a 2^-64 collision, which only adds a candidate that verification rejects)."""
+    v = sig[:, :bands * rows].reshape(len(sig), bands, rows).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        acc = v[:, :, 0].copy()
+        for k in range(1, rows):
+            acc *= tx._POLY
+            acc += v[:, :, k]
+        return tx._mix64(acc)
 
 
-class _Sig:
-    """What datasketch's MinHashLSH reads from a MinHash: `hashvalues` and `len()`."""
+def shingle_sets(sh: tx.Shingles) -> tuple[np.ndarray, np.ndarray]:
+    """Each document's sorted, distinct shingle hashes, flattened: (hashes uint64, offsets int64 of num_docs+1)."""
+    order = np.lexsort((sh.hashes, sh.doc))
+    h, d = sh.hashes[order], sh.doc[order]
+    keep = np.ones(len(h), bool)
+    keep[1:] = (h[1:] != h[:-1]) | (d[1:] != d[:-1])
+    h, d = h[keep], d[keep]
+    offsets = np.zeros(sh.num_docs + 1, np.int64)
+    np.cumsum(np.bincount(d, minlength=sh.num_docs), out=offsets[1:])
+    return h, offsets
 
-    __slots__ = ("hashvalues",)
 
-    def __init__(self, hashvalues: np.ndarray):
-        self.hashvalues = hashvalues
+def exact_jaccard(s: np.ndarray, t: np.ndarray) -> float:
+    """|s ∩ t| / |s ∪ t| of two sorted arrays of distinct values (1.0 for two empty sets)."""
+    if len(s) > len(t):
+        s, t = t, s
+    if len(s) == 0:
+        return 1.0 if len(t) == 0 else 0.0
+    pos = np.searchsorted(t, s)
+    pos[pos == len(t)] = 0
+    inter = int(np.count_nonzero(t[pos] == s))
+    return inter / (len(s) + len(t) - inter)
 
-    def __len__(self) -> int:
-        return len(self.hashvalues)
+
+class _Tables:
+    """LSH tables: per band, a dict from band key to the cluster keys inserted with it (an int, or a list
+    once a second one arrives)."""
+
+    def __init__(self, bands: int):
+        self.tables: list[dict[int, int | list[int]]] = [{} for _ in range(bands)]
+
+    def insert(self, key: int, row_keys: list[int]) -> None:
+        for table, k in zip(self.tables, row_keys):
+            v = table.get(k)
+            if v is None:
+                table[k] = key
+            elif isinstance(v, list):
+                v.append(key)
+            else:
+                table[k] = [v, key]
+
+    def query(self, row_keys: list[int]) -> set[int]:
+        out: set[int] = set()
+        for table, k in zip(self.tables, row_keys):
+            v = table.get(k)
+            if v is None:
+                continue
+            if isinstance(v, list):
+                out.update(v)
+            else:
+                out.add(v)
+        return out
 
 
-def make_lsh(threshold: float, num_perm: int, params: tuple[int, int] | None = None):
-    from datasketch import MinHashLSH
+class _Sets:
+    """Shingle sets of many rows, stored in parts (one per signature shard or index round, memory-mapped)."""
 
-    # recall-oriented banding: every LSH candidate is verified against the threshold with the full signature,
-    # so a false candidate costs a comparison while a missed one is a duplicate left in the data
-    return MinHashLSH(threshold=threshold, num_perm=num_perm, params=params, weights=(0.05, 0.95))
+    def __init__(self) -> None:
+        self.starts: list[int] = []
+        self.parts: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def add(self, start: int, hashes: np.ndarray, offsets: np.ndarray) -> None:
+        self.starts.append(start)
+        self.parts.append((hashes, offsets))
+
+    def get(self, row: int) -> np.ndarray:
+        p = bisect.bisect_right(self.starts, row) - 1
+        hashes, offsets = self.parts[p]
+        i = row - self.starts[p]
+        return hashes[offsets[i]:offsets[i + 1]]
+
+    def gather(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The sets of `rows` as one (hashes, offsets) pair."""
+        got = [self.get(int(r)) for r in rows]
+        offsets = np.zeros(len(got) + 1, np.int64)
+        np.cumsum([len(g) for g in got], out=offsets[1:])
+        return (np.concatenate(got) if got else np.zeros(0, np.uint64)), offsets
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(arr))
+    ds.atomic_write_bytes(path, buf.getvalue())
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    return np.load(path, mmap_mode="r")
 
 
 # ------------------------------------------------------------------------------------------ input streaming
@@ -199,11 +315,12 @@ def _batches(inp: _Input, batch_rows: int, columns: list[str] | None = None) -> 
 # ------------------------------------------------------------------------------------------ the index
 @dataclass
 class _Index:
-    """Representatives of earlier rounds: ids, exact keys and signatures."""
+    """Kept rows of earlier rounds: ids, exact keys, band keys and shingle sets (cluster key -(k+1))."""
 
     ids: list[str]
     exact: np.ndarray  # uint64
-    sig: np.ndarray  # (K, num_perm) uint32
+    keys: np.ndarray  # (K, bands) uint64
+    sets: _Sets  # row k at position k
     rounds: list[dict]
 
     @property
@@ -221,11 +338,17 @@ def _read_index_meta(index_dir: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def _round_files(index_dir: Path, name: str) -> dict[str, Path]:
+    stem = index_dir / name.removesuffix(".parquet")
+    return {"keys": Path(f"{stem}.keys.npy"), "sets": Path(f"{stem}.shingles.npy"), "offsets": Path(f"{stem}.offsets.npy")}
+
+
 def _load_index(index_dir: Path | None, settings: dict, round_key: str) -> _Index:
     """Load the rounds recorded before `round_key` (all rounds when this round is new)."""
     meta = _read_index_meta(index_dir) if index_dir else None
+    empty = _Index([], np.zeros(0, np.uint64), np.zeros((0, settings["bands"]), np.uint64), _Sets(), [])
     if meta is None:
-        return _Index([], np.zeros(0, np.uint64), np.zeros((0, settings["num_perm"]), np.uint32), [])
+        return empty
     diff = {k: (meta["settings"].get(k), v) for k, v in settings.items() if meta["settings"].get(k) != v}
     if diff:
         what = "; ".join(f"{k}: index {o!r}, this run {n!r}" for k, (o, n) in diff.items())
@@ -236,36 +359,33 @@ def _load_index(index_dir: Path | None, settings: dict, round_key: str) -> _Inde
         if r["key"] == round_key:
             break
         rounds.append(r)
-    ids, exact, sigs = [], [], []
+    ids, exact, keys, sets, start = [], [], [], _Sets(), 0
     for r in rounds:
         t = pq.read_table(index_dir / r["file"])
+        f = _round_files(index_dir, r["file"])
         ids += t.column("id").to_pylist()
         exact.append(t.column("text_hash").to_numpy())
-        raw = t.column("signature").combine_chunks()
-        width = settings["num_perm"] * 4
-        buf = np.frombuffer(raw.buffers()[1], np.uint8)[raw.offset * width:(raw.offset + len(raw)) * width]
-        sigs.append(buf.view(np.uint32).reshape(len(raw), settings["num_perm"]))
-    P = settings["num_perm"]
-    return _Index(ids, np.concatenate(exact) if exact else np.zeros(0, np.uint64),
-                  np.concatenate(sigs) if sigs else np.zeros((0, P), np.uint32), rounds)
+        keys.append(np.asarray(_load_npy(f["keys"])))
+        sets.add(start, _load_npy(f["sets"]), _load_npy(f["offsets"]))
+        start += t.num_rows
+    if not rounds:
+        return empty
+    return _Index(ids, np.concatenate(exact), np.concatenate(keys), sets, rounds)
 
 
 def _append_round(index_dir: Path, settings: dict, index: _Index, round_key: str, output: Path,
-                  ids: list[str], exact: np.ndarray, sig: np.ndarray) -> None:
-    """Write this round's kept rows as a new index file, then record it in index.json (atomic renames)."""
+                  ids: list[str], exact: np.ndarray, keys: np.ndarray, sets: tuple[np.ndarray, np.ndarray]) -> None:
+    """Write this round's kept rows as new index files, then record them in index.json (atomic renames)."""
     meta = _read_index_meta(index_dir) or {"settings": settings, "rounds": []}
     rounds = meta["rounds"]
     pos = next((i for i, r in enumerate(rounds) if r["key"] == round_key), None)
-    number = len(index.rounds)
-    name = f"round-{number:05d}-{round_key[:8]}.parquet"
-    width = sig.shape[1] * 4
-    table = pa.table({
-        "id": pa.array(ids, pa.string()),
-        "text_hash": pa.array(exact, pa.uint64()),
-        "signature": pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(ids),
-                                                          [None, pa.py_buffer(np.ascontiguousarray(sig).tobytes())]),
-    })
-    ds.write_parquet_atomic(table, index_dir / name)
+    name = f"round-{len(index.rounds):05d}-{round_key[:8]}.parquet"
+    f = _round_files(index_dir, name)
+    _save_npy(f["keys"], keys)
+    _save_npy(f["sets"], sets[0])
+    _save_npy(f["offsets"], sets[1])
+    ds.write_parquet_atomic(pa.table({"id": pa.array(ids, pa.string()), "text_hash": pa.array(exact, pa.uint64())}),
+                            index_dir / name)
     entry = {"key": round_key, "file": name, "rows": len(ids), "output": str(output),
              "added_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if pos is None:
@@ -275,113 +395,155 @@ def _append_round(index_dir: Path, settings: dict, index: _Index, round_key: str
     ds.atomic_write_bytes(index_dir / "index.json", json.dumps(meta, indent=2).encode())
 
 
-# ------------------------------------------------------------------------------------------ pass 1
+# ------------------------------------------------------------------------------------------ pass 1a
 @dataclass
-class _Clusters:
-    cluster: np.ndarray  # int64 per row: rep row (>= 0) or -(k+1) for index representative k
-    exact: np.ndarray  # uint64 per row
-    sig: np.ndarray  # (N, num_perm) uint32
-    ids: pa.Array  # string per row
-    reward: np.ndarray | None  # float64 per row, NaN for null
+class _Shard:
+    """One signature shard: a batch of input rows, persisted in OUTPUT/.dedup/sig-NNNNN.*"""
+
+    start: int  # global row number of its first row
+    rows: int
+    ids: pa.Array  # string
+    exact: np.ndarray  # uint64 exact keys
+    reward: np.ndarray | None  # float64, NaN for null (keep=best-reward only)
+    keys: np.ndarray  # (rows, bands) uint64 band keys
+    sets: np.ndarray  # sorted distinct shingle hashes, flattened (memory-mapped)
+    offsets: np.ndarray  # (rows + 1,) int64
 
 
-def _cluster(inp: _Input, cfg: DedupConfig, index: _Index, lsh, progress: bool) -> _Clusters:
+def _shard_paths(work: Path, k: int) -> dict[str, Path]:
+    stem = f"sig-{k:05d}"
+    return {"meta": work / f"{stem}.parquet", "keys": work / f"{stem}.keys.npy", "sets": work / f"{stem}.shingles.npy",
+            "offsets": work / f"{stem}.offsets.npy", "done": work / f"{stem}.done"}
+
+
+def _compute_shard(where: str, batch: pa.RecordBatch, base: int, cfg: DedupConfig, perm: tuple[np.ndarray, np.ndarray],
+                   bands: int, rows: int, paths: dict[str, Path]) -> None:
+    m = batch.num_rows
+    if cfg.field not in batch.schema.names:
+        raise UserError(f"{where}: missing column {cfg.field!r}")
+    texts = tx.column_text(batch.column(cfg.field), cfg.field, where)
+    if texts.null_count:
+        row = base + texts.is_null().to_numpy(zero_copy_only=False).argmax()
+        raise UserError(f"{where}: row {row}: column {cfg.field!r} is null; drop or fill such rows first")
+    norm = tx.normalize_array(texts)
+    sh = tx.shingles(tx.words_array(norm), cfg.ngram)
+    if "id" in batch.schema.names:
+        ids = batch.column("id").cast(pa.string())
+    else:
+        ids = pa.array(np.arange(base, base + m)).cast(pa.string())
+    meta = {"id": ids, "text_hash": pa.array(tx.text_hashes(norm), pa.uint64())}
+    if cfg.keep == "best-reward":
+        col = batch.column("reward")
+        if not (pa.types.is_floating(col.type) or pa.types.is_integer(col.type) or pa.types.is_null(col.type)):
+            raise UserError(f"{where}: column 'reward' has type {col.type}; --keep best-reward needs numbers")
+        meta["reward"] = col.cast(pa.float64())
+    hashes, offsets = shingle_sets(sh)
+    _save_npy(paths["keys"], band_keys(signatures(sh, *perm), bands, rows))
+    _save_npy(paths["sets"], hashes)
+    _save_npy(paths["offsets"], offsets)
+    ds.write_parquet_atomic(pa.table(meta), paths["meta"])
+    ds.atomic_write_bytes(paths["done"], json.dumps({"rows": m, "start": base}).encode())  # last: the shard is done
+
+
+def _signature_shards(inp: _Input, cfg: DedupConfig, bands: int, rows: int, work: Path,
+                      progress: bool) -> tuple[list[_Shard], int]:
+    """Pass 1a: every input batch as a signature shard, computing only those without a done marker.
+    Returns the shards and how many were found done."""
     from tqdm.auto import tqdm
 
-    N, P = inp.rows, cfg.num_perm
-    a, b = permutations(P, cfg.seed)
-    cluster = np.empty(N, np.int64)
-    exact_all = np.empty(N, np.uint64)
-    sig_all = np.empty((N, P), np.uint32)
-    reward = np.full(N, np.nan) if cfg.keep == "best-reward" else None
-    id_chunks: list[pa.Array] = []
-    # exact keys of cluster representatives -> cluster id
-    exact_map: dict[int, int] = {int(h): -(k + 1) for k, h in enumerate(index.exact)}
-    for k in range(len(index.ids)):
-        lsh.insert(-(k + 1), _Sig(index.sig[k]), check_duplication=False)
-    order_key = lambda key: key + N if key < 0 else key  # noqa: E731 - earlier rounds come first on ties
-    want = [cfg.field] + (["id"] if "id" in inp.columns else []) + (["reward"] if reward is not None else [])
-    base = 0
-    bar = tqdm(total=N, desc="dedup: signatures", unit="row", disable=not progress, dynamic_ncols=True)
+    perm = permutations(bands * rows, cfg.seed)
+    want = [cfg.field] + (["id"] if "id" in inp.columns else []) + (["reward"] if cfg.keep == "best-reward" else [])
+    shards: list[_Shard] = []
+    base = resumed = 0
+    bar = tqdm(total=inp.rows, desc="dedup: signatures", unit="row", disable=not progress, dynamic_ncols=True)
     try:
         for where, batch in _batches(inp, cfg.batch_rows, want):
             m = batch.num_rows
             if m == 0:
                 continue
-            if cfg.field not in batch.schema.names:
-                raise UserError(f"{where}: missing column {cfg.field!r}")
-            texts = tx.column_text(batch.column(cfg.field), cfg.field, where)
-            if texts.null_count:
-                row = base + texts.is_null().to_numpy(zero_copy_only=False).argmax()
-                raise UserError(f"{where}: row {row}: column {cfg.field!r} is null; drop or fill such rows first")
-            norm = tx.normalize_array(texts)
-            exact = tx.text_hashes(norm)
-            sig = signatures(tx.shingles(tx.words_array(norm), cfg.ngram), a, b)
-            exact_all[base:base + m] = exact
-            sig_all[base:base + m] = sig
-            if "id" in batch.schema.names:
-                id_chunks.append(batch.column("id").cast(pa.string()))
+            paths = _shard_paths(work, len(shards))
+            done = paths["done"].exists() and json.loads(paths["done"].read_text()) == {"rows": m, "start": base}
+            if done:
+                resumed += 1
             else:
-                id_chunks.append(pa.array(np.arange(base, base + m)).cast(pa.string()))
-            if reward is not None:
-                col = batch.column("reward")
-                if not (pa.types.is_floating(col.type) or pa.types.is_integer(col.type) or pa.types.is_null(col.type)):
-                    raise UserError(f"{where}: column 'reward' has type {col.type}; --keep best-reward needs numbers")
-                reward[base:base + m] = col.cast(pa.float64()).to_numpy(zero_copy_only=False)
-            for i in range(m):
-                g = base + i
-                h = int(exact[i])
-                c = exact_map.get(h)
-                if c is not None:
-                    cluster[g] = c
-                    continue
-                s = sig[i]
-                cands = lsh.query(_Sig(s))
-                if cands:
-                    keys = np.fromiter(cands, np.int64, len(cands))
-                    cs = _rows_sig(keys, sig_all, index.sig)
-                    js = jaccard(cs, s)
-                    ok = js >= cfg.threshold
-                    if ok.any():
-                        best = min(np.flatnonzero(ok), key=lambda t: (-js[t], order_key(int(keys[t]))))
-                        cluster[g] = keys[best]
-                        continue
-                cluster[g] = g
-                exact_map[h] = g
-                lsh.insert(g, _Sig(s), check_duplication=False)
+                _compute_shard(where, batch, base, cfg, perm, bands, rows, paths)
+            meta = pq.read_table(paths["meta"])
+            reward = meta.column("reward").to_numpy() if "reward" in meta.column_names else None
+            shards.append(_Shard(base, m, meta.column("id").combine_chunks(), meta.column("text_hash").to_numpy(),
+                                 reward,
+                                 np.load(paths["keys"]), _load_npy(paths["sets"]), np.load(paths["offsets"])))
             base += m
             bar.update(m)
     finally:
         bar.close()
-    return _Clusters(cluster, exact_all, sig_all, pa.chunked_array(id_chunks, pa.string()).combine_chunks(), reward)
+    return shards, resumed
 
 
-def _rows_sig(keys: np.ndarray, sig: np.ndarray, index_sig: np.ndarray) -> np.ndarray:
-    """Signatures of cluster keys: a row of this round (>= 0) or index representative -(k+1)."""
-    out = np.empty((len(keys), sig.shape[1]), np.uint32)
-    neg = keys < 0
-    out[neg] = index_sig[-keys[neg] - 1]
-    out[~neg] = sig[keys[~neg]]
-    return out
+# ------------------------------------------------------------------------------------------ pass 1b
+def _cluster(shards: list[_Shard], n: int, cfg: DedupConfig, index: _Index, bands: int,
+             progress: bool) -> tuple[np.ndarray, np.ndarray, _Sets]:
+    """Cluster key per row (its representative's row, or -(k+1) for index row k), the exact Jaccard to it,
+    and the rows' shingle sets."""
+    from tqdm.auto import tqdm
+
+    sets = _Sets()
+    for s in shards:
+        sets.add(s.start, s.sets, s.offsets)
+    cluster = np.empty(n, np.int64)
+    jac = np.ones(n)
+    lsh = _Tables(bands)
+    exact_map: dict[int, int] = {int(h): -(k + 1) for k, h in enumerate(index.exact)}  # representatives' keys
+    for k in range(len(index.ids)):
+        lsh.insert(-(k + 1), index.keys[k].tolist())
+    set_of = lambda key: index.sets.get(-key - 1) if key < 0 else sets.get(key)  # noqa: E731
+    order_key = lambda key: key + n if key < 0 else key  # noqa: E731 - earlier rounds come first on ties
+    t = cfg.threshold
+    bar = tqdm(total=n, desc="dedup: clusters", unit="row", disable=not progress, dynamic_ncols=True)
+    try:
+        for s in shards:
+            for i, (h, row) in enumerate(zip(s.exact.tolist(), s.keys.tolist())):
+                g = s.start + i
+                c = exact_map.get(h)
+                if c is not None:
+                    cluster[g] = c
+                    continue
+                best, best_j = None, -1.0
+                cands = lsh.query(row)
+                if cands:
+                    mine = s.sets[s.offsets[i]:s.offsets[i + 1]]
+                    for c in cands:
+                        j = exact_jaccard(set_of(c), mine)
+                        if j >= t and (j > best_j or (j == best_j and order_key(c) < order_key(best))):
+                            best, best_j = c, j
+                if best is not None:
+                    cluster[g], jac[g] = best, best_j
+                    continue
+                cluster[g] = g
+                exact_map[h] = g
+                lsh.insert(g, row)
+            bar.update(s.rows)
+    finally:
+        bar.close()
+    return cluster, jac, sets
 
 
-def _keepers(c: _Clusters, keep: str) -> np.ndarray:
+def _keepers(cluster: np.ndarray, reward: np.ndarray | None, keep: str) -> np.ndarray:
     """Row kept for each row's cluster (-1 for rows matching an earlier round)."""
-    N = len(c.cluster)
+    N = len(cluster)
     rows = np.arange(N)
-    in_round = c.cluster >= 0
+    in_round = cluster >= 0
     keeper_of = np.arange(N)  # keep=first: the representative is its cluster's earliest row
     if keep == "best-reward":
         g = rows[in_round]
-        cl = c.cluster[in_round]
-        r = c.reward[in_round]
+        cl = cluster[in_round]
+        r = reward[in_round]
         null = np.isnan(r)
         order = np.lexsort((g, -np.nan_to_num(r, nan=0.0), null, cl))
         cl_sorted = cl[order]
         first = np.ones(len(cl_sorted), bool)
         first[1:] = cl_sorted[1:] != cl_sorted[:-1]
         keeper_of[cl_sorted[first]] = g[order][first]
-    return np.where(in_round, keeper_of[np.maximum(c.cluster, 0)], -1)
+    return np.where(in_round, keeper_of[np.maximum(cluster, 0)], -1)
 
 
 # ------------------------------------------------------------------------------------------ the job
@@ -395,6 +557,12 @@ def _round_key(cfg: DedupConfig, input_fp: str) -> str:
     return hashlib.sha256(json.dumps({"config": cfg.identity(), "input": input_fp}, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def s_curve(threshold: float, bands: int, rows: int) -> dict[str, float]:
+    """P(candidate) at J = t-0.1, t-0.05, t, t+0.04 (what the manifest and docs/hygiene.md show)."""
+    js = [threshold - 0.1, threshold - 0.05, threshold, threshold + 0.04]
+    return {f"{j:.2f}": round(float(p_candidate(j, bands, rows)), 5) for j in js if 0.0 <= j <= 1.0}
+
+
 def dedup(input: str, output: str, config: DedupConfig | None = None, *, index: str | None = None,
           overwrite: bool = False, progress: bool = True, log=lambda m: print(m, file=sys.stderr)) -> DedupResult:
     """Deduplicate `input` into the dataset directory `output` (see module docstring)."""
@@ -403,14 +571,14 @@ def dedup(input: str, output: str, config: DedupConfig | None = None, *, index: 
     t0 = time.time()
     cfg = config or DedupConfig()
     cfg.validate()
+    bands, rows_per_band = choose_banding(cfg.threshold, cfg.num_perm)
     out = Path(output)
     inp = _open_input(str(input), [cfg.field])
     if cfg.keep == "best-reward" and "reward" not in inp.columns:
         raise UserError(f"{input}: --keep best-reward needs a 'reward' column; found {', '.join(inp.columns)}. "
                         "Run `prefsmith label` first, or use --keep first.")
     input_fp = ds.fingerprint(input)
-    lsh = make_lsh(cfg.threshold, cfg.num_perm)
-    settings = _index_settings(cfg, lsh.b, lsh.r)
+    settings = _index_settings(cfg, bands, rows_per_band)
     round_key = _round_key(cfg, input_fp)
     index_dir = Path(index) if index else None
     idx = _load_index(index_dir, settings, round_key)
@@ -421,60 +589,79 @@ def dedup(input: str, output: str, config: DedupConfig | None = None, *, index: 
         "input": {"source": str(input), "fingerprint": input_fp, "rows": inp.rows},
         "index": {"path": str(index_dir), "fingerprint": idx.fingerprint, "rounds_before": len(idx.rounds),
                   "rows_before": len(idx.ids)} if index_dir else None,
-        "lsh": {"bands": lsh.b, "rows_per_band": lsh.r},
+        "lsh": {"bands": bands, "rows_per_band": rows_per_band, "permutations": bands * rows_per_band,
+                "p_candidate": s_curve(cfg.threshold, bands, rows_per_band)},
         "rows_in": inp.rows, "rows_out": None, "complete": False, "num_shards": 0, "completed_shards": [],
         "versions": versions(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     # "index" compares the index's fingerprint (and where it lives) with the old run's
     old = open_output(out, manifest, overwrite, extra_keys=("index",))
+    work = out / WORK
     if old is not None and old.get("complete"):
+        shutil.rmtree(work, ignore_errors=True)  # left when a kill came between completion and clean-up
         log(f"[{STAGE}] {out} is already complete ({old.get('rows_out')} rows); nothing to do")
         return _result_from_manifest(out, old, time.time() - t0)
-    if old is not None:  # the same run, killed part-way: dedup is global, so it starts over
-        shutil.rmtree(out)
-        out.mkdir(parents=True)
+    # the same run, killed part-way, left signature shards: reuse them if they were cut the same way
+    plan = {"fingerprint": fp, "batch_rows": cfg.batch_rows}
+    plan_path = work / "plan.json"
+    if not (plan_path.exists() and json.loads(plan_path.read_text()) == plan):
+        shutil.rmtree(work, ignore_errors=True)
+        ds.atomic_write_bytes(plan_path, json.dumps(plan).encode())
     ds.write_manifest(out, manifest)
 
-    c = _cluster(inp, cfg, idx, lsh, progress)
-    del lsh
-    keeper = _keepers(c, cfg.keep)
+    shards, resumed = _signature_shards(inp, cfg, bands, rows_per_band, work, progress)
+    if resumed:
+        log(f"[{STAGE}] resumed {resumed} of {len(shards)} signature shards from {work}")
+    cluster, jac_rep, sets = _cluster(shards, inp.rows, cfg, idx, bands, progress)
+    exact = np.concatenate([s.exact for s in shards])
+    ids = pa.chunked_array([s.ids for s in shards], pa.string()).combine_chunks()
+    reward = np.concatenate([s.reward for s in shards]) if cfg.keep == "best-reward" else None
+    keeper = _keepers(cluster, reward, cfg.keep)
     rows = np.arange(inp.rows)
     removed = keeper != rows
-    # what each removed row duplicates
+    # what each removed row duplicates: this round's kept row, or index row k (cluster key -(k+1))
     rem = np.flatnonzero(removed)
-    by_index = c.cluster[rem] < 0
+    by_index = cluster[rem] < 0
     k_round = keeper[rem]
-    k_index = -c.cluster[rem] - 1
-    # the row each removed row duplicates, as a cluster key: this round's row, or -(k+1) for index row k
-    target = np.where(by_index, c.cluster[rem], k_round)
+    k_index = -cluster[rem] - 1
     other_exact = np.empty(len(rem), np.uint64)
     other_exact[by_index] = idx.exact[k_index[by_index]]
-    other_exact[~by_index] = c.exact[k_round[~by_index]]
-    is_exact = other_exact == c.exact[rem]
-    jac = np.ones(len(rem))
-    for s in range(0, len(rem), 65536):
-        sl = slice(s, s + 65536)
-        jac[sl] = jaccard(_rows_sig(target[sl], c.sig, idx.sig), c.sig[rem[sl]])
+    other_exact[~by_index] = exact[k_round[~by_index]]
+    is_exact = other_exact == exact[rem]
+    jac = jac_rep[rem].copy()  # exact Jaccard to the representative, which is the kept row unless best-reward
+    moved = np.flatnonzero(~by_index & (k_round != cluster[rem]))
+    for p in moved:
+        jac[p] = exact_jaccard(sets.get(int(k_round[p])), sets.get(int(rem[p])))
     jac[is_exact] = 1.0
     dup_of = np.empty(len(rem), object)
     if by_index.any():
         dup_of[by_index] = [idx.ids[k] for k in k_index[by_index]]
     if (~by_index).any():
-        dup_of[~by_index] = c.ids.take(pa.array(k_round[~by_index])).to_pylist()
+        dup_of[~by_index] = ids.take(pa.array(k_round[~by_index])).to_pylist()
 
-    shards = _write_outputs(inp, cfg, out, removed, rem, dup_of, is_exact, jac)
+    staged = work / "staged"
+    shutil.rmtree(staged, ignore_errors=True)
+    num_shards = _write_outputs(inp, cfg, staged, removed, rem, dup_of, is_exact, jac)
+    for sub in (ds.DATA, "removed"):  # the finished output replaces whatever a killed pass 2 left
+        shutil.rmtree(out / sub, ignore_errors=True)
+        if (staged / sub).exists():
+            (staged / sub).rename(out / sub)
     kept_rows = np.flatnonzero(~removed)
     if index_dir:
-        _append_round(index_dir, settings, idx, round_key, out, c.ids.take(pa.array(kept_rows)).to_pylist(),
-                      c.exact[kept_rows], c.sig[kept_rows])
+        keys = np.concatenate([s.keys for s in shards])[kept_rows]
+        _append_round(index_dir, settings, idx, round_key, out, ids.take(pa.array(kept_rows)).to_pylist(),
+                      exact[kept_rows], keys, sets.gather(kept_rows))
     n_exact, n_near = int(is_exact.sum()), int((~is_exact).sum())
     manifest.update({
-        "rows_out": int(len(kept_rows)), "num_shards": shards, "completed_shards": list(range(shards)),
+        "rows_out": int(len(kept_rows)), "num_shards": num_shards, "completed_shards": list(range(num_shards)),
         "counts": {"kept": int(len(kept_rows)), "removed": int(len(rem)), "removed_exact": n_exact,
                    "removed_near": n_near, "removed_by_index": int(by_index.sum())},
+        "resume": {"signature_shards": len(shards), "resumed": resumed},
         "complete": True, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(time.time() - t0, 3),
     })
+    del shards, sets  # release the memory maps before deleting their files
     ds.write_manifest(out, manifest)
+    shutil.rmtree(work, ignore_errors=True)
     return _result_from_manifest(out, manifest, time.time() - t0, skipped=False)
 
 
@@ -529,7 +716,7 @@ def _result_from_manifest(out: Path, m: dict, seconds: float, skipped: bool = Tr
     c = m.get("counts", {})
     return DedupResult(out, m["rows_in"], m["rows_out"], c.get("removed_exact", 0), c.get("removed_near", 0),
                        c.get("removed_by_index", 0), m["lsh"]["bands"], m["lsh"]["rows_per_band"], seconds,
-                       skipped=skipped, manifest=m)
+                       skipped=skipped, resumed_shards=m.get("resume", {}).get("resumed", 0), manifest=m)
 
 
 # ------------------------------------------------------------------------------------------ CLI
@@ -540,9 +727,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--field", default=d.field, help="text column to compare: a string or chat-message list column "
                    f"(default {d.field})")
     p.add_argument("--threshold", type=float, default=d.threshold,
-                   help=f"estimated Jaccard of word-shingle sets at/above which rows are near-duplicates (default {d.threshold})")
+                   help=f"Jaccard of word-shingle sets at/above which rows are near-duplicates (default {d.threshold})")
     p.add_argument("--ngram", type=int, default=d.ngram, help=f"words per shingle (default {d.ngram})")
-    p.add_argument("--num-perm", type=int, default=d.num_perm, help=f"MinHash permutations (default {d.num_perm})")
+    p.add_argument("--num-perm", type=int, default=d.num_perm, help="MinHash permutation budget; the LSH banding, derived from --threshold, uses at most this many "
+                   f"(default {d.num_perm})")
+    p.add_argument("--batch-rows", type=int, default=d.batch_rows, help="rows per streamed batch, which is also the "
+                   f"unit a killed run resumes from (default {d.batch_rows})")
     p.add_argument("--keep", choices=["first", "best-reward"], default=d.keep,
                    help="which row of a duplicate cluster to keep: the earliest, or the highest `reward` (ties -> earliest)")
     p.add_argument("--index", default=None, help="directory of a persistent index: dedup against earlier rounds "
@@ -554,7 +744,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = DedupConfig(field=args.field, threshold=args.threshold, ngram=args.ngram, num_perm=args.num_perm,
-                      keep=args.keep, seed=args.seed)
+                      keep=args.keep, seed=args.seed, batch_rows=args.batch_rows)
     r = dedup(args.input, args.output, cfg, index=args.index, overwrite=args.overwrite, progress=not args.no_progress)
     print(f"dedup: {r.rows_in} rows in, {r.rows_out} kept, {r.removed_exact} exact and {r.removed_near} near "
           f"duplicates removed ({r.removed_by_index} of them matched earlier rounds in the index); "

@@ -79,7 +79,9 @@ def test_planted_duplicates_exact_counts(tmp_path):
     m = ds.read_manifest(out)
     assert m["complete"] and m["rows_in"] == 15 and m["rows_out"] == 10
     assert m["counts"] == {"kept": 10, "removed": 5, "removed_exact": 2, "removed_near": 3, "removed_by_index": 0}
-    assert m["lsh"] == {"bands": 16, "rows_per_band": 8}  # recall-oriented banding for 0.8 / 128
+    # banding derived from the threshold: P(candidate) >= 0.995 at J = 0.8 within 128 permutations
+    assert m["lsh"] == {"bands": 18, "rows_per_band": 6, "permutations": 108,
+                        "p_candidate": {"0.70": 0.89491, "0.75": 0.97063, "0.80": 0.9958, "0.84": 0.99959}}
 
 
 def test_threshold_and_ngram_change_what_is_near(tmp_path):
