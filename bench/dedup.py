@@ -1,17 +1,23 @@
-"""Benchmark: `prefsmith dedup` against datatrove's MinHash dedup on one synthetic corpus with known duplicates.
+"""Benchmark: `prefsmith dedup` against datatrove's MinHash dedup on one synthetic corpus with planted pairs.
 
-    .venv/bin/python bench/dedup.py [--docs 100000] [--workdir /tmp/dedup-bench]
+    .venv/bin/python bench/dedup.py [--docs 100000] [--threshold 0.8] [--workdir /tmp/dedup-bench]
 
 The corpus: documents of 100-300 words drawn from a 30k-word vocabulary with Zipf frequencies. Most are
-originals; `--near` of them are copies of an original with ~0.5-1.5% of the words substituted, inserted or
-deleted (5-gram Jaccard ~0.85-0.95), and `--far` are copies with ~5% edits (Jaccard ~0.6: similar, but under
-the threshold). Ground truth: a copy is a duplicate when the exact 5-gram Jaccard with its original, computed
-with Python sets, is >= the threshold. Scoring is order-free: in each group (an original and its true
-duplicates) at most |group|-1 removals count as correct; every other removal is a false positive.
+originals; `--near` of them are copies of an original placed *just above* the threshold, `--far` are copies
+placed *just below* it (hard negatives). Each copy is made by random word substitutions, insertions and
+deletions, one at a time, with the exact word-5-gram Jaccard against its original (Python sets) measured after
+each edit; an edit that would leave the target band is undone. Bands: threshold + 0.04 +- 0.01 (duplicates)
+and threshold - 0.1 +- 0.01 (not duplicates). Every original has at most one copy, so each planted pair is a
+group of two.
 
-Both tools use 5-word shingles and the same LSH banding (the bands x rows datasketch picks for threshold and
-num-perm, e.g. 9 x 13 for 0.8 / 128), one process each, reading a file and writing kept rows. Datatrove runs
-its four stages (signatures, buckets, clustering, filter) with LocalPipelineExecutor in a temp directory.
+Scores, per tool: recall = planted duplicate pairs of which one row was removed; precision = removals that
+are one row of a planted duplicate pair (one per pair) over all removals; hard negatives merged = planted
+below-threshold pairs of which a row was removed.
+
+Both tools use 5-word shingles and the same LSH banding (the bands x rows prefsmith derives from the threshold,
+18 x 6 for 0.8 / 128), one process each, reading a file and writing kept rows. Datatrove runs its four
+stages (signatures, buckets, clustering, filter) with LocalPipelineExecutor in a temp directory; it removes
+every LSH candidate without checking its similarity, prefsmith checks each candidate's exact Jaccard.
 """
 from __future__ import annotations
 
@@ -30,56 +36,82 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines.dedup import DedupConfig, dedup, make_lsh  # noqa: E402
+from pipelines.dedup import DedupConfig, choose_banding, dedup, s_curve  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------ corpus
-def make_corpus(n_docs: int, near: float, far: float, seed: int) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
-    """Returns ids, texts, source (index of the original for copies, -1 for originals), edit rate."""
+def shingle_set(words, n: int) -> set:
+    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)} or {tuple(words)}
+
+
+def true_jaccard(a: str, b: str, n: int) -> float:
+    sa, sb = shingle_set(a.split(), n), shingle_set(b.split(), n)
+    return len(sa & sb) / len(sa | sb)
+
+
+def plant(words: list[int], lo: float, hi: float, draw, rng: np.random.Generator, n: int = 5,
+          tries: int = 400) -> tuple[list[int], float] | None:
+    """Edit `words` one random substitution/insertion/deletion at a time until the exact n-gram Jaccard with
+    the original is in [lo, hi]; an edit that would go below `lo` is undone. None if `tries` edits fail."""
+    orig = shingle_set(words, n)
+    w = list(words)
+    for _ in range(tries):
+        trial = list(w)
+        op, pos = int(rng.integers(3)), int(rng.integers(len(trial)))
+        if op == 0:
+            trial[pos] = draw()
+        elif op == 1:
+            trial.insert(pos, draw())
+        elif len(trial) > 10:
+            del trial[pos]
+        s = shingle_set(trial, n)
+        j = len(s & orig) / len(s | orig)
+        if j < lo:
+            continue
+        w = trial
+        if j <= hi:
+            return w, j
+    return None
+
+
+def make_corpus(n_docs: int, near: float, far: float, threshold: float,
+                seed: int) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
+    """Returns ids, texts, source (index of the original for copies, -1 for originals) and the exact Jaccard
+    of each copy with its original (NaN for originals)."""
     rng = np.random.default_rng(seed)
     # letters only: datatrove's default normalization maps digits to 0, which would merge numbered words
     letters = "abcdefghijklmnopqrstuvwxyz"
     vocab = np.array(["".join(letters[(i // 26**k) % 26] for k in range(4)) for i in range(30_000)])
     p = 1.0 / np.arange(1, len(vocab) + 1)
     p /= p.sum()
+    pool = iter(rng.choice(len(vocab), size=10_000_000, p=p).tolist())
+    draw = lambda: next(pool)  # noqa: E731 - Zipf-distributed word ids, drawn in bulk
     n_near, n_far = int(n_docs * near), int(n_docs * far)
     n_orig = n_docs - n_near - n_far
     lengths = rng.integers(100, 301, n_orig)
     flat = rng.choice(len(vocab), size=int(lengths.sum()), p=p)
     bounds = np.concatenate([[0], np.cumsum(lengths)])
-    originals = [flat[bounds[i]:bounds[i + 1]] for i in range(n_orig)]
+    originals = [flat[bounds[i]:bounds[i + 1]].tolist() for i in range(n_orig)]
     docs = list(originals)
     source = [-1] * n_orig
-    rates = [0.0] * n_orig
+    jac = [np.nan] * n_orig
+    sources = iter(rng.permutation(n_orig).tolist())  # each original is copied at most once
     for k in range(n_near + n_far):
-        src = int(rng.integers(n_orig))
-        rate = rng.uniform(0.005, 0.015) if k < n_near else rng.uniform(0.045, 0.055)
-        w = list(originals[src])
-        for _ in range(max(1, round(len(w) * rate))):
-            op, pos = rng.integers(3), int(rng.integers(len(w)))
-            if op == 0:
-                w[pos] = int(rng.choice(len(vocab), p=p))
-            elif op == 1:
-                w.insert(pos, int(rng.choice(len(vocab), p=p)))
-            elif len(w) > 10:
-                del w[pos]
-        docs.append(np.array(w))
+        target = threshold + 0.04 if k < n_near else threshold - 0.1
+        made = None
+        while made is None:
+            src = next(sources)
+            made = plant(originals[src], target - 0.01, target + 0.01, draw, rng)
+        docs.append(made[0])
         source.append(src)
-        rates.append(rate)
+        jac.append(made[1])
     order = rng.permutation(len(docs))  # copies land anywhere, before or after their original
     texts = [" ".join(vocab[docs[i]]) for i in order]
     ids = [f"d{j}" for j in range(len(docs))]
     inv = np.empty(len(order), np.int64)
     inv[order] = np.arange(len(order))
     src_arr = np.array([inv[source[i]] if source[i] >= 0 else -1 for i in order])
-    return ids, texts, src_arr, np.array([rates[i] for i in order])
-
-
-def true_jaccard(a: str, b: str, n: int) -> float:
-    wa, wb = a.split(), b.split()
-    sa = {tuple(wa[i:i + n]) for i in range(len(wa) - n + 1)}
-    sb = {tuple(wb[i:i + n]) for i in range(len(wb) - n + 1)}
-    return len(sa & sb) / len(sa | sb)
+    return ids, texts, src_arr, np.array([jac[i] for i in order])
 
 
 def score(removed: set[str], ids: list[str], groups: dict[int, list[int]]) -> tuple[float, float, int, int, int]:
@@ -163,19 +195,14 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     t0 = time.perf_counter()
-    ids, texts, source, rates = make_corpus(args.docs, args.near, args.far, args.seed)
-    groups: dict[int, list[int]] = {}
-    jac = []
-    for i in np.flatnonzero(source >= 0):
-        j = true_jaccard(texts[i], texts[source[i]], 5)
-        jac.append(j)
-        if j >= args.threshold:
-            groups.setdefault(int(source[i]), [int(source[i])]).append(int(i))
-    n_true = sum(len(g) - 1 for g in groups.values())
-    jac = np.array(jac)
-    print(f"corpus: {len(ids)} docs, {int((source >= 0).sum())} copies, {n_true} true duplicates "
-          f"(5-gram Jaccard >= {args.threshold}); copy Jaccard quartiles "
-          f"{np.percentile(jac, [25, 50, 75]).round(3).tolist()}; built in {time.perf_counter() - t0:.1f}s")
+    ids, texts, source, jac = make_corpus(args.docs, args.near, args.far, args.threshold, args.seed)
+    copies = np.flatnonzero(source >= 0)
+    groups = {int(source[i]): [int(source[i]), int(i)] for i in copies if jac[i] >= args.threshold}
+    negatives = [(int(source[i]), int(i)) for i in copies if jac[i] < args.threshold]
+    jn, jf = jac[[g[1] for g in groups.values()]], jac[[i for _, i in negatives]]
+    print(f"corpus: {len(ids)} docs; {len(groups)} planted duplicate pairs, exact 5-gram Jaccard "
+          f"{jn.min():.3f}-{jn.max():.3f} (mean {jn.mean():.3f}); {len(negatives)} hard negatives, "
+          f"{jf.min():.3f}-{jf.max():.3f} (mean {jf.mean():.3f}); built in {time.perf_counter() - t0:.1f}s")
     table = pa.table({"id": ids, "text": texts})
     pq.write_table(table, work / "corpus.parquet")
     with open(work / "corpus.jsonl", "w") as f:
@@ -183,10 +210,11 @@ def main() -> None:
             f.write(json.dumps({"id": i, "text": t}) + "\n")
     del table
 
-    lsh = make_lsh(args.threshold, args.num_perm)
-    bands, rows = lsh.b, lsh.r
+    bands, rows = choose_banding(args.threshold, args.num_perm)
+    curve = ", ".join(f"P({j})={v:.4f}" for j, v in s_curve(args.threshold, bands, rows).items())
     print(f"settings: 5-word shingles, threshold {args.threshold}, {args.num_perm} perms -> LSH {bands} bands x {rows} rows "
-          f"(datatrove: num_buckets={bands}, hashes_per_bucket={rows})")
+          f"(datatrove: num_buckets={bands}, hashes_per_bucket={rows}); "
+          f"P(candidate): {curve}")
 
     results = {}
     t_ours, rem_ours = run_ours(work / "corpus.parquet", work / "ours", args.threshold, args.num_perm)
@@ -194,10 +222,15 @@ def main() -> None:
     t_dt, rem_dt = run_datatrove(work / "corpus.jsonl", work / "datatrove", bands, rows)
     results["datatrove minhash"] = (t_dt, rem_dt)
 
-    print(f"\n{'tool':<20} {'seconds':>8} {'docs/s':>9} {'removed':>8} {'precision':>10} {'recall':>8} {'F1':>7} {'FP':>6} {'FN':>6}")
+    print(f"\n{'tool':<20} {'seconds':>8} {'docs/s':>9} {'removed':>8} {'recall@t+.04':>13} {'precision':>10} "
+          f"{'negatives merged@t-.1':>22} {'FP':>6} {'FN':>6}")
     for name, (dt, removed) in results.items():
         p, r, tp, fp, fn = score(removed, ids, groups)
-        print(f"{name:<20} {dt:>8.1f} {len(ids) / dt:>9.0f} {len(removed):>8} {p:>10.4f} {r:>8.4f} {2 * p * r / max(p + r, 1e-9):>7.4f} {fp:>6} {fn:>6}")
+        pos = {x: i for i, x in enumerate(ids)}
+        gone = {pos[x] for x in removed}
+        merged = sum(1 for a, b in negatives if a in gone or b in gone)
+        print(f"{name:<20} {dt:>8.1f} {len(ids) / dt:>9.0f} {len(removed):>8} {r:>13.4f} {p:>10.4f} "
+              f"{merged:>9} of {len(negatives):<9} {fp:>6} {fn:>6}")
     print(f"\nspeed ratio (prefsmith / datatrove docs/s): {t_dt / t_ours:.2f}x")
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)

@@ -211,3 +211,127 @@ def test_bad_input_clear_errors(tmp_path, capsys):
     pq.write_table(pa.table({"id": ["a"], "prompt": [3]}), tmp_path / "ints.parquet")
     assert main(["dedup", "--input", str(tmp_path / "ints.parquet"), "--output", str(tmp_path / "o3"), "--no-progress"]) == 2
     assert "column 'prompt' has type int64" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ the threshold promise
+def shingle_set(text: str, n: int = 5) -> set[tuple[str, ...]]:
+    w = normalize(text).split()
+    return {tuple(w[i:i + n]) for i in range(len(w) - n + 1)}
+
+
+def true_jaccard(a: str, b: str) -> float:
+    sa, sb = shingle_set(a), shingle_set(b)
+    return len(sa & sb) / len(sa | sb)
+
+
+def planted_copy(words: list[str], lo: float, hi: float, rng: random.Random) -> str:
+    """Substitute words until the exact 5-gram Jaccard with the original is in [lo, hi] (undo overshoots)."""
+    grams = lambda w: {tuple(w[i:i + 5]) for i in range(len(w) - 4)}  # noqa: E731 - words are already normalized
+    orig, w = grams(words), list(words)
+    while True:
+        trial = list(w)
+        trial[rng.randrange(len(trial))] = "zz" + rng.choice(VOCAB)
+        s = grams(trial)
+        j = len(s & orig) / len(s | orig)
+        if j >= lo:
+            w = trial
+            if j <= hi:
+                return " ".join(w)
+
+
+def test_banding_keeps_the_recall_promise_for_any_threshold():
+    from pipelines.dedup import RECALL_AT_THRESHOLD, choose_banding, p_candidate
+
+    for t in (0.3, 0.5, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0):
+        b, r = choose_banding(t, 128)
+        assert b * r <= 128 and p_candidate(t, b, r) >= RECALL_AT_THRESHOLD
+        # no banding with more rows per band fits: the chosen one is the steepest S-curve within the budget
+        assert all(p_candidate(t, 128 // r2, r2) < RECALL_AT_THRESHOLD for r2 in range(r + 1, 129))
+    assert choose_banding(0.8, 128) == (18, 6)
+    assert (choose_banding(0.7, 128), choose_banding(0.9, 128), choose_banding(0.8, 256)) == ((20, 4), (11, 9), (29, 8))
+    with pytest.raises(UserError, match="--num-perm 263"):
+        choose_banding(0.02, 128)
+
+
+@pytest.mark.parametrize("t", [0.7, 0.8, 0.9])
+def test_planted_pairs_just_above_and_below_the_threshold(tmp_path, t):
+    """200-word documents; 150 copies at exact Jaccard t+0.03..t+0.05 must all go, 150 at t-0.11..t-0.09
+    must all stay (the exact check makes the second a guarantee, the banding makes the first ~99.9%)."""
+    rng = random.Random(int(t * 100))
+    rows, dup_ids, neg_ids = [], set(), set()
+    for i in range(300):
+        words = rng.choices(VOCAB, k=200)
+        near = i < 150
+        lo, hi = (t + 0.03, t + 0.05) if near else (t - 0.11, t - 0.09)
+        rows.append({"id": f"o{i}", "prompt": " ".join(words)})
+        rows.append({"id": f"c{i}", "prompt": planted_copy(words, lo, hi, rng)})
+        (dup_ids if near else neg_ids).add(f"c{i}")
+    rng.shuffle(rows)
+    r = dedup(write_jsonl(tmp_path / "in.jsonl", rows), str(tmp_path / "out"), DedupConfig(threshold=t), progress=False)
+    removed = {x["id"]: x for x in read(tmp_path / "out" / "removed")}
+    by_id = {x["id"]: x["prompt"] for x in rows}
+    # one row of each planted duplicate pair is gone (the later one), none of a hard-negative pair
+    gone = {k if k.startswith("c") else "c" + k[1:] for k in removed}
+    assert gone == dup_ids and r.removed_near == 150
+    for k, x in removed.items():
+        assert x["jaccard"] == pytest.approx(true_jaccard(by_id[k], by_id[x["duplicate_of"]]), abs=1e-12)
+        assert x["jaccard"] >= t
+
+
+def test_chains_keep_one_row_per_cluster_and_drop_only_duplicates_of_kept_rows(tmp_path):
+    a = doc(31)
+    b_ = edit(a, [20, 120], 1).split()
+    c = edit(b_, [50, 80, 170], 2).split()  # 3 more edits: a duplicate of b, not of a
+    texts = [" ".join(a), " ".join(b_), " ".join(c)]
+    assert true_jaccard(texts[0], texts[1]) >= 0.8 and true_jaccard(texts[1], texts[2]) >= 0.8
+    assert true_jaccard(texts[0], texts[2]) < 0.8
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": k, "prompt": x} for k, x in zip("abc", texts)])
+    dedup(src, str(tmp_path / "out"), progress=False)
+    # a is kept, b goes as a's duplicate; c stays: b was removed, and c is not a duplicate of any kept row
+    assert [x["id"] for x in read(tmp_path / "out")] == ["a", "c"]
+    assert [(x["id"], x["duplicate_of"]) for x in read(tmp_path / "out" / "removed")] == [("b", "a")]
+
+
+# ------------------------------------------------------------------------------------------ resume after SIGKILL
+def test_killed_cli_run_resumes_from_finished_signature_shards(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    rng = random.Random(5)
+    rows = []
+    for i in range(8000):
+        if i % 10 == 9:  # a near copy of an earlier row
+            words = rows[rng.randrange(i)]["prompt"].split()
+            words[rng.randrange(len(words))] = "zz" + rng.choice(VOCAB)
+            rows.append({"id": f"r{i}", "prompt": " ".join(words)})
+        else:
+            rows.append({"id": f"r{i}", "prompt": " ".join(rng.choices(VOCAB, k=100))})
+    ds.write_dataset(rows, tmp_path / "in")
+    prefsmith = Path(sys.executable).parent / "prefsmith"
+
+    def cmd(out: Path) -> list[str]:
+        return [str(prefsmith), "dedup", "--input", str(tmp_path / "in"), "--output", str(out), "--batch-rows", "200",
+                "--no-progress"]
+
+    ref = tmp_path / "ref"
+    subprocess.run(cmd(ref), check=True, capture_output=True)
+    out = tmp_path / "out"
+    proc = subprocess.Popen(cmd(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while not (out / ".dedup" / "sig-00001.done").exists():
+        assert proc.poll() is None and time.time() < deadline, "dedup ended before it could be killed"
+        time.sleep(0.002)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not ds.read_manifest(out)["complete"]
+    done = len(list((out / ".dedup").glob("sig-*.done")))
+    assert 2 <= done < 40
+    rerun = subprocess.run(cmd(out), check=True, capture_output=True, text=True)
+    assert f"resumed {done} of 40 signature shards" in rerun.stderr
+    m = ds.read_manifest(out)
+    assert m["complete"] and m["resume"] == {"signature_shards": 40, "resumed": done}
+    assert read(out) == read(ref) and read(out / "removed") == read(ref / "removed")
+    assert len(read(out / "removed")) >= 700 and not (out / ".dedup").exists()  # the work folder is cleaned up
