@@ -1,10 +1,16 @@
 """Find the final answer in a math completion (or in a gold solution) as a string.
 
-Order, first hit wins:
-1. the last `\\boxed{...}` / `\\fbox{...}` (nested braces handled; `\\boxed 5` too);
-2. the last "the answer is ..." / "final answer: ..." phrase (up to the end of its line);
-3. the last GSM8K-style `#### ...` line;
-4. opt-in only: the last number in the text (`last_number=True`).
+Markers, decided by position (the last marker in the text wins, whichever kind):
+- `\\boxed{...}` / `\\fbox{...}` (nested braces handled; `\\boxed 5` too). Boxes separated only by commas,
+  "and" / "or" or `$` are one answer set (`\\boxed{1}, \\boxed{2}` -> `1, 2`); an empty box is skipped;
+- a "the answer is ..." / "final answer: ..." phrase (up to the end of its line; the math in it, so
+  `Final Answer: The final answer is $7$. I hope it is correct.` gives `7` and `The largest $n$ is 34.`
+  gives `34`);
+- a GSM8K-style `#### ...` line.
+
+Without a marker (`extract_answer` returns None) the caller decides: `whole_answer` reads a completion that
+is only an answer (`-5`, `$\\frac13$`, `28 percent`); the math reward then falls back to math-verify's own
+extraction, or to the last number when asked (`last_number=True`). Rules: docs/rewards_math.md.
 
 Pure string work, no sympy: this runs in the parent process and decides which (gold, answer) pairs the
 worker pool has to check.
@@ -23,12 +29,16 @@ _ANSWER_IS_RE = re.compile(
 )
 _HASH_RE = re.compile(r"^[ \t]*####(?P<ans>[^\n]+)", re.MULTILINE)
 _NUMBER_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+")
+# What may stand between two boxes of one answer set: `, `, `and`, `\text{ or }`, `$`, `\quad`.
+_BOX_GAP = re.compile(r"(?:[\s$,;.]|\\quad|\\qquad|\\text\{\s*(?:and|or|,)\s*\}|\b(?:and|or)\b)*")
+_MATH_SPAN = re.compile(r"\$\$?((?:[^$\\]|\\.)+)\$\$?|\\\(((?:[^\\]|\\[^)])+)\\\)|\\\[((?:[^\\]|\\[^\]])+)\\\]")
+_COPULA = re.compile(r"\s(?:is|are|was|equals|becomes|is equal to)\s+", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
 class Extracted:
     text: str
-    method: str  # boxed | answer_is | hashes | last_number
+    method: str  # boxed | answer_is | hashes | whole | last_number (math-verify's own: mathverify)
 
 
 _BARE_TOKEN = re.compile(r"[^\s$]+")
@@ -50,63 +60,116 @@ def _closing_braces(text: str) -> dict[int, int]:
     return pairs
 
 
-def last_boxed(text: str) -> str | None:
-    """Content of the last `\\boxed{...}` or `\\fbox{...}` that closes; `\\boxed 5` gives `5`.
-
-    Linear in the text, so a completion full of unclosed boxes costs one pass, not one pass per box.
-    """
+def _boxes(text: str) -> list[tuple[int, int, str]]:
+    """(start, end, content) of every `\\boxed{...}` / `\\fbox{...}` that closes, and every `\\boxed 5`."""
     matches = list(_BOX_RE.finditer(text))
-    if not matches:
-        return None
     closing = _closing_braces(text) if any(m.group(1) == "{" for m in matches) else {}
-    for m in reversed(matches):
+    out = []
+    for m in matches:
         if m.group(1) == "{":
             end = closing.get(m.end() - 1)
             if end is not None:
-                return text[m.end() : end]
+                out.append((m.start(), end + 1, text[m.end() : end]))
         else:
             tail = _BARE_TOKEN.match(text, m.end())
             if tail:
-                return tail.group(0)
-    return None
+                out.append((m.start(), tail.end(), tail.group(0)))
+    return out
+
+
+def last_boxed_set(text: str) -> tuple[int, str] | None:
+    """(position, content) of the last non-empty box; boxes just before it that form one list are joined.
+
+    >>> last_boxed_set(r"\\boxed{(2,2)} \\text{ and } \\boxed{(6,2)}")
+    (0, '(2,2), (6,2)')
+    """
+    boxes = [b for b in _boxes(text) if b[2].strip()]
+    if not boxes:
+        return None
+    group = [boxes[-1]]
+    for b in reversed(boxes[:-1]):
+        if b[1] > group[-1][0] or not _BOX_GAP.fullmatch(text, b[1], group[-1][0]):
+            break  # nested inside the next box, or prose between them: an earlier, separate answer
+        group.append(b)
+    return group[-1][0], ", ".join(b[2].strip() for b in reversed(group))
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last non-empty `\\boxed{...}` or `\\fbox{...}` that closes; `\\boxed 5` gives `5`."""
+    found = last_boxed_set(text)
+    return found[1] if found else None
+
+
+def _math_of(ans: str) -> str:
+    """The math in an answer phrase: `$x=2$` -> `x=2`; `$2$ and $3$` -> `2, 3`; prose keeps its last math."""
+    spans = list(_MATH_SPAN.finditer(ans))
+    if not spans:
+        return ans
+    outside = _MATH_SPAN.sub(" ", ans)
+    if ans.startswith(spans[0].group(0)) and not re.search(r"\b(?:and|or)\b|,", outside):
+        return next(g for g in spans[0].groups() if g)  # `$5$ cm`, `$x=2$.`: the leading math
+    inner = [next(g for g in m.groups() if g).strip() for m in spans]
+    if re.fullmatch(r"(?:[\s,;.]|\band\b|\bor\b)*", outside):
+        return ", ".join(inner)
+    return inner[-1]
 
 
 def _clean_phrase(ans: str) -> str:
     ans = ans[:1000].strip().lstrip(":").strip()  # an answer phrase is short; bounds work on a hostile line
+    for _ in range(3):  # "Final Answer: The final answer is $7$." -> the inner phrase
+        inner = list(_ANSWER_IS_RE.finditer(ans))
+        if not inner:
+            break
+        ans = inner[-1].group("ans").strip().lstrip(":").strip()
     ans = re.split(r"(?<!\d)\.\s|\.\s+(?=[A-Z])|,?\s+(?:because|since|so|which)\s", ans.strip())[0]
-    # "$\frac{1}{2}$." -> "\frac{1}{2}": drop wrapping dollars / bold and trailing sentence punctuation.
-    ans = re.sub(r"^\*+|\*+$", "", ans).strip()
-    ans = ans.rstrip(" .;!")
-    math_mode = re.match(r"\$((?:[^$\\]|\\.)*)\$", ans)  # `$...$`, skipping escaped `\$`
-    if math_mode:
-        ans = math_mode.group(1)
-    elif ans.startswith("\\(") and "\\)" in ans:
-        ans = ans[2 : ans.index("\\)")]
-    elif ans.startswith("\\[") and "\\]" in ans:
-        ans = ans[2 : ans.index("\\]")]
-    return ans.strip().rstrip(".").strip()
+    ans = re.sub(r"^\*+|\*+$", "", ans).strip().rstrip(" .;!")
+    if re.match(r"[A-Za-z]{2,}", ans):  # a sentence: "The largest $n$ is 34" -> "34"
+        parts = _COPULA.split(_MATH_SPAN.sub(lambda m: m.group(0).replace(" ", "\0"), ans))
+        if len(parts) > 1:
+            ans = parts[-1].replace("\0", " ")
+    return _math_of(ans).strip().rstrip(".").strip()
 
 
 def extract_answer(text: str, last_number: bool = False) -> Extracted | None:
-    """The final answer of `text` and how it was found, or None when there is none."""
-    boxed = last_boxed(text)
-    if boxed is not None and boxed.strip():
-        return Extracted(boxed.strip(), "boxed")
-    phrases = list(_ANSWER_IS_RE.finditer(text))
-    for m in reversed(phrases):
+    """The final answer of `text` and how it was found (the last marker wins), or None when there is none."""
+    found: list[tuple[int, Extracted]] = []
+    boxed = last_boxed_set(text)
+    if boxed is not None:
+        found.append((boxed[0], Extracted(boxed[1], "boxed")))
+    for m in reversed(list(_ANSWER_IS_RE.finditer(text))):
         ans = _clean_phrase(m.group("ans"))
         if ans:
-            return Extracted(ans, "answer_is")
+            found.append((m.start(), Extracted(ans, "answer_is")))
+            break
     hashes = list(_HASH_RE.finditer(text))
     if hashes:
         ans = _clean_phrase(hashes[-1].group("ans"))
         if ans:
-            return Extracted(ans, "hashes")
+            found.append((hashes[-1].start(), Extracted(ans, "hashes")))
+    if found:
+        return max(found, key=lambda f: f[0])[1]
     if last_number:
         numbers = _NUMBER_RE.findall(text)
         if numbers:
             return Extracted(numbers[-1].rstrip(","), "last_number")
     return None
+
+
+def whole_answer(text: str) -> Extracted | None:
+    """A completion that is only an answer (`-5`, `$\\frac13$`, `$[0,1)$`, `28 percent`, `5 cm`), else None.
+
+    Short, one line, and either one math span (`$...$`) or no span and no two words in a row (so prose such
+    as `We find that $x<3$.` is not an answer by itself).
+    """
+    s = text.strip().rstrip(".").strip()
+    if not s or len(s) > 60 or "\n" in s:
+        return None
+    span = _MATH_SPAN.fullmatch(s)
+    if span:
+        return Extracted(next(g for g in span.groups() if g).strip(), "whole")
+    if "$" in s or "\\(" in s or "\\[" in s or re.search(r"[A-Za-z]{2,}[\s,]+[A-Za-z]{2,}", s):
+        return None
+    return Extracted(s, "whole")
 
 
 def gold_text(gold: str) -> str:
