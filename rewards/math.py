@@ -7,12 +7,15 @@ Pipeline per row: take the final answer out of the completion (`rewards.extract`
 (units, currency, `percent`, scientific notation, `\\left`/`\\right`...), then decide equivalence with
 math-verify (gold parsed first, `verify(gold, answer)` in that order, because verify is asymmetric), falling
 back to a guarded sympy parse of plain-text answers where math-verify's LaTeX reading gives up (`pi/2`).
+A completion with no answer marker is read by math-verify's own extraction (`extraction="mathverify"`, the
+default) or counts as no answer (`extraction="markers"`).
 Exact numbers, fractions, percents and number lists are decided in the parent without sympy; every other
 check runs in a worker process under a hard wall-clock limit (`rewards.pool`). Identical normalized
 (gold, answer) pairs are checked once per process and cached.
 
-Reasons: `correct` (1), `wrong` (0), `no_answer` (0), `gold_unparseable` (None), `timeout` (None),
-`check_error` (None), `bad_completion` (None). Rules in docs/rewards_math.md.
+Reasons: `correct` (1), `wrong` (0), `no_answer` (0), `timeout` / `too_large` / `crashed` (0: the answer's
+fault; None with `null_on_timeout=True`), `bad_gold` (None), `bad_completion` (None). Rules in
+docs/rewards_math.md.
 """
 from __future__ import annotations
 
@@ -26,25 +29,31 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Sequence
 
-from rewards.extract import extract_answer, gold_text
+from rewards.extract import Extracted, extract_answer, gold_text, whole_answer
 from rewards.pool import WorkerPool
 from rewards.result import RewardResult, completion_text, trl_reward
 
 DEFAULT_TIMEOUT_S = 5.0
 CACHE_SIZE = 200_000
+MAX_ANSWER_CHARS = 2_000  # a longer extracted answer scores 0 `too_large` without being parsed
+RAW_TAIL_CHARS = 2_000  # math-verify's own extraction reads this much of the end of a marker-less completion
+EXTRACTIONS = ("mathverify", "markers")
+_ANSWER_FAILURES = ("timeout", "crashed", "too_large")
 
 # ---------------------------------------------------------------------------------------------------------
 # String normalization (parent process, pure)
 
 _NUM = r"-?(?:\d[\d,]*(?:\.\d+)?|\.\d+)(?:/\d+)?"
-_WRAPPERS = [(r"\\left", ""), (r"\\right", ""), (r"\\displaystyle", ""), (r"\\[dt]frac", r"\\frac"),
+# LaTeX thousands separators between digit groups: `10,\\!000`, `10{,}000`, `5\\,000`, `1\\ 000`, `1~000`.
+_LATEX_THOUSANDS = re.compile(r"(?<![\d.])(\d{1,3})((?:(?:,\\!|\{,\}|\\,|\\!|\\ |\\;|~)\d{3})+)(?![\d.]?\d)")
+_WRAPPERS = [(r"\\mathrm\{e\}", "e"), (r"\\left", ""), (r"\\right", ""), (r"\\displaystyle", ""), (r"\\[dt]frac", r"\\frac"),
              (r"(?<!\\)\\[!,;:]", " "), (r"~", " "), (r"\^\s*\{?\\circ\}?", ""), ("°", ""), (r"(?<!\\)\\\s", " ")]
 _PERCENT_WORD = re.compile(r"(\d)\s*(?:\\text\{\s*)?(?:percent|per\s*cent)\b\}?", re.IGNORECASE)
 _UNIT_NUM = rf"({_NUM}|\\frac\{{\d+\}}\{{\d+\}})"
 _TEXT_UNIT = re.compile(rf"^{_UNIT_NUM}\s*\\(?:text|mbox|mathrm)\{{\s*([A-Za-z][A-Za-z .]*)\}}(?:\^\d)?$")
 _WORD_UNIT = re.compile(rf"^{_UNIT_NUM}\s*([A-Za-z]{{2,}}[A-Za-z .]*)(?:\^\d|\^\{{\d\}})?$")
 _SCIENTIFIC = re.compile(r"^(-?\d+(?:\.\d+)?)[eE]([+-]?\d+)$")
-_THOUSANDS = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
+_THOUSANDS = re.compile(r"^-?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?$")  # not `0,111`
 _TEXT_WRAP = re.compile(r"^\\(?:text|mathrm|textbf|mbox)\{([^{}]*)\}$")
 _MATH_WORDS = {"sin", "cos", "tan", "cot", "sec", "csc", "log", "ln", "exp", "sqrt", "pi", "inf", "infty",
                "oo", "arcsin", "arccos", "arctan", "sinh", "cosh", "tanh", "frac", "and", "or"}
@@ -60,6 +69,7 @@ def normalize_answer(s: str) -> str:
             s = s[2:-2].strip()
         if s.startswith("\\[") and s.endswith("\\]"):
             s = s[2:-2].strip()
+    s = _LATEX_THOUSANDS.sub(lambda m: m.group(1) + re.sub(r"\D", "", m.group(2)), s)
     for pat, rep in _WRAPPERS:
         s = re.sub(pat, rep, s)
     if len(s) > 500:  # long answers skip the unit rules (their regexes backtrack); math-verify still reads them
@@ -86,6 +96,19 @@ def _is_text(s: str) -> bool:
         return False
     words = re.findall(r"[A-Za-z]+", inner)
     return inner.lower() == "no" or any(len(w) >= 3 and w.lower() not in _MATH_WORDS for w in words)
+
+
+_NUMBER_WORDS = {"zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
+                 "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen",
+                 "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety", "hundred",
+                 "thousand", "million", "billion", "and", "a", "point", "minus", "negative"}
+
+
+def is_number_words(s: str) -> bool:
+    """True for a number written in words (`forty two`, `one hundred and five`): a gold we cannot score."""
+    m = _TEXT_WRAP.match(s)
+    words = re.findall(r"[A-Za-z]+", (m.group(1) if m else s).lower())
+    return bool(words) and _is_text(s) and all(w in _NUMBER_WORDS for w in words)
 
 
 def _text_key(s: str) -> str:
@@ -234,30 +257,49 @@ def warm_worker() -> None:
     check_pair(("\\frac{1}{2}", "\\sqrt{x}"))
 
 
-def check_pair(pair: tuple[str, str | None]) -> tuple[float | None, str, dict[str, Any]]:
-    """Decide one normalized (gold, answer) pair: (score, reason, info). `answer=None` checks the gold only."""
-    gold, answer = pair
+def _mv_extract(text: str) -> tuple[tuple, str]:
+    """math-verify's own extraction on a whole text (boxed, then `$...$` / LaTeX, then plain expressions)."""
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse
+
+    found = parse(text, extraction_config=[LatexExtractionConfig(), ExprExtractionConfig()], parsing_timeout=None)
+    return tuple(x for x in found if not isinstance(x, str)), next((x for x in found if isinstance(x, str)), "")
+
+
+def check_pair(pair: tuple[str, ...]) -> tuple[float | None, str, dict[str, Any]]:
+    """Decide one normalized pair: (score, reason, info).
+
+    `(gold, answer)`; `(gold, None)` checks the gold only; `(gold, text, "mathverify")` lets math-verify find
+    the answer in a completion that has no marker.
+    """
+    gold, answer, *how = pair
     _quiet_math_verify()
+    raw = None
+    if how and answer is not None:
+        raw, answer = _mv_extract(answer)
+        raw = raw if answer else ()
+    info = {"extracted": answer} if how else {}
     if _is_text(gold):
-        if answer is None:
+        if not answer:
             return 0.0, "no_answer", {}
         ok = _text_key(gold) == _text_key(answer)
-        return (1.0, "correct", {"rule": "text"}) if ok else (0.0, "wrong", {"rule": "text"})
+        return (1.0, "correct", {**info, "rule": "text"}) if ok else (0.0, "wrong", {**info, "rule": "text"})
     gold_parsed = _mv_parse(gold) or tuple(_sympy_parse(gold))
     if not gold_parsed:
-        return None, "gold_unparseable", {"gold": gold[:200]}
-    if answer is None:
+        return None, "bad_gold", {"gold": gold[:200]}
+    if answer is None and not how:  # the gold-only check also compares the gold with itself, so a gold
+        _verify(gold_parsed, gold_parsed)  # too slow to evaluate times out here and is blamed, not the answer
+    if not answer:
         return 0.0, "no_answer", {}
     if gold == answer:
-        return 1.0, "correct", {"rule": "same_string"}
-    answer_parsed = _mv_parse(answer)
+        return 1.0, "correct", {**info, "rule": "same_string"}
+    answer_parsed = _mv_parse(answer) if raw is None else raw
     if _verify(gold_parsed, answer_parsed):
-        return 1.0, "correct", {"rule": "math_verify"}
+        return 1.0, "correct", {**info, "rule": "math_verify"}
     # math-verify reads plain text as LaTeX (`pi/2` -> p*i/2, `sqrt(2)` -> s*q*r*t*2); for plain text with a
     # function or constant name, give sympy's reading of the same string a try.
     if "\\" not in answer and re.search(r"[A-Za-z]{2,}", answer) and _verify(gold_parsed, _sympy_parse(answer)):
-        return 1.0, "correct", {"rule": "sympy"}
-    return 0.0, "wrong", {} if answer_parsed else {"detail": "answer_unparseable"}
+        return 1.0, "correct", {**info, "rule": "sympy"}
+    return 0.0, "wrong", info if answer_parsed else {**info, "detail": "answer_unparseable"}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -270,20 +312,31 @@ def default_workers() -> int:
     return max(1, min(8, cpus))
 
 
+@dataclass(frozen=True)
+class _Pending:
+    """A row a worker has to decide: its check, what extraction found, and whether the answer is too large."""
+
+    key: tuple[str, ...]
+    info: dict[str, Any]
+    too_large: int = 0  # chars of an answer over MAX_ANSWER_CHARS; then `key` checks the gold only
+
+
 @dataclass
 class MathVerifier:
     """Scores batches; owns the worker pool and the pair cache, so reuse one across batches.
 
-    `checks` counts pairs actually sent to workers (cache hits and fast paths excluded).
+    `checks` counts pairs actually sent to workers (cache hits and fast paths excluded). `null_on_timeout`
+    scores `timeout` / `too_large` / `crashed` answers None instead of 0 (for audits).
     """
 
     timeout: float = DEFAULT_TIMEOUT_S
     workers: int = field(default_factory=default_workers)
+    null_on_timeout: bool = False
     checks: int = 0
 
     def __post_init__(self) -> None:
         self._pool: WorkerPool | None = None
-        self._cache: OrderedDict[tuple[str, str | None], tuple] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, ...], tuple] = OrderedDict()
         self._lock = threading.Lock()
 
     def _pool_(self) -> WorkerPool:
@@ -292,44 +345,65 @@ class MathVerifier:
                                     warmup=warm_worker)
         return self._pool
 
-    def score(self, completions: Sequence[Any], answers: Sequence[Any],
-              last_number_fallback: bool = False) -> list[RewardResult]:
+    def _check(self, keys: Sequence[tuple[str, ...]], fresh: dict) -> None:
+        """Decide the keys not yet in `fresh` or the cache; failures are (None, timeout | crashed, info)."""
+        todo = list(dict.fromkeys(k for k in keys if k not in fresh and k not in self._cache))
+        if not todo:
+            return
+        self.checks += len(todo)
+        for key, out in zip(todo, self._pool_().map(check_pair, todo)):
+            if out.status == "ok":
+                fresh[key] = self._cache[key] = out.value
+            elif out.status == "timeout":  # not cached: a loaded machine may decide it next time
+                fresh[key] = (None, "timeout", {"limit_s": self.timeout})
+            else:  # the check raised, or killed its worker
+                fresh[key] = (None, "crashed", {"error": out.error[-500:]})
+        while len(self._cache) > CACHE_SIZE:
+            self._cache.popitem(last=False)
+
+    def score(self, completions: Sequence[Any], answers: Sequence[Any], last_number_fallback: bool = False,
+              extraction: str = "mathverify", null_on_timeout: bool | None = None) -> list[RewardResult]:
         if len(completions) != len(answers):
             raise ValueError(f"math reward: {len(completions)} completions but {len(answers)} values in the "
                              "`answer` column; pass one gold answer per completion")
+        if extraction not in EXTRACTIONS:
+            raise ValueError(f"math reward: extraction={extraction!r}; use one of {', '.join(EXTRACTIONS)}")
+        null_on_timeout = self.null_on_timeout if null_on_timeout is None else null_on_timeout
         results: list[RewardResult | None] = [None] * len(completions)
-        keys: list[tuple[str, str | None] | None] = [None] * len(completions)
-        found: list[dict[str, str]] = [{} for _ in completions]
+        pending: list[_Pending | None] = [None] * len(completions)
         for i, (completion, gold) in enumerate(zip(completions, answers)):
-            prepared = _prepare_row(completion, gold, last_number_fallback)
+            prepared = _prepare_row(completion, gold, last_number_fallback, extraction)
             if isinstance(prepared, RewardResult):
                 results[i] = prepared
             else:
-                keys[i], found[i] = prepared
+                pending[i] = prepared
         with self._lock:
-            todo = list(dict.fromkeys(k for k in keys if k is not None and k not in self._cache))
-            if todo:
-                outcomes = self._pool_().map(check_pair, todo)
-                self.checks += len(todo)
-                fresh = {}
-                for key, out in zip(todo, outcomes):
-                    if out.status == "ok":
-                        fresh[key] = out.value
-                        self._cache[key] = out.value
-                    elif out.status == "timeout":
-                        fresh[key] = (None, "timeout", {"limit_s": self.timeout})
-                    else:
-                        fresh[key] = (None, "check_error", {"error": out.error[-500:]})
-                while len(self._cache) > CACHE_SIZE:
-                    self._cache.popitem(last=False)
-            else:
-                fresh = {}
-            for i, key in enumerate(keys):
-                if key is None:
+            fresh: dict[tuple[str, ...], tuple] = {}
+            self._check([p.key for p in pending if p is not None], fresh)
+            # An answer that timed out, crashed or is too large is wrong, unless the gold alone fails too.
+            failed = [p for p in pending if p is not None and (p.too_large or self._get(p.key, fresh)[1]
+                                                               in _ANSWER_FAILURES)]
+            self._check([p.key[:1] + (None,) for p in failed], fresh)
+            for i, p in enumerate(pending):
+                if p is None:
                     continue
-                score, reason, info = fresh[key] if key in fresh else self._cache[key]
-                results[i] = RewardResult(score, reason, {**info, **found[i]})
+                score, reason, info = self._get(p.key, fresh)
+                if p.too_large or reason in _ANSWER_FAILURES:
+                    gold_score, gold_reason, gold_info = self._get(p.key[:1] + (None,), fresh)
+                    if gold_score is None:
+                        score, reason, info = None, "bad_gold", {**gold_info, "gold": p.key[0][:200],
+                                                                 "detail": gold_reason}
+                    elif p.too_large:
+                        score, reason, info = 0.0, "too_large", {"chars": p.too_large, "limit": MAX_ANSWER_CHARS}
+                    else:
+                        score = 0.0
+                    if reason in _ANSWER_FAILURES and null_on_timeout:
+                        score = None
+                results[i] = RewardResult(score, reason, {**info, **p.info})
         return results  # type: ignore[return-value]
+
+    def _get(self, key: tuple[str, ...], fresh: dict) -> tuple:
+        return fresh[key] if key in fresh else self._cache[key]
 
     def clear_cache(self) -> None:
         with self._lock:
@@ -341,25 +415,41 @@ class MathVerifier:
             self._pool = None
 
 
-def _prepare_row(completion: Any, gold: Any, last_number_fallback: bool
-                 ) -> RewardResult | tuple[tuple[str, str | None], dict[str, str]]:
-    """Decide a row in the parent when no sympy is needed; otherwise its (gold, answer) key for a worker."""
+def _find_answer(text: str, last_number_fallback: bool, extraction: str) -> Extracted | None:
+    """Markers first (the last one wins); then a completion that is only an answer; then the last number."""
+    found = extract_answer(text, last_number=False)
+    if found is None and extraction == "mathverify":
+        found = whole_answer(text)
+    if found is None and last_number_fallback:
+        found = extract_answer(text, last_number=True)
+    return found
+
+
+def _prepare_row(completion: Any, gold: Any, last_number_fallback: bool, extraction: str = "mathverify"
+                 ) -> RewardResult | _Pending:
+    """Decide a row in the parent when no sympy is needed; otherwise the check a worker has to run."""
     if gold is None or (isinstance(gold, float) and gold != gold) or not str(gold).strip():
-        return RewardResult(None, "gold_unparseable", {"gold": "" if gold is None else str(gold)})
+        return RewardResult(None, "bad_gold", {"gold": "" if gold is None else str(gold)})
     try:
         text = completion_text(completion)
     except TypeError as e:
         return RewardResult(None, "bad_completion", {"error": str(e)})
-    found = extract_answer(text, last_number=last_number_fallback)
-    info = {"extracted": found.text, "method": found.method} if found else {}
     g = normalize_answer(gold_text(str(gold)))
+    if is_number_words(g):
+        return RewardResult(None, "bad_gold", {"gold": g[:200], "detail": "number_words"})
+    found = _find_answer(text, last_number_fallback, extraction)
+    if found is None and extraction == "mathverify" and text.strip():
+        return _Pending((g, text[-RAW_TAIL_CHARS:], "mathverify"), {"method": "mathverify"})
+    info = {"extracted": found.text[:200], "method": found.method} if found else {}
+    if found is not None and len(found.text) > MAX_ANSWER_CHARS:
+        return _Pending((g, None), info, too_large=len(found.text))
     a = normalize_answer(found.text) if found else None
     if a is None and (simple_value(g) is not None or _simple_structure(g) is not None):
         return RewardResult(0.0, "no_answer", {})  # a plain-number gold surely parses
     verdict = simple_compare(g, a) if a is not None else None
     if verdict is not None:  # exact numbers: decided here, no worker needed
         return RewardResult(1.0 if verdict else 0.0, "correct" if verdict else "wrong", {**info, "rule": "number"})
-    return (g, a), info
+    return _Pending((g, a), info)
 
 
 _VERIFIERS: dict[tuple[float, int], MathVerifier] = {}
@@ -376,12 +466,15 @@ def get_verifier(timeout: float = DEFAULT_TIMEOUT_S, workers: int | None = None)
 
 
 def math_results(prompts: Sequence[Any] | None, completions: Sequence[Any], answer: Sequence[Any] | None = None,
-                 *, last_number_fallback: bool = False, timeout: float = DEFAULT_TIMEOUT_S,
+                 *, last_number_fallback: bool = False, extraction: str = "mathverify",
+                 null_on_timeout: bool = False, timeout: float = DEFAULT_TIMEOUT_S,
                  workers: int | None = None, **columns: Any) -> list[RewardResult]:
     """Score each completion against its gold `answer`: 1 correct, 0 wrong / no answer, None unscorable.
 
     Gold comes from the `answer` column (a bare answer, or a solution with `\\boxed{}` / `####`); datasets in
     the open-r1 layout may carry it as `solution` instead. `timeout` is the hard per-check limit in seconds.
+    `extraction`: "mathverify" (default) reads a completion without an answer marker the way math-verify does;
+    "markers" scores it `no_answer`. `null_on_timeout`: None instead of 0 for timeout / too_large / crashed.
 
     >>> [r.score for r in math_results(None, ["So $\\boxed{\\frac{1}{2}}$."], answer=["0.5"])]
     [1.0]
@@ -391,7 +484,8 @@ def math_results(prompts: Sequence[Any] | None, completions: Sequence[Any], answ
     if answer is None:
         raise ValueError("math reward needs gold answers: add an `answer` column to the prompts "
                          f"(columns given: {sorted(columns)})")
-    return get_verifier(timeout, workers).score(completions, answer, last_number_fallback=last_number_fallback)
+    return get_verifier(timeout, workers).score(completions, answer, last_number_fallback=last_number_fallback,
+                                                extraction=extraction, null_on_timeout=null_on_timeout)
 
 
 def math_last_number_results(prompts: Sequence[Any] | None, completions: Sequence[Any],
