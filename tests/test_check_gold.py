@@ -16,8 +16,8 @@ def test_check_gold_lists_unparseable_answers(tmp_path, capsys):
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert main(["check-gold", "--input", str(src), "--workers", "1"]) == 1
     out = capsys.readouterr().out.splitlines()
-    assert out[0].split("\t") == ["row 1", "id q1", "answer '\\\\frac{'", "gold_unparseable"]
-    assert out[1].split("\t") == ["row 3", "id q3", "answer null", "gold_unparseable"]
+    assert out[0].split("\t") == ["row 1", "id q1", "answer '\\\\frac{'", "bad_gold"]
+    assert out[1].split("\t") == ["row 3", "id q3", "answer null", "bad_gold"]
     assert out[2].startswith("check-gold: 3/5 gold answers parse; 2 do not")
 
     good = tmp_path / "good.jsonl"

@@ -191,11 +191,14 @@ def test_agrees_with_trl_accuracy_reward_on_boxed_answers(verifier):
 def test_reasons_for_unscorable_and_missing(verifier):
     golds = ["}{", r"\frac{1}{", "", None, float("nan"), "3", "3", "3"]
     comps = [B % "3", B % "1", B % "3", B % "3", B % "3", "I don't know", r"\boxed{3", "no box but 3 at the end"]
-    rs = verifier.score(comps, golds)
+    rs = verifier.score(comps, golds, extraction="markers")
     assert [(r.score, r.reason) for r in rs] == [
-        (None, "gold_unparseable"), (None, "gold_unparseable"), (None, "gold_unparseable"),
-        (None, "gold_unparseable"), (None, "gold_unparseable"),
+        (None, "bad_gold"), (None, "bad_gold"), (None, "bad_gold"),
+        (None, "bad_gold"), (None, "bad_gold"),
         (0.0, "no_answer"), (0.0, "no_answer"), (0.0, "no_answer")]
+    # by default a completion without a marker is read as math-verify reads it: its last math
+    rs = verifier.score(comps[5:], golds[5:])
+    assert [r.score for r in rs] == [0.0, 1.0, 1.0] and rs[2].info["method"] == "mathverify"
 
 
 def test_unparseable_gold_never_scores_one_even_for_identical_text(verifier):
@@ -205,8 +208,9 @@ def test_unparseable_gold_never_scores_one_even_for_identical_text(verifier):
 
 def test_last_number_fallback_is_opt_in(verifier):
     comps = ["so she has 3 + 4 = 7 apples", "so she has 3 + 4 = 8 apples"]
-    assert [r.reason for r in verifier.score(comps, ["7", "7"])] == ["no_answer", "no_answer"]
-    rs = verifier.score(comps, ["7", "7"], last_number_fallback=True)
+    strict = verifier.score(comps, ["7", "7"], extraction="markers")
+    assert [r.reason for r in strict] == ["no_answer", "no_answer"]
+    rs = verifier.score(comps, ["7", "7"], last_number_fallback=True, extraction="markers")
     assert [(r.score, r.reason) for r in rs] == [(1.0, "correct"), (0.0, "wrong")]
     assert rs[0].info["method"] == "last_number"
     assert math_last_number_reward(None, comps, answer=["7", "7"]) == [1.0, 0.0]
@@ -297,18 +301,21 @@ def test_identical_pairs_checked_once():
         v.close()
 
 
-def test_adversarial_answers_time_out_and_do_not_hold_other_rows():
+def test_adversarial_answers_score_zero_and_do_not_hold_other_rows():
     v = MathVerifier(timeout=2.0, workers=2)
     try:
-        big = "+".join(["x^{2}"] * 20000)  # ~100 kB
+        big = "+".join(["x^{2}"] * 20000)  # ~100 kB: too large to parse at all
         comps = [B % "9^{9^{9^{9^{9}}}}", B % big, B % "4", "The answer is 5", B % r"\frac{8}{2}"]
         rs = v.score(comps, ["3", "2", "4", "4", "4"])
         assert [(r.score, r.reason) for r in rs] == [
-            (None, "timeout"), (None, "timeout"), (1.0, "correct"), (0.0, "wrong"), (1.0, "correct")]
-        assert rs[0].info["limit_s"] == 2.0
+            (0.0, "timeout"), (0.0, "too_large"), (1.0, "correct"), (0.0, "wrong"), (1.0, "correct")]
+        assert rs[0].info["limit_s"] == 2.0 and rs[1].info["chars"] > 100_000
         # the pool survives and keeps scoring
         assert [r.score for r in v.score([B % r"\sqrt{4}"], ["2"])] == [1.0]
-        assert v._pool.stats.timeouts == 2
+        assert v._pool.stats.timeouts == 1
+        # for audits: the same rows null
+        rs = v.score(comps[:2], ["3", "2"], null_on_timeout=True)
+        assert [(r.score, r.reason) for r in rs] == [(None, "timeout"), (None, "too_large")]
     finally:
         v.close()
 
@@ -352,8 +359,9 @@ def test_hostile_completions_are_read_in_one_pass(verifier):
     hostile = ["\\boxed{" * 100_000, "answer is" + " " * 100_000, "answer is " + "\n" * 100_000,
                "#### " + " " * 100_000, "\\boxed" + " " * 100_000, "The answer is 5" + " a" * 50_000 + "!",
                "\n" * 200_000 + "x"]
-    rs = verifier.score(hostile, ["5"] * len(hostile))
+    rs = verifier.score(hostile, ["5"] * len(hostile), extraction="markers")
     assert [r.reason for r in rs] == ["no_answer"] * 5 + ["wrong", "no_answer"]
+    assert [r.score for r in verifier.score(hostile, ["5"] * len(hostile))] == [0.0] * len(hostile)
 
 
 def test_gold_text_and_normalize():
@@ -370,14 +378,14 @@ def test_gold_text_and_normalize():
 
 def test_check_gold_lists_unparseable_rows():
     problems = check_gold(["72", "}{", r"\frac{1}{2}", None, "Monday", "#### 5"])
-    assert [(p.row, p.reason) for p in problems] == [(1, "gold_unparseable"), (3, "gold_unparseable")]
+    assert [(p.row, p.reason) for p in problems] == [(1, "bad_gold"), (3, "bad_gold")]
 
 
 def test_check_gold_main_prints_and_returns_exit_code():
     out = io.StringIO()
     rows = [{"prompt": "a", "answer": "3"}, {"prompt": "b", "answer": "}{"}]
     assert check_gold_main(rows, out=out) == 1
-    assert "row 1: gold_unparseable" in out.getvalue() and "1/2 gold answers parse" in out.getvalue()
+    assert "row 1: bad_gold" in out.getvalue() and "1/2 gold answers parse" in out.getvalue()
     assert check_gold_main([{"prompt": "a", "answer": "3"}], out=io.StringIO()) == 0
     out = io.StringIO()
     assert check_gold_main([{"prompt": "a", "solution": "3"}], out=out) == 2
