@@ -1,6 +1,13 @@
-"""Math labeling throughput and agreement: prefsmith's math reward vs TRL's `accuracy_reward`, same rollouts.
+"""Math labeling throughput and agreement: prefsmith's math reward vs TRL's `accuracy_reward`, same rollouts;
+and correctness on a table of verifier test cases, ours beside plain math-verify.
 
-    .venv/bin/python bench/rewards_math.py [--prompts 200] [--k 8] [--workers 2]
+    .venv/bin/python bench/rewards_math.py [--prompts 200] [--k 8] [--workers 2] [--cases-only]
+
+Case table (bench/math_cases.jsonl): ~200 (gold, completion, expected) rows in the styles of public verifier
+suites (MATH golds with boxed solutions, Minerva answer lines, GSM8K `####`, intervals, sets, matrices,
+percents, units, text and multiple choice, answer-only and marker-less completions). Printed: agreement with
+the expected label and false positives (scored 1 where the expected label is wrong), for our reward and for
+plain math-verify, `verify(parse(gold), parse(completion))`, with per-style counts.
 
 Rollouts are synthetic but shaped like GRPO groups: 200 prompts with gold answers of mixed kinds (integers,
 thousands, fractions, decimals, LaTeX expressions, intervals, sets, percents), 8 completions each, mixing
@@ -12,6 +19,7 @@ after a paragraph of reasoning. Both sides score every row in this process; ours
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import sys
 import time
@@ -70,6 +78,57 @@ def make_rollouts(n_prompts: int = 200, k: int = 8, seed: int = 0) -> tuple[list
     return completions, golds
 
 
+CASES_PATH = Path(__file__).resolve().parent / "math_cases.jsonl"
+
+
+def load_cases(path: Path = CASES_PATH) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plain_math_verify(gold: str, completion: str) -> bool:
+    from math_verify import parse, verify
+
+    try:
+        return bool(verify(parse(gold), parse(completion)))
+    except Exception:  # its own timeouts raise on some inputs; a failure is a 0
+        return False
+
+
+def case_agreement(workers: int = 2, path: Path = CASES_PATH) -> dict:
+    """Agreement and false positives on the case table: ours (default extraction) vs plain math-verify."""
+    cases = load_cases(path)
+    verifier = MathVerifier(workers=workers, timeout=10.0)  # generous: a shared machine must not fake a 0
+    ours = [r.score == 1.0 for r in verifier.score([c["completion"] for c in cases], [c["gold"] for c in cases])]
+    strict = [r.score == 1.0 for r in verifier.score([c["completion"] for c in cases], [c["gold"] for c in cases],
+                                                    extraction="markers")]
+    verifier.close()
+    theirs = [plain_math_verify(c["gold"], c["completion"]) for c in cases]
+    # the same, with a bare gold put in math mode (`$gold$`, as TRL's docs ask), so math-verify's LaTeX
+    # extraction sees it: the fairer baseline
+    dollar = [plain_math_verify(c["gold"] if "$" in c["gold"] or "boxed" in c["gold"] else f"${c['gold']}$",
+                                c["completion"]) for c in cases]
+    want = [c["expected"] is True for c in cases]  # expected null (a bad gold) must not score 1 either
+    out = {}
+    for name, got in (("prefsmith math", ours), ("prefsmith math:markers", strict), ("plain math-verify", theirs),
+                      ("math-verify, $gold$", dollar)):
+        agree = sum(g == w for g, w in zip(got, want))
+        fp = sum(g and not w for g, w in zip(got, want))
+        fn = sum(w and not g for g, w in zip(got, want))
+        out[name] = {"agreement": agree / len(cases), "false_positives": fp, "false_negatives": fn}
+        print(f"{name:24}: agreement {agree}/{len(cases)} = {agree / len(cases):.1%}, false positives {fp}, "
+              f"false negatives {fn}")
+    styles = sorted({c["style"] for c in cases})
+    print(f"  {'style':20} {'rows':>4} {'ours':>5} {'mv':>5}")
+    for style in styles:
+        idx = [i for i, c in enumerate(cases) if c["style"] == style]
+        print(f"  {style:20} {len(idx):4d} {sum(ours[i] == want[i] for i in idx):5d} "
+              f"{sum(theirs[i] == want[i] for i in idx):5d}")
+    for i, c in enumerate(cases):
+        if ours[i] != want[i]:
+            print(f"  ours wrong: gold={c['gold']!r} completion={c['completion'][-70:]!r} expected={want[i]}")
+    return out
+
+
 def _children_cpu() -> float:
     import resource
 
@@ -83,7 +142,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--k", type=int, default=8)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cases-only", action="store_true", help="only the case table, no speed run")
     args = ap.parse_args(argv)
+    if args.cases_only:
+        return case_agreement(args.workers)
 
     import logging
 
@@ -155,8 +217,10 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"  {len(group):4d} rows: answer found by {method}, ours={mine}, trl={theirs}; e.g.")
         for gold, extracted, *_ in list(dict.fromkeys((r[0], r[1]) for r in group))[:3]:
             print(f"         gold={gold!r:22} answer={extracted!r}")
+    print("\n-- case table: expected labels, ours vs plain math-verify --")
+    cases = case_agreement(args.workers)
     return {"rows": n, "trl_s": t_trl, "ours_s": t_ours, "ratio": t_trl / t_ours,
-            "ratio_warm": t_trl2 / t_ours2, "cpu_ratio": cpu_trl / cpu_ours, "agreement": agree}
+            "ratio_warm": t_trl2 / t_ours2, "cpu_ratio": cpu_trl / cpu_ours, "agreement": agree, "cases": cases}
 
 
 if __name__ == "__main__":

@@ -29,8 +29,8 @@ _ANSWER_IS_RE = re.compile(
 )
 _HASH_RE = re.compile(r"^[ \t]*####(?P<ans>[^\n]+)", re.MULTILINE)
 _NUMBER_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+")
-# What may stand between two boxes of one answer set: `, `, `and`, `\text{ or }`, `$`, `\quad`.
-_BOX_GAP = re.compile(r"(?:[\s$,;.]|\\quad|\\qquad|\\text\{\s*(?:and|or|,)\s*\}|\b(?:and|or)\b)*")
+# What may stand between two boxes of one answer set: `, `, `and`, `\text{ or }`, `$`, `\quad`, `x =`.
+_BOX_GAP = re.compile(r"(?:[\s$,;.]|\\quad|\\qquad|\\text\{\s*(?:and|or|,)\s*\}|\b(?:and|or)\b|\b[a-z]\s?=)*")
 _MATH_SPAN = re.compile(r"\$\$?((?:[^$\\]|\\.)+)\$\$?|\\\(((?:[^\\]|\\[^)])+)\\\)|\\\[((?:[^\\]|\\[^\]])+)\\\]")
 _COPULA = re.compile(r"\s(?:is|are|was|equals|becomes|is equal to)\s+", re.IGNORECASE)
 

@@ -46,12 +46,15 @@ _ANSWER_FAILURES = ("timeout", "crashed", "too_large")
 _NUM = r"-?(?:\d[\d,]*(?:\.\d+)?|\.\d+)(?:/\d+)?"
 # LaTeX thousands separators between digit groups: `10,\\!000`, `10{,}000`, `5\\,000`, `1\\ 000`, `1~000`.
 _LATEX_THOUSANDS = re.compile(r"(?<![\d.])(\d{1,3})((?:(?:,\\!|\{,\}|\\,|\\!|\\ |\\;|~)\d{3})+)(?![\d.]?\d)")
-_WRAPPERS = [(r"\\mathrm\{e\}", "e"), (r"\\left", ""), (r"\\right", ""), (r"\\displaystyle", ""), (r"\\[dt]frac", r"\\frac"),
+_WRAPPERS = [(r"\\mathrm\{e\}", "e"), (r"\\varnothing", r"\\emptyset"), (r"\\left", ""), (r"\\right", ""), (r"\\displaystyle", ""), (r"\\[dt]frac", r"\\frac"),
              (r"(?<!\\)\\[!,;:]", " "), (r"~", " "), (r"\^\s*\{?\\circ\}?", ""), ("°", ""), (r"(?<!\\)\\\s", " ")]
 _PERCENT_WORD = re.compile(r"(\d)\s*(?:\\text\{\s*)?(?:percent|per\s*cent)\b\}?", re.IGNORECASE)
 _UNIT_NUM = rf"({_NUM}|\\frac\{{\d+\}}\{{\d+\}})"
 _TEXT_UNIT = re.compile(rf"^{_UNIT_NUM}\s*\\(?:text|mbox|mathrm)\{{\s*([A-Za-z][A-Za-z .]*)\}}(?:\^\d)?$")
 _WORD_UNIT = re.compile(rf"^{_UNIT_NUM}\s*([A-Za-z]{{2,}}[A-Za-z .]*)(?:\^\d|\^\{{\d\}})?$")
+_REPEATING = re.compile(r"^(-?)(\d*)\.(\d*)\\overline\{(\d{1,6})\}$")  # 2.\overline{3} = 7/3
+_CHOICE = re.compile(r"^\(?([A-E])\)?$")
+_CHOICE_ANSWER = re.compile(r"^(?:\\text\{)?\(?([A-E])\)?(?:\}|[\s.:]|$)")
 _SCIENTIFIC = re.compile(r"^(-?\d+(?:\.\d+)?)[eE]([+-]?\d+)$")
 _THOUSANDS = re.compile(r"^-?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?$")  # not `0,111`
 _TEXT_WRAP = re.compile(r"^\\(?:text|mathrm|textbf|mbox)\{([^{}]*)\}$")
@@ -80,6 +83,12 @@ def normalize_answer(s: str) -> str:
     m = _TEXT_UNIT.match(s) or _WORD_UNIT.match(s)
     if m and not _MATH_WORDS.intersection(w.lower() for w in re.findall(r"[A-Za-z]+", m.group(2))):
         s = m.group(1)  # "5 cm", "5\\text{ dollars}" -> "5"; but "3 pi" stays
+    m = _REPEATING.match(s)
+    if m:
+        sign, whole, fixed, rep = m.groups()
+        value = (Fraction(int(whole or 0)) + Fraction(int(fixed or 0), 10 ** len(fixed))
+                 + Fraction(int(rep), (10 ** len(rep) - 1) * 10 ** len(fixed)))
+        s = f"{sign}\\frac{{{value.numerator}}}{{{value.denominator}}}"
     m = _SCIENTIFIC.match(s)
     if m:
         s = f"{m.group(1)}\\times 10^{{{m.group(2)}}}"
@@ -109,6 +118,17 @@ def is_number_words(s: str) -> bool:
     m = _TEXT_WRAP.match(s)
     words = re.findall(r"[A-Za-z]+", (m.group(1) if m else s).lower())
     return bool(words) and _is_text(s) and all(w in _NUMBER_WORDS for w in words)
+
+
+def choice_compare(gold: str, answer: str) -> bool | None:
+    """A multiple-choice gold (`D`, `(D)`, `\\text{(D)}`) against an answer that opens with a letter
+    (`D`, `(D) 42`, `D.`): same letter or not; None when the gold is not a choice letter."""
+    m = _TEXT_WRAP.match(gold)
+    g = _CHOICE.match((m.group(1) if m else gold).strip())
+    if not g:
+        return None
+    a = _CHOICE_ANSWER.match(answer.strip())
+    return None if a is None else a.group(1) == g.group(1)
 
 
 def _text_key(s: str) -> str:
@@ -439,16 +459,18 @@ def _prepare_row(completion: Any, gold: Any, last_number_fallback: bool, extract
         return RewardResult(None, "bad_gold", {"gold": g[:200], "detail": "number_words"})
     found = _find_answer(text, last_number_fallback, extraction)
     if found is None and extraction == "mathverify" and text.strip():
-        return _Pending((g, text[-RAW_TAIL_CHARS:], "mathverify"), {"method": "mathverify"})
+        raw = text[-RAW_TAIL_CHARS:].replace("\\$", " ")  # `costs \$32.`: a currency sign, not math mode
+        return _Pending((g, raw, "mathverify"), {"method": "mathverify"})
     info = {"extracted": found.text[:200], "method": found.method} if found else {}
     if found is not None and len(found.text) > MAX_ANSWER_CHARS:
         return _Pending((g, None), info, too_large=len(found.text))
     a = normalize_answer(found.text) if found else None
     if a is None and (simple_value(g) is not None or _simple_structure(g) is not None):
         return RewardResult(0.0, "no_answer", {})  # a plain-number gold surely parses
-    verdict = simple_compare(g, a) if a is not None else None
-    if verdict is not None:  # exact numbers: decided here, no worker needed
-        return RewardResult(1.0 if verdict else 0.0, "correct" if verdict else "wrong", {**info, "rule": "number"})
+    for rule, compare in (("number", simple_compare), ("choice", choice_compare)):
+        verdict = compare(g, a) if a is not None else None
+        if verdict is not None:  # exact numbers, choice letters: decided here, no worker needed
+            return RewardResult(1.0 if verdict else 0.0, "correct" if verdict else "wrong", {**info, "rule": rule})
     return _Pending((g, a), info)
 
 
