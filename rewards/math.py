@@ -435,6 +435,9 @@ class MathVerifier:
             self._pool = None
 
 
+_MAY_HOLD_MATH = re.compile(r"[\d$]|\\[(\[]")
+
+
 def _find_answer(text: str, last_number_fallback: bool, extraction: str) -> Extracted | None:
     """Markers first (the last one wins); then a completion that is only an answer; then the last number."""
     found = extract_answer(text, last_number=False)
@@ -458,9 +461,10 @@ def _prepare_row(completion: Any, gold: Any, last_number_fallback: bool, extract
     if is_number_words(g):
         return RewardResult(None, "bad_gold", {"gold": g[:200], "detail": "number_words"})
     found = _find_answer(text, last_number_fallback, extraction)
-    if found is None and extraction == "mathverify" and text.strip():
+    if found is None and extraction == "mathverify":
         raw = text[-RAW_TAIL_CHARS:].replace("\\$", " ")  # `costs \$32.`: a currency sign, not math mode
-        return _Pending((g, raw, "mathverify"), {"method": "mathverify"})
+        if _MAY_HOLD_MATH.search(raw):  # a digit or math mode (plain prose: math-verify finds nothing)
+            return _Pending((g, raw, "mathverify"), {"method": "mathverify"})
     info = {"extracted": found.text[:200], "method": found.method} if found else {}
     if found is not None and len(found.text) > MAX_ANSWER_CHARS:
         return _Pending((g, None), info, too_large=len(found.text))
