@@ -306,8 +306,8 @@ def check_pair(pair: tuple[str, ...]) -> tuple[float | None, str, dict[str, Any]
     gold_parsed = _mv_parse(gold) or tuple(_sympy_parse(gold))
     if not gold_parsed:
         return None, "bad_gold", {"gold": gold[:200]}
-    if answer is None and not how:  # the gold-only check also compares the gold with itself, so a gold
-        _verify(gold_parsed, gold_parsed)  # too slow to evaluate times out here and is blamed, not the answer
+    if answer is None and not how:  # the gold-only check also compares the gold with 0, so a gold too slow
+        _verify(gold_parsed, _mv_parse("0"))  # to evaluate (`9^{9^{9^9}}`) times out here and is blamed
     if not answer:
         return 0.0, "no_answer", {}
     if gold == answer:
