@@ -5,7 +5,8 @@ Markers, decided by position (the last marker in the text wins, whichever kind):
   "and" / "or" or `$` are one answer set (`\\boxed{1}, \\boxed{2}` -> `1, 2`); an empty box is skipped;
 - a "the answer is ..." / "final answer: ..." phrase (up to the end of its line; the math in it, so
   `Final Answer: The final answer is $7$. I hope it is correct.` gives `7` and `The largest $n$ is 34.`
-  gives `34`);
+  gives `34`). After a box, a phrase of several words with no math or digit (`the answer is an integer`)
+  is commentary, not a marker;
 - a GSM8K-style `#### ...` line.
 
 Without a marker (`extract_answer` returns None) the caller decides: `whole_answer` reads a completion that
@@ -130,6 +131,11 @@ def _clean_phrase(ans: str) -> str:
     return _math_of(ans).strip().rstrip(".").strip()
 
 
+def _answer_like(phrase: str) -> bool:
+    """Math, a digit, or one word: a phrase that can override an earlier box (`the answer is an integer` can't)."""
+    return bool(re.search(r"[\d$\\=^_+*/<>()\[\]{}-]", phrase)) or len(phrase.split()) == 1
+
+
 def extract_answer(text: str, last_number: bool = False) -> Extracted | None:
     """The final answer of `text` and how it was found (the last marker wins), or None when there is none."""
     found: list[tuple[int, Extracted]] = []
@@ -138,7 +144,7 @@ def extract_answer(text: str, last_number: bool = False) -> Extracted | None:
         found.append((boxed[0], Extracted(boxed[1], "boxed")))
     for m in reversed(list(_ANSWER_IS_RE.finditer(text))):
         ans = _clean_phrase(m.group("ans"))
-        if ans:
+        if ans and (boxed is None or _answer_like(ans)):
             found.append((m.start(), Extracted(ans, "answer_is")))
             break
     hashes = list(_HASH_RE.finditer(text))

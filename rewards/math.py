@@ -80,6 +80,7 @@ def normalize_answer(s: str) -> str:
     s = _PERCENT_WORD.sub(r"\1\\%", s)
     s = re.sub(r"^(?:\\\$|\$|US\$|USD)\s*", "", s)  # currency prefix
     s = re.sub(r"\s+", " ", s).strip().rstrip(".").strip()
+    s = re.sub(r"^\\(?:text|mbox|mathrm)\{\s*(-?\d[^{}]*)\}$", r"\1", s)  # `\text{5 dollars}` -> `5 dollars`
     m = _TEXT_UNIT.match(s) or _WORD_UNIT.match(s)
     if m and not _MATH_WORDS.intersection(w.lower() for w in re.findall(r"[A-Za-z]+", m.group(2))):
         s = m.group(1)  # "5 cm", "5\\text{ dollars}" -> "5"; but "3 pi" stays
@@ -146,7 +147,7 @@ def _signed_frac(m: re.Match) -> Fraction:
 
 
 _SIMPLE = [
-    (re.compile(r"^-?\d+(?:\.\d{1,6})?$"), lambda m: Fraction(m.group(0))),
+    (re.compile(r"^-?\d+(?:\.\d{1,5})?$"), lambda m: Fraction(m.group(0))),
     (re.compile(r"^(-?)(\d+)/([1-9]\d*)$"), _signed_frac),
     (re.compile(r"^(-?)\\frac\{(\d+)\}\{([1-9]\d*)\}$"), _signed_frac),
     (re.compile(r"^(-?)\\frac(\d)([1-9])$"), _signed_frac),
@@ -156,7 +157,7 @@ _SIMPLE = [
 def simple_value(s: str, allow_assignment: bool = True) -> tuple[Fraction, bool] | None:
     """(value, is_percent) for a plain number, fraction or percent (`x = ` allowed); None for anything else.
 
-    Decimals stop at 6 places: beyond that math-verify rounds, and those pairs go to the worker.
+    Decimals stop at 5 places: from 6 on math-verify rounds (`0.333333` = 1/3), and those pairs go to the worker.
     """
     if len(s) > 60:  # long digit strings go to the worker (and its time limit)
         return None

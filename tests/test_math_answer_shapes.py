@@ -159,3 +159,17 @@ def test_a_checker_crash_on_the_answer_is_zero_and_on_the_gold_is_null():
     assert [(r.score, r.reason) for r in rs] == [(0.0, "crashed"), (None, "bad_gold")]
     assert "died" in rs[0].info["error"]
     assert [r.score for r in v.score([B % "x^x^x"], ["z"], null_on_timeout=True)] == [None]
+
+
+def test_commentary_after_a_box_is_not_a_later_answer(verifier):
+    rows = [("12", "$\\boxed{12}$\n\nNote: the answer is an integer because 12 = 3 * 4."),
+            ("12", "$\\boxed{12}$. We double-checked, and the answer is correct as computed above."),
+            ("7", "First $\\boxed{5}$. The answer is 7."), (r"\text{even}", "$\\boxed{3}$ so the answer is even")]
+    assert _scores(verifier, rows) == [1.0, 1.0, 1.0, 1.0]
+
+
+def test_decimals_follow_math_verify_rounding(verifier):
+    """From 6 decimal places math-verify rounds (`0.333333` = 1/3); fewer places compare exactly."""
+    rows = [(r"\frac{1}{3}", B % "0.333333"), (r"\frac{2}{3}", B % "0.666667"), (r"\frac{1}{3}", B % "0.3333"),
+            (r"\frac{2}{3}", B % "0.67"), ("0.5", B % ".5"), (r"\text{5 dollars}", B % "5")]
+    assert _scores(verifier, rows) == [1.0, 1.0, 0.0, 0.0, 1.0, 1.0]
