@@ -173,3 +173,10 @@ def test_decimals_follow_math_verify_rounding(verifier):
     rows = [(r"\frac{1}{3}", B % "0.333333"), (r"\frac{2}{3}", B % "0.666667"), (r"\frac{1}{3}", B % "0.3333"),
             (r"\frac{2}{3}", B % "0.67"), ("0.5", B % ".5"), (r"\text{5 dollars}", B % "5")]
     assert _scores(verifier, rows) == [1.0, 1.0, 0.0, 0.0, 1.0, 1.0]
+
+
+def test_golds_as_columns_write_them(verifier):
+    rows = [("$5$ dollars", B % "5"), ("We get $x=5$.", B % "5"), ("The answer is $\\frac12$", B % "0.5"),
+            ("So $a=1$ and the answer is $4$.", B % "4"), ("$\\{1,2\\}$", B % "\\{2,1\\}"),
+            ("We get $x=5$.", B % "6"), ("So $a=1$ and the answer is $4$.", B % "1")]
+    assert _scores(verifier, rows) == [1.0] * 5 + [0.0] * 2
