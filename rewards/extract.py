@@ -164,8 +164,8 @@ def extract_answer(text: str, last_number: bool = False) -> Extracted | None:
 def whole_answer(text: str) -> Extracted | None:
     """A completion that is only an answer (`-5`, `$\\frac13$`, `$[0,1)$`, `28 percent`, `5 cm`), else None.
 
-    Short, one line, and either one math span (`$...$`) or no span and no two words in a row (so prose such
-    as `We find that $x<3$.` is not an answer by itself).
+    Short, one line, and either one math span (`$...$`) or no span and at most one word outside LaTeX
+    commands (so prose such as `I think 5` or `We find that $x<3$.` is not an answer by itself).
     """
     s = text.strip().rstrip(".").strip()
     if not s or len(s) > 60 or "\n" in s:
@@ -173,7 +173,7 @@ def whole_answer(text: str) -> Extracted | None:
     span = _MATH_SPAN.fullmatch(s)
     if span:
         return Extracted(next(g for g in span.groups() if g).strip(), "whole")
-    if "$" in s or "\\(" in s or "\\[" in s or re.search(r"[A-Za-z]{2,}[\s,]+[A-Za-z]{2,}", s):
+    if "$" in s or "\\(" in s or "\\[" in s or len(re.findall(r"(?<![\\A-Za-z])[A-Za-z]+", s)) > 1:
         return None
     return Extracted(s, "whole")
 

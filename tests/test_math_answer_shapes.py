@@ -78,6 +78,7 @@ def test_a_completion_that_is_only_the_answer(verifier):
             ("12", "12 cm"), ("Monday", "Monday"), ("-5", "5"), ("[0,1)", "$[0,1]$"), ("Monday", "Tuesday")]
     assert _scores(verifier, rows) == [1.0] * 6 + [0.0] * 3
     assert whole_answer("We find that $x < 3$.") is None and whole_answer("Answer $9$") is None
+    assert whole_answer("I think 5") is None and whole_answer("60 miles per hour") is None
 
 
 def test_prose_without_a_marker_follows_math_verify_by_default_and_markers_is_strict(verifier):
