@@ -180,8 +180,8 @@ def whole_answer(text: str) -> Extracted | None:
 
 def gold_text(gold: str) -> str:
     """The answer part of a gold value: a bare answer stays as is; a full solution gives its marked part
-    (box, answer phrase, `####`), or, when it is prose without a marker, its last math span as math-verify
-    would read it (`We get $x=5$.` -> `x=5`)."""
+    (box, answer phrase, `####`), or, when it is prose without a marker, its math as math-verify would read
+    it (`We get $x=5$.` -> `x=5`; `$9$ and $10$` -> `9, 10`)."""
     gold = str(gold).strip()
     found = extract_answer(gold) if ("\\boxed" in gold or "\\fbox" in gold or "####" in gold
                                      or _ANSWER_IS_RE.search(gold)) else None
@@ -189,5 +189,5 @@ def gold_text(gold: str) -> str:
         return found.text
     spans = list(_MATH_SPAN.finditer(gold)) if len(gold) > 2 else []
     if spans and whole_answer(gold) is None and re.search(r"[A-Za-z]{2,}", _MATH_SPAN.sub("", gold)):
-        return next(g for g in spans[-1].groups() if g).strip()
+        return _math_of(gold).strip()
     return gold

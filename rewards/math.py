@@ -46,7 +46,8 @@ _ANSWER_FAILURES = ("timeout", "crashed", "too_large")
 _NUM = r"-?(?:\d[\d,]*(?:\.\d+)?|\.\d+)(?:/\d+)?"
 # LaTeX thousands separators between digit groups: `10,\\!000`, `10{,}000`, `5\\,000`, `1\\ 000`, `1~000`.
 _LATEX_THOUSANDS = re.compile(r"(?<![\d.])(\d{1,3})((?:(?:,\\!|\{,\}|\\,|\\!|\\ |\\;|~)\d{3})+)(?![\d.]?\d)")
-_WRAPPERS = [(r"\\mathrm\{e\}", "e"), (r"\\varnothing", r"\\emptyset"), (r"\\left", ""), (r"\\right", ""), (r"\\displaystyle", ""), (r"\\[dt]frac", r"\\frac"),
+_WRAPPERS = [(r"\\mathrm\{e\}", "e"), (r"\\varnothing", r"\\emptyset"),
+             (r"\\left", ""), (r"\\right", ""), (r"\\displaystyle", ""), (r"\\[dt]frac", r"\\frac"),
              (r"(?<!\\)\\[!,;:]", " "), (r"~", " "), (r"\^\s*\{?\\circ\}?", ""), ("°", ""), (r"(?<!\\)\\\s", " ")]
 _PERCENT_WORD = re.compile(r"(\d)\s*(?:\\text\{\s*)?(?:percent|per\s*cent)\b\}?", re.IGNORECASE)
 _UNIT_NUM = rf"({_NUM}|\\frac\{{\d+\}}\{{\d+\}})"

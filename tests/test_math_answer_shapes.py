@@ -179,5 +179,6 @@ def test_decimals_follow_math_verify_rounding(verifier):
 def test_golds_as_columns_write_them(verifier):
     rows = [("$5$ dollars", B % "5"), ("We get $x=5$.", B % "5"), ("The answer is $\\frac12$", B % "0.5"),
             ("So $a=1$ and the answer is $4$.", B % "4"), ("$\\{1,2\\}$", B % "\\{2,1\\}"),
+            ("$9$ and $10$", B % "10, 9"),
             ("We get $x=5$.", B % "6"), ("So $a=1$ and the answer is $4$.", B % "1")]
-    assert _scores(verifier, rows) == [1.0] * 5 + [0.0] * 2
+    assert _scores(verifier, rows) == [1.0] * 6 + [0.0] * 2
