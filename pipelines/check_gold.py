@@ -2,9 +2,9 @@
 
     prefsmith check-gold --input data/math/train.jsonl [--column answer]
 
-Every row whose gold would make the math reward return null (`bad_gold`, or a `timeout` of the check)
-is printed as `row, id, answer, reason`; the exit status is 1 when there is any, 0 when every gold parses
-(2 for a usage error such as a missing column). The check is the math reward's own (`rewards.math.check_gold`),
+Every row whose gold would make the math reward return null (`bad_gold`: unparseable, a number in words, or
+a gold whose own check times out or crashes) is printed as `row, id, answer, reason`; the exit status is 1
+when there is any, 0 when every gold parses (2 for a usage error such as a missing column). The check is the math reward's own (`rewards.math.check_gold`),
 run in its worker pool under the same time limit, so "parses here" means "scores there".
 """
 from __future__ import annotations

@@ -182,3 +182,11 @@ def test_golds_as_columns_write_them(verifier):
             ("$9$ and $10$", B % "10, 9"),
             ("We get $x=5$.", B % "6"), ("So $a=1$ and the answer is $4$.", B % "1")]
     assert _scores(verifier, rows) == [1.0] * 6 + [0.0] * 2
+
+
+def test_check_gold_lists_number_words_and_slow_golds():
+    from rewards.math import check_gold
+
+    golds = ["72", "forty two", "9^{9^{9^{9^{9}}}}", "Monday", "$9$ and $10$", r"\text{(A)}"]
+    assert [(p.row, p.reason) for p in check_gold(golds, timeout=2.0, workers=2)] == [(1, "bad_gold"),
+                                                                                       (2, "bad_gold")]
