@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pipelines import dataset as ds
 from pipelines.errors import UserError
@@ -225,11 +226,12 @@ def run_stage(
         ds.unify_shards(d)
     # Counts come from the data, not from the manifest's record of each shard: a kill between a shard's
     # marker and the manifest update leaves a done shard the manifest never heard of.
+    on_disk = [_rows_on_disk(out / ds.DATA, i) for i in range(len(bounds))]
     for i, (start, end) in enumerate(bounds):
         if str(i) not in manifest["shards"]:
-            manifest["shards"][str(i)] = {"rows_in": end - start, "rows_out": _rows_on_disk(out / ds.DATA, i),
-                                          "seconds": None, "recovered_from_marker": True}
-    manifest["rows_out"] = sum(_rows_on_disk(out / ds.DATA, i) for i in range(len(bounds)))
+            manifest["shards"][str(i)] = {"rows_in": end - start, "rows_out": on_disk[i], "seconds": None,
+                                          "recovered_from_marker": True}
+    manifest["rows_out"] = sum(on_disk)
     manifest["complete"] = True
     manifest["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     manifest["seconds"] = round(sum(s["seconds"] or 0.0 for s in manifest["shards"].values()), 3)
@@ -239,8 +241,6 @@ def run_stage(
 
 def _rows_on_disk(data_dir: Path, index: int) -> int:
     """Rows in shard `index`'s Parquet file (from its footer); 0 when the shard wrote no file."""
-    import pyarrow.parquet as pq
-
     f = data_dir / f"part-{index:05d}.parquet"
     return pq.ParquetFile(f).metadata.num_rows if f.exists() else 0
 
