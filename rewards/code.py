@@ -23,7 +23,6 @@ import math
 import os
 import re
 import secrets
-import signal
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,139 +121,85 @@ class _Outcome:
     truncated: bool = False
 
 
-def _crash_status(run: SandboxRun) -> tuple[str, str]:
-    """How a launch ended when the harness could not report: the status for the test that was running."""
-    if run.timed_out:
-        return "timeout", "wall-clock limit"
-    if run.truncated:
-        return "runtime_error", "output limit exceeded"
-    raw = run.extra.get("raw_returncode")
-    if raw in (-signal.SIGXCPU, 128 + signal.SIGXCPU):  # RLIMIT_CPU reached
-        return "timeout", "cpu-time limit"
-    if b"MemoryError" in run.stderr:
-        return "memory_limit", "MemoryError"
-    return "runtime_error", f"exited with code {raw} before reporting"
-
-
-def _parse_channel(run: SandboxRun, nonce: str) -> dict[str, tuple[str, str]]:
-    events: dict[str, tuple[str, str]] = {}
-    for line in run.channel.decode(errors="replace").splitlines():
-        parts = line.split(" ", 3)
-        if len(parts) >= 3 and parts[0] == nonce:
-            events.setdefault(parts[1], (parts[2], parts[3] if len(parts) > 3 else ""))
-    return events
-
-
 class _Runner:
-    """Runs one row's tests through a shared Sandbox."""
+    """Runs one row's tests through a shared Sandbox: one fresh box per row, with the judge and the submission as
+    separate processes in it (rewards/code_harness.py)."""
 
-    def __init__(self, sandbox: Sandbox, timeout_s: float, site_packages: bool = False, warm: bool = True):
+    def __init__(self, sandbox: Sandbox, timeout_s: float, site_packages: bool = False):
         self.sandbox = sandbox
         self.timeout_s = timeout_s
-        self.interpreter = ["{python}", "-I"] if site_packages else ["{python}", "-I", "-S"]
-        self.warm = warm
+        self.flags = ["-I"] if site_packages else ["-I", "-S"]
 
-    def _server_argv(self) -> list[str]:
-        if self.sandbox.unsandboxed:  # no kill(-1) outside a PID namespace: it would hit the user's processes
-            return [*self.interpreter, "{job}/harness.py", "--serve", "{job}/scratch"]
-        return [*self.interpreter, "{job}/harness.py", "--serve", "/tmp", "--isolated"]
-
-    def _launch(self, program: str, mode: str, tests: list[str], first_index: int, stdin: str, n_timed: int):
-        """One launch of the harness: through the slot's warm fork server, or (if that server died mid-job, e.g.
-        killed by the program) a cold sandbox launch, which reports exactly how far the program got."""
-        nonce = secrets.token_hex(16)
+    def _judge(self, job: dict, n_timed: int) -> tuple[bool, dict | None, SandboxRun]:
+        """Launch the judge on `job`; returns (it started, its reply naming this job, the launch)."""
+        job_id = secrets.token_hex(8)
         wall = self.timeout_s * n_timed + _STARTUP_SLACK_S
-        rlimits = self.sandbox.rlimits(cpu_s=math.ceil(wall) + 1)
-        spec = {"mode": mode, "tests": tests, "first_index": first_index, "timeout_s": self.timeout_s,
-                "rlimits": rlimits}
-        if self.warm:
-            job = {"spec": spec, "program": program, "nonce": nonce, "stdin": stdin, "wall_s": wall,
-                   "output_bytes": self.sandbox.limits.output_bytes}
-            reply = self.sandbox.call(self._server_argv(), {"harness.py": HARNESS_SOURCE},
-                                      json.dumps(job).encode(), wall + _STARTUP_SLACK_S)
-            run = _run_from_reply(reply)
-            if run is not None:
-                return run, _parse_channel(run, nonce)
-        run = self.sandbox.run(
-            [*self.interpreter, "{job}/harness.py", "{job}/spec.json", "{channel_fd}"],
-            files={"harness.py": HARNESS_SOURCE, "program.py": program, "spec.json": json.dumps(spec)},
-            stdin=(nonce + "\n" + stdin).encode(),
-            wall_s=wall,
-        )
-        return run, _parse_channel(run, nonce)
-
-    def run_asserts(self, program: str, tests: Sequence[str]) -> _Outcome:
-        statuses = [""] * len(tests)
-        details = [""] * len(tests)
-        truncated = False
-        start = 0
-        while start < len(tests):
-            pending = list(tests[start:])
-            run, events = self._launch(program, "asserts", pending, start, "", len(pending) + 1)
-            truncated |= run.truncated
-            if "start" not in events:
-                return self._all(statuses, details, start, "sandbox_error", _stderr_tail(run), truncated)
-            crash = _crash_status(run)
-            program_event = events.get("program")
-            if program_event is None or program_event[0] != "ok":
-                status, detail = program_event or crash
-                return self._all(statuses, details, start, status, detail, truncated)
-            index = start
-            while index < len(tests) and str(index) in events:
-                statuses[index], details[index] = events[str(index)]
-                index += 1
-            if run.timed_out:  # the wall clock, not the per-test timer, ended it: the program defeats the timer
-                # (catches or ignores it, or blocks in C); relaunching would cost a full wall clock per test
-                return self._all(statuses, details, index, "timeout", "wall-clock limit", truncated)
-            stopped = index > start and statuses[index - 1] == "memory_limit"  # the harness stops after one
-            if index < len(tests) and not stopped:  # the launch died during test `index`: record why, go on
-                statuses[index], details[index] = crash
-                index += 1
-            start = index
-        return _Outcome(statuses, details, truncated)
+        job.update(id=job_id, timeout_s=self.timeout_s, interpreter_flags=self.flags,
+                   rlimits=self.sandbox.rlimits(cpu_s=math.ceil(wall) + 1),
+                   output_bytes=self.sandbox.limits.output_bytes)
+        argv = ["{python}", *self.flags, "{job}/harness.py", "--judge", "{channel_fd}"]
+        if not self.sandbox.unsandboxed:  # PID 1 of its own box: it may sweep every other process in it
+            argv.append("--isolated")
+        run = self.sandbox.run(argv, files={"harness.py": HARNESS_SOURCE}, stdin=json.dumps(job).encode(),
+                               wall_s=wall)
+        started, reply = False, None
+        for line in run.channel.splitlines():
+            try:
+                message = json.loads(line)
+            except ValueError:
+                continue
+            if type(message) is dict and message.get("id") == job_id:
+                started |= message.get("event") == "started"
+                if message.get("event") == "done":
+                    reply = message
+        return started, reply, run
 
     @staticmethod
-    def _all(statuses, details, start, status, detail, truncated) -> _Outcome:
-        for i in range(start, len(statuses)):
-            statuses[i], details[i] = status, detail
-        return _Outcome(statuses, details, truncated)
+    def _lost(run: SandboxRun) -> tuple[str, str]:
+        """The judge started but the box ended before it answered: only the submission can have caused that."""
+        if run.timed_out:
+            return "timeout", "wall-clock limit"
+        return "runtime_error", f"the box ended before the judge answered: {_stderr_tail(run)}"
+
+    def run_asserts(self, program: str, tests: Sequence[str]) -> _Outcome:
+        n = len(tests)
+        started, reply, run = self._judge({"mode": "asserts", "program": program, "tests": list(tests)}, n + 1)
+        if not started:
+            return _Outcome(["sandbox_error"] * n, [_stderr_tail(run)] * n, run.truncated)
+        if reply is None:
+            status, detail = self._lost(run)
+            return _Outcome([status] * n, [detail] * n, run.truncated)
+        program_status, program_detail = reply["program"]
+        if program_status != "ok":
+            return _Outcome([program_status] * n, [program_detail] * n)
+        results = reply["tests"]
+        if len(results) != n:
+            return _Outcome(["sandbox_error"] * n, [f"the judge answered for {len(results)} of {n} tests"] * n)
+        return _Outcome([r[0] for r in results], [r[1] for r in results])
 
     def run_case(self, program: str, stdin: str, expected: str) -> _Outcome:
-        run, events = self._launch(program, "stdio", [], 0, stdin, 1)
-        if "start" not in events:
+        started, reply, run = self._judge({"mode": "stdio", "program": program, "stdin": stdin}, 1)
+        if not started:
             return _Outcome(["sandbox_error"], [_stderr_tail(run)], run.truncated)
-        if run.truncated:
+        if reply is None:
+            status, detail = self._lost(run)
+            return _Outcome([status], [detail], run.truncated)
+        if reply["truncated"]:
             return _Outcome(["failed"], ["output limit exceeded"], True)
-        program_event = events.get("program") or _crash_status(run)
-        if program_event[0] != "ok":
-            return _Outcome([program_event[0]], [program_event[1]])
-        got = run.stdout.decode(errors="replace")
+        status, detail = reply["program"]
+        if status != "ok":
+            return _Outcome([status], [detail])
+        got = base64.b64decode(reply["stdout"]).decode(errors="replace")
         if _lines(got) == _lines(expected):
             return _Outcome(["passed"], [""])
         return _Outcome(["failed"], [f"expected {expected.strip()[:60]!r}, got {got.strip()[:60]!r}"])
-
-
-def _run_from_reply(reply: bytes | None) -> SandboxRun | None:
-    if reply is None:
-        return None
-    try:
-        data = json.loads(reply)
-        decode = base64.b64decode
-        return SandboxRun(
-            None if data["timed_out"] or data["truncated"] else int(data["returncode"]),
-            decode(data["stdout"]), decode(data["stderr"]), decode(data["channel"]),
-            timed_out=bool(data["timed_out"]), truncated=bool(data["truncated"]),
-            extra={"raw_returncode": int(data["returncode"])},
-        )
-    except (ValueError, KeyError, TypeError):
-        return None
 
 
 def _stderr_tail(run: SandboxRun) -> str:
     return run.stderr.decode(errors="replace").strip().replace("\n", " ")[-200:] or f"exit {run.returncode}"
 
 
-def _summarize(outcome: _Outcome, fraction: bool) -> RewardResult:
+def _summarize(outcome: _Outcome, fraction: bool, null_on_timeout: bool = False) -> RewardResult:
     statuses = outcome.statuses
     total = len(statuses)
     passed = statuses.count("passed")
@@ -265,6 +210,8 @@ def _summarize(outcome: _Outcome, fraction: bool) -> RewardResult:
     if "sandbox_error" in statuses:
         first = statuses.index("sandbox_error")
         return RewardResult(None, f"sandbox_error: {outcome.details[first]}", info)
+    if null_on_timeout and "timeout" in statuses:
+        return RewardResult(None, f"timeout: {outcome.details[statuses.index('timeout')]}", info)
     score = passed / total if fraction else float(passed == total)
     return RewardResult(score, reason, info)
 
@@ -282,6 +229,7 @@ def code_results(
     site_packages: bool = False,
     allow_unsandboxed_code_execution: bool = False,
     sandbox: Sandbox | None = None,
+    null_on_timeout: bool = False,
     **columns: Any,
 ) -> list[RewardResult]:
     """Run each completion's program against its row's `tests` in the sandbox; see the module docstring.
@@ -291,7 +239,8 @@ def code_results(
     for a virtual environment the venv, are mounted read-only; default: the base interpreter of this one);
     `site_packages=True` lets programs import that interpreter's installed packages (default: standard library).
     `sandbox`: an open `Sandbox` to use instead of making one for this call (its limits, interpreter, workers and
-    unsandboxed flag then apply); reusing one across calls keeps its fork servers warm between batches.
+    unsandboxed flag then apply). A test that runs out of time scores 0 like any other failure (a policy must not
+    escape the penalty by being slow); `null_on_timeout=True` makes such rows null instead, reason `timeout`.
     """
     n = len(completions)
     if tests is None:
@@ -322,12 +271,13 @@ def code_results(
     if not jobs:
         return [r for r in results]  # type: ignore[misc]
     if sandbox is not None:
-        return _finish(results, jobs, _run_jobs(sandbox, jobs, timeout_s, site_packages), fraction)
+        return _finish(results, jobs, _run_jobs(sandbox, jobs, timeout_s, site_packages), fraction,
+                       null_on_timeout)
     workers = max(1, min(workers or len(os.sched_getaffinity(0)), len(jobs)))
     with Sandbox(limits or SandboxLimits(), workers=workers, python=python,
                  allow_unsandboxed_code_execution=allow_unsandboxed_code_execution) as own:
         outcomes = _run_jobs(own, jobs, timeout_s, site_packages)
-    return _finish(results, jobs, outcomes, fraction)
+    return _finish(results, jobs, outcomes, fraction, null_on_timeout)
 
 
 def _run_jobs(sandbox: Sandbox, jobs: list, timeout_s: float, site_packages: bool) -> list[_Outcome]:
@@ -347,7 +297,8 @@ def _run_jobs(sandbox: Sandbox, jobs: list, timeout_s: float, site_packages: boo
         return list(pool.map(do, jobs))
 
 
-def _finish(results: list, jobs: list, outcomes: list[_Outcome], fraction: bool) -> list[RewardResult]:
+def _finish(results: list, jobs: list, outcomes: list[_Outcome], fraction: bool,
+            null_on_timeout: bool = False) -> list[RewardResult]:
     per_row: dict[int, _Outcome] = {}
     for (row, _, _), outcome in zip(jobs, outcomes):
         merged = per_row.setdefault(row, _Outcome([], []))
@@ -355,7 +306,7 @@ def _finish(results: list, jobs: list, outcomes: list[_Outcome], fraction: bool)
         merged.details += outcome.details
         merged.truncated |= outcome.truncated
     for row, outcome in per_row.items():
-        results[row] = _summarize(outcome, fraction)
+        results[row] = _summarize(outcome, fraction, null_on_timeout)
     return results  # type: ignore[return-value]
 
 

@@ -1,30 +1,55 @@
-"""Test runner that rewards/code.py copies into the sandbox; it runs there, standalone (stdlib only).
+"""The judge and the submission: two processes that rewards/code.py starts in one fresh sandbox per row.
 
-Two ways to start it inside the sandbox:
-- `python -I -S code_harness.py SPEC.json CHANNEL_FD` runs one job (cold start), with a secret nonce as the
-  first line of stdin;
-- `python -I -S code_harness.py --serve SCRATCH_DIR [--isolated]` is a warm fork server: it reads one JSON job per
-  line on stdin, forks a fresh child per job (no interpreter start-up), and answers one JSON line per job. Between
-  jobs it kills every other process it can see (`kill(-1)`, only with --isolated: inside the sandbox's PID
-  namespace that is exactly the previous job's leftovers) and empties the scratch dir and /dev/shm. It makes
-  itself non-dumpable, so a job running as the same uid cannot ptrace it or read its memory or file descriptors.
+Stdlib only; it runs inside the sandbox, copied there as `harness.py`.
 
-A job lowers the rlimits, runs the program, then each test, and writes one line per event on the channel pipe:
-`<nonce> <event> <status> <detail>`. The nonce never touches argv, env or files, so a program cannot forge a pass
-by simply writing to the pipe; a program that exits early leaves its tests unreported.
+- `python -I -S harness.py --judge CHANNEL_FD [--isolated]` is the judge. Inside the sandbox it is the box's
+  PID 1 (`bwrap --as-pid-1`): the submission cannot signal it (the kernel drops signals to a namespace's init that
+  it has no handler for), and it makes itself non-dumpable first thing, so the submission (same uid) cannot ptrace
+  it or open its memory, environment or file descriptors under /proc/1. It reads one JSON job on stdin (the
+  program, the tests, the limits), says `started` on the channel, starts the submission, runs the tests in its own
+  interpreter and writes one JSON reply naming the job's id on the channel. Nothing the submission can write
+  reaches the channel.
+- `python -I -S harness.py --submission` is the submission process, exec'd fresh by the judge (so it inherits
+  none of the judge's memory) with the program's rlimits. It gets the program's source on fd 3, runs it, and then
+  answers the judge's requests (call this, get that attribute, iterate) on fd 4.
+
+The boundary between them carries plain data only: None, bool, int, float, complex, str, bytes and lists,
+tuples, sets, frozensets and dicts of those, each checked by exact type (`type(x) is int`, never isinstance) and
+rebuilt by the judge as fresh builtin objects. Anything else the submission returns stays in the submission and
+reaches the tests as an opaque `Remote` handle: its methods can be called and it can be iterated, but it compares
+equal to nothing but itself, so an object whose `__eq__` always says yes cannot pass a test. The tests' source and
+expected values never enter the submission's memory or file system, and the builtins the tests use are the
+judge's own, so patching `exec`, `abs`, `isinstance` or the harness in the submission changes nothing the judge
+computes.
 """
 import base64
+import builtins
+import fcntl
 import json
 import os
 import resource
-import selectors
-import shutil
+import select
 import signal
 import sys
 import time
 
+_MAX_DEPTH = 200
+_HIGH_FD = 100
+
 
 class _TestTimeout(BaseException):
+    pass
+
+
+class SubmissionError(Exception):
+    """The submission raised an exception that is not one of Python's builtin exceptions, or broke the protocol."""
+
+
+class _SubmissionGone(BaseException):
+    """The submission process died or answered with something that is not a reply."""
+
+
+class _SubmissionMemory(BaseException):
     pass
 
 
@@ -32,288 +57,646 @@ def _on_alarm(signum, frame):
     raise _TestTimeout()
 
 
-def _read_nonce() -> str:
-    raw = b""
-    while not raw.endswith(b"\n"):
-        ch = os.read(0, 1)
-        if not ch:
-            break
-        raw += ch
-    return raw.decode().strip()
+def _detail(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".replace("\n", " ")[:200]
 
 
-def _status(exc: BaseException) -> str:
-    if isinstance(exc, _TestTimeout):
-        return "timeout"
+# -- plain data across the boundary ----------------------------------------------------------------------------------
+
+
+def encode(value, refer=None, depth: int = 0):
+    """Tagged JSON for plain data. `refer(obj)` turns anything else into a reference (`["h", ...]`); without it,
+    anything else raises TypeError."""
+    if depth > _MAX_DEPTH:
+        raise ValueError("value nested too deeply to cross the boundary")
+    kind = type(value)
+    if value is None:
+        return ["N"]
+    if kind is bool:
+        return ["b", value]
+    if kind is int:
+        return ["i", hex(value)]  # hex: no digit limit, unlike decimal str()
+    if kind is float:
+        return ["f", value.hex()]
+    if kind is complex:
+        return ["c", value.real.hex(), value.imag.hex()]
+    if kind is str:
+        return ["s", value]
+    if kind is bytes:
+        return ["y", base64.b64encode(value).decode()]
+    if kind in (list, tuple, set, frozenset):
+        tag = {list: "l", tuple: "t", set: "S", frozenset: "F"}[kind]
+        return [tag, [encode(v, refer, depth + 1) for v in value]]
+    if kind is dict:
+        return ["d", [[encode(k, refer, depth + 1), encode(v, refer, depth + 1)] for k, v in value.items()]]
+    if refer is None:
+        raise TypeError(f"a {kind.__name__} cannot cross the boundary (plain data only)")
+    return refer(value)
+
+
+def decode(data, resolve=None, depth: int = 0):
+    """The inverse of `encode`, building fresh builtin objects; raises ValueError on anything malformed.
+    `resolve(data)` turns a reference back into an object; without it a reference is malformed."""
+    if depth > _MAX_DEPTH:
+        raise ValueError("value nested too deeply")
+    if type(data) is not list or not data or type(data[0]) is not str:
+        raise ValueError("malformed value")
+    tag, rest = data[0], data[1:]
+    try:
+        if tag == "N" and not rest:
+            return None
+        if tag == "b" and type(rest[0]) is bool:
+            return rest[0]
+        if tag == "i" and type(rest[0]) is str:
+            return int(rest[0], 16)
+        if tag == "f" and type(rest[0]) is str:
+            return float.fromhex(rest[0])
+        if tag == "c":
+            return complex(float.fromhex(rest[0]), float.fromhex(rest[1]))
+        if tag == "s" and type(rest[0]) is str:
+            return rest[0]
+        if tag == "y" and type(rest[0]) is str:
+            return base64.b64decode(rest[0], validate=True)
+        if tag in ("l", "t", "S", "F") and type(rest[0]) is list:
+            items = [decode(v, resolve, depth + 1) for v in rest[0]]
+            return {"l": list, "t": tuple, "S": set, "F": frozenset}[tag](items)
+        if tag == "d" and type(rest[0]) is list:
+            out = {}
+            for pair in rest[0]:
+                if type(pair) is not list or len(pair) != 2:
+                    raise ValueError("malformed dict item")
+                out[decode(pair[0], resolve, depth + 1)] = decode(pair[1], resolve, depth + 1)
+            return out
+        if tag == "h" and resolve is not None:
+            return resolve(data)
+    except (IndexError, TypeError, OverflowError) as exc:
+        raise ValueError(f"malformed value: {exc}") from None
+    raise ValueError(f"malformed value (tag {tag!r})")
+
+
+# -- line-delimited JSON messages over pipes -----------------------------------------------------------------------
+
+
+class _Lines:
+    """Reads newline-terminated messages from `fd`; while waiting, drains `drain` fds into capped buffers so that a
+    writer to those cannot block. Blocking: the judge's per-test alarm interrupts it."""
+
+    def __init__(self, fd: int, cap: int, drain: dict | None = None, drain_cap: int = 65536):
+        self.fd, self.cap, self.buf = fd, cap, bytearray()
+        self.drain = drain or {}
+        self.drain_cap = drain_cap
+
+    def read(self):
+        while True:
+            end = self.buf.find(b"\n")
+            if end >= 0:
+                line = bytes(self.buf[:end])
+                del self.buf[:end + 1]
+                return line
+            if len(self.buf) > self.cap:
+                raise _SubmissionGone("reply too large")
+            fds = [self.fd] + [fd for fd in self.drain if fd >= 0]
+            ready, _, _ = select.select(fds, [], [])
+            for fd in ready:
+                chunk = os.read(fd, 1 << 16)
+                if fd == self.fd:
+                    if not chunk:
+                        raise _SubmissionGone("the submission exited")
+                    self.buf += chunk
+                elif not chunk:
+                    del self.drain[fd]
+                else:
+                    self._keep(fd, chunk)
+
+    def _keep(self, fd: int, chunk: bytes) -> None:
+        buf = self.drain[fd]
+        if len(buf) < self.drain_cap:
+            buf += chunk[: self.drain_cap - len(buf)]
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _send(fd: int, message: dict) -> None:
+    _write_all(fd, json.dumps(message).encode() + b"\n")
+
+
+# -- the submission process ------------------------------------------------------------------------------------------
+
+
+def submission_main() -> None:
+    """Run the program from fd 3, then serve the judge's requests on fds 3/4 until fd 3 closes."""
+    ctrl_in = _Lines(3, 1 << 30)
+    out = 4
+    try:
+        job = json.loads(ctrl_in.read())
+    except BaseException:  # noqa: BLE001
+        os._exit(3)
+    mode = job["mode"]
+    try:
+        code = compile(job["program"], "solution.py", "exec")
+    except (SyntaxError, ValueError) as exc:
+        _send(out, {"status": "compile_error", "detail": _detail(exc)})
+        os._exit(1)
+    del job
+    namespace = {"__name__": "__main__" if mode == "stdio" else "solution", "__builtins__": builtins}
+    status = "ok"
+    try:
+        exec(code, namespace)
+        error = None
+    except SystemExit as exc:  # a stdin/stdout program may end with exit(); only a clean code is a success
+        error = None if exc.code in (None, 0) else exc
+    except BaseException as exc:  # noqa: BLE001 - everything the program raises is its own failure
+        error = exc
+    if mode == "stdio":
+        try:
+            sys.stdout.flush()
+        except BaseException as exc:  # noqa: BLE001
+            error = error or exc
+        if error is not None:
+            _send(out, {"status": _kind(error), "detail": _detail(error)})
+            os._exit(1)
+        os._exit(0)
+    if error is not None:
+        status = "runtime_error" if isinstance(error, (AssertionError, SystemExit)) else _kind(error)
+        detail = _detail(error)
+        del error
+        namespace.clear()  # after a MemoryError the program's data may still fill the address space
+        _send(out, {"status": status, "detail": detail})
+        os._exit(1)
+    objects: list = []
+
+    def refer(obj):
+        objects.append(obj)
+        return ["h", len(objects) - 1, type(obj).__name__[:60]]
+
+    def resolve(data):
+        index = data[1]
+        if type(index) is not int or not 0 <= index < len(objects):
+            raise ValueError("unknown reference")
+        return objects[index]
+
+    names = {}
+    for name, value in list(namespace.items()):
+        if name.startswith("__") or type(value).__name__ == "module":
+            continue
+        try:
+            names[name] = encode(value, refer)
+        except (ValueError, RecursionError):
+            names[name] = refer(value)
+    _send(out, {"status": "ok", "names": names})
+    while True:
+        try:
+            request = json.loads(ctrl_in.read())
+        except _SubmissionGone:
+            os._exit(0)
+        _send(out, _answer(request, resolve, refer))
+
+
+def _answer(request: dict, resolve, refer) -> dict:
+    seq = request.get("seq")
+    try:
+        target = decode(request["target"], resolve)
+        op = request["op"]
+        if op == "call":
+            args = decode(request["args"], resolve)
+            kwargs = decode(request["kwargs"], resolve)
+            result = target(*args, **kwargs)
+            reply = {"seq": seq, "value": encode(result, refer)}
+            changed = {str(i): encode(a, refer) for i, a in enumerate(args) if type(a) in (list, dict, set)}
+            if changed:
+                reply["args"] = changed
+            return reply
+        if op == "getattr":
+            return {"seq": seq, "value": encode(getattr(target, request["name"]), refer)}
+        if op == "iter":
+            return {"seq": seq, "value": refer(iter(target))}
+        if op == "next":
+            return {"seq": seq, "value": encode(next(target), refer)}
+        if op == "getitem":
+            return {"seq": seq, "value": encode(target[decode(request["key"], resolve)], refer)}
+        if op == "len":
+            return {"seq": seq, "value": encode(len(target))}
+        if op == "str":
+            return {"seq": seq, "value": encode(str(target)[:10000])}
+        raise ValueError(f"unknown request {op!r}")
+    except BaseException as exc:  # noqa: BLE001 - the judge decides what the exception means for the test
+        return {"seq": seq, "raise": [type(exc).__name__[:60], str(exc)[:200]]}
+
+
+def _kind(exc: BaseException) -> str:
     if isinstance(exc, MemoryError):
         return "memory_limit"
-    if isinstance(exc, AssertionError):
-        return "failed"
     if isinstance(exc, SyntaxError):
         return "compile_error"
     return "runtime_error"
 
 
-def _detail(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}".replace("\n", " ")
-    return text[:200]
+# -- the judge --------------------------------------------------------------------------------------------------------
 
 
-def run_job(spec: dict, source: str, nonce: str, channel_fd: int) -> None:
-    """Run the program and its tests in this process, reporting on `channel_fd`."""
-    channel = os.fdopen(channel_fd, "w", buffering=1)
+class Remote:
+    """Something of the submission's that is not plain data: callable, attributes, iteration and indexing go to the
+    submission; comparison and hashing are this handle's own (identity), never the submission's."""
 
-    def report(event: str, status: str, detail: str = "") -> None:
-        channel.write(f"{nonce} {event} {status} {detail}\n")
-        channel.flush()
+    __slots__ = ("_sub", "_ref")
 
-    for name, value in spec["rlimits"].items():
-        limit = getattr(resource, name)
-        hard = resource.getrlimit(limit)[1]
-        value = value if hard == resource.RLIM_INFINITY else min(value, hard)  # only lowering is allowed
-        resource.setrlimit(limit, (value, value))
-    signal.signal(signal.SIGALRM, _on_alarm)
-    report("start", "ok")
+    def __init__(self, sub, ref):
+        object.__setattr__(self, "_sub", sub)
+        object.__setattr__(self, "_ref", ref)
 
-    try:
-        code = compile(source, "solution.py", "exec")
-    except (SyntaxError, ValueError) as exc:
-        report("program", "compile_error", _detail(exc))
-        return
-    timeout = float(spec["timeout_s"])
-    namespace = {"__name__": "__main__" if spec["mode"] == "stdio" else "solution", "__builtins__": __builtins__}
-    signal.setitimer(signal.ITIMER_REAL, timeout)
-    try:
-        exec(code, namespace)
-        error = None
-    except SystemExit as exc:  # a stdin/stdout program may end with exit(); only a clean code counts as success
-        error = None if exc.code in (None, 0) else exc
-    except BaseException as exc:  # noqa: BLE001 - everything the program raises is its own failure
-        error = exc
-    finally:
+    def __call__(self, *args, **kwargs):
+        return self._sub.request("call", self, args=args, kwargs=kwargs)
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return self._sub.request("getattr", self, name=name)
+
+    def __iter__(self):
+        return self._sub.request("iter", self)
+
+    def __next__(self):
+        return self._sub.request("next", self)
+
+    def __getitem__(self, key):
+        return self._sub.request("getitem", self, key=key)
+
+    def __len__(self):
+        return self._sub.request("len", self)
+
+    def __str__(self):
+        return self._sub.request("str", self)
+
+    def __repr__(self):
+        return f"<{self._ref[2] if len(self._ref) > 2 else 'object'} of the submission>"
+
+
+class _Submission:
+    """The judge's side of one submission process."""
+
+    def __init__(self, job: dict, isolated: bool):
+        self.job, self.isolated = job, isolated
+        self.pid = -1
+        self.returncode = None
+        self.err = bytearray()
+        self.seq = 0
+        self.names: dict = {}
+
+    def spawn(self, stdin_fd: int = -1, stdout_fd: int = -1) -> tuple[int, int, int]:
+        """Start a fresh submission process; returns (ctrl_in_w, ctrl_out_r, err_r) for the judge."""
+        c_in_r, c_in_w = os.pipe()
+        c_out_r, c_out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        null = os.open(os.devnull, os.O_RDWR)
+        argv = [sys.executable, *self.job["interpreter_flags"], os.path.abspath(__file__), "--submission"]
+        pid = os.fork()
+        if pid == 0:
+            try:
+                wanted = [stdin_fd if stdin_fd >= 0 else null, stdout_fd if stdout_fd >= 0 else null, err_w,
+                          c_in_r, c_out_w]
+                high = [fcntl.fcntl(fd, fcntl.F_DUPFD, _HIGH_FD) for fd in wanted]
+                for target, fd in enumerate(high):
+                    os.dup2(fd, target)
+                os.closerange(len(wanted), 1 << 16)
+                os.setsid()
+                for name, value in self.job["rlimits"].items():
+                    limit = getattr(resource, name)
+                    hard = resource.getrlimit(limit)[1]
+                    value = value if hard == resource.RLIM_INFINITY else min(value, hard)  # only lowering
+                    resource.setrlimit(limit, (value, value))
+                os.execv(argv[0], argv)
+            finally:
+                os._exit(127)
+        for fd in (c_in_r, c_out_w, err_w, null):
+            os.close(fd)
+        self.pid = pid
+        return c_in_w, c_out_r, err_r
+
+    def start(self) -> tuple[str, str]:
+        """Start the submission and run its program; returns the program's (status, detail)."""
+        self.ctrl_w, ctrl_r, err_r = self.spawn()
+        self.err_r = err_r
+        self.reader = _Lines(ctrl_r, 16 * self.job["output_bytes"] + (1 << 20), {err_r: self.err})
+        self.ctrl_r = ctrl_r
+        try:
+            _send(self.ctrl_w, {"mode": "asserts", "program": self.job["program"]})
+            ready = json.loads(self.reader.read())
+        except _SubmissionGone as exc:
+            return self.exit_status(str(exc))
+        except (ValueError, OSError) as exc:
+            return "runtime_error", f"the submission broke the protocol: {_detail(exc)}"
+        if type(ready) is not dict or ready.get("status") != "ok":
+            status = ready.get("status") if type(ready) is dict else None
+            if status not in ("compile_error", "runtime_error", "memory_limit"):
+                status = "runtime_error"
+            return status, str(ready.get("detail", ""))[:200] if type(ready) is dict else ""
+        names = ready.get("names")
+        if type(names) is not dict:
+            return "runtime_error", "the submission broke the protocol"
+        try:
+            self.names = {str(k): decode(v, self.resolve) for k, v in names.items()}
+        except (ValueError, RecursionError) as exc:
+            return "runtime_error", f"the submission broke the protocol: {exc}"
+        return "ok", ""
+
+    def resolve(self, data):
+        if len(data) != 3 or type(data[1]) is not int:
+            raise ValueError("malformed reference")
+        return Remote(self, ["h", data[1], str(data[2])])
+
+    def refer(self, obj):
+        if type(obj) is Remote and obj._sub is self:
+            return obj._ref[:2]
+        raise TypeError(f"a {type(obj).__name__} cannot be passed to the submission (plain data only)")
+
+    def request(self, op: str, target: Remote, **fields):
+        self.seq += 1
+        message = {"seq": self.seq, "op": op, "target": encode(target, self.refer)}
+        for key, value in fields.items():
+            message[key] = value if key == "name" else encode(value, self.refer)
+        try:
+            _send(self.ctrl_w, message)
+            reply = json.loads(self.reader.read())
+        except (BrokenPipeError, ValueError):
+            raise _SubmissionGone("the submission broke the protocol") from None
+        if type(reply) is not dict or reply.get("seq") != self.seq:
+            raise _SubmissionGone("the submission answered out of turn")
+        if "raise" in reply:
+            name, text = (list(reply["raise"]) + ["", ""])[:2]
+            _raise_as(str(name), str(text))
+        try:
+            value = decode(reply.get("value"), self.resolve)
+            if op == "call" and type(reply.get("args")) is dict:
+                self._copy_back(fields["args"], reply["args"])
+        except (ValueError, RecursionError) as exc:
+            raise _SubmissionGone(f"the submission broke the protocol: {exc}") from None
+        return value
+
+    def _copy_back(self, args: tuple, changed: dict) -> None:
+        """Arguments the submission changed in place (sorting a list it was given): the same change here."""
+        for key, data in changed.items():
+            index = int(key)
+            original, new = args[index], decode(data, self.resolve)
+            if type(original) is list and type(new) is list:
+                original[:] = new
+            elif type(original) in (dict, set) and type(new) is type(original):
+                original.clear()
+                original.update(new)
+
+    def exit_status(self, reason: str = "") -> tuple[str, str]:
+        """Why the submission stopped answering: the way it exited, else `reason` (it was then killed)."""
         signal.setitimer(signal.ITIMER_REAL, 0)
-    if spec["mode"] == "stdio":
-        try:
-            sys.stdout.flush()
-        except BaseException as exc:  # noqa: BLE001
-            error = error or exc
-        report("program", "ok" if error is None else _status(error), "" if error is None else _detail(error))
-        return
-    if error is not None:
-        status = "runtime_error" if isinstance(error, (AssertionError, SystemExit)) else _status(error)
-        detail = _detail(error)
-        del error
-        namespace.clear()  # after a MemoryError the program's data may still fill the address space
-        report("program", status, detail)
-        return
-    report("program", "ok")
-    for index, test in enumerate(spec["tests"]):
-        signal.setitimer(signal.ITIMER_REAL, timeout)
-        try:
-            exec(compile(test, f"test_{index}.py", "exec"), namespace)
-            status, detail = "passed", ""
-        except SystemExit as exc:
-            status, detail = "runtime_error", _detail(exc)
-        except BaseException as exc:  # noqa: BLE001
-            status, detail = _status(exc), _detail(exc)
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-        if status == "memory_limit":  # free the memory to report; later tests get a fresh launch
-            namespace.clear()
-            report(str(spec["first_index"] + index), status, detail)
-            return
-        report(str(spec["first_index"] + index), status, detail)
+        on_its_own = self.kill(grace_s=0.2)
+        err = bytes(self.err).decode(errors="replace")
+        if self.returncode == -signal.SIGXCPU:
+            return "timeout", "cpu-time limit"
+        if "MemoryError" in err:
+            return "memory_limit", "MemoryError"
+        if not on_its_own:
+            return "runtime_error", reason[:200]
+        tail = err.strip().replace("\n", " ")[-150:]
+        return "runtime_error", f"the submission exited with code {self.returncode} {tail}".strip()
 
-
-def main() -> None:
-    spec_path, channel_fd = sys.argv[1], int(sys.argv[2])
-    nonce = _read_nonce()
-    with open(spec_path) as f:
-        spec = json.load(f)
-    with open(os.path.join(os.path.dirname(spec_path), "program.py")) as f:
-        source = f.read()
-    run_job(spec, source, nonce, channel_fd)
-
-
-# -- warm fork server ----------------------------------------------------------------------------------------------
-
-
-def _child(job: dict, fds: dict, scratch: str) -> None:
-    """In the forked child: wire stdin/stdout/stderr to the job's pipes, drop everything else, run the job."""
-    try:
-        os.setsid()
-        os.dup2(fds["in_r"], 0)
-        os.dup2(fds["out_w"], 1)
-        os.dup2(fds["err_w"], 2)
-        channel = os.dup2(fds["chan_w"], 3, inheritable=False) if fds["chan_w"] != 3 else 3
-        os.closerange(4, 1 << 16)
-        sys.stdin = open(0, "r", closefd=False)
-        sys.stdout = open(1, "w", closefd=False)
-        sys.stderr = open(2, "w", closefd=False, buffering=1)
-        sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr
-        os.chdir(scratch)
-        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-        run_job(job["spec"], job["program"], job["nonce"], channel)
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except BaseException as exc:  # noqa: BLE001 - say why on stderr; the host maps it to a status
-        os.write(2, f"harness: {type(exc).__name__}: {exc}\n".encode()[:500])
-        os._exit(1)
-    finally:
-        os._exit(0)
-
-
-def _serve_one(job: dict, scratch: str, isolated: bool) -> dict:
-    cap = int(job["output_bytes"])
-    in_r, in_w = os.pipe()
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
-    chan_r, chan_w = os.pipe()
-    sys.stdout.flush()
-    pid = os.fork()
-    if pid == 0:
-        for fd in (in_w, out_r, err_r, chan_r, _SERVER_IN, _SERVER_OUT):
-            os.close(fd)
-        _child(job, {"in_r": in_r, "out_w": out_w, "err_w": err_w, "chan_w": chan_w}, scratch)
-    for fd in (in_r, out_w, err_w, chan_w):
-        os.close(fd)
-    deadline = time.monotonic() + float(job["wall_s"])
-    bufs = {out_r: bytearray(), err_r: bytearray(), chan_r: bytearray()}
-    pending = memoryview(job.get("stdin", "").encode())
-    timed_out = truncated = False
-    exited = os.pidfd_open(pid)  # readable once the job's main process has exited
-    with selectors.DefaultSelector() as sel:
-        for fd in bufs:
-            sel.register(fd, selectors.EVENT_READ)
-        sel.register(exited, selectors.EVENT_READ)
-        os.set_blocking(in_w, False)
-        sel.register(in_w, selectors.EVENT_WRITE)
-        open_reads = 3
-        while open_reads and not truncated:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                timed_out = True
+    def kill(self, grace_s: float = 0.0) -> bool:
+        """Kill the submission and everything it started, after waiting up to `grace_s` for it to exit by itself;
+        reap it. True when it had exited by itself."""
+        if self.pid <= 0:
+            return True
+        on_its_own = False
+        deadline = time.monotonic() + grace_s
+        while True:
+            pid, raw = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                on_its_own = True
                 break
-            for key, _ in sel.select(timeout=min(left, 0.5)):
-                if key.fd == exited:  # whatever it left behind must not hold its pipes open
-                    sel.unregister(exited)
-                    _kill(-pid)
-                    if isolated:
-                        _kill(-1)
-                    continue
-                if key.fd == in_w:
-                    try:
-                        pending = pending[os.write(in_w, pending[:1 << 16]):]
-                    except BlockingIOError:
-                        continue
-                    except BrokenPipeError:
-                        pending = pending[:0]
-                    if not pending:
-                        sel.unregister(in_w)
-                        os.close(in_w)
-                        in_w = -1
-                    continue
-                chunk = os.read(key.fd, 1 << 16)
-                if not chunk:
-                    sel.unregister(key.fd)
-                    open_reads -= 1
-                    continue
-                bufs[key.fd] += chunk
-                if len(bufs[key.fd]) > cap:
-                    del bufs[key.fd][cap:]
-                    truncated = True
-    if timed_out or truncated:
-        _kill(-pid)
-        _kill(pid)
-    _, status = os.waitpid(pid, 0)
-    returncode = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
-    for fd in (in_w, out_r, err_r, chan_r, exited):
-        if fd >= 0:
-            os.close(fd)
-    _clean_up(scratch, isolated)
-    encode = lambda b: base64.b64encode(bytes(b)).decode()  # noqa: E731
-    return {"returncode": returncode, "timed_out": timed_out, "truncated": truncated,
-            "stdout": encode(bufs[out_r]), "stderr": encode(bufs[err_r]), "channel": encode(bufs[chan_r])}
-
-
-def _kill(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except OSError:
-        pass
-
-
-def _clean_up(scratch: str, isolated: bool) -> None:
-    """Leave nothing of the last job for the next: no processes, no files."""
-    if isolated:
-        me = os.getpid()
-        for _ in range(100):
-            _kill(-1)  # every process in the sandbox but this server and the namespace's init
-            while True:
-                try:
-                    if os.waitpid(-1, os.WNOHANG) == (0, 0):
-                        break
-                except ChildProcessError:
-                    break
-            others = [p for p in os.listdir("/proc") if p.isdigit() and int(p) not in (1, me)]
-            if not others:
+            if time.monotonic() >= deadline:
                 break
-            time.sleep(0.001 if any(_alive(p) for p in others) else 0.0002)  # zombies: init reaps them
-    for root in (scratch, "/dev/shm" if isolated else None):
-        if root and os.path.isdir(root):
-            for name in os.listdir(root):
-                path = os.path.join(root, name)
+            time.sleep(0.002)
+        for target in (-self.pid, self.pid):
+            try:
+                os.kill(target, signal.SIGKILL)
+            except OSError:
+                pass
+        if self.isolated:  # PID 1 of the box: every other process in it is the submission's
+            try:
+                os.kill(-1, signal.SIGKILL)
+            except OSError:
+                pass
+        if not on_its_own:
+            _, raw = os.waitpid(self.pid, 0)
+        self.returncode = -os.WTERMSIG(raw) if os.WIFSIGNALED(raw) else os.WEXITSTATUS(raw)
+        self.pid = -1
+        for name in ("ctrl_w", "ctrl_r", "err_r"):
+            fd = getattr(self, name, -1)
+            if fd >= 0:
                 try:
-                    if os.path.isdir(path) and not os.path.islink(path):
-                        shutil.rmtree(path, ignore_errors=True)
-                    else:
-                        os.unlink(path)
+                    os.close(fd)
                 except OSError:
                     pass
+            setattr(self, name, -1)
+        _reap()
+        return on_its_own
 
 
-def _alive(pid: str) -> bool:
-    """A process that is not yet a zombie (zombies are reaped by the namespace's init)."""
+def _raise_as(name: str, text: str) -> None:
+    """Raise, in the judge, the builtin exception the submission raised (a test may expect a ValueError)."""
+    if name == "MemoryError":
+        raise _SubmissionMemory(text)
+    kind = getattr(builtins, name, None)
+    if isinstance(kind, type) and issubclass(kind, Exception):
+        try:
+            exc = kind(text)
+        except Exception:  # noqa: BLE001 - exceptions whose constructor wants more arguments
+            exc = SubmissionError(f"{name}: {text}")
+        raise exc
+    raise SubmissionError(f"{name}: {text}")
+
+
+def _reap() -> None:
+    while True:
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                return
+        except ChildProcessError:
+            return
+
+
+def _test_status(exc: BaseException) -> str:
+    if isinstance(exc, _TestTimeout):
+        return "timeout"
+    if isinstance(exc, (MemoryError, _SubmissionMemory)):
+        return "memory_limit"
+    if isinstance(exc, AssertionError):
+        return "failed"
+    return "runtime_error"
+
+
+def judge_asserts(job: dict, isolated: bool) -> dict:
+    timeout = float(job["timeout_s"])
+    sub = _Submission(job, isolated)
+    tests = job["tests"]
+    results = []
+    program = None
+    signal.setitimer(signal.ITIMER_REAL, timeout)
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
+        program = sub.start()
+    except _TestTimeout:
+        program = ("timeout", "the program's top level ran past the time limit")
+    except OSError as exc:  # fork failed: the submission filled the process table
+        program = ("runtime_error", _detail(exc))
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+    if program[0] != "ok":
+        sub.kill()
+        return {"program": list(program), "tests": []}
+    for index, test in enumerate(tests):
+        broken = False  # the submission is stuck, full or dead: the next test gets a fresh one
+        signal.setitimer(signal.ITIMER_REAL, timeout)
+        try:
+            if sub.pid <= 0:  # the last test ended it: a fresh one, with the program run again
+                again = sub.start()
+                if again[0] != "ok":
+                    raise _SubmissionGone(f"{again[0]}: {again[1]}")
+            namespace = {"__name__": "__main__", "__builtins__": builtins, **sub.names}
+            exec(compile(test, f"test_{index}.py", "exec"), namespace)
+            status, detail = "passed", ""
+        except _SubmissionGone as exc:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            status, detail = sub.exit_status(str(exc))
+        except SystemExit as exc:
+            status, detail = "runtime_error", _detail(exc)
+        except BaseException as exc:  # noqa: BLE001 - the test's own exception, or the submission's re-raised
+            status = _test_status(exc)
+            detail = "time limit" if status == "timeout" else _detail(exc)
+            broken = status in ("timeout", "memory_limit")
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        if broken:
+            sub.kill()
+        results.append([status, detail])
+    sub.kill()
+    return {"program": ["ok", ""], "tests": results}
+
+
+def judge_stdio(job: dict, isolated: bool) -> dict:
+    timeout = float(job["timeout_s"])
+    cap = int(job["output_bytes"])
+    sub = _Submission(job, isolated)
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    err_r = -1
+    bufs: dict = {}
+    truncated = False
+    program = ("ok", "")
+    signal.setitimer(signal.ITIMER_REAL, timeout)
+    try:
+        try:
+            ctrl_w, ctrl_r, err_r = sub.spawn(in_r, out_w)
+        finally:
+            os.close(in_r)
+            os.close(out_w)
+        sub.ctrl_w, sub.ctrl_r, sub.err_r = ctrl_w, ctrl_r, err_r
+        _send(ctrl_w, {"mode": "stdio", "program": job["program"]})
+        pending = memoryview(job["stdin"].encode())
+        bufs = {out_r: bytearray(), err_r: bytearray(), ctrl_r: bytearray()}
+        os.set_blocking(in_w, False)
+        open_reads = set(bufs)
+        while open_reads and not truncated:
+            writers = [in_w] if in_w >= 0 else []
+            readable, writable, _ = select.select(list(open_reads), writers, [])
+            if writable:
+                try:
+                    pending = pending[os.write(in_w, pending[:1 << 16]):]
+                except BlockingIOError:
+                    pass
+                except BrokenPipeError:
+                    pending = pending[:0]
+                if not pending:
+                    os.close(in_w)
+                    in_w = -1
+            for fd in readable:
+                chunk = os.read(fd, 1 << 16)
+                if not chunk:
+                    open_reads.discard(fd)
+                    continue
+                bufs[fd] += chunk
+                if len(bufs[fd]) > cap:
+                    del bufs[fd][cap:]
+                    truncated = True
+        if not truncated:
+            _, raw = os.waitpid(sub.pid, 0)  # stdout closed is not the end: the process must exit in time
+            code = -os.WTERMSIG(raw) if os.WIFSIGNALED(raw) else os.WEXITSTATUS(raw)
+            sub.pid = -1
+            program = _stdio_status(code, bytes(bufs[ctrl_r]), bytes(bufs[err_r]))
+    except _TestTimeout:
+        program = ("timeout", "time limit")
+    except OSError as exc:
+        program = ("runtime_error", _detail(exc))
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+    if in_w >= 0:
+        os.close(in_w)
+    sub.kill()
+    os.close(out_r)
+    encode64 = lambda b: base64.b64encode(bytes(b)).decode()  # noqa: E731
+    return {"program": list(program), "stdout": encode64(bufs.get(out_r, b"")),
+            "stderr": encode64(bufs.get(err_r, b"")), "truncated": truncated}
+
+
+def _stdio_status(code: int, ctrl: bytes, err: bytes) -> tuple[str, str]:
+    if code == 0:
+        return "ok", ""
+    if code == -signal.SIGXCPU:
+        return "timeout", "cpu-time limit"
+    try:
+        said = json.loads(ctrl.split(b"\n")[0])
+        if type(said) is dict and said.get("status") in ("compile_error", "runtime_error", "memory_limit"):
+            return said["status"], str(said.get("detail", ""))[:200]
+    except ValueError:
+        pass
+    if b"MemoryError" in err:
+        return "memory_limit", "MemoryError"
+    return "runtime_error", f"exited with code {code}"
 
 
 def _make_undumpable() -> None:
-    try:
-        import ctypes
+    import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 4
-    except (OSError, AttributeError):
-        pass
+    if ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0) != 0:  # PR_SET_DUMPABLE = 4
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0) failed")
 
 
-_SERVER_IN, _SERVER_OUT = 0, 1
-
-
-def serve(scratch: str, isolated: bool) -> None:
-    global _SERVER_IN, _SERVER_OUT
+def judge_main(channel_fd: int, isolated: bool) -> None:
     _make_undumpable()
-    os.makedirs(scratch, exist_ok=True)
-    # keep the host pipes on high fds so a job's stdin/stdout can take 0/1
-    _SERVER_IN, _SERVER_OUT = os.dup(0), os.dup(1)
+    raw = b""
+    while True:  # the job, whole, before anything else runs
+        chunk = os.read(0, 1 << 20)
+        if not chunk:
+            break
+        raw += chunk
+    job = json.loads(raw)
     null = os.open(os.devnull, os.O_RDWR)
-    os.dup2(null, 0)
-    os.dup2(null, 1)
+    for fd in (0, 1):  # the tests' prints go nowhere; the channel is the only way out
+        os.dup2(null, fd)
     os.close(null)
-    sys.stdout = open(1, "w", closefd=False)
-    reader = os.fdopen(_SERVER_IN, "rb", buffering=1 << 16)
-    writer = os.fdopen(_SERVER_OUT, "wb", buffering=0)
-    for line in reader:
-        job = json.loads(line)
-        reply = _serve_one(job, scratch, isolated)
-        writer.write(json.dumps(reply).encode() + b"\n")
+    channel = fcntl.fcntl(channel_fd, fcntl.F_DUPFD_CLOEXEC, _HIGH_FD)
+    os.close(channel_fd)
+    _send(channel, {"id": job["id"], "event": "started"})
+    signal.signal(signal.SIGALRM, _on_alarm)
+    try:
+        reply = judge_stdio(job, isolated) if job["mode"] == "stdio" else judge_asserts(job, isolated)
+    except BaseException as exc:  # noqa: BLE001 - the judge must answer; the host scores what it says
+        reply = {"program": ["runtime_error", f"judge: {_detail(exc)}"], "tests": []}
+    reply.update({"id": job["id"], "event": "done"})
+    _send(channel, reply)
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "--serve":
-        serve(sys.argv[2], "--isolated" in sys.argv[3:])
+    if sys.argv[1] == "--submission":
+        submission_main()
     else:
-        main()
+        judge_main(int(sys.argv[2]), "--isolated" in sys.argv[3:])

@@ -3,9 +3,15 @@
 Each launch gets:
 - its own user, PID, network, IPC, UTS and cgroup namespaces (`bwrap --unshare-all --unshare-user`): the network
   namespace has only `lo`, so nothing on the host (not even 127.0.0.1) or outside is reachable;
-- a filesystem built from scratch: the system (`/usr`, the interpreter's prefix) read-only, a fresh `/proc` and
-  minimal `/dev`, the job's own files read-only at `/sandbox`, and a size-capped private tmpfs at `/tmp` (the only
-  writable place). Nothing else of the host (home, /work, /etc, other temp dirs) is mounted;
+- a filesystem built from scratch and read-only: the system (`/usr`, the interpreter's prefix), a fresh `/proc`, a
+  minimal `/dev`, the job's own files at `/sandbox`; the only writable places are a private `/tmp` (a fresh tmpfs
+  per launch, capped in size and, when we may mount one ourselves (root), in inodes: empty files cost kernel memory)
+  and a size-capped `/dev/shm`. Nothing else of the host (home, /work, /etc, other temp dirs) is mounted, and
+  nothing written survives the launch;
+- its own PID namespace in which the launched program is PID 1 (`--as-pid-1`: no bwrap reaper in between), so a
+  program that makes itself non-dumpable there (the code judge does) cannot be signalled, traced or read through
+  /proc/1 by what it starts; a minimal environment (PATH, HOME), both for bwrap and inside, so no secret of the
+  caller's environment is anywhere in the box;
 - an unprivileged uid (65534) with no capabilities, no new user namespaces, a new session (no terminal access);
 - a cap on the number of processes: a pids cgroup per worker slot when running as root (RLIMIT_NPROC is not
   enforced for root, and bwrap maps the sandbox's uid to its caller's), else RLIMIT_NPROC, with bwrap started as
@@ -58,6 +64,8 @@ class SandboxLimits:
     max_procs: int = 32  # pids cgroup limit (processes + threads)
     max_open_files: int = 256  # RLIMIT_NOFILE
     output_bytes: int = 64 * 1024  # stdout and stderr are each captured up to this many bytes
+    tmp_inodes: int = 4096  # files and folders in /tmp (when we can mount its tmpfs ourselves: as root)
+    shm_mb: int = 16  # size of /dev/shm
 
 
 @dataclass
@@ -106,15 +114,11 @@ class _Slot:
 
     def __init__(self, base: Path | None, max_procs: int):
         self.path: Path | None = None
-        self.server: subprocess.Popen | None = None  # warm server (Sandbox.call), if started
-        self.server_key: tuple | None = None
-        self.server_dir: Path | None = None
-        self.server_tree: list[int] = []  # the server's processes below bwrap (init, fork server), once up
         if base is not None:
             self.path = base / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
             self.path.mkdir()
-            # + sh, outer bwrap and bwrap's init in the PID namespace
-            (self.path / "pids.max").write_text(str(max_procs + 3))
+            # + bwrap (sh execs into it) and the judge, PID 1 of the box
+            (self.path / "pids.max").write_text(str(max_procs + 2))
 
     def pids(self) -> list[int]:
         if self.path is None:
@@ -188,6 +192,7 @@ class Sandbox:
         self._run_as: int | None = None  # uid/gid bwrap runs as, when root must drop privileges
         self._workdir = Path(tempfile.mkdtemp(prefix="prefsmith-sandbox-"))
         os.chmod(self._workdir, 0o700)
+        self._can_mount = False
         try:
             if not self.unsandboxed:
                 self._find_isolation(pids_cgroup)
@@ -196,6 +201,7 @@ class Sandbox:
                 self._slots.append(slot)
                 self._free.append(slot)
             if not self.unsandboxed:
+                self._can_mount = _can_mount_tmpfs(self._workdir)
                 self._probe()
         except BaseException:
             self.close()
@@ -233,7 +239,7 @@ class Sandbox:
             "RLIMIT_CORE": 0,
         }
         if self._cgroup_base is None and not self.unsandboxed:
-            limits["RLIMIT_NPROC"] = self.limits.max_procs + 3  # + bwrap's init and the fork server
+            limits["RLIMIT_NPROC"] = self.limits.max_procs + 2  # + bwrap and the judge
         return limits
 
     def _probe(self) -> None:
@@ -251,7 +257,6 @@ class Sandbox:
 
     def close(self) -> None:
         for slot in self._slots:
-            self._stop_server(slot)
             slot.remove()
         shutil.rmtree(self._workdir, ignore_errors=True)
 
@@ -281,65 +286,40 @@ class Sandbox:
                 with self._lock:
                     self._free.append(slot)
 
-    def call(self, argv: list[str], files: dict[str, str | bytes], request: bytes, wall_s: float) -> bytes | None:
-        """One request/reply with a long-lived server started from `argv` inside the sandbox (one per worker slot,
-        started on first use, kept warm between calls, restarted after it dies or overruns). `request` is one line;
-        returns the server's one-line reply, or None when it died, misbehaved or ran past `wall_s` (it is then
-        killed with everything it started). The server must keep its calls apart: see rewards/code_harness.py."""
-        with self._ready:
-            with self._lock:
-                slot = self._free.pop()
-            try:
-                key = (tuple(argv), tuple(sorted((k, hash(v)) for k, v in files.items())))
-                if slot.server is None or slot.server.poll() is not None or slot.server_key != key:
-                    self._stop_server(slot)
-                    full, slot.server_dir, cwd = self._command(argv, files, slot)
-                    slot.server = subprocess.Popen(full, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                                   stderr=subprocess.DEVNULL, start_new_session=True, cwd=cwd,
-                                                   **self._identity())
-                    slot.server_key = key
-                    slot.server_tree = []
-                reply = _exchange(slot.server, request.rstrip(b"\n") + b"\n", time.monotonic() + wall_s,
-                                  16 * self.limits.output_bytes + (1 << 20))
-                if reply is None:
-                    self._stop_server(slot)
-                elif not slot.server_tree:  # the namespace is up: remember its processes for the teardown
-                    slot.server_tree = _descendants(slot.server.pid)
-                return reply
-            finally:
-                with self._lock:
-                    self._free.append(slot)
-
     def _identity(self) -> dict:
         if self._run_as is None:
             return {}
         return {"user": self._run_as, "group": self._run_as, "extra_groups": []}
 
-    def _stop_server(self, slot: _Slot) -> None:
-        if slot.server is not None:
-            below = slot.server_tree or _descendants(slot.server.pid)
-            if slot.server.poll() is None:
-                _kill_group(slot.server)
-            slot.server.wait()
-            _wait_gone(below)  # also when bwrap had already exited and its namespace is still dying
-            for stream in (slot.server.stdin, slot.server.stdout):
-                try:
-                    stream.close()
-                except OSError:
-                    pass
-            slot.server = None
-            slot.kill_all()
-        if slot.server_dir is not None:
-            shutil.rmtree(slot.server_dir, ignore_errors=True)
-            slot.server_dir = None
+    def _environment(self) -> dict[str, str]:
+        """bwrap's own environment: nothing of the caller's (API keys) goes near the box."""
+        if self.unsandboxed:
+            return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self._workdir)}
+        return {"PATH": "/usr/local/bin:/usr/bin:/bin"}
 
-    def _bwrap_argv(self, job_dir: Path) -> list[str]:
+    def _fresh_tmp(self) -> Path | None:
+        """A new tmpfs capped in size and inodes for this launch's /tmp, when we may mount (root); else None (bwrap
+        then makes a size-capped tmpfs itself, with the kernel's default inode count)."""
+        if self.unsandboxed or not self._can_mount:
+            return None
+        path = Path(tempfile.mkdtemp(dir=self._workdir, prefix="tmp-"))
+        if _mount_tmpfs(path, self.limits.tmp_mb, self.limits.tmp_inodes):
+            return path
+        path.rmdir()
+        return None
+
+    def _drop_tmp(self, path: Path | None) -> None:
+        if path is not None:
+            _unmount(path)
+            shutil.rmtree(path, ignore_errors=True)
+
+    def _bwrap_argv(self, job_dir: Path, tmp_dir: Path | None = None) -> list[str]:
         # the interpreter's install prefix, and for a virtual environment also the venv itself (read-only)
         real = os.path.realpath(self.python)
         prefixes = sorted({str(Path(self.python).parent.parent), str(Path(real).parent.parent)})
         argv = [
             "bwrap", "--unshare-all", "--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
-            "--disable-userns", "--die-with-parent", "--new-session", "--hostname", "sandbox",
+            "--disable-userns", "--die-with-parent", "--new-session", "--as-pid-1", "--hostname", "sandbox",
             "--ro-bind", "/usr", "/usr",
         ]
         for link in ("bin", "lib", "lib64", "sbin"):
@@ -349,20 +329,26 @@ class Sandbox:
             elif os.path.isdir(f"/{link}"):
                 argv += ["--ro-bind", f"/{link}", f"/{link}"]
         # the private /tmp first: a venv or interpreter that lives under /tmp (a CI checkout) is bound on top of it
-        argv += ["--size", str(self.limits.tmp_mb * 1024 * 1024), "--tmpfs", "/tmp"]
+        if tmp_dir is not None:
+            argv += ["--bind", str(tmp_dir), "/tmp"]
+        else:
+            argv += ["--size", str(self.limits.tmp_mb * 1024 * 1024), "--tmpfs", "/tmp"]
         for path in (*prefixes, *self.ro_binds):
             if path not in ("/", "/usr") and not path.startswith("/usr/"):  # never the whole root
                 argv += ["--ro-bind", path, path]
         argv += [
             "--ro-bind", str(job_dir), JOB_MOUNT,
             "--proc", "/proc", "--dev", "/dev",
+            "--size", str(self.limits.shm_mb * 1024 * 1024), "--tmpfs", "/dev/shm",
+            "--remount-ro", "/dev", "--remount-ro", "/",
             "--chdir", "/tmp", "--clearenv",
             "--setenv", "PATH", "/usr/local/bin:/usr/bin:/bin", "--setenv", "HOME", "/tmp",
             "--setenv", "PYTHONDONTWRITEBYTECODE", "1", "--setenv", "PYTHONHASHSEED", "0",
         ]
         return argv
 
-    def _command(self, argv: list[str], files: dict, slot: _Slot, **fmt) -> tuple[list[str], Path, Path | None]:
+    def _command(self, argv: list[str], files: dict, slot: _Slot, tmp_dir: Path | None,
+                 **fmt) -> tuple[list[str], Path, Path | None]:
         """Write `files` into a fresh job dir and build the full command line (bwrap + cgroup join)."""
         job_dir = Path(tempfile.mkdtemp(dir=self._workdir))
         for name, content in files.items():
@@ -373,25 +359,26 @@ class Sandbox:
         cmd = [a.format(python=self.python, job=job, **fmt) for a in argv]
         if self.unsandboxed:
             return cmd, job_dir, job_dir
-        full = self._bwrap_argv(job_dir) + cmd
+        full = self._bwrap_argv(job_dir, tmp_dir) + cmd
         if slot.path is not None:  # join the slot's pids cgroup before bwrap forks anything
             full = ["/bin/sh", "-c", 'echo 0 > "$0" && exec "$@"', str(slot.path / "cgroup.procs"), *full]
         return full, job_dir, None
 
     def _launch(self, argv: list[str], files: dict, stdin: bytes, wall_s: float, slot: _Slot) -> SandboxRun:
-        self._stop_server(slot)  # the slot's cgroup is swept after the launch, which would take a server with it
         chan_r, chan_w = os.pipe()
-        full, job_dir, cwd = self._command(argv, files, slot, channel_fd=chan_w)
+        tmp_dir = self._fresh_tmp()
+        full, job_dir, cwd = self._command(argv, files, slot, tmp_dir, channel_fd=chan_w)
         start = time.monotonic()
         try:
             proc = subprocess.Popen(
                 full, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(chan_w,),
-                start_new_session=True, cwd=cwd, **self._identity(),
+                start_new_session=True, cwd=cwd, env=self._environment(), **self._identity(),
             )
         except OSError as exc:
             os.close(chan_r)
             os.close(chan_w)
             shutil.rmtree(job_dir, ignore_errors=True)
+            self._drop_tmp(tmp_dir)
             return SandboxRun(None, b"", str(exc).encode(), b"", extra={"launch_error": str(exc)})
         os.close(chan_w)
         try:
@@ -403,6 +390,7 @@ class Sandbox:
             proc.wait()
             leftover = slot.kill_all()
             shutil.rmtree(job_dir, ignore_errors=True)
+            self._drop_tmp(tmp_dir)
         rc = None if timed_out or truncated else proc.returncode
         return SandboxRun(rc, out, err, chan, timed_out, truncated, time.monotonic() - start, leftover,
                           {"raw_returncode": proc.returncode})
@@ -463,39 +451,32 @@ class Sandbox:
                 timed_out, truncated)
 
 
-def _exchange(proc: subprocess.Popen, request: bytes, deadline: float, max_reply: int) -> bytes | None:
-    """Write `request` and read one reply line, both before `deadline`; None on death, overrun or oversize."""
-    out_fd, in_fd = proc.stdout.fileno(), proc.stdin.fileno()
-    os.set_blocking(in_fd, False)
-    pending = memoryview(request)
-    reply = bytearray()
-    with selectors.DefaultSelector() as sel:
-        sel.register(out_fd, selectors.EVENT_READ)
-        sel.register(in_fd, selectors.EVENT_WRITE)
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            for key, _ in sel.select(timeout=min(left, 0.5)):
-                if key.fd == in_fd:
-                    try:
-                        pending = pending[os.write(in_fd, pending[:1 << 16]):]
-                    except BlockingIOError:
-                        continue
-                    except BrokenPipeError:
-                        return None
-                    if not pending:
-                        sel.unregister(in_fd)
-                    continue
-                chunk = os.read(out_fd, 1 << 16)
-                if not chunk:
-                    return None
-                reply += chunk
-                if b"\n" in reply:
-                    line, _, rest = bytes(reply).partition(b"\n")
-                    return None if rest else line  # a reply is exactly one line
-                if len(reply) > max_reply:
-                    return None
+def _libc():
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _mount_tmpfs(path: Path, size_mb: int, inodes: int) -> bool:
+    options = f"size={size_mb}m,nr_inodes={inodes},mode=1777".encode()
+    return _libc().mount(b"tmpfs", str(path).encode(), b"tmpfs", 2 | 4, options) == 0  # MS_NOSUID | MS_NODEV
+
+
+def _unmount(path: Path) -> None:
+    _libc().umount2(str(path).encode(), 2)  # MNT_DETACH: gone for good once the box's mount namespace is
+
+
+def _can_mount_tmpfs(workdir: Path) -> bool:
+    if os.geteuid() != 0:
+        return False
+    probe = Path(tempfile.mkdtemp(dir=workdir, prefix="probe-"))
+    try:
+        ok = _mount_tmpfs(probe, 1, 16)
+        if ok:
+            _unmount(probe)
+        return ok
+    finally:
+        shutil.rmtree(probe, ignore_errors=True)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

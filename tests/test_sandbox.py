@@ -33,7 +33,7 @@ def solve():
 
 
 def run_pair(attack: str, tests=TESTS, **kwargs):
-    """Score [attack, correct program] in one batch with one worker, so row 1 runs in the same (warm) sandbox
+    """Score [attack, correct program] in one batch with one worker, so row 1 runs in the same sandbox slot
     right after the attack; returns row 0's result after checking row 1 scored normally."""
     kwargs.setdefault("timeout_s", 2.0)
     results = code_results(["p", "p"], [attack, GOOD], tests=[tests, TESTS], workers=1, **kwargs)
@@ -190,9 +190,10 @@ def solve():
         pass
 """
     result = run_pair(attack, tests=["assert 1 == 1", "assert solve() == 1", "assert 2 == 2"], timeout_s=1.0)
-    # the wall clock ended the launch: the rest of the row is timed out, not relaunched test by test
-    assert result.info["statuses"] == ["passed", "timeout", "timeout"]
-    assert result.info["details"][1] == "wall-clock limit"
+    # the judge times each test in its own process, which the program cannot reach: the stuck submission is
+    # killed and the next test runs against a fresh one
+    assert result.info["statuses"] == ["passed", "timeout", "passed"]
+    assert result.info["details"][1] == "time limit"
     assert result.score == 0.0
 
 
@@ -229,11 +230,11 @@ def test_killing_parent_or_everything_stays_inside(attack, statuses):
 
 
 def test_stdout_flood_is_capped_and_flagged():
+    # with asserts the program's stdout goes nowhere: a flood only uses up its own time
     attack = "def solve():\n    while True:\n        print('x' * 1000)\n"
     result = run_pair(attack, limits=SandboxLimits(output_bytes=64 * 1024))
     assert result.score == 0.0
-    assert result.info["truncated"] is True
-    assert result.info["statuses"] == ["runtime_error"]
+    assert result.info["statuses"] == ["timeout"]
     with Sandbox(SandboxLimits(output_bytes=1000)) as sandbox:
         run = sandbox.run(["{python}", "-I", "-S", "-c", "while True: print('y' * 100)"], {}, wall_s=10)
     assert run.truncated and len(run.stdout) == 1000 and run.stdout.startswith(b"y" * 100)
@@ -287,12 +288,13 @@ def test_unsandboxed_needs_the_flag_and_then_runs(monkeypatch, tmp_path):
     assert results[0].score == 1.0
 
 
-def test_program_cannot_tamper_with_the_warm_server():
-    # the program runs in a child of the slot's fork server: it must not read the server's memory or pipes,
-    # and the next row must be scored by a healthy server (or a fresh one)
+def test_program_cannot_tamper_with_the_judge():
+    # the program runs in a child of the judge (PID 1 of the box): it must not read the judge's memory or pipes,
+    # and stopping it is not possible from inside
     attack = """
 import os
 server = os.getppid()
+assert server == 1
 reached = []
 for path in (f"/proc/{server}/mem", f"/proc/{server}/fd/0", f"/proc/{server}/environ"):
     try:
@@ -306,10 +308,10 @@ def solve():
     assert run_pair(attack).score == 1.0
     stopper = "import os, signal\nos.kill(os.getppid(), signal.SIGSTOP)\ndef solve():\n    return 1\n"
     results = code_results(["p"] * 3, [stopper, GOOD, GOOD], tests=[TESTS] * 3, workers=1, timeout_s=1.0)
-    assert [r.score for r in results] == [1.0, 1.0, 1.0]  # the stopped server is replaced, nothing is lost
+    assert [r.score for r in results] == [1.0, 1.0, 1.0]  # init ignores SIGSTOP from inside; nothing is lost
 
 
-def test_nothing_leaks_between_rows_sharing_a_warm_sandbox():
+def test_nothing_leaks_between_rows_sharing_a_sandbox():
     first = """
 import os, subprocess
 open("/tmp/left_behind", "w").write("row 0")
@@ -320,8 +322,8 @@ def solve():
 """
     second = """
 import os
-me, server = os.getpid(), os.getppid()
-others = sorted(int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) not in (1, me, server))
+me = os.getpid()
+others = sorted(int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) not in (1, me))
 files = os.listdir("/tmp") + os.listdir("/dev/shm")
 def solve():
     return 1 if others == [] and files == [] else (others, files)
@@ -360,10 +362,10 @@ def solve():
 def test_root_without_pids_cgroup_drops_privileges_and_still_caps_processes():
     limits = SandboxLimits(max_procs=16)
     with Sandbox(limits, workers=1, python="/usr/bin/python3", pids_cgroup=False) as sandbox:
-        assert sandbox.rlimits()["RLIMIT_NPROC"] == 19
+        assert sandbox.rlimits()["RLIMIT_NPROC"] == 18
         results = code_results(["p", "p"], [FORKER, GOOD], tests=[["assert 5 < solve() < 19"], TESTS],
                                sandbox=sandbox)
-        again = code_results(["p"], [GOOD], tests=[TESTS], sandbox=sandbox)  # the same warm sandbox, reused
+        again = code_results(["p"], [GOOD], tests=[TESTS], sandbox=sandbox)  # the same sandbox, reused
     assert [r.score for r in results] == [1.0, 1.0], results
     assert again[0].score == 1.0
     assert sandbox_processes() == []
