@@ -2,7 +2,8 @@
 
 A spec is `NAME[:ARG]`. Built-in names (the one name -> function map, `BUILTINS`):
 
-    math              math_results (gold in the `answer` column); `math:last_number` adds the last-number fallback
+    math              math_results (gold in the `answer` column); `math:last_number` adds the last-number fallback;
+                      `math:markers` scores a completion with no answer marker `no_answer` (extraction="markers")
     code              code_results (tests in the `tests` column); `code:fraction` scores the fraction of tests passed
     format:think      the R1 `<think>...</think> answer` template
     format:REGEX      any other argument is a regex the whole completion must match (re.fullmatch, DOTALL)
@@ -51,6 +52,7 @@ class Options:
     device: str | None = None  # reward-model device (default: PREFSMITH_RM_DEVICE, else cuda if available)
     batch_size: int = 16  # reward-model batch size
     allow_unsandboxed_code: bool = False  # code reward without isolation (loudly named CLI flag only)
+    null_on_timeout: bool = False  # math / code: None instead of 0 when the checker times out (audits)
 
 
 @dataclass
@@ -179,9 +181,11 @@ def _bad_number(v: Any) -> bool:
 def _math(arg: str, opts: Options) -> Callable:
     from rewards import math as m
 
-    if arg not in ("", "last_number"):
-        raise RewardSpecError(f"math:{arg}: unknown option; use `math` or `math:last_number`")
-    return functools.partial(m.math_results, last_number_fallback=arg == "last_number", workers=opts.workers)
+    if arg not in ("", "last_number", "markers"):
+        raise RewardSpecError(f"math:{arg}: unknown option; use `math`, `math:last_number` or `math:markers`")
+    return functools.partial(m.math_results, last_number_fallback=arg == "last_number",
+                             extraction="markers" if arg == "markers" else "mathverify", workers=opts.workers,
+                             null_on_timeout=opts.null_on_timeout)
 
 
 def _code(arg: str, opts: Options) -> Callable:
@@ -198,8 +202,11 @@ def _code(arg: str, opts: Options) -> Callable:
             pass
     except SandboxUnavailable as e:
         raise RewardSpecError(f"code reward: {e}") from None
+    # null_on_timeout only where code_results takes it by name (**columns would take it as a column)
+    extra = {"null_on_timeout": True} if opts.null_on_timeout and "null_on_timeout" in inspect.signature(
+        c.code_results).parameters else {}
     return functools.partial(c.code_results, fraction=arg == "fraction", workers=opts.workers,
-                             allow_unsandboxed_code_execution=opts.allow_unsandboxed_code)
+                             allow_unsandboxed_code_execution=opts.allow_unsandboxed_code, **extra)
 
 
 def _format(arg: str, opts: Options) -> Callable:

@@ -67,7 +67,7 @@ def test_bad_returns_and_exceptions_become_nulls_with_reasons():
     ("justaname", "name a built-in"),
     ("format", "format needs an argument"),
     ("format:(unclosed", "invalid regular expression"),
-    ("math:fancy", "use `math` or `math:last_number`"),
+    ("math:fancy", "use `math`, `math:last_number` or `math:markers`"),
     ("overlong:abc", "overlong:MAX,CACHE"),
     ("overlong:10,20", "0 < cache < max_len"),
     ("rm:/no/such/model", "could not load a sequence-classification model"),
@@ -93,6 +93,15 @@ def test_builtin_names_and_args():
     over = build("overlong:100,20")
     assert over.name == "overlong"
     assert [r.score for r in over.score([None], ["x"], {"completion_ids": [[0] * 90]})] == [-0.5]
+
+
+def test_math_markers_scores_an_unmarked_answer_no_answer():
+    cols = {"answer": ["9", "9"]}
+    completions = ["Answer $9$", "The answer is $9$"]
+    default = build("math").score([None] * 2, completions, cols)
+    markers = build("math:markers").score([None] * 2, completions, cols)
+    assert [(r.score, r.reason) for r in default] == [(1.0, "correct"), (1.0, "correct")]
+    assert [(r.score, r.reason) for r in markers] == [(0.0, "no_answer"), (1.0, "correct")]
 
 
 def test_total_weights_and_null_propagation():
