@@ -7,7 +7,7 @@ Every row gains three columns (other columns are kept):
 - `rewards`: struct, reward name -> float, or null when the row could not be scored;
 - `reward`: the weighted total (weights default to 1; null if any weighted component is null; a weight of 0
   records a reward without counting it);
-- `reward_info`: struct, reward name -> reason (`correct`, `wrong`, `gold_unparseable`, `error: ValueError: ...`).
+- `reward_info`: struct, reward name -> reason (`correct`, `wrong`, `bad_gold`, `error: ValueError: ...`).
 
 The name of a reward's field is the part before `:` for built-ins (`math`, `format`, `rm`...) and the function's
 name for plug-ins; a repeated name gets `_2`, `_3`... in order. Reward functions are called one batch of
@@ -46,6 +46,7 @@ class LabelConfig:
     shard_size: int = 256  # rows per output shard (the unit of resume)
     device: str | None = None  # reward-model device
     allow_unsandboxed_code: bool = False  # run the code reward's untrusted programs with no isolation
+    null_on_timeout: bool = False  # math / code: a checker timeout scores None instead of 0 (audits)
 
 
 @dataclass
@@ -66,7 +67,7 @@ def load_rewards(cfg: LabelConfig) -> tuple[list[RewardFn], list[str], dict[str,
     if cfg.max_errors is not None and cfg.max_errors < 0:
         raise UserError(f"--max-errors must be >= 0, got {cfg.max_errors}")
     options = Options(workers=cfg.workers, device=cfg.device, batch_size=cfg.batch_size,
-                      allow_unsandboxed_code=cfg.allow_unsandboxed_code)
+                      allow_unsandboxed_code=cfg.allow_unsandboxed_code, null_on_timeout=cfg.null_on_timeout)
     fns = []
     for spec in cfg.rewards:
         try:
@@ -178,7 +179,8 @@ def label(input: str, output: str, cfg: LabelConfig, *, overwrite: bool = False,
         return label_rows(rows, fns, names, weights, cfg.batch_size, tick)
 
     # Only what changes the values goes into the fingerprint, so a resume may change workers or batch size.
-    config = {"rewards": list(cfg.rewards), "names": names, "weights": weights}
+    config = {"rewards": list(cfg.rewards), "names": names, "weights": weights,
+              **({"null_on_timeout": True} if cfg.null_on_timeout else {})}  # absent when off: old outputs resume
     t0 = time.time()
     try:
         result = run_stage("label", process, config, input, output, required=required, shard_size=cfg.shard_size,
@@ -200,8 +202,9 @@ def label(input: str, output: str, cfg: LabelConfig, *, overwrite: bool = False,
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.epilog = ("rewards: math, math:last_number, code, code:fraction, format:think, format:REGEX (full match, "
-                "DOTALL), overlong:MAX,CACHE[,TOKENIZER], rm:MODEL, my_module:my_fn, path/to/file.py:my_fn. "
+    p.epilog = ("rewards: math, math:last_number, math:markers, code, code:fraction, format:think, "
+                "format:REGEX (full match, DOTALL), overlong:MAX,CACHE[,TOKENIZER], rm:MODEL, my_module:my_fn, "
+                "path/to/file.py:my_fn. "
                 "See docs/rewards.md.")
     p.add_argument("--input", required=True, help="rollouts: dataset directory, Parquet or JSONL with prompt, completion")
     p.add_argument("--output", required=True, help="dataset directory to write")
@@ -218,6 +221,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="device for rm: rewards (default: cuda if available, else cpu)")
     p.add_argument("--i-know-this-runs-untrusted-code-unsandboxed", dest="allow_unsandboxed_code",
                    action="store_true", help="code reward: run model-written programs with NO isolation")
+    p.add_argument("--null-on-timeout", action="store_true",
+                   help="math/code: a checker timeout scores null instead of 0 (default 0 with reason timeout)")
     p.add_argument("--overwrite", action="store_true", help="replace an output made with another config")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -225,6 +230,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = LabelConfig(rewards=args.reward, weights=args.weight, workers=args.workers, max_errors=args.max_errors,
                       batch_size=args.batch_size, shard_size=args.shard_size, device=args.device,
-                      allow_unsandboxed_code=args.allow_unsandboxed_code)
+                      allow_unsandboxed_code=args.allow_unsandboxed_code, null_on_timeout=args.null_on_timeout)
     label(args.input, args.output, cfg, overwrite=args.overwrite, progress=not args.no_progress)
     return 0

@@ -143,6 +143,20 @@ def test_math_reward_through_the_stage(rollouts, tmp_path):
     assert s["rewards"]["math"]["mean"] == pytest.approx(2 / 3)
 
 
+def test_null_on_timeout_turns_a_checker_timeout_from_zero_into_null(tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", [
+        {"id": "slow", "prompt": "p", "completion": "\\boxed{9^{9^{9^{9^9}}}}", "answer": "9"},
+        {"id": "fine", "prompt": "p", "completion": "\\boxed{9}", "answer": "9"}])
+    argv = ["label", "--input", str(src), "--no-progress", "--workers", "1", "--reward", "math"]
+    assert main([*argv, "--output", str(tmp_path / "default")]) == 0
+    rows = read(tmp_path / "default")
+    assert [(r["rewards"]["math"], r["reward_info"]["math"]) for r in rows] == [(0.0, "timeout"), (1.0, "correct")]
+    assert main([*argv, "--output", str(tmp_path / "audit"), "--null-on-timeout"]) == 0
+    rows = read(tmp_path / "audit")
+    assert [(r["rewards"]["math"], r["reward_info"]["math"]) for r in rows] == [(None, "timeout"), (1.0, "correct")]
+    assert ds.read_manifest(tmp_path / "audit")["summary"]["rewards"]["math"]["null_reasons"] == {"timeout": 1}
+
+
 def test_repeated_names_get_suffixes_and_python_api(rollouts, tmp_path, capsys):
     res = label(str(rollouts), str(tmp_path / "o"), LabelConfig(
         rewards=["format:think", r"format:.*\\boxed\{\d+\}", "overlong:4,2"], weights=["format_2=3"]),
