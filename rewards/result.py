@@ -1,7 +1,8 @@
 """The result every built-in reward produces: a score plus the reason for it.
 
-A zero always says why (`no_answer`, `wrong`, `failed`...), and a null (`score=None`) means "could not be
-scored" (`gold_unparseable`, `timeout`, `sandbox_error`...), never a silent 0 or 1.
+A zero always says why (`no_answer`, `wrong`, `timeout`, `too_large`...), and a null (`score=None`) means the
+data or the infrastructure failed (`bad_gold`, `sandbox_error`, `error: ...`), never a silent 0 or 1. The rule
+is in docs/rewards.md ("What null means").
 """
 from __future__ import annotations
 
