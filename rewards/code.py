@@ -17,22 +17,25 @@ Example:
 """
 from __future__ import annotations
 
-import base64
 import json
+import marshal
 import math
 import os
 import re
 import secrets
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from rewards.code_harness import boot_command, frames
 from rewards.result import RewardResult, completion_text, trl_reward
 from rewards.sandbox import Sandbox, SandboxLimits, SandboxRun
 
 TEST_STATUSES = ("passed", "failed", "compile_error", "runtime_error", "timeout", "memory_limit", "sandbox_error")
 HARNESS_SOURCE = (Path(__file__).parent / "code_harness.py").read_text()
+HARNESS_CODE = marshal.dumps(compile(HARNESS_SOURCE, "harness.py", "exec"))
 _FENCE = re.compile(r"```([^\n`]*)\n(.*?)```", re.DOTALL)
 _STARTUP_SLACK_S = 3.0  # interpreter start-up on a loaded machine, on top of the per-test time
 
@@ -137,17 +140,18 @@ class _Runner:
         job.update(id=job_id, timeout_s=self.timeout_s, interpreter_flags=self.flags,
                    rlimits=self.sandbox.rlimits(cpu_s=math.ceil(wall) + 1),
                    output_bytes=self.sandbox.limits.output_bytes)
-        argv = ["{python}", *self.flags, "{job}/harness.py", "--judge", "{channel_fd}"]
+        files = {"harness.py": HARNESS_SOURCE}
+        if os.path.realpath(self.sandbox.python) == os.path.realpath(sys.executable) or \
+                os.path.realpath(self.sandbox.python) == os.path.realpath(sys._base_executable):  # type: ignore
+            files["harness.bin"] = HARNESS_CODE  # same interpreter: no compiling in the box
+            argv = ["{python}", *self.flags, *boot_command("{job}"), "--judge", "{channel_fd}"]
+        else:
+            argv = ["{python}", *self.flags, "{job}/harness.py", "--judge", "{channel_fd}"]
         if not self.sandbox.unsandboxed:  # PID 1 of its own box: it may sweep every other process in it
             argv.append("--isolated")
-        run = self.sandbox.run(argv, files={"harness.py": HARNESS_SOURCE}, stdin=json.dumps(job).encode(),
-                               wall_s=wall)
+        run = self.sandbox.run(argv, files=files, stdin=marshal.dumps(job), wall_s=wall)
         started, reply = False, None
-        for line in run.channel.splitlines():
-            try:
-                message = json.loads(line)
-            except ValueError:
-                continue
+        for message in frames(run.channel):
             if type(message) is dict and message.get("id") == job_id:
                 started |= message.get("event") == "started"
                 if message.get("event") == "done":
@@ -189,7 +193,7 @@ class _Runner:
         status, detail = reply["program"]
         if status != "ok":
             return _Outcome([status], [detail])
-        got = base64.b64decode(reply["stdout"]).decode(errors="replace")
+        got = reply["stdout"].decode(errors="replace")
         if _lines(got) == _lines(expected):
             return _Outcome(["passed"], [""])
         return _Outcome(["failed"], [f"expected {expected.strip()[:60]!r}, got {got.strip()[:60]!r}"])
