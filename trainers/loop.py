@@ -106,15 +106,21 @@ def _all_reduce_grads(params: list[torch.nn.Parameter], d: Dist, bucket_elems: i
             bucket, size = [], 0
 
 
-def _return_freed_memory(d: Dist) -> None:
+def _return_freed_memory(d: Dist, first: bool = False) -> None:
     """On CPU, hand the step's freed activations back to the OS (glibc `malloc_trim`). Batches of changing
-    lengths otherwise fragment the heap, and resident memory creeps up step after step."""
+    lengths otherwise fragment the heap, and resident memory creeps up step after step. `first` (before any work):
+    also fix glibc's mmap threshold."""
     if d.device.type != "cpu" or not sys.platform.startswith("linux"):
         return
     import ctypes
 
     try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        libc = ctypes.CDLL("libc.so.6")
+        if first:
+            # a fixed threshold: glibc otherwise raises it after every freed big block, and activations then come
+            # from the heap, where they fragment it; mmapped blocks go back to the OS the moment they are freed
+            libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+        libc.malloc_trim(0)
     except (OSError, AttributeError):  # not glibc (musl...): nothing to trim
         pass
 
@@ -357,6 +363,7 @@ def _prepare_examples(cfg: TrainConfig, tokenizer, d: Dist):
 def train(cfg: TrainConfig) -> TrainResult:
     """Run (or resume) one training run; returns final metrics. Call it from every process under torchrun."""
     d = setup_distributed()
+    _return_freed_memory(d, first=True)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own bar is the one to watch; per-file load bars are noise
