@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines.dedup import DedupConfig, choose_banding, dedup, s_curve  # noqa: E402
+from pipelines.hygiene.dedup import DedupConfig, choose_banding, dedup, s_curve  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------ corpus

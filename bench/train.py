@@ -132,7 +132,7 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=2, help="alternating repetitions per side (best is kept)")
     args = ap.parse_args()
-    from pipelines.dataset import write_dataset
+    from pipelines.core.dataset import write_dataset
 
     work = Path(tempfile.mkdtemp(prefix="prefsmith-bench-train-"))
     model = str(build_model(work / "model"))

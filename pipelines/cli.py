@@ -12,18 +12,18 @@ from pipelines.errors import UserError
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "generate": ("pipelines.generate", "sample N completions per prompt (hf | vllm | openai engines)"),
-    "label": ("pipelines.label", "apply reward functions to rollouts"),
-    "check-gold": ("pipelines.check_gold", "list gold answers that do not parse, before spending compute"),
-    "dedup": ("pipelines.dedup", "remove exact and near-duplicate rows (MinHash LSH)"),
-    "decontaminate": ("pipelines.decontaminate", "remove rows overlapping evaluation sets (n-grams)"),
-    "pairs": ("pipelines.pairs", "build DPO preference pairs from scored rollouts"),
-    "kto": ("pipelines.kto", "build KTO rows (binary labels) from scored rollouts"),
-    "select": ("pipelines.select", "build rejection-sampling (RFT) SFT sets"),
-    "stats": ("pipelines.stats", "summary table and histograms of a dataset"),
-    "export": ("pipelines.export", "write any dataset as JSONL for inspection"),
+    "generate": ("pipelines.stages.generate", "sample N completions per prompt (hf | vllm | openai engines)"),
+    "label": ("pipelines.stages.label", "apply reward functions to rollouts"),
+    "check-gold": ("pipelines.reports.check_gold", "list gold answers that do not parse, before spending compute"),
+    "dedup": ("pipelines.hygiene.dedup", "remove exact and near-duplicate rows (MinHash LSH)"),
+    "decontaminate": ("pipelines.hygiene.decontaminate", "remove rows overlapping evaluation sets (n-grams)"),
+    "pairs": ("pipelines.builders.pairs", "build DPO preference pairs from scored rollouts"),
+    "kto": ("pipelines.builders.kto", "build KTO rows (binary labels) from scored rollouts"),
+    "select": ("pipelines.builders.rft", "build rejection-sampling (RFT) SFT sets"),
+    "stats": ("pipelines.reports.stats", "summary table and histograms of a dataset"),
+    "export": ("pipelines.reports.export", "write any dataset as JSONL for inspection"),
     "run": ("pipelines.pipeline", "run a pipeline file (YAML): stages in order, resumable"),
-    "models": ("pipelines.models", "manage models (fetch-default: convert the embedded default model)"),
+    "models": ("pipelines.engines.models", "manage models (fetch-default: convert the embedded default model)"),
     "train": ("trainers.cli", "train: sft | dpo | kto | rm"),
     "plot": ("trainers.cli", "plot a training run's metrics"),
 }
@@ -46,7 +46,7 @@ def _resolve_default_models(argv: list[str]) -> list[str]:
     out = list(argv)
     for i, arg in enumerate(out[:-1]):
         if arg in ("--model", "--ref-model") and out[i + 1] == "default":
-            from pipelines.models import resolve_model
+            from pipelines.engines.models import resolve_model
 
             out[i + 1] = resolve_model("default")
     return out

@@ -548,24 +548,3 @@ def check_gold(golds: Sequence[Any], timeout: float = DEFAULT_TIMEOUT_S,
     results = verifier.score([""] * len(golds), golds)
     return [GoldProblem(i, "" if g is None else str(g), r.reason)
             for i, (g, r) in enumerate(zip(golds, results)) if r.score is None]
-
-
-def check_gold_main(rows: Sequence[dict[str, Any]], column: str = "answer", timeout: float = DEFAULT_TIMEOUT_S,
-                    workers: int | None = None, out=None) -> int:
-    """CLI body of `prefsmith check-gold`: print one line per bad gold, a summary, and return the exit code.
-
-    Exit code 0 when every gold parses, 1 when some don't, 2 when the column is missing.
-    """
-    import sys
-
-    out = out or sys.stdout
-    if rows and column not in rows[0]:
-        print(f"check-gold: no `{column}` column in the input (columns: {sorted(rows[0])}); "
-              f"add gold answers or pass the right column name", file=out)
-        return 2
-    problems = check_gold([row.get(column) for row in rows], timeout=timeout, workers=workers)
-    for p in problems:
-        print(f"row {p.row}: {p.reason}: {p.gold[:120]!r}", file=out)
-    print(f"check-gold: {len(rows) - len(problems)}/{len(rows)} gold answers parse, {len(problems)} don't",
-          file=out)
-    return 1 if problems else 0

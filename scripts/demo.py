@@ -15,8 +15,8 @@ sys.path.insert(0, str(ROOT))
 os.chdir(ROOT)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from pipelines.dataset import load_table, read_manifest  # noqa: E402
-from pipelines.models import fetch_default  # noqa: E402
+from pipelines.core.dataset import load_table, read_manifest  # noqa: E402
+from pipelines.engines.models import fetch_default  # noqa: E402
 from pipelines.pipeline import load_pipeline, run_pipeline  # noqa: E402
 
 PIPELINE = os.environ.get("PREFSMITH_DEMO_PIPELINE", str(ROOT / "data/pipelines/demo.yaml"))
@@ -27,7 +27,7 @@ def section(title: str) -> None:
 
 
 def report(outputs: dict[str, str], seconds: float) -> None:
-    from pipelines.generate import report as rollout_report
+    from pipelines.stages.generate import report as rollout_report
 
     section("prefsmith demo report")
     spec = {s["name"]: s for s in load_pipeline(PIPELINE)["stages"]}

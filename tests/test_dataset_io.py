@@ -9,10 +9,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import dataset as ds
+from pipelines.core import dataset as ds
 from pipelines.cli import main as cli
 from pipelines.errors import UserError
-from pipelines.runner import run_stage
+from pipelines.core.runner import run_stage
 
 
 def write_jsonl(path, rows):

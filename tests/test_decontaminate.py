@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import dataset as ds
+from pipelines.core import dataset as ds
 from pipelines.cli import main
-from pipelines.decontaminate import MATH_HELDOUT, build_index, decontaminate, find_matches, load_eval_set
+from pipelines.hygiene.decontaminate import MATH_HELDOUT, build_index, decontaminate, find_matches, load_eval_set
 from pipelines.errors import UserError
-from pipelines.text import normalize
+from pipelines.hygiene.shingles import normalize
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> str:

@@ -11,11 +11,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import dataset as ds
+from pipelines.core import dataset as ds
 from pipelines.cli import main
-from pipelines.dedup import DedupConfig, dedup
+from pipelines.hygiene.dedup import DedupConfig, dedup
 from pipelines.errors import UserError
-from pipelines.text import normalize
+from pipelines.hygiene.shingles import normalize
 
 VOCAB = [f"{a}{b}{c}" for a in "bcdfgklmnprst" for b in "aeiou" for c in "lmnrstxz"]  # 520 made-up words
 
@@ -240,7 +240,7 @@ def planted_copy(words: list[str], lo: float, hi: float, rng: random.Random) -> 
 
 
 def test_banding_keeps_the_recall_promise_for_any_threshold():
-    from pipelines.dedup import RECALL_AT_THRESHOLD, choose_banding, p_candidate
+    from pipelines.hygiene.dedup import RECALL_AT_THRESHOLD, choose_banding, p_candidate
 
     for t in (0.3, 0.5, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0):
         b, r = choose_banding(t, 128)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import dataset as ds
+from pipelines.core import dataset as ds
 from pipelines.cli import main as cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,7 +93,7 @@ def test_chat_prompts_and_templates(tmp_path, tiny_model):
 
 
 def test_template_and_mixed_prompt_types(tmp_path, tiny_model):
-    from pipelines.generate import GenerateConfig, build_prompt
+    from pipelines.stages.generate import GenerateConfig, build_prompt
 
     cfg = GenerateConfig(model="m", template="{prompt} Answer in \\boxed{{}}.", system="You solve math.")
     assert build_prompt({"prompt": "1+1?"}, cfg, use_chat=True) == [

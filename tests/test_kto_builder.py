@@ -3,10 +3,10 @@ import json
 
 import pytest
 
-from pipelines import dataset as ds
+from pipelines.core import dataset as ds
 from pipelines.cli import main
 from pipelines.errors import UserError
-from pipelines.kto import KTOConfig, build_kto, kto_weights
+from pipelines.builders.kto import KTOConfig, build_kto, kto_weights
 
 
 def row(i, reward, reason="ok", prompt=None, judge=None):

@@ -7,9 +7,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import dataset as ds
+from pipelines.core import dataset as ds
 from pipelines.cli import main
-from pipelines.label import LabelConfig, label
+from pipelines.stages.label import LabelConfig, label
 
 HERE = Path(__file__).parent
 ROWS = [

@@ -11,7 +11,7 @@ import pytest
 
 from rewards import math_reward
 from rewards.extract import extract_answer, gold_text
-from rewards.math import (MathVerifier, check_gold, check_gold_main, math_last_number_reward, math_results,
+from rewards.math import (MathVerifier, check_gold, math_last_number_reward, math_results,
                           normalize_answer)
 from rewards.pool import WorkerPool
 
@@ -379,17 +379,6 @@ def test_gold_text_and_normalize():
 def test_check_gold_lists_unparseable_rows():
     problems = check_gold(["72", "}{", r"\frac{1}{2}", None, "Monday", "#### 5"])
     assert [(p.row, p.reason) for p in problems] == [(1, "bad_gold"), (3, "bad_gold")]
-
-
-def test_check_gold_main_prints_and_returns_exit_code():
-    out = io.StringIO()
-    rows = [{"prompt": "a", "answer": "3"}, {"prompt": "b", "answer": "}{"}]
-    assert check_gold_main(rows, out=out) == 1
-    assert "row 1: bad_gold" in out.getvalue() and "1/2 gold answers parse" in out.getvalue()
-    assert check_gold_main([{"prompt": "a", "answer": "3"}], out=io.StringIO()) == 0
-    out = io.StringIO()
-    assert check_gold_main([{"prompt": "a", "solution": "3"}], out=out) == 2
-    assert "no `answer` column" in out.getvalue()
 
 
 # ----------------------------------------------------------------------------------------------- pool

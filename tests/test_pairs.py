@@ -4,11 +4,11 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import dataset as ds
+from pipelines.core import dataset as ds
 from pipelines.cli import main
 from pipelines.errors import UserError
-from pipelines.grouping import edit_distance, levenshtein
-from pipelines.pairs import PairsConfig, build_pairs
+from pipelines.builders.similarity import edit_distance, levenshtein
+from pipelines.builders.pairs import PairsConfig, build_pairs
 
 
 def rollout(pid, idx, completion, reward, reason=None, prompt=None):

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines import dataset as ds
+from pipelines.core import dataset as ds
 from pipelines.cli import main as cli
 from pipelines.errors import UserError
 from pipelines.pipeline import run_pipeline

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipelines import dataset as ds
+from pipelines.core import dataset as ds
 from pipelines.cli import main
 from rewards.rm import RewardModel
 

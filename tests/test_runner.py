@@ -3,9 +3,9 @@ import json
 
 import pytest
 
-from pipelines import dataset as ds
+from pipelines.core import dataset as ds
 from pipelines.errors import UserError
-from pipelines.runner import plan_shards, run_stage
+from pipelines.core.runner import plan_shards, run_stage
 
 
 @pytest.fixture

@@ -3,10 +3,10 @@ import json
 
 import pytest
 
-from pipelines import dataset as ds
+from pipelines.core import dataset as ds
 from pipelines.cli import main
 from pipelines.errors import UserError
-from pipelines.select import SelectConfig, build_select, parse_mix
+from pipelines.builders.rft import SelectConfig, build_select, parse_mix
 
 
 def r(pid, idx, completion, reward, reason="ok", prompt=None):

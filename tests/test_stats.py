@@ -5,12 +5,12 @@ from fractions import Fraction
 
 import pytest
 
-from pipelines import dataset as ds
+from pipelines.core import dataset as ds
 from pipelines.cli import main
 from pipelines.errors import UserError
-from pipelines.kto import build_kto
-from pipelines.pairs import build_pairs
-from pipelines.stats import compute_stats, pass_at_k
+from pipelines.builders.kto import build_kto
+from pipelines.builders.pairs import build_pairs
+from pipelines.reports.stats import compute_stats, pass_at_k
 
 REWARDS = {"p0": [1.0, 0.0, 0.0, 0.0], "p1": [1.0] * 4, "p2": [0.0] * 4, "p3": [1.0, None, 0.0, 0.0]}
 
@@ -103,7 +103,7 @@ def test_bad_inputs(tmp_path, capsys):
 
 
 def test_select_output_is_an_sft_set(labeled, tmp_path):
-    from pipelines.select import SelectConfig, build_select
+    from pipelines.builders.rft import SelectConfig, build_select
 
     build_select(str(labeled), str(tmp_path / "sft"), SelectConfig(keep="all-correct"), progress=False)
     s = compute_stats(ds.load_table(tmp_path / "sft"))

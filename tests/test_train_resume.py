@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from pipelines.dataset import write_dataset
+from pipelines.core.dataset import write_dataset
 from trainers.checkpoint import list_checkpoints
 from trainers.metrics import read_metrics
 

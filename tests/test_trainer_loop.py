@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipelines.dataset import write_dataset
+from pipelines.core.dataset import write_dataset
 from trainers.config import TrainConfig
 from trainers.loop import train
 from trainers.metrics import read_metrics

@@ -131,7 +131,7 @@ def _autocast(cfg: TrainConfig, device: torch.device):
 
 # ------------------------------------------------------------------------------------------------ data
 def _read_rows(path: str, algorithm: str) -> list[dict]:
-    from pipelines.dataset import load_rows
+    from pipelines.core.dataset import load_rows
 
     return load_rows(path, REQUIRED_COLUMNS[algorithm])
 
@@ -153,7 +153,7 @@ def _split_eval(rows: list[dict], cfg: TrainConfig) -> tuple[list[dict], list[di
 def _kto_defaults(cfg: TrainConfig, rows: list[dict], d: Dist) -> None:
     """KTO class weights: the dataset manifest's recommendation unless given; warn outside the paper's
     bound 1 <= (λ_D n_D) / (λ_U n_U) <= 4/3 (Ethayarajh et al. 2024, Eq. 8)."""
-    from pipelines.dataset import read_manifest
+    from pipelines.core.dataset import read_manifest
 
     manifest = read_manifest(cfg.data) if Path(cfg.data).is_dir() else None
     recommended = (manifest or {}).get("kto") or {}

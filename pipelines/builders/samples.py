@@ -6,7 +6,6 @@
 - `as_completion` gives the completion side in the format TRL expects for the prompt's format.
 - `carried` / `prompt_columns` keep a row's / a prompt's extra columns (`answer`, `tests`, `policy`...) and
   drop the standard per-sample ones.
-- `levenshtein` / `edit_distance` measure how different two completions are (near-duplicate filter).
 """
 from __future__ import annotations
 
@@ -18,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines import dataset as ds
+from pipelines.core import dataset as ds
 from pipelines.errors import UserError
 
 # Builders do little work per row, so shards are larger than the runner's default: the cost of a shard is
@@ -148,45 +147,3 @@ def count_by(rows: list[dict], key: str) -> dict[str, int]:
     for row in rows:
         out[row[key]] = out.get(row[key], 0) + 1
     return dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0])))
-
-
-# ------------------------------------------------------------------------------------------ edit distance
-def levenshtein(a: str, b: str) -> int:
-    """Edit distance (insert/delete/substitute, each cost 1), bit-parallel (Myers 1999, Hyyrö's form).
-
-    The shorter string's columns live in the bits of one Python int, so a comparison costs len(longer)
-    big-int operations instead of len(a)*len(b) cell updates: two 2,000-character completions take
-    a few milliseconds.
-    """
-    if len(a) < len(b):
-        a, b = b, a
-    m = len(b)
-    if m == 0:
-        return len(a)
-    peq: dict[str, int] = {}
-    for i, ch in enumerate(b):
-        peq[ch] = peq.get(ch, 0) | (1 << i)
-    mask = (1 << m) - 1
-    top = 1 << (m - 1)
-    pv, mv, dist = mask, 0, m
-    for ch in a:
-        eq = peq.get(ch, 0)
-        xv = eq | mv
-        xh = (((eq & pv) + pv) ^ pv) | eq
-        ph = mv | ~(xh | pv)
-        mh = pv & xh
-        if ph & top:
-            dist += 1
-        elif mh & top:
-            dist -= 1
-        ph = (ph << 1) | 1  # row 0 of the DP grows by one per character of `a`
-        mh = mh << 1
-        pv = (mh | ~(xv | ph)) & mask
-        mv = ph & xv & mask
-    return dist
-
-
-def edit_distance(a: str, b: str) -> float:
-    """Normalized Levenshtein distance in [0, 1]: levenshtein / length of the longer string."""
-    longest = max(len(a), len(b))
-    return levenshtein(a, b) / longest if longest else 0.0

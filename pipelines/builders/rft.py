@@ -26,11 +26,11 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from pipelines import dataset as ds
+from pipelines.core import dataset as ds
 from pipelines.errors import UserError
-from pipelines.grouping import (SHARD_SIZE, Sample, as_completion, carried, chat_column, count_by, group_rows,
+from pipelines.builders.samples import (SHARD_SIZE, Sample, as_completion, carried, chat_column, count_by, group_rows,
                                 input_schema, is_chat, read_side, score_rows)
-from pipelines.runner import MARKERS, Shard, run_stage, update_manifest
+from pipelines.core.runner import MARKERS, Shard, run_stage, update_manifest
 
 KEEP = ("best", "all-correct")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipelines.dataset import load_table
+from pipelines.core.dataset import load_table
 from pipelines.errors import UserError
 
 

@@ -27,9 +27,9 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pipelines import dataset as ds
+from pipelines.core import dataset as ds
 from pipelines.errors import UserError
-from pipelines.runner import Shard, run_stage, update_manifest
+from pipelines.core.runner import Shard, run_stage, update_manifest
 from rewards.combine import parse_weights, total, unique_names
 from rewards.plugins import ERROR_PREFIX, Options, RewardFn, RewardSpecError, build
 

@@ -5,7 +5,7 @@ n-gram shingle sets is >= `--threshold`. MinHash LSH only proposes candidates; e
 with the exact Jaccard, and the banding is derived from the threshold so that a pair at exactly the
 threshold becomes a candidate with probability >= 0.995 (`choose_banding`).
 
-pass 1a  per input batch (one *signature shard*, resumable): normalize the `--field` text (pipelines.text),
+pass 1a  per input batch (one *signature shard*, resumable): normalize the `--field` text (pipelines.hygiene.shingles),
          hash it (exact key), build the sorted set of shingle hashes and the MinHash band keys. Written to
          OUTPUT/.dedup/ with a done marker last, so a killed run recomputes only unfinished shards.
 pass 1b  row by row, in input order: a row whose exact key was seen joins that cluster (`exact`); otherwise
@@ -40,8 +40,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines import dataset as ds
-from pipelines import text as tx
+from pipelines.core import dataset as ds
+from pipelines.hygiene import shingles as tx
 from pipelines.errors import UserError
 
 STAGE = "dedup"
@@ -566,7 +566,7 @@ def s_curve(threshold: float, bands: int, rows: int) -> dict[str, float]:
 def dedup(input: str, output: str, config: DedupConfig | None = None, *, index: str | None = None,
           overwrite: bool = False, progress: bool = True, log=lambda m: print(m, file=sys.stderr)) -> DedupResult:
     """Deduplicate `input` into the dataset directory `output` (see module docstring)."""
-    from pipelines.runner import open_output, versions
+    from pipelines.core.runner import open_output, versions
 
     t0 = time.time()
     cfg = config or DedupConfig()

@@ -18,8 +18,8 @@ from typing import Any
 
 from pipelines.engines.base import Prompt, SamplingConfig
 from pipelines.errors import UserError
-from pipelines.models import resolve_model
-from pipelines.runner import Shard, StageResult, run_stage, update_manifest
+from pipelines.engines.models import resolve_model
+from pipelines.core.runner import Shard, StageResult, run_stage, update_manifest
 
 
 @dataclass
@@ -124,7 +124,7 @@ def report(output: str) -> dict:
     """Rows, tokens/s and finish reasons of a rollout dataset (printed by the CLI and the demo)."""
     from collections import Counter
 
-    from pipelines.dataset import load_table, read_manifest
+    from pipelines.core.dataset import load_table, read_manifest
 
     table = load_table(output)
     manifest = read_manifest(output) or {}

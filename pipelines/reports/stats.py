@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 import pyarrow as pa
 
-from pipelines.dataset import load_table
+from pipelines.core.dataset import load_table
 from pipelines.errors import UserError
 
 QUANTILES = (0, 10, 25, 50, 75, 90, 99, 100)

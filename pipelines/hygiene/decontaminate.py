@@ -1,7 +1,7 @@
 """`prefsmith decontaminate`: remove training rows that share a word n-gram with an evaluation set.
 
 Method (the GPT-3 paper's 13-gram overlap check; open-r1 uses 8-grams): the text of every evaluation item is
-normalized like dedup's (pipelines.text: NFKC, lowercase, punctuation -> space, collapsed whitespace) and cut
+normalized like dedup's (pipelines.hygiene.shingles: NFKC, lowercase, punctuation -> space, collapsed whitespace) and cut
 into word n-grams, whose 64-bit hashes form one sorted lookup table, built once before the stage runs. A
 training row is contaminated when any n-gram of its `--field` text is in the table. A text shorter than n
 words counts as one n-gram: its whole normalized text (so a short training prompt equal to a short eval item
@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from pipelines import dataset as ds
-from pipelines import text as tx
+from pipelines.core import dataset as ds
+from pipelines.hygiene import shingles as tx
 from pipelines.errors import UserError
-from pipelines.runner import Shard, run_stage, update_manifest
+from pipelines.core.runner import Shard, run_stage, update_manifest
 
 STAGE = "decontaminate"
 AUTO_FIELDS = ("prompt", "question", "problem")

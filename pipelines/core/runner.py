@@ -29,7 +29,7 @@ from typing import Any, Callable, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines import dataset as ds
+from pipelines.core import dataset as ds
 from pipelines.errors import UserError
 
 FORMAT_VERSION = 1

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipelines.dataset import export_jsonl
+from pipelines.core.dataset import export_jsonl
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

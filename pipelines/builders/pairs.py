@@ -26,9 +26,10 @@ from dataclasses import asdict, dataclass
 from typing import Callable
 
 from pipelines.errors import UserError
-from pipelines.grouping import (SHARD_SIZE, Sample, as_completion, count_by, edit_distance,
-                                group_rows, prompt_columns, read_side, score_rows)
-from pipelines.runner import Shard, run_stage, update_manifest
+from pipelines.builders.samples import (SHARD_SIZE, Sample, as_completion, count_by, group_rows, prompt_columns,
+                                        read_side, score_rows)
+from pipelines.builders.similarity import edit_distance
+from pipelines.core.runner import Shard, run_stage, update_manifest
 
 STRATEGIES = ("best-worst", "all", "random")
 

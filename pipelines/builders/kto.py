@@ -20,10 +20,10 @@ import argparse
 import math
 from dataclasses import asdict, dataclass
 
-from pipelines.dataset import load_table
+from pipelines.core.dataset import load_table
 from pipelines.errors import UserError
-from pipelines.grouping import SHARD_SIZE, as_completion, carried, count_by, read_side, score_rows
-from pipelines.runner import Shard, run_stage, update_manifest
+from pipelines.builders.samples import SHARD_SIZE, as_completion, carried, count_by, read_side, score_rows
+from pipelines.core.runner import Shard, run_stage, update_manifest
 
 KTO_BOUND = (1.0, 4.0 / 3.0)  # Eq. 8: lambda_D * n_D / (lambda_U * n_U) in this range
 
