@@ -113,9 +113,10 @@ def test_hf_seed_determinism_and_batch_independence(hf):
     other_seed = hf.generate([CHAT], sampling, seeds=[8])[0]
     ids = lambda samples: [s.token_ids for s in samples]  # noqa: E731
     assert ids(alone) == ids(again) == ids(among)
-    # batched with other prompts (left padding): same tokens, log-probs equal up to float rounding
+    # batched with other prompts (left padding): same tokens, log-probs equal up to float rounding. A padded
+    # batch sums attention in another order; on some CPUs' kernels that moves a log-prob by ~2e-4 after 8 tokens
     for a, b in zip(alone, among):
-        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-3)
     assert ids(other_seed) != ids(alone)
     assert len({tuple(x) for x in ids(alone)}) > 1  # the n samples differ from each other
 

@@ -143,9 +143,15 @@ def run_stage(
     overwrite: bool = False,
     limit: int | None = None,
     progress: bool = True,
+    executor: Any = None,
     log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr),
 ) -> StageResult:
-    """Run `process` over `input` shard by shard into the dataset directory `output` (see module docstring)."""
+    """Run `process` over `input` shard by shard into the dataset directory `output` (see module docstring).
+
+    `executor` (pipelines/executors: an Executor, an ExecutorConfig, or "local"/"ray") decides where shards run;
+    everything written, and when, is decided here, the same for every executor."""
+    from pipelines.executors import ShardTask, make_executor
+
     t0 = time.time()
     out = Path(output)
     table = ds.load_table(input, required, present)
@@ -186,41 +192,42 @@ def run_stage(
         if done:
             log(f"[{stage}] resuming {out}: {len(done)}/{len(bounds)} shards already done")
     manifest["completed_shards"] = sorted(done)
+    manifest["stats"] = sum_stats(manifest["shards"].values())
     ds.write_manifest(out, manifest)
 
     bar = _progress(stage, table.num_rows, sum(e - s for i, (s, e) in enumerate(bounds) if i in done), progress)
+    own_executor = executor is None or not hasattr(executor, "map")
+    runner = make_executor(executor) if own_executor else executor
+    tasks = [ShardTask(index=i, start=s, table=table.slice(s, e - s)) for i, (s, e) in enumerate(bounds) if i not in done]
     shards_run = 0
     try:
-        for i, (start, end) in enumerate(bounds):
-            if i in done:
-                continue
-            ts = time.time()
-            rows = table.slice(start, end - start).to_pylist()
-            ticked = [0]
-
-            def tick(n: int, _t=ticked) -> None:
-                _t[0] += n
-                bar.update(n)
-
-            result = process(rows, Shard(index=i, start=start, tick=tick))
+        for task, result, seconds in runner.map(process, tasks, bar.update):
+            i, (start, end) = task.index, bounds[task.index]
             main_rows, side = (result.pop("rows"), result) if isinstance(result, dict) else (result, {})
+            stats = side.pop("stats", None) or {}
             name = f"part-{i:05d}.parquet"
             for side_name, side_rows in side.items():
-                if side_rows:
-                    ds.write_parquet_atomic(ds.rows_to_table(side_rows), out / side_name / ds.DATA / name)
-            if main_rows:
-                ds.write_parquet_atomic(ds.rows_to_table(main_rows), out / ds.DATA / name)
+                if len(side_rows):
+                    ds.write_parquet_atomic(_as_table(side_rows), out / side_name / ds.DATA / name)
+            if len(main_rows):
+                ds.write_parquet_atomic(_as_table(main_rows), out / ds.DATA / name)
             ds.atomic_write_bytes(out / MARKERS / f"part-{i:05d}.done", b"")
-            bar.update(max(0, (end - start) - ticked[0]))
             shards_run += 1
             manifest["shards"][str(i)] = {"rows_in": end - start, "rows_out": len(main_rows),
-                                          "seconds": round(time.time() - ts, 3),
-                                          **{f"{k}_rows": len(v) for k, v in side.items()}}
+                                          "seconds": round(seconds, 3),
+                                          **{f"{k}_rows": len(v) for k, v in side.items()},
+                                          **({"stats": stats} if stats else {})}
             done.add(i)
             manifest["completed_shards"] = sorted(done)
+            manifest["stats"] = sum_stats(manifest["shards"].values())
             ds.write_manifest(out, manifest)
+            check = getattr(process, "check", None)
+            if check is not None:
+                check(manifest["stats"])
     finally:
         bar.close()
+        if own_executor:
+            runner.close()
 
     for d in [out, *(p for p in out.iterdir() if p.is_dir() and (p / ds.DATA).is_dir())]:
         ds.unify_shards(d)
@@ -235,8 +242,30 @@ def run_stage(
     manifest["complete"] = True
     manifest["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     manifest["seconds"] = round(sum(s["seconds"] or 0.0 for s in manifest["shards"].values()), 3)
+    manifest["executor"] = runner.name
     ds.write_manifest(out, manifest)
     return StageResult(out, manifest, shards_run=shards_run, seconds=time.time() - t0)
+
+
+def run(stage: Any, input: str, output: str, *, executor: Any = None, overwrite: bool = False,
+        limit: int | None = None, shard_size: int | None = None, progress: bool = True) -> StageResult:
+    """Run a Stage object (pipelines/core/stage.py): its name, config, columns, shard size and grouping."""
+    return run_stage(stage.name, stage, stage.config(), input, output, required=stage.required(),
+                     present=stage.present(), shard_size=shard_size or stage.shard_size, group_by=stage.group_by,
+                     overwrite=overwrite, limit=limit, progress=progress, executor=executor)
+
+
+def sum_stats(shards: Any) -> dict[str, float]:
+    """Per-shard `stats` summed over shards (a stage's counters: tokens, seconds, rows that errored)."""
+    total: dict[str, float] = {}
+    for entry in shards:
+        for k, v in (entry.get("stats") or {}).items():
+            total[k] = total.get(k, 0) + v
+    return {k: round(v, 6) if isinstance(v, float) else v for k, v in total.items()}
+
+
+def _as_table(rows: Any) -> pa.Table:
+    return rows if isinstance(rows, pa.Table) else ds.rows_to_table(rows)
 
 
 def _rows_on_disk(data_dir: Path, index: int) -> int:

@@ -33,7 +33,7 @@ from pipelines.core.runner import Shard, run_stage, update_manifest
 
 STAGE = "decontaminate"
 AUTO_FIELDS = ("prompt", "question", "problem")
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MATH_HELDOUT = REPO / "data" / "math" / "heldout.jsonl"
 
 
