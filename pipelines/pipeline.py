@@ -10,7 +10,9 @@
         args: {input: "@rollouts", reward: [math, "format:think"]}   # @NAME = an earlier stage's output
 
 `args` become command-line flags (`max_new_tokens` or `max-new-tokens` → `--max-new-tokens`; a list repeats the
-flag; `true` → a bare flag). Dataset stages skip finished work by themselves; for the others (train), a stage
+flag; `true` → a bare flag). `executor:` at the top (every sharded stage) or in a stage (that stage) runs shards
+on Ray: `executor: ray`, or `executor: {kind: ray, address: auto, num_cpus_per_worker: 2, ray_workers: 8}`.
+Dataset stages skip finished work by themselves; for the others (train), a stage
 that finished with the same arguments is recorded in `workdir/pipeline_state.json` and skipped on a rerun.
 """
 from __future__ import annotations
@@ -25,10 +27,30 @@ from typing import Any
 
 import yaml
 
+from pipelines.core.dataset import atomic_write_bytes
 from pipelines.errors import UserError
 
 POSITIONAL = {"export": ("input", "output"), "stats": ("input",)}
 TRAIN_COMMANDS = ("train",)
+# commands whose shards an executor runs (they take --executor)
+SHARDED = ("generate", "label", "dedup", "decontaminate", "pairs", "kto", "select")
+EXECUTOR_KEYS = {"kind": "executor", "address": "ray_address", "ray_workers": "ray_workers", "workers": "ray_workers",
+                 "num_cpus_per_worker": "num_cpus_per_worker", "num_gpus_per_worker": "num_gpus_per_worker"}
+
+
+def executor_args(value: Any, where: str) -> dict[str, Any]:
+    """A pipeline's `executor:` value (a kind, or a mapping) as the stage arguments it stands for."""
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        value = {"kind": value}
+    if not isinstance(value, dict) or "kind" not in value:
+        raise UserError(f"{where}: `executor` must be local, ray, or a mapping with `kind` (e.g. {{kind: ray, "
+                        "address: auto}})")
+    unknown = sorted(set(value) - set(EXECUTOR_KEYS))
+    if unknown:
+        raise UserError(f"{where}: unknown executor key(s) {unknown}; expected {sorted(EXECUTOR_KEYS)}")
+    return {EXECUTOR_KEYS[k]: v for k, v in value.items()}
 
 
 def load_pipeline(path: str) -> dict:
@@ -50,13 +72,19 @@ def load_pipeline(path: str) -> dict:
     return spec
 
 
-def stage_argv(stage: dict, outputs: dict[str, str], workdir: Path) -> list[str]:
+def stage_argv(stage: dict, outputs: dict[str, str], workdir: Path, executor: Any = None) -> list[str]:
     from pipelines.cli import COMMANDS
 
     command = stage["command"]
     if command not in COMMANDS or command == "run":
         raise UserError(f"stage {stage['name']!r}: unknown command {command!r}")
     args: dict[str, Any] = dict(stage.get("args") or {})
+    own = stage.get("executor")
+    if own is not None and command not in SHARDED:
+        raise UserError(f"stage {stage['name']!r}: `executor` applies to sharded commands ({', '.join(SHARDED)}), "
+                        f"not {command!r}")
+    if command in SHARDED:
+        args = {**executor_args(own if own is not None else executor, f"stage {stage['name']!r}"), **args}
     argv = command.split()
     if command == "train":
         argv.append(str(args.pop("algo")))
@@ -98,7 +126,7 @@ def run_pipeline(path: str, only: list[str] | None = None, overwrite: bool = Fal
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
     outputs: dict[str, str] = {}
     for stage in spec["stages"]:
-        argv = stage_argv(stage, outputs, workdir)
+        argv = stage_argv(stage, outputs, workdir, spec.get("executor"))
         if only and stage["name"] not in only:
             continue
         if overwrite and stage["command"] not in ("train", "stats", "export"):
@@ -113,7 +141,7 @@ def run_pipeline(path: str, only: list[str] | None = None, overwrite: bool = Fal
         if status != 0:
             raise UserError(f"stage {stage['name']!r} failed with status {status}; fix it and rerun: finished stages are skipped")
         state[stage["name"]] = key
-        state_path.write_text(json.dumps(state, indent=2))
+        atomic_write_bytes(state_path, json.dumps(state, indent=2).encode())
         print(f"[run] {stage['name']}: done in {time.time() - t0:.1f}s -> {outputs[stage['name']]}", file=sys.stderr)
     return outputs
 

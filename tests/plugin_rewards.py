@@ -47,3 +47,15 @@ def ids_length(prompts, completions, completion_ids, **columns):
 def worker_pid(prompts, completions, **columns):
     """The id of the process that scored each row (to see where a function ran)."""
     return [float(os.getpid())] * len(completions)
+
+
+def slow_reward(prompts, completions, **columns):
+    """1.0 per row after sleeping SLOW_S seconds per batch; records the scoring process's pid in PID_DIR (for
+    tests that kill the process scoring a shard)."""
+    import time
+
+    if os.environ.get("PID_DIR"):
+        with open(os.path.join(os.environ["PID_DIR"], f"{os.getpid()}.pid"), "w") as f:
+            f.write(str(os.getpid()))
+    time.sleep(float(os.environ.get("SLOW_S", "0.2")))
+    return [1.0] * len(completions)

@@ -23,7 +23,9 @@ from dataclasses import asdict, dataclass
 from pipelines.core.dataset import load_table
 from pipelines.errors import UserError
 from pipelines.builders.samples import SHARD_SIZE, as_completion, carried, count_by, read_side, score_rows
-from pipelines.core.runner import Shard, run_stage, update_manifest
+from pipelines.core.runner import Shard, execute, update_manifest
+from pipelines.core.stage import Stage
+from pipelines.executors import add_executor_arguments, executor_config
 
 KTO_BOUND = (1.0, 4.0 / 3.0)  # Eq. 8: lambda_D * n_D / (lambda_U * n_U) in this range
 
@@ -64,27 +66,44 @@ def kto_weights(n_desirable: int, n_undesirable: int) -> KTOWeights:
     return KTOWeights(weight, 1.0, n_desirable, n_undesirable)
 
 
-def make_process(cfg: KTOConfig):
-    def process(rows: list[dict], shard: Shard) -> dict:
-        valid, skipped = score_rows(rows, cfg.label_column)
-        out = []
-        for s in valid:
-            row = s.row
-            value = row[cfg.label_column]
-            label = value if isinstance(value, bool) else s.reward >= cfg.threshold
-            out.append({"prompt": row["prompt"], "completion": as_completion(row["prompt"], row["completion"]),
-                        "label": bool(label), "id": s.id, "prompt_id": row.get("prompt_id"),
-                        "reward": row.get("reward"), **carried(row)})
-        return {"rows": out, "skipped": skipped}
+def kto_rows(rows: list[dict], cfg: KTOConfig) -> dict[str, list[dict]]:
+    """The row-level core of `kto`: scored rows -> KTO rows with a binary `label`, plus the null rows skipped."""
+    valid, skipped = score_rows(rows, cfg.label_column)
+    out = []
+    for s in valid:
+        row = s.row
+        value = row[cfg.label_column]
+        label = value if isinstance(value, bool) else s.reward >= cfg.threshold
+        out.append({"prompt": row["prompt"], "completion": as_completion(row["prompt"], row["completion"]),
+                    "label": bool(label), "id": s.id, "prompt_id": row.get("prompt_id"),
+                    "reward": row.get("reward"), **carried(row)})
+    return {"rows": out, "skipped": skipped}
 
-    return process
+
+class KTOStage(Stage):
+    name = "kto"
+    shard_size = SHARD_SIZE
+
+    def __init__(self, cfg: KTOConfig):
+        self.cfg = cfg
+
+    def config(self) -> dict:
+        return asdict(self.cfg)
+
+    def required(self) -> list[str]:
+        return ["prompt", "completion"]
+
+    def present(self) -> list[str]:
+        return [self.cfg.label_column]
+
+    def process(self, rows: list[dict], shard: Shard) -> dict:
+        return kto_rows(rows, self.cfg)
 
 
 def build_kto(input: str, output: str, cfg: KTOConfig = KTOConfig(), *, overwrite: bool = False,
-              progress: bool = True) -> dict:
+              progress: bool = True, executor=None) -> dict:
     """Run the kto stage; returns the manifest fields `summary` and `kto` (the weights)."""
-    result = run_stage("kto", make_process(cfg), asdict(cfg), input, output,
-                       required=["prompt", "completion"], present=[cfg.label_column], shard_size=SHARD_SIZE, overwrite=overwrite, progress=progress)
+    result = execute(KTOStage(cfg), input, output, overwrite=overwrite, progress=progress, executor=executor)
     labels = load_table(output).column("label").to_pylist() if result.manifest.get("rows_out") else []
     n_desirable = sum(labels)
     weights = kto_weights(n_desirable, len(labels) - n_desirable)
@@ -106,11 +125,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label-column", default="reward",
                    help="column to label from (default reward); a boolean column is used as the label directly")
     p.add_argument("--overwrite", action="store_true", help="replace an output made with another config")
+    add_executor_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
     fields = build_kto(args.input, args.output, KTOConfig(threshold=args.threshold, label_column=args.label_column),
-                       overwrite=args.overwrite)
+                       overwrite=args.overwrite, executor=executor_config(args))
     s, w = fields["summary"], fields["kto"]
     if not s["rows"]:
         raise UserError(f"{args.input}: every row has a null {args.label_column}; nothing to label")

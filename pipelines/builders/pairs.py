@@ -23,13 +23,14 @@ from __future__ import annotations
 import argparse
 import random
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 from pipelines.errors import UserError
 from pipelines.builders.samples import (SHARD_SIZE, Sample, as_completion, count_by, group_rows, prompt_columns,
                                         read_side, score_rows)
 from pipelines.builders.similarity import edit_distance
-from pipelines.core.runner import Shard, run_stage, update_manifest
+from pipelines.core.runner import Shard, execute, update_manifest
+from pipelines.core.stage import Stage
+from pipelines.executors import add_executor_arguments, executor_config
 
 STRATEGIES = ("best-worst", "all", "random")
 
@@ -126,23 +127,43 @@ def pair_row(chosen: Sample, rejected: Sample, shared: dict) -> dict:
     }
 
 
-def make_process(cfg: PairsConfig) -> Callable[[list[dict], Shard], dict]:
-    def process(rows: list[dict], shard: Shard) -> dict:
-        pairs, prompts, skipped = [], [], []
-        for group in group_rows(rows):
-            valid, nulls = score_rows(group)
-            result = build_prompt_pairs(valid, cfg, group[0]["prompt_id"])
-            shared = prompt_columns(group)
-            pairs += [pair_row(c, r, shared) for c, r in result.pairs]
-            skipped += nulls
-            prompts.append({"prompt_id": group[0]["prompt_id"], "rows": len(group), "valid": len(valid),
-                            "null": len(nulls), "pairs": len(result.pairs), "no_pair_reason": result.reason,
-                            "skipped_identical": result.skipped_identical,
-                            "skipped_similar": result.skipped_similar})
-            shard.tick(len(group))
-        return {"rows": pairs, "prompts": prompts, "skipped": skipped}
+def pairs_rows(rows: list[dict], cfg: PairsConfig, tick=lambda n: None) -> dict[str, list[dict]]:
+    """The row-level core of `pairs`: scored rollouts (each prompt's rows together) -> pair rows, plus the
+    per-prompt record (`prompts`) and the null rows left out (`skipped`)."""
+    pairs, prompts, skipped = [], [], []
+    for group in group_rows(rows):
+        valid, nulls = score_rows(group)
+        result = build_prompt_pairs(valid, cfg, group[0]["prompt_id"])
+        shared = prompt_columns(group)
+        pairs += [pair_row(c, r, shared) for c, r in result.pairs]
+        skipped += nulls
+        prompts.append({"prompt_id": group[0]["prompt_id"], "rows": len(group), "valid": len(valid),
+                        "null": len(nulls), "pairs": len(result.pairs), "no_pair_reason": result.reason,
+                        "skipped_identical": result.skipped_identical,
+                        "skipped_similar": result.skipped_similar})
+        tick(len(group))
+    return {"rows": pairs, "prompts": prompts, "skipped": skipped}
 
-    return process
+
+class PairsStage(Stage):
+    name = "pairs"
+    shard_size = SHARD_SIZE
+    group_by = "prompt_id"
+
+    def __init__(self, cfg: PairsConfig):
+        self.cfg = cfg
+
+    def config(self) -> dict:
+        return asdict(self.cfg)
+
+    def required(self) -> list[str]:
+        return ["prompt_id", "prompt", "completion"]
+
+    def present(self) -> list[str]:
+        return ["reward"]
+
+    def process(self, rows: list[dict], shard: Shard) -> dict:
+        return pairs_rows(rows, self.cfg, shard.tick)
 
 
 def summarize(output: str) -> dict:
@@ -163,11 +184,9 @@ def summarize(output: str) -> dict:
 
 
 def build_pairs(input: str, output: str, cfg: PairsConfig = PairsConfig(), *, overwrite: bool = False,
-                progress: bool = True) -> dict:
+                progress: bool = True, executor=None) -> dict:
     """Run the pairs stage; returns the summary (also stored in the manifest under `summary`)."""
-    result = run_stage("pairs", make_process(cfg), asdict(cfg), input, output,
-                       required=["prompt_id", "prompt", "completion"], present=["reward"], group_by="prompt_id",
-                       shard_size=SHARD_SIZE, overwrite=overwrite, progress=progress)
+    result = execute(PairsStage(cfg), input, output, overwrite=overwrite, progress=progress, executor=executor)
     summary = summarize(output)
     if result.manifest.get("summary") != summary:
         update_manifest(output, summary=summary)
@@ -190,13 +209,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     near.add_argument("--max-similarity", type=float, default=None,
                       help="same filter as 1 - similarity: skip pairs more similar than this (0.9 == --min-edit-distance 0.1)")
     p.add_argument("--overwrite", action="store_true", help="replace an output made with another config")
+    add_executor_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
     min_dist = args.min_edit_distance if args.max_similarity is None else round(1.0 - args.max_similarity, 12)
     cfg = PairsConfig(strategy=args.strategy, min_margin=args.min_margin, max_per_prompt=args.max_per_prompt,
                       seed=args.seed, min_edit_distance=min_dist)
-    summary = build_pairs(args.input, args.output, cfg, overwrite=args.overwrite)
+    summary = build_pairs(args.input, args.output, cfg, overwrite=args.overwrite, executor=executor_config(args))
     print(format_summary(summary))
     print(f"wrote {summary['pairs']} pairs to {args.output}")
     return 0

@@ -30,7 +30,9 @@ from pipelines.core import dataset as ds
 from pipelines.errors import UserError
 from pipelines.builders.samples import (SHARD_SIZE, Sample, as_completion, carried, chat_column, count_by, group_rows,
                                 input_schema, is_chat, read_side, score_rows)
-from pipelines.core.runner import MARKERS, Shard, run_stage, update_manifest
+from pipelines.core.runner import MARKERS, Shard, execute, update_manifest
+from pipelines.core.stage import Stage
+from pipelines.executors import add_executor_arguments, executor_config
 
 KEEP = ("best", "all-correct")
 
@@ -93,20 +95,40 @@ def selected_row(s: Sample, fmt: str) -> dict:
     return {**body, "id": s.id, "prompt_id": row["prompt_id"], "reward": s.reward, "source": "rft", **carried(row)}
 
 
-def make_process(cfg: SelectConfig):
-    def process(rows: list[dict], shard: Shard) -> dict:
-        out, prompts, skipped = [], [], []
-        for group in group_rows(rows):
-            valid, nulls = score_rows(group)
-            picked, n_correct, n_distinct = choose(valid, cfg.keep, cfg.min_reward)
-            out += [selected_row(s, cfg.format) for s in picked]
-            skipped += nulls
-            prompts.append({"prompt_id": group[0]["prompt_id"], "rows": len(group), "null": len(nulls),
-                            "correct": n_correct, "distinct_correct": n_distinct, "selected": len(picked)})
-            shard.tick(len(group))
-        return {"rows": out, "prompts": prompts, "skipped": skipped}
+def select_rows(rows: list[dict], cfg: SelectConfig, tick=lambda n: None) -> dict[str, list[dict]]:
+    """The row-level core of `select`: scored rollouts (each prompt's rows together) -> the SFT rows kept,
+    plus the per-prompt record (`prompts`) and the null rows left out (`skipped`)."""
+    out, prompts, skipped = [], [], []
+    for group in group_rows(rows):
+        valid, nulls = score_rows(group)
+        picked, n_correct, n_distinct = choose(valid, cfg.keep, cfg.min_reward)
+        out += [selected_row(s, cfg.format) for s in picked]
+        skipped += nulls
+        prompts.append({"prompt_id": group[0]["prompt_id"], "rows": len(group), "null": len(nulls),
+                        "correct": n_correct, "distinct_correct": n_distinct, "selected": len(picked)})
+        tick(len(group))
+    return {"rows": out, "prompts": prompts, "skipped": skipped}
 
-    return process
+
+class SelectStage(Stage):
+    name = "select"
+    shard_size = SHARD_SIZE
+    group_by = "prompt_id"
+
+    def __init__(self, cfg: SelectConfig):
+        self.cfg = cfg
+
+    def config(self) -> dict:
+        return asdict(self.cfg)
+
+    def required(self) -> list[str]:
+        return ["prompt_id", "prompt", "completion"]
+
+    def present(self) -> list[str]:
+        return ["reward"]
+
+    def process(self, rows: list[dict], shard: Shard) -> dict:
+        return select_rows(rows, self.cfg, shard.tick)
 
 
 def mix_rows(other: pa.Table, n: int, seed: int, fmt: str, name: str) -> list[dict]:
@@ -137,15 +159,13 @@ def _mix_format(input: str, other: pa.Table, mix: str) -> str:
 
 
 def build_select(input: str, output: str, cfg: SelectConfig = SelectConfig(), *, overwrite: bool = False,
-                 progress: bool = True) -> dict:
+                 progress: bool = True, executor=None) -> dict:
     """Run the select stage (and the mix); returns the summary stored in the manifest."""
     other = None
     if cfg.mix is not None:
         other = ds.load_table(cfg.mix)
         cfg = replace(cfg, format=_mix_format(input, other, cfg.mix), mix_fingerprint=ds.fingerprint(cfg.mix))
-    result = run_stage("select", make_process(cfg), asdict(cfg), input, output,
-                       required=["prompt_id", "prompt", "completion"], present=["reward"], group_by="prompt_id",
-                       shard_size=SHARD_SIZE, overwrite=overwrite, progress=progress)
+    result = execute(SelectStage(cfg), input, output, overwrite=overwrite, progress=progress, executor=executor)
     manifest = result.manifest
     prompts, skipped = read_side(output, "prompts"), read_side(output, "skipped")
     n_selected = sum(p["selected"] for p in prompts)
@@ -196,12 +216,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="append rows of another SFT set so they make RATIO of the final set (e.g. sft.jsonl:0.3)")
     p.add_argument("--seed", type=int, default=0, help="seed of the mix sampling")
     p.add_argument("--overwrite", action="store_true", help="replace an output made with another config")
+    add_executor_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
     mix, ratio = parse_mix(args.mix) if args.mix else (None, 0.0)
     cfg = SelectConfig(keep=args.keep, min_reward=args.min_reward, mix=mix, mix_ratio=ratio, seed=args.seed)
-    s = build_select(args.input, args.output, cfg, overwrite=args.overwrite)
+    s = build_select(args.input, args.output, cfg, overwrite=args.overwrite, executor=executor_config(args))
     print(f"prompts: {s['prompts']}  with a correct completion: {s['prompts_with_correct']}  "
           f"selected: {s['selected']}  duplicates removed: {s['duplicates_removed']}")
     print(f"null-reward rows skipped: {s['null_rows_skipped']}"

@@ -7,24 +7,28 @@
 The shards live in `data/` rather than beside the manifest because `datasets.load_dataset("parquet",
 data_dir=...)` tries to read every non-hidden file of the folder, the manifest included.
 
-Stages read JSONL, single Parquet files, dataset directories and Hugging Face dataset names. Input is
-validated before any work starts: a missing required column, a malformed JSONL line, a non-UTF-8 byte or an
-empty input raises one `UserError` naming the file, the line/row and the column.
+Stages read JSONL, single Parquet files, dataset directories and Hugging Face dataset names, all through
+`open_input` (Parquet is opened by its footers, for stages that stream it) or `load_table` (the whole table).
+Input is validated before any work starts: a missing required column, a malformed JSONL line, a non-UTF-8 byte
+or an empty input raises one `UserError` naming the file, the line/row and the column.
+
+Writes are atomic and fingerprints are content hashes, both from `pipelines/core/files.py`.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
-from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines.core.files import atomic_write_bytes  # noqa: F401  (stages write markers as ds.atomic_write_bytes)
+from pipelines.core.files import atomic_path, atomic_write_json, fingerprint_files, fingerprint_json
 from pipelines.errors import UserError
+from rewards.chat import as_messages, is_messages
 
 # columns of the standard datasets and the stage that writes them, for "run this first" hints
 MADE_BY = {"completion": "generate", "prompt_id": "generate", "sample_idx": "generate",
@@ -83,10 +87,6 @@ def _read_jsonl(path: Path) -> pa.Table:
         raise UserError(f"{path}: columns have inconsistent types across lines ({e}); make every line use the same type per column") from None
 
 
-def _is_messages(value: Any) -> bool:
-    return isinstance(value, list) and bool(value) and all(isinstance(m, dict) and "role" in m for m in value)
-
-
 def unify_message_columns(rows: list[dict]) -> list[dict]:
     """Where a column mixes plain strings and chat-message lists (prompt files concatenated together), make
     each string one message: a user message in `prompt`, an assistant message in any other column.
@@ -95,7 +95,7 @@ def unify_message_columns(rows: list[dict]) -> list[dict]:
     {'prompt': [{'role': 'user', 'content': 'a'}]}
     """
     mixed = [c for c in dict.fromkeys(k for r in rows for k in r)
-             if any(isinstance(r.get(c), str) for r in rows) and any(_is_messages(r.get(c)) for r in rows)]
+             if any(isinstance(r.get(c), str) for r in rows) and any(is_messages(r.get(c)) for r in rows)]
     if not mixed:
         return rows
     out = []
@@ -103,7 +103,7 @@ def unify_message_columns(rows: list[dict]) -> list[dict]:
         r = dict(r)
         for c in mixed:
             if isinstance(r.get(c), str):
-                r[c] = [{"role": "user" if c == "prompt" else "assistant", "content": r[c]}]
+                r[c] = as_messages(r[c], "user" if c == "prompt" else "assistant")
         out.append(r)
     return out
 
@@ -138,24 +138,80 @@ def _read_hub(name: str) -> pa.Table:
     return ds.data.table
 
 
+@dataclass
+class Input:
+    """An opened input. Parquet (a file, a dataset directory) is opened by its footers only, so a stage can
+    stream it file by file (`batches`); JSONL and hub datasets are read whole into `table`."""
+    source: str
+    rows: int
+    columns: list[str]  # every file's columns, in order of first appearance
+    files: list[Path]  # the Parquet files, in order; empty when `table` holds the whole input
+    table: pa.Table | None
+
+    def read(self) -> pa.Table:
+        """The whole input as one table."""
+        return self.table if self.table is not None else _read_parquet_files(self.files, self.source)
+
+    def schema(self) -> pa.Schema:
+        """The union schema, from the Parquet footers when the input is Parquet."""
+        if self.table is not None:
+            return self.table.schema
+        return pa.unify_schemas([pq.read_schema(f) for f in self.files], promote_options="permissive")
+
+    def batches(self, batch_rows: int, columns: Sequence[str] | None = None) -> Iterator[tuple[str, pa.RecordBatch]]:
+        """(file name for messages, batch) in input order; `columns` limits what is read."""
+        if self.table is not None:
+            table = self.table.select(list(columns)) if columns else self.table
+            for batch in table.to_batches(max_chunksize=batch_rows):
+                yield self.source, batch
+            return
+        for f in self.files:
+            pf = pq.ParquetFile(f)
+            cols = [c for c in columns if c in pf.schema_arrow.names] if columns else None
+            for batch in pf.iter_batches(batch_size=batch_rows, columns=cols):
+                yield str(f), batch
+
+
+def open_input(source: str | os.PathLike, required: Sequence[str] = ()) -> Input:
+    """Open any supported input (see module docstring) and check it is not empty. `required` columns must
+    exist: in every non-empty Parquet file (nulls are not looked for, that needs the rows), or in the
+    JSONL/hub table, where they must also hold no nulls."""
+    source = str(source)
+    kind = _source_kind(source)
+    if kind in ("jsonl", "hub"):
+        table = _read_jsonl(Path(source)) if kind == "jsonl" else _read_hub(source)
+        validate(table, source, required)
+        return Input(source, table.num_rows, table.column_names, [], table)
+    if kind == "dir":
+        manifest = read_manifest(source)
+        if manifest and manifest.get("complete") and manifest.get("rows_out") == 0:
+            raise UserError(f"{source}: empty dataset (the {manifest.get('stage')} stage that wrote it produced 0 rows)")
+    files = shard_files(source) if kind == "dir" else [Path(source)]
+    if not files:
+        raise UserError(f"{source}: no Parquet files found")
+    rows, columns = 0, []
+    for f in files:
+        try:
+            meta = pq.ParquetFile(f)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise UserError(f"{f}: not a readable Parquet file ({e})") from None
+        names = meta.schema_arrow.names
+        missing = [c for c in required if c not in names]
+        if missing and meta.metadata.num_rows:
+            raise UserError(f"{f}: missing required column(s) {', '.join(map(repr, missing))}; found {', '.join(names)}")
+        rows += meta.metadata.num_rows
+        columns += [c for c in names if c not in columns]
+    if rows == 0:
+        raise UserError(f"{source}: empty input (0 rows)")
+    return Input(source, rows, columns, files, None)
+
+
 def load_table(source: str | os.PathLike, required: Sequence[str] = (), present: Sequence[str] = ()) -> pa.Table:
     """Read any supported input into one Arrow table and validate it (see module docstring). `required`
     columns must exist and hold no nulls; `present` columns must exist and may hold nulls (a `reward` column,
     where null means "could not be scored")."""
-    source = str(source)
-    kind = _source_kind(source)
-    if kind == "jsonl":
-        table = _read_jsonl(Path(source))
-    elif kind == "parquet":
-        table = _read_parquet_files([Path(source)], source)
-    elif kind == "dir":
-        manifest = read_manifest(source)
-        if manifest and manifest.get("complete") and manifest.get("rows_out") == 0:
-            raise UserError(f"{source}: empty dataset (the {manifest.get('stage')} stage that wrote it produced 0 rows)")
-        table = _read_parquet_files(shard_files(source), source)
-    else:
-        table = _read_hub(source)
-    validate(table, source, required, present)
+    table = open_input(source).read()
+    validate(table, str(source), required, present)
     return table
 
 
@@ -190,48 +246,17 @@ def concat(tables: Sequence[pa.Table]) -> pa.Table:
 
 
 def fingerprint(source: str | os.PathLike) -> str:
-    """Content fingerprint of an input: file bytes, a dataset's shards, or a hub dataset's own fingerprint."""
+    """Content fingerprint of an input: file bytes, a dataset's shards, or a hub dataset's name."""
     source = str(source)
     kind = _source_kind(source)
-    h = hashlib.sha256()
     if kind == "hub":
-        h.update(source.encode())
-        return h.hexdigest()[:16]
-    files = [Path(source)] if kind in ("jsonl", "parquet") else shard_files(source)
-    for f in files:
-        h.update(f.name.encode())
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()[:16]
+        return fingerprint_json({"hub": source})
+    return fingerprint_files([Path(source)] if kind in ("jsonl", "parquet") else shard_files(source))
 
 
 # ----------------------------------------------------------------------------------------------- writing
-@contextmanager
-def _atomic_path(path: Path) -> Iterator[str]:
-    """Yield a temp path in `path`'s directory; on success fsync it and rename it onto `path`, so a reader
-    never sees half a file (a kill leaves only a hidden `.NAME.*.tmp`, which the runner removes)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield tmp
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    with _atomic_path(path) as tmp, open(tmp, "wb") as f:
-        f.write(data)
-
-
 def write_parquet_atomic(table: pa.Table, path: Path) -> None:
-    with _atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
 
 
@@ -252,7 +277,7 @@ def read_manifest(directory: str | Path) -> dict | None:
 
 
 def write_manifest(directory: str | Path, manifest: dict) -> None:
-    atomic_write_bytes(Path(directory) / MANIFEST, json.dumps(manifest, indent=2, default=str).encode())
+    atomic_write_json(Path(directory) / MANIFEST, manifest)
 
 
 def write_dataset(rows: Iterable[dict] | pa.Table, directory: str | Path, manifest: dict | None = None) -> Path:
@@ -289,9 +314,7 @@ def unify_shards(directory: str | Path) -> pa.Schema | None:
 def export_jsonl(source: str, out: str) -> int:
     """Write any readable dataset as JSONL, one row a line, for inspection."""
     table = load_table(source)
-    out_path = Path(out)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(out_path, "w", encoding="utf-8") as f:
+    with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for row in table.to_pylist():
             f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
     return table.num_rows

@@ -199,7 +199,7 @@ def run_stage(
     own_executor = executor is None or not hasattr(executor, "map")
     runner = make_executor(executor) if own_executor else executor
     tasks = [ShardTask(index=i, start=s, table=table.slice(s, e - s)) for i, (s, e) in enumerate(bounds) if i not in done]
-    shards_run = 0
+    shards_run, run_stats = 0, []
     try:
         for task, result, seconds in runner.map(process, tasks, bar.update):
             i, (start, end) = task.index, bounds[task.index]
@@ -213,6 +213,7 @@ def run_stage(
                 ds.write_parquet_atomic(_as_table(main_rows), out / ds.DATA / name)
             ds.atomic_write_bytes(out / MARKERS / f"part-{i:05d}.done", b"")
             shards_run += 1
+            run_stats.append({"stats": stats})
             manifest["shards"][str(i)] = {"rows_in": end - start, "rows_out": len(main_rows),
                                           "seconds": round(seconds, 3),
                                           **{f"{k}_rows": len(v) for k, v in side.items()},
@@ -222,8 +223,8 @@ def run_stage(
             manifest["stats"] = sum_stats(manifest["shards"].values())
             ds.write_manifest(out, manifest)
             check = getattr(process, "check", None)
-            if check is not None:
-                check(manifest["stats"])
+            if check is not None:  # with this run's counts: a stage may stop the run (label --max-errors)
+                check(sum_stats(run_stats))
     finally:
         bar.close()
         if own_executor:
@@ -244,10 +245,11 @@ def run_stage(
     manifest["seconds"] = round(sum(s["seconds"] or 0.0 for s in manifest["shards"].values()), 3)
     manifest["executor"] = runner.name
     ds.write_manifest(out, manifest)
-    return StageResult(out, manifest, shards_run=shards_run, seconds=time.time() - t0)
+    return StageResult(out, manifest, shards_run=shards_run, seconds=time.time() - t0,
+                       extra={"run_stats": sum_stats(run_stats)})
 
 
-def run(stage: Any, input: str, output: str, *, executor: Any = None, overwrite: bool = False,
+def execute(stage: Any, input: str, output: str, *, executor: Any = None, overwrite: bool = False,
         limit: int | None = None, shard_size: int | None = None, progress: bool = True) -> StageResult:
     """Run a Stage object (pipelines/core/stage.py): its name, config, columns, shard size and grouping."""
     return run_stage(stage.name, stage, stage.config(), input, output, required=stage.required(),

@@ -29,7 +29,9 @@ import pyarrow.parquet as pq
 from pipelines.core import dataset as ds
 from pipelines.hygiene import shingles as tx
 from pipelines.errors import UserError
-from pipelines.core.runner import Shard, run_stage, update_manifest
+from pipelines.core.runner import Shard, execute, update_manifest
+from pipelines.core.stage import Stage
+from pipelines.executors import add_executor_arguments, executor_config
 
 STAGE = "decontaminate"
 AUTO_FIELDS = ("prompt", "question", "problem")
@@ -154,8 +156,55 @@ def find_matches(texts: list[str], index: EvalIndex) -> list[Match | None]:
 
 
 # ------------------------------------------------------------------------------------------ the stage
+def decontaminate_rows(rows: list[dict], index: EvalIndex, field: str, where: str = "input",
+                       start: int = 0) -> dict[str, list[dict]]:
+    """The row-level core: rows whose `field` shares an n-gram with an eval item go to `removed`, with the eval
+    set, the item's id and the matching n-gram."""
+    texts = []
+    for i, r in enumerate(rows):
+        try:
+            texts.append(tx.value_text(r[field]) or "")
+        except ValueError as e:
+            raise UserError(f"{where}: row {start + i}: column {field!r}: {e}") from None
+    kept, removed = [], []
+    for r, m in zip(rows, find_matches(texts, index)):
+        if m is None:
+            kept.append(r)
+        else:
+            removed.append({**r, "contaminated_by": m.eval_set, "eval_id": m.eval_id, "matched_ngram": m.ngram})
+    return {"rows": kept, "removed": removed}
+
+
+class DecontaminateStage(Stage):
+    """The eval sets are read in the driver (their fingerprints go into the config); each process that runs
+    shards builds its own n-gram index from them on first use."""
+
+    name = STAGE
+    shard_size = 2048
+    _runtime = ("index",)
+
+    def __init__(self, sets: list[EvalSet], ngram: int, field: str, where: str):
+        self.sets, self.ngram, self.field, self.where = sets, ngram, field, where
+        self.index: EvalIndex | None = None
+
+    def config(self) -> dict:
+        return {"field": self.field, "ngram": self.ngram,
+                "against": [{"name": s.name, "source": s.source, "field": s.field, "fingerprint": s.fingerprint}
+                            for s in self.sets]}
+
+    def required(self) -> list[str]:
+        return [self.field]
+
+    def setup(self) -> None:
+        if self.index is None:
+            self.index = build_index(self.sets, self.ngram)
+
+    def process(self, rows: list[dict], shard: Shard) -> dict:
+        return decontaminate_rows(rows, self.index, self.field, self.where, shard.start)
+
+
 def decontaminate(input: str, output: str, against: list[str], *, ngram: int = 13, field: str = "prompt",
-                  overwrite: bool = False, progress: bool = True, shard_size: int = 2048) -> dict:
+                  overwrite: bool = False, progress: bool = True, shard_size: int | None = None, executor=None) -> dict:
     """Run the stage; returns the manifest's `decontamination` summary."""
     if ngram < 1:
         raise UserError(f"--ngram must be >= 1, got {ngram}")
@@ -165,28 +214,11 @@ def decontaminate(input: str, output: str, against: list[str], *, ngram: int = 1
     names = [s.name for s in sets]
     if len(set(names)) != len(names):
         raise UserError(f"--against names must differ; got {names}")
-    index = build_index(sets, ngram)
-    config = {"field": field, "ngram": ngram,
-              "against": [{"name": s.name, "source": s.source, "field": s.field, "fingerprint": s.fingerprint}
-                          for s in sets]}
-
-    def process(rows: list[dict], shard: Shard) -> dict:
-        texts = []
-        for i, r in enumerate(rows):
-            try:
-                texts.append(tx.value_text(r[field]) or "")
-            except ValueError as e:
-                raise UserError(f"{input}: row {shard.start + i}: column {field!r}: {e}") from None
-        kept, removed = [], []
-        for r, m in zip(rows, find_matches(texts, index)):
-            if m is None:
-                kept.append(r)
-            else:
-                removed.append({**r, "contaminated_by": m.eval_set, "eval_id": m.eval_id, "matched_ngram": m.ngram})
-        return {"rows": kept, "removed": removed}
-
-    result = run_stage(STAGE, process, config, input, output, required=[field], shard_size=shard_size,
-                       overwrite=overwrite, progress=progress)
+    stage = DecontaminateStage(sets, ngram, field, str(input))
+    stage.setup()  # the driver needs the index's n-gram counts for the summary
+    result = execute(stage, input, output, shard_size=shard_size, overwrite=overwrite, progress=progress,
+                     executor=executor)
+    index = stage.index
     per_set = {s.name: 0 for s in sets}
     for f in ds.shard_files(Path(output) / "removed"):
         for name in pq.read_table(f, columns=["contaminated_by"]).column("contaminated_by").to_pylist():
@@ -219,10 +251,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--field", default="prompt", help="training text column (string or chat-message list)")
     p.add_argument("--overwrite", action="store_true", help="replace an output made with another config or input")
     p.add_argument("--no-progress", action="store_true")
+    add_executor_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
     summary = decontaminate(args.input, args.output, args.against, ngram=args.ngram, field=args.field,
-                            overwrite=args.overwrite, progress=not args.no_progress)
+                            overwrite=args.overwrite, progress=not args.no_progress, executor=executor_config(args))
     print(format_summary(summary))
     return 0

@@ -19,7 +19,9 @@ from typing import Any
 from pipelines.engines.base import Prompt, SamplingConfig
 from pipelines.errors import UserError
 from pipelines.engines.models import resolve_model
-from pipelines.core.runner import Shard, StageResult, run_stage, update_manifest
+from pipelines.core.runner import Shard, StageResult, execute, update_manifest
+from pipelines.core.stage import Stage
+from pipelines.executors import add_executor_arguments, executor_config
 
 
 @dataclass
@@ -58,44 +60,81 @@ def build_prompt(row: dict, cfg: GenerateConfig, use_chat: bool) -> Prompt:
     return messages
 
 
-class GenerateStage:
-    """The per-shard function; the engine is loaded on first use, so a finished stage never loads a model."""
+def generate_rows(engine, rows: list[dict], cfg: GenerateConfig, ids: list[str], use_chat: bool,
+                  tick=lambda n: None) -> tuple[list[dict], dict[str, float]]:
+    """The row-level core of `generate` (the online trainers call it in-process with their live engine):
+    sample `cfg.sampling.n` completions for each row, whose prompt ids are `ids`. Returns the rollout rows and
+    the counters {tokens, gen_seconds}."""
+    out, tokens, seconds = [], 0, 0.0
+    policy = {"model": cfg.model, "engine": cfg.engine}
+    sampling = cfg.sampling.to_dict()
+    for b in range(0, len(rows), cfg.batch_size):
+        batch, batch_ids = rows[b:b + cfg.batch_size], ids[b:b + cfg.batch_size]
+        prompts = [build_prompt(r, cfg, use_chat) for r in batch]
+        t0 = time.time()
+        results = engine.generate(prompts, cfg.sampling, [prompt_seed(cfg.sampling.seed, i) for i in batch_ids])
+        seconds += time.time() - t0
+        for row, pid, samples in zip(batch, batch_ids, results):
+            for k, s in enumerate(samples):
+                tokens += len(s.token_ids or [])
+                out.append({**row, "id": f"{pid}-{k}", "prompt_id": pid, "sample_idx": k, "completion": s.text,
+                            "completion_ids": s.token_ids, "logprobs": s.logprobs,
+                            "finish_reason": s.finish_reason, "policy": policy, "sampling": sampling})
+        tick(len(batch))
+    return out, {"tokens": tokens, "gen_seconds": seconds}
+
+
+class GenerateStage(Stage):
+    """`generate` as a stage: the engine loads on first use (a finished stage never loads a model), once per
+    process that runs shards (one per replica on Ray)."""
+
+    name = "generate"
+    shard_size = 64
+    _runtime = ("engine",)
 
     def __init__(self, cfg: GenerateConfig):
         self.cfg = cfg
         self.engine = None
-        self.use_chat = cfg.chat == "always"
-        self.tokens = 0
-        self.gen_seconds = 0.0
+        self.num_gpus = 1.0 if cfg.engine == "vllm" and _cuda() else 0.0
 
-    def _load(self) -> None:
+    def config(self) -> dict:
+        cfg = self.cfg
+        config = {**{k: v for k, v in cfg.__dict__.items() if k != "sampling"}, "sampling": cfg.sampling.to_dict()}
+        config.pop("engine_options")
+        config["engine_options"] = {k: v for k, v in cfg.engine_options.items() if k not in ("api_key",)}
+        return config
+
+    def required(self) -> list[str]:
+        return [self.cfg.prompt_column]
+
+    def setup(self) -> None:
         from pipelines.engines import load_engine
 
         self.engine = load_engine(self.cfg.engine, self.cfg.model, **self.cfg.engine_options)
-        if self.cfg.chat == "auto":
-            self.use_chat = _has_chat_template(self.engine)
 
-    def __call__(self, rows: list[dict], shard: Shard) -> list[dict]:
-        if self.engine is None:
-            self._load()
-        cfg, out = self.cfg, []
-        ids = prompt_ids(rows, shard.start)
-        policy = {"model": cfg.model, "engine": cfg.engine}
-        sampling = cfg.sampling.to_dict()
-        for b in range(0, len(rows), cfg.batch_size):
-            batch, batch_ids = rows[b:b + cfg.batch_size], ids[b:b + cfg.batch_size]
-            prompts = [build_prompt(r, cfg, self.use_chat) for r in batch]
-            t0 = time.time()
-            results = self.engine.generate(prompts, cfg.sampling, [prompt_seed(cfg.sampling.seed, i) for i in batch_ids])
-            self.gen_seconds += time.time() - t0
-            for row, pid, samples in zip(batch, batch_ids, results):
-                for k, s in enumerate(samples):
-                    self.tokens += len(s.token_ids or [])
-                    out.append({**row, "id": f"{pid}-{k}", "prompt_id": pid, "sample_idx": k, "completion": s.text,
-                                "completion_ids": s.token_ids, "logprobs": s.logprobs,
-                                "finish_reason": s.finish_reason, "policy": policy, "sampling": sampling})
-            shard.tick(len(batch))
-        return out
+    @property
+    def use_chat(self) -> bool:
+        if self.cfg.chat == "auto":
+            return _has_chat_template(self.engine)
+        return self.cfg.chat == "always"
+
+    def process(self, rows: list[dict], shard: Shard) -> dict:
+        out, stats = generate_rows(self.engine, rows, self.cfg, prompt_ids(rows, shard.start), self.use_chat, shard.tick)
+        return {"rows": out, "stats": stats}
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
 
 
 def _has_chat_template(engine) -> bool:
@@ -103,20 +142,16 @@ def _has_chat_template(engine) -> bool:
     return tok is None or bool(getattr(tok, "chat_template", None))
 
 
-def generate(cfg: GenerateConfig, input: str, output: str, overwrite: bool = False, shard_size: int = 64,
-             limit: int | None = None, progress: bool = True) -> StageResult:
-    stage = GenerateStage(cfg)
-    config = {**{k: v for k, v in cfg.__dict__.items() if k != "sampling"}, "sampling": cfg.sampling.to_dict()}
-    config.pop("engine_options")
-    config["engine_options"] = {k: v for k, v in cfg.engine_options.items() if k not in ("api_key",)}
-    result = run_stage("generate", stage, config, input, output, required=[cfg.prompt_column],
-                       shard_size=shard_size, overwrite=overwrite, limit=limit, progress=progress)
+def generate(cfg: GenerateConfig, input: str, output: str, overwrite: bool = False, shard_size: int | None = None,
+             limit: int | None = None, progress: bool = True, executor=None) -> StageResult:
+    result = execute(GenerateStage(cfg), input, output, overwrite=overwrite, shard_size=shard_size, limit=limit,
+                 progress=progress, executor=executor)
     if not result.skipped:
-        rate = stage.tokens / stage.gen_seconds if stage.gen_seconds else 0.0
-        result.extra = {"tokens": stage.tokens, "gen_seconds": round(stage.gen_seconds, 2), "tokens_per_s": round(rate, 1)}
+        stats = result.manifest.get("stats", {})
+        tokens, seconds = int(stats.get("tokens", 0)), float(stats.get("gen_seconds", 0.0))
+        result.extra = {"tokens": tokens, "gen_seconds": round(seconds, 2),
+                        "tokens_per_s": round(tokens / seconds, 1) if seconds else 0.0}
         update_manifest(output, generation=result.extra)
-    if stage.engine is not None:
-        stage.engine.close()
     return result
 
 
@@ -152,11 +187,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="wrap string prompts as a user message (auto: when the model has a chat template)")
     p.add_argument("--system", help="system message prepended to chat prompts")
     p.add_argument("--batch-size", type=int, default=8, help="prompts per engine call")
-    p.add_argument("--shard-size", type=int, default=64, help="prompts per output shard (the unit of resume)")
+    p.add_argument("--shard-size", type=int, default=None, help=f"prompts per output shard, the unit of resume (default {GenerateStage.shard_size})")
     p.add_argument("--limit", type=int, help="use only the first N prompts")
     p.add_argument("--engine-option", action="append", default=[], metavar="KEY=VALUE",
                    help="extra engine option (JSON value), e.g. dtype=\"bfloat16\" or max_concurrency=16")
     p.add_argument("--overwrite", action="store_true", help="replace an output made with another config or input")
+    add_executor_arguments(p)
 
 
 def _parse_options(items: list[str]) -> dict[str, Any]:
@@ -188,6 +224,7 @@ def run(args: argparse.Namespace) -> int:
         prompt_column=args.prompt_column, template=args.template, chat=args.chat, system=args.system,
         batch_size=args.batch_size, engine_options=options,
     )
-    generate(cfg, args.input, args.output, overwrite=args.overwrite, shard_size=args.shard_size, limit=args.limit)
+    generate(cfg, args.input, args.output, overwrite=args.overwrite, shard_size=args.shard_size, limit=args.limit,
+             executor=executor_config(args))
     print(json.dumps(report(args.output)), file=sys.stdout)
     return 0

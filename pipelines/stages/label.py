@@ -24,12 +24,14 @@ import argparse
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from pipelines.core import dataset as ds
 from pipelines.errors import UserError
-from pipelines.core.runner import Shard, run_stage, update_manifest
+from pipelines.core.runner import Shard, execute, update_manifest
+from pipelines.core.stage import Stage
+from pipelines.executors import add_executor_arguments, executor_config
 from rewards.combine import parse_weights, total, unique_names
 from rewards.plugins import ERROR_PREFIX, Options, RewardFn, RewardSpecError, build
 
@@ -43,7 +45,7 @@ class LabelConfig:
     workers: int | None = None  # worker processes for math / code (their default when None)
     max_errors: int | None = None  # stop once more than this many rows errored in this run
     batch_size: int = 64  # rows per reward-function call
-    shard_size: int = 256  # rows per output shard (the unit of resume)
+    shard_size: int | None = None  # rows per output shard, the unit of resume (None: LabelStage.shard_size)
     device: str | None = None  # reward-model device
     allow_unsandboxed_code: bool = False  # run the code reward's untrusted programs with no isolation
     null_on_timeout: bool = False  # math / code: a checker timeout scores None instead of 0 (audits)
@@ -74,12 +76,7 @@ def load_rewards(cfg: LabelConfig) -> tuple[list[RewardFn], list[str], dict[str,
             fns.append(build(spec, options))
         except RewardSpecError as e:
             raise UserError(f"--reward {spec}: {e}") from None
-    names = unique_names([f.name for f in fns])
-    try:
-        weights = parse_weights(cfg.weights, names)
-    except ValueError as e:
-        raise UserError(f"--weight: {e}") from None
-    return fns, names, {n: weights.get(n, 1.0) for n in names}
+    return (fns, *_names_weights(cfg, fns))
 
 
 def label_rows(rows: list[dict], fns: list[RewardFn], names: list[str], weights: dict[str, float],
@@ -154,48 +151,96 @@ def format_summary(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def label(input: str, output: str, cfg: LabelConfig, *, overwrite: bool = False, progress: bool = True,
-          out=None) -> LabelResult:
-    """Run the label stage (Python API of `prefsmith label`); returns the summary also written to the manifest."""
-    out = out or sys.stdout
-    fns, names, weights = load_rewards(cfg)
-    required = ["prompt", "completion", *dict.fromkeys(c for f in fns for c in f.required)]
-    counts = {"rows": 0, "errors": 0}
+class LabelStage(Stage):
+    """`label` as a stage. The reward functions are built where the stage runs (a Ray replica builds its own
+    math workers and code sandboxes, sized to the CPUs it reserved); the driver builds them once first to check
+    every spec and to learn the names, weights and required columns before any work."""
 
-    def on_batch(n_rows: int, n_errors: int) -> None:
-        counts["rows"] += n_rows
-        counts["errors"] += n_errors
-        if cfg.max_errors is not None and counts["errors"] > cfg.max_errors:
-            raise UserError(f"stopped: {counts['errors']} rows errored in reward functions, more than "
-                            f"--max-errors {cfg.max_errors}. Finished shards are kept in {output}; fix the cause "
+    name = "label"
+    shard_size = 256
+    _runtime = ("fns", "counts")
+
+    def __init__(self, cfg: LabelConfig, fns: list[RewardFn] | None = None):
+        self.cfg = cfg
+        checked, self.names, self.weights = load_rewards(cfg) if fns is None else (fns, *_names_weights(cfg, fns))
+        self.needs = list(dict.fromkeys(c for f in checked for c in f.required))
+        self.sources = {f.spec: f.fingerprint for f in checked if f.fingerprint}
+        self.fns = checked  # used as they are when the stage runs in this process
+        self.counts = {"rows": 0, "errors": 0}
+        self.cpus: int | None = None  # set by an executor replica: the CPUs it reserved
+
+    def config(self) -> dict:
+        # Only what changes the values goes into the fingerprint, so a resume may change workers or batch size.
+        return {"rewards": list(self.cfg.rewards), "names": self.names, "weights": self.weights,
+                **({"null_on_timeout": True} if self.cfg.null_on_timeout else {})}  # absent when off: old outputs resume
+
+    def required(self) -> list[str]:
+        return ["prompt", "completion", *self.needs]
+
+    def setup(self) -> None:
+        if self.fns is None:
+            cfg = self.cfg if self.cfg.workers or not self.cpus else replace(self.cfg, workers=self.cpus)
+            self.fns, _, _ = load_rewards(cfg)
+        if self.counts is None:
+            self.counts = {"rows": 0, "errors": 0}
+
+    def process(self, rows: list[dict], shard: Shard) -> dict:
+        errors = [0]
+
+        def tick(n_rows: int, n_errors: int) -> None:
+            shard.tick(n_rows)
+            errors[0] += n_errors
+            self.counts["errors"] += n_errors
+            self._stop_if_over(self.counts["errors"])
+
+        out = label_rows(rows, self.fns, self.names, self.weights, self.cfg.batch_size, tick)
+        return {"rows": out, "stats": {"rows": len(rows), "error_rows": errors[0]}}
+
+    def check(self, stats: dict) -> None:  # the driver's count over every replica's shards of this run
+        self._stop_if_over(int(stats.get("error_rows", 0)))
+
+    def _stop_if_over(self, errors: int) -> None:
+        limit = self.cfg.max_errors
+        if limit is not None and errors > limit:
+            raise UserError(f"stopped: {errors} rows errored in reward functions, "
+                            f"more than --max-errors {limit}. Finished shards are kept; fix the cause "
                             "and rerun the same command to continue (rows already written keep their nulls; "
                             "use --overwrite to score everything again).")
 
-    def process(rows: list[dict], shard: Shard) -> list[dict]:
-        def tick(n_rows: int, n_errors: int) -> None:
-            shard.tick(n_rows)
-            on_batch(n_rows, n_errors)
+    def close(self) -> None:
+        for f in self.fns or []:
+            f.close()
+        self.fns = None
 
-        return label_rows(rows, fns, names, weights, cfg.batch_size, tick)
 
-    # Only what changes the values goes into the fingerprint, so a resume may change workers or batch size.
-    config = {"rewards": list(cfg.rewards), "names": names, "weights": weights,
-              **({"null_on_timeout": True} if cfg.null_on_timeout else {})}  # absent when off: old outputs resume
+def _names_weights(cfg: LabelConfig, fns: list[RewardFn]) -> tuple[list[str], dict[str, float]]:
+    names = unique_names([f.name for f in fns])
+    try:
+        weights = parse_weights(cfg.weights, names)
+    except ValueError as e:
+        raise UserError(f"--weight: {e}") from None
+    return names, {n: weights.get(n, 1.0) for n in names}
+
+
+def label(input: str, output: str, cfg: LabelConfig, *, overwrite: bool = False, progress: bool = True,
+          out=None, executor=None) -> LabelResult:
+    """Run the label stage (Python API of `prefsmith label`); returns the summary also written to the manifest."""
+    out = out or sys.stdout
+    stage = LabelStage(cfg)
     t0 = time.time()
     try:
-        result = run_stage("label", process, config, input, output, required=required, shard_size=cfg.shard_size,
-                           overwrite=overwrite, progress=progress)
+        result = execute(stage, input, output, shard_size=cfg.shard_size, overwrite=overwrite, progress=progress,
+                     executor=executor)
     finally:
-        for f in fns:
-            f.close()
+        stage.close()  # the reward functions the driver built (a replica closes its own)
     seconds = time.time() - t0
-    summary = summarize(output, names, weights)
+    summary = summarize(output, stage.names, stage.weights)
     if not result.skipped:
-        summary.update(rows_this_run=counts["rows"], seconds=round(seconds, 3),
-                       rows_per_s=round(counts["rows"] / seconds, 2) if seconds > 0 else None)
-        sources = {f.spec: f.fingerprint for f in fns if f.fingerprint}
+        rows = int(result.extra["run_stats"].get("rows", 0))
+        summary.update(rows_this_run=rows, seconds=round(seconds, 3),
+                       rows_per_s=round(rows / seconds, 2) if seconds > 0 else None)
         update_manifest(output, summary=summary, run={k: v for k, v in asdict(cfg).items() if k != "rewards"},
-                        **({"reward_sources": sources} if sources else {}))
+                        **({"reward_sources": stage.sources} if stage.sources else {}))
     print(format_summary(summary), file=out)
     return LabelResult(str(output), summary, result.skipped)
 
@@ -217,7 +262,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-errors", type=int, default=None,
                    help="stop once more than N rows errored in reward functions (default: never stop)")
     p.add_argument("--batch-size", type=int, default=64, help="rows per reward-function call (default 64)")
-    p.add_argument("--shard-size", type=int, default=256, help="rows per output shard, the unit of resume")
+    p.add_argument("--shard-size", type=int, default=None, help=f"rows per output shard, the unit of resume (default {LabelStage.shard_size})")
     p.add_argument("--device", default=None, help="device for rm: rewards (default: cuda if available, else cpu)")
     p.add_argument("--i-know-this-runs-untrusted-code-unsandboxed", dest="allow_unsandboxed_code",
                    action="store_true", help="code reward: run model-written programs with NO isolation")
@@ -225,11 +270,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="math/code: a checker timeout scores null instead of 0 (default 0 with reason timeout)")
     p.add_argument("--overwrite", action="store_true", help="replace an output made with another config")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_executor_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = LabelConfig(rewards=args.reward, weights=args.weight, workers=args.workers, max_errors=args.max_errors,
                       batch_size=args.batch_size, shard_size=args.shard_size, device=args.device,
                       allow_unsandboxed_code=args.allow_unsandboxed_code, null_on_timeout=args.null_on_timeout)
-    label(args.input, args.output, cfg, overwrite=args.overwrite, progress=not args.no_progress)
+    label(args.input, args.output, cfg, overwrite=args.overwrite, progress=not args.no_progress,
+          executor=executor_config(args))
     return 0
