@@ -1,0 +1,243 @@
+"""Online RL objectives as pure functions of per-token log-probs and masks (the offline ones are in
+trainers/objectives.py). Each variant is one function and one entry in a map, so a new one is one edit.
+
+Shapes: rewards and advantages (N,) with N = prompts × G (a prompt's G completions are consecutive); per-token
+tensors (B, T) with ``mask`` 1 on completion tokens that are trained. Conventions follow TRL 1.16's
+GRPOTrainer / RLOOTrainer (checked numerically in tests/test_rl_objectives.py); docs/online_rl.md gives each
+formula with its paper.
+
+    advantages:  ADVANTAGES[name](rewards, G, ...)            grpo | rloo | reinforce_pp
+    surrogate:   SURROGATES[name](ratio, logps, adv, ...)    clip | cispo             (per-token loss)
+    aggregation: AGGREGATIONS[name](per_token, mask, ...)    grpo | bnpo | dr_grpo | dapo
+    KL:          KL_ESTIMATORS[name](logps, ref_logps)       k1 | k2 | k3
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+EPS = 1e-4  # added to a std before dividing (TRL's constant)
+
+
+# ------------------------------------------------------------------------------------------ advantages
+def _grouped(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    if rewards.numel() % group_size:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
+    return rewards.view(-1, group_size)
+
+
+def _nanstd(x: torch.Tensor, dim: int | None = None, keepdim: bool = False) -> torch.Tensor:
+    """Sample standard deviation (n - 1) ignoring NaNs, as TRL's ``nanstd``."""
+    mean = torch.nanmean(x, dim=dim, keepdim=True) if dim is not None else torch.nanmean(x)
+    count = (~torch.isnan(x)).sum(dim=dim, keepdim=keepdim) if dim is not None else (~torch.isnan(x)).sum()
+    var = torch.nansum((x - mean) ** 2, dim=dim, keepdim=keepdim) if dim is not None else torch.nansum((x - mean) ** 2)
+    return torch.sqrt(var / (count - 1).clamp(min=1))
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group") -> torch.Tensor:
+    """GRPO (Shao et al. 2024, arXiv:2402.03300, §4.1.2): A_i = (r_i - mean(group)) / (std + ε).
+
+    ``scale``: ``group`` divides by the group's std (GRPO); ``batch`` by the whole batch's std (as REINFORCE++
+    and TRL's ``scale_rewards="batch"``); ``none`` does not divide (Dr. GRPO, Liu et al. 2025,
+    arXiv:2503.20783: the std makes easy and hard prompts weigh more). A NaN reward (null: the data or the
+    checker failed) is left out of its group's statistics and gets advantage 0.
+    """
+    if scale not in ("group", "batch", "none"):
+        raise ValueError(f"scale must be group, batch or none, got {scale!r}")
+    grouped = _grouped(rewards, group_size)
+    mean = torch.nanmean(grouped, dim=1, keepdim=True)
+    adv = grouped - mean
+    if scale == "group":
+        std = _nanstd(grouped, dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(mean)
+        adv = adv / (std + EPS)
+    elif scale == "batch":
+        std = _nanstd(rewards) if rewards.numel() > 1 else torch.zeros(())
+        adv = adv / (std + EPS)
+    return torch.nan_to_num(adv.reshape(-1), nan=0.0)
+
+
+def rloo_advantages(rewards: torch.Tensor, group_size: int, normalize: bool = False) -> torch.Tensor:
+    """RLOO (Ahmadian et al. 2024, arXiv:2402.14740): A_i = r_i - mean of the other G - 1 rewards.
+
+    NaN rewards are left out of the others' baselines and get advantage 0; ``normalize`` whitens the
+    advantages over the batch afterwards (TRL's ``normalize_advantages``)."""
+    grouped = _grouped(rewards, group_size)
+    ok = ~torch.isnan(grouped)
+    total = torch.nansum(grouped, dim=1, keepdim=True)
+    count = ok.sum(dim=1, keepdim=True)
+    if group_size > 1:
+        baseline = (total - torch.nan_to_num(grouped, nan=0.0)) / (count - ok.long()).clamp(min=1)
+        adv = grouped - baseline
+    else:
+        adv = torch.zeros_like(grouped)
+    adv = adv.reshape(-1)
+    if normalize:
+        adv = (adv - torch.nanmean(adv)) / (_nanstd(adv) + EPS)
+    return torch.nan_to_num(adv, nan=0.0)
+
+
+def reinforce_pp_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """REINFORCE++-baseline (Hu et al. 2025, arXiv:2501.03262): subtract the group mean, then whiten over the
+    whole batch (mean 0, std 1), so the scale does not depend on any one prompt's spread."""
+    centred = group_advantages(rewards, group_size, scale="none")
+    valid = ~torch.isnan(rewards)
+    if valid.sum() < 2:
+        return torch.zeros_like(centred)
+    v = centred[valid]
+    out = (centred - v.mean()) / (v.std() + EPS)
+    return torch.where(valid, out, torch.zeros_like(out))
+
+
+ADVANTAGES: dict[str, Callable[..., torch.Tensor]] = {
+    "grpo": group_advantages,
+    "rloo": rloo_advantages,
+    "reinforce_pp": reinforce_pp_advantages,
+}
+
+
+# ------------------------------------------------------------------------------------------ KL estimators
+def kl_k1(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
+    """log π/π_ref: unbiased, high variance, can be negative."""
+    return logps - ref_logps
+
+
+def kl_k2(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
+    """½ (log π/π_ref)²: low variance, biased; its gradient is the true KL's (Schulman 2020, "Approximating KL")."""
+    return 0.5 * (logps - ref_logps) ** 2
+
+
+def kl_k3(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
+    """π_ref/π - log(π_ref/π) - 1: unbiased and always >= 0 (GRPO's Eq. 4; TRL's)."""
+    d = ref_logps - logps
+    return torch.exp(d) - d - 1
+
+
+KL_ESTIMATORS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}
+
+
+# ------------------------------------------------------------------------------------------ surrogates
+def clip_surrogate(ratio: torch.Tensor, logps: torch.Tensor, adv: torch.Tensor, eps_low: float,
+                   eps_high: float) -> torch.Tensor:
+    """PPO's clipped objective (Schulman et al. 2017), with DAPO's clip-higher (Yu et al. 2025,
+    arXiv:2503.14476): -min(ρ A, clip(ρ, 1 - ε_low, 1 + ε_high) A)."""
+    return -torch.min(ratio * adv, torch.clamp(ratio, 1 - eps_low, 1 + eps_high) * adv)
+
+
+def cispo_surrogate(ratio: torch.Tensor, logps: torch.Tensor, adv: torch.Tensor, eps_low: float,
+                    eps_high: float) -> torch.Tensor:
+    """CISPO (MiniMax-M1, arXiv:2506.13585): REINFORCE with the importance weight clipped and detached,
+    -sg(min(ρ, ε_high)) A log π, so every token keeps a gradient (PPO's clip zeroes clipped tokens').
+    Here ``eps_high`` is the cap on ρ itself (TRL's convention for loss_type="cispo")."""
+    return -torch.clamp(ratio, max=eps_high).detach() * adv * logps
+
+
+SURROGATES: dict[str, Callable[..., torch.Tensor]] = {"clip": clip_surrogate, "cispo": cispo_surrogate}
+
+
+# ------------------------------------------------------------------------------------------ aggregation
+def agg_grpo(per_token: torch.Tensor, mask: torch.Tensor, **_) -> torch.Tensor:
+    """GRPO: mean over each sequence's tokens, then over sequences (a long completion's tokens weigh less)."""
+    return ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
+
+
+def agg_bnpo(per_token: torch.Tensor, mask: torch.Tensor, **_) -> torch.Tensor:
+    """Token mean over the local batch (every token weighs the same within a micro-batch)."""
+    return (per_token * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def agg_dr_grpo(per_token: torch.Tensor, mask: torch.Tensor, max_completion_length: int | None = None, **_) -> torch.Tensor:
+    """Dr. GRPO: token sum divided by a constant, B × max completion length (no length bias)."""
+    if not max_completion_length:
+        raise ValueError("dr_grpo aggregation needs max_completion_length")
+    return (per_token * mask).sum() / (per_token.size(0) * max_completion_length)
+
+
+def agg_dapo(per_token: torch.Tensor, mask: torch.Tensor, num_items: float | None = None, **_) -> torch.Tensor:
+    """DAPO: token sum divided by the number of completion tokens of the whole step (every micro-batch and
+    rank), so gradient accumulation and data parallelism give the gradient of one big batch."""
+    denom = mask.sum() if num_items is None else torch.as_tensor(num_items, dtype=per_token.dtype)
+    return (per_token * mask).sum() / denom.clamp(min=1.0)
+
+
+AGGREGATIONS: dict[str, Callable[..., torch.Tensor]] = {
+    "grpo": agg_grpo, "bnpo": agg_bnpo, "dr_grpo": agg_dr_grpo, "dapo": agg_dapo,
+}
+
+
+# ------------------------------------------------------------------------------------------ the loss
+@dataclass(frozen=True)
+class PolicyLossConfig:
+    loss: str = "dapo"  # aggregation: grpo | bnpo | dr_grpo | dapo
+    surrogate: str = "clip"  # clip | cispo
+    epsilon: float = 0.2  # ε_low
+    epsilon_high: float | None = None  # None: = epsilon (DAPO uses 0.28; CISPO's cap, e.g. 5.0)
+    importance_level: str = "token"  # token | sequence (GSPO, Zheng et al. 2025, arXiv:2507.18071)
+    beta: float = 0.0  # KL coefficient (0: no reference model, as TRL and DAPO)
+    kl: str = "k3"
+    # multiply the KL term by ρ, so its gradient is the unbiased reverse-KL gradient off-policy too
+    # (DeepSeek-V3.2, arXiv:2512.02556; TRL 1.16's use_bias_correction_kl, on by default there too)
+    kl_ratio_correction: bool = True
+    max_completion_length: int | None = None  # dr_grpo's constant
+
+    def __post_init__(self) -> None:
+        for value, table, what in ((self.loss, AGGREGATIONS, "loss"), (self.surrogate, SURROGATES, "surrogate"),
+                                   (self.kl, KL_ESTIMATORS, "kl")):
+            if value not in table:
+                raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(table)}")
+        if self.importance_level not in ("token", "sequence"):
+            raise ValueError(f"importance_level must be token or sequence, got {self.importance_level!r}")
+
+
+def policy_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                cfg: PolicyLossConfig, ref_logps: torch.Tensor | None = None, is_weights: torch.Tensor | None = None,
+                num_items: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """The policy-gradient loss of one micro-batch and its metrics.
+
+    ρ = exp(logπ - logπ_old) per token, or for ``importance_level="sequence"`` (GSPO) exp of the sequence's
+    mean log-ratio; per-token loss = surrogate(ρ, A) [× ``is_weights``, the truncated importance weights
+    against the sampler's own log-probs] + β KL(π‖π_ref) [× ρ, ``kl_ratio_correction``]; then the aggregation. ``num_items``: the step's
+    completion-token count (dapo).
+    """
+    mask = mask.to(logps.dtype)
+    adv = advantages.unsqueeze(-1) if advantages.dim() == 1 else advantages
+    log_ratio = logps - old_logps
+    if cfg.importance_level == "sequence":
+        log_ratio = ((log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).unsqueeze(-1)
+    ratio = torch.exp(log_ratio)
+    eps_high = cfg.epsilon if cfg.epsilon_high is None else cfg.epsilon_high
+    per_token = SURROGATES[cfg.surrogate](ratio, logps, adv, cfg.epsilon, eps_high)
+    if is_weights is not None:
+        per_token = per_token * is_weights
+    kl = None
+    if cfg.beta != 0.0:
+        if ref_logps is None:
+            raise ValueError("beta > 0 needs the reference model's log-probs")
+        kl = KL_ESTIMATORS[cfg.kl](logps, ref_logps)
+        per_token = per_token + cfg.beta * (kl * ratio if cfg.kl_ratio_correction else kl)
+    loss = AGGREGATIONS[cfg.loss](per_token, mask, max_completion_length=cfg.max_completion_length, num_items=num_items)
+
+    with torch.no_grad():
+        full = ratio.expand_as(mask)
+        n = mask.sum().clamp(min=1.0)
+        if cfg.surrogate == "clip":
+            low = ((full < 1 - cfg.epsilon) & (adv < 0)).to(mask.dtype)
+            high = ((full > 1 + eps_high) & (adv > 0)).to(mask.dtype)
+        else:
+            low = torch.zeros_like(mask)
+            high = (full > eps_high).to(mask.dtype)
+        metrics = {"clip_low": float((low * mask).sum() / n), "clip_high": float((high * mask).sum() / n),
+                   "ratio_mean": float((full * mask).sum() / n)}
+        if kl is not None:
+            metrics["kl"] = float((kl * mask).sum() / n)
+    return loss, metrics
+
+
+def truncated_is_weights(logps_old: torch.Tensor, sampler_logps: torch.Tensor, mask: torch.Tensor,
+                         cap: float = 2.0) -> torch.Tensor:
+    """Truncated importance sampling (Yao et al. 2025, "Your efficient RL framework secretly brings you
+    off-policy RL"): the sampler (vLLM) and the trainer compute different log-probs for the same tokens, so
+    weight each token by min(π_trainer/π_sampler, cap), detached. Masked positions get 1."""
+    w = torch.exp(logps_old - sampler_logps).clamp(max=cap)
+    return torch.where(mask.bool(), w, torch.ones_like(w)).detach()
