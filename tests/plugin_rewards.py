@@ -59,3 +59,17 @@ def slow_reward(prompts, completions, **columns):
             f.write(str(os.getpid()))
     time.sleep(float(os.environ.get("SLOW_S", "0.2")))
     return [1.0] * len(completions)
+
+
+def first_char_reward(prompts, completions, id, **columns):
+    """For online-RL tests: varies within a group (1.0 when the completion starts with a letter from a-m);
+    rows of prompts whose id ends in '0' all get 1.0 (zero variance); rows whose id ends in '-3' are null."""
+    out = []
+    for c, i in zip(completions, id):
+        if str(i).endswith("-3"):
+            out.append(None)
+        elif str(i).split("-")[0].endswith("0"):
+            out.append(1.0)
+        else:
+            out.append(1.0 if c[:1].lower() in "abcdefghijklm" else 0.0)
+    return out

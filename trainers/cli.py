@@ -11,6 +11,9 @@ import sys
 from trainers.config import ALGORITHMS, DPO_LOSSES, TrainConfig
 
 
+ONLINE = ("grpo", "rloo")  # trainers/grpo.py
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="prefsmith train", description="Train a model: sft | dpo | kto | rm.")
     p.add_argument("algorithm", choices=ALGORITHMS, help="sft, dpo (and variants via --loss), kto, rm")
@@ -99,6 +102,11 @@ def _user_errors() -> tuple[type[Exception], ...]:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point for `prefsmith train ...` (argv after `train`). Returns the exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ONLINE:  # the online loops parse their own options
+        from trainers import grpo
+
+        return grpo.main(list(argv[1:]), algo=argv[0])
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
         cfg = config_from_args(args)

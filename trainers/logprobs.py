@@ -31,10 +31,11 @@ def _decoder_and_head(model):
     return decoder, head
 
 
-def token_logps(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def token_logps(model, batch: dict[str, torch.Tensor], with_entropy: bool = False):
     """Per-token log-probs aligned with ``input_ids``: out[b, t] = log p(input_ids[b, t] | tokens < t).
 
     Shape (B, T), float32; zero where ``loss_mask`` is 0 (including position 0, which has no context).
+    With ``with_entropy`` also returns the policy's entropy at each scored position (detached), same shape.
     The vocabulary projection runs only at the positions that are scored (completion tokens): the (B, T, V)
     logits of prompts and padding, the largest tensor of a step for a real vocabulary, are never made.
     """
@@ -50,9 +51,17 @@ def token_logps(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         decoder, head = parts
         logits = head(decoder(**kwargs).last_hidden_state[:, :-1][mask]).float()
     # log_softmax gathered at the target, without materializing the full log-softmax twice
-    picked = torch.gather(logits, -1, targets[mask].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    lse = torch.logsumexp(logits, dim=-1)
+    picked = torch.gather(logits, -1, targets[mask].unsqueeze(-1)).squeeze(-1) - lse
     out = torch.zeros(mask.shape, dtype=picked.dtype, device=picked.device).masked_scatter(mask, picked)
-    return torch.nn.functional.pad(out, (1, 0))
+    out = torch.nn.functional.pad(out, (1, 0))
+    if not with_entropy:
+        return out
+    with torch.no_grad():  # H = -sum p log p at each scored position (a metric: no gradient)
+        logp = logits.detach() - lse.detach().unsqueeze(-1)
+        h = -(logp.exp() * logp).sum(-1)
+    ent = torch.zeros(mask.shape, dtype=h.dtype, device=h.device).masked_scatter(mask, h)
+    return out, torch.nn.functional.pad(ent, (1, 0))
 
 
 def sequence_logps(model, batch: dict[str, torch.Tensor], average: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
