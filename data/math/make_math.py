@@ -1,7 +1,8 @@
 """Write the built-in math word problems (train + held-out) with exact gold answers.
 
 Problems come from templates written for prefsmith, with numbers drawn from a fixed seed, so the set is
-reproducible: `python data/math/make_math.py` rewrites train.jsonl and heldout.jsonl byte for byte.
+reproducible: `python data/math/make_math.py` rewrites train.jsonl, heldout.jsonl and heldout_alt.jsonl (the
+same skills phrased with templates the training set never uses) byte for byte.
 Answers are exact: integers, reduced fractions (a/b) or terminating decimals.
 """
 from __future__ import annotations
@@ -142,19 +143,56 @@ MULTI_STEP = [t_add, t_sub_mul, t_money, t_share, t_fraction, t_percent, t_rate,
 TEMPLATES = [t for pair in zip(MULTI_STEP, EASY * 3) for t in pair]
 
 
-def make(n: int, seed: int, prefix: str, avoid: set[str]) -> list[dict]:
+# Held-out set 2: the same skills phrased with templates the training set never uses (other sentence shapes,
+# other nouns, other verbs), so a policy that only learned the training templates does not pass it.
+def a_add(r):
+    a, b = r.randint(1, 30), r.randint(1, 30)
+    thing = r.choice(["birds on a fence", "cars in a lot", "fish in a tank", "chairs in a room"])
+    return f"There are {a} {thing}. Then {b} more arrive. Count them all: how many are there?", a + b
+
+
+def a_sub(r):
+    a = r.randint(6, 40)
+    b = r.randint(1, a - 1)
+    return f"A shelf held {a} jars. Someone took {b} of them. What number of jars is still on the shelf?", a - b
+
+
+def a_mul(r):
+    rows_, per = r.randint(2, 9), r.randint(2, 9)
+    return f"Chairs stand in {rows_} rows of {per}. What is the total number of chairs?", rows_ * per
+
+
+def a_arith(r):
+    a, b = r.randint(2, 30), r.randint(2, 30)
+    word, op = r.choice([("the sum of", "+"), ("the difference between", "-"), ("the product of", "*")])
+    hi, lo = max(a, b), min(a, b)
+    return f"Compute {word} {hi} and {lo}.", eval(f"{hi} {op} {lo}")  # noqa: S307 (our own digits)
+
+
+def a_two_step(r):
+    start, gain, loss = r.randint(5, 30), r.randint(2, 20), r.randint(1, 5)
+    return (f"A library starts the day with {start} books on a cart, receives {gain} returns, and then "
+            f"shelves {loss} of them. How many books remain on the cart?"), start + gain - loss
+
+
+ALT_TEMPLATES = [a_add, a_sub, a_mul, a_arith, a_two_step]
+
+
+def make(n: int, seed: int, prefix: str, avoid: set[str], templates=None) -> list[dict]:
+    templates = templates or TEMPLATES
     r = random.Random(seed)
     rows, seen = [], set(avoid)
     for _attempt in range(100 * n):
         if len(rows) == n:
             break
-        template = TEMPLATES[len(rows) % len(TEMPLATES)]
+        template = templates[len(rows) % len(templates)]
         question, answer = template(r)
         if question in seen:
             continue
         seen.add(question)
         rows.append({"id": f"{prefix}-{len(rows):04d}", "prompt": question, "answer": fmt(Fraction(answer)),
-                     "kind": template.__name__[2:], "level": "easy" if template in EASY else "multi-step"})
+                     "kind": template.__name__[2:],
+                     "level": "easy" if template in EASY or template in ALT_TEMPLATES[:4] else "multi-step"})
     if len(rows) < n:
         raise RuntimeError(f"templates ran out of distinct problems after {len(rows)} of {n}")
     return rows
@@ -163,11 +201,13 @@ def make(n: int, seed: int, prefix: str, avoid: set[str]) -> list[dict]:
 def main() -> None:
     train = make(360, seed=2026, prefix="math-train", avoid=set())
     heldout = make(120, seed=7, prefix="math-heldout", avoid={row["prompt"] for row in train})
-    for name, rows in (("train.jsonl", train), ("heldout.jsonl", heldout)):
+    alt = make(120, seed=11, prefix="math-heldout-alt", avoid=set(), templates=ALT_TEMPLATES)
+    for name, rows in (("train.jsonl", train), ("heldout.jsonl", heldout), ("heldout_alt.jsonl", alt)):
         with open(HERE / name, "w") as f:
             for row in rows:
                 f.write(json.dumps(row) + "\n")
-    print(f"wrote {len(train)} train and {len(heldout)} held-out problems to {HERE}")
+    print(f"wrote {len(train)} train, {len(heldout)} held-out and {len(alt)} other-template held-out problems "
+          f"to {HERE}")
 
 
 if __name__ == "__main__":
