@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import importlib
 
-from rewards.result import RewardResult, completion_text, trl_reward
+from rewards.chat import completion_text
+from rewards.result import RewardResult, trl_reward
 
 _LAZY = {
     "math_reward": "rewards.math",

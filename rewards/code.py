@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from rewards.code_harness import boot_command, frames
-from rewards.result import RewardResult, completion_text, trl_reward
+from rewards.chat import completion_text
+from rewards.result import RewardResult, trl_reward
 from rewards.sandbox import Sandbox, SandboxLimits, SandboxRun
 
 TEST_STATUSES = ("passed", "failed", "compile_error", "runtime_error", "timeout", "memory_limit", "sandbox_error")

@@ -17,7 +17,8 @@ from __future__ import annotations
 import re
 from typing import Any, Sequence
 
-from rewards.result import RewardResult, completion_text, scores, trl_reward
+from rewards.chat import MessageError, completion_text
+from rewards.result import RewardResult, scores, trl_reward
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
@@ -27,7 +28,7 @@ def _texts(completions: Sequence[Any]) -> list[str | None]:
     for c in completions:
         try:
             out.append(completion_text(c))
-        except TypeError:
+        except MessageError:
             out.append(None)
     return out
 

@@ -31,7 +31,8 @@ from typing import Any, Sequence
 
 from rewards.extract import Extracted, extract_answer, gold_text, whole_answer
 from rewards.pool import WorkerPool
-from rewards.result import RewardResult, completion_text, trl_reward
+from rewards.chat import completion_text
+from rewards.result import RewardResult, trl_reward
 
 DEFAULT_TIMEOUT_S = 5.0
 CACHE_SIZE = 200_000

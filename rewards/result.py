@@ -17,17 +17,6 @@ class RewardResult:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def completion_text(completion: Any) -> str:
-    """Text of a completion in either TRL format: a plain string, or a list of chat messages."""
-    if isinstance(completion, str):
-        return completion
-    if isinstance(completion, list) and completion and isinstance(completion[-1], dict):
-        return str(completion[-1].get("content", ""))
-    if isinstance(completion, dict):
-        return str(completion.get("content", ""))
-    raise TypeError(f"completion must be a string or a list of messages, got {type(completion).__name__}")
-
-
 def scores(results: Sequence[RewardResult]) -> list[float | None]:
     return [r.score for r in results]
 

@@ -18,16 +18,14 @@ from __future__ import annotations
 import os
 from typing import Any, Sequence
 
-from rewards.result import RewardResult, completion_text, scores
+from rewards.chat import as_messages, completion_text, conversation_text, render_chat
+from rewards.result import RewardResult, scores
 
 DEVICE_ENV = "PREFSMITH_RM_DEVICE"
 
 
 def _messages(prompt: Any, completion: Any) -> list[dict[str, str]]:
-    if isinstance(prompt, str):
-        msgs = [{"role": "user", "content": prompt}]
-    else:
-        msgs = [{"role": m["role"], "content": m["content"]} for m in prompt]
+    msgs = [{"role": m["role"], "content": m["content"]} for m in as_messages(prompt, "user")]
     if isinstance(completion, list):
         msgs += [{"role": m.get("role", "assistant"), "content": m["content"]} for m in completion]
     else:
@@ -68,9 +66,8 @@ class RewardModel:
     def text(self, prompt: Any, completion: Any) -> str:
         """The exact string the model scores for one row."""
         if self.tokenizer.chat_template:
-            return self.tokenizer.apply_chat_template(_messages(prompt, completion), tokenize=False)
-        p = prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
-        return p + completion_text(completion)
+            return render_chat(self.tokenizer, _messages(prompt, completion))
+        return conversation_text(prompt) + completion_text(completion)  # a None prompt: TypeError, bad_completion
 
     def score_texts(self, texts: Sequence[str]) -> list[float | None]:
         """Scores of already-formatted texts; None where a text exceeds the model's context."""

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipelines.core.files import atomic_directory, atomic_write_json, atomic_write_text
+
 CHECKPOINT_DIR = "checkpoints"
 STATE_FILE = "trainer_state.json"
 
@@ -77,21 +79,18 @@ def save_checkpoint(
 ) -> Path:
     """Write a checkpoint for `state.step` (main process only) and prune all but the newest `keep`."""
     root = checkpoint_root(output)
-    root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(".step-*.tmp"):  # a save killed midway
+        shutil.rmtree(stale, ignore_errors=True)
     final = root / f"step-{state.step:08d}"
-    tmp = root / f".tmp-step-{state.step:08d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    torch.save(rng_states, tmp / "rng.pt")
-    (tmp / "prefsmith_train.json").write_text(config_json)
-    # The state file is the completeness marker: written last, inside the temp dir, before the rename.
-    (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+    with atomic_directory(final) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save(rng_states, tmp / "rng.pt")
+        atomic_write_text(tmp / "prefsmith_train.json", config_json)
+        # The state file is the completeness marker: written last, inside the temp dir, before the rename.
+        atomic_write_json(tmp / STATE_FILE, asdict(state))
     if keep > 0:
         for old in list_checkpoints(output)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)

@@ -10,6 +10,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipelines.core.files import atomic_write_text
+
 ALGORITHMS = ("sft", "dpo", "kto", "rm")
 DPO_LOSSES = ("sigmoid", "ipo", "hinge", "robust", "simpo", "orpo", "dpop")
 REFERENCE_FREE_LOSSES = ("simpo", "orpo")
@@ -115,7 +117,7 @@ class TrainConfig:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_json())
+        atomic_write_text(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | Path) -> "TrainConfig":

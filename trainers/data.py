@@ -4,11 +4,12 @@ Masks are built from the structure of the row (which message is an assistant tur
 ends), never by comparing token ids with the pad or eos id, so they stay right when pad == eos: the eos
 that closes an assistant turn is trained, padding is not (collate() marks padding by position).
 
-Chat rows go through the tokenizer's chat template once (the template adds any BOS itself, so the
-rendered text is tokenized with add_special_tokens=False). An assistant turn's tokens are those between
-the end of ``template(messages[:i], add_generation_prompt=True)`` and the end of
+Chat rows go through the tokenizer's chat template once (`rewards.chat.chat_ids`: the template adds any BOS
+itself, so the rendered text is tokenized with add_special_tokens=False). An assistant turn's tokens are those
+between the end of ``template(messages[:i], add_generation_prompt=True)`` and the end of
 ``template(messages[:i+1])``: the turn's content, its end-of-turn token and whatever the template puts
-after it (ChatML's newline), which is also what TRL trains for a single-turn completion.
+after it (ChatML's newline), which is also what TRL trains for a single-turn completion. A prompt's tokens
+are `rewards.chat.prompt_ids`, the ids the generation engines continue from.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Any
 
 import torch
 
-Messages = list[dict[str, Any]]
+from rewards.chat import Messages, as_messages, chat_ids, is_messages, prompt_ids
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -29,21 +30,16 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
-def _chat_ids(tokenizer, messages: Messages, add_generation_prompt: bool = False) -> list[int]:
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
 def _encode_chat(tokenizer, messages: Messages, train_from: int) -> tuple[list[int], list[int]]:
     """Token ids of a conversation and a mask that is 1 on assistant turns with index >= train_from."""
-    ids = _chat_ids(tokenizer, messages)
+    ids = chat_ids(tokenizer, messages)
     mask = [0] * len(ids)
     for i, message in enumerate(messages):
         if i < train_from or message.get("role") != "assistant":
             continue
-        head = _chat_ids(tokenizer, messages[:i], add_generation_prompt=True)
+        head = chat_ids(tokenizer, messages[:i], add_generation_prompt=True)
         start = _common_prefix(head, ids)
-        turn = _chat_ids(tokenizer, messages[: i + 1])
+        turn = chat_ids(tokenizer, messages[: i + 1])
         end = _common_prefix(turn, ids)
         # one merged token at a boundary is fine; more means the template is not prefix-stable
         if start < len(head) - 1 or end < len(turn) - 1:
@@ -58,7 +54,7 @@ def _encode_chat(tokenizer, messages: Messages, train_from: int) -> tuple[list[i
 
 
 def _check_messages(messages: Any, what: str) -> Messages:
-    if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m for m in messages):
+    if not is_messages(messages):
         raise ValueError(
             f"{what} must be a string or a list of {{role, content}} messages, got {type(messages).__name__}"
         )
@@ -86,14 +82,13 @@ def encode_prompt_completion(
             raise ValueError("a plain-text prompt needs a plain-text completion (got messages)")
         if add_eos and tokenizer.eos_token and not completion.endswith(tokenizer.eos_token):
             completion = completion + tokenizer.eos_token
-        prompt_ids = tokenizer(prompt)["input_ids"]
         ids = tokenizer(prompt + completion)["input_ids"]
-        n_prompt = _common_prefix(prompt_ids, ids)
+        n_prompt = _common_prefix(prompt_ids(tokenizer, prompt), ids)
         mask = [0] * n_prompt + [1] * (len(ids) - n_prompt)
     else:
         prompt = _check_messages(prompt, "prompt")
         if isinstance(completion, str):
-            completion = [{"role": "assistant", "content": completion}]
+            completion = as_messages(completion, "assistant")
         completion = _check_messages(completion, "completion")
         ids, mask = _encode_chat(tokenizer, prompt + completion, train_from=len(prompt))
         n_prompt = mask.index(1) if 1 in mask else len(ids)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from pipelines.core.files import atomic_write_json
 from trainers import checkpoint as ckpt
 from trainers.algorithms import Stats, StepContext, UserDataError, make_algorithm, REQUIRED_COLUMNS
 from trainers.config import TrainConfig
@@ -410,10 +411,10 @@ def train(cfg: TrainConfig) -> TrainResult:
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
         cfg.save(out / "prefsmith_train.json")
-        (out / "run_info.json").write_text(json.dumps({
+        atomic_write_json(out / "run_info.json", {
             "world_size": d.world, "device": str(d.device), "examples": len(examples),
             "eval_examples": len(eval_examples), "steps": total_steps, "steps_per_epoch": steps_per_epoch,
-            "ref_cache": ref_info, "resumed_from": str(resume_dir) if resume_dir else None}, indent=2))
+            "ref_cache": ref_info, "resumed_from": str(resume_dir) if resume_dir else None})
     log = MetricsLog(out, resume_step=state.step if resume_dir else None) if d.main else None
     ctx = StepContext(cfg=cfg, device=d.device, pad_id=tokenizer.pad_token_id)
 
@@ -484,7 +485,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     if d.main:
         _save_final(model, tokenizer, cfg)
         summary = {"steps": state.step, "train": last_train, "eval": last_eval, "ref_cache": ref_info}
-        (out / "train_result.json").write_text(json.dumps(summary, indent=2, default=float))
+        atomic_write_json(out / "train_result.json", summary, default=float)
         if cfg.plots:
             plot_run(out)
         _log(d, f"done: {state.step} steps; model and tokenizer saved to {out}")

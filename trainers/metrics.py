@@ -10,6 +10,8 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
+from pipelines.core.files import atomic_path, atomic_write_text
+
 METRICS_FILE = "metrics.jsonl"
 _NOT_PLOTTED = {"step", "epoch", "split", "time"}
 
@@ -19,12 +21,8 @@ class MetricsLog:
 
     def __init__(self, run_dir: str | Path, resume_step: int | None = None) -> None:
         self.path = Path(run_dir) / METRICS_FILE
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if resume_step is None:
-            self.path.write_text("")
-        else:
-            kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        kept = [] if resume_step is None else [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def write(self, record: dict) -> None:
         with self.path.open("a") as f:
@@ -91,7 +89,8 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         ax.legend()
         fig.tight_layout()
         path = out_dir / (name.replace("/", "_") + ".png")
-        fig.savefig(path, dpi=80)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=80, format="png")
         plt.close(fig)
         written.append(path)
     return written

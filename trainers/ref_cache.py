@@ -11,14 +11,14 @@ Default location: $PREFSMITH_CACHE/ref_logps or ~/.cache/prefsmith/ref_logps; `-
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 
 import torch
 
-_SAMPLE_BYTES = 1 << 20  # per sampled window of a weight file
+from pipelines.core.files import (atomic_path, atomic_write_json, fingerprint_files, fingerprint_json,
+                                  fingerprint_records)
+
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
 
@@ -27,51 +27,26 @@ def default_cache_dir() -> Path:
     return (Path(base) if base else Path.home() / ".cache" / "prefsmith") / "ref_logps"
 
 
-def _file_digest(path: Path) -> str:
-    """Size plus sha256 of up to 8 evenly spaced 1 MiB windows: fast on multi-GB shards, and any retrain,
-    re-save or different checkpoint changes it (full hashing would cost minutes on large models)."""
-    size = path.stat().st_size
-    h = hashlib.sha256(str(size).encode())
-    with path.open("rb") as f:
-        if size <= 8 * _SAMPLE_BYTES:
-            h.update(f.read())
-        else:
-            for i in range(8):
-                f.seek((size - _SAMPLE_BYTES) * i // 7)
-                h.update(f.read(_SAMPLE_BYTES))
-    return h.hexdigest()
-
-
 def model_fingerprint(model_path: str | Path) -> str:
-    """Fingerprint of a local model directory (config + weight files)."""
+    """Fingerprint of a local model directory: its config files whole, its weight files sampled (size and eight
+    1 MiB windows each: fast on multi-GB shards, and any retrain, re-save or other checkpoint changes it)."""
     path = Path(model_path)
     if not path.is_dir():
         raise FileNotFoundError(f"reference model {model_path!r} is not a local directory")
-    h = hashlib.sha256()
-    for name in ("config.json", "adapter_config.json"):
-        if (path / name).exists():
-            h.update(name.encode() + (path / name).read_bytes())
+    configs = [path / name for name in ("config.json", "adapter_config.json") if (path / name).exists()]
     weights = sorted(p for p in path.iterdir() if p.suffix in _WEIGHT_SUFFIXES and p.is_file())
     if not weights:
         raise FileNotFoundError(f"no weight files in {path}")
-    for w in weights:
-        h.update(w.name.encode() + _file_digest(w).encode())
-    return h.hexdigest()
+    return fingerprint_files([*configs, *weights], length=None, sampled=True)
 
 
 def features_hash(features: list[dict], keys: tuple[str, ...]) -> str:
     """Hash of the token ids / masks that will be scored, in order."""
-    h = hashlib.sha256()
-    for feat in features:
-        for key in keys:
-            h.update(key.encode())
-            h.update(json.dumps(feat[key]).encode())
-    return h.hexdigest()
+    return fingerprint_records(([key, feat[key]] for feat in features for key in keys), length=None)
 
 
 def cache_key(model_fp: str, data_hash: str, dtype: str, kind: str) -> str:
-    blob = json.dumps({"model": model_fp, "data": data_hash, "dtype": dtype, "kind": kind, "v": 1}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+    return fingerprint_json({"model": model_fp, "data": data_hash, "dtype": dtype, "kind": kind, "v": 1}, length=32)
 
 
 def load_cached(cache_dir: str | Path, key: str) -> torch.Tensor | None:
@@ -86,11 +61,8 @@ def load_cached(cache_dir: str | Path, key: str) -> torch.Tensor | None:
 
 def store_cached(cache_dir: str | Path, key: str, values: torch.Tensor, meta: dict) -> Path:
     """Atomically write the cached tensor and a small JSON sidecar describing it."""
-    cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    path = cache_dir / f"{key}.pt"
-    tmp = cache_dir / f".{key}.{os.getpid()}.tmp"
-    torch.save(values.cpu(), tmp)
-    tmp.replace(path)
-    (cache_dir / f"{key}.json").write_text(json.dumps(meta, indent=2))
+    path = Path(cache_dir) / f"{key}.pt"
+    with atomic_path(path) as tmp:
+        torch.save(values.cpu(), tmp)
+    atomic_write_json(path.with_suffix(".json"), meta)
     return path

@@ -18,7 +18,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.core import dataset as ds
-from pipelines.errors import UserError
+from rewards.chat import as_messages, completion_text, is_messages
+
+is_chat = is_messages  # the builders' name for it (pairs, kto, rft)
 
 # Builders do little work per row, so shards are larger than the runner's default: the cost of a shard is
 # then its atomic writes (fsync) and manifest update, not the rows.
@@ -33,15 +35,7 @@ SAMPLE_COLUMNS = frozenset({
 
 def input_schema(source: str) -> pa.Schema:
     """Schema of an input, reading only the Parquet footers when the input is Parquet."""
-    kind = ds._source_kind(str(source))
-    if kind == "parquet":
-        return pq.read_schema(source)
-    if kind == "dir":
-        files = ds.shard_files(source)
-        if not files:
-            raise UserError(f"{source}: no Parquet files found (expected {source}/data/part-*.parquet)")
-        return pa.unify_schemas([pq.read_schema(f) for f in files], promote_options="permissive")
-    return ds.load_table(source).schema
+    return ds.open_input(source).schema()
 
 
 def chat_column(schema: pa.Schema, column: str) -> bool:
@@ -51,16 +45,12 @@ def chat_column(schema: pa.Schema, column: str) -> bool:
 
 def normalize_text(text: str) -> str:
     """Collapse runs of whitespace to one space and strip the ends: 'a  b\\n' and 'a b' are the same text."""
-    return " ".join(str(text).split())
-
-
-def is_chat(prompt: Any) -> bool:
-    return isinstance(prompt, list) and bool(prompt) and isinstance(prompt[0], dict) and "role" in prompt[0]
+    return " ".join(text.split())
 
 
 def as_completion(prompt: Any, text: str) -> str | list[dict]:
     """TRL's formats: a conversational prompt gets a one-message assistant list, a text prompt a string."""
-    return [{"role": "assistant", "content": text}] if is_chat(prompt) else text
+    return as_messages(text, "assistant") if is_messages(prompt) else text
 
 
 def carried(row: dict) -> dict:
@@ -94,7 +84,7 @@ class Sample:
     row: dict
     reward: float
     order: int
-    text: str  # normalized completion
+    text: str  # the completion's text (rewards/chat.py), whitespace-normalized
 
     @property
     def id(self) -> str:
@@ -121,7 +111,8 @@ def score_rows(rows: list[dict], score: str = "reward") -> tuple[list[Sample], l
             skipped.append({"id": row_id(row, order), "prompt_id": row.get("prompt_id"), "reason": reason})
             continue
         row = row if row.get("id") is not None else {**row, "id": row_id(row, order)}
-        valid.append(Sample(row=row, reward=float(value), order=int(order), text=normalize_text(row["completion"])))
+        text = normalize_text(completion_text(row["completion"]))
+        valid.append(Sample(row=row, reward=float(value), order=int(order), text=text))
     return valid, skipped
 
 

@@ -1,7 +1,8 @@
 """The one interface every generation engine implements.
 
 Prompts are either plain strings (sent as-is) or chat message lists (rendered with the model's own chat
-template exactly once, by the engine or by the server). For each prompt an engine returns `n` samples.
+template exactly once, by the engine or by the server; `rewards.chat.prompt_ids`). For each prompt an engine
+returns `n` samples.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any, Protocol, Sequence, Union
 
 from pipelines.errors import UserError
+from rewards.chat import prompt_ids, render_chat
 
 Prompt = Union[str, list[dict[str, Any]]]
 
@@ -63,29 +65,15 @@ def derive_seed(seed: int, sample_idx: int) -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
-def is_chat(prompt: Prompt) -> bool:
-    return not isinstance(prompt, str)
-
-
 def render_prompt_ids(tokenizer: Any, prompt: Prompt) -> list[int]:
-    """Token ids the model sees for `prompt`.
-
-    A chat prompt is rendered with the tokenizer's chat template once, then tokenized without adding special
-    tokens (the template already holds any BOS). A string is tokenized with the tokenizer's usual special tokens,
-    as vLLM and the `completions` endpoint do. A chat ending in an assistant turn is continued, not closed.
-    """
-    if isinstance(prompt, str):
-        ids = list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
-        if not ids:
-            raise EngineError("empty prompt string (no tokens, and the tokenizer adds no BOS): drop or fill that row")
-        return ids
-    if not prompt:
+    """Token ids the model sees for `prompt`: `rewards.chat.prompt_ids`, the trainers' rendering too, with an
+    EngineError for a prompt that gives the model nothing to continue."""
+    if not isinstance(prompt, str) and not prompt:
         raise EngineError("empty chat prompt (no messages): give at least one {role, content} message")
-    continue_final = prompt[-1].get("role") == "assistant"
-    text = tokenizer.apply_chat_template(
-        list(prompt), tokenize=False, add_generation_prompt=not continue_final, continue_final_message=continue_final
-    )
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    ids = prompt_ids(tokenizer, prompt)
+    if not ids:
+        raise EngineError("empty prompt string (no tokens, and the tokenizer adds no BOS): drop or fill that row")
+    return ids
 
 
 _SENTINEL = "PREFSMITH_END_OF_TURN_PROBE"
@@ -98,7 +86,7 @@ def end_of_turn_id(tokenizer: Any) -> int | None:
         return None
     messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": _SENTINEL}]
     try:
-        text = tokenizer.apply_chat_template(messages, tokenize=False)
+        text = render_chat(tokenizer, messages)
     except Exception:  # templates may reject this probe (e.g. require a system turn); then there is none to add
         return None
     tail = text.split(_SENTINEL, 1)[-1]

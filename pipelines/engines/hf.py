@@ -102,11 +102,28 @@ class HFEngine:
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else self.stop_ids[0]
 
+    @classmethod
+    def wrap(cls, lm, tokenizer, device: str = "cpu", prompt_batch_size: int = 8) -> "HFEngine":
+        """An engine around a model already in memory (the online trainers' live policy: no copy, no reload).
+        Generation switches the model to eval mode; the caller switches it back to train."""
+        self = cls.__new__(cls)
+        self.model = getattr(lm, "name_or_path", "") or "in-memory"
+        self.options = HFOptions(device, "auto", prompt_batch_size, None)
+        self.device, self.tokenizer, self.lm = device, tokenizer, lm
+        self.stop_ids = stop_token_ids(tokenizer, lm.generation_config.eos_token_id)
+        pad = tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else self.stop_ids[0]
+        return self
+
+    def prompt_ids(self, prompt: Prompt) -> list[int]:
+        """The token ids generation continues from (the trainers' data path gives the same ids)."""
+        return render_prompt_ids(self.tokenizer, prompt)
+
     def generate(
         self, prompts: Sequence[Prompt], sampling: SamplingConfig, seeds: Sequence[int] | None = None
     ) -> list[list[Sample]]:
         seeds = per_prompt_seeds(len(prompts), sampling, seeds)
-        ids = [render_prompt_ids(self.tokenizer, p) for p in prompts]
+        ids = [self.prompt_ids(p) for p in prompts]
         size = max(1, self.options.prompt_batch_size)
         out: list[list[Sample]] = []
         for start in range(0, len(ids), size):
@@ -135,6 +152,7 @@ class HFEngine:
         sampler = None if greedy else _RowSampler(
             [derive_seed(seed, k) for seed in seeds for k in range(sampling.n)], sampling, self.device)
         processors = LogitsProcessorList([sampler] if sampler else [])
+        self.lm.eval()
         result = self.lm.generate(input_ids=input_ids, attention_mask=attention, generation_config=config,
                                   logits_processor=processors)
         new_tokens = result.sequences[:, width:]

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
+from pipelines.core.files import atomic_directory
 from pipelines.errors import UserError
 
 DEFAULT_NAME = "smollm2-135m-instruct"
@@ -64,13 +63,9 @@ def fetch_default(force: bool = False, log=lambda m: print(m, file=sys.stderr)) 
     if model.config.tie_word_embeddings:
         model.tie_weights()
     model.generation_config = quantized.generation_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{DEFAULT_NAME}."))
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(tmp, target)
+    with atomic_directory(target) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     return target
 
 

@@ -17,16 +17,17 @@ Servers differ, and the engine adapts:
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import random
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
-from .base import EngineError, Prompt, Sample, SamplingConfig, derive_seed, end_of_turn_id, is_chat, per_prompt_seeds
+from pipelines.core.files import atomic_write_json, fingerprint_json
+from rewards.chat import is_messages
+
+from .base import EngineError, Prompt, Sample, SamplingConfig, derive_seed, end_of_turn_id, per_prompt_seeds
 
 DEFAULT_BASE_URL = "http://localhost:8000/v1"
 DEFAULT_CACHE_DIR = Path("~/.cache/prefsmith/openai").expanduser()
@@ -147,7 +148,7 @@ class OpenAIEngine:
             sent_optional = bool(self.optional_fields)
             try:
                 async with gate:
-                    if is_chat(prompt):
+                    if is_messages(prompt):
                         response = await client.chat.completions.create(**body)
                     else:
                         response = await client.completions.create(**body)
@@ -182,23 +183,23 @@ class OpenAIEngine:
             model=self.model, temperature=sampling.temperature, top_p=sampling.top_p,
             max_tokens=sampling.max_new_tokens, n=n, seed=seed,
         )
-        if is_chat(prompt):
+        if is_messages(prompt):
             body["messages"] = list(prompt)
         else:
             body["prompt"] = prompt
         if "logprobs" in self.optional_fields:
-            body["logprobs"] = True if is_chat(prompt) else 1
+            body["logprobs"] = True if is_messages(prompt) else 1
         if "return_token_ids" in self.optional_fields:
             body["extra_body"] = {"return_token_ids": True}
         return body
 
     def _to_sample(self, prompt: Prompt, choice: dict[str, Any]) -> Sample:
-        text = (choice.get("message") or {}).get("content") if is_chat(prompt) else choice.get("text")
+        text = (choice.get("message") or {}).get("content") if is_messages(prompt) else choice.get("text")
         text = text or ""
         reason = choice.get("finish_reason") or "stop"
         finish = "length" if reason == "length" else "stop" if reason in _STOP_REASONS else f"error:{reason}"
         info = choice.get("logprobs") or {}
-        if is_chat(prompt):
+        if is_messages(prompt):
             logprobs = [float(t["logprob"]) for t in info.get("content") or []] or None
         else:
             logprobs = [float(x) for x in info.get("token_logprobs") or [] if x is not None] or None
@@ -214,7 +215,7 @@ class OpenAIEngine:
         ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
         if "\ufffd" in text or self.tokenizer.decode(ids, skip_special_tokens=True) != text:
             return None
-        stop = (end_of_turn_id(self.tokenizer) if is_chat(prompt) else None) or self.tokenizer.eos_token_id
+        stop = (end_of_turn_id(self.tokenizer) if is_messages(prompt) else None) or self.tokenizer.eos_token_id
         if finish == "stop" and stop is not None:
             ids.append(int(stop))
         if logprobs is not None and len(logprobs) != len(ids):
@@ -224,15 +225,11 @@ class OpenAIEngine:
     # ---- cache ----------------------------------------------------------------------------------------------------
 
     def _cache_key(self, prompt: Prompt, sampling: SamplingConfig, seed: int, sample_idx: int) -> str:
-        blob = json.dumps(
-            {
-                "base_url": self.base_url, "model": self.model, "prompt": prompt,
-                "temperature": sampling.temperature, "top_p": sampling.top_p,
-                "max_new_tokens": sampling.max_new_tokens, "seed": seed, "sample_idx": sample_idx,
-            },
-            sort_keys=True,
-        )
-        return hashlib.sha256(blob.encode()).hexdigest()
+        return fingerprint_json({
+            "base_url": self.base_url, "model": self.model, "prompt": prompt,
+            "temperature": sampling.temperature, "top_p": sampling.top_p,
+            "max_new_tokens": sampling.max_new_tokens, "seed": seed, "sample_idx": sample_idx,
+        }, length=None)
 
     def _cache_path(self, key: str) -> Path:
         assert self.cache_dir is not None
@@ -251,11 +248,7 @@ class OpenAIEngine:
         """Store a finished sample (never an error one) and return it."""
         if self.cache_dir is None or sample.finish_reason.startswith("error:"):
             return sample
-        path = self._cache_path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
-            json.dump(asdict(sample), tmp)
-        os.replace(tmp.name, path)
+        atomic_write_json(self._cache_path(key), asdict(sample), indent=None)
         return sample
 
 

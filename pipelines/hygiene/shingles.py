@@ -18,36 +18,26 @@ pandas' SipHash-based `hash_array` with its fixed key; an n-gram's hash is a pol
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.errors import UserError
+from rewards.chat import conversation_text
 
 _POLY = np.uint64(0x9E3779B97F4A7C15)  # odd multiplier of the n-gram polynomial
 HASH_SCHEME = "siphash-words/poly-splitmix64/v1"  # recorded in persisted indexes
 
 
 # --------------------------------------------------------------------------------------- field -> text
-def value_text(value: Any) -> str | None:
-    """Text of one field value: a string, or a chat-message list (contents joined by newlines)."""
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, (list, tuple)):
-        parts = []
-        for m in value:
-            if not isinstance(m, dict) or "content" not in m:
-                raise ValueError("a message list must hold {role, content} objects")
-            parts.append(value_text(m["content"]) or "")
-        return "\n".join(parts)
-    raise ValueError(f"expected a string or a list of {{role, content}} messages, got {type(value).__name__}")
+value_text = conversation_text  # one field value as text (raises a ValueError on a non-text value)
 
 
 def column_text(column: pa.Array | pa.ChunkedArray, name: str, where: str) -> pa.Array:
-    """A string column, or a chat-message list column turned into one string per row (contents joined by
-    newlines). `where` names the file for error messages."""
+    """A string column, or a chat-message list column turned into one string per row: `conversation_text`
+    (rewards/chat.py) on a whole Arrow column. `where` names the file for error messages."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
     t = column.type

@@ -24,7 +24,9 @@ import numpy as np
 import pyarrow as pa
 
 from pipelines.core.dataset import load_table
+from pipelines.core.files import atomic_path
 from pipelines.errors import UserError
+from rewards.chat import conversation_text
 
 QUANTILES = (0, 10, 25, 50, 75, 90, 99, 100)
 MAX_DISCRETE = 10
@@ -59,10 +61,14 @@ def detect_kind(columns: Sequence[str]) -> str:
                     "expected completion, reward, chosen/rejected, label or messages")
 
 
-def _text(value: Any) -> str:
-    if isinstance(value, list):  # messages
-        return " ".join(str(m.get("content", "")) for m in value if isinstance(m, dict))
-    return "" if value is None else str(value)
+def _words(value: Any) -> int:
+    """Whitespace words of a text or message-list field (its whole text, rewards/chat.py)."""
+    return len((conversation_text(value) or "").split())
+
+
+def _assistant_turns(conversations: list) -> list[list[dict]]:
+    """Each SFT conversation's assistant messages: the part of it that is trained."""
+    return [[m for m in x if m.get("role") == "assistant"] for x in conversations]
 
 
 def distribution(values: Sequence[float]) -> dict:
@@ -85,7 +91,7 @@ def _num(v: float) -> str:
 
 def lengths(column: list, ids: list | None = None) -> dict:
     """Length percentiles: tokens when ids are given, else whitespace words."""
-    values = [len(x) for x in ids if x is not None] if ids is not None else [len(_text(x).split()) for x in column]
+    values = [len(x) for x in ids if x is not None] if ids is not None else [_words(x) for x in column]
     if not values:
         return {"count": 0}
     arr = np.asarray(values, dtype=float)
@@ -150,7 +156,7 @@ def compute_stats(table: pa.Table, ks: Sequence[int] = (1, 4, 8), pass_threshold
     elif "completion" in cols:
         stats["completion_length"] = lengths(col("completion"))
     elif "messages" in cols:
-        stats["completion_length"] = lengths([[m for m in x if m.get("role") == "assistant"] for x in col("messages")])
+        stats["completion_length"] = lengths(_assistant_turns(col("messages")))
     if "finish_reason" in cols:
         stats["finish_reasons"] = dict(Counter(str(x) for x in col("finish_reason")).most_common())
     if "source" in cols:
@@ -204,23 +210,22 @@ def plot(table: pa.Table, stats: dict, path: str | Path) -> Path:
         left.set_axis_off()
     if kind == "pairs":
         for name in ("chosen", "rejected"):
-            right.hist([len(_text(x).split()) for x in col(name)], bins=30, alpha=0.6, label=name)
+            right.hist([_words(x) for x in col(name)], bins=30, alpha=0.6, label=name)
         right.legend()
         right.set_title("length (words)")
     elif "completion_ids" in cols:
         right.hist([len(x) for x in col("completion_ids") if x is not None], bins=30)
         right.set_title("completion length (tokens)")
     elif "completion" in cols or "messages" in cols:
-        values = col("completion") if "completion" in cols else [
-            [m for m in x if m.get("role") == "assistant"] for x in col("messages")]
-        right.hist([len(_text(x).split()) for x in values], bins=30)
+        values = col("completion") if "completion" in cols else _assistant_turns(col("messages"))
+        right.hist([_words(x) for x in values], bins=30)
         right.set_title("completion length (words)")
     else:
         right.set_axis_off()
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
     return path
 
