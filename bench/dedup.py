@@ -1,6 +1,7 @@
 """Benchmark: `prefsmith dedup` against datatrove's MinHash dedup on one synthetic corpus with planted pairs.
 
-    .venv/bin/python bench/dedup.py [--docs 100000] [--threshold 0.8] [--workdir /tmp/dedup-bench]
+    .venv/bin/python bench/dedup.py [--docs 100000] [--threshold 0.8] [--workdir /tmp/dedup-bench] \
+        [--no-datatrove] [--executor local|ray] [--bucket-mb 64]
 
 The corpus: documents of 100-300 words drawn from a 30k-word vocabulary with Zipf frequencies. Most are
 originals; `--near` of them are copies of an original placed *just above* the threshold, `--far` are copies
@@ -15,7 +16,9 @@ are one row of a planted duplicate pair (one per pair) over all removals; hard n
 below-threshold pairs of which a row was removed.
 
 Both tools use 5-word shingles and the same LSH banding (the bands x rows prefsmith derives from the threshold,
-18 x 6 for 0.8 / 128), one process each, reading a file and writing kept rows. Datatrove runs its four
+18 x 6 for 0.8 / 128), one process each, reading a file and writing kept rows. prefsmith runs as its own
+`prefsmith dedup` process, so its peak RSS (the VmHWM of that process: the dedup alone, not the corpus this
+script holds) is measured; `--no-datatrove` skips datatrove (about 190 docs/s here: hours at 1M docs). Datatrove runs its four
 stages (signatures, buckets, clustering, filter) with LocalPipelineExecutor in a temp directory; it removes
 every LSH candidate without checking its similarity, prefsmith checks each candidate's exact Jaccard.
 """
@@ -25,6 +28,7 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +40,7 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines.hygiene.dedup import DedupConfig, choose_banding, dedup, s_curve  # noqa: E402
+from pipelines.hygiene.dedup import choose_banding, s_curve  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------ corpus
@@ -127,15 +131,31 @@ def score(removed: set[str], ids: list[str], groups: dict[int, list[int]]) -> tu
 
 
 # ------------------------------------------------------------------------------------------ runners
-def run_ours(src: Path, out: Path, threshold: float, num_perm: int) -> tuple[float, set[str]]:
+def run_ours(src: Path, out: Path, threshold: float, num_perm: int, extra: list[str]) -> tuple[float, set[str], int]:
+    """`prefsmith dedup` as a child process: (seconds, removed ids, peak RSS of that process in bytes).
+
+    The peak is the child's own VmHWM, polled every 20 ms: a forked child's `ru_maxrss` also counts the pages
+    it shared with this process (the corpus) before its exec."""
+    cmd = [str(Path(sys.executable).parent / "prefsmith"), "dedup", "--input", str(src), "--output", str(out),
+           "--field", "text", "--threshold", str(threshold), "--ngram", "5", "--num-perm", str(num_perm),
+           "--overwrite", "--no-progress", *extra]
     t0 = time.perf_counter()
-    dedup(str(src), str(out), DedupConfig(field="text", threshold=threshold, ngram=5, num_perm=num_perm),
-          overwrite=True, progress=False, log=lambda m: None)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    peak = 0
+    while proc.poll() is None:
+        try:
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+            peak = max(peak, int(status.split("VmHWM:")[1].split()[0]) * 1024)
+        except (OSError, IndexError):  # exiting
+            pass
+        time.sleep(0.02)
     dt = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"prefsmith dedup failed: {' '.join(cmd)}")
     removed = set()
     for f in sorted((out / "removed" / "data").glob("*.parquet")):
         removed.update(pq.read_table(f, columns=["id"]).column("id").to_pylist())
-    return dt, removed
+    return dt, removed, peak
 
 
 def _patch_xxhash() -> None:
@@ -189,6 +209,9 @@ def main() -> None:
     ap.add_argument("--num-perm", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--no-datatrove", action="store_true", help="run prefsmith only")
+    ap.add_argument("--executor", default="local", help="prefsmith's --executor (local | ray)")
+    ap.add_argument("--bucket-mb", default=None, help="prefsmith's --bucket-mb")
     args = ap.parse_args()
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="dedup-bench-"))
@@ -205,10 +228,11 @@ def main() -> None:
           f"{jf.min():.3f}-{jf.max():.3f} (mean {jf.mean():.3f}); built in {time.perf_counter() - t0:.1f}s")
     table = pa.table({"id": ids, "text": texts})
     pq.write_table(table, work / "corpus.parquet")
-    with open(work / "corpus.jsonl", "w") as f:
-        for i, t in zip(ids, texts):
-            f.write(json.dumps({"id": i, "text": t}) + "\n")
-    del table
+    if not args.no_datatrove:
+        with open(work / "corpus.jsonl", "w") as f:
+            for i, t in zip(ids, texts):
+                f.write(json.dumps({"id": i, "text": t}) + "\n")
+    del table, texts
 
     bands, rows = choose_banding(args.threshold, args.num_perm)
     curve = ", ".join(f"P({j})={v:.4f}" for j, v in s_curve(args.threshold, bands, rows).items())
@@ -216,11 +240,15 @@ def main() -> None:
           f"(datatrove: num_buckets={bands}, hashes_per_bucket={rows}); "
           f"P(candidate): {curve}")
 
-    results = {}
-    t_ours, rem_ours = run_ours(work / "corpus.parquet", work / "ours", args.threshold, args.num_perm)
-    results["prefsmith dedup"] = (t_ours, rem_ours)
-    t_dt, rem_dt = run_datatrove(work / "corpus.jsonl", work / "datatrove", bands, rows)
-    results["datatrove minhash"] = (t_dt, rem_dt)
+    extra = ["--executor", args.executor] + (["--bucket-mb", args.bucket_mb] if args.bucket_mb else [])
+    t_ours, rem_ours, rss = run_ours(work / "corpus.parquet", work / "ours", args.threshold, args.num_perm, extra)
+    manifest = json.loads((work / "ours" / "manifest.json").read_text())
+    print(f"prefsmith dedup: peak RSS {rss / 2**30:.2f} GiB; "
+          f"clustering {manifest['clustering']}")
+    results = {"prefsmith dedup": (t_ours, rem_ours)}
+    if not args.no_datatrove:
+        t_dt, rem_dt = run_datatrove(work / "corpus.jsonl", work / "datatrove", bands, rows)
+        results["datatrove minhash"] = (t_dt, rem_dt)
 
     print(f"\n{'tool':<20} {'seconds':>8} {'docs/s':>9} {'removed':>8} {'recall@t+.04':>13} {'precision':>10} "
           f"{'negatives merged@t-.1':>22} {'FP':>6} {'FN':>6}")
@@ -231,7 +259,8 @@ def main() -> None:
         merged = sum(1 for a, b in negatives if a in gone or b in gone)
         print(f"{name:<20} {dt:>8.1f} {len(ids) / dt:>9.0f} {len(removed):>8} {r:>13.4f} {p:>10.4f} "
               f"{merged:>9} of {len(negatives):<9} {fp:>6} {fn:>6}")
-    print(f"\nspeed ratio (prefsmith / datatrove docs/s): {t_dt / t_ours:.2f}x")
+    if not args.no_datatrove:
+        print(f"\nspeed ratio (prefsmith / datatrove docs/s): {t_dt / t_ours:.2f}x")
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
 

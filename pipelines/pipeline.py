@@ -18,7 +18,6 @@ that finished with the same arguments is recorded in `workdir/pipeline_state.jso
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
@@ -27,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from pipelines.core.dataset import atomic_write_bytes
+from pipelines.core.files import atomic_write_json, fingerprint_json
 from pipelines.errors import UserError
 
 POSITIONAL = {"export": ("input", "output"), "stats": ("input",)}
@@ -131,7 +130,7 @@ def run_pipeline(path: str, only: list[str] | None = None, overwrite: bool = Fal
             continue
         if overwrite and stage["command"] not in ("train", "stats", "export"):
             argv.append("--overwrite")
-        key = hashlib.sha256(json.dumps(argv).encode()).hexdigest()[:16]
+        key = fingerprint_json(argv)
         if stage["command"] in TRAIN_COMMANDS and state.get(stage["name"]) == key:
             print(f"[run] {stage['name']}: already done with these arguments; skipping", file=sys.stderr)
             continue
@@ -141,7 +140,7 @@ def run_pipeline(path: str, only: list[str] | None = None, overwrite: bool = Fal
         if status != 0:
             raise UserError(f"stage {stage['name']!r} failed with status {status}; fix it and rerun: finished stages are skipped")
         state[stage["name"]] = key
-        atomic_write_bytes(state_path, json.dumps(state, indent=2).encode())
+        atomic_write_json(state_path, state)
         print(f"[run] {stage['name']}: done in {time.time() - t0:.1f}s -> {outputs[stage['name']]}", file=sys.stderr)
     return outputs
 

@@ -29,10 +29,11 @@ import pyarrow as pa
 from pipelines.core import dataset as ds
 from pipelines.errors import UserError
 from pipelines.builders.samples import (SHARD_SIZE, Sample, as_completion, carried, chat_column, count_by, group_rows,
-                                input_schema, is_chat, read_side, score_rows)
+                                input_schema, read_side, score_rows)
 from pipelines.core.runner import MARKERS, Shard, execute, update_manifest
 from pipelines.core.stage import Stage
 from pipelines.executors import add_executor_arguments, executor_config
+from rewards.chat import as_messages, is_messages
 
 KEEP = ("best", "all-correct")
 
@@ -83,9 +84,7 @@ def choose(valid: list[Sample], keep: str, min_reward: float) -> tuple[list[Samp
 
 
 def to_messages(prompt, completion) -> list[dict]:
-    head = list(prompt) if is_chat(prompt) else [{"role": "user", "content": prompt}]
-    tail = list(completion) if is_chat(completion) else [{"role": "assistant", "content": completion}]
-    return head + tail
+    return as_messages(prompt, "user") + as_messages(completion, "assistant")
 
 
 def selected_row(s: Sample, fmt: str) -> dict:
@@ -140,7 +139,7 @@ def mix_rows(other: pa.Table, n: int, seed: int, fmt: str, name: str) -> list[di
         if fmt == "messages":
             body = {"messages": r["messages"] if "messages" in r else to_messages(r["prompt"], r["completion"])}
         else:
-            completion = r["completion"] if is_chat(r["completion"]) else as_completion(r["prompt"], r["completion"])
+            completion = r["completion"] if is_messages(r["completion"]) else as_completion(r["prompt"], r["completion"])
             body = {"prompt": r["prompt"], "completion": completion}
         out.append({**body, "id": str(r["id"]) if r.get("id") is not None else f"{name}-{i}",
                     "prompt_id": None, "reward": None, "source": f"mix:{name}"})

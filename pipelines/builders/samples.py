@@ -20,7 +20,6 @@ import pyarrow.parquet as pq
 from pipelines.core import dataset as ds
 from rewards.chat import as_messages, completion_text, is_messages
 
-is_chat = is_messages  # the builders' name for it (pairs, kto, rft)
 
 # Builders do little work per row, so shards are larger than the runner's default: the cost of a shard is
 # then its atomic writes (fsync) and manifest update, not the rows.

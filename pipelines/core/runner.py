@@ -17,8 +17,6 @@ are renamed into place (a shard with no output rows writes no Parquet file, only
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import shutil
 import sys
 import time
@@ -30,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.core import dataset as ds
+from pipelines.core.files import fingerprint_json
 from pipelines.errors import UserError
 
 FORMAT_VERSION = 1
@@ -57,9 +56,8 @@ class StageResult:
 
 
 def config_fingerprint(stage: str, config: dict, input_fp: str, shard_size: int, group_by: str | None) -> str:
-    blob = json.dumps({"stage": stage, "config": config, "input": input_fp, "shard_size": shard_size,
-                       "group_by": group_by, "format": FORMAT_VERSION}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return fingerprint_json({"stage": stage, "config": config, "input": input_fp, "shard_size": shard_size,
+                             "group_by": group_by, "format": FORMAT_VERSION})
 
 
 def plan_shards(table: pa.Table, shard_size: int, group_by: str | None) -> list[tuple[int, int]]:

@@ -32,6 +32,7 @@ from pipelines.errors import UserError
 from pipelines.core.runner import Shard, execute, update_manifest
 from pipelines.core.stage import Stage
 from pipelines.executors import add_executor_arguments, executor_config
+from rewards.chat import conversation_text
 
 STAGE = "decontaminate"
 AUTO_FIELDS = ("prompt", "question", "problem")
@@ -83,7 +84,7 @@ def _from_file(path: str, field: str | None, name: str) -> EvalSet:
     texts = []
     for i, v in enumerate(table.column(field).to_pylist()):
         try:
-            texts.append(tx.value_text(v) or "")
+            texts.append(conversation_text(v) or "")
         except ValueError as e:
             raise UserError(f"--against {path}: row {i}: column {field!r}: {e}") from None
     return EvalSet(name, path, field, ds.fingerprint(path), ids, texts)
@@ -163,7 +164,7 @@ def decontaminate_rows(rows: list[dict], index: EvalIndex, field: str, where: st
     texts = []
     for i, r in enumerate(rows):
         try:
-            texts.append(tx.value_text(r[field]) or "")
+            texts.append(conversation_text(r[field]) or "")
         except ValueError as e:
             raise UserError(f"{where}: row {start + i}: column {field!r}: {e}") from None
     kept, removed = [], []

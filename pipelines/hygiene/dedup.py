@@ -5,21 +5,28 @@ n-gram shingle sets is >= `--threshold`. MinHash LSH only proposes candidates; e
 with the exact Jaccard, and the banding is derived from the threshold so that a pair at exactly the
 threshold becomes a candidate with probability >= 0.995 (`choose_banding`).
 
-pass 1a  per input batch (one *signature shard*, resumable): normalize the `--field` text (pipelines.hygiene.shingles),
-         hash it (exact key), build the sorted set of shingle hashes and the MinHash band keys. Written to
-         OUTPUT/.dedup/ with a done marker last, so a killed run recomputes only unfinished shards.
-pass 1b  row by row, in input order: a row whose exact key was seen joins that cluster (`exact`); otherwise
-         the LSH tables propose representatives, the row joins the one with the highest exact Jaccard >=
-         threshold (`near`; ties -> the earliest), or starts a new cluster as its representative.
-         Shingle sets are read from the memory-mapped shard files, so only candidates' sets are touched.
-pass 2   read the input again and write the rows each cluster keeps (`--keep first`: the representative, its
-         earliest row; `--keep best-reward`: the highest `reward`, ties -> earliest, null reward last) and the
-         removed ones (`duplicate_of`, `dup_kind`, exact `jaccard` to the kept row) to a staging folder,
-         moved into OUTPUT/ at the end; the manifest is marked complete last.
+Which rows go (unchanged by how it runs): rows are taken in input order (earlier `--index` rounds first); a
+row whose normalized text equals a representative's joins it (`exact`); otherwise it joins the representative
+with the highest exact Jaccard >= threshold among those sharing an LSH band with it (`near`; ties -> the
+earliest); otherwise it is a new representative. It runs in three phases, as datatrove's MinHash pipeline:
+
+phase 1  signatures, per input batch (one *signature shard*): `SignatureStage` mapped over the shards by an
+         executor (local, or a Ray cluster): normalize the `--field` text (pipelines.hygiene.shingles), its
+         exact key, its sorted distinct shingle hashes and its MinHash band keys. The driver writes each shard to
+         OUTPUT/.dedup/sig-NNNNN.* with a done marker last, so a killed run recomputes only unfinished shards.
+phase 2  clustering in bounded memory: every (band, key) -> row entry goes to one of P bucket files by a hash
+         of its key (P from the row count, so one bucket fits `--bucket-mb`); one bucket at a time is sorted,
+         and rows sharing a key whose exact Jaccard is >= threshold are joined by union-find over row numbers
+         (pairs already joined are not checked again). A row's choice depends only on rows it is joined to,
+         so the rule above is then applied within each joined group alone. Result: OUTPUT/.dedup/clusters.*
+phase 3  the filter: the keep decision per cluster (`--keep first`: the representative; `--keep best-reward`:
+         the highest `reward`, ties -> earliest, null last), then the input read again batch by batch into
+         output shards of kept rows and of removed ones (`duplicate_of`, `dup_kind`, exact `jaccard` to the
+         kept row), staged under OUTPUT/.dedup/staged and moved into OUTPUT/ at the end; manifest complete last.
 
 `--index DIR` keeps the kept rows of earlier rounds (ids, exact keys, band keys, shingle sets) on disk: they
-are loaded into the LSH tables first, rows matching them are removed (`duplicate_of` = the earlier round's
-id), and this round's kept rows are appended.
+enter phase 2 as rows before this round's (always representatives), rows matching them are removed
+(`duplicate_of` = the earlier round's id), and this round's kept rows are appended.
 """
 from __future__ import annotations
 
@@ -27,6 +34,7 @@ import argparse
 import bisect
 import hashlib
 import io
+import itertools
 import json
 import math
 import shutil
@@ -34,22 +42,29 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.core import dataset as ds
+from pipelines.core.files import atomic_path
+from pipelines.core.stage import Stage
+from pipelines.executors import ShardTask, add_executor_arguments, executor_config, make_executor
 from pipelines.hygiene import shingles as tx
 from pipelines.errors import UserError
 
 STAGE = "dedup"
 INDEX_FORMAT = 2  # 2: band keys and exact shingle sets per row (1 held 128-value signatures)
 RECALL_AT_THRESHOLD = 0.995  # P(candidate) promised for a pair whose Jaccard equals the threshold
-WORK = ".dedup"  # OUTPUT/.dedup: signature shards of an unfinished run
+WORK = ".dedup"  # OUTPUT/.dedup: signature shards, buckets and clusters of an unfinished run
 _BLOCK = 16384  # shingles per numpy block when computing signatures (block x perms x 8 bytes of scratch)
 _EMPTY = np.uint32(0xFFFFFFFF)
+_ENTRY = np.dtype([("key", "<u8"), ("node", "<i8")])  # one bucket-file entry: (band, key) hashed, row number
+_MAX_BUCKETS = 4096
+_FLUSH_ENTRIES = 1 << 20  # bucket entries buffered in phase 2 before they are appended to their files
+_RAY_WINDOW_ROWS = 1 << 17  # input rows handed to one RayExecutor.map call (it holds its whole task list)
 
 
 @dataclass
@@ -62,6 +77,7 @@ class DedupConfig:
     seed: int = 1  # MinHash permutation seed (an index must always use the same)
     batch_rows: int = 8192  # rows per streamed input batch = per resumable signature shard
     shard_rows: int = 100_000  # rows per output shard
+    bucket_mb: float = 64.0  # phase 2: bytes of one bucket file's entries (16 B each), which sets P
 
     def validate(self) -> None:
         if not 0.0 < self.threshold <= 1.0:
@@ -74,10 +90,12 @@ class DedupConfig:
             raise UserError(f"--keep must be 'first' or 'best-reward', got {self.keep!r}")
         if self.batch_rows < 1:
             raise UserError(f"--batch-rows must be >= 1, got {self.batch_rows}")
+        if not self.bucket_mb > 0:
+            raise UserError(f"--bucket-mb must be > 0, got {self.bucket_mb}")
 
     def identity(self) -> dict:
-        """The settings that change which rows are removed (batch/shard sizes do not)."""
-        return {k: v for k, v in asdict(self).items() if k not in ("batch_rows", "shard_rows")}
+        """The settings that change which rows are removed (batch, shard and bucket sizes do not)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("batch_rows", "shard_rows", "bucket_mb")}
 
 
 @dataclass
@@ -224,29 +242,29 @@ class _Tables:
         return out
 
 
-class _Sets:
-    """Shingle sets of many rows, stored in parts (one per signature shard or index round, memory-mapped)."""
+class _Store:
+    """Band keys and shingle sets of every row, by row number, in memory-mapped parts (one per index round
+    or signature shard): only the rows phase 2 looks at are paged in."""
 
     def __init__(self) -> None:
         self.starts: list[int] = []
-        self.parts: list[tuple[np.ndarray, np.ndarray]] = []
+        self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (keys, hashes, offsets)
 
-    def add(self, start: int, hashes: np.ndarray, offsets: np.ndarray) -> None:
+    def add(self, start: int, keys: np.ndarray, hashes: np.ndarray, offsets: np.ndarray) -> None:
         self.starts.append(start)
-        self.parts.append((hashes, offsets))
+        self.parts.append((keys, hashes, offsets))
 
-    def get(self, row: int) -> np.ndarray:
+    def _at(self, row: int) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], int]:
         p = bisect.bisect_right(self.starts, row) - 1
-        hashes, offsets = self.parts[p]
-        i = row - self.starts[p]
-        return hashes[offsets[i]:offsets[i + 1]]
+        return self.parts[p], row - self.starts[p]
 
-    def gather(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The sets of `rows` as one (hashes, offsets) pair."""
-        got = [self.get(int(r)) for r in rows]
-        offsets = np.zeros(len(got) + 1, np.int64)
-        np.cumsum([len(g) for g in got], out=offsets[1:])
-        return (np.concatenate(got) if got else np.zeros(0, np.uint64)), offsets
+    def keys(self, row: int) -> list[int]:
+        (keys, _, _), i = self._at(row)
+        return keys[i].tolist()
+
+    def set(self, row: int) -> np.ndarray:
+        (_, hashes, offsets), i = self._at(row)
+        return hashes[offsets[i]:offsets[i + 1]]
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
@@ -255,77 +273,66 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
     ds.atomic_write_bytes(path, buf.getvalue())
 
 
+def _save_npy_parts(path: Path, dtype: Any, shape: tuple[int, ...], parts: Iterable[np.ndarray]) -> None:
+    """An .npy file of `shape` written part by part (header, then each part's bytes), so it is never whole in memory."""
+    dtype = np.dtype(dtype)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+                                                 "shape": shape})
+        for part in parts:
+            f.write(np.ascontiguousarray(part, dtype).tobytes())
+
+
 def _load_npy(path: Path) -> np.ndarray:
     return np.load(path, mmap_mode="r")
 
 
-# ------------------------------------------------------------------------------------------ input streaming
-@dataclass
-class _Input:
-    source: str
-    rows: int
-    files: list[Path]  # Parquet files to stream; empty when `table` holds the whole (JSONL/hub) input
-    table: pa.Table | None
-    columns: list[str]
+def _gather_sets(hashes: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The shingle sets of `rows` (ascending), concatenated: one vectorized gather from the flattened sets."""
+    lo, hi = offsets[rows], offsets[rows + 1]
+    sizes = hi - lo
+    pos = np.arange(int(sizes.sum()), dtype=np.int64) + np.repeat(lo - np.cumsum(sizes) + sizes, sizes)
+    return np.asarray(hashes[pos])
 
 
-def _open_input(source: str, required: list[str]) -> _Input:
-    p = Path(source)
-    files: list[Path] = []
-    if p.is_dir():
-        files = ds.shard_files(p)
-        if not files:
-            raise UserError(f"{source}: no Parquet files found")
-    elif p.is_file() and p.suffix == ".parquet":
-        files = [p]
-    if not files:  # JSONL, hub: the loader reads and validates the whole table
-        table = ds.load_table(source, required)
-        return _Input(source, table.num_rows, [], table, table.column_names)
-    rows, columns = 0, []
-    for f in files:
-        try:
-            meta = pq.ParquetFile(f)
-        except (pa.ArrowInvalid, OSError) as e:
-            raise UserError(f"{f}: not a readable Parquet file ({e})") from None
-        names = meta.schema_arrow.names
-        missing = [c for c in required if c not in names]
-        if missing and meta.metadata.num_rows:
-            raise UserError(f"{f}: missing required column(s) {', '.join(map(repr, missing))}; found {', '.join(names)}")
-        rows += meta.metadata.num_rows
-        columns += [c for c in names if c not in columns]
-    if rows == 0:
-        raise UserError(f"{source}: empty input (0 rows)")
-    return _Input(source, rows, files, None, columns)
-
-
-def _batches(inp: _Input, batch_rows: int, columns: list[str] | None = None) -> Iterator[tuple[str, pa.RecordBatch]]:
-    """(file name for messages, batch) in input order; `columns` limits what is read."""
-    if inp.table is not None:
-        table = inp.table.select(columns) if columns else inp.table
-        for batch in table.to_batches(max_chunksize=batch_rows):
-            yield inp.source, batch
-        return
-    for f in inp.files:
-        pf = pq.ParquetFile(f)
-        cols = [c for c in columns if c in pf.schema_arrow.names] if columns else None
-        for batch in pf.iter_batches(batch_size=batch_rows, columns=cols):
-            yield str(f), batch
+def _binary_u64(column: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """A binary column whose values are packed uint64s -> (all values flattened, int64 offsets into them)."""
+    a = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    a = a.cast(pa.large_binary())
+    _, off_buf, data_buf = a.buffers()
+    off = np.frombuffer(off_buf, np.int64)[a.offset:a.offset + len(a) + 1]
+    data = np.frombuffer(data_buf, np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
+    return data[off[0]:off[-1]].view(np.uint64), (off - off[0]) // 8
 
 
 # ------------------------------------------------------------------------------------------ the index
 @dataclass
 class _Index:
-    """Kept rows of earlier rounds: ids, exact keys, band keys and shingle sets (cluster key -(k+1))."""
+    """Kept rows of earlier rounds: exact keys in memory; ids, band keys and shingle sets on disk (row k of
+    the index is row number k of phase 2, before this round's rows)."""
 
-    ids: list[str]
-    exact: np.ndarray  # uint64
-    keys: np.ndarray  # (K, bands) uint64
-    sets: _Sets  # row k at position k
+    dir: Path | None
     rounds: list[dict]
+    exact: np.ndarray  # uint64
+    parts: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]  # (first row, keys, shingle hashes, offsets)
+
+    @property
+    def rows(self) -> int:
+        return len(self.exact)
 
     @property
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps([r["key"] for r in self.rounds]).encode()).hexdigest()[:16]
+
+    def ids_of(self, rows: np.ndarray) -> list[str]:
+        """The ids of index rows `rows`, read round by round."""
+        out = np.empty(len(rows), object)
+        for (start, keys, _, _), r in zip(self.parts, self.rounds):
+            hit = np.flatnonzero((rows >= start) & (rows < start + len(keys)))
+            if len(hit):
+                ids = pq.read_table(self.dir / r["file"], columns=["id"]).column("id")
+                out[hit] = ids.take(pa.array(rows[hit] - start)).to_pylist()
+        return out.tolist()
 
 
 def _index_settings(cfg: DedupConfig, bands: int, rows_per_band: int) -> dict:
@@ -344,11 +351,10 @@ def _round_files(index_dir: Path, name: str) -> dict[str, Path]:
 
 
 def _load_index(index_dir: Path | None, settings: dict, round_key: str) -> _Index:
-    """Load the rounds recorded before `round_key` (all rounds when this round is new)."""
+    """Open the rounds recorded before `round_key` (all rounds when this round is new)."""
     meta = _read_index_meta(index_dir) if index_dir else None
-    empty = _Index([], np.zeros(0, np.uint64), np.zeros((0, settings["bands"]), np.uint64), _Sets(), [])
     if meta is None:
-        return empty
+        return _Index(index_dir, [], np.zeros(0, np.uint64), [])
     diff = {k: (meta["settings"].get(k), v) for k, v in settings.items() if meta["settings"].get(k) != v}
     if diff:
         what = "; ".join(f"{k}: index {o!r}, this run {n!r}" for k, (o, n) in diff.items())
@@ -359,34 +365,40 @@ def _load_index(index_dir: Path | None, settings: dict, round_key: str) -> _Inde
         if r["key"] == round_key:
             break
         rounds.append(r)
-    ids, exact, keys, sets, start = [], [], [], _Sets(), 0
+    exact, parts, start = [np.zeros(0, np.uint64)], [], 0
     for r in rounds:
-        t = pq.read_table(index_dir / r["file"])
         f = _round_files(index_dir, r["file"])
-        ids += t.column("id").to_pylist()
-        exact.append(t.column("text_hash").to_numpy())
-        keys.append(np.asarray(_load_npy(f["keys"])))
-        sets.add(start, _load_npy(f["sets"]), _load_npy(f["offsets"]))
-        start += t.num_rows
-    if not rounds:
-        return empty
-    return _Index(ids, np.concatenate(exact), np.concatenate(keys), sets, rounds)
+        exact.append(pq.read_table(index_dir / r["file"], columns=["text_hash"]).column("text_hash").to_numpy())
+        keys = _load_npy(f["keys"])
+        parts.append((start, keys, _load_npy(f["sets"]), _load_npy(f["offsets"])))
+        start += len(keys)
+    return _Index(index_dir, rounds, np.concatenate(exact), parts)
 
 
 def _append_round(index_dir: Path, settings: dict, index: _Index, round_key: str, output: Path,
-                  ids: list[str], exact: np.ndarray, keys: np.ndarray, sets: tuple[np.ndarray, np.ndarray]) -> None:
-    """Write this round's kept rows as new index files, then record them in index.json (atomic renames)."""
+                  shards: list[_Shard], kept: np.ndarray, bands: int) -> None:
+    """Write this round's kept rows (`kept`: a mask over the round's rows) as new index files, shard by shard,
+    then record them in index.json (every file renamed into place whole)."""
     meta = _read_index_meta(index_dir) or {"settings": settings, "rounds": []}
     rounds = meta["rounds"]
     pos = next((i for i, r in enumerate(rounds) if r["key"] == round_key), None)
     name = f"round-{len(index.rounds):05d}-{round_key[:8]}.parquet"
     f = _round_files(index_dir, name)
-    _save_npy(f["keys"], keys)
-    _save_npy(f["sets"], sets[0])
-    _save_npy(f["offsets"], sets[1])
-    ds.write_parquet_atomic(pa.table({"id": pa.array(ids, pa.string()), "text_hash": pa.array(exact, pa.uint64())}),
-                            index_dir / name)
-    entry = {"key": round_key, "file": name, "rows": len(ids), "output": str(output),
+    local = [np.flatnonzero(kept[s.start:s.start + s.rows]) for s in shards]
+    sizes = [np.diff(s.offsets())[k] for s, k in zip(shards, local)]
+    n = int(kept.sum())
+    _save_npy_parts(f["keys"], np.uint64, (n, bands), (s.keys()[k] for s, k in zip(shards, local)))
+    _save_npy_parts(f["sets"], np.uint64, (int(sum(z.sum() for z in sizes)),),
+                    (_gather_sets(s.hashes(), s.offsets(), k) for s, k in zip(shards, local)))
+    ends = np.cumsum(np.concatenate([[0]] + sizes)).astype(np.int64)
+    _save_npy(f["offsets"], ends)
+    schema = pa.schema([("id", pa.string()), ("text_hash", pa.uint64())])
+    with atomic_path(index_dir / name) as tmp, pq.ParquetWriter(tmp, schema) as w:
+        for s, k in zip(shards, local):
+            t = s.meta(["id", "text_hash"]).take(pa.array(k, pa.int64()))
+            w.write_table(pa.table({"id": t.column("id").cast(pa.string()), "text_hash": t.column("text_hash")},
+                                   schema=schema))
+    entry = {"key": round_key, "file": name, "rows": n, "output": str(output),
              "added_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if pos is None:
         rounds.append(entry)
@@ -395,138 +407,349 @@ def _append_round(index_dir: Path, settings: dict, index: _Index, round_key: str
     ds.atomic_write_bytes(index_dir / "index.json", json.dumps(meta, indent=2).encode())
 
 
-# ------------------------------------------------------------------------------------------ pass 1a
+# ------------------------------------------------------------------------------------------ phase 1: signatures
+class SignatureStage(Stage):
+    """Phase 1 on one shard: rows `{text, id[, reward]}` -> one signature row each: `id`, `text_hash` (the
+    exact key, its 64 bits as int64), `keys` (the band keys) and `shingles` (the sorted distinct shingle
+    hashes), both packed uint64 bytes, and `reward` when kept. Pure: the same rows give the same bytes on any
+    executor, so a resumed or Ray run clusters exactly what a local one does."""
+
+    name = "dedup-signatures"
+    shard_size = DedupConfig.batch_rows
+    _runtime = ("_perm",)
+
+    def __init__(self, ngram: int, seed: int, bands: int, rows_per_band: int, reward: bool):
+        self.ngram, self.seed, self.bands, self.rows_per_band, self.reward = ngram, seed, bands, rows_per_band, reward
+        self._perm: tuple[np.ndarray, np.ndarray] | None = None
+
+    def config(self) -> dict:
+        return {"ngram": self.ngram, "seed": self.seed, "bands": self.bands, "rows_per_band": self.rows_per_band,
+                "reward": self.reward, "hash_scheme": tx.HASH_SCHEME}
+
+    def setup(self) -> None:
+        self._perm = permutations(self.bands * self.rows_per_band, self.seed)
+
+    def process(self, rows: list[dict], shard: Any) -> list[dict]:
+        norm = tx.normalize_array(pa.array([r["text"] for r in rows], pa.large_string()))
+        sh = tx.shingles(tx.words_array(norm), self.ngram)
+        keys = band_keys(signatures(sh, *self._perm), self.bands, self.rows_per_band).tobytes()
+        hashes, offsets = shingle_sets(sh)
+        flat, ends = hashes.tobytes(), (offsets * 8).tolist()
+        width = 8 * self.bands
+        out = []
+        for i, (r, h) in enumerate(zip(rows, tx.text_hashes(norm).view(np.int64).tolist())):
+            row = {"id": r["id"], "text_hash": h, "keys": keys[i * width:(i + 1) * width],
+                   "shingles": flat[ends[i]:ends[i + 1]]}
+            if self.reward:
+                row["reward"] = r["reward"]
+            out.append(row)
+        return out
+
+
 @dataclass
 class _Shard:
-    """One signature shard: a batch of input rows, persisted in OUTPUT/.dedup/sig-NNNNN.*"""
+    """One signature shard on disk, OUTPUT/.dedup/sig-NNNNN.* (opened lazily, memory-mapped)."""
 
-    start: int  # global row number of its first row
+    work: Path
+    index: int
+    start: int  # row number of its first row in this round
     rows: int
-    ids: pa.Array  # string
-    exact: np.ndarray  # uint64 exact keys
-    reward: np.ndarray | None  # float64, NaN for null (keep=best-reward only)
-    keys: np.ndarray  # (rows, bands) uint64 band keys
-    sets: np.ndarray  # sorted distinct shingle hashes, flattened (memory-mapped)
-    offsets: np.ndarray  # (rows + 1,) int64
+
+    def path(self, what: str) -> Path:
+        suffix = {"meta": ".parquet", "keys": ".keys.npy", "sets": ".shingles.npy", "offsets": ".offsets.npy",
+                  "done": ".done"}[what]
+        return self.work / f"sig-{self.index:05d}{suffix}"
+
+    def is_done(self) -> bool:
+        p = self.path("done")
+        return p.exists() and json.loads(p.read_text()) == {"rows": self.rows, "start": self.start}
+
+    def meta(self, columns: list[str]) -> pa.Table:
+        return pq.read_table(self.path("meta"), columns=columns)
+
+    def keys(self) -> np.ndarray:
+        return _load_npy(self.path("keys"))
+
+    def hashes(self) -> np.ndarray:
+        return _load_npy(self.path("sets"))
+
+    def offsets(self) -> np.ndarray:
+        return _load_npy(self.path("offsets"))
+
+    def save(self, out: list[dict] | pa.Table, bands: int) -> None:
+        """Write a SignatureStage output as this shard's files, the done marker last."""
+        t = out if isinstance(out, pa.Table) else ds.rows_to_table(out)
+        keys, _ = _binary_u64(t.column("keys"))
+        hashes, offsets = _binary_u64(t.column("shingles"))
+        meta = {"id": t.column("id").cast(pa.string()),
+                "text_hash": pa.array(t.column("text_hash").to_numpy().astype(np.int64).view(np.uint64))}
+        if "reward" in t.column_names:
+            meta["reward"] = t.column("reward").cast(pa.float64())
+        _save_npy(self.path("keys"), keys.reshape(t.num_rows, bands))
+        _save_npy(self.path("sets"), hashes)
+        _save_npy(self.path("offsets"), offsets)
+        ds.write_parquet_atomic(pa.table(meta), self.path("meta"))
+        ds.atomic_write_bytes(self.path("done"), json.dumps({"rows": self.rows, "start": self.start}).encode())
 
 
-def _shard_paths(work: Path, k: int) -> dict[str, Path]:
-    stem = f"sig-{k:05d}"
-    return {"meta": work / f"{stem}.parquet", "keys": work / f"{stem}.keys.npy", "sets": work / f"{stem}.shingles.npy",
-            "offsets": work / f"{stem}.offsets.npy", "done": work / f"{stem}.done"}
-
-
-def _compute_shard(where: str, batch: pa.RecordBatch, base: int, cfg: DedupConfig, perm: tuple[np.ndarray, np.ndarray],
-                   bands: int, rows: int, paths: dict[str, Path]) -> None:
-    m = batch.num_rows
-    if cfg.field not in batch.schema.names:
+def _task_table(where: str, batch: pa.RecordBatch, base: int, cfg: DedupConfig) -> pa.Table:
+    """A batch as a signature task's input: its text (a chat-message list joined), id and reward, checked here
+    so that a mistake names its file and row whatever executor runs the shard."""
+    names = batch.schema.names
+    if cfg.field not in names:
         raise UserError(f"{where}: missing column {cfg.field!r}")
     texts = tx.column_text(batch.column(cfg.field), cfg.field, where)
     if texts.null_count:
         row = base + texts.is_null().to_numpy(zero_copy_only=False).argmax()
         raise UserError(f"{where}: row {row}: column {cfg.field!r} is null; drop or fill such rows first")
-    norm = tx.normalize_array(texts)
-    sh = tx.shingles(tx.words_array(norm), cfg.ngram)
-    if "id" in batch.schema.names:
+    if "id" in names:
         ids = batch.column("id").cast(pa.string())
     else:
-        ids = pa.array(np.arange(base, base + m)).cast(pa.string())
-    meta = {"id": ids, "text_hash": pa.array(tx.text_hashes(norm), pa.uint64())}
+        ids = pa.array(np.arange(base, base + batch.num_rows)).cast(pa.string())
+    cols = {"text": texts, "id": ids}
     if cfg.keep == "best-reward":
         col = batch.column("reward")
         if not (pa.types.is_floating(col.type) or pa.types.is_integer(col.type) or pa.types.is_null(col.type)):
             raise UserError(f"{where}: column 'reward' has type {col.type}; --keep best-reward needs numbers")
-        meta["reward"] = col.cast(pa.float64())
-    hashes, offsets = shingle_sets(sh)
-    _save_npy(paths["keys"], band_keys(signatures(sh, *perm), bands, rows))
-    _save_npy(paths["sets"], hashes)
-    _save_npy(paths["offsets"], offsets)
-    ds.write_parquet_atomic(pa.table(meta), paths["meta"])
-    ds.atomic_write_bytes(paths["done"], json.dumps({"rows": m, "start": base}).encode())  # last: the shard is done
+        cols["reward"] = col.cast(pa.float64())
+    return pa.table(cols)
 
 
-def _signature_shards(inp: _Input, cfg: DedupConfig, bands: int, rows: int, work: Path,
-                      progress: bool) -> tuple[list[_Shard], int]:
-    """Pass 1a: every input batch as a signature shard, computing only those without a done marker.
-    Returns the shards and how many were found done."""
+def _signature_phase(inp: ds.Input, cfg: DedupConfig, bands: int, rows_per_band: int, work: Path, runner: Any,
+                     progress: bool) -> tuple[list[_Shard], int]:
+    """Phase 1: every input batch as a signature shard; those without a done marker are mapped through
+    `runner` and written here as they come back (in any order). Returns the shards and how many were done."""
     from tqdm.auto import tqdm
 
-    perm = permutations(bands * rows, cfg.seed)
+    stage = SignatureStage(cfg.ngram, cfg.seed, bands, rows_per_band, cfg.keep == "best-reward")
     want = [cfg.field] + (["id"] if "id" in inp.columns else []) + (["reward"] if cfg.keep == "best-reward" else [])
     shards: list[_Shard] = []
-    base = resumed = 0
+    resumed = [0]
     bar = tqdm(total=inp.rows, desc="dedup: signatures", unit="row", disable=not progress, dynamic_ncols=True)
-    try:
-        for where, batch in _batches(inp, cfg.batch_rows, want):
-            m = batch.num_rows
-            if m == 0:
+
+    def tasks() -> Iterator[ShardTask]:
+        base = 0
+        for where, batch in inp.batches(cfg.batch_rows, want):
+            if batch.num_rows == 0:
                 continue
-            paths = _shard_paths(work, len(shards))
-            done = paths["done"].exists() and json.loads(paths["done"].read_text()) == {"rows": m, "start": base}
-            if done:
-                resumed += 1
+            s = _Shard(work, len(shards), base, batch.num_rows)
+            shards.append(s)
+            base += s.rows
+            if s.is_done():
+                resumed[0] += 1
+                bar.update(s.rows)
             else:
-                _compute_shard(where, batch, base, cfg, perm, bands, rows, paths)
-            meta = pq.read_table(paths["meta"])
-            reward = meta.column("reward").to_numpy() if "reward" in meta.column_names else None
-            shards.append(_Shard(base, m, meta.column("id").combine_chunks(), meta.column("text_hash").to_numpy(),
-                                 reward,
-                                 np.load(paths["keys"]), _load_npy(paths["sets"]), np.load(paths["offsets"])))
-            base += m
-            bar.update(m)
+                yield ShardTask(s.index, s.start, _task_table(where, batch, s.start, cfg))
+
+    # the local executor pulls tasks one at a time; Ray's map holds its task list, so it gets windows of them
+    window = None if runner.name == "local" else max(1, _RAY_WINDOW_ROWS // cfg.batch_rows)
+    todo = tasks()
+    try:
+        while True:
+            chunk = todo if window is None else list(itertools.islice(todo, window))
+            if window is not None and not chunk:
+                break
+            for task, out, _ in runner.map(stage, chunk, bar.update):
+                shards[task.index].save(out, bands)
+            if window is None:
+                break
     finally:
         bar.close()
-    return shards, resumed
+    return shards, resumed[0]
 
 
-# ------------------------------------------------------------------------------------------ pass 1b
-def _cluster(shards: list[_Shard], n: int, cfg: DedupConfig, index: _Index, bands: int,
-             progress: bool) -> tuple[np.ndarray, np.ndarray, _Sets]:
-    """Cluster key per row (its representative's row, or -(k+1) for index row k), the exact Jaccard to it,
-    and the rows' shingle sets."""
+# ------------------------------------------------------------------------------------------ phase 2: clusters
+def bucket_count(entries: int, bucket_bytes: float) -> int:
+    """P, the number of bucket files: the fewest that keep one file's entries (16 B each) under `bucket_bytes`."""
+    return int(min(_MAX_BUCKETS, max(1, math.ceil(entries * _ENTRY.itemsize / bucket_bytes))))
+
+
+def _find(parent: np.ndarray, x: int) -> int:
+    while True:
+        p = int(parent[x])
+        if p == x:
+            return x
+        g = int(parent[p])
+        parent[x] = g  # path halving
+        x = g
+
+
+class _Linker:
+    """Union-find over row numbers, joining two rows when their exact Jaccard is >= the threshold. The root of
+    a group is its smallest row. Pairs of two index rows are never checked (index rows are all kept)."""
+
+    def __init__(self, parent: np.ndarray, index_rows: int, store: _Store, threshold: float):
+        self.parent, self.k, self.store, self.t = parent, index_rows, store, threshold
+        self.checks = 0
+
+    def pair(self, a: int, b: int) -> None:
+        if a < self.k and b < self.k:
+            return
+        ra, rb = _find(self.parent, a), _find(self.parent, b)
+        if ra == rb:
+            return
+        self.checks += 1
+        if exact_jaccard(self.store.set(a), self.store.set(b)) >= self.t:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+    def bucket(self, entries: np.ndarray) -> None:
+        """Every pair of rows sharing a (band, key) in one bucket file's entries."""
+        order = np.lexsort((entries["node"], entries["key"]))
+        key, node = entries["key"][order], entries["node"][order]
+        cut = np.flatnonzero(key[1:] != key[:-1]) + 1
+        starts = np.concatenate([[0], cut])
+        sizes = np.diff(np.concatenate([starts, [len(key)]]))
+        # groups of two, deduplicated: a near-duplicate pair shares most of its bands
+        two = starts[sizes == 2]
+        for a, b in np.unique(np.stack([node[two], node[two + 1]], 1), axis=0).tolist():
+            self.pair(a, b)
+        for s, m in zip(starts[sizes > 2].tolist(), sizes[sizes > 2].tolist()):
+            members = node[s:s + m].tolist()
+            for j in range(1, m):
+                for i in range(j):
+                    self.pair(members[i], members[j])
+
+
+def _write_buckets(store: _Store, rows: int, lead: np.ndarray, bands: int, p: int, bdir: Path, bar) -> None:
+    """Every lead row's (band, key) entries, appended to bucket file hash(band, key) mod P."""
+    shutil.rmtree(bdir, ignore_errors=True)
+    bdir.mkdir(parents=True)
+    salt = (np.arange(1, bands + 1, dtype=np.uint64) * tx._POLY)[None, :]
+    buf: list[list[np.ndarray]] = [[] for _ in range(p)]
+    held = 0
+
+    def flush() -> None:
+        for b, parts in enumerate(buf):
+            if parts:
+                with open(bdir / f"bucket-{b:05d}.bin", "ab") as f:
+                    for part in parts:
+                        part.tofile(f)
+                parts.clear()
+
+    ends = store.starts[1:] + [rows]
+    for start, end, (keys, _, _) in zip(store.starts, ends, store.parts):
+        nodes = np.arange(start, end, dtype=np.int64)
+        mine = lead[start:end]
+        with np.errstate(over="ignore"):
+            ck = tx._mix64(np.asarray(keys)[mine] ^ salt).ravel()
+        ent = np.empty(len(ck), _ENTRY)
+        ent["key"], ent["node"] = ck, np.repeat(nodes[mine], bands)
+        dest = (ck % np.uint64(p)).astype(np.int64)
+        order = np.argsort(dest, kind="stable")
+        bounds = np.searchsorted(dest[order], np.arange(p + 1))
+        for b in range(p):
+            if bounds[b + 1] > bounds[b]:
+                buf[b].append(ent[order[bounds[b]:bounds[b + 1]]])
+        held += len(ent)
+        if held >= _FLUSH_ENTRIES:
+            flush()
+            held = 0
+        bar.update(end - start)
+    flush()
+
+
+def _resolve(root: np.ndarray, k: int, exact: np.ndarray, store: _Store, bands: int,
+             threshold: float) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The rule of the module docstring, applied within each joined group of rows (`root`: its smallest row).
+    Returns, for this round's rows, the representative's row number (index rows are < k) and the exact Jaccard
+    to it."""
+    n_all = len(root)
+    cluster = np.arange(k, n_all, dtype=np.int64)
+    jac = np.ones(n_all - k)
+    size = np.bincount(root, minlength=n_all)
+    grouped = np.flatnonzero(size[root] > 1)
+    grouped = grouped[np.argsort(root[grouped], kind="stable")]  # by group, rows ascending within each
+    cut = np.flatnonzero(np.diff(root[grouped])) + 1
+    groups = largest = 0
+    for rows in np.split(grouped, cut) if len(grouped) else []:
+        if rows[-1] < k:  # only index rows
+            continue
+        groups += 1
+        largest = max(largest, len(rows))
+        exact_map: dict[int, int] = {}
+        lsh = _Tables(bands)
+        for g in rows.tolist():
+            h = int(exact[g])
+            if g < k:  # an earlier round's row: a representative
+                exact_map.setdefault(h, g)
+                lsh.insert(g, store.keys(g))
+                continue
+            c = exact_map.get(h)
+            if c is not None:
+                cluster[g - k] = c
+                continue
+            row = store.keys(g)
+            best, best_j = None, -1.0
+            cands = lsh.query(row)
+            if cands:
+                mine = store.set(g)
+                for c in cands:
+                    j = exact_jaccard(store.set(c), mine)
+                    if j >= threshold and (j > best_j or (j == best_j and c < best)):
+                        best, best_j = c, j
+            if best is not None:
+                cluster[g - k], jac[g - k] = best, best_j
+                continue
+            exact_map[h] = g
+            lsh.insert(g, row)
+    return cluster, jac, {"groups": groups, "largest_group": largest}
+
+
+def _cluster_phase(shards: list[_Shard], idx: _Index, cfg: DedupConfig, bands: int, work: Path,
+                   progress: bool) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Phase 2 (see module docstring). Row numbers: index rows 0..K-1, then this round's rows K..K+n-1.
+
+    Memory: per row, the union-find parent and the exact key (8 B each) and, while they are computed, the
+    cluster, its Jaccard and the grouping (~40 B); plus one bucket file (<= --bucket-mb) and its sort; plus
+    the LSH tables of the largest joined group. Never the LSH tables of all rows."""
     from tqdm.auto import tqdm
 
-    sets = _Sets()
+    k = idx.rows
+    n = sum(s.rows for s in shards)
+    store = _Store()
+    for start, keys, hashes, offsets in idx.parts:
+        store.add(start, keys, hashes, offsets)
     for s in shards:
-        sets.add(s.start, s.sets, s.offsets)
-    cluster = np.empty(n, np.int64)
-    jac = np.ones(n)
-    lsh = _Tables(bands)
-    exact_map: dict[int, int] = {int(h): -(k + 1) for k, h in enumerate(index.exact)}  # representatives' keys
-    for k in range(len(index.ids)):
-        lsh.insert(-(k + 1), index.keys[k].tolist())
-    set_of = lambda key: index.sets.get(-key - 1) if key < 0 else sets.get(key)  # noqa: E731
-    order_key = lambda key: key + n if key < 0 else key  # noqa: E731 - earlier rounds come first on ties
-    t = cfg.threshold
-    bar = tqdm(total=n, desc="dedup: clusters", unit="row", disable=not progress, dynamic_ncols=True)
+        store.add(k + s.start, s.keys(), s.hashes(), s.offsets())
+    exact = np.concatenate([idx.exact] + [s.meta(["text_hash"]).column("text_hash").to_numpy() for s in shards])
+    # rows with equal text start joined to the first of them, which alone goes into the buckets
+    _, first, inverse = np.unique(exact, return_index=True, return_inverse=True)
+    parent = first[inverse].astype(np.int64)
+    del first, inverse
+    lead = parent == np.arange(k + n)
+    entries = int(lead.sum()) * bands
+    p = bucket_count(entries, cfg.bucket_mb * 2**20)
+    bdir = work / "buckets"
+    bar = tqdm(total=k + n, desc="dedup: buckets", unit="row", disable=not progress, dynamic_ncols=True)
     try:
-        for s in shards:
-            for i, (h, row) in enumerate(zip(s.exact.tolist(), s.keys.tolist())):
-                g = s.start + i
-                c = exact_map.get(h)
-                if c is not None:
-                    cluster[g] = c
-                    continue
-                best, best_j = None, -1.0
-                cands = lsh.query(row)
-                if cands:
-                    mine = s.sets[s.offsets[i]:s.offsets[i + 1]]
-                    for c in cands:
-                        j = exact_jaccard(set_of(c), mine)
-                        if j >= t and (j > best_j or (j == best_j and order_key(c) < order_key(best))):
-                            best, best_j = c, j
-                if best is not None:
-                    cluster[g], jac[g] = best, best_j
-                    continue
-                cluster[g] = g
-                exact_map[h] = g
-                lsh.insert(g, row)
-            bar.update(s.rows)
+        _write_buckets(store, k + n, lead, bands, p, bdir, bar)
     finally:
         bar.close()
-    return cluster, jac, sets
+    del lead
+    linker = _Linker(parent, k, store, cfg.threshold)
+    bar = tqdm(total=p, desc="dedup: clusters", unit="bucket", disable=not progress, dynamic_ncols=True)
+    try:
+        for b in range(p):
+            path = bdir / f"bucket-{b:05d}.bin"
+            if path.exists():
+                linker.bucket(np.fromfile(path, _ENTRY))
+                path.unlink()
+            bar.update(1)
+    finally:
+        bar.close()
+    shutil.rmtree(bdir, ignore_errors=True)
+    root = parent
+    while True:  # every row straight to its group's root
+        up = root[root]
+        if np.array_equal(up, root):
+            break
+        root = up
+    cluster, jac, stats = _resolve(root, k, exact, store, bands, cfg.threshold)
+    stats = {"buckets": p, "bucket_entries": entries, "pairs_checked": linker.checks, **stats}
+    return cluster, jac, stats
 
 
+# ------------------------------------------------------------------------------------------ phase 3: the filter
 def _keepers(cluster: np.ndarray, reward: np.ndarray | None, keep: str) -> np.ndarray:
     """Row kept for each row's cluster (-1 for rows matching an earlier round)."""
     N = len(cluster)
@@ -546,128 +769,20 @@ def _keepers(cluster: np.ndarray, reward: np.ndarray | None, keep: str) -> np.nd
     return np.where(in_round, keeper_of[np.maximum(cluster, 0)], -1)
 
 
-# ------------------------------------------------------------------------------------------ the job
-def _fingerprint(settings: dict, cfg: DedupConfig, input_fp: str, index_fp: str | None, index_path: str | None) -> str:
-    blob = json.dumps({"stage": STAGE, "settings": settings, "config": cfg.identity(), "input": input_fp,
-                       "index": index_fp, "index_path": index_path}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+def _ids_of(shards: list[_Shard], rows: np.ndarray) -> list[str]:
+    """The ids of this round's rows `rows`, read shard by shard."""
+    out = np.empty(len(rows), object)
+    for s in shards:
+        hit = np.flatnonzero((rows >= s.start) & (rows < s.start + s.rows))
+        if len(hit):
+            out[hit] = s.meta(["id"]).column("id").take(pa.array(rows[hit] - s.start)).to_pylist()
+    return out.tolist()
 
 
-def _round_key(cfg: DedupConfig, input_fp: str) -> str:
-    return hashlib.sha256(json.dumps({"config": cfg.identity(), "input": input_fp}, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def s_curve(threshold: float, bands: int, rows: int) -> dict[str, float]:
-    """P(candidate) at J = t-0.1, t-0.05, t, t+0.04 (what the manifest and docs/hygiene.md show)."""
-    js = [threshold - 0.1, threshold - 0.05, threshold, threshold + 0.04]
-    return {f"{j:.2f}": round(float(p_candidate(j, bands, rows)), 5) for j in js if 0.0 <= j <= 1.0}
-
-
-def dedup(input: str, output: str, config: DedupConfig | None = None, *, index: str | None = None,
-          overwrite: bool = False, progress: bool = True, log=lambda m: print(m, file=sys.stderr)) -> DedupResult:
-    """Deduplicate `input` into the dataset directory `output` (see module docstring)."""
-    from pipelines.core.runner import open_output, versions
-
-    t0 = time.time()
-    cfg = config or DedupConfig()
-    cfg.validate()
-    bands, rows_per_band = choose_banding(cfg.threshold, cfg.num_perm)
-    out = Path(output)
-    inp = _open_input(str(input), [cfg.field])
-    if cfg.keep == "best-reward" and "reward" not in inp.columns:
-        raise UserError(f"{input}: --keep best-reward needs a 'reward' column; found {', '.join(inp.columns)}. "
-                        "Run `prefsmith label` first, or use --keep first.")
-    input_fp = ds.fingerprint(input)
-    settings = _index_settings(cfg, bands, rows_per_band)
-    round_key = _round_key(cfg, input_fp)
-    index_dir = Path(index) if index else None
-    idx = _load_index(index_dir, settings, round_key)
-    fp = _fingerprint(settings, cfg, input_fp, idx.fingerprint if index_dir else None, str(index_dir) if index_dir else None)
-
-    manifest = {
-        "stage": STAGE, "fingerprint": fp, "config": asdict(cfg),
-        "input": {"source": str(input), "fingerprint": input_fp, "rows": inp.rows},
-        "index": {"path": str(index_dir), "fingerprint": idx.fingerprint, "rounds_before": len(idx.rounds),
-                  "rows_before": len(idx.ids)} if index_dir else None,
-        "lsh": {"bands": bands, "rows_per_band": rows_per_band, "permutations": bands * rows_per_band,
-                "p_candidate": s_curve(cfg.threshold, bands, rows_per_band)},
-        "rows_in": inp.rows, "rows_out": None, "complete": False, "num_shards": 0, "completed_shards": [],
-        "versions": versions(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    # "index" compares the index's fingerprint (and where it lives) with the old run's
-    old = open_output(out, manifest, overwrite, extra_keys=("index",))
-    work = out / WORK
-    if old is not None and old.get("complete"):
-        shutil.rmtree(work, ignore_errors=True)  # left when a kill came between completion and clean-up
-        log(f"[{STAGE}] {out} is already complete ({old.get('rows_out')} rows); nothing to do")
-        return _result_from_manifest(out, old, time.time() - t0)
-    # the same run, killed part-way, left signature shards: reuse them if they were cut the same way
-    plan = {"fingerprint": fp, "batch_rows": cfg.batch_rows}
-    plan_path = work / "plan.json"
-    if not (plan_path.exists() and json.loads(plan_path.read_text()) == plan):
-        shutil.rmtree(work, ignore_errors=True)
-        ds.atomic_write_bytes(plan_path, json.dumps(plan).encode())
-    ds.write_manifest(out, manifest)
-
-    shards, resumed = _signature_shards(inp, cfg, bands, rows_per_band, work, progress)
-    if resumed:
-        log(f"[{STAGE}] resumed {resumed} of {len(shards)} signature shards from {work}")
-    cluster, jac_rep, sets = _cluster(shards, inp.rows, cfg, idx, bands, progress)
-    exact = np.concatenate([s.exact for s in shards])
-    ids = pa.chunked_array([s.ids for s in shards], pa.string()).combine_chunks()
-    reward = np.concatenate([s.reward for s in shards]) if cfg.keep == "best-reward" else None
-    keeper = _keepers(cluster, reward, cfg.keep)
-    rows = np.arange(inp.rows)
-    removed = keeper != rows
-    # what each removed row duplicates: this round's kept row, or index row k (cluster key -(k+1))
-    rem = np.flatnonzero(removed)
-    by_index = cluster[rem] < 0
-    k_round = keeper[rem]
-    k_index = -cluster[rem] - 1
-    other_exact = np.empty(len(rem), np.uint64)
-    other_exact[by_index] = idx.exact[k_index[by_index]]
-    other_exact[~by_index] = exact[k_round[~by_index]]
-    is_exact = other_exact == exact[rem]
-    jac = jac_rep[rem].copy()  # exact Jaccard to the representative, which is the kept row unless best-reward
-    moved = np.flatnonzero(~by_index & (k_round != cluster[rem]))
-    for p in moved:
-        jac[p] = exact_jaccard(sets.get(int(k_round[p])), sets.get(int(rem[p])))
-    jac[is_exact] = 1.0
-    dup_of = np.empty(len(rem), object)
-    if by_index.any():
-        dup_of[by_index] = [idx.ids[k] for k in k_index[by_index]]
-    if (~by_index).any():
-        dup_of[~by_index] = ids.take(pa.array(k_round[~by_index])).to_pylist()
-
-    staged = work / "staged"
-    shutil.rmtree(staged, ignore_errors=True)
-    num_shards = _write_outputs(inp, cfg, staged, removed, rem, dup_of, is_exact, jac)
-    for sub in (ds.DATA, "removed"):  # the finished output replaces whatever a killed pass 2 left
-        shutil.rmtree(out / sub, ignore_errors=True)
-        if (staged / sub).exists():
-            (staged / sub).rename(out / sub)
-    kept_rows = np.flatnonzero(~removed)
-    if index_dir:
-        keys = np.concatenate([s.keys for s in shards])[kept_rows]
-        _append_round(index_dir, settings, idx, round_key, out, ids.take(pa.array(kept_rows)).to_pylist(),
-                      exact[kept_rows], keys, sets.gather(kept_rows))
-    n_exact, n_near = int(is_exact.sum()), int((~is_exact).sum())
-    manifest.update({
-        "rows_out": int(len(kept_rows)), "num_shards": num_shards, "completed_shards": list(range(num_shards)),
-        "counts": {"kept": int(len(kept_rows)), "removed": int(len(rem)), "removed_exact": n_exact,
-                   "removed_near": n_near, "removed_by_index": int(by_index.sum())},
-        "resume": {"signature_shards": len(shards), "resumed": resumed},
-        "complete": True, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(time.time() - t0, 3),
-    })
-    del shards, sets  # release the memory maps before deleting their files
-    ds.write_manifest(out, manifest)
-    shutil.rmtree(work, ignore_errors=True)
-    return _result_from_manifest(out, manifest, time.time() - t0, skipped=False)
-
-
-def _write_outputs(inp: _Input, cfg: DedupConfig, out: Path, removed: np.ndarray, rem: np.ndarray,
+def _write_outputs(inp: ds.Input, cfg: DedupConfig, out: Path, removed: np.ndarray, rem: np.ndarray,
                    dup_of: np.ndarray, is_exact: np.ndarray, jac: np.ndarray) -> int:
-    """Pass 2: stream the input again, writing kept rows to OUTPUT/data and removed ones to OUTPUT/removed."""
+    """Stream the input again, writing kept rows to OUT/data and removed ones to OUT/removed/data. Where a
+    part ends depends only on the decisions and the batch sizes, so a part a killed run finished is kept."""
     pos_of = np.full(len(removed), -1, np.int64)
     pos_of[rem] = np.arange(len(rem))
     kept_buf: list[pa.Table] = []
@@ -678,13 +793,15 @@ def _write_outputs(inp: _Input, cfg: DedupConfig, out: Path, removed: np.ndarray
         rows = sum(t.num_rows for t in buf)
         if rows == 0 or (rows < cfg.shard_rows and not final):
             return
-        ds.write_parquet_atomic(ds.concat(buf), directory / ds.DATA / f"part-{counters[key]:05d}.parquet")
+        path = directory / ds.DATA / f"part-{counters[key]:05d}.parquet"
+        if not path.exists():
+            ds.write_parquet_atomic(ds.concat(buf), path)
         counters[key] += 1
         buf.clear()
 
     base = 0
     schema = None
-    for _, batch in _batches(inp, cfg.batch_rows):
+    for _, batch in inp.batches(cfg.batch_rows):
         schema = schema or batch.schema
         m = batch.num_rows
         r = removed[base:base + m]
@@ -712,6 +829,146 @@ def _write_outputs(inp: _Input, cfg: DedupConfig, out: Path, removed: np.ndarray
     return counters["kept"]
 
 
+# ------------------------------------------------------------------------------------------ the job
+def _fingerprint(settings: dict, cfg: DedupConfig, input_fp: str, index_fp: str | None, index_path: str | None) -> str:
+    blob = json.dumps({"stage": STAGE, "settings": settings, "config": cfg.identity(), "input": input_fp,
+                       "index": index_fp, "index_path": index_path}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _round_key(cfg: DedupConfig, input_fp: str) -> str:
+    return hashlib.sha256(json.dumps({"config": cfg.identity(), "input": input_fp}, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def s_curve(threshold: float, bands: int, rows: int) -> dict[str, float]:
+    """P(candidate) at J = t-0.1, t-0.05, t, t+0.04 (what the manifest and docs/hygiene.md show)."""
+    js = [threshold - 0.1, threshold - 0.05, threshold, threshold + 0.04]
+    return {f"{j:.2f}": round(float(p_candidate(j, bands, rows)), 5) for j in js if 0.0 <= j <= 1.0}
+
+
+def dedup(input: str, output: str, config: DedupConfig | None = None, *, index: str | None = None,
+          overwrite: bool = False, progress: bool = True, executor: Any = None,
+          log=lambda m: print(m, file=sys.stderr)) -> DedupResult:
+    """Deduplicate `input` into the dataset directory `output` (see module docstring). `executor`
+    (pipelines/executors: an Executor, an ExecutorConfig, or "local"/"ray") runs phase 1; it changes nothing
+    in the output."""
+    from pipelines.core.runner import open_output, versions
+
+    t0 = time.time()
+    cfg = config or DedupConfig()
+    cfg.validate()
+    bands, rows_per_band = choose_banding(cfg.threshold, cfg.num_perm)
+    out = Path(output)
+    inp = ds.open_input(str(input), [cfg.field])
+    if cfg.keep == "best-reward" and "reward" not in inp.columns:
+        raise UserError(f"{input}: --keep best-reward needs a 'reward' column; found {', '.join(inp.columns)}. "
+                        "Run `prefsmith label` first, or use --keep first.")
+    input_fp = ds.fingerprint(input)
+    settings = _index_settings(cfg, bands, rows_per_band)
+    round_key = _round_key(cfg, input_fp)
+    index_dir = Path(index) if index else None
+    idx = _load_index(index_dir, settings, round_key)
+    fp = _fingerprint(settings, cfg, input_fp, idx.fingerprint if index_dir else None, str(index_dir) if index_dir else None)
+
+    manifest = {
+        "stage": STAGE, "fingerprint": fp, "config": asdict(cfg),
+        "input": {"source": str(input), "fingerprint": input_fp, "rows": inp.rows},
+        "index": {"path": str(index_dir), "fingerprint": idx.fingerprint, "rounds_before": len(idx.rounds),
+                  "rows_before": idx.rows} if index_dir else None,
+        "lsh": {"bands": bands, "rows_per_band": rows_per_band, "permutations": bands * rows_per_band,
+                "p_candidate": s_curve(cfg.threshold, bands, rows_per_band)},
+        "rows_in": inp.rows, "rows_out": None, "complete": False, "num_shards": 0, "completed_shards": [],
+        "versions": versions(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    # "index" compares the index's fingerprint (and where it lives) with the old run's
+    old = open_output(out, manifest, overwrite, extra_keys=("index",))
+    work = out / WORK
+    if old is not None and old.get("complete"):
+        shutil.rmtree(work, ignore_errors=True)  # left when a kill came between completion and clean-up
+        log(f"[{STAGE}] {out} is already complete ({old.get('rows_out')} rows); nothing to do")
+        return _result_from_manifest(out, old, time.time() - t0)
+    # the same run, killed part-way, left its work: reuse it if the input was cut the same way
+    plan = {"fingerprint": fp, "batch_rows": cfg.batch_rows, "shard_rows": cfg.shard_rows}
+    plan_path = work / "plan.json"
+    if not (plan_path.exists() and json.loads(plan_path.read_text()) == plan):
+        shutil.rmtree(work, ignore_errors=True)
+        ds.atomic_write_bytes(plan_path, json.dumps(plan).encode())
+    ds.write_manifest(out, manifest)
+
+    own_executor = executor is None or not hasattr(executor, "map")
+    runner = make_executor(executor) if own_executor else executor
+    try:
+        shards, resumed = _signature_phase(inp, cfg, bands, rows_per_band, work, runner, progress)
+    finally:
+        if own_executor:
+            runner.close()
+    if resumed:
+        log(f"[{STAGE}] resumed {resumed} of {len(shards)} signature shards from {work}")
+
+    k = idx.rows
+    marker = work / "clusters.json"
+    if marker.exists():
+        cluster, jac_rep = np.load(work / "clusters.npy"), np.load(work / "jaccard.npy")
+        clustering = {**json.loads(marker.read_text()), "resumed": True}
+        log(f"[{STAGE}] resumed the clusters from {work}")
+    else:
+        cluster, jac_rep, clustering = _cluster_phase(shards, idx, cfg, bands, work, progress)
+        _save_npy(work / "clusters.npy", cluster)
+        _save_npy(work / "jaccard.npy", jac_rep)
+        ds.atomic_write_bytes(marker, json.dumps(clustering).encode())
+        clustering = {**clustering, "resumed": False}
+
+    # phase 3: what each removed row duplicates: this round's kept row, or index row i (rep = -(i+1))
+    rep = np.where(cluster >= k, cluster - k, -(cluster + 1))
+    exact = np.concatenate([s.meta(["text_hash"]).column("text_hash").to_numpy() for s in shards])
+    reward = (np.concatenate([s.meta(["reward"]).column("reward").to_numpy(zero_copy_only=False) for s in shards])
+              if cfg.keep == "best-reward" else None)
+    keeper = _keepers(rep, reward, cfg.keep)
+    removed = keeper != np.arange(inp.rows)
+    rem = np.flatnonzero(removed)
+    by_index = rep[rem] < 0
+    k_round = keeper[rem]
+    k_index = cluster[rem]
+    other_exact = np.empty(len(rem), np.uint64)
+    other_exact[by_index] = idx.exact[k_index[by_index]]
+    other_exact[~by_index] = exact[k_round[~by_index]]
+    is_exact = other_exact == exact[rem]
+    jac = jac_rep[rem].copy()  # exact Jaccard to the representative, which is the kept row unless best-reward
+    store = _Store()
+    for s in shards:
+        store.add(s.start, s.keys(), s.hashes(), s.offsets())
+    for p in np.flatnonzero(~by_index & (k_round != rep[rem])):
+        jac[p] = exact_jaccard(store.set(int(k_round[p])), store.set(int(rem[p])))
+    jac[is_exact] = 1.0
+    dup_of = np.empty(len(rem), object)
+    if by_index.any():
+        dup_of[by_index] = idx.ids_of(k_index[by_index])
+    if (~by_index).any():
+        dup_of[~by_index] = _ids_of(shards, k_round[~by_index])
+
+    staged = work / "staged"
+    num_shards = _write_outputs(inp, cfg, staged, removed, rem, dup_of, is_exact, jac)
+    for sub in (ds.DATA, "removed"):  # the finished output replaces whatever a killed phase 3 left
+        shutil.rmtree(out / sub, ignore_errors=True)
+        if (staged / sub).exists():
+            (staged / sub).rename(out / sub)
+    if index_dir:
+        _append_round(index_dir, settings, idx, round_key, out, shards, ~removed, bands)
+    n_kept = int(inp.rows - len(rem))
+    n_exact, n_near = int(is_exact.sum()), int((~is_exact).sum())
+    manifest.update({
+        "rows_out": n_kept, "num_shards": num_shards, "completed_shards": list(range(num_shards)),
+        "counts": {"kept": n_kept, "removed": int(len(rem)), "removed_exact": n_exact,
+                   "removed_near": n_near, "removed_by_index": int(by_index.sum())},
+        "resume": {"signature_shards": len(shards), "resumed": resumed},
+        "clustering": clustering, "executor": runner.name,
+        "complete": True, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(time.time() - t0, 3),
+    })
+    ds.write_manifest(out, manifest)
+    shutil.rmtree(work, ignore_errors=True)
+    return _result_from_manifest(out, manifest, time.time() - t0, skipped=False)
+
+
 def _result_from_manifest(out: Path, m: dict, seconds: float, skipped: bool = True) -> DedupResult:
     c = m.get("counts", {})
     return DedupResult(out, m["rows_in"], m["rows_out"], c.get("removed_exact", 0), c.get("removed_near", 0),
@@ -732,7 +989,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-perm", type=int, default=d.num_perm, help="MinHash permutation budget; the LSH banding, derived from --threshold, uses at most this many "
                    f"(default {d.num_perm})")
     p.add_argument("--batch-rows", type=int, default=d.batch_rows, help="rows per streamed batch, which is also the "
-                   f"unit a killed run resumes from (default {d.batch_rows})")
+                   f"unit a killed run resumes from and a signature task (default {d.batch_rows})")
+    p.add_argument("--bucket-mb", type=float, default=d.bucket_mb, help="memory for one LSH bucket file while "
+                   f"clustering; sets how many there are (default {d.bucket_mb:g})")
     p.add_argument("--keep", choices=["first", "best-reward"], default=d.keep,
                    help="which row of a duplicate cluster to keep: the earliest, or the highest `reward` (ties -> earliest)")
     p.add_argument("--index", default=None, help="directory of a persistent index: dedup against earlier rounds "
@@ -740,12 +999,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=d.seed, help="MinHash permutation seed")
     p.add_argument("--overwrite", action="store_true", help="replace an output made with another config or input")
     p.add_argument("--no-progress", action="store_true")
+    add_executor_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = DedupConfig(field=args.field, threshold=args.threshold, ngram=args.ngram, num_perm=args.num_perm,
-                      keep=args.keep, seed=args.seed, batch_rows=args.batch_rows)
-    r = dedup(args.input, args.output, cfg, index=args.index, overwrite=args.overwrite, progress=not args.no_progress)
+                      keep=args.keep, seed=args.seed, batch_rows=args.batch_rows, bucket_mb=args.bucket_mb)
+    r = dedup(args.input, args.output, cfg, index=args.index, overwrite=args.overwrite, progress=not args.no_progress,
+              executor=executor_config(args))
     print(f"dedup: {r.rows_in} rows in, {r.rows_out} kept, {r.removed_exact} exact and {r.removed_near} near "
           f"duplicates removed ({r.removed_by_index} of them matched earlier rounds in the index); "
           f"LSH {r.bands} bands x {r.rows_per_band} rows; removed rows in {r.output / 'removed'}")

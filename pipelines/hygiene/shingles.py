@@ -32,7 +32,6 @@ HASH_SCHEME = "siphash-words/poly-splitmix64/v1"  # recorded in persisted indexe
 
 
 # --------------------------------------------------------------------------------------- field -> text
-value_text = conversation_text  # one field value as text (raises a ValueError on a non-text value)
 
 
 def column_text(column: pa.Array | pa.ChunkedArray, name: str, where: str) -> pa.Array:

@@ -22,6 +22,7 @@ from pipelines.engines.models import resolve_model
 from pipelines.core.runner import Shard, StageResult, execute, update_manifest
 from pipelines.core.stage import Stage
 from pipelines.executors import add_executor_arguments, executor_config
+from rewards.chat import as_messages
 
 
 @dataclass
@@ -52,9 +53,9 @@ def build_prompt(row: dict, cfg: GenerateConfig, use_chat: bool) -> Prompt:
         text = cfg.template.format(prompt=prompt, **{k: v for k, v in row.items() if k != "prompt"}) if cfg.template else prompt
         if not use_chat:
             return text
-        messages = [{"role": "user", "content": text}]
+        messages = as_messages(text, "user")
     else:
-        messages = [dict(m) for m in prompt]
+        messages = as_messages(prompt, "user")
     if cfg.system and messages[0]["role"] != "system":
         messages = [{"role": "system", "content": cfg.system}, *messages]
     return messages
