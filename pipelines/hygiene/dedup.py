@@ -37,6 +37,7 @@ import io
 import itertools
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -243,28 +244,49 @@ class _Tables:
 
 
 class _Store:
-    """Band keys and shingle sets of every row, by row number, in memory-mapped parts (one per index round
-    or signature shard): only the rows phase 2 looks at are paged in."""
+    """Band keys and shingle sets of every row, by row number, in parts on disk (one per index round or
+    signature shard). A row's keys and set are read (pread) when asked for, so resident memory holds what is in
+    use: memory-mapping the files would count every page a check touched as resident, up to the whole files."""
 
-    def __init__(self) -> None:
+    _OPEN = 128  # files kept open, the least recently used closed first
+
+    def __init__(self, bands: int) -> None:
+        self.bands = bands
         self.starts: list[int] = []
-        self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (keys, hashes, offsets)
+        self.parts: list[tuple[Path, int, Path, int, np.ndarray]] = []  # keys file, data offset, sets file, offset, offsets
+        self._fds: dict[Path, int] = {}
 
-    def add(self, start: int, keys: np.ndarray, hashes: np.ndarray, offsets: np.ndarray) -> None:
+    def add(self, start: int, keys: Path, sets: Path, offsets: Path) -> None:
         self.starts.append(start)
-        self.parts.append((keys, hashes, offsets))
+        self.parts.append((keys, _npy_data_offset(keys), sets, _npy_data_offset(sets), _load_npy(offsets)))
 
-    def _at(self, row: int) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], int]:
+    def _at(self, row: int) -> tuple[tuple[Path, int, Path, int, np.ndarray], int]:
         p = bisect.bisect_right(self.starts, row) - 1
         return self.parts[p], row - self.starts[p]
 
+    def _read(self, path: Path, pos: int, nbytes: int) -> np.ndarray:
+        fd = self._fds.pop(path, None)
+        if fd is None:
+            fd = os.open(path, os.O_RDONLY)
+            if len(self._fds) >= self._OPEN:
+                os.close(self._fds.pop(next(iter(self._fds))))
+        self._fds[path] = fd
+        return np.frombuffer(os.pread(fd, nbytes, pos), np.uint64)
+
     def keys(self, row: int) -> list[int]:
-        (keys, _, _), i = self._at(row)
-        return keys[i].tolist()
+        (keys, at, _, _, _), i = self._at(row)
+        width = 8 * self.bands
+        return self._read(keys, at + i * width, width).tolist()
 
     def set(self, row: int) -> np.ndarray:
-        (_, hashes, offsets), i = self._at(row)
-        return hashes[offsets[i]:offsets[i + 1]]
+        (_, _, sets, at, offsets), i = self._at(row)
+        lo, hi = int(offsets[i]), int(offsets[i + 1])
+        return self._read(sets, at + 8 * lo, 8 * (hi - lo))
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
@@ -285,6 +307,14 @@ def _save_npy_parts(path: Path, dtype: Any, shape: tuple[int, ...], parts: Itera
 
 def _load_npy(path: Path) -> np.ndarray:
     return np.load(path, mmap_mode="r")
+
+
+def _npy_data_offset(path: Path) -> int:
+    """Where an .npy file's data starts (after its header)."""
+    with open(path, "rb") as f:
+        major, _ = np.lib.format.read_magic(f)
+        (np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0)(f)
+        return f.tell()
 
 
 def _gather_sets(hashes: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -314,7 +344,7 @@ class _Index:
     dir: Path | None
     rounds: list[dict]
     exact: np.ndarray  # uint64
-    parts: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]  # (first row, keys, shingle hashes, offsets)
+    parts: list[tuple[int, int, dict[str, Path]]]  # (first row, rows, its files) per round
 
     @property
     def rows(self) -> int:
@@ -327,8 +357,8 @@ class _Index:
     def ids_of(self, rows: np.ndarray) -> list[str]:
         """The ids of index rows `rows`, read round by round."""
         out = np.empty(len(rows), object)
-        for (start, keys, _, _), r in zip(self.parts, self.rounds):
-            hit = np.flatnonzero((rows >= start) & (rows < start + len(keys)))
+        for (start, n, _), r in zip(self.parts, self.rounds):
+            hit = np.flatnonzero((rows >= start) & (rows < start + n))
             if len(hit):
                 ids = pq.read_table(self.dir / r["file"], columns=["id"]).column("id")
                 out[hit] = ids.take(pa.array(rows[hit] - start)).to_pylist()
@@ -369,9 +399,9 @@ def _load_index(index_dir: Path | None, settings: dict, round_key: str) -> _Inde
     for r in rounds:
         f = _round_files(index_dir, r["file"])
         exact.append(pq.read_table(index_dir / r["file"], columns=["text_hash"]).column("text_hash").to_numpy())
-        keys = _load_npy(f["keys"])
-        parts.append((start, keys, _load_npy(f["sets"]), _load_npy(f["offsets"])))
-        start += len(keys)
+        n = len(_load_npy(f["keys"]))
+        parts.append((start, n, f))
+        start += n
     return _Index(index_dir, rounds, np.concatenate(exact), parts)
 
 
@@ -385,11 +415,11 @@ def _append_round(index_dir: Path, settings: dict, index: _Index, round_key: str
     name = f"round-{len(index.rounds):05d}-{round_key[:8]}.parquet"
     f = _round_files(index_dir, name)
     local = [np.flatnonzero(kept[s.start:s.start + s.rows]) for s in shards]
-    sizes = [np.diff(s.offsets())[k] for s, k in zip(shards, local)]
+    sizes = [np.diff(np.load(s.path("offsets")))[k] for s, k in zip(shards, local)]
     n = int(kept.sum())
-    _save_npy_parts(f["keys"], np.uint64, (n, bands), (s.keys()[k] for s, k in zip(shards, local)))
+    _save_npy_parts(f["keys"], np.uint64, (n, bands), (np.load(s.path("keys"))[k] for s, k in zip(shards, local)))
     _save_npy_parts(f["sets"], np.uint64, (int(sum(z.sum() for z in sizes)),),
-                    (_gather_sets(s.hashes(), s.offsets(), k) for s, k in zip(shards, local)))
+                    (_gather_sets(np.load(s.path("sets")), np.load(s.path("offsets")), k) for s, k in zip(shards, local)))
     ends = np.cumsum(np.concatenate([[0]] + sizes)).astype(np.int64)
     _save_npy(f["offsets"], ends)
     schema = pa.schema([("id", pa.string()), ("text_hash", pa.uint64())])
@@ -466,15 +496,6 @@ class _Shard:
 
     def meta(self, columns: list[str]) -> pa.Table:
         return pq.read_table(self.path("meta"), columns=columns)
-
-    def keys(self) -> np.ndarray:
-        return _load_npy(self.path("keys"))
-
-    def hashes(self) -> np.ndarray:
-        return _load_npy(self.path("sets"))
-
-    def offsets(self) -> np.ndarray:
-        return _load_npy(self.path("offsets"))
 
     def save(self, out: list[dict] | pa.Table, bands: int) -> None:
         """Write a SignatureStage output as this shard's files, the done marker last."""
@@ -627,11 +648,11 @@ def _write_buckets(store: _Store, rows: int, lead: np.ndarray, bands: int, p: in
                 parts.clear()
 
     ends = store.starts[1:] + [rows]
-    for start, end, (keys, _, _) in zip(store.starts, ends, store.parts):
+    for start, end, (keys, *_) in zip(store.starts, ends, store.parts):
         nodes = np.arange(start, end, dtype=np.int64)
         mine = lead[start:end]
         with np.errstate(over="ignore"):
-            ck = tx._mix64(np.asarray(keys)[mine] ^ salt).ravel()
+            ck = tx._mix64(np.load(keys)[mine] ^ salt).ravel()
         ent = np.empty(len(ck), _ENTRY)
         ent["key"], ent["node"] = ck, np.repeat(nodes[mine], bands)
         dest = (ck % np.uint64(p)).astype(np.int64)
@@ -706,45 +727,48 @@ def _cluster_phase(shards: list[_Shard], idx: _Index, cfg: DedupConfig, bands: i
 
     k = idx.rows
     n = sum(s.rows for s in shards)
-    store = _Store()
-    for start, keys, hashes, offsets in idx.parts:
-        store.add(start, keys, hashes, offsets)
+    store = _Store(bands)
+    for start, _, f in idx.parts:
+        store.add(start, f["keys"], f["sets"], f["offsets"])
     for s in shards:
-        store.add(k + s.start, s.keys(), s.hashes(), s.offsets())
-    exact = np.concatenate([idx.exact] + [s.meta(["text_hash"]).column("text_hash").to_numpy() for s in shards])
-    # rows with equal text start joined to the first of them, which alone goes into the buckets
-    _, first, inverse = np.unique(exact, return_index=True, return_inverse=True)
-    parent = first[inverse].astype(np.int64)
-    del first, inverse
-    lead = parent == np.arange(k + n)
-    entries = int(lead.sum()) * bands
-    p = bucket_count(entries, cfg.bucket_mb * 2**20)
-    bdir = work / "buckets"
-    bar = tqdm(total=k + n, desc="dedup: buckets", unit="row", disable=not progress, dynamic_ncols=True)
+        store.add(k + s.start, s.path("keys"), s.path("sets"), s.path("offsets"))
     try:
-        _write_buckets(store, k + n, lead, bands, p, bdir, bar)
+        exact = np.concatenate([idx.exact] + [s.meta(["text_hash"]).column("text_hash").to_numpy() for s in shards])
+        # rows with equal text start joined to the first of them, which alone goes into the buckets
+        _, first, inverse = np.unique(exact, return_index=True, return_inverse=True)
+        parent = first[inverse].astype(np.int64)
+        del first, inverse
+        lead = parent == np.arange(k + n)
+        entries = int(lead.sum()) * bands
+        p = bucket_count(entries, cfg.bucket_mb * 2**20)
+        bdir = work / "buckets"
+        bar = tqdm(total=k + n, desc="dedup: buckets", unit="row", disable=not progress, dynamic_ncols=True)
+        try:
+            _write_buckets(store, k + n, lead, bands, p, bdir, bar)
+        finally:
+            bar.close()
+        del lead
+        linker = _Linker(parent, k, store, cfg.threshold)
+        bar = tqdm(total=p, desc="dedup: clusters", unit="bucket", disable=not progress, dynamic_ncols=True)
+        try:
+            for b in range(p):
+                path = bdir / f"bucket-{b:05d}.bin"
+                if path.exists():
+                    linker.bucket(np.fromfile(path, _ENTRY))
+                    path.unlink()
+                bar.update(1)
+        finally:
+            bar.close()
+        shutil.rmtree(bdir, ignore_errors=True)
+        root = parent
+        while True:  # every row straight to its group's root
+            up = root[root]
+            if np.array_equal(up, root):
+                break
+            root = up
+        cluster, jac, stats = _resolve(root, k, exact, store, bands, cfg.threshold)
     finally:
-        bar.close()
-    del lead
-    linker = _Linker(parent, k, store, cfg.threshold)
-    bar = tqdm(total=p, desc="dedup: clusters", unit="bucket", disable=not progress, dynamic_ncols=True)
-    try:
-        for b in range(p):
-            path = bdir / f"bucket-{b:05d}.bin"
-            if path.exists():
-                linker.bucket(np.fromfile(path, _ENTRY))
-                path.unlink()
-            bar.update(1)
-    finally:
-        bar.close()
-    shutil.rmtree(bdir, ignore_errors=True)
-    root = parent
-    while True:  # every row straight to its group's root
-        up = root[root]
-        if np.array_equal(up, root):
-            break
-        root = up
-    cluster, jac, stats = _resolve(root, k, exact, store, bands, cfg.threshold)
+        store.close()
     stats = {"buckets": p, "bucket_entries": entries, "pairs_checked": linker.checks, **stats}
     return cluster, jac, stats
 
@@ -934,11 +958,12 @@ def dedup(input: str, output: str, config: DedupConfig | None = None, *, index: 
     other_exact[~by_index] = exact[k_round[~by_index]]
     is_exact = other_exact == exact[rem]
     jac = jac_rep[rem].copy()  # exact Jaccard to the representative, which is the kept row unless best-reward
-    store = _Store()
+    store = _Store(bands)
     for s in shards:
-        store.add(s.start, s.keys(), s.hashes(), s.offsets())
+        store.add(s.start, s.path("keys"), s.path("sets"), s.path("offsets"))
     for p in np.flatnonzero(~by_index & (k_round != rep[rem])):
         jac[p] = exact_jaccard(store.set(int(k_round[p])), store.set(int(rem[p])))
+    store.close()
     jac[is_exact] = 1.0
     dup_of = np.empty(len(rem), object)
     if by_index.any():
