@@ -22,9 +22,8 @@ from dataclasses import asdict, dataclass
 
 from pipelines.core.dataset import load_table
 from pipelines.errors import UserError
-from pipelines.builders.samples import SHARD_SIZE, as_completion, carried, count_by, read_side, score_rows
+from pipelines.builders.samples import BuilderStage, as_completion, carried, count_by, read_side, score_rows
 from pipelines.core.runner import Shard, execute, update_manifest
-from pipelines.core.stage import Stage
 from pipelines.executors import add_executor_arguments, executor_config
 
 KTO_BOUND = (1.0, 4.0 / 3.0)  # Eq. 8: lambda_D * n_D / (lambda_U * n_U) in this range
@@ -80,18 +79,8 @@ def kto_rows(rows: list[dict], cfg: KTOConfig) -> dict[str, list[dict]]:
     return {"rows": out, "skipped": skipped}
 
 
-class KTOStage(Stage):
+class KTOStage(BuilderStage):
     name = "kto"
-    shard_size = SHARD_SIZE
-
-    def __init__(self, cfg: KTOConfig):
-        self.cfg = cfg
-
-    def config(self) -> dict:
-        return asdict(self.cfg)
-
-    def required(self) -> list[str]:
-        return ["prompt", "completion"]
 
     def present(self) -> list[str]:
         return [self.cfg.label_column]

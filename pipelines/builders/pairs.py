@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import argparse
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from pipelines.errors import UserError
-from pipelines.builders.samples import (SHARD_SIZE, Sample, as_completion, count_by, group_rows, prompt_columns,
+from pipelines.builders.samples import (PromptGroupStage, Sample, as_completion, count_by, group_rows, prompt_columns,
                                         read_side, score_rows)
 from pipelines.builders.similarity import edit_distance
 from pipelines.core.runner import Shard, execute, update_manifest
-from pipelines.core.stage import Stage
 from pipelines.executors import add_executor_arguments, executor_config
 
 STRATEGIES = ("best-worst", "all", "random")
@@ -145,22 +144,8 @@ def pairs_rows(rows: list[dict], cfg: PairsConfig, tick=lambda n: None) -> dict[
     return {"rows": pairs, "prompts": prompts, "skipped": skipped}
 
 
-class PairsStage(Stage):
+class PairsStage(PromptGroupStage):
     name = "pairs"
-    shard_size = SHARD_SIZE
-    group_by = "prompt_id"
-
-    def __init__(self, cfg: PairsConfig):
-        self.cfg = cfg
-
-    def config(self) -> dict:
-        return asdict(self.cfg)
-
-    def required(self) -> list[str]:
-        return ["prompt_id", "prompt", "completion"]
-
-    def present(self) -> list[str]:
-        return ["reward"]
 
     def process(self, rows: list[dict], shard: Shard) -> dict:
         return pairs_rows(rows, self.cfg, shard.tick)

@@ -21,17 +21,16 @@ from __future__ import annotations
 
 import argparse
 import random
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pyarrow as pa
 
 from pipelines.core import dataset as ds
 from pipelines.errors import UserError
-from pipelines.builders.samples import (SHARD_SIZE, Sample, as_completion, carried, chat_column, count_by, group_rows,
+from pipelines.builders.samples import (PromptGroupStage, Sample, as_completion, carried, chat_column, count_by, group_rows,
                                 input_schema, read_side, score_rows)
 from pipelines.core.runner import MARKERS, Shard, execute, update_manifest
-from pipelines.core.stage import Stage
 from pipelines.executors import add_executor_arguments, executor_config
 from rewards.chat import as_messages, is_messages
 
@@ -109,22 +108,8 @@ def select_rows(rows: list[dict], cfg: SelectConfig, tick=lambda n: None) -> dic
     return {"rows": out, "prompts": prompts, "skipped": skipped}
 
 
-class SelectStage(Stage):
+class SelectStage(PromptGroupStage):
     name = "select"
-    shard_size = SHARD_SIZE
-    group_by = "prompt_id"
-
-    def __init__(self, cfg: SelectConfig):
-        self.cfg = cfg
-
-    def config(self) -> dict:
-        return asdict(self.cfg)
-
-    def required(self) -> list[str]:
-        return ["prompt_id", "prompt", "completion"]
-
-    def present(self) -> list[str]:
-        return ["reward"]
 
     def process(self, rows: list[dict], shard: Shard) -> dict:
         return select_rows(rows, self.cfg, shard.tick)

@@ -18,12 +18,42 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.core import dataset as ds
+from pipelines.core.stage import Stage
 from rewards.chat import as_messages, completion_text, is_messages
 
 
 # Builders do little work per row, so shards are larger than the runner's default: the cost of a shard is
 # then its atomic writes (fsync) and manifest update, not the rows.
 SHARD_SIZE = 4096
+
+class BuilderStage(Stage):
+    """What the builders' stages share: a config dataclass (its fields are the fingerprint) and large shards."""
+
+    shard_size = SHARD_SIZE
+
+    def __init__(self, cfg: Any):
+        self.cfg = cfg
+
+    def config(self) -> dict:
+        from dataclasses import asdict
+
+        return asdict(self.cfg)
+
+    def required(self) -> list[str]:
+        return ["prompt", "completion"]
+
+
+class PromptGroupStage(BuilderStage):
+    """A builder that reads each prompt's scored samples together (pairs, select)."""
+
+    group_by = "prompt_id"
+
+    def required(self) -> list[str]:
+        return ["prompt_id", "prompt", "completion"]
+
+    def present(self) -> list[str]:
+        return ["reward"]
+
 
 # Columns that describe one sample, not the prompt: never carried into a built training set.
 SAMPLE_COLUMNS = frozenset({
