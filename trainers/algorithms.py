@@ -1,15 +1,21 @@
-"""Per-algorithm glue between rows, the model and the objectives: sft, dpo (and variants), kto, rm.
+"""Per-algorithm glue between rows, the model and the objectives: sft, dpo (and its loss types), kto, rm.
 
-Each algorithm says how to turn dataset rows into tokenized examples, which sequences need reference
-log-probs, how many loss "units" an example contributes (tokens for SFT, one per pair or row otherwise), and
-how to turn a micro-batch into a *summed* loss plus metric sums. The loop divides by the units of the whole
-optimizer step (all processes, all accumulation micro-batches), so a step's gradient does not depend on how
-the batch was split.
+An algorithm is an `Algorithm` subclass under `@register_algorithm`, and that is the one place a new one is
+added: config validation, the CLI's choices and the loop all read `ALGORITHMS`. The class declares its name,
+the columns it reads, its default learning rate and which sequences need reference log-probs; `encode` turns
+rows into tokenized examples (each with a `length` and the loss "units" it contributes: tokens for SFT, one
+per pair or row otherwise) and `loss` turns a micro-batch into a *summed* loss plus metric sums. The loop
+divides by the units of the whole optimizer step (all processes, all accumulation micro-batches), so a step's
+gradient does not depend on how the batch was split. The hooks are no-ops unless an algorithm needs them (KTO:
+class weights from the manifest, and the step's KL estimate before its losses).
+
+A DPO loss type (`--loss`) is one function under `@register_dpo_loss`; see docs/training.md.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -17,30 +23,13 @@ from pipelines.errors import UserError
 from trainers import objectives
 from trainers.config import TrainConfig
 from trainers.data import collate, encode_messages, encode_prompt_completion, kto_mismatched_pairs
+from trainers.distributed import Dist, reduce_stats
 from trainers.logprobs import reward_model_scores, sequence_logps
+from trainers.metrics import Stats
 
 
 class UserDataError(UserError, ValueError):
     """A row the user must fix; the message names the file, row and column."""
-
-
-@dataclass
-class Stats:
-    """Metric sums and counts, reduced across processes by summing, then read as sum / count."""
-
-    sums: dict[str, list[float]] = field(default_factory=dict)
-
-    def add(self, name: str, total: float | torch.Tensor, count: float | torch.Tensor) -> None:
-        entry = self.sums.setdefault(name, [0.0, 0.0])
-        entry[0] += float(total)
-        entry[1] += float(count)
-
-    def merge(self, other: "Stats") -> None:
-        for name, (total, count) in other.sums.items():
-            self.add(name, total, count)
-
-    def means(self) -> dict[str, float]:
-        return {k: (s / c if c else float("nan")) for k, (s, c) in self.sums.items()}
 
 
 @dataclass
@@ -50,7 +39,6 @@ class StepContext:
     cfg: TrainConfig
     device: torch.device
     pad_id: int
-    kto_kl: torch.Tensor | None = None  # this step's KL estimate (KTO), computed over the whole global step
 
 
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -71,11 +59,165 @@ def _n_loss_tokens(feat: dict) -> int:
     return int(sum(feat["loss_mask"][1:]))
 
 
-class SFT:
+# ------------------------------------------------------------------------------------------------ the seam
+class Algorithm:
+    """What the loop asks of an algorithm. Subclasses set the class attributes and write `encode` and `loss`;
+    the hooks default to doing nothing."""
+
+    name: str  # `prefsmith train NAME`; also part of the reference log-prob cache key
+    default_lr: float  # the CLI's --lr default
+    metric_names: tuple[str, ...]  # every metric `loss` reports, in the order metrics.jsonl lists them
+    required_columns: tuple[str, ...] = ()  # checked when the data is read
+    ref_keys: tuple[str, ...] = ()  # example keys whose reference log-probs `loss` receives, in this order
+    reward_head: bool = False  # train a scalar score head (sequence classification) instead of the LM head
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        """Called once per run, with a config that passed `check_config`."""
+
+    @classmethod
+    def check_config(cls, cfg: TrainConfig) -> None:
+        """Raise ValueError for a setting this algorithm cannot use (TrainConfig calls it)."""
+
+    def prepare(self, cfg: TrainConfig, rows: list[dict], log: Callable[[str], None]) -> None:
+        """Fill data-dependent defaults into `cfg` from the training rows, before they are encoded."""
+
+    def encode(self, rows: list[dict], tokenizer, cfg: TrainConfig, source: str) -> list[dict]:
+        raise NotImplementedError
+
+    def loss(self, model, examples: list[dict], ref: torch.Tensor | None,
+             ctx: StepContext) -> tuple[torch.Tensor, Stats]:
+        """(summed loss, metric sums) of one micro-batch; `ref` is (len(examples), len(ref_keys)) or None."""
+        raise NotImplementedError
+
+    def before_step(self, model, examples: list[dict], indices: list[int], ref: torch.Tensor | None,
+                    ctx: StepContext, d: Dist) -> None:
+        """On every process, before an optimizer step's losses: `indices` are this process's share of the step
+        (into `examples`, rows of `ref`). Runs under the loss's autocast; reduce over processes with `d`."""
+
+    def before_eval(self, model, examples: list[dict], indices: list[int], ref: torch.Tensor | None,
+                    ctx: StepContext, d: Dist) -> None:
+        """As `before_step`, before the held-out losses (under no_grad); `indices` are this process's share."""
+
+
+ALGORITHMS: dict[str, type[Algorithm]] = {}
+
+
+def register_algorithm(cls: type[Algorithm]) -> type[Algorithm]:
+    """Class decorator: `cls` trains as `prefsmith train <cls.name>` (also under `train(TrainConfig(...))`)."""
+    if cls.name in ALGORITHMS:
+        raise ValueError(f"algorithm {cls.name!r} is already registered ({ALGORITHMS[cls.name].__qualname__})")
+    ALGORITHMS[cls.name] = cls
+    return cls
+
+
+def make_algorithm(cfg: TrainConfig) -> Algorithm:
+    """The algorithm object for `cfg.algorithm`."""
+    return ALGORITHMS[cfg.algorithm](cfg)
+
+
+# ------------------------------------------------------------------------------------------------ DPO loss types
+@dataclass(frozen=True)
+class Pairs:
+    """A micro-batch of (chosen, rejected) pairs as a DPO loss type sees it: summed policy log-probs and
+    completion token counts, and the reference's summed log-probs (None for a reference-free type). All (B,)."""
+
+    chosen: torch.Tensor
+    rejected: torch.Tensor
+    chosen_tokens: torch.Tensor
+    rejected_tokens: torch.Tensor
+    ref_chosen: torch.Tensor | None = None
+    ref_rejected: torch.Tensor | None = None
+
+    @property
+    def chosen_avg(self) -> torch.Tensor:
+        return self.chosen / self.chosen_tokens.clamp(min=1)
+
+    @property
+    def rejected_avg(self) -> torch.Tensor:
+        return self.rejected / self.rejected_tokens.clamp(min=1)
+
+
+PairLossFn = Callable[[Pairs, float, TrainConfig], tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]]
+
+
+@dataclass(frozen=True)
+class DPOLossType:
+    fn: PairLossFn  # (pairs, beta, cfg) -> (losses, chosen rewards, rejected rewards, {metric: per-pair values})
+    reference: bool = True  # needs reference log-probs (False: `--no-reference` allowed, no reference pass)
+    default_beta: float = 0.1  # β when --beta is not given
+    metrics: tuple[str, ...] = ()  # the extra per-pair metrics `fn` returns, logged after the common ones
+
+
+DPO_LOSSES: dict[str, DPOLossType] = {}
+
+
+def register_dpo_loss(name: str, *, reference: bool = True, default_beta: float = 0.1,
+                      metrics: tuple[str, ...] = ()) -> Callable[[PairLossFn], PairLossFn]:
+    """Decorator: `fn` becomes `prefsmith train dpo --loss NAME` (the one place a loss type is added)."""
+
+    def add(fn: PairLossFn) -> PairLossFn:
+        if name in DPO_LOSSES:
+            raise ValueError(f"DPO loss type {name!r} is already registered")
+        DPO_LOSSES[name] = DPOLossType(fn, reference, default_beta, tuple(metrics))
+        return fn
+
+    return add
+
+
+def _dpo_loss(p: Pairs, beta: float, cfg: TrainConfig, loss_type: str, dpop_lambda: float = 0.0):
+    losses, r_chosen, r_rejected = objectives.dpo_loss(
+        p.chosen, p.rejected, p.ref_chosen, p.ref_rejected, beta=beta, loss_type=loss_type,
+        label_smoothing=cfg.label_smoothing, dpop_lambda=dpop_lambda,
+        chosen_n_tokens=p.chosen_tokens, rejected_n_tokens=p.rejected_tokens,
+    )
+    return losses, r_chosen, r_rejected, {}
+
+
+@register_dpo_loss("sigmoid")
+def _sigmoid(p: Pairs, beta: float, cfg: TrainConfig):
+    return _dpo_loss(p, beta, cfg, "sigmoid")
+
+
+@register_dpo_loss("ipo")
+def _ipo(p: Pairs, beta: float, cfg: TrainConfig):
+    return _dpo_loss(p, beta, cfg, "ipo")
+
+
+@register_dpo_loss("hinge")
+def _hinge(p: Pairs, beta: float, cfg: TrainConfig):
+    return _dpo_loss(p, beta, cfg, "hinge")
+
+
+@register_dpo_loss("robust")
+def _robust(p: Pairs, beta: float, cfg: TrainConfig):
+    return _dpo_loss(p, beta, cfg, "robust")
+
+
+@register_dpo_loss("simpo", reference=False, default_beta=2.0)
+def _simpo(p: Pairs, beta: float, cfg: TrainConfig):
+    losses, r_chosen, r_rejected = objectives.simpo_loss(p.chosen_avg, p.rejected_avg, beta, cfg.simpo_gamma)
+    return losses, r_chosen, r_rejected, {}
+
+
+@register_dpo_loss("orpo", reference=False, metrics=("log_odds_ratio",))
+def _orpo(p: Pairs, beta: float, cfg: TrainConfig):
+    chosen_avg, rejected_avg = p.chosen_avg, p.rejected_avg
+    losses, log_odds = objectives.orpo_loss(chosen_avg, rejected_avg, -chosen_avg, lam=beta)
+    return losses, beta * chosen_avg.detach(), beta * rejected_avg.detach(), {"log_odds_ratio": log_odds}
+
+
+@register_dpo_loss("dpop")
+def _dpop(p: Pairs, beta: float, cfg: TrainConfig):
+    return _dpo_loss(p, beta, cfg, "sigmoid", dpop_lambda=cfg.dpop_lambda)
+
+
+# ------------------------------------------------------------------------------------------------ algorithms
+@register_algorithm
+class SFT(Algorithm):
     """Supervised fine-tuning: token-mean NLL of assistant / completion tokens."""
 
     name = "sft"
-    ref_keys: tuple[str, ...] = ()
+    default_lr = 2e-5  # TRL's
     metric_names = ("loss", "completion_tokens")
 
     def encode(self, rows: list[dict], tokenizer, cfg: TrainConfig, source: str) -> list[dict]:
@@ -103,19 +245,33 @@ class SFT:
         return loss_sum, stats
 
 
-class DPO:
-    """DPO and variants (sigmoid, ipo, hinge, robust, dpop; reference-free simpo and orpo)."""
+@register_algorithm
+class DPO(Algorithm):
+    """DPO and its loss types (`--loss`, registered in DPO_LOSSES): sigmoid, ipo, hinge, robust, dpop, and the
+    reference-free simpo and orpo."""
 
     name = "dpo"
+    default_lr = 1e-6  # TRL's
+    required_columns = ("prompt", "chosen", "rejected")
     metric_names = (
         "loss", "logps/chosen", "logps/rejected", "rewards/chosen", "rewards/rejected", "rewards/margins",
         "rewards/accuracies",
     )
 
+    @classmethod
+    def check_config(cls, cfg: TrainConfig) -> None:
+        if cfg.loss not in DPO_LOSSES:
+            raise ValueError(f"--loss {cfg.loss!r} is not a DPO loss; choose one of {', '.join(DPO_LOSSES)}")
+        if cfg.no_reference and DPO_LOSSES[cfg.loss].reference:
+            free = ", ".join(n for n, t in DPO_LOSSES.items() if not t.reference)
+            raise ValueError(f"--no-reference only works with reference-free losses ({free}); "
+                             f"--loss {cfg.loss} needs a reference model")
+
     def __init__(self, cfg: TrainConfig) -> None:
-        self.ref_keys = ("chosen", "rejected") if cfg.uses_reference else ()
-        if cfg.loss == "orpo":
-            self.metric_names = self.metric_names + ("log_odds_ratio",)
+        self.loss_type = DPO_LOSSES[cfg.loss]
+        self.beta = cfg.beta if cfg.beta is not None else self.loss_type.default_beta
+        self.ref_keys = ("chosen", "rejected") if self.loss_type.reference else ()
+        self.metric_names = DPO.metric_names + self.loss_type.metrics
 
     def encode(self, rows: list[dict], tokenizer, cfg: TrainConfig, source: str) -> list[dict]:
         examples = []
@@ -130,29 +286,18 @@ class DPO:
         return examples
 
     def loss(self, model, examples: list[dict], ref: torch.Tensor | None, ctx: StepContext):
-        cfg, n = ctx.cfg, len(examples)
+        n = len(examples)
         logps, n_tokens = sequence_logps(model, _pair_batch(examples, ctx))
         chosen, rejected = logps[:n], logps[n:]
-        n_chosen, n_rejected = n_tokens[:n], n_tokens[n:]
-        beta = cfg.effective_beta
-        stats = Stats()
-        if cfg.loss in ("simpo", "orpo"):
-            chosen_avg, rejected_avg = chosen / n_chosen.clamp(min=1), rejected / n_rejected.clamp(min=1)
-            if cfg.loss == "simpo":
-                losses, r_chosen, r_rejected = objectives.simpo_loss(chosen_avg, rejected_avg, beta, cfg.simpo_gamma)
-            else:
-                losses, log_odds = objectives.orpo_loss(chosen_avg, rejected_avg, -chosen_avg, lam=beta)
-                r_chosen, r_rejected = beta * chosen_avg.detach(), beta * rejected_avg.detach()
-                stats.add("log_odds_ratio", log_odds.sum(), n)
-        else:
+        ref_chosen = ref_rejected = None
+        if ref is not None:
             ref = ref.to(ctx.device)
-            losses, r_chosen, r_rejected = objectives.dpo_loss(
-                chosen, rejected, ref[:, 0], ref[:, 1], beta=beta,
-                loss_type="sigmoid" if cfg.loss == "dpop" else cfg.loss,
-                label_smoothing=cfg.label_smoothing,
-                dpop_lambda=cfg.dpop_lambda if cfg.loss == "dpop" else 0.0,
-                chosen_n_tokens=n_chosen, rejected_n_tokens=n_rejected,
-            )
+            ref_chosen, ref_rejected = ref[:, 0], ref[:, 1]
+        pairs = Pairs(chosen, rejected, n_tokens[:n], n_tokens[n:], ref_chosen, ref_rejected)
+        losses, r_chosen, r_rejected, extra = self.loss_type.fn(pairs, self.beta, ctx.cfg)
+        stats = Stats()
+        for name, values in extra.items():
+            stats.add(name, values.sum(), n)
         loss_sum = losses.sum()
         stats.add("loss", loss_sum.detach(), n)
         stats.add("logps/chosen", chosen.detach().sum(), n)
@@ -164,16 +309,47 @@ class DPO:
         return loss_sum, stats
 
 
-class KTO:
+@register_algorithm
+class KTO(Algorithm):
     """KTO on unpaired rows (prompt, completion, label). The KL reference point z0 is estimated over the
     whole optimizer step from mismatched (prompt, completion) pairs, fixed per dataset (see encode)."""
 
     name = "kto"
+    default_lr = 1e-6  # TRL's
+    required_columns = ("prompt", "completion", "label")
     ref_keys = ("completion", "kl")
     metric_names = (
         "loss", "kl", "logps/chosen", "logps/rejected", "rewards/chosen", "rewards/rejected", "rewards/margins",
         "rewards/accuracies", "desirable_fraction",
     )
+
+    @classmethod
+    def check_config(cls, cfg: TrainConfig) -> None:
+        if cfg.no_reference:
+            raise ValueError("KTO needs a reference model; drop --no-reference")
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.beta = cfg.beta if cfg.beta is not None else 0.1
+        self.step_kl = torch.zeros(())  # the KL estimate of the current step (or evaluation), from before_step
+
+    def prepare(self, cfg: TrainConfig, rows: list[dict], log: Callable[[str], None]) -> None:
+        """Class weights: the dataset manifest's recommendation unless given; warn outside the paper's
+        bound 1 <= (λ_D n_D) / (λ_U n_U) <= 4/3 (Ethayarajh et al. 2024, Eq. 8)."""
+        from pipelines.core.dataset import read_manifest
+
+        manifest = read_manifest(cfg.data) if Path(cfg.data).is_dir() else None
+        recommended = (manifest or {}).get("kto") or {}
+        if cfg.desirable_weight is None:
+            cfg.desirable_weight = float(recommended.get("desirable_weight", 1.0))
+        if cfg.undesirable_weight is None:
+            cfg.undesirable_weight = float(recommended.get("undesirable_weight", 1.0))
+        n_d = sum(1 for r in rows if r.get("label") is True)
+        n_u = len(rows) - n_d
+        if n_d and n_u:
+            ratio = cfg.desirable_weight * n_d / (cfg.undesirable_weight * n_u)
+            if not 1.0 <= ratio <= 4 / 3 + 1e-9:
+                log(f"warning: KTO class balance λ_D·n_D/(λ_U·n_U) = {ratio:.2f} is outside [1, 4/3] "
+                    f"({n_d} desirable, {n_u} undesirable); consider --desirable-weight/--undesirable-weight")
 
     def encode(self, rows: list[dict], tokenizer, cfg: TrainConfig, source: str) -> list[dict]:
         if len(rows) < 2:
@@ -201,9 +377,19 @@ class KTO:
                              "length": max(len(feat["input_ids"]), len(kl["input_ids"]))})
         return examples
 
+    def before_step(self, model, examples: list[dict], indices: list[int], ref: torch.Tensor | None,
+                    ctx: StepContext, d: Dist) -> None:
+        """z0's estimate for this step: the mean log-ratio on the mismatched pairs of the whole step (every
+        process's share, summed over processes), so it does not depend on the batch split."""
+        stats = self.kl_stats(model, [examples[i] for i in indices], ref[indices] if indices else ref[:0], ctx)
+        total = reduce_stats(stats, ("kl",), d).sums.get("kl", [0.0, 0.0])
+        self.step_kl = torch.tensor(total[0] / total[1] if total[1] else 0.0)
+
+    before_eval = before_step  # held-out metrics use the held-out set's own estimate
+
     def kl_stats(self, model, examples: list[dict], ref: torch.Tensor, ctx: StepContext) -> Stats:
         """Sum of policy − reference log-ratios on this process's mismatched pairs (no gradient, as in the
-        paper and TRL); the loop sums these over processes before the loss is computed."""
+        paper and TRL); `before_step` sums these over processes before the loss is computed."""
         stats = Stats()
         if examples:
             with torch.no_grad():
@@ -218,9 +404,9 @@ class KTO:
         logps, _ = sequence_logps(model, batch)
         labels = torch.tensor([e["label"] for e in examples], device=ctx.device)
         ref = ref.to(ctx.device)
-        kl = ctx.kto_kl.to(ctx.device).view(1)
+        kl = self.step_kl.to(ctx.device).view(1)
         losses, rewards, kl_used = objectives.kto_loss(
-            logps, ref[:, 0], labels, kl, torch.zeros_like(kl), beta=cfg.effective_beta,
+            logps, ref[:, 0], labels, kl, torch.zeros_like(kl), beta=self.beta,
             desirable_weight=cfg.desirable_weight or 1.0, undesirable_weight=cfg.undesirable_weight or 1.0,
         )
         loss_sum = losses.sum()
@@ -238,12 +424,15 @@ class KTO:
         return loss_sum, stats
 
 
-class RewardModel:
+@register_algorithm
+class RewardModel(Algorithm):
     """Bradley–Terry reward model on preference pairs, or on K-way rankings (`completions` + `ranking`),
     where a ranking's C(K, 2) pairs share one example's weight (InstructGPT)."""
 
     name = "rm"
-    ref_keys: tuple[str, ...] = ()
+    default_lr = 1e-5  # TRL's
+    required_columns = ("prompt",)
+    reward_head = True
     metric_names = ("loss", "accuracy", "scores/chosen", "scores/rejected", "scores/margin")
 
     def encode(self, rows: list[dict], tokenizer, cfg: TrainConfig, source: str) -> list[dict]:
@@ -288,13 +477,3 @@ class RewardModel:
         stats.add("scores/margin", (chosen - rejected).detach().sum(), n)
         return loss_sum, stats
 
-
-def make_algorithm(cfg: TrainConfig) -> Any:
-    """The algorithm object for `cfg.algorithm` (plain name → class map for the CLI)."""
-    if cfg.algorithm == "dpo":
-        return DPO(cfg)
-    return {"sft": SFT, "kto": KTO, "rm": RewardModel}[cfg.algorithm]()
-
-
-REQUIRED_COLUMNS = {"sft": (), "dpo": ("prompt", "chosen", "rejected"), "kto": ("prompt", "completion", "label"),
-                    "rm": ("prompt",)}

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from pipelines.core.files import atomic_directory, atomic_write_json, atomic_write_text
+from trainers.distributed import Dist, barrier, gather_objects
 
 CHECKPOINT_DIR = "checkpoints"
 STATE_FILE = "trainer_state.json"
@@ -95,6 +96,25 @@ def save_checkpoint(
         for old in list_checkpoints(output)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def save_checkpoint_all_ranks(
+    d: Dist,
+    output: str | Path,
+    model,
+    tokenizer,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    state: TrainerState,
+    config_json: str,
+    keep: int = 2,
+) -> None:
+    """`save_checkpoint` called from every process: each rank's RNG state is gathered, rank 0 writes, all wait
+    until the checkpoint is in place (so no rank runs ahead of a save that could still fail)."""
+    states = gather_objects(rng_state(), d)
+    if d.main:
+        save_checkpoint(output, model, tokenizer, optimizer, scheduler, state, states, config_json, keep=keep)
+    barrier(d)
 
 
 def load_trainer_state(path: str | Path) -> TrainerState:

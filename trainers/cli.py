@@ -8,15 +8,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from trainers.config import ALGORITHMS, DPO_LOSSES, TrainConfig
+from trainers.config import TrainConfig
 
 
 ONLINE = ("grpo", "rloo")  # trainers/grpo.py
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="prefsmith train", description="Train a model: sft | dpo | kto | rm.")
-    p.add_argument("algorithm", choices=ALGORITHMS, help="sft, dpo (and variants via --loss), kto, rm")
+    from trainers.algorithms import ALGORITHMS, DPO_LOSSES  # torch: only for `train`, not `plot`
+
+    names = list(ALGORITHMS)
+    p = argparse.ArgumentParser(prog="prefsmith train", description=f"Train a model: {' | '.join(names)}.")
+    p.add_argument("algorithm", choices=names, help=f"{', '.join(names)} (dpo's variants via --loss)")
     g = p.add_argument_group("inputs and outputs")
     g.add_argument("--model", required=True, help="local model directory (policy; for rm the reward model's base)")
     g.add_argument("--data", required=True, help="dataset directory (Parquet shards + manifest), .parquet or .jsonl")
@@ -25,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--eval-split", type=float, default=0.0, help="hold out this fraction of --data for eval")
     g.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (always at the end)")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--lr", type=float, default=None, help="peak learning rate (default: TRL's, 2e-5 sft, 1e-5 rm, 1e-6 dpo/kto)")
+    lrs = ", ".join(f"{a.default_lr:g} {name}".replace("e-0", "e-") for name, a in ALGORITHMS.items())
+    g.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default: TRL's, {lrs})")
     g.add_argument("--epochs", type=float, default=1.0)
     g.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps (overrides --epochs)")
     g.add_argument("--batch-size", type=int, default=8,
@@ -51,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ref-cache-dir", default=None,
                    help="where cached reference log-probs live (default $PREFSMITH_CACHE or ~/.cache/prefsmith)")
     g = p.add_argument_group("objective")
-    g.add_argument("--loss", choices=DPO_LOSSES, default="sigmoid", help="DPO variant")
+    g.add_argument("--loss", choices=list(DPO_LOSSES), default="sigmoid", help="DPO variant")
     g.add_argument("--beta", type=float, default=None,
                    help="β (default 0.1; SimPO 2.0; for ORPO this is λ, default 0.1; for IPO it is τ)")
     g.add_argument("--label-smoothing", type=float, default=0.0, help="cDPO / robust DPO label-flip rate")
@@ -72,13 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-_DEFAULT_LR = {"sft": 2e-5, "rm": 1e-5, "dpo": 1e-6, "kto": 1e-6}  # TRL defaults
-
-
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    from trainers.algorithms import ALGORITHMS
+
     return TrainConfig(
         algorithm=args.algorithm, model=args.model, data=args.data, output=args.output,
-        lr=args.lr if args.lr is not None else _DEFAULT_LR[args.algorithm], epochs=args.epochs,
+        lr=args.lr if args.lr is not None else ALGORITHMS[args.algorithm].default_lr, epochs=args.epochs,
         max_steps=args.max_steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
         warmup_ratio=args.warmup_ratio, scheduler=args.scheduler, weight_decay=args.weight_decay,
         max_grad_norm=args.max_grad_norm, dtype=args.dtype, seed=args.seed, max_length=args.max_length,

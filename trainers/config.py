@@ -1,7 +1,9 @@
-"""Typed configuration for `prefsmith train sft|dpo|kto|rm`.
+"""Typed configuration for `prefsmith train sft|dpo|kto|rm` (and any algorithm in trainers/algorithms.py).
 
 One dataclass holds everything the shared loop needs; algorithm-specific knobs (beta, loss type, KTO weights)
-live next to the generic ones so a run's full config can be written to one JSON file and read back.
+live next to the generic ones so a run's full config can be written to one JSON file and read back. Which
+algorithms and DPO loss types exist, and what each accepts, is theirs to say (`ALGORITHMS`, `DPO_LOSSES` and
+`Algorithm.check_config` in trainers/algorithms.py).
 """
 from __future__ import annotations
 
@@ -11,10 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipelines.core.files import atomic_write_text
-
-ALGORITHMS = ("sft", "dpo", "kto", "rm")
-DPO_LOSSES = ("sigmoid", "ipo", "hinge", "robust", "simpo", "orpo", "dpop")
-REFERENCE_FREE_LOSSES = ("simpo", "orpo")
 
 
 @dataclass
@@ -56,8 +54,8 @@ class TrainConfig:
     ref_model: str | None = None
     ref_cache_dir: str | None = None
     # preference objectives
-    loss: str = "sigmoid"
-    beta: float | None = None
+    loss: str = "sigmoid"  # a DPO loss type
+    beta: float | None = None  # None: the algorithm's (loss type's) default
     label_smoothing: float = 0.0
     simpo_gamma: float = 1.0
     dpop_lambda: float = 50.0
@@ -77,10 +75,10 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        from trainers.algorithms import ALGORITHMS  # it imports this module
+
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"unknown algorithm {self.algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
-        if self.algorithm == "dpo" and self.loss not in DPO_LOSSES:
-            raise ValueError(f"--loss {self.loss!r} is not a DPO loss; choose one of {', '.join(DPO_LOSSES)}")
         if self.scheduler not in ("cosine", "linear", "constant"):
             raise ValueError(f"--scheduler must be cosine, linear or constant, not {self.scheduler!r}")
         if self.dtype not in ("fp32", "bf16"):
@@ -89,29 +87,7 @@ class TrainConfig:
             raise ValueError("--batch-size and --grad-accum must be at least 1")
         if not 0.0 <= self.eval_split < 1.0:
             raise ValueError(f"--eval-split must be a fraction in [0, 1), got {self.eval_split}")
-        if self.no_reference and self.algorithm == "dpo" and self.loss not in REFERENCE_FREE_LOSSES:
-            raise ValueError(
-                f"--no-reference only works with reference-free losses ({', '.join(REFERENCE_FREE_LOSSES)}); "
-                f"--loss {self.loss} needs a reference model"
-            )
-        if self.no_reference and self.algorithm == "kto":
-            raise ValueError("KTO needs a reference model; drop --no-reference")
-
-    @property
-    def uses_reference(self) -> bool:
-        """Whether reference log-probs are needed (DPO family except SimPO/ORPO, and KTO)."""
-        if self.algorithm == "kto":
-            return True
-        if self.algorithm == "dpo":
-            return self.loss not in REFERENCE_FREE_LOSSES and not self.no_reference
-        return False
-
-    @property
-    def effective_beta(self) -> float:
-        """Paper defaults: DPO/IPO/KTO 0.1, SimPO 2.0, ORPO's lambda 0.1 (passed as beta)."""
-        if self.beta is not None:
-            return self.beta
-        return {"simpo": 2.0}.get(self.loss, 0.1) if self.algorithm == "dpo" else 0.1
+        ALGORITHMS[self.algorithm].check_config(self)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)

@@ -8,12 +8,33 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipelines.core.files import atomic_path, atomic_write_text
 
 METRICS_FILE = "metrics.jsonl"
 _NOT_PLOTTED = {"step", "epoch", "split", "time"}
+
+
+@dataclass
+class Stats:
+    """Metric sums and counts, reduced across processes by summing, then read as sum / count."""
+
+    sums: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, name: str, total, count) -> None:
+        """Add `total` over `count` items to metric `name` (floats or 0-d tensors)."""
+        entry = self.sums.setdefault(name, [0.0, 0.0])
+        entry[0] += float(total)
+        entry[1] += float(count)
+
+    def merge(self, other: "Stats") -> None:
+        for name, (total, count) in other.sums.items():
+            self.add(name, total, count)
+
+    def means(self) -> dict[str, float]:
+        return {k: (s / c if c else float("nan")) for k, (s, c) in self.sums.items()}
 
 
 class MetricsLog:
