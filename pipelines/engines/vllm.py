@@ -4,12 +4,17 @@ Every prompt is one request with its own `SamplingParams(seed=seeds[i], n=n)`, s
 what else is in the batch; prefix caching shares the prompt's KV cache between the n samples and across
 prompts with a common prefix. Log-probs come from `logprobs_mode="processed_logprobs"`: the log-prob of each
 sampled token after temperature and top-p, the distribution it was drawn from.
+
+`VLLMPolicyEngine` is the same engine as an online trainer's sampler: in the trainer's own process, with the
+trainer's weights pushed in after each optimizer step (docs/engines.md, "The vLLM policy engine").
 """
 from __future__ import annotations
 
 import os
-from dataclasses import replace
-from typing import Any, Sequence
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import Any, Iterable, Iterator, Sequence
 
 from .base import (
     EngineError,
@@ -144,3 +149,157 @@ class VLLMEngine:
         if self.llm is not None:
             self.llm.llm_engine.engine_core.shutdown()
             self.llm = None
+
+
+# ------------------------------------------------------------------------------------------------ policy engine
+COLOCATED_GPU_FRACTION = 0.3  # GPU share for vLLM beside a trainer on the same GPU (TRL's colocate default)
+
+
+@dataclass
+class PolicyOptions:
+    prompt_batch_size: int = 8  # set by the trainers for the hf engine's sake; vLLM batches continuously
+    sleep_mode: bool = False  # free vLLM's GPU memory while the trainer trains (CUDA only)
+    sleep_level: int = 1  # 1: weights offloaded to CPU RAM, KV cache dropped; 2: both dropped
+
+
+def _reload_weights(worker: Any, weights: Iterable[tuple[str, Any]]) -> None:
+    """Runs on the vLLM worker: load checkpoint-format (Hugging Face named) tensors in place.
+
+    `reload_weights` restores each layer to its checkpoint layout, loads, re-runs the post-load processing (CPU
+    weight packing, quantization) and copies the result into the old storage (CUDA graphs keep pointing at it).
+    A tied LM head receives no tensor of its own, so that processing skips it; on CPU its packed copy of the
+    embedding (the logits matmul's oneDNN handle) would stay stale, hence the second pass there (idempotent)."""
+    from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, UnquantizedEmbeddingMethod
+    from vllm.platforms import current_platform
+
+    worker.reload_weights(weights_iterator=weights, is_checkpoint_format=True)
+    if not current_platform.is_cpu():
+        return
+    for module in worker.model_runner.get_model().modules():
+        if isinstance(module, ParallelLMHead) and isinstance(module.quant_method, UnquantizedEmbeddingMethod):
+            module.quant_method.process_weights_after_loading(module)
+
+
+@contextmanager
+def _in_process() -> Iterator[None]:
+    """Start vLLM's engine core in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0), so its worker, and the model
+    in it, are reachable by reference. vLLM's start-up sets torch to 1 intra-op thread for its serving loop and
+    replaces `torch.set_num_threads` with a no-op; both are put back for the trainer sharing the process."""
+    import torch
+
+    previous = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
+    threads, set_threads = torch.get_num_threads(), torch.set_num_threads
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
+        else:
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = previous
+        torch.set_num_threads = set_threads
+        torch.set_num_threads(threads)
+
+
+class VLLMPolicyEngine(VLLMEngine):
+    """The vllm engine as an online trainer's sampler, beside the trainer in its process.
+
+    Same sampling, seeds and log-probs as `VLLMEngine`, plus the online-RL hooks: `sync_weights(model)` after
+    each optimizer step, `sleep()` before training (with sleep mode), and the `pad_id` / `options` the trainers
+    read from the hf engine. Single process, tensor_parallel_size 1 (vLLM sets up its own one-rank
+    torch.distributed group in the process).
+
+        engine = VLLMPolicyEngine(model_dir, max_model_len=2048)
+        samples = engine.generate(prompts, sampling, seeds)
+        engine.sleep()                          # GPU: free vLLM's memory for the backward pass
+        ...optimizer.step()...
+        engine.sync_weights(policy)             # the next generate samples from the new weights
+    """
+
+    def __init__(
+        self,
+        model: str,
+        prompt_batch_size: int = 8,
+        sleep_mode: bool | None = None,
+        sleep_level: int = 1,
+        gpu_memory_utilization: float | None = None,
+        tensor_parallel_size: int = 1,
+        **options: Any,
+    ) -> None:
+        """`sleep_mode` None: on with CUDA, off elsewhere (vLLM has no sleep mode on CPU). `gpu_memory_utilization`
+        default: $PREFSMITH_VLLM_GPU_MEMORY_UTILIZATION, else 0.3 on GPU (the trainer needs the rest). Other
+        options as `VLLMEngine`."""
+        try:
+            from vllm.platforms import current_platform
+        except ImportError as err:
+            raise EngineError(f"the vllm engine needs the vllm package ({err}): pip install 'prefsmith[vllm]'") from err
+
+        cuda = current_platform.is_cuda()
+        sleep = cuda if sleep_mode is None else sleep_mode
+        if sleep and not cuda:
+            raise EngineError("vLLM's sleep mode needs a CUDA GPU; pass sleep_mode=False on this platform")
+        if sleep_level not in (1, 2):
+            raise EngineError(f"sleep_level must be 1 or 2, got {sleep_level}")
+        if tensor_parallel_size != 1:
+            raise EngineError("the policy engine runs vLLM in the trainer's process: tensor_parallel_size must be 1")
+        if gpu_memory_utilization is None and os.environ.get("PREFSMITH_VLLM_GPU_MEMORY_UTILIZATION"):
+            gpu_memory_utilization = float(os.environ["PREFSMITH_VLLM_GPU_MEMORY_UTILIZATION"])
+        if gpu_memory_utilization is None and cuda:
+            gpu_memory_utilization = COLOCATED_GPU_FRACTION
+        if sleep:
+            options["enable_sleep_mode"] = True
+        with _in_process():
+            super().__init__(model, gpu_memory_utilization=gpu_memory_utilization, **options)
+        self.options = PolicyOptions(prompt_batch_size, sleep, sleep_level)
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else self.stop_ids[0]
+        self.asleep = False
+        self.weights_valid = True  # False after a level-2 sleep, until the next sync
+
+    def sync_weights(self, model: Any) -> float:
+        """Push `model`'s current parameters (a transformers model of the engine's architecture, any device and
+        dtype) into the running engine; returns the seconds it took."""
+        return self.load_weights(model.named_parameters())
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, Any]]) -> float:
+        """Load (name, tensor) pairs named as in the checkpoint (`model.layers.0.self_attn.q_proj.weight`...) in
+        place, then drop the prefix cache (its KV was computed with the old weights). Returns seconds."""
+        import torch
+
+        t0 = time.perf_counter()
+        if self.asleep:
+            self.llm.wake_up(tags=["weights"])
+        weights = ((name, t.detach()) for name, t in named_tensors)  # lazy: one tensor in flight at a time
+        with torch.no_grad():
+            self.llm.collective_rpc(_reload_weights, args=(weights,))
+        if not self.llm.reset_prefix_cache():
+            raise EngineError("vLLM could not reset its prefix cache after a weight sync (requests still running)")
+        self.weights_valid = True
+        return time.perf_counter() - t0
+
+    def sleep(self) -> None:
+        """Free vLLM's GPU memory for training: the KV cache, and the weights (level 1 offloads them to CPU RAM,
+        level 2 drops them: `sync_weights` must come before the next `generate`). `generate` wakes the engine.
+        A no-op without sleep mode."""
+        if self.options.sleep_mode and not self.asleep:
+            self.llm.sleep(level=self.options.sleep_level)
+            self.asleep = True
+            self.weights_valid = self.options.sleep_level == 1
+
+    def generate(
+        self, prompts: Sequence[Prompt], sampling: SamplingConfig, seeds: Sequence[int] | None = None
+    ) -> list[list[Sample]]:
+        if self.asleep:
+            if not self.weights_valid:
+                raise EngineError("sleep level 2 dropped vLLM's weights: call sync_weights(model) before generate")
+            self.llm.wake_up()  # what is still asleep: the KV cache (and at level 1 without a sync, the weights)
+            self.asleep = False
+        return super().generate(prompts, sampling, seeds)
+
+    def close(self) -> None:
+        """Shut the engine down and undo its process-wide state (torch.distributed group, vLLM's env cache)."""
+        if self.llm is not None:
+            from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+            super().close()
+            cleanup_dist_env_and_memory()
