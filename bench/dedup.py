@@ -131,21 +131,25 @@ def score(removed: set[str], ids: list[str], groups: dict[int, list[int]]) -> tu
 
 
 # ------------------------------------------------------------------------------------------ runners
-def run_ours(src: Path, out: Path, threshold: float, num_perm: int, extra: list[str]) -> tuple[float, set[str], int]:
-    """`prefsmith dedup` as a child process: (seconds, removed ids, peak RSS of that process in bytes).
+def run_ours(src: Path, out: Path, threshold: float, num_perm: int, extra: list[str]
+             ) -> tuple[float, set[str], tuple[int, int]]:
+    """`prefsmith dedup` as a child process: (seconds, removed ids, (peak RSS, peak anonymous RSS) in bytes).
 
-    The peak is the child's own VmHWM, polled every 20 ms: a forked child's `ru_maxrss` also counts the pages
-    it shared with this process (the corpus) before its exec."""
+    The peaks are the child's own VmHWM and the highest RssAnon seen, polled every 20 ms (a forked child's
+    `ru_maxrss` also counts the pages it shared with this process before its exec). RSS includes the
+    memory-mapped signature files the clustering reads (file-backed pages the kernel can drop); RssAnon is
+    the memory the process itself allocated."""
     cmd = [str(Path(sys.executable).parent / "prefsmith"), "dedup", "--input", str(src), "--output", str(out),
            "--field", "text", "--threshold", str(threshold), "--ngram", "5", "--num-perm", str(num_perm),
            "--overwrite", "--no-progress", *extra]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-    peak = 0
+    peak = peak_anon = 0
     while proc.poll() is None:
         try:
             status = Path(f"/proc/{proc.pid}/status").read_text()
             peak = max(peak, int(status.split("VmHWM:")[1].split()[0]) * 1024)
+            peak_anon = max(peak_anon, int(status.split("RssAnon:")[1].split()[0]) * 1024)
         except (OSError, IndexError):  # exiting
             pass
         time.sleep(0.02)
@@ -155,7 +159,7 @@ def run_ours(src: Path, out: Path, threshold: float, num_perm: int, extra: list[
     removed = set()
     for f in sorted((out / "removed" / "data").glob("*.parquet")):
         removed.update(pq.read_table(f, columns=["id"]).column("id").to_pylist())
-    return dt, removed, peak
+    return dt, removed, (peak, peak_anon)
 
 
 def _patch_xxhash() -> None:
@@ -243,7 +247,7 @@ def main() -> None:
     extra = ["--executor", args.executor] + (["--bucket-mb", args.bucket_mb] if args.bucket_mb else [])
     t_ours, rem_ours, rss = run_ours(work / "corpus.parquet", work / "ours", args.threshold, args.num_perm, extra)
     manifest = json.loads((work / "ours" / "manifest.json").read_text())
-    print(f"prefsmith dedup: peak RSS {rss / 2**30:.2f} GiB; "
+    print(f"prefsmith dedup: peak RSS {rss[0] / 2**30:.2f} GiB (anonymous {rss[1] / 2**30:.2f} GiB); "
           f"clustering {manifest['clustering']}")
     results = {"prefsmith dedup": (t_ours, rem_ours)}
     if not args.no_datatrove:

@@ -1,4 +1,5 @@
-"""Format rewards: the R1 `<think>` template, a user regex, and DAPO's soft overlong penalty.
+"""Format rewards: the R1 `<think>` template, one final `\\boxed{}` answer, a user regex, and DAPO's soft
+overlong penalty.
 
 Each comes as a `*_results` function (scores with reasons, what the label stage records) and a TRL-signature
 reward function (floats), so it ports to `GRPOTrainer(reward_funcs=[...])` unchanged:
@@ -68,6 +69,42 @@ def think_format_results(prompts: Sequence[Any] | None, completions: Sequence[An
 
 think_format_reward = trl_reward(think_format_results)
 think_format_reward.__module__ = __name__  # pickle finds it here, not in rewards.result
+
+
+BOXED = "\\boxed{"
+
+
+def boxed_format_check(text: str) -> RewardResult:
+    r"""Exactly one `\boxed{...}` with balanced braces and something inside: 1.0, else 0.0 with a reason
+    (`no_boxed`, `unclosed_boxed`, `empty_boxed`, `multiple_boxed`). The shaping reward for math policies that
+    have not yet learned to mark their answer; it says nothing about whether the answer is right.
+
+    >>> [boxed_format_check(t).reason for t in ["so \\boxed{4}.", "4", "\\boxed{}", "\\boxed{1} \\boxed{2}"]]
+    ['ok', 'no_boxed', 'empty_boxed', 'multiple_boxed']
+    """
+    start = text.find(BOXED)
+    if start == -1:
+        return RewardResult(0.0, "no_boxed")
+    depth, i = 1, start + len(BOXED)
+    while i < len(text) and depth:
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        i += 1
+    if depth:
+        return RewardResult(0.0, "unclosed_boxed")
+    if not text[start + len(BOXED):i - 1].strip():
+        return RewardResult(0.0, "empty_boxed")
+    if BOXED in text[i:]:
+        return RewardResult(0.0, "multiple_boxed")
+    return RewardResult(1.0, "ok")
+
+
+def boxed_format_results(prompts: Sequence[Any] | None, completions: Sequence[Any], **columns: Any) -> list[RewardResult]:
+    """`boxed_format_check` for each completion; null (`bad_completion`) for a value that is not a completion."""
+    return [RewardResult(None, "bad_completion") if t is None else boxed_format_check(t) for t in _texts(completions)]
+
+
+boxed_format_reward = trl_reward(boxed_format_results)
+boxed_format_reward.__module__ = __name__
 
 
 class RegexFormat:

@@ -6,6 +6,7 @@ A spec is `NAME[:ARG]`. Built-in names (the one name -> function map, `BUILTINS`
                       `math:markers` scores a completion with no answer marker `no_answer` (extraction="markers")
     code              code_results (tests in the `tests` column); `code:fraction` scores the fraction of tests passed
     format:think      the R1 `<think>...</think> answer` template
+    format:boxed      exactly one non-empty `\\boxed{...}` (shaping for math policies that don't mark answers yet)
     format:REGEX      any other argument is a regex the whole completion must match (re.fullmatch, DOTALL)
     overlong:MAX,CACHE[,TOKENIZER]   DAPO soft overlong penalty
     rm:MODEL          a sequence-classification reward model (local folder or hub name)
@@ -213,9 +214,11 @@ def _format(arg: str, opts: Options) -> Callable:
     from rewards import format as f
 
     if not arg:
-        raise RewardSpecError("format needs an argument: `format:think` or `format:REGEX`")
+        raise RewardSpecError("format needs an argument: `format:think`, `format:boxed` or `format:REGEX`")
     if arg == "think":
         return f.think_format_results
+    if arg == "boxed":
+        return f.boxed_format_results
     try:
         return f.RegexFormat(arg).results
     except ValueError as e:

@@ -70,3 +70,21 @@ def test_overlong_reward_uses_completion_ids_then_tokenizer(tiny_model):
     assert pickle.loads(pickle.dumps(with_tok))(None, [text]) == [-0.5]
     with pytest.raises(ValueError, match="0 < cache < max_len"):
         overlong_reward(10, 20)
+
+
+@pytest.mark.parametrize("text,score,reason", [
+    ("The total is \\boxed{69}.", 1.0, "ok"),
+    ("\\boxed{\\frac{1}{2}}", 1.0, "ok"),  # nested braces balance
+    ("The total is 69.", 0.0, "no_boxed"),
+    ("\\boxed{ }", 0.0, "empty_boxed"),
+    ("\\boxed{69", 0.0, "unclosed_boxed"),
+    ("\\boxed{6} or \\boxed{9}", 0.0, "multiple_boxed"),
+])
+def test_boxed_format(text, score, reason):
+    from rewards.format import boxed_format_results
+    from rewards.plugins import build
+
+    [r] = boxed_format_results(None, [text])
+    assert (r.score, r.reason) == (score, reason)
+    [via_spec] = build("format:boxed").score(["q"], [[{"role": "assistant", "content": text}]], {})
+    assert via_spec.score == score

@@ -68,6 +68,7 @@ class GRPOConfig:
     eval_every: int = 10
     eval_limit: int | None = None
     eval_max_new_tokens: int | None = None  # default: max_new_tokens
+    eval_batch_size: int = 64  # prompts per greedy generate call (CPU decoding is memory-bound: wide is cheap)
     advantage: str = "grpo"  # grpo | rloo | reinforce_pp
     scale_rewards: str = "group"  # grpo: group | batch | none
     loss: str = "dapo"  # grpo | bnpo | dr_grpo | dapo
@@ -113,7 +114,7 @@ class GRPOConfig:
     def identity(self) -> dict:
         """What must not change across a resume (the rest — budgets, eval cadence — may)."""
         skip = {"resume", "max_steps", "max_minutes", "save_every", "keep_checkpoints", "eval_every", "threads",
-                "eval_limit", "output"}
+                "eval_limit", "eval_batch_size", "output"}
         return {k: v for k, v in asdict(self).items() if k not in skip}
 
 
@@ -225,7 +226,14 @@ class GRPORun:
         self.metrics = MetricsLog(self.out, resume_step=self.state.step if resume_dir is not None else None)
         self._trim_rollouts(self.state.step)
         self.t_start = time.time()
+        self.eval_seconds = 0.0  # held-out evaluation is not training time (`minutes`, `--max-minutes`)
         self.history: list[dict] = []
+        if cfg.tis_cap and (cfg.top_p < 1.0):
+            self.log("warning: --tis-cap with --top-p < 1: the sampler's log-probs are of the truncated "
+                     "distribution, so the importance weights are biased")
+
+    def train_minutes(self) -> float:
+        return (time.time() - self.t_start - self.eval_seconds) / 60
 
     # ---------------------------------------------------------------------------------------- sampling
     def _rollouts(self, indices: list[int], step: int, round_: int) -> list[Group]:
@@ -344,7 +352,7 @@ class GRPORun:
                     (loss * weight).backward()
                     mask = b["loss_mask"].float()
                     share = float(mask.sum()) / n_items
-                    stats["loss"] += float(loss) * weight / cfg.num_iterations
+                    stats["loss"] += float(loss.detach()) * weight / cfg.num_iterations
                     stats["clip_low"] += m["clip_low"] * share / cfg.num_iterations
                     stats["clip_high"] += m["clip_high"] * share / cfg.num_iterations
                     stats["kl"] += m.get("kl", 0.0) * share / cfg.num_iterations
@@ -365,7 +373,7 @@ class GRPORun:
                        **{f"seconds_{k}": round(v, 2) for k, v in self.timing.items()},
                        "tokens_per_s": round(self.tokens / self.timing["generation"], 1) if self.timing["generation"] else 0.0,
                        "step_seconds": round(time.time() - t_step, 2),
-                       "minutes": round((time.time() - self.t_start) / 60, 3)})
+                       "minutes": round(self.train_minutes(), 3)})
         self._write_rollouts(step + 1, rows)
         self.state.step += 1
         self.state.epoch, self.state.batch_in_epoch = self.sampler.epoch, self.sampler.index
@@ -434,14 +442,19 @@ class GRPORun:
         cfg = self.cfg
         t0 = time.time()
         gen = dataclasses.replace(self.gen_cfg, sampling=SamplingConfig(
-            n=1, temperature=0.0, max_new_tokens=cfg.eval_max_new_tokens or cfg.max_new_tokens, seed=0),
-            batch_size=16)
+            n=1, temperature=0.0, max_new_tokens=cfg.eval_max_new_tokens or cfg.max_new_tokens, seed=0))
         ids = [str(r.get("id") if r.get("id") is not None else f"eval{i:06d}") for i, r in enumerate(self.eval_rows)]
-        out, _ = generate_rows(self.engine, self.eval_rows, gen, ids, self.use_chat)
+        gen = dataclasses.replace(gen, batch_size=cfg.eval_batch_size)
+        width, self.engine.options.prompt_batch_size = self.engine.options.prompt_batch_size, cfg.eval_batch_size
+        try:
+            out, _ = generate_rows(self.engine, self.eval_rows, gen, ids, self.use_chat)
+        finally:
+            self.engine.options.prompt_batch_size = width
         labeled = label_rows(out, self.fns, self.names, self.weights)
         outcome = [r["rewards"][self.outcome] for r in labeled]
         scored = [o for o in outcome if o is not None]
-        rec = {"split": "eval", "step": self.state.step, "minutes": round((time.time() - self.t_start) / 60, 3),
+        self.eval_seconds += time.time() - t0
+        rec = {"split": "eval", "step": self.state.step, "minutes": round(self.train_minutes(), 3),
                "accuracy": round(sum(o >= 1.0 for o in scored) / len(scored), 6) if scored else None,
                "eval_null": len(outcome) - len(scored), "eval_seconds": round(time.time() - t0, 2)}
         for name in self.names:
@@ -481,7 +494,7 @@ def train_grpo(cfg: GRPOConfig) -> dict:
     bar = tqdm(total=cfg.max_steps, initial=run.state.step, desc="grpo", unit="step", dynamic_ncols=True)
     try:
         while run.state.step < cfg.max_steps:
-            if cfg.max_minutes is not None and (time.time() - run.t_start) / 60 >= cfg.max_minutes:
+            if cfg.max_minutes is not None and run.train_minutes() >= cfg.max_minutes:
                 run.log(f"stopping at the --max-minutes budget ({cfg.max_minutes} min) after step {run.state.step}")
                 break
             rec = run.step()
@@ -518,7 +531,7 @@ def build_parser(prog: str = "prefsmith train grpo") -> argparse.ArgumentParser:
                        ("temperature", float), ("top_p", float), ("lr", float), ("warmup_steps", int),
                        ("weight_decay", float), ("max_grad_norm", float), ("max_steps", int),
                        ("max_minutes", float), ("seed", int), ("save_every", int), ("eval_every", int),
-                       ("eval_limit", int), ("eval_max_new_tokens", int), ("epsilon", float),
+                       ("eval_limit", int), ("eval_max_new_tokens", int), ("eval_batch_size", int), ("epsilon", float),
                        ("epsilon_high", float), ("beta", float), ("num_iterations", int),
                        ("max_resample_rounds", int), ("tis_cap", float), ("micro_batch_size", int), ("threads", int)):
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=d[name].default)

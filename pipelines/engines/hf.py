@@ -74,6 +74,27 @@ class _RowSampler:
         return torch.full_like(scores, float("-inf")).scatter_(-1, token, 0.0)
 
 
+class _GreedyRecorder:
+    """Greedy decoding's log-probs without `output_scores` (which keeps B × vocab floats per step: gigabytes for a
+    wide batch): records the log-prob of the argmax under the model's own distribution and leaves the scores as
+    they are, so generation picks the same token."""
+
+    def __init__(self) -> None:
+        self.picked: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        logp = scores.float().log_softmax(-1)
+        self.picked.append(logp.gather(-1, scores.argmax(-1, keepdim=True))[:, 0])
+        return scores
+
+
+def _cache_kwargs(lm) -> dict:
+    """A static KV cache where the architecture supports one: preallocated, so a step writes its keys in place
+    instead of concatenating every layer's whole cache. Measured on this 2-core CPU, the 135M default, 32 rows x
+    64 new tokens, one thread: 51.4 tokens/s static vs 35.5 dynamic."""
+    return {"cache_implementation": "static"} if getattr(lm, "_can_compile_fullgraph", False) else {}
+
+
 class HFEngine:
     name = "hf"
 
@@ -147,20 +168,17 @@ class HFEngine:
             eos_token_id=self.stop_ids,
             pad_token_id=self.pad_id,
             return_dict_in_generate=True,
-            output_scores=greedy,
+            **_cache_kwargs(self.lm),
         )
-        sampler = None if greedy else _RowSampler(
+        sampler = _GreedyRecorder() if greedy else _RowSampler(
             [derive_seed(seed, k) for seed in seeds for k in range(sampling.n)], sampling, self.device)
-        processors = LogitsProcessorList([sampler] if sampler else [])
+        processors = LogitsProcessorList([sampler])
         self.lm.eval()
         result = self.lm.generate(input_ids=input_ids, attention_mask=attention, generation_config=config,
                                   logits_processor=processors)
         new_tokens = result.sequences[:, width:]
-        if sampler:
-            picked = torch.stack(sampler.picked, dim=1)
-        else:  # greedy: log-probs of the model's own distribution (temperature 1)
-            picked = torch.stack([step.float().log_softmax(-1).gather(-1, new_tokens[:, t : t + 1])[:, 0]
-                                  for t, step in enumerate(result.scores)], dim=1)
+        # sampled: log-probs under the processed distribution; greedy: under the model's own (temperature 1)
+        picked = torch.stack(sampler.picked, dim=1)
         samples = [self._sample(new_tokens[r].tolist(), picked[r].tolist()) for r in range(new_tokens.shape[0])]
         return [samples[i * sampling.n : (i + 1) * sampling.n] for i in range(len(batch))]
 

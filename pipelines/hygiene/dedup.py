@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import bisect
-import hashlib
 import io
 import itertools
 import json
@@ -50,7 +49,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.core import dataset as ds
-from pipelines.core.files import atomic_path
+from pipelines.core.files import atomic_path, atomic_write_json, fingerprint_json
 from pipelines.core.stage import Stage
 from pipelines.executors import ShardTask, add_executor_arguments, executor_config, make_executor
 from pipelines.hygiene import shingles as tx
@@ -352,7 +351,7 @@ class _Index:
 
     @property
     def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps([r["key"] for r in self.rounds]).encode()).hexdigest()[:16]
+        return fingerprint_json([r["key"] for r in self.rounds])
 
     def ids_of(self, rows: np.ndarray) -> list[str]:
         """The ids of index rows `rows`, read round by round."""
@@ -434,7 +433,7 @@ def _append_round(index_dir: Path, settings: dict, index: _Index, round_key: str
         rounds.append(entry)
     else:
         rounds[pos] = entry
-    ds.atomic_write_bytes(index_dir / "index.json", json.dumps(meta, indent=2).encode())
+    atomic_write_json(index_dir / "index.json", meta)
 
 
 # ------------------------------------------------------------------------------------------ phase 1: signatures
@@ -510,7 +509,7 @@ class _Shard:
         _save_npy(self.path("sets"), hashes)
         _save_npy(self.path("offsets"), offsets)
         ds.write_parquet_atomic(pa.table(meta), self.path("meta"))
-        ds.atomic_write_bytes(self.path("done"), json.dumps({"rows": self.rows, "start": self.start}).encode())
+        atomic_write_json(self.path("done"), {"rows": self.rows, "start": self.start}, indent=None)
 
 
 def _task_table(where: str, batch: pa.RecordBatch, base: int, cfg: DedupConfig) -> pa.Table:
@@ -855,13 +854,12 @@ def _write_outputs(inp: ds.Input, cfg: DedupConfig, out: Path, removed: np.ndarr
 
 # ------------------------------------------------------------------------------------------ the job
 def _fingerprint(settings: dict, cfg: DedupConfig, input_fp: str, index_fp: str | None, index_path: str | None) -> str:
-    blob = json.dumps({"stage": STAGE, "settings": settings, "config": cfg.identity(), "input": input_fp,
-                       "index": index_fp, "index_path": index_path}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return fingerprint_json({"stage": STAGE, "settings": settings, "config": cfg.identity(), "input": input_fp,
+                             "index": index_fp, "index_path": index_path})
 
 
 def _round_key(cfg: DedupConfig, input_fp: str) -> str:
-    return hashlib.sha256(json.dumps({"config": cfg.identity(), "input": input_fp}, sort_keys=True).encode()).hexdigest()[:16]
+    return fingerprint_json({"config": cfg.identity(), "input": input_fp})
 
 
 def s_curve(threshold: float, bands: int, rows: int) -> dict[str, float]:
@@ -916,7 +914,7 @@ def dedup(input: str, output: str, config: DedupConfig | None = None, *, index: 
     plan_path = work / "plan.json"
     if not (plan_path.exists() and json.loads(plan_path.read_text()) == plan):
         shutil.rmtree(work, ignore_errors=True)
-        ds.atomic_write_bytes(plan_path, json.dumps(plan).encode())
+        atomic_write_json(plan_path, plan, indent=None)
     ds.write_manifest(out, manifest)
 
     own_executor = executor is None or not hasattr(executor, "map")
@@ -939,7 +937,7 @@ def dedup(input: str, output: str, config: DedupConfig | None = None, *, index: 
         cluster, jac_rep, clustering = _cluster_phase(shards, idx, cfg, bands, work, progress)
         _save_npy(work / "clusters.npy", cluster)
         _save_npy(work / "jaccard.npy", jac_rep)
-        ds.atomic_write_bytes(marker, json.dumps(clustering).encode())
+        atomic_write_json(marker, clustering, indent=None)
         clustering = {**clustering, "resumed": False}
 
     # phase 3: what each removed row duplicates: this round's kept row, or index row i (rep = -(i+1))
