@@ -19,7 +19,8 @@ Where it departs from TRL's GRPOTrainer, on purpose:
   the loss (DAPO's overlong filtering);
 - dynamic sampling tests the outcome reward's variance, not the shaped total's (a format reward would make
   almost every group look informative);
-- one process; `torchrun` data parallel, FSDP2 and the vLLM engine are not wired into this loop yet.
+- `--engine vllm` samples with vLLM beside the trainer (weights synced after every optimizer step); its
+  log-probs differ from the trainer's, so use `--tis-cap` with it.
 Formulas and defaults: docs/online_rl.md.
 """
 from __future__ import annotations
@@ -83,6 +84,7 @@ class GRPOConfig:
     max_resample_rounds: int = 4  # extra prompt draws per step to fill it with informative groups
     mask_truncated: bool = False
     tis_cap: float | None = None  # truncated importance sampling against the engine's log-probs (off for hf)
+    engine: str = "hf"  # hf: the live policy in-process | vllm: vLLM beside the trainer, weights synced each step
     template: str | None = None
     system: str | None = None
     chat: str = "auto"
@@ -201,9 +203,17 @@ class GRPORun:
         self.tokenizer = load_tokenizer(cfg.model)
         self.model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
         self.model.config.use_cache = True
-        self.engine = HFEngine.wrap(self.model, self.tokenizer, device="cpu", prompt_batch_size=cfg.prompts_per_step)
+        if cfg.engine == "vllm":
+            from pipelines.engines.vllm import VLLMPolicyEngine
+
+            self.engine = VLLMPolicyEngine(cfg.model, prompt_batch_size=cfg.prompts_per_step)
+            if resume_dir is not None:
+                self.engine.sync_weights(self.model)  # the checkpoint's weights, not the starting model's
+        else:
+            self.engine = HFEngine.wrap(self.model, self.tokenizer, device="cpu", prompt_batch_size=cfg.prompts_per_step)
         self.gen_cfg = GenerateConfig(model=cfg.model, sampling=SamplingConfig(), template=cfg.template,
-                                      chat=cfg.chat, system=cfg.system, batch_size=cfg.prompts_per_step)
+                                      chat=cfg.chat, system=cfg.system, batch_size=cfg.prompts_per_step,
+                                      engine=cfg.engine)
         self.use_chat = cfg.chat == "always" or (cfg.chat == "auto" and bool(getattr(self.tokenizer, "chat_template", None)))
         self.ref = None
         if cfg.beta:
@@ -304,6 +314,8 @@ class GRPORun:
         t_step = time.time()
         groups, counts = self._collect(step)
         seen = counts.pop("_seen")
+        if cfg.engine == "vllm":
+            self.engine.sleep()  # frees the GPU for training (a no-op on CPU)
         record: dict[str, Any] = {"split": "train", "step": step + 1, **counts}
 
         # advantages over the whole step: a null row keeps its place as NaN (left out of every baseline, advantage
@@ -365,6 +377,8 @@ class GRPORun:
             self.model.eval()
         self.scheduler.step()
         self.timing["training"] = time.time() - t0
+        if cfg.engine == "vllm":  # always, even without an update: a level-2 sleep dropped the weights
+            self.timing["sync"] = self.engine.sync_weights(self.model)
 
         rows = [r for g in seen for r in g.rows]
         record.update(self._reward_metrics(rows))
@@ -479,6 +493,8 @@ class GRPORun:
         plots = plot_run(self.out)
         for f in self.fns:
             f.close()
+        if self.cfg.engine == "vllm":
+            self.engine.close()
         return {"steps": self.state.step, "output": str(self.out), "plots": [str(p) for p in plots]}
 
 
@@ -548,6 +564,8 @@ def build_parser(prog: str = "prefsmith train grpo") -> argparse.ArgumentParser:
     p.add_argument("--template", default=None)
     p.add_argument("--system", default=None)
     p.add_argument("--chat", choices=["auto", "always", "never"], default="auto")
+    p.add_argument("--engine", choices=["hf", "vllm"], default="hf",
+                   help="hf: sample with the training model itself; vllm: a vLLM engine synced after each step")
     return p
 
 
