@@ -231,7 +231,7 @@ def main() -> None:
           f"{jn.min():.3f}-{jn.max():.3f} (mean {jn.mean():.3f}); {len(negatives)} hard negatives, "
           f"{jf.min():.3f}-{jf.max():.3f} (mean {jf.mean():.3f}); built in {time.perf_counter() - t0:.1f}s")
     table = pa.table({"id": ids, "text": texts})
-    pq.write_table(table, work / "corpus.parquet")
+    pq.write_table(table, work / "corpus.parquet", row_group_size=65536)  # as datasets ship (one 1M-row group would be read whole)
     if not args.no_datatrove:
         with open(work / "corpus.jsonl", "w") as f:
             for i, t in zip(ids, texts):

@@ -148,3 +148,35 @@ def test_vllm_engine_trains_with_synced_weights(tmp_path, tiny_model, prompts):
     after = AutoModelForCausalLM.from_pretrained(out / "model")
     with torch.no_grad():
         assert max(float((a - b).abs().max()) for a, b in zip(after.parameters(), before.parameters())) > 0
+
+
+def test_torchrun_two_processes_match_one(tmp_path, tiny_model, prompts):
+    """`torchrun --nproc-per-node 2` (gloo): each rank samples whole groups (prompts r, r + 2, …), every rank
+    sees every group's rewards, gradients are summed; the weights after 3 steps equal one process's."""
+    from transformers import AutoModelForCausalLM
+
+    common = ["--max-steps", "3", "--save-every", "0", "--prompts-per-step", "4", "--micro-batch-size", "4",
+              "--eval-prompts", str(prompts), "--eval-limit", "5", "--eval-every", "3"]
+    one = tmp_path / "one"
+    assert cli(grpo_args(tiny_model, prompts, one, *common)) == 0
+    two = tmp_path / "two"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
+           "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(29600 + os.getpid() % 1000), "-m", "trainers.cli",
+           *grpo_args(tiny_model, prompts, two, *common)[1:]]
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    m1 = [json.loads(x) for x in (one / "metrics.jsonl").read_text().splitlines()]
+    m2 = [json.loads(x) for x in (two / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["split"], r["step"]) for r in m2] == [(r["split"], r["step"]) for r in m1]
+    for a, b in zip(m1, m2):
+        for key in ("reward", "accuracy", "loss", "grad_norm", "groups_trained", "sequences", "entropy"):
+            if key in a:
+                assert b[key] == pytest.approx(a[key], abs=1e-4), (a["step"], key)
+    assert len(ds.load_rows(two / "rollouts")) == len(ds.load_rows(one / "rollouts")) == 3 * 4 * 4
+    a = AutoModelForCausalLM.from_pretrained(one / "model")
+    b = AutoModelForCausalLM.from_pretrained(two / "model")
+    with torch.no_grad():
+        for (name, p), q in zip(a.named_parameters(), b.parameters()):
+            assert torch.allclose(p, q, atol=1e-4), name

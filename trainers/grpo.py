@@ -53,9 +53,9 @@ class GRPOConfig:
     num_generations: int = 8  # G
     prompts_per_step: int = 4
     max_new_tokens: int = 256
-    temperature: float = 1.0
+    temperature: float = 0.7  # a weak policy at 1.0 samples mostly noise (docs/online_rl.md)
     top_p: float = 1.0
-    lr: float = 1e-6
+    lr: float = 1e-5  # small models, tens of steps (docs/online_rl.md); TRL uses 1e-6 for long runs of big ones
     warmup_steps: int = 0
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
@@ -65,7 +65,7 @@ class GRPOConfig:
     save_every: int = 10
     keep_checkpoints: int = 2
     resume: bool = False
-    eval_prompts: str | None = None
+    eval_prompts: list[str] = field(default_factory=list)  # held-out sets (repeatable --eval-prompts)
     eval_every: int = 10
     eval_limit: int | None = None
     eval_max_new_tokens: int | None = None  # default: max_new_tokens
@@ -153,6 +153,65 @@ class Group:
     prompt_ids: list[int]
 
 
+class Evaluator:
+    """Greedy completions of held-out prompts by a policy, labeled by the run's rewards, and their accuracy
+    (the outcome reward >= 1). The GRPO loop's held-out evaluation; bench/learning.py evaluates TRL's policy
+    with the same object, so both sides are measured alike. Split over ranks under torchrun, gathered back."""
+
+    def __init__(self, engine, gen_cfg, use_chat: bool, fns, names: list[str], weights, outcome: str,
+                 batch_size: int = 64, max_new_tokens: int = 256, d=None):
+        from trainers.distributed import Dist
+
+        self.engine, self.gen_cfg, self.use_chat = engine, gen_cfg, use_chat
+        self.fns, self.names, self.weights, self.outcome = fns, names, weights, outcome
+        self.batch_size, self.max_new_tokens, self.d = batch_size, max_new_tokens, d or Dist()
+
+    def rows(self, rows: list[dict], prefix: str = "eval") -> list[dict]:
+        from pipelines.engines.base import SamplingConfig
+        from pipelines.stages.generate import generate_rows
+        from pipelines.stages.label import label_rows
+        from trainers.distributed import gather_objects
+
+        world, rank = self.d.world, self.d.rank
+        gen = dataclasses.replace(self.gen_cfg, batch_size=self.batch_size, sampling=SamplingConfig(
+            n=1, temperature=0.0, max_new_tokens=self.max_new_tokens, seed=0))
+        ids = [str(r.get("id") if r.get("id") is not None else f"{prefix}{i:06d}") for i, r in enumerate(rows)]
+        mine = list(range(rank, len(rows), world))
+        width, self.engine.options.prompt_batch_size = self.engine.options.prompt_batch_size, self.batch_size
+        try:
+            out, _ = generate_rows(self.engine, [rows[i] for i in mine], gen, [ids[i] for i in mine], self.use_chat)
+        finally:
+            self.engine.options.prompt_batch_size = width
+        labeled = label_rows(out, self.fns, self.names, self.weights)
+        if world == 1:
+            return labeled
+        merged: list[dict] = [None] * len(rows)  # type: ignore[list-item]
+        for r, part in enumerate(gather_objects(labeled, self.d)):
+            merged[r::world] = part
+        return merged
+
+    def summary(self, labeled: list[dict]) -> dict:
+        """Greedy accuracy, nulls (rows no reward could score), mean reward per component."""
+        outcome = [r["rewards"][self.outcome] for r in labeled]
+        scored = [o for o in outcome if o is not None]
+        rec = {"accuracy": round(sum(o >= 1.0 for o in scored) / len(scored), 6) if scored else None,
+               "eval_null": len(outcome) - len(scored)}
+        for name in self.names:
+            vals = [r["rewards"][name] for r in labeled if r["rewards"].get(name) is not None]
+            rec[f"reward_{name}"] = round(sum(vals) / len(vals), 6) if vals else None
+        return rec
+
+    def evaluate(self, sets: dict[str, list[dict]]) -> dict:
+        """{accuracy (the first set's), accuracy_<set> for each set, …}."""
+        rec: dict[str, Any] = {}
+        for k, (name, rows) in enumerate(sets.items()):
+            summary = self.summary(self.rows(rows, prefix=name))
+            if k == 0:
+                rec.update(summary)
+            rec.update({f"{key}_{name}": v for key, v in summary.items()})
+        return rec
+
+
 class GRPORun:
     """Set-up, `step()`, `finish()` for one run directory."""
 
@@ -172,13 +231,26 @@ class GRPORun:
         from trainers import checkpoint as ckpt
         from trainers.metrics import MetricsLog
 
+        from trainers.distributed import setup_distributed
+
         cfg = self.cfg
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        self.d = setup_distributed()  # torchrun: each rank samples whole groups, gradients are summed
+        if self.d.world > 1 and cfg.engine == "vllm":
+            from pipelines.errors import UserError
+
+            raise UserError("--engine vllm runs in one trainer process; use --engine hf under torchrun")
         self.out = Path(cfg.output)
         self.out.mkdir(parents=True, exist_ok=True)
         self.prompts = ds.load_rows(cfg.prompts, required=["prompt"])
-        self.eval_rows = ds.load_rows(cfg.eval_prompts, required=["prompt"])[: cfg.eval_limit] if cfg.eval_prompts else []
+        self.eval_sets = {}
+        for path in cfg.eval_prompts:
+            name = Path(path.rstrip("/")).stem
+            if name in self.eval_sets:
+                name = f"{name}{len(self.eval_sets)}"
+            self.eval_sets[name] = ds.load_rows(path, required=["prompt"])[: cfg.eval_limit]
+        self.eval_rows = [r for rows in self.eval_sets.values() for r in rows]
         self.fns, self.names, self.weights = load_rewards(LabelConfig(rewards=list(cfg.rewards), weights=list(cfg.weights)))
         self.outcome = cfg.outcome_reward or self.names[0]
         if self.outcome not in self.names:
@@ -215,26 +287,28 @@ class GRPORun:
                                       chat=cfg.chat, system=cfg.system, batch_size=cfg.prompts_per_step,
                                       engine=cfg.engine)
         self.use_chat = cfg.chat == "always" or (cfg.chat == "auto" and bool(getattr(self.tokenizer, "chat_template", None)))
+        self.evaluator = Evaluator(self.engine, self.gen_cfg, self.use_chat, self.fns, self.names, self.weights,
+                                   self.outcome, cfg.eval_batch_size, cfg.eval_max_new_tokens or cfg.max_new_tokens,
+                                   self.d)
         self.ref = None
         if cfg.beta:
             self.ref = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32).eval()
             for p in self.ref.parameters():
                 p.requires_grad_(False)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        decay = [p for p in params if p.ndim >= 2]
-        rest = [p for p in params if p.ndim < 2]
-        self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                            {"params": rest, "weight_decay": 0.0}], lr=cfg.lr)
-        warm = cfg.warmup_steps
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+        from trainers.optim import adamw, lr_schedule
+
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = adamw(self.model, cfg.lr, cfg.weight_decay)
+        self.scheduler = lr_schedule(self.optimizer, cfg.max_steps, cfg.warmup_steps, "constant")
         self.state = ckpt.TrainerState()
         if resume_dir is not None:
-            self.state = ckpt.load_training_state(resume_dir, self.optimizer, self.scheduler, 0)
+            self.state = ckpt.load_training_state(resume_dir, self.optimizer, self.scheduler, self.d.rank)
             self.log(f"resuming from {resume_dir} (step {self.state.step})")
         self.sampler = PromptSampler(len(self.prompts), cfg.seed, self.state.epoch, self.state.batch_in_epoch)
-        self.metrics = MetricsLog(self.out, resume_step=self.state.step if resume_dir is not None else None)
-        self._trim_rollouts(self.state.step)
+        self.metrics = MetricsLog(self.out, resume_step=self.state.step if resume_dir is not None else None) \
+            if self.d.main else None
+        if self.d.main:
+            self._trim_rollouts(self.state.step)
         self.t_start = time.time()
         self.eval_seconds = 0.0  # held-out evaluation is not training time (`minutes`, `--max-minutes`)
         self.history: list[dict] = []
@@ -281,7 +355,7 @@ class GRPORun:
             need = cfg.prompts_per_step - len(kept)
             if need <= 0:
                 break
-            for g in self._rollouts(self.sampler.take(need), step, round_):
+            for g in self._gathered_rollouts(self.sampler.take(need), step, round_):
                 counts["groups_sampled"] += 1
                 valid = [r for r in g.rows if not self._null(r)]
                 counts["null_rows"] += len(g.rows) - len(valid)
@@ -298,13 +372,29 @@ class GRPORun:
                 break
         return kept, {**counts, "_seen": seen}
 
+    def _gathered_rollouts(self, indices: list[int], step: int, round_: int) -> list[Group]:
+        """Under torchrun, rank r samples prompts r, r + world, …; every rank then holds every group, in prompt
+        order, so filtering and advantages are the same everywhere (and equal one process's)."""
+        from trainers.distributed import gather_objects
+
+        world, rank = self.d.world, self.d.rank
+        mine = self._rollouts(indices[rank::world], step, round_) if indices[rank::world] else []
+        if world == 1:
+            return mine
+        parts = gather_objects((mine, self.tokens), self.d)
+        self.tokens = sum(t for _, t in parts)
+        out: list[Group] = [None] * len(indices)  # type: ignore[list-item]
+        for r, (groups, _) in enumerate(parts):
+            out[r::world] = groups
+        return out
+
     def _null(self, row: dict) -> bool:
         """A row that could not be scored (the data or a checker failed): it leaves its group, counted."""
         return row["reward"] is None or row["rewards"].get(self.outcome) is None
 
     # ---------------------------------------------------------------------------------------- one step
     def step(self) -> dict:
-        from pipelines.engines.base import EngineError  # noqa: F401  (engines raise UserErrors)
+        from trainers.distributed import all_reduce_grads, gather_objects
         from trainers.logprobs import token_logps
 
         cfg = self.cfg
@@ -325,8 +415,8 @@ class GRPORun:
         kwargs = {"scale": cfg.scale_rewards} if cfg.advantage == "grpo" else {}
         adv_all = ADVANTAGES[cfg.advantage](rewards, cfg.num_generations, **kwargs) if flat else torch.zeros(0)
         advs = list(torch.split(adv_all, [len(g.rows) for g in groups])) if flat else []
-        seqs, adv_flat = [], []
-        for g, a in zip(groups, advs):
+        seqs, adv_flat, owner = [], [], []
+        for k, (g, a) in enumerate(zip(groups, advs)):
             for row, value in zip(g.rows, a.tolist()):
                 row["advantage"] = None if self._null(row) else value
                 ids = list(row["completion_ids"] or [])
@@ -337,13 +427,18 @@ class GRPORun:
                              "loss_mask": [0] * len(g.prompt_ids) + [int(train)] * len(ids),
                              "sampler_logps": [0.0] * len(g.prompt_ids) + list(row["logprobs"] or [0.0] * len(ids))})
                 adv_flat.append(value)
+                owner.append(k % self.d.world)  # whole groups per rank
 
         t0 = time.time()
         stats = {"loss": 0.0, "clip_low": 0.0, "clip_high": 0.0, "kl": 0.0, "entropy": 0.0, "grad_norm": 0.0}
+        # the step's totals (every rank holds every group): the loss normalizers are global, so the ranks'
+        # summed gradients are one process's
         n_items = float(sum(sum(s["loss_mask"]) for s in seqs))
+        n_seqs = len(seqs)
+        local = [i for i in range(n_seqs) if owner[i] == self.d.rank]
         if seqs and n_items > 0:
             self.model.train()
-            mbs = [list(range(i, min(i + cfg.micro_batch_size, len(seqs)))) for i in range(0, len(seqs), cfg.micro_batch_size)]
+            mbs = [local[i:i + cfg.micro_batch_size] for i in range(0, len(local), cfg.micro_batch_size)]
             batches = [self._pad([seqs[i] for i in mb]) for mb in mbs]
             adv_t = [torch.tensor([adv_flat[i] for i in mb]) for mb in mbs]
             with torch.no_grad():  # old log-probs once (μ > 1), and the reference's
@@ -357,7 +452,7 @@ class GRPORun:
                     old_k = old[k] if old is not None else logps.detach()
                     isw = (truncated_is_weights(old_k, b["sampler_logps"], b["loss_mask"], cfg.tis_cap)
                            if cfg.tis_cap else None)
-                    weight = 1.0 if cfg.loss == "dapo" else len(mbs[k]) / len(seqs)
+                    weight = 1.0 if cfg.loss == "dapo" else len(mbs[k]) / n_seqs
                     loss, m = policy_loss(logps, old_k, adv_t[k], b["loss_mask"], cfg.loss_config(),
                                           ref_logps=ref[k] if ref is not None else None, is_weights=isw,
                                           num_items=n_items)
@@ -369,12 +464,17 @@ class GRPORun:
                     stats["clip_high"] += m["clip_high"] * share / cfg.num_iterations
                     stats["kl"] += m.get("kl", 0.0) * share / cfg.num_iterations
                     stats["entropy"] += float((entropy * mask).sum()) / n_items / cfg.num_iterations
-                norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+                all_reduce_grads(self.params, self.d)
+                norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
                 stats["grad_norm"] += float(norm) / cfg.num_iterations
                 self.optimizer.step()
                 passes += 1
             self.optimizer.zero_grad(set_to_none=True)
             self.model.eval()
+            if self.d.world > 1:  # each rank summed its share of the step's metrics; grad_norm is already global
+                names = [k for k in stats if k != "grad_norm"]
+                total = gather_objects([stats[k] for k in names], self.d)
+                stats.update({k: sum(t[i] for t in total) for i, k in enumerate(names)})
         self.scheduler.step()
         self.timing["training"] = time.time() - t0
         if cfg.engine == "vllm":  # always, even without an update: a level-2 sleep dropped the weights
@@ -388,11 +488,13 @@ class GRPORun:
                        "tokens_per_s": round(self.tokens / self.timing["generation"], 1) if self.timing["generation"] else 0.0,
                        "step_seconds": round(time.time() - t_step, 2),
                        "minutes": round(self.train_minutes(), 3)})
-        self._write_rollouts(step + 1, rows)
+        if self.d.main:
+            self._write_rollouts(step + 1, rows)
         self.state.step += 1
         self.state.epoch, self.state.batch_in_epoch = self.sampler.epoch, self.sampler.index
         self.state.examples_seen += counts["groups_sampled"]
-        self.metrics.write(record)
+        if self.d.main:
+            self.metrics.write(record)
         return record
 
     def _pad(self, feats: list[dict]) -> dict[str, torch.Tensor]:
@@ -446,51 +548,37 @@ class GRPORun:
                                                 "steps": step, "config": self.cfg.identity()})
 
     def evaluate(self) -> dict | None:
-        """Greedy accuracy (the outcome reward >= 1) on the held-out prompts, and mean reward per component."""
-        from pipelines.engines.base import SamplingConfig
-        from pipelines.stages.generate import generate_rows
-        from pipelines.stages.label import label_rows
-
-        if not self.eval_rows:
+        """Held-out greedy accuracy on every `--eval-prompts` set: `accuracy` is the first set's, and each set
+        also gets `accuracy_<file stem>`. Its time is not training time."""
+        if not self.eval_sets:
             return None
-        cfg = self.cfg
         t0 = time.time()
-        gen = dataclasses.replace(self.gen_cfg, sampling=SamplingConfig(
-            n=1, temperature=0.0, max_new_tokens=cfg.eval_max_new_tokens or cfg.max_new_tokens, seed=0))
-        ids = [str(r.get("id") if r.get("id") is not None else f"eval{i:06d}") for i, r in enumerate(self.eval_rows)]
-        gen = dataclasses.replace(gen, batch_size=cfg.eval_batch_size)
-        width, self.engine.options.prompt_batch_size = self.engine.options.prompt_batch_size, cfg.eval_batch_size
-        try:
-            out, _ = generate_rows(self.engine, self.eval_rows, gen, ids, self.use_chat)
-        finally:
-            self.engine.options.prompt_batch_size = width
-        labeled = label_rows(out, self.fns, self.names, self.weights)
-        outcome = [r["rewards"][self.outcome] for r in labeled]
-        scored = [o for o in outcome if o is not None]
+        rec: dict[str, Any] = {"split": "eval", "step": self.state.step, **self.evaluator.evaluate(self.eval_sets)}
         self.eval_seconds += time.time() - t0
-        rec = {"split": "eval", "step": self.state.step, "minutes": round(self.train_minutes(), 3),
-               "accuracy": round(sum(o >= 1.0 for o in scored) / len(scored), 6) if scored else None,
-               "eval_null": len(outcome) - len(scored), "eval_seconds": round(time.time() - t0, 2)}
-        for name in self.names:
-            vals = [r["rewards"][name] for r in labeled if r["rewards"].get(name) is not None]
-            rec[f"reward_{name}"] = round(sum(vals) / len(vals), 6) if vals else None
-        self.metrics.write(rec)
+        rec.update({"minutes": round(self.train_minutes(), 3), "eval_seconds": round(time.time() - t0, 2)})
+        if self.d.main:
+            self.metrics.write(rec)
         return rec
 
     def save(self) -> None:
         from trainers import checkpoint as ckpt
 
         self.model.config.use_cache = True
-        ckpt.save_checkpoint(self.out, self.model, self.tokenizer, self.optimizer, self.scheduler, self.state,
-                             [ckpt.rng_state()], json.dumps({"identity": self.cfg.identity()}, default=str),
-                             keep=self.cfg.keep_checkpoints)
+        ckpt.save_checkpoint_all_ranks(self.d, self.out, self.model, self.tokenizer, self.optimizer, self.scheduler,
+                                       self.state, json.dumps({"identity": self.cfg.identity()}, default=str),
+                                       keep=self.cfg.keep_checkpoints)
 
     def finish(self) -> dict:
         from trainers.metrics import plot_run
 
-        self.model.save_pretrained(self.out / "model")
-        self.tokenizer.save_pretrained(self.out / "model")
-        plots = plot_run(self.out)
+        from trainers.distributed import barrier
+
+        plots = []
+        if self.d.main:
+            self.model.save_pretrained(self.out / "model")
+            self.tokenizer.save_pretrained(self.out / "model")
+            plots = plot_run(self.out)
+        barrier(self.d)
         for f in self.fns:
             f.close()
         if self.cfg.engine == "vllm":
@@ -529,7 +617,8 @@ def train_grpo(cfg: GRPOConfig) -> dict:
         run.save()
     summary = run.finish()
     summary["eval"] = [e for e in evals if e]
-    (run.out / "train_result.json").write_text(json.dumps(summary, indent=2))
+    if run.d.main:
+        (run.out / "train_result.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
@@ -551,7 +640,8 @@ def build_parser(prog: str = "prefsmith train grpo") -> argparse.ArgumentParser:
                        ("epsilon_high", float), ("beta", float), ("num_iterations", int),
                        ("max_resample_rounds", int), ("tis_cap", float), ("micro_batch_size", int), ("threads", int)):
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=d[name].default)
-    p.add_argument("--eval-prompts", default=None)
+    p.add_argument("--eval-prompts", action="append", default=[],
+                   help="held-out prompts for greedy accuracy (repeat for several sets)")
     p.add_argument("--advantage", choices=list(ADVANTAGES), default="grpo")
     p.add_argument("--scale-rewards", choices=["group", "batch", "none"], default="group")
     p.add_argument("--loss", choices=["grpo", "bnpo", "dr_grpo", "dapo"], default="dapo")

@@ -1,0 +1,250 @@
+"""Benchmark: does the policy get better, and how fast? `prefsmith train grpo` against TRL's GRPOTrainer on the
+same model, prompts, rewards and wall-clock budget, in one run.
+
+    .venv/bin/python bench/learning.py [--minutes 30] [--sides ours,trl,trl-tuned] [--eval-limit 60] \
+        [--eval-every 10] [--workdir /tmp/learning-bench]
+
+Every side trains the embedded default model (SmolLM2-135M-Instruct) on data/math/train.jsonl with the rewards
+`math` + 0.2 x `format:boxed` and the same prompt template, for `--minutes` of *training* wall clock; every
+`--eval-every` minutes the clock stops and the policy's greedy accuracy is measured on the first `--eval-limit`
+prompts of data/math/heldout.jsonl (same templates as training) and data/math/heldout_alt.jsonl (other
+templates), with one evaluator for all sides (trainers.grpo.Evaluator: the same prompts, rendering, greedy
+decoding, reward and max tokens). Each side runs in its own process, one after the other; peak RSS is that
+process's VmHWM, polled from /proc.
+
+Sides:
+  ours        prefsmith's defaults (G = 8, 4 prompts per step, lr 1e-5, temperature 0.7, dapo loss, β = 0)
+  trl         TRL 1.16 GRPOTrainer with its own defaults where we do not set the task (lr 1e-6, temperature 1.0,
+              one prompt x 8 generations per step, linear decay, gradient checkpointing)
+  trl-tuned   TRL with our hyperparameters (4 x 8 per step, lr 1e-5, temperature 0.7, constant lr, no gradient
+              checkpointing, a static KV cache for generation): the best setting we found for it
+
+Printed: each side's curve (training minutes -> held-out accuracy on both sets), steps, s/step, generated
+tokens/s, peak RSS; then the ratios the floor asks for. A PNG of the curves goes to WORKDIR/learning.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+TEMPLATE = "{prompt} Reply with the final answer as \\boxed{{ANSWER}}."
+REWARDS, WEIGHTS = ["math", "format:boxed"], ["format=0.2"]
+MAX_NEW = 128
+
+
+def eval_sets(limit: int) -> dict[str, list[dict]]:
+    from pipelines.core import dataset as ds
+
+    return {name: ds.load_rows(ROOT / "data" / "math" / f"{name}.jsonl")[:limit] for name in ("heldout", "heldout_alt")}
+
+
+def make_evaluator(model, tokenizer):
+    from pipelines.engines.hf import HFEngine
+    from pipelines.stages.generate import GenerateConfig
+    from pipelines.stages.label import LabelConfig, load_rewards
+    from trainers.grpo import Evaluator
+
+    fns, names, weights = load_rewards(LabelConfig(rewards=list(REWARDS), weights=list(WEIGHTS)))
+    engine = HFEngine.wrap(model, tokenizer, device="cpu", prompt_batch_size=64)
+    gen = GenerateConfig(model="policy", template=TEMPLATE)
+    return Evaluator(engine, gen, True, fns, names, weights, "math", batch_size=64, max_new_tokens=MAX_NEW)
+
+
+class Clock:
+    """Training minutes: wall clock minus the time spent evaluating."""
+
+    def __init__(self) -> None:
+        self.t0, self.paused = time.time(), 0.0
+
+    def minutes(self) -> float:
+        return (time.time() - self.t0 - self.paused) / 60
+
+
+def curve_point(evaluator, sets, clock: Clock, step: int) -> dict:
+    t = time.time()
+    rec = evaluator.evaluate(sets)
+    clock.paused += time.time() - t
+    point = {"minutes": round(clock.minutes(), 2), "step": step,
+             **{k: rec[f"accuracy_{k}"] for k in sets}, "eval_seconds": round(time.time() - t, 1)}
+    print(f"[bench] {json.dumps(point)}", file=sys.stderr, flush=True)
+    return point
+
+
+# ------------------------------------------------------------------------------------------ sides (children)
+def run_ours(args, out: Path) -> dict:
+    from trainers.grpo import GRPOConfig, GRPORun
+    from pipelines.engines.models import resolve_model
+
+    cfg = GRPOConfig(model=resolve_model("default"), prompts=str(ROOT / "data/math/train.jsonl"), output=str(out),
+                     rewards=list(REWARDS), weights=list(WEIGHTS), template=TEMPLATE, max_new_tokens=MAX_NEW,
+                     save_every=0, max_steps=10**6)
+    run = GRPORun(cfg)
+    run.setup()
+    sets = eval_sets(args.eval_limit)
+    evaluator = make_evaluator(run.model, run.tokenizer)
+    clock = Clock()
+    curve, tokens, gen_s, step_s = [curve_point(evaluator, sets, clock, 0)], 0, 0.0, []
+    clock.t0, clock.paused = time.time(), 0.0
+    mark = args.eval_every
+    while clock.minutes() < args.minutes:
+        rec = run.step()
+        tokens += rec["tokens_per_s"] * rec["seconds_generation"]
+        gen_s += rec["seconds_generation"]
+        step_s.append(rec["step_seconds"])
+        if clock.minutes() >= mark or clock.minutes() >= args.minutes:
+            curve.append(curve_point(evaluator, sets, clock, run.state.step))
+            mark += args.eval_every
+    return {"curve": curve, "steps": run.state.step, "s_per_step": sum(step_s) / max(1, len(step_s)),
+            "tokens_per_s": tokens / gen_s if gen_s else 0.0}
+
+
+def run_trl(args, out: Path, tuned: bool) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from pipelines.core import dataset as ds
+    from pipelines.engines.models import resolve_model
+    from rewards import math_reward
+    from rewards.format import boxed_format_reward
+
+    path = resolve_model("default")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    rows = ds.load_rows(ROOT / "data/math/train.jsonl")
+    data = Dataset.from_list([{"prompt": [{"role": "user", "content": TEMPLATE.format(prompt=r["prompt"])}],
+                               "answer": r["answer"]} for r in rows])
+    common = dict(output_dir=str(out), report_to="none", use_cpu=True, bf16=False, save_strategy="no",
+                  logging_steps=1, max_steps=10**5, num_generations=8, max_completion_length=MAX_NEW,
+                  reward_weights=[1.0, 0.2], beta=0.0, seed=0, dataloader_num_workers=0)
+    if tuned:
+        cfg = GRPOConfig(**common, per_device_train_batch_size=32, learning_rate=1e-5, temperature=0.7,
+                         lr_scheduler_type="constant", gradient_checkpointing=False, loss_type="dapo",
+                         cache_implementation="static")
+    else:
+        cfg = GRPOConfig(**common)
+    sets = eval_sets(args.eval_limit)
+    evaluator = make_evaluator(model, tokenizer)
+    clock = Clock()
+    curve: list[dict] = []
+    steps: list[float] = []
+
+    class Budget(TrainerCallback):
+        def __init__(self) -> None:
+            self.mark, self.last = args.eval_every, time.time()
+
+        def on_step_end(self, targs, state, control, **kw):
+            now = time.time()
+            steps.append(now - self.last)
+            m = clock.minutes()
+            if m >= self.mark or m >= args.minutes:
+                was = model.training
+                curve.append(curve_point(evaluator, sets, clock, state.global_step))
+                model.train(was)
+                self.mark += args.eval_every
+            if clock.minutes() >= args.minutes:
+                control.should_training_stop = True
+            self.last = time.time()
+            return control
+
+    trainer = GRPOTrainer(model=model, reward_funcs=[math_reward, boxed_format_reward], args=cfg,
+                          train_dataset=data, processing_class=tokenizer, callbacks=[Budget()])
+    curve.append(curve_point(evaluator, sets, clock, 0))
+    clock.t0, clock.paused = time.time(), 0.0  # the clock starts with training (set-up excluded, as for ours)
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "completions/mean_length" in h]
+    gen_tokens = sum(h["completions/mean_length"] for h in logs) * cfg.per_device_train_batch_size
+    return {"curve": curve, "steps": trainer.state.global_step, "s_per_step": sum(steps) / max(1, len(steps)),
+            "tokens_per_s": None, "completion_tokens": gen_tokens}
+
+
+def child(args) -> None:
+    out = Path(args.workdir) / args.child
+    out.mkdir(parents=True, exist_ok=True)
+    result = run_ours(args, out / "run") if args.child == "ours" else run_trl(args, out / "run", args.child == "trl-tuned")
+    (out / "result.json").write_text(json.dumps(result, indent=2))
+
+
+# ------------------------------------------------------------------------------------------ parent
+def run_side(side: str, args) -> dict:
+    cmd = [sys.executable, __file__, "--child", side, "--minutes", str(args.minutes), "--eval-limit",
+           str(args.eval_limit), "--eval-every", str(args.eval_every), "--workdir", args.workdir]
+    t0 = time.time()
+    proc = subprocess.Popen(cmd, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    peak = 0
+    while proc.poll() is None:
+        try:
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+            peak = max(peak, int(status.split("VmHWM:")[1].split()[0]) * 1024)
+        except (OSError, IndexError):
+            pass
+        time.sleep(0.5)
+    if proc.returncode != 0:
+        raise SystemExit(f"side {side} failed (exit {proc.returncode})")
+    result = json.loads((Path(args.workdir) / side / "result.json").read_text())
+    result.update(peak_rss=peak, wall=time.time() - t0)
+    return result
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, key in zip(axes, ("heldout", "heldout_alt")):
+        for side, r in results.items():
+            ax.plot([p["minutes"] for p in r["curve"]], [p[key] for p in r["curve"]], marker="o", label=side)
+        ax.set_title(f"greedy accuracy, {key}")
+        ax.set_xlabel("training minutes")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--minutes", type=float, default=30.0)
+    ap.add_argument("--sides", default="ours,trl,trl-tuned")
+    ap.add_argument("--eval-limit", type=int, default=60)
+    ap.add_argument("--eval-every", type=float, default=10.0, help="training minutes between evaluations")
+    ap.add_argument("--workdir", default="/tmp/learning-bench")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        return child(args)
+    Path(args.workdir).mkdir(parents=True, exist_ok=True)
+    results = {side: run_side(side, args) for side in args.sides.split(",")}
+    print(f"\n{'side':<10} {'steps':>6} {'s/step':>7} {'tokens/s':>9} {'peak RSS':>9}   curve (minutes: heldout / heldout_alt)")
+    for side, r in results.items():
+        curve = "  ".join(f"{p['minutes']:.0f}: {p['heldout']:.3f}/{p['heldout_alt']:.3f}" for p in r["curve"])
+        tps = f"{r['tokens_per_s']:.1f}" if r.get("tokens_per_s") else "-"
+        print(f"{side:<10} {r['steps']:>6} {r['s_per_step']:>7.1f} {tps:>9} {r['peak_rss'] / 2**30:>8.2f}G   {curve}")
+    if "ours" in results and len(results) > 1:
+        ours = results["ours"]
+        best_trl = max((r["curve"][-1]["heldout"], side) for side, r in results.items() if side != "ours")
+        target, side = best_trl
+        reach = next((p["minutes"] for p in ours["curve"] if p["heldout"] >= target), None)
+        trl_min = results[side]["curve"][-1]["minutes"]
+        print(f"\nbest TRL final held-out accuracy: {target:.3f} ({side}, at {trl_min:.1f} min); ours reached it at "
+              + (f"{reach:.1f} min -> wall-clock ratio {reach / trl_min:.2f}" if reach is not None else "- (not reached)"))
+        print("peak memory ratio (ours / " + side + f"): {ours['peak_rss'] / results[side]['peak_rss']:.2f}")
+    plot(results, Path(args.workdir) / "learning.png")
+    (Path(args.workdir) / "results.json").write_text(json.dumps(results, indent=2))
+    print(f"plot: {Path(args.workdir) / 'learning.png'}")
+
+
+if __name__ == "__main__":
+    main()
