@@ -13,6 +13,8 @@ A DPO loss type (`--loss`) is one function under `@register_dpo_loss`; see docs/
 """
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -173,24 +175,9 @@ def _dpo_loss(p: Pairs, beta: float, cfg: TrainConfig, loss_type: str, dpop_lamb
     return losses, r_chosen, r_rejected, {}
 
 
-@register_dpo_loss("sigmoid")
-def _sigmoid(p: Pairs, beta: float, cfg: TrainConfig):
-    return _dpo_loss(p, beta, cfg, "sigmoid")
-
-
-@register_dpo_loss("ipo")
-def _ipo(p: Pairs, beta: float, cfg: TrainConfig):
-    return _dpo_loss(p, beta, cfg, "ipo")
-
-
-@register_dpo_loss("hinge")
-def _hinge(p: Pairs, beta: float, cfg: TrainConfig):
-    return _dpo_loss(p, beta, cfg, "hinge")
-
-
-@register_dpo_loss("robust")
-def _robust(p: Pairs, beta: float, cfg: TrainConfig):
-    return _dpo_loss(p, beta, cfg, "robust")
+# the four variants objectives.dpo_loss computes itself, one registration each
+for _kind in ("sigmoid", "ipo", "hinge", "robust"):
+    register_dpo_loss(_kind)(functools.partial(_dpo_loss, loss_type=_kind))
 
 
 @register_dpo_loss("simpo", reference=False, default_beta=2.0)

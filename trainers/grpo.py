@@ -250,7 +250,6 @@ class GRPORun:
             if name in self.eval_sets:
                 name = f"{name}{len(self.eval_sets)}"
             self.eval_sets[name] = ds.load_rows(path, required=["prompt"])[: cfg.eval_limit]
-        self.eval_rows = [r for rows in self.eval_sets.values() for r in rows]
         self.fns, self.names, self.weights = load_rewards(LabelConfig(rewards=list(cfg.rewards), weights=list(cfg.weights)))
         self.outcome = cfg.outcome_reward or self.names[0]
         if self.outcome not in self.names:
@@ -311,7 +310,6 @@ class GRPORun:
             self._trim_rollouts(self.state.step)
         self.t_start = time.time()
         self.eval_seconds = 0.0  # held-out evaluation is not training time (`minutes`, `--max-minutes`)
-        self.history: list[dict] = []
         if cfg.tis_cap and (cfg.top_p < 1.0):
             self.log("warning: --tis-cap with --top-p < 1: the sampler's log-probs are of the truncated "
                      "distribution, so the importance weights are biased")
@@ -378,11 +376,12 @@ class GRPORun:
         from trainers.distributed import gather_objects
 
         world, rank = self.d.world, self.d.rank
+        before = self.tokens
         mine = self._rollouts(indices[rank::world], step, round_) if indices[rank::world] else []
         if world == 1:
             return mine
-        parts = gather_objects((mine, self.tokens), self.d)
-        self.tokens = sum(t for _, t in parts)
+        parts = gather_objects((mine, self.tokens - before), self.d)  # this call's tokens, every rank's
+        self.tokens = before + sum(t for _, t in parts)
         out: list[Group] = [None] * len(indices)  # type: ignore[list-item]
         for r, (groups, _) in enumerate(parts):
             out[r::world] = groups
@@ -593,7 +592,7 @@ def train_grpo(cfg: GRPOConfig) -> dict:
     run = GRPORun(cfg)
     run.setup()
     evals = []
-    if run.state.step == 0 and run.eval_rows:
+    if run.state.step == 0 and run.eval_sets:
         evals.append(run.evaluate())
     bar = tqdm(total=cfg.max_steps, initial=run.state.step, desc="grpo", unit="step", dynamic_ncols=True)
     try:
@@ -605,13 +604,13 @@ def train_grpo(cfg: GRPOConfig) -> dict:
             bar.update(1)
             bar.set_postfix(reward=rec.get("reward"), acc=rec.get("accuracy"), s=rec["step_seconds"])
             s = run.state.step
-            if run.eval_rows and cfg.eval_every and s % cfg.eval_every == 0:
+            if run.eval_sets and cfg.eval_every and s % cfg.eval_every == 0:
                 evals.append(run.evaluate())
             if cfg.save_every and s % cfg.save_every == 0:
                 run.save()
     finally:
         bar.close()
-    if run.eval_rows and (not evals or evals[-1]["step"] != run.state.step):
+    if run.eval_sets and (not evals or evals[-1]["step"] != run.state.step):
         evals.append(run.evaluate())
     if cfg.save_every:
         run.save()
