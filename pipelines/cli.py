@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pairs": ("pipelines.builders.pairs", "build DPO preference pairs from scored rollouts"),
     "kto": ("pipelines.builders.kto", "build KTO rows (binary labels) from scored rollouts"),
     "select": ("pipelines.builders.rft", "build rejection-sampling (RFT) SFT sets"),
+    "eval": ("pipelines.reports.evaluate", "evaluate a model: accuracy, pass@k, maj@k per group (table, JSON, PNG)"),
     "stats": ("pipelines.reports.stats", "summary table and histograms of a dataset"),
     "export": ("pipelines.reports.export", "write any dataset as JSONL for inspection"),
     "run": ("pipelines.pipeline", "run a pipeline file (YAML): stages in order, resumable"),

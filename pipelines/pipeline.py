@@ -32,7 +32,7 @@ from pipelines.errors import UserError
 POSITIONAL = {"export": ("input", "output"), "stats": ("input",)}
 TRAIN_COMMANDS = ("train",)
 # commands whose shards an executor runs (they take --executor)
-SHARDED = ("generate", "label", "dedup", "decontaminate", "pairs", "kto", "select")
+SHARDED = ("generate", "label", "eval", "dedup", "decontaminate", "pairs", "kto", "select")
 EXECUTOR_KEYS = {"kind": "executor", "address": "ray_address", "ray_workers": "ray_workers", "workers": "ray_workers",
                  "num_cpus_per_worker": "num_cpus_per_worker", "num_gpus_per_worker": "num_gpus_per_worker"}
 
