@@ -1,4 +1,5 @@
-"""`prefsmith train sft|dpo|kto|rm ...` and `prefsmith plot RUN_DIR`.
+"""`prefsmith train sft|dpo|kto|rm ...` and `prefsmith plot RUN_DIR` (grpo|rloo: trainers/grpo.py;
+iterative-dpo|rft: trainers/rounds.py).
 
 Also runnable as `python -m trainers.cli dpo --model M --data D --output O`, which is what
 `torchrun --nproc-per-node N -m trainers.cli dpo ...` uses for data-parallel training.
@@ -12,6 +13,7 @@ from trainers.config import TrainConfig
 
 
 ONLINE = ("grpo", "rloo")  # trainers/grpo.py
+ROUNDS = ("iterative-dpo", "rft")  # trainers/rounds.py
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
         from trainers import grpo
 
         return grpo.main(list(argv[1:]), algo=argv[0])
+    if argv and argv[0] in ROUNDS:  # rounds of sample, label, build, train
+        from trainers import rounds_cli
+
+        return rounds_cli.main(list(argv[1:]), recipe=argv[0])
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
         cfg = config_from_args(args)

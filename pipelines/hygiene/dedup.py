@@ -46,6 +46,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines.core import dataset as ds
@@ -92,6 +93,11 @@ class DedupConfig:
             raise UserError(f"--batch-rows must be >= 1, got {self.batch_rows}")
         if not self.bucket_mb > 0:
             raise UserError(f"--bucket-mb must be > 0, got {self.bucket_mb}")
+
+    def fields(self) -> list[str]:
+        """`prompt+completion`: the text compared is the columns' texts joined by a newline (a sample is the same
+        only with the same prompt)."""
+        return self.field.split("+")
 
     def identity(self) -> dict:
         """The settings that change which rows are removed (batch, shard and bucket sizes do not)."""
@@ -516,9 +522,11 @@ def _task_table(where: str, batch: pa.RecordBatch, base: int, cfg: DedupConfig) 
     """A batch as a signature task's input: its text (a chat-message list joined), id and reward, checked here
     so that a mistake names its file and row whatever executor runs the shard."""
     names = batch.schema.names
-    if cfg.field not in names:
-        raise UserError(f"{where}: missing column {cfg.field!r}")
-    texts = tx.column_text(batch.column(cfg.field), cfg.field, where)
+    for name in cfg.fields():
+        if name not in names:
+            raise UserError(f"{where}: missing column {name!r}")
+    parts = [tx.column_text(batch.column(name), name, where) for name in cfg.fields()]
+    texts = parts[0] if len(parts) == 1 else pc.binary_join_element_wise(*parts, pa.scalar("\n", pa.large_string()))
     if texts.null_count:
         row = base + texts.is_null().to_numpy(zero_copy_only=False).argmax()
         raise UserError(f"{where}: row {row}: column {cfg.field!r} is null; drop or fill such rows first")
@@ -542,7 +550,7 @@ def _signature_phase(inp: ds.Input, cfg: DedupConfig, bands: int, rows_per_band:
     from tqdm.auto import tqdm
 
     stage = SignatureStage(cfg.ngram, cfg.seed, bands, rows_per_band, cfg.keep == "best-reward")
-    want = [cfg.field] + (["id"] if "id" in inp.columns else []) + (["reward"] if cfg.keep == "best-reward" else [])
+    want = cfg.fields() + (["id"] if "id" in inp.columns else []) + (["reward"] if cfg.keep == "best-reward" else [])
     shards: list[_Shard] = []
     resumed = [0]
     bar = tqdm(total=inp.rows, desc="dedup: signatures", unit="row", disable=not progress, dynamic_ncols=True)
@@ -881,7 +889,7 @@ def dedup(input: str, output: str, config: DedupConfig | None = None, *, index: 
     cfg.validate()
     bands, rows_per_band = choose_banding(cfg.threshold, cfg.num_perm)
     out = Path(output)
-    inp = ds.open_input(str(input), [cfg.field])
+    inp = ds.open_input(str(input), cfg.fields())
     if cfg.keep == "best-reward" and "reward" not in inp.columns:
         raise UserError(f"{input}: --keep best-reward needs a 'reward' column; found {', '.join(inp.columns)}. "
                         "Run `prefsmith label` first, or use --keep first.")
@@ -1004,7 +1012,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d = DedupConfig()
     p.add_argument("--input", required=True, help="JSONL, Parquet file, dataset directory or hub name")
     p.add_argument("--output", required=True, help="output dataset directory (removed rows go to OUTPUT/removed)")
-    p.add_argument("--field", default=d.field, help="text column to compare: a string or chat-message list column "
+    p.add_argument("--field", default=d.field, help="text column to compare: a string or chat-message list column; "
+                   f"A+B joins several (prompt+completion: the same completion of another prompt is no duplicate) "
                    f"(default {d.field})")
     p.add_argument("--threshold", type=float, default=d.threshold,
                    help=f"Jaccard of word-shingle sets at/above which rows are near-duplicates (default {d.threshold})")
