@@ -67,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="KTO λ_D (default: the dataset manifest's recommendation, else 1.0)")
     g.add_argument("--undesirable-weight", type=float, default=None, help="KTO λ_U (default as --desirable-weight)")
     g.add_argument("--rm-center-coef", type=float, default=0.0, help="reward model: penalty on (r_w + r_l)^2")
+    g = p.add_argument_group("distributed (torchrun)")
+    g.add_argument("--fsdp", action="store_true",
+                   help="shard weights, gradients and optimizer state over the processes (FSDP2) instead of "
+                        "replicating them (docs/training.md)")
     g = p.add_argument_group("LoRA (needs peft)")
     g.add_argument("--lora-r", type=int, default=0, help="LoRA rank; 0 trains all weights")
     g.add_argument("--lora-alpha", type=int, default=16)
@@ -93,7 +97,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         no_reference=args.no_reference, ref_model=args.ref_model, ref_cache_dir=args.ref_cache_dir,
         loss=args.loss, beta=args.beta, label_smoothing=args.label_smoothing, simpo_gamma=args.simpo_gamma,
         dpop_lambda=args.dpop_lambda, desirable_weight=args.desirable_weight,
-        undesirable_weight=args.undesirable_weight, rm_center_coef=args.rm_center_coef, lora_r=args.lora_r,
+        undesirable_weight=args.undesirable_weight, rm_center_coef=args.rm_center_coef, fsdp=args.fsdp, lora_r=args.lora_r,
         lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout, logging_every=args.logging_every,
         progress=not args.no_progress, plots=not args.no_plots,
     )
@@ -112,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
         from trainers import grpo
 
         return grpo.main(list(argv[1:]), algo=argv[0])
+    if argv and argv[0] == "ppo":  # the online loop with a value model
+        from trainers import ppo
+
+        return ppo.main(list(argv[1:]))
     if argv and argv[0] in ROUNDS:  # rounds of sample, label, build, train
         from trainers import rounds_cli
 

@@ -64,6 +64,8 @@ class TrainConfig:
     undesirable_weight: float | None = None
     # reward model
     rm_center_coef: float = 0.0
+    # sharding: FSDP2 under torchrun (trainers/fsdp.py); off = plain data parallel
+    fsdp: bool = False
     # LoRA (needs peft)
     lora_r: int = 0
     lora_alpha: int = 16

@@ -89,6 +89,7 @@ class GRPOConfig:
     system: str | None = None
     chat: str = "auto"
     micro_batch_size: int = 8  # sequences per forward/backward
+    fsdp: bool = False  # torchrun: shard weights, gradients and AdamW state (trainers/fsdp.py); sampling gathers them
     threads: int | None = None
 
     def __post_init__(self) -> None:
@@ -274,6 +275,15 @@ class GRPORun:
         self.tokenizer = load_tokenizer(cfg.model)
         self.model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
         self.model.config.use_cache = True
+        if cfg.fsdp:
+            from pipelines.errors import UserError
+            from trainers import fsdp
+
+            fsdp.check_supported(self.d)
+            if cfg.engine != "hf" or self.d.device.type != "cpu":
+                raise UserError("train grpo --fsdp shards over CPU processes with --engine hf (this trainer's "
+                                "policy trains on the CPU; its GPU path is --engine vllm in one process)")
+            fsdp.shard_model(self.model, self.d)
         if cfg.engine == "vllm":
             from pipelines.engines.vllm import VLLMPolicyEngine
 
@@ -294,6 +304,10 @@ class GRPORun:
             self.ref = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32).eval()
             for p in self.ref.parameters():
                 p.requires_grad_(False)
+            if cfg.fsdp:
+                from trainers import fsdp
+
+                fsdp.shard_model(self.ref, self.d)
         from trainers.optim import adamw, lr_schedule
 
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -301,7 +315,7 @@ class GRPORun:
         self.scheduler = lr_schedule(self.optimizer, cfg.max_steps, cfg.warmup_steps, "constant")
         self.state = ckpt.TrainerState()
         if resume_dir is not None:
-            self.state = ckpt.load_training_state(resume_dir, self.optimizer, self.scheduler, self.d.rank)
+            self.state = ckpt.load_training_state(resume_dir, self.optimizer, self.scheduler, self.d.rank, self.model)
             self.log(f"resuming from {resume_dir} (step {self.state.step})")
         self.sampler = PromptSampler(len(self.prompts), cfg.seed, self.state.epoch, self.state.batch_in_epoch)
         self.metrics = MetricsLog(self.out, resume_step=self.state.step if resume_dir is not None else None) \
@@ -377,7 +391,10 @@ class GRPORun:
 
         world, rank = self.d.world, self.d.rank
         before = self.tokens
-        mine = self._rollouts(indices[rank::world], step, round_) if indices[rank::world] else []
+        from trainers.fsdp import full_weights
+
+        with full_weights(self.model):  # --fsdp: sampling runs on the whole weights, gathered once per call
+            mine = self._rollouts(indices[rank::world], step, round_) if indices[rank::world] else []
         if world == 1:
             return mine
         parts = gather_objects((mine, self.tokens - before), self.d)  # this call's tokens, every rank's
@@ -393,10 +410,12 @@ class GRPORun:
 
     # ---------------------------------------------------------------------------------------- one step
     def step(self) -> dict:
+        from trainers import fsdp
         from trainers.distributed import all_reduce_grads, gather_objects
         from trainers.logprobs import token_logps
 
         cfg = self.cfg
+        sharded = fsdp.is_sharded(self.model)
         step = self.state.step
         self.timing = {"generation": 0.0, "scoring": 0.0, "training": 0.0}
         self.tokens = 0
@@ -438,6 +457,9 @@ class GRPORun:
         if seqs and n_items > 0:
             self.model.train()
             mbs = [local[i:i + cfg.micro_batch_size] for i in range(0, len(local), cfg.micro_batch_size)]
+            real = len(mbs)
+            if sharded:  # every rank runs as many forwards and backwards (trainers/fsdp.py); the padding ones weigh 0
+                mbs += [[0]] * (fsdp.common_count(real, self.d) - real)
             batches = [self._pad([seqs[i] for i in mb]) for mb in mbs]
             adv_t = [torch.tensor([adv_flat[i] for i in mb]) for mb in mbs]
             with torch.no_grad():  # old log-probs once (μ > 1), and the reference's
@@ -455,6 +477,9 @@ class GRPORun:
                     loss, m = policy_loss(logps, old_k, adv_t[k], b["loss_mask"], cfg.loss_config(),
                                           ref_logps=ref[k] if ref is not None else None, is_weights=isw,
                                           num_items=n_items)
+                    if k >= real:
+                        (loss * 0.0).backward()
+                        continue
                     (loss * weight).backward()
                     mask = b["loss_mask"].float()
                     share = float(mask.sum()) / n_items
@@ -463,7 +488,8 @@ class GRPORun:
                     stats["clip_high"] += m["clip_high"] * share / cfg.num_iterations
                     stats["kl"] += m.get("kl", 0.0) * share / cfg.num_iterations
                     stats["entropy"] += float((entropy * mask).sum()) / n_items / cfg.num_iterations
-                all_reduce_grads(self.params, self.d)
+                if not sharded:  # FSDP summed the gradients in backward
+                    all_reduce_grads(self.params, self.d)
                 norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
                 stats["grad_norm"] += float(norm) / cfg.num_iterations
                 self.optimizer.step()
@@ -552,7 +578,10 @@ class GRPORun:
         if not self.eval_sets:
             return None
         t0 = time.time()
-        rec: dict[str, Any] = {"split": "eval", "step": self.state.step, **self.evaluator.evaluate(self.eval_sets)}
+        from trainers.fsdp import full_weights
+
+        with full_weights(self.model):
+            rec: dict[str, Any] = {"split": "eval", "step": self.state.step, **self.evaluator.evaluate(self.eval_sets)}
         self.eval_seconds += time.time() - t0
         rec.update({"minutes": round(self.train_minutes(), 3), "eval_seconds": round(time.time() - t0, 2)})
         if self.d.main:
@@ -572,9 +601,12 @@ class GRPORun:
 
         from trainers.distributed import barrier
 
+        from trainers import fsdp
+
         plots = []
+        weights = fsdp.full_state(self.model)[0] if fsdp.is_sharded(self.model) else None  # every rank gathers
         if self.d.main:
-            self.model.save_pretrained(self.out / "model")
+            self.model.save_pretrained(self.out / "model", state_dict=weights)
             self.tokenizer.save_pretrained(self.out / "model")
             plots = plot_run(self.out)
         barrier(self.d)
@@ -653,6 +685,8 @@ def build_parser(prog: str = "prefsmith train grpo") -> argparse.ArgumentParser:
     p.add_argument("--template", default=None)
     p.add_argument("--system", default=None)
     p.add_argument("--chat", choices=["auto", "always", "never"], default="auto")
+    p.add_argument("--fsdp", action="store_true",
+                   help="torchrun: shard weights, gradients and optimizer state over the processes (FSDP2)")
     p.add_argument("--engine", choices=["hf", "vllm"], default="hf",
                    help="hf: sample with the training model itself; vllm: a vLLM engine synced after each step")
     return p

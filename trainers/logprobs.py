@@ -17,6 +17,14 @@ def _position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
 
 
+def _sharded(model) -> bool:
+    """A model sharded by FSDP (trainers/fsdp.py): its root forward is what gathers the embeddings and heads, so it
+    is called whole, never through its submodules."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
 def _decoder_and_head(model):
     """(decoder, lm_head) when logits are exactly `lm_head(decoder(...).last_hidden_state)`, else None."""
     cfg = getattr(model, "config", None)
@@ -44,8 +52,11 @@ def token_logps(model, batch: dict[str, torch.Tensor], with_entropy: bool = Fals
     targets = input_ids[:, 1:]
     kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=_position_ids(attention_mask),
                   use_cache=False)
-    parts = _decoder_and_head(model)
-    if parts is None:
+    parts = None if _sharded(model) else _decoder_and_head(model)
+    if parts is None and _sharded(model):  # the projection only at the positions some row scores
+        cols = mask.any(0).nonzero().squeeze(-1)
+        logits = model(**kwargs, logits_to_keep=cols).logits[mask[:, cols]].float()
+    elif parts is None:
         logits = model(**kwargs).logits[:, :-1][mask].float()
     else:
         decoder, head = parts
@@ -91,13 +102,19 @@ def reward_model_scores(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
             "AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)"
         )
     attention_mask = batch["attention_mask"]
-    hidden = model.base_model(
-        input_ids=batch["input_ids"],
-        attention_mask=attention_mask,
-        position_ids=_position_ids(attention_mask),
-        use_cache=False,
-    ).last_hidden_state
+    kwargs = dict(input_ids=batch["input_ids"], attention_mask=attention_mask,
+                  position_ids=_position_ids(attention_mask), use_cache=False)
     width = attention_mask.size(1)
     last = width - 1 - attention_mask.flip(-1).long().argmax(-1)
-    pooled = hidden[torch.arange(hidden.size(0), device=hidden.device), last]
+    rows = torch.arange(attention_mask.size(0), device=attention_mask.device)
+    if _sharded(model):  # called whole; the head's per-position scores are caught on their way to HF's pooling
+        caught = []
+        hook = head.register_forward_hook(lambda _module, _inputs, out: caught.append(out))
+        try:
+            model(**kwargs)
+        finally:
+            hook.remove()
+        return caught[0][rows, last].squeeze(-1).float()
+    hidden = model.base_model(**kwargs).last_hidden_state
+    pooled = hidden[rows, last]
     return head(pooled).squeeze(-1).float()

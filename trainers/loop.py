@@ -10,7 +10,10 @@ same gradient, and `--grad-accum` only trades memory for time.
 GRPORun) and `train(cfg)` drives it. Nothing here asks which algorithm runs: the algorithm object says which
 columns it reads, which sequences need reference log-probs, and what to do before a step (its hooks).
 
-Runs on CPU, one GPU, or several processes under `torchrun` (gloo on CPU, nccl on GPU).
+Runs on CPU, one GPU, or several processes under `torchrun` (gloo on CPU, nccl on GPU); with `--fsdp` the
+weights, gradients and optimizer state are sharded over those processes instead of replicated (trainers/fsdp.py),
+and every process then runs the same number of forwards: one with no examples of its own runs a padding batch
+whose result is dropped.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ import torch
 
 from pipelines.core.files import atomic_write_json
 from trainers import checkpoint as ckpt
-from trainers import ref_cache
+from trainers import fsdp, ref_cache
 from trainers.algorithms import Algorithm, StepContext, UserDataError, make_algorithm
 from trainers.config import TrainConfig
 from trainers.data import collate, length_batches
@@ -156,21 +159,27 @@ def _reference_logps(cfg: TrainConfig, algo: Algorithm, examples: list[dict], to
         return values
     _log(d, f"{what}: computing reference log-probs for {len(examples)} examples with {ref_path}")
     model = initial_policy if initial_policy is not None else _load_model(ref_path, cfg, tokenizer, reward_head=False)
+    if cfg.fsdp and not fsdp.is_sharded(model):
+        fsdp.shard_model(model, d)
     model = model.to(d.device).eval()
     mine = list(range(d.rank, len(examples), d.world))
     mine.sort(key=lambda i: examples[i]["length"])
     bs = max(1, cfg.batch_size // (d.world * cfg.grad_accum))
+    starts = list(range(0, len(mine), bs))
     local: dict[int, list[float]] = {}
     passes = 0
     with torch.no_grad(), _autocast(cfg, d.device):
-        for start in range(0, len(mine), bs):
-            idx = mine[start : start + bs]
+        for b in range(fsdp.common_count(len(starts), d) if cfg.fsdp else len(starts)):
+            padding = b >= len(starts)  # --fsdp: as many forwards as the busiest process
+            idx = [0] if padding else mine[starts[b] : starts[b] + bs]
             cols = []
             for k in algo.ref_keys:
                 batch = collate([examples[i][k] for i in idx], tokenizer.pad_token_id)
                 logps, _ = sequence_logps(model, {n: t.to(d.device) for n, t in batch.items()})
                 cols.append(logps.float().cpu())
-                passes += 1
+                passes += not padding
+            if padding:
+                continue
             for j, i in enumerate(idx):
                 local[i] = [float(c[j]) for c in cols]
     del model  # the caller keeps the policy; a separately loaded reference is freed here
@@ -205,10 +214,18 @@ def _micro_batches(indices: list[int], examples: list[dict], d: Dist, grad_accum
     return [chunks[m * d.world + d.rank] for m in range(grad_accum)]
 
 
-def _save_final(model, tokenizer, cfg: TrainConfig) -> None:
+def _padding_forward(model, example: dict, ctx: StepContext) -> None:
+    """One forward whose result is dropped (--fsdp): a process with no examples of its own for an algorithm's hook
+    still joins the all-gathers of the others' forward (a hook runs one forward over its examples: KTO's KL)."""
+    feature = next(v for v in example.values() if isinstance(v, dict) and "input_ids" in v)
+    with torch.no_grad():
+        sequence_logps(model, {n: t.to(ctx.device) for n, t in collate([feature], ctx.pad_id).items()})
+
+
+def _save_final(model, tokenizer, cfg: TrainConfig, weights: dict | None = None) -> None:
     out = Path(cfg.output)
     final = model.merge_and_unload() if cfg.lora_r else model
-    final.save_pretrained(out)
+    final.save_pretrained(out, state_dict=weights)
     tokenizer.save_pretrained(out)
     cfg.save(out / "prefsmith_train.json")
 
@@ -263,6 +280,8 @@ class TrainRun:
             self.log(f"--resume: no checkpoint in {out / ckpt.CHECKPOINT_DIR}, starting from the beginning")
         if resume_dir is not None:
             _check_resumable(resume_dir, cfg)
+        if cfg.fsdp:
+            fsdp.check_supported(d, lora=bool(cfg.lora_r))
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
@@ -272,6 +291,8 @@ class TrainRun:
         self.examples, self.eval_examples = _prepare_examples(cfg, algo, tokenizer, self.log)
         model = _load_model(resume_dir if resume_dir and not cfg.lora_r else cfg.model, cfg, tokenizer,
                             reward_head=algo.reward_head)
+        if cfg.fsdp:  # before the reference pass, which then runs on the shards too
+            fsdp.shard_model(model, d)
         self.ref_info: dict = {}
         self.ref = self.eval_ref = None
         if algo.ref_keys:
@@ -295,7 +316,7 @@ class TrainRun:
                                      cfg.scheduler)
         self.state = ckpt.TrainerState()
         if resume_dir is not None:
-            self.state = ckpt.load_training_state(resume_dir, self.optimizer, self.scheduler, d.rank)
+            self.state = ckpt.load_training_state(resume_dir, self.optimizer, self.scheduler, d.rank, model)
             self.log(f"resuming from {resume_dir} (step {self.state.step} of {self.total_steps})")
         if d.main:
             out.mkdir(parents=True, exist_ok=True)
@@ -331,18 +352,26 @@ class TrainRun:
         t0 = time.perf_counter()
         denom = float(sum(examples[i]["units"] for i in indices))
         micro = _micro_batches(indices, examples, d, cfg.grad_accum)
+        mine = [i for m in micro for i in m]
+        sharded = fsdp.is_sharded(self.model)
         with _autocast(cfg, d.device):
-            algo.before_step(self.model, examples, [i for m in micro for i in m], ref, ctx, d)
+            if sharded and not mine and type(algo).before_step is not Algorithm.before_step:
+                _padding_forward(self.model, examples[indices[0]], ctx)
+            algo.before_step(self.model, examples, mine, ref, ctx, d)
         stats = Stats()
         for idx in micro:
-            if not idx:
+            padding = not idx and sharded  # every process runs a forward and backward per micro-batch
+            if not idx and not padding:
                 continue
+            idx = idx or indices[:1]
             with _autocast(cfg, d.device):
                 loss_sum, s = algo.loss(self.model, [examples[i] for i in idx], ref[idx] if ref is not None else None,
                                         ctx)
-            (loss_sum / denom).backward()
-            stats.merge(s)
-        all_reduce_grads(self.params, d)
+            (loss_sum * (0.0 if padding else 1.0 / denom)).backward()
+            if not padding:
+                stats.merge(s)
+        if not sharded:  # FSDP has already reduce-scattered (summed) the gradients in backward
+            all_reduce_grads(self.params, d)
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
         lr = self.scheduler.get_last_lr()[0]
@@ -377,14 +406,20 @@ class TrainRun:
         ordered = sorted(range(len(examples)), key=lambda i: examples[i]["length"])
         mine = [i for j, i in enumerate(ordered) if (j // per_rank) % d.world == d.rank]
         stats = Stats()
+        sharded = fsdp.is_sharded(model)
+        starts = list(range(0, len(mine), per_rank))
         with torch.no_grad():
             with _autocast(cfg, d.device):
+                if sharded and not mine and type(algo).before_eval is not Algorithm.before_eval:
+                    _padding_forward(model, examples[0], ctx)
                 algo.before_eval(model, examples, mine, ref, ctx, d)
-            for start in range(0, len(mine), per_rank):
-                idx = mine[start : start + per_rank]
+            for b in range(fsdp.common_count(len(starts), d) if sharded else len(starts)):
+                padding = b >= len(starts)  # --fsdp: as many forwards as the busiest process
+                idx = [0] if padding else mine[starts[b] : starts[b] + per_rank]
                 with _autocast(cfg, d.device):
                     _, s = algo.loss(model, [examples[i] for i in idx], ref[idx] if ref is not None else None, ctx)
-                stats.merge(s)
+                if not padding:
+                    stats.merge(s)
         model.train(was_training)
         self.last_eval = reduce_stats(stats, algo.metric_names, d).means()
         if self.metrics and self.last_eval:
@@ -402,8 +437,9 @@ class TrainRun:
     def finish(self) -> TrainResult:
         """The final model (LoRA merged), tokenizer and config in OUTPUT, train_result.json and the plots."""
         cfg, d, out = self.cfg, self.d, self.out
+        weights = fsdp.full_state(self.model)[0] if fsdp.is_sharded(self.model) else None  # every rank gathers
         if d.main:
-            _save_final(self.model, self.tokenizer, cfg)
+            _save_final(self.model, self.tokenizer, cfg, weights)
             summary = {"steps": self.state.step, "train": self.last_train, "eval": self.last_eval,
                        "ref_cache": self.ref_info}
             atomic_write_json(out / "train_result.json", summary, default=float)
@@ -441,7 +477,7 @@ def train(cfg: TrainConfig) -> TrainResult:
 
 # Settings that fix which examples each step sees; changing them makes "continue at batch k" meaningless.
 _RESUME_INVARIANTS = ("algorithm", "data", "model", "batch_size", "seed", "max_length", "shuffle",
-                      "group_by_length", "eval_split", "eval_data", "lora_r")
+                      "group_by_length", "eval_split", "eval_data", "lora_r", "fsdp")
 
 
 def _check_resumable(resume_dir: Path, cfg: TrainConfig) -> None:
