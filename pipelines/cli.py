@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("pipelines.reports.export", "write any dataset as JSONL for inspection"),
     "run": ("pipelines.pipeline", "run a pipeline file (YAML): stages in order, resumable"),
     "models": ("pipelines.engines.models", "manage models (fetch-default: convert the embedded default model)"),
-    "train": ("trainers.cli", "train: sft | dpo | kto | rm | grpo | rloo | iterative-dpo | rft"),
+    "train": ("trainers.cli", "train: sft | dpo | kto | rm | grpo | rloo | ppo | iterative-dpo | rft"),
     "plot": ("trainers.cli", "plot a training run's metrics"),
 }
 

@@ -82,6 +82,7 @@ def save_checkpoint(
     keep: int = 2,
     weights: dict | None = None,
     optimizer_state: dict | None = None,
+    extra: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write a checkpoint for `state.step` (main process only) and prune all but the newest `keep`. `weights` and
     `optimizer_state`: already gathered full state dicts (a sharded model), else the model's and optimizer's own."""
@@ -127,7 +128,7 @@ def save_checkpoint_all_ranks(
     states = gather_objects(rng_state(), d)
     if d.main:
         save_checkpoint(output, model, tokenizer, optimizer, scheduler, state, states, config_json, keep=keep,
-                        weights=weights, optimizer_state=optim)
+                        weights=weights, optimizer_state=optim, extra=extra)
     barrier(d)
 
 

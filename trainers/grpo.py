@@ -91,6 +91,7 @@ class GRPOConfig:
     micro_batch_size: int = 8  # sequences per forward/backward
     fsdp: bool = False  # torchrun: shard weights, gradients and AdamW state (trainers/fsdp.py); sampling gathers them
     threads: int | None = None
+    MIN_GENERATIONS = 2  # not a field: PPO (trainers/ppo.py), whose baseline is a value model, allows 1
 
     def __post_init__(self) -> None:
         from pipelines.errors import UserError
@@ -99,8 +100,9 @@ class GRPOConfig:
             raise UserError("give at least one --reward (e.g. --reward math)")
         if self.advantage not in ADVANTAGES:
             raise UserError(f"--advantage {self.advantage!r}: choose one of {', '.join(ADVANTAGES)}")
-        if self.num_generations < 2:
-            raise UserError("--num-generations must be >= 2: advantages compare a prompt's completions")
+        if self.num_generations < self.MIN_GENERATIONS:
+            raise UserError(f"--num-generations must be >= {self.MIN_GENERATIONS}: advantages compare a prompt's "
+                            "completions")
         for name in ("prompts_per_step", "max_new_tokens", "max_steps", "num_iterations", "micro_batch_size"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -216,6 +218,8 @@ class Evaluator:
 class GRPORun:
     """Set-up, `step()`, `finish()` for one run directory."""
 
+    NAME = "grpo"
+
     def __init__(self, cfg: GRPOConfig, log=lambda msg: print(f"prefsmith train grpo: {msg}", file=sys.stderr,
                                                                flush=True)):
         self.cfg, self.log = cfg, log
@@ -258,7 +262,7 @@ class GRPORun:
 
             raise UserError(f"--outcome-reward {self.outcome!r} is not one of the rewards ({', '.join(self.names)})")
 
-        resume_dir = ckpt.latest_checkpoint(self.out) if cfg.resume else None
+        self.resume_dir = resume_dir = ckpt.latest_checkpoint(self.out) if cfg.resume else None
         if resume_dir is not None:
             saved = json.loads((resume_dir / "prefsmith_train.json").read_text())
             if saved.get("identity") != json.loads(json.dumps(cfg.identity())):
@@ -378,7 +382,7 @@ class GRPORun:
                     counts["all_correct" if all(correct) else "all_wrong" if not any(correct) else "mixed"] += 1
                 flat = len(set(outcome)) <= 1
                 counts["groups_zero_variance"] += flat
-                if len(valid) >= 2 and not (cfg.dynamic_sampling and flat):
+                if len(valid) >= cfg.MIN_GENERATIONS and not (cfg.dynamic_sampling and flat):
                     kept.append(g)
             if not cfg.dynamic_sampling:
                 break
@@ -410,12 +414,7 @@ class GRPORun:
 
     # ---------------------------------------------------------------------------------------- one step
     def step(self) -> dict:
-        from trainers import fsdp
-        from trainers.distributed import all_reduce_grads, gather_objects
-        from trainers.logprobs import token_logps
-
         cfg = self.cfg
-        sharded = fsdp.is_sharded(self.model)
         step = self.state.step
         self.timing = {"generation": 0.0, "scoring": 0.0, "training": 0.0}
         self.tokens = 0
@@ -426,34 +425,77 @@ class GRPORun:
             self.engine.sleep()  # frees the GPU for training (a no-op on CPU)
         record: dict[str, Any] = {"split": "train", "step": step + 1, **counts}
 
+        seqs = self._sequences(groups)
+        t0 = time.time()
+        stats = self._optimize(seqs)
+        self.scheduler.step()
+        self.timing["training"] = time.time() - t0
+        if cfg.engine == "vllm":  # always, even without an update: a level-2 sleep dropped the weights
+            self.timing["sync"] = self.engine.sync_weights(self.model)
+
+        rows = [r for g in seen for r in g.rows]
+        record.update(self._reward_metrics(rows))
+        record.update({k: round(v, 6) for k, v in stats.items()})
+        record.update({"groups_trained": len(groups), "sequences": len(seqs), "lr": self.scheduler.get_last_lr()[0],
+                       **{f"seconds_{k}": round(v, 2) for k, v in self.timing.items()},
+                       "tokens_per_s": round(self.tokens / self.timing["generation"], 1) if self.timing["generation"] else 0.0,
+                       "step_seconds": round(time.time() - t_step, 2),
+                       "minutes": round(self.train_minutes(), 3)})
+        if self.d.main:
+            self._write_rollouts(step + 1, rows)
+        self.state.step += 1
+        self.state.epoch, self.state.batch_in_epoch = self.sampler.epoch, self.sampler.index
+        self.state.examples_seen += counts["groups_sampled"]
+        if self.d.main:
+            self.metrics.write(record)
+        return record
+
+    def _row_advantages(self, rewards: torch.Tensor) -> torch.Tensor | None:
+        """One advantage per completion from the step's rewards (prompts × G, NaN for null rows)."""
+        cfg = self.cfg
+        kwargs = {"scale": cfg.scale_rewards} if cfg.advantage == "grpo" else {}
+        return ADVANTAGES[cfg.advantage](rewards, cfg.num_generations, **kwargs)
+
+    def _sequences(self, groups: list[Group]) -> list[dict]:
+        """The step's trainable sequences: the engine's prompt + completion ids, the loss mask, the sampler's
+        log-probs, the completion's advantage and reward, and the rank that trains it (whole groups per rank)."""
+        cfg = self.cfg
         # advantages over the whole step: a null row keeps its place as NaN (left out of every baseline, advantage
         # 0) so groups stay G wide, then is left out of the loss
         flat = [row for g in groups for row in g.rows]
         rewards = torch.tensor([float("nan") if self._null(r) else float(r["reward"]) for r in flat])
-        kwargs = {"scale": cfg.scale_rewards} if cfg.advantage == "grpo" else {}
-        adv_all = ADVANTAGES[cfg.advantage](rewards, cfg.num_generations, **kwargs) if flat else torch.zeros(0)
+        adv_all = self._row_advantages(rewards) if flat else None
+        if adv_all is None:  # token-level advantages come later (PPO)
+            adv_all = torch.full((len(flat),), float("nan"))
         advs = list(torch.split(adv_all, [len(g.rows) for g in groups])) if flat else []
-        seqs, adv_flat, owner = [], [], []
+        seqs = []
         for k, (g, a) in enumerate(zip(groups, advs)):
             for row, value in zip(g.rows, a.tolist()):
-                row["advantage"] = None if self._null(row) else value
+                row["advantage"] = None if self._null(row) or math.isnan(value) else value
                 ids = list(row["completion_ids"] or [])
                 if not ids or self._null(row):
                     continue
                 train = not (cfg.mask_truncated and row["finish_reason"] == "length")
                 seqs.append({"input_ids": g.prompt_ids + ids,
                              "loss_mask": [0] * len(g.prompt_ids) + [int(train)] * len(ids),
-                             "sampler_logps": [0.0] * len(g.prompt_ids) + list(row["logprobs"] or [0.0] * len(ids))})
-                adv_flat.append(value)
-                owner.append(k % self.d.world)  # whole groups per rank
+                             "sampler_logps": [0.0] * len(g.prompt_ids) + list(row["logprobs"] or [0.0] * len(ids)),
+                             "advantage": value, "reward": float(row["reward"]), "owner": k % self.d.world})
+        return seqs
 
-        t0 = time.time()
+    def _optimize(self, seqs: list[dict]) -> dict:
+        """μ passes of the policy loss over the step's sequences (this rank's share); returns the metrics."""
+        from trainers import fsdp
+        from trainers.distributed import all_reduce_grads, gather_objects
+        from trainers.logprobs import token_logps
+
+        cfg = self.cfg
+        sharded = fsdp.is_sharded(self.model)
         stats = {"loss": 0.0, "clip_low": 0.0, "clip_high": 0.0, "kl": 0.0, "entropy": 0.0, "grad_norm": 0.0}
         # the step's totals (every rank holds every group): the loss normalizers are global, so the ranks'
         # summed gradients are one process's
         n_items = float(sum(sum(s["loss_mask"]) for s in seqs))
         n_seqs = len(seqs)
-        local = [i for i in range(n_seqs) if owner[i] == self.d.rank]
+        local = [i for i in range(n_seqs) if seqs[i]["owner"] == self.d.rank]
         if seqs and n_items > 0:
             self.model.train()
             mbs = [local[i:i + cfg.micro_batch_size] for i in range(0, len(local), cfg.micro_batch_size)]
@@ -461,7 +503,7 @@ class GRPORun:
             if sharded:  # every rank runs as many forwards and backwards (trainers/fsdp.py); the padding ones weigh 0
                 mbs += [[0]] * (fsdp.common_count(real, self.d) - real)
             batches = [self._pad([seqs[i] for i in mb]) for mb in mbs]
-            adv_t = [torch.tensor([adv_flat[i] for i in mb]) for mb in mbs]
+            adv_t = [torch.tensor([seqs[i]["advantage"] for i in mb]) for mb in mbs]
             with torch.no_grad():  # old log-probs once (μ > 1), and the reference's
                 old = [token_logps(self.model, b) for b in batches] if cfg.num_iterations > 1 else None
                 ref = [token_logps(self.ref, b) for b in batches] if self.ref is not None else None
@@ -500,27 +542,7 @@ class GRPORun:
                 names = [k for k in stats if k != "grad_norm"]
                 total = gather_objects([stats[k] for k in names], self.d)
                 stats.update({k: sum(t[i] for t in total) for i, k in enumerate(names)})
-        self.scheduler.step()
-        self.timing["training"] = time.time() - t0
-        if cfg.engine == "vllm":  # always, even without an update: a level-2 sleep dropped the weights
-            self.timing["sync"] = self.engine.sync_weights(self.model)
-
-        rows = [r for g in seen for r in g.rows]
-        record.update(self._reward_metrics(rows))
-        record.update({k: round(v, 6) for k, v in stats.items()})
-        record.update({"groups_trained": len(groups), "sequences": len(seqs), "lr": self.scheduler.get_last_lr()[0],
-                       **{f"seconds_{k}": round(v, 2) for k, v in self.timing.items()},
-                       "tokens_per_s": round(self.tokens / self.timing["generation"], 1) if self.timing["generation"] else 0.0,
-                       "step_seconds": round(time.time() - t_step, 2),
-                       "minutes": round(self.train_minutes(), 3)})
-        if self.d.main:
-            self._write_rollouts(step + 1, rows)
-        self.state.step += 1
-        self.state.epoch, self.state.batch_in_epoch = self.sampler.epoch, self.sampler.index
-        self.state.examples_seen += counts["groups_sampled"]
-        if self.d.main:
-            self.metrics.write(record)
-        return record
+        return stats
 
     def _pad(self, feats: list[dict]) -> dict[str, torch.Tensor]:
         from trainers.data import collate
@@ -594,7 +616,10 @@ class GRPORun:
         self.model.config.use_cache = True
         ckpt.save_checkpoint_all_ranks(self.d, self.out, self.model, self.tokenizer, self.optimizer, self.scheduler,
                                        self.state, json.dumps({"identity": self.cfg.identity()}, default=str),
-                                       keep=self.cfg.keep_checkpoints)
+                                       keep=self.cfg.keep_checkpoints, extra=self.save_extra)
+
+    def save_extra(self, folder: Path) -> None:
+        """More state for a checkpoint, written inside it before it is marked complete (PPO: the value model)."""
 
     def finish(self) -> dict:
         from trainers.metrics import plot_run
@@ -617,16 +642,17 @@ class GRPORun:
         return {"steps": self.state.step, "output": str(self.out), "plots": [str(p) for p in plots]}
 
 
-def train_grpo(cfg: GRPOConfig) -> dict:
-    """Run to `max_steps` (or `max_minutes`), evaluating and checkpointing on the way; returns a summary."""
+def train_grpo(cfg: GRPOConfig, run_class: type[GRPORun] | None = None) -> dict:
+    """Run to `max_steps` (or `max_minutes`), evaluating and checkpointing on the way; returns a summary.
+    `run_class`: a GRPORun subclass with its own update (trainers/ppo.py)."""
     from tqdm.auto import tqdm
 
-    run = GRPORun(cfg)
+    run = (run_class or GRPORun)(cfg)
     run.setup()
     evals = []
     if run.state.step == 0 and run.eval_sets:
         evals.append(run.evaluate())
-    bar = tqdm(total=cfg.max_steps, initial=run.state.step, desc="grpo", unit="step", dynamic_ncols=True)
+    bar = tqdm(total=cfg.max_steps, initial=run.state.step, desc=run.NAME, unit="step", dynamic_ncols=True)
     try:
         while run.state.step < cfg.max_steps:
             if cfg.max_minutes is not None and run.train_minutes() >= cfg.max_minutes:

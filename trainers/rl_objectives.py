@@ -241,3 +241,68 @@ def truncated_is_weights(logps_old: torch.Tensor, sampler_logps: torch.Tensor, m
     weight each token by min(π_trainer/π_sampler, cap), detached. Masked positions get 1."""
     w = torch.exp(logps_old - sampler_logps).clamp(max=cap)
     return torch.where(mask.bool(), w, torch.ones_like(w)).detach()
+
+
+# ------------------------------------------------------------------------------------------ PPO (InstructGPT)
+# Token-level credit assignment with a learned value function (Schulman et al. 2017; Ouyang et al. 2022,
+# arXiv:2203.02155). Per-token tensors are (B, T) aligned like the log-probs: position t holds the token
+# predicted from tokens < t, and ``values[:, t]`` is V(s_t), the value of the state before that token.
+def kl_penalized_rewards(scores: torch.Tensor, logps: torch.Tensor, ref_logps: torch.Tensor, mask: torch.Tensor,
+                         kl_coef: float, kl: str = "k1") -> tuple[torch.Tensor, torch.Tensor]:
+    """InstructGPT's reward: r_t = -β · KL_t(π_old‖π_ref) at every completion token, plus the sequence's scalar
+    score at its last completion token. Returns (rewards (B, T), per-token KL (B, T)); zero off the mask."""
+    mask = mask.to(logps.dtype)
+    per_kl = KL_ESTIMATORS[kl](logps, ref_logps) * mask
+    rewards = -kl_coef * per_kl
+    last = (mask * torch.arange(mask.size(1), dtype=mask.dtype)).argmax(-1)  # index of each row's last token
+    has = mask.sum(-1) > 0
+    rewards[has, last[has]] += scores.to(rewards.dtype)[has]
+    return rewards, per_kl
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
+        lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalized advantage estimation (Schulman et al. 2016, arXiv:1506.02438) over each row's masked tokens:
+    δ_t = r_t + γ V(s_{t+1}) - V(s_t),  A_t = δ_t + γλ A_{t+1},  with V = 0 after the last token (the episode
+    ends there). Returns (advantages, returns = A + V), zero off the mask."""
+    mask = mask.to(values.dtype)
+    values = values * mask
+    adv = torch.zeros_like(values)
+    next_adv = torch.zeros(values.size(0), dtype=values.dtype, device=values.device)
+    next_value = torch.zeros_like(next_adv)
+    for t in reversed(range(values.size(1))):
+        m = mask[:, t]
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        a = delta + gamma * lam * next_adv
+        adv[:, t] = a * m
+        # a masked position (prompt or padding) passes the later values through unchanged
+        next_adv = torch.where(m > 0, a, next_adv)
+        next_value = torch.where(m > 0, values[:, t], next_value)
+    return adv, (adv + values) * mask
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """(x - mean) / std over the masked entries of the whole batch (unbiased variance, as TRL's masked_whiten);
+    with ``shift_mean=False`` the mean is added back (used for rewards). Zero off the mask."""
+    mask = mask.to(x.dtype)
+    n = mask.sum()
+    mean = (x * mask).sum() / n
+    var = (((x - mean) ** 2) * mask).sum() / (n - 1).clamp(min=1.0)
+    out = (x - mean) * torch.rsqrt(var + 1e-8)
+    if not shift_mean:
+        out = out + mean
+    return out * mask
+
+
+def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+                       clip_range: float = 0.2, num_items: float | None = None) -> tuple[torch.Tensor, float]:
+    """PPO's value loss with the value clipped around the rollout-time estimate (as in OpenAI's baselines and
+    TRL's PPOTrainer): ½ · mean_t max((V - R)², (V_old + clip(V - V_old, ±c) - R)²) over the masked tokens
+    (or divided by ``num_items``, the step's token count). Returns (loss, fraction of tokens clipped)."""
+    mask = mask.to(values.dtype)
+    clipped = old_values + torch.clamp(values - old_values, -clip_range, clip_range)
+    a, b = (values - returns) ** 2, (clipped - returns) ** 2
+    denom = mask.sum() if num_items is None else torch.as_tensor(num_items, dtype=values.dtype)
+    loss = 0.5 * (torch.max(a, b) * mask).sum() / denom.clamp(min=1.0)
+    frac = float(((b > a).to(mask.dtype) * mask).sum() / mask.sum().clamp(min=1.0))
+    return loss, frac

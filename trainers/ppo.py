@@ -1,0 +1,243 @@
+"""`prefsmith train ppo`: PPO with a learned value function — the last stage of the InstructGPT pipeline
+(`train sft` → `train rm` on pairs → `train ppo --reward rm:DIR`), on the GRPO loop (trainers/grpo.py).
+
+One step, top to bottom (`PPORun._optimize`; sampling, scoring and bookkeeping are GRPORun's):
+  1. sample and score as GRPO does (any `--reward`, `rm:DIR` included), `--num-generations` 1 by default;
+  2. with no gradient: the policy's log-probs (π_old), the frozen reference's (π_ref), the value model's V(s_t);
+  3. reward per token: r_t = -β·KL_t(π_old‖π_ref), plus the sequence's reward at its last token (InstructGPT);
+  4. GAE(γ, λ) over the completion tokens → advantages and returns; advantages whitened over the step;
+  5. μ = `--num-iterations` epochs (4, as TRL's PPOTrainer): clipped policy loss (token mean over the step) +
+     `--vf-coef` × clipped value loss; one AdamW for the policy, one for the value model.
+
+Simplifications, on purpose:
+- the value model is a separate network (policy weights or a reward-model folder, plus a scalar `score` head),
+  not a head on the policy: it keeps its own optimizer and learning rate and never perturbs the policy;
+- the episode ends at the completion's last token: V = 0 after it (TRL's PPOTrainer bootstraps from the value
+  one position past the end, which is not a state the policy can be in);
+- no mini-batches inside an epoch: each epoch is one optimizer step over the whole step's sequences (the
+  micro-batches only bound memory), as GRPO's μ passes are.
+Formulas: docs/online_rl.md#ppo.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from trainers.grpo import GRPOConfig, GRPORun, build_parser as grpo_parser
+
+
+@dataclass
+class PPOConfig(GRPOConfig):
+    num_generations: int = 1  # the value model is the baseline; no group needed
+    prompts_per_step: int = 16
+    num_iterations: int = 4  # PPO epochs over each step's rollouts (TRL's num_ppo_epochs)
+    kl_coef: float = 0.05  # β of the per-token KL penalty in the reward (TRL's PPOTrainer default)
+    gamma: float = 1.0
+    lam: float = 0.95
+    vf_coef: float = 0.1
+    cliprange_value: float = 0.2
+    value_model: str | None = None  # default: the policy's weights with a fresh scalar head
+    value_lr: float | None = None  # default: --lr
+    whiten_advantages: bool = True
+    MIN_GENERATIONS = 1
+
+    def __post_init__(self) -> None:
+        from pipelines.errors import UserError
+
+        super().__post_init__()
+        if self.dynamic_sampling:
+            raise UserError("--dynamic-sampling filters groups by reward variance; PPO has no groups to filter")
+        if self.fsdp:
+            raise UserError("--fsdp is not wired into PPO's update yet (its value model is not sharded); use plain "
+                            "data parallel (torchrun without --fsdp)")
+        if self.beta:
+            raise UserError("PPO puts the KL to the reference in the reward: use --kl-coef, not --beta")
+        if not 0.0 <= self.gamma <= 1.0 or not 0.0 <= self.lam <= 1.0:
+            raise UserError(f"--gamma and --lam must lie in [0, 1], got {self.gamma} and {self.lam}")
+
+
+class ValueModel(torch.nn.Module):
+    """V(s_t) at every position: a transformer backbone and a scalar `score` head (a reward model's folder,
+    as `train rm` writes, gives both; a policy's folder gives the backbone and a fresh head)."""
+
+    def __init__(self, path: str, pad_token_id: int | None):
+        super().__init__()
+        from transformers import AutoModelForSequenceClassification
+
+        from pipelines.errors import UserError
+
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
+        if not isinstance(getattr(model, "score", None), torch.nn.Linear):
+            raise UserError(f"value model {path}: {type(model).__name__} has no `score` head (Llama, Qwen, Mistral "
+                            "and most decoders do)")
+        model.config.pad_token_id = pad_token_id
+        self.model = model
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, T) aligned with token_logps: out[:, t] = V(tokens < t)."""
+        from trainers.logprobs import _position_ids
+
+        hidden = self.model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                       position_ids=_position_ids(batch["attention_mask"]), use_cache=False)
+        v = self.model.score(hidden.last_hidden_state).squeeze(-1).float()
+        return torch.nn.functional.pad(v[:, :-1], (1, 0)) * batch["loss_mask"].float()
+
+    def save(self, folder: Path, tokenizer=None) -> None:
+        self.model.save_pretrained(folder)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(folder)
+
+
+class PPORun(GRPORun):
+    NAME = "ppo"
+    cfg: PPOConfig
+
+    def setup(self) -> None:
+        from transformers import AutoModelForCausalLM
+
+        from trainers.optim import adamw, lr_schedule
+
+        super().setup()
+        cfg = self.cfg
+        if cfg.kl_coef and self.ref is None:
+            self.ref = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32).eval()
+            for p in self.ref.parameters():
+                p.requires_grad_(False)
+        torch.manual_seed(cfg.seed)  # a fresh value head starts the same on every process and every run
+        source = self.resume_dir / "value" if self.resume_dir is not None else (cfg.value_model or cfg.model)
+        self.value = ValueModel(str(source), self.engine.pad_id)
+        self.value_params = [p for p in self.value.parameters() if p.requires_grad]
+        self.value_optimizer = adamw(self.value, cfg.value_lr or cfg.lr, cfg.weight_decay)
+        self.value_scheduler = lr_schedule(self.value_optimizer, cfg.max_steps, cfg.warmup_steps, "constant")
+        if self.resume_dir is not None:
+            state = torch.load(self.resume_dir / "value" / "optimizer.pt", map_location="cpu", weights_only=False)
+            self.value_optimizer.load_state_dict(state["optimizer"])
+            self.value_scheduler.load_state_dict(state["scheduler"])
+
+    def _row_advantages(self, rewards: torch.Tensor) -> None:
+        return None  # token-level, from the value model (below)
+
+    def _optimize(self, seqs: list[dict]) -> dict:
+        from trainers.distributed import all_reduce_grads, gather_objects
+        from trainers.logprobs import token_logps
+        from trainers.rl_objectives import (PolicyLossConfig, clipped_value_loss, gae, kl_penalized_rewards,
+                                            masked_whiten, policy_loss)
+
+        cfg = self.cfg
+        stats = {"loss": 0.0, "value_loss": 0.0, "value_clipfrac": 0.0, "clip_low": 0.0, "clip_high": 0.0,
+                 "kl": 0.0, "entropy": 0.0, "grad_norm": 0.0, "value_grad_norm": 0.0, "returns": 0.0, "values": 0.0}
+        n_items = float(sum(sum(s["loss_mask"]) for s in seqs))
+        local = [i for i in range(len(seqs)) if seqs[i]["owner"] == self.d.rank]
+        if not seqs or n_items == 0:
+            return stats
+        mbs = [local[i:i + cfg.micro_batch_size] for i in range(0, len(local), cfg.micro_batch_size)]
+        batches = [self._pad([seqs[i] for i in mb]) for mb in mbs]
+        masks = [b["loss_mask"].float() for b in batches]
+        with torch.no_grad():
+            old = [token_logps(self.model, b) for b in batches]
+            ref = [token_logps(self.ref, b) for b in batches] if self.ref is not None else old
+            old_values = [self.value(b) for b in batches]
+            advs, rets = [], []
+            for k, (b, mb) in enumerate(zip(batches, mbs)):
+                scores = torch.tensor([seqs[i]["reward"] for i in mb])
+                rewards, per_kl = kl_penalized_rewards(scores, old[k], ref[k], masks[k], cfg.kl_coef, cfg.kl)
+                a, r = gae(rewards, old_values[k], masks[k], cfg.gamma, cfg.lam)
+                advs.append(a)
+                rets.append(r)
+                share = float(masks[k].sum()) / n_items
+                stats["kl"] += float(per_kl.sum()) / max(float(masks[k].sum()), 1.0) * share
+                stats["returns"] += float(r.sum()) / n_items
+                stats["values"] += float(old_values[k].sum()) / n_items
+            if cfg.whiten_advantages:  # over the whole step: every micro-batch, every rank
+                mine = torch.cat([a[m.bool()] for a, m in zip(advs, masks)])
+                parts = gather_objects(mine, self.d) if self.d.world > 1 else [mine]
+                start = sum(len(x) for x in parts[:self.d.rank])
+                every = torch.cat(parts)
+                white = masked_whiten(every, torch.ones_like(every))[start:start + len(mine)]
+                for a, m in zip(advs, masks):
+                    n = int(m.sum())
+                    a[m.bool()], white = white[:n], white[n:]
+        loss_cfg = PolicyLossConfig(loss="dapo", surrogate=cfg.surrogate, epsilon=cfg.epsilon,
+                                    epsilon_high=cfg.epsilon_high, importance_level=cfg.importance_level)
+        self.model.train()
+        self.value.train()
+        for _ in range(cfg.num_iterations):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.value_optimizer.zero_grad(set_to_none=True)
+            for k, b in enumerate(batches):
+                logps, entropy = token_logps(self.model, b, with_entropy=True)
+                loss, m = policy_loss(logps, old[k], advs[k], masks[k], loss_cfg, num_items=n_items)
+                vloss, vclip = clipped_value_loss(self.value(b), old_values[k], rets[k], masks[k],
+                                                  cfg.cliprange_value, num_items=n_items)
+                (loss + cfg.vf_coef * vloss).backward()
+                share = float(masks[k].sum()) / n_items
+                stats["loss"] += float(loss.detach()) / cfg.num_iterations
+                stats["value_loss"] += float(vloss.detach()) / cfg.num_iterations
+                stats["value_clipfrac"] += vclip * share / cfg.num_iterations
+                stats["clip_low"] += m["clip_low"] * share / cfg.num_iterations
+                stats["clip_high"] += m["clip_high"] * share / cfg.num_iterations
+                stats["entropy"] += float((entropy * masks[k]).sum()) / n_items / cfg.num_iterations
+            all_reduce_grads(self.params, self.d)
+            all_reduce_grads(self.value_params, self.d)
+            stats["grad_norm"] += float(torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)) / cfg.num_iterations
+            stats["value_grad_norm"] += float(torch.nn.utils.clip_grad_norm_(self.value_params, cfg.max_grad_norm)) \
+                / cfg.num_iterations
+            self.optimizer.step()
+            self.value_optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.value_optimizer.zero_grad(set_to_none=True)
+        self.model.eval()
+        self.value.eval()
+        self.value_scheduler.step()
+        if self.d.world > 1:  # each rank summed its share; the grad norms are already global
+            names = [k for k in stats if not k.endswith("grad_norm")]
+            total = gather_objects([stats[k] for k in names], self.d)
+            stats.update({k: sum(t[i] for t in total) for i, k in enumerate(names)})
+        return stats
+
+    def save_extra(self, folder: Path) -> None:
+        self.value.save(folder / "value")
+        torch.save({"optimizer": self.value_optimizer.state_dict(), "scheduler": self.value_scheduler.state_dict()},
+                   folder / "value" / "optimizer.pt")
+
+    def finish(self) -> dict:
+        if self.d.main:
+            self.value.save(self.out / "value_model", self.tokenizer)
+        return super().finish()
+
+
+def build_parser(prog: str = "prefsmith train ppo") -> argparse.ArgumentParser:
+    d = PPOConfig.__dataclass_fields__
+    p = grpo_parser(prog)
+    p.description = "PPO with a value model (InstructGPT): GAE, per-token KL penalty, clipped value loss."
+    g = p.add_argument_group("PPO")
+    for name, kind in (("kl_coef", float), ("gamma", float), ("lam", float), ("vf_coef", float),
+                       ("cliprange_value", float), ("value_lr", float)):
+        g.add_argument("--" + name.replace("_", "-"), type=kind, default=d[name].default)
+    g.add_argument("--value-model", default=None,
+                   help="value model folder: a reward model from `train rm`, or any decoder (default: --model)")
+    g.add_argument("--no-whiten-advantages", dest="whiten_advantages", action="store_false")
+    # PPO's own defaults for the options it shares with GRPO
+    p.set_defaults(**{k: d[k].default for k in ("num_generations", "prompts_per_step", "num_iterations")})
+    return p
+
+
+def main(argv: list[str]) -> int:
+    from pipelines.engines.models import resolve_model
+    from pipelines.errors import UserError
+    from trainers.grpo import train_grpo
+
+    args = vars(build_parser().parse_args(argv))
+    try:
+        args["model"] = resolve_model(args["model"])
+        summary = train_grpo(PPOConfig(**args), run_class=PPORun)
+    except UserError as e:
+        print(f"prefsmith train ppo: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: v for k, v in summary.items() if k != "plots"}))
+    return 0
