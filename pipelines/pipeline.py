@@ -10,7 +10,25 @@
         args: {input: "@rollouts", reward: [math, "format:think"]}   # @NAME = an earlier stage's output
 
 `args` become command-line flags (`max_new_tokens` or `max-new-tokens` → `--max-new-tokens`; a list repeats the
-flag; `true` → a bare flag). `executor:` at the top (every sharded stage) or in a stage (that stage) runs shards
+flag; `true` → a bare flag). `@NAME/sub/path` is a path inside an earlier stage's output (a GRPO run's
+`@grpo/model`).
+
+Variables: a top-level `vars: {model: default, steps: 40}` mapping; `${model}` anywhere in a stage's args is
+replaced (a value that is exactly `${steps}` keeps its type), and `prefsmith run FILE --set steps=2` overrides
+a variable from the command line (how a recipe is shrunk for a test or grown for a GPU).
+
+Rounds: a `repeat:` entry runs a block of stages R times, each round into `workdir/round-NNN/<stage>`:
+
+    - repeat: {name: rounds, rounds: 3}
+      first: {policy: default}                  # what `@prev.policy` means in round 0
+      stages:
+        - {name: rollouts, command: generate, args: {model: "@prev.policy", input: prompts.jsonl}}
+        - {name: policy, command: train, args: {algo: sft, model: "@prev.policy", data: "@rollouts"}}
+
+Inside the block `@NAME` is this round's stage, `@prev.NAME` the previous round's (round 0: the `first:` value,
+itself a path or an `@stage` of the stages before the block); after the block `@rounds.NAME` is the last
+round's. The block is expanded when the file is read (stage `rounds.2.policy` is round 2's `policy`), so
+resume, `--only` and skipping work per round as for any stage. `executor:` at the top (every sharded stage) or in a stage (that stage) runs shards
 on Ray: `executor: ray`, or `executor: {kind: ray, address: auto, num_cpus_per_worker: 2, ray_workers: 8}`.
 Dataset stages skip finished work by themselves; for the others (train), a stage
 that finished with the same arguments is recorded in `workdir/pipeline_state.json` and skipped on a rerun.
@@ -19,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -52,7 +71,76 @@ def executor_args(value: Any, where: str) -> dict[str, Any]:
     return {EXECUTOR_KEYS[k]: v for k, v in value.items()}
 
 
-def load_pipeline(path: str) -> dict:
+def _substitute(value: Any, variables: dict[str, Any], where: str) -> Any:
+    """`${name}` in every string of a stage's args; a string that is exactly `${name}` becomes the value itself."""
+    if isinstance(value, dict):
+        return {k: _substitute(v, variables, where) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, variables, where) for v in value]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def lookup(name: str) -> Any:
+        if name not in variables:
+            raise UserError(f"{where}: ${{{name}}} is not a variable of this pipeline (vars: {sorted(variables)})")
+        return variables[name]
+
+    whole = re.fullmatch(r"\$\{(\w+)\}", value)
+    if whole:
+        return lookup(whole.group(1))
+    return re.sub(r"\$\{(\w+)\}", lambda m: str(lookup(m.group(1))), value)
+
+
+def _expand_repeat(entry: dict, path: str, i: int) -> list[dict]:
+    """A `repeat:` block as plain stages: round r's stage X is `BLOCK.r.X`, writing workdir/round-NNN/X."""
+    rep = entry["repeat"]
+    if not isinstance(rep, dict) or not isinstance(rep.get("rounds"), int) or rep["rounds"] < 1 or "name" not in rep:
+        raise UserError(f"{path}: stage {i}: `repeat` needs `name` and a positive integer `rounds`")
+    inner = entry.get("stages")
+    if not isinstance(inner, list) or not inner:
+        raise UserError(f"{path}: repeat block {rep['name']!r} needs a non-empty `stages:` list")
+    block, first = rep["name"], dict(entry.get("first") or {})
+    names = {st.get("name") for st in inner if isinstance(st, dict)}
+
+    def rewrite(value: Any, r: int, where: str) -> Any:
+        if isinstance(value, dict):
+            return {k: rewrite(v, r, where) for k, v in value.items()}
+        if isinstance(value, list):
+            return [rewrite(v, r, where) for v in value]
+        if not isinstance(value, str) or not value.startswith("@"):
+            return value
+        ref, _, sub = value[1:].partition("/")
+        tail = f"/{sub}" if sub else ""
+        if ref.startswith("prev."):
+            name = ref[5:]
+            if name not in names:
+                raise UserError(f"{where}: {value} names no stage of block {block!r}")
+            if r > 0:
+                return f"@{block}.{r - 1}.{name}{tail}"
+            if name not in first:
+                raise UserError(f"{where}: {value} in round 0 needs `first: {{{name}: ...}}` in block {block!r}")
+            return f"{first[name]}{tail}"
+        if ref in names:
+            return f"@{block}.{r}.{ref}{tail}"
+        return value
+
+    out = []
+    for r in range(rep["rounds"]):
+        for st in inner:
+            if not isinstance(st, dict) or "name" not in st or "command" not in st:
+                raise UserError(f"{path}: block {block!r}: every stage needs `name` and `command`")
+            where = f"stage {block}.{r}.{st['name']!r}"
+            args = rewrite(dict(st.get("args") or {}), r, where)
+            if "output" not in args and st["command"] not in POSITIONAL:
+                args["output"] = f"{{workdir}}/round-{r:03d}/{st['name']}"
+            last = r == rep["rounds"] - 1  # the stages after the block read the last round as @BLOCK.NAME
+            out.append({**st, "name": f"{block}.{r}.{st['name']}", "args": args,
+                        **({"alias": f"{block}.{st['name']}"} if last else {})})
+    return out
+
+
+def load_pipeline(path: str, overrides: dict[str, Any] | None = None) -> dict:
+    """Read a pipeline file: variables substituted, `repeat:` blocks expanded into plain stages."""
     try:
         spec = yaml.safe_load(Path(path).read_text())
     except FileNotFoundError:
@@ -61,6 +149,20 @@ def load_pipeline(path: str) -> dict:
         raise UserError(f"{path}: not valid YAML ({e})") from None
     if not isinstance(spec, dict) or not isinstance(spec.get("stages"), list) or not spec["stages"]:
         raise UserError(f"{path}: a pipeline file needs a non-empty `stages:` list")
+    variables = dict(spec.get("vars") or {})
+    unknown = sorted(set(overrides or {}) - set(variables))
+    if unknown:
+        raise UserError(f"{path}: --set {', '.join(unknown)}: not a variable of this pipeline (vars: {sorted(variables)})")
+    variables.update(overrides or {})
+    stages = []
+    for i, entry in enumerate(spec["stages"]):
+        if isinstance(entry, dict) and "repeat" in entry:
+            stages += _expand_repeat(_substitute(entry, variables, f"{path}: stage {i}"), path, i)
+        elif isinstance(entry, dict):
+            stages.append(_substitute(entry, variables, f"{path}: stage {entry.get('name', i)!r}"))
+        else:
+            stages.append(entry)
+    spec = {**spec, "stages": stages, "workdir": _substitute(spec.get("workdir"), variables, f"{path}: workdir")}
     names = set()
     for i, stage in enumerate(spec["stages"]):
         if not isinstance(stage, dict) or "name" not in stage or "command" not in stage:
@@ -89,14 +191,17 @@ def stage_argv(stage: dict, outputs: dict[str, str], workdir: Path, executor: An
         argv.append(str(args.pop("algo")))
     if command not in POSITIONAL and "output" not in args:
         args["output"] = str(workdir / stage["name"])
+    args = {k: (v.replace("{workdir}", str(workdir)) if k == "output" and isinstance(v, str) else v)
+            for k, v in args.items()}
     positional = [args.pop(k) for k in POSITIONAL.get(command, ()) if k in args]
 
     def resolve(value: Any) -> str:
-        value = str(value)
+        value = str(value).replace("{workdir}", str(workdir))
         if value.startswith("@"):
-            if value[1:] not in outputs:
+            ref, _, sub = value[1:].partition("/")
+            if ref not in outputs:
                 raise UserError(f"stage {stage['name']!r}: {value} names no earlier stage")
-            return outputs[value[1:]]
+            return str(Path(outputs[ref]) / sub) if sub else outputs[ref]
         return value
 
     argv += [resolve(v) for v in positional]
@@ -112,14 +217,17 @@ def stage_argv(stage: dict, outputs: dict[str, str], workdir: Path, executor: An
         else:
             argv += [flag, resolve(value)]
     outputs[stage["name"]] = str(args.get("output", workdir / stage["name"]))
+    if stage.get("alias"):
+        outputs[stage["alias"]] = outputs[stage["name"]]
     return argv
 
 
-def run_pipeline(path: str, only: list[str] | None = None, overwrite: bool = False) -> dict[str, str]:
+def run_pipeline(path: str, only: list[str] | None = None, overwrite: bool = False,
+                 overrides: dict[str, Any] | None = None) -> dict[str, str]:
     from pipelines.cli import main as cli_main
 
-    spec = load_pipeline(path)
-    workdir = Path(spec.get("workdir", Path(path).with_suffix("")))
+    spec = load_pipeline(path, overrides)
+    workdir = Path(spec.get("workdir") or Path(path).with_suffix(""))
     workdir.mkdir(parents=True, exist_ok=True)
     state_path = workdir / "pipeline_state.json"
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
@@ -149,8 +257,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("pipeline", help="pipeline YAML file")
     p.add_argument("--only", action="append", help="run only this stage (repeatable); earlier outputs must exist")
     p.add_argument("--overwrite", action="store_true", help="rerun every dataset stage from scratch")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="override a variable of the file's `vars:` (repeatable; VALUE is read as YAML: 2, 1e-5, true)")
 
 
 def run(args: argparse.Namespace) -> int:
-    run_pipeline(args.pipeline, only=args.only, overwrite=args.overwrite)
+    overrides = {}
+    for item in args.set:
+        name, eq, value = item.partition("=")
+        if not eq or not name:
+            raise UserError(f"--set {item!r}: expected NAME=VALUE")
+        overrides[name] = yaml.safe_load(value)
+    run_pipeline(args.pipeline, only=args.only, overwrite=args.overwrite, overrides=overrides)
     return 0

@@ -49,14 +49,23 @@ def report(outputs: dict[str, str], seconds: float) -> None:
             metrics = Path(out) / "metrics.jsonl"
             rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
             evals = [r for r in rows if r.get("split") == "eval"]
-            if evals:
-                before, after = evals[0], evals[-1]
-                for key in ("eval/rewards/accuracies", "eval/rewards/margins", "eval/loss"):
-                    if key in before:
-                        print(f"{name:>18}: held-out {key[5:]}: {before[key]:.3f} before training (step {before['step']})"
-                              f" -> {after[key]:.3f} after (step {after['step']})")
-            plots = sorted(str(p) for p in (Path(out) / "plots").glob("*.png"))
-            print(f"{name:>18}: model saved in {out}; plots: {', '.join(plots) or 'none'}")
+            train = [r for r in rows if r.get("split") == "train"]
+            sets = sorted(k[len("accuracy_"):] for k in (evals[0] if evals else {}) if k.startswith("accuracy_"))
+            for name_ in sets:  # the online loop: held-out greedy accuracy along the run
+                key = f"accuracy_{name_}"
+                curve = ", ".join(f"{e[key]:.3f} (step {e['step']}, {e['minutes']:.1f} min)" for e in evals)
+                before, after = evals[0][key], evals[-1][key]
+                limit = spec[name]["args"].get("eval_limit")
+                print(f"{name:>18}: held-out greedy accuracy on {name_}{f' (first {limit} prompts)' if limit else ''}: "
+                      f"{before:.1%} before -> {after:.1%} after {evals[-1]['step']} steps ({after - before:+.1%})")
+                print(f"{'':>18}  curve: {curve}")
+            if train:
+                last = train[-1]
+                print(f"{name:>18}: {len(train)} steps, {sum(r['step_seconds'] for r in train) / len(train):.0f} s/step, "
+                      f"training reward {train[0].get('reward')} -> {last.get('reward')}")
+            plots = sorted(str(p) for p in (Path(out) / "plots").glob("accuracy*.png"))
+            model_dir = Path(out) / "model" if (Path(out) / "model").is_dir() else Path(out)
+            print(f"{name:>18}: model saved in {model_dir}; curves: {', '.join(plots) or 'none'}")
         elif command == "stats":
             target = Path(spec[name]["args"]["input"].lstrip("@"))
             target = Path(outputs.get(str(target), target))

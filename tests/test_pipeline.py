@@ -62,23 +62,96 @@ def test_pipeline_errors_are_clear(tmp_path):
         run_pipeline(str(bad))
 
 
-def test_the_demo_pipeline_file_is_valid():
-    from pipelines.pipeline import load_pipeline, stage_argv
-
-    root = Path(__file__).resolve().parents[1]
-    spec = load_pipeline(str(root / "data/pipelines/demo.yaml"))
-    outputs: dict[str, str] = {}
-    argvs = [stage_argv(stage, outputs, Path(spec["workdir"])) for stage in spec["stages"]]
-    assert argvs[0][:3] == ["generate", "--model", "default"]
+def _parse_stage(argv: list[str]) -> None:
+    """Parse a stage's flags with its command's own parser (SystemExit on an unknown or malformed flag)."""
     import argparse
     import importlib
 
     from pipelines.cli import COMMANDS
 
+    if argv[0] == "train":
+        from trainers import cli as train_cli, grpo, ppo, rounds_cli
+        from trainers.rounds import RECIPES
+
+        algo, rest = argv[1], argv[2:]
+        if algo in train_cli.ONLINE:
+            grpo.build_parser().parse_args(rest)
+        elif algo == "ppo":
+            ppo.build_parser().parse_args(rest)
+        elif algo in train_cli.ROUNDS:
+            args, extra = rounds_cli.build_parser(algo).parse_known_args(rest)
+            train_cli.build_parser().parse_args([RECIPES[algo].algorithm, "--model", "m", "--data", "-",
+                                                 "--output", "-", *extra])
+        else:
+            train_cli.build_parser().parse_args(argv[1:])
+        return
+    parser = argparse.ArgumentParser()
+    importlib.import_module(COMMANDS[argv[0]][0]).add_arguments(parser)
+    parser.parse_args(argv[1:])
+
+
+@pytest.mark.parametrize("name", ["demo", "r1", "instructgpt", "iterative_dpo", "rft", "rft_rounds"])
+def test_every_pipeline_file_is_valid(name):
+    from pipelines.pipeline import load_pipeline, stage_argv
+
+    root = Path(__file__).resolve().parents[1]
+    spec = load_pipeline(str(root / f"data/pipelines/{name}.yaml"))
+    outputs: dict[str, str] = {}
+    argvs = [stage_argv(stage, outputs, Path(spec["workdir"])) for stage in spec["stages"]]
     for argv in argvs:  # every stage's flags parse with its command's own parser
-        if argv[0] == "train":
-            continue
-        parser = argparse.ArgumentParser()
-        importlib.import_module(COMMANDS[argv[0]][0]).add_arguments(parser)
-        parser.parse_args(argv[1:])
-    assert argvs[-1][:2] == ["train", "dpo"] and "runs/demo/pairs" in argvs[-1]
+        _parse_stage(argv)
+    if name == "demo":
+        assert argvs[0][:3] == ["generate", "--model", "default"]
+        assert argvs[-1][:2] == ["train", "grpo"] and "data/math/heldout.jsonl" in argvs[-1]
+
+
+def test_vars_substitute_and_set_overrides(tmp_path):
+    from pipelines.pipeline import load_pipeline
+
+    f = tmp_path / "p.yaml"
+    f.write_text("workdir: ${out}\nvars: {out: runs/x, steps: 40, model: m}\n"
+                 "stages: [{name: a, command: export, args: {input: '${model}/data', limit: '${steps}'}}]\n")
+    spec = load_pipeline(str(f), {"steps": 2})
+    assert spec["workdir"] == "runs/x"
+    assert spec["stages"][0]["args"] == {"input": "m/data", "limit": 2}  # a whole `${steps}` keeps its type
+    with pytest.raises(UserError, match="not a variable"):
+        load_pipeline(str(f), {"stepz": 2})
+    f.write_text("stages: [{name: a, command: export, args: {input: '${nope}'}}]\n")
+    with pytest.raises(UserError, match=r"\$\{nope\} is not a variable"):
+        load_pipeline(str(f))
+
+
+def test_repeat_block_expands_into_rounds(tmp_path):
+    from pipelines.pipeline import load_pipeline, stage_argv
+
+    f = tmp_path / "p.yaml"
+    f.write_text("""
+workdir: WD
+stages:
+  - {name: seed, command: select, args: {input: data.jsonl}}
+  - repeat: {name: rounds, rounds: 3}
+    first: {policy: "@seed"}
+    stages:
+      - {name: rollouts, command: generate, args: {model: "@prev.policy/model", input: prompts.jsonl}}
+      - {name: policy, command: train, args: {algo: sft, model: "@prev.policy/model", data: "@rollouts"}}
+  - {name: final, command: stats, args: {input: "@rounds.rollouts"}}
+""")
+    spec = load_pipeline(str(f))
+    names = [s["name"] for s in spec["stages"]]
+    assert names == ["seed", "rounds.0.rollouts", "rounds.0.policy", "rounds.1.rollouts", "rounds.1.policy",
+                     "rounds.2.rollouts", "rounds.2.policy", "final"]
+    outputs: dict[str, str] = {}
+    argvs = {s["name"]: stage_argv(s, outputs, Path("WD")) for s in spec["stages"]}
+
+    def flag(argv, name):
+        return argv[argv.index(name) + 1]
+
+    assert flag(argvs["rounds.0.rollouts"], "--model") == "WD/seed/model"  # round 0: the `first:` value
+    assert flag(argvs["rounds.0.rollouts"], "--output") == "WD/round-000/rollouts"
+    assert flag(argvs["rounds.1.rollouts"], "--model") == "WD/round-000/policy/model"  # @prev: the last round's
+    assert flag(argvs["rounds.2.policy"], "--data") == "WD/round-002/rollouts"  # @NAME: this round's
+    assert argvs["final"][1] == "WD/round-002/rollouts"  # after the block: the last round's
+    f.write_text("stages: [{repeat: {name: r, rounds: 2}, stages: [{name: a, command: export, "
+                 "args: {input: '@prev.a'}}]}]\n")
+    with pytest.raises(UserError, match="needs `first"):
+        load_pipeline(str(f))

@@ -3,12 +3,14 @@
 Problems come from skills written for prefsmith (a number draw plus several phrasings each), with numbers drawn
 from a fixed seed, so the set is reproducible: `python data/math/make_math.py` rewrites train.jsonl,
 heldout.jsonl and heldout_alt.jsonl byte for byte.
-- train.jsonl: 20 skills, 2-3 phrasings each;
-- heldout.jsonl: the same 20 skills in phrasings training never uses; no held-out problem shares a 13-word run
-  with a training problem (checked here with decontaminate's own index, so `decontaminate --against
+- train.jsonl: 20 skills, 2-3 phrasings each (800 problems);
+- heldout.jsonl: the same skills and phrasings with other numbers, each problem drawn again until it shares no
+  13-word run with any training problem (decontaminate's own index and rule, so `decontaminate --against
   math-heldout` removes nothing from the training set);
+- heldout_phrasings.jsonl: the same skills in phrasings training never uses (harder: longer sentences);
 - heldout_alt.jsonl: five easy skills in yet other sentence shapes (unchanged since it was first written, so
-  earlier measurements on it stay comparable).
+  earlier measurements on it stay comparable);
+- cold_start.jsonl: 60 worked `<think>` traces in the training phrasings, for the R1 recipe's cold start.
 Answers are exact: integers, reduced fractions (a/b) or terminating decimals.
 """
 from __future__ import annotations
@@ -331,7 +333,9 @@ EASY = [s for s in SKILLS if s.level == "easy"]
 ORDER = [s for pair in zip([s for s in SKILLS if s.level != "easy"], cycle(EASY)) for s in pair]
 
 
-def make(n: int, seed: int, prefix: str, split: str, avoid: set[str]) -> list[dict]:
+def make(n: int, seed: int, prefix: str, split: str, avoid: set[str], index=None) -> list[dict]:
+    """`split` picks the phrasings (train | heldout); with `index` (decontaminate's n-gram index of the training
+    problems) a problem sharing an n-gram with a training problem is drawn again."""
     r = random.Random(seed)
     rows, seen = [], set(avoid)
     for _attempt in range(100 * n):
@@ -342,7 +346,7 @@ def make(n: int, seed: int, prefix: str, split: str, avoid: set[str]) -> list[di
         k = r.randrange(len(phrasings))
         values, answer = skill.draw(r)
         question = phrasings[k].format(**values)
-        if question in seen:
+        if question in seen or (index is not None and _matches(index, question)):
             continue
         seen.add(question)
         rows.append({"id": f"{prefix}-{len(rows):04d}", "prompt": question, "answer": fmt(Fraction(answer)),
@@ -352,29 +356,104 @@ def make(n: int, seed: int, prefix: str, split: str, avoid: set[str]) -> list[di
     return rows
 
 
+# Worked solutions, for the R1 recipe's cold-start SFT traces (cold_start.jsonl): one short line of reasoning
+# per skill, from the drawn values `v` and the gold answer `a` (as written in the files).
+def _sum_listed(v):
+    return sum(int(x) for x in v["listed"].split(", "))
+
+
+SOLUTIONS: dict[str, Callable[[dict, str], str]] = {
+    "add": lambda v, a: f"{v['a']} + {v['b']} = {a}.",
+    "sub": lambda v, a: f"{v['a']} - {v['b']} = {a}.",
+    "mul": lambda v, a: f"{v['a']} groups of {v['b']} make {v['a']} * {v['b']} = {a}.",
+    "div": lambda v, a: f"{v['a']} split into {v['b']} equal parts is {v['a']} / {v['b']} = {a}.",
+    "arith": lambda v, a: f"{v['hi']} {v['op']} {v['lo']} = {a}.",
+    "add_big": lambda v, a: f"{v['a']} + {v['b']} = {a}.",
+    "sub_mul": lambda v, a: f"First {v['boxes']} * {v['per']} = {v['boxes'] * v['per']}. "
+                            f"Then {v['boxes'] * v['per']} - {v['gave']} = {a}.",
+    "money": lambda v, a: f"The cost is {v['qty']} * {v['price']} = {v['qty'] * v['price']} dollars. "
+                          f"The change is {v['paid']} - {v['qty'] * v['price']} = {a}.",
+    "share": lambda v, a: f"{v['total']} / {v['friends']} = {a}.",
+    "fraction": lambda v, a: f"{v['days']} * {v['num']}/{v['den']} = {v['days'] * v['num']}/{v['den']}, which is {a}.",
+    "percent": lambda v, a: f"The price after {v['off']}% off is {v['price']} * (100 - {v['off']}) / 100 = {a}.",
+    "rate": lambda v, a: f"Distance is speed times time: {v['speed']} * {v['hours']} = {a}.",
+    "age": lambda v, a: f"{v['b']} is {v['age']} + {v['diff']} = {v['age'] + v['diff']} now, and in {v['years']} "
+                        f"years {v['age'] + v['diff']} + {v['years']} = {a}.",
+    "average": lambda v, a: f"The sum of {v['listed']} is {_sum_listed(v)}; dividing by the number of scores gives {a}.",
+    "area": lambda v, a: f"Area is width times length: {v['w']} * {v['h']} = {a}.",
+    "perimeter": lambda v, a: f"Perimeter is 2 * ({v['w']} + {v['h']}) = 2 * {v['w'] + v['h']} = {a}.",
+    "negative": lambda v, a: f"{v['start']} - {v['drop']} = {a}.",
+    "equation": lambda v, a: (f"Move the constant: {v['a']}x = {v['c']} {'-' if v['sign'] == '+' else '+'} {v['b']}"
+                              f" = {int(a) * v['a']}, so x = {int(a) * v['a']} / {v['a']} = {a}."),
+    "time": lambda v, a: f"{v['h']} hours is {v['h']} * 60 = {60 * v['h']} minutes; {60 * v['h']} + {v['m']} = {a}.",
+    "remainder": lambda v, a: f"{v['total']} = {v['per']} * {v['total'] // v['per']} + {a}, so {a} are left over.",
+}
+
+
+def cold_start(n: int, seed: int, avoid_index) -> list[dict]:
+    """R1-style cold-start SFT rows: a training-phrasing problem, then `<think>` reasoning and a boxed answer.
+    Drawn with their own seed (so they are not the training set's rows), none sharing a 13-gram with a held-out
+    problem (`avoid_index`)."""
+    r = random.Random(seed)
+    rows = []
+    while len(rows) < n:
+        i = len(rows)
+        skill = ORDER[i % len(ORDER)]
+        phrasing = skill.train[r.randrange(len(skill.train))]
+        values, answer = skill.draw(r)
+        if _matches(avoid_index, phrasing.format(**values)):
+            continue
+        reasoning = SOLUTIONS[skill.kind](values, fmt(Fraction(answer)))
+        rows.append({"id": f"math-cold-start-{i:04d}", "prompt": phrasing.format(**values),
+                     "completion": f"<think>\n{reasoning}\n</think>\nThe answer is \\boxed{{{fmt(Fraction(answer))}}}.",
+                     "answer": fmt(Fraction(answer)), "kind": skill.kind, "level": skill.level})
+    return rows
+
+
+def ngram_index(rows: list[dict], n: int = 13):
+    """decontaminate's own n-gram index of these problems (the rule `decontaminate --against` applies)."""
+    sys.path.insert(0, str(HERE.parents[1]))
+    from pipelines.hygiene.decontaminate import EvalSet, build_index
+
+    return build_index([EvalSet("set", "make_math", "prompt", "", [r["id"] for r in rows], [r["prompt"] for r in rows])], n)
+
+
+def _matches(index, text: str) -> bool:
+    from pipelines.hygiene.decontaminate import find_matches
+
+    return find_matches([text], index)[0] is not None
+
+
 def shared_ngrams(train: list[dict], heldout: list[dict], n: int = 13) -> list[tuple[str, str]]:
     """(train id, matched words) for every training problem sharing an n-word run with a held-out problem."""
-    sys.path.insert(0, str(HERE.parents[1]))
-    from pipelines.hygiene.decontaminate import EvalSet, build_index, find_matches
+    from pipelines.hygiene.decontaminate import find_matches
 
-    index = build_index([EvalSet("heldout", "make_math", "prompt", "", [r["id"] for r in heldout],
-                                  [r["prompt"] for r in heldout])], n)
+    index = ngram_index(heldout, n)
     return [(row["id"], m.ngram) for row, m in zip(train, find_matches([r["prompt"] for r in train], index)) if m]
 
 
 def main() -> None:
     train = make(800, seed=2026, prefix="math-train", split="train", avoid=set())
-    heldout = make(200, seed=7, prefix="math-heldout", split="heldout", avoid={row["prompt"] for row in train})
+    index = ngram_index(train)
+    heldout = make(200, seed=7, prefix="math-heldout", split="train", avoid={row["prompt"] for row in train},
+                   index=index)
+    phrasings = make(200, seed=13, prefix="math-heldout-phrasings", split="heldout", avoid=set(), index=index)
     alt = make_alt(120, seed=11, prefix="math-heldout-alt")
-    overlap = shared_ngrams(train, heldout) + shared_ngrams(train, alt)
+    overlap = shared_ngrams(train, heldout) + shared_ngrams(train, phrasings) + shared_ngrams(train, alt)
     if overlap:
         raise SystemExit(f"{len(overlap)} training problems share a 13-gram with a held-out one, e.g. {overlap[:3]}")
-    for name, rows in (("train.jsonl", train), ("heldout.jsonl", heldout), ("heldout_alt.jsonl", alt)):
+    held = heldout + phrasings + alt
+    cold = cold_start(60, seed=99, avoid_index=ngram_index(held))
+    overlap += shared_ngrams(cold, heldout) + shared_ngrams(cold, phrasings) + shared_ngrams(cold, alt)
+    if overlap:
+        raise SystemExit(f"cold-start traces share a 13-gram with a held-out problem, e.g. {overlap[:3]}")
+    for name, rows in (("train.jsonl", train), ("heldout.jsonl", heldout), ("heldout_phrasings.jsonl", phrasings),
+                       ("heldout_alt.jsonl", alt), ("cold_start.jsonl", cold)):
         with open(HERE / name, "w") as f:
             for row in rows:
                 f.write(json.dumps(row) + "\n")
-    print(f"wrote {len(train)} train, {len(heldout)} held-out and {len(alt)} other-template held-out problems "
-          f"to {HERE}; no held-out problem shares a 13-gram with a training one")
+    print(f"wrote {len(train)} train, {len(heldout)} held-out, {len(phrasings)} other-phrasing held-out and "
+          f"{len(alt)} other-template held-out problems and {len(cold)} cold-start traces to {HERE}; no held-out problem shares a 13-gram with a training one")
 
 
 if __name__ == "__main__":
