@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dedup": ("pipelines.hygiene.dedup", "remove exact and near-duplicate rows (MinHash LSH)"),
     "decontaminate": ("pipelines.hygiene.decontaminate", "remove rows overlapping evaluation sets (n-grams)"),
     "pairs": ("pipelines.builders.pairs", "build DPO preference pairs from scored rollouts"),
+    "judge": ("pipelines.stages.judge", "LLM judge: pointwise scores or pairwise preferences (both orders)"),
+    "critique-revise": ("pipelines.stages.critique", "Constitutional AI: critique and revise responses against principles"),
     "kto": ("pipelines.builders.kto", "build KTO rows (binary labels) from scored rollouts"),
     "select": ("pipelines.builders.rft", "build rejection-sampling (RFT) SFT sets"),
     "eval": ("pipelines.reports.evaluate", "evaluate a model: accuracy, pass@k, maj@k per group (table, JSON, PNG)"),

@@ -10,6 +10,8 @@ A spec is `NAME[:ARG]`. Built-in names (the one name -> function map, `BUILTINS`
     format:REGEX      any other argument is a regex the whole completion must match (re.fullmatch, DOTALL)
     overlong:MAX,CACHE[,TOKENIZER]   DAPO soft overlong penalty
     rm:MODEL          a sequence-classification reward model (local folder or hub name)
+    judge:RUBRIC@URL#MODEL   an LLM judge's pointwise score (built by pipelines/stages/label.py, since this leaf
+                      library may not import judges/; docs/judges.md)
 
 Anything else is a user function with TRL's signature, `fn(prompts, completions, **columns)`, named as
 `my_module:my_fn` (importable; the current directory is on the path) or `path/to/file.py:my_fn`. It may be

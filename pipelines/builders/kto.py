@@ -2,8 +2,10 @@
 
 - `label = reward >= threshold` (default 0.5: the midpoint of [0, 1] rewards, and for {0, 1} rewards the
   same as 1.0); `--label-column COL` labels from another column instead: a boolean column is used as is, a
-  numeric one is compared with the threshold (e.g. a judge's score).
-- rows whose score is null (or NaN) are skipped and counted by the reason in `reward_info`.
+  numeric one is compared with the threshold (e.g. a judge's score: `--from-column judge_score --threshold 7`,
+  the same flag under the name docs/judges.md uses).
+- rows whose score is null (or NaN) are skipped and counted by the reason in `reward_info` (for a column
+  `X_score`, the reason in `X_reason`: `judge_score` -> `judge_reason`).
 - output: `prompt`, `completion`, `label` (+ `id`, `prompt_id`, `reward` and the prompt-level columns).
   A conversational prompt keeps its message list and `completion` becomes a one-message assistant list
   (TRL's conversational unpaired-preference format); a text prompt gets a string completion.
@@ -22,7 +24,8 @@ from dataclasses import asdict, dataclass
 
 from pipelines.core.dataset import load_table
 from pipelines.errors import UserError
-from pipelines.builders.samples import BuilderStage, as_completion, carried, count_by, read_side, score_rows
+from pipelines.builders.samples import (BuilderStage, as_completion, carried, count_by, read_side, row_id,
+                                        score_rows)
 from pipelines.core.runner import Shard, execute, update_manifest
 from pipelines.executors import add_executor_arguments, executor_config
 
@@ -68,6 +71,12 @@ def kto_weights(n_desirable: int, n_undesirable: int) -> KTOWeights:
 def kto_rows(rows: list[dict], cfg: KTOConfig) -> dict[str, list[dict]]:
     """The row-level core of `kto`: scored rows -> KTO rows with a binary `label`, plus the null rows skipped."""
     valid, skipped = score_rows(rows, cfg.label_column)
+    if skipped and cfg.label_column.endswith("_score"):
+        why = cfg.label_column.removesuffix("_score") + "_reason"  # judge_score -> judge_reason
+        reasons = {row_id(r, r["sample_idx"] if r.get("sample_idx") is not None else pos): r.get(why)
+                   for pos, r in enumerate(rows)}
+        skipped = [{**s, "reason": f"{cfg.label_column} is null: {reasons[s['id']]}"} if reasons.get(s["id"]) else s
+                   for s in skipped]
     out = []
     for s in valid:
         row = s.row
@@ -111,8 +120,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", required=True, help="labeled rollouts (JSONL, Parquet or dataset directory)")
     p.add_argument("--output", required=True, help="dataset directory to write")
     p.add_argument("--threshold", type=float, default=0.5, help="label = score >= threshold (default 0.5)")
-    p.add_argument("--label-column", default="reward",
-                   help="column to label from (default reward); a boolean column is used as the label directly")
+    p.add_argument("--label-column", "--from-column", dest="label_column", default="reward",
+                   help="column to label from (default reward; e.g. judge_score); a boolean column is used as the "
+                        "label directly")
     p.add_argument("--overwrite", action="store_true", help="replace an output made with another config")
     add_executor_arguments(p)
 

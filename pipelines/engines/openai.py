@@ -1,9 +1,10 @@
 """`openai` engine: any OpenAI-compatible server (`vllm serve`, `transformers serve`, a hosted API).
 
-Chat prompts go to `chat.completions` (the server applies the chat template), strings to `completions`. Requests
-run concurrently under a semaphore, are retried with exponential backoff on connection errors, timeouts, 429
-and 5xx, and every finished sample is cached on disk, keyed by everything that determines it, so rerunning a
-stage pays only for what is missing.
+Chat prompts go to `/chat/completions` (the server applies the chat template), strings to `/completions`. The
+transport is `openai_client.OpenAIClient` (the one shared with the judges): requests run on a thread pool of
+`max_concurrency` workers and are retried with exponential backoff and jitter on connection errors, timeouts,
+429 and 5xx, waiting out a `Retry-After`. Every finished sample is cached on disk, keyed by everything that
+determines it, so rerunning a stage pays only for what is missing.
 
 Servers differ, and the engine adapts:
 - one that honours `n` answers one request per prompt; one that ignores it (`transformers serve`) gets one
@@ -16,18 +17,18 @@ Servers differ, and the engine adapts:
 """
 from __future__ import annotations
 
-import asyncio
-import json
 import os
-import random
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
-from pipelines.core.files import atomic_write_json, fingerprint_json
+from pipelines.core.files import fingerprint_json
 from rewards.chat import is_messages
 
 from .base import EngineError, Prompt, Sample, SamplingConfig, derive_seed, end_of_turn_id, per_prompt_seeds
+from .openai_client import APIError, DiskCache, OpenAIClient
 
 DEFAULT_BASE_URL = "http://localhost:8000/v1"
 DEFAULT_CACHE_DIR = Path("~/.cache/prefsmith/openai").expanduser()
@@ -50,46 +51,38 @@ class OpenAIEngine:
         cache_dir: str | os.PathLike | None = DEFAULT_CACHE_DIR,
         tokenizer: str | None = None,
         on_error: str = "raise",
+        api_key_env: str | None = None,
     ) -> None:
         """`model` is the name the server serves. `base_url` defaults to $OPENAI_BASE_URL, else
-        http://localhost:8000/v1; `api_key` to $OPENAI_API_KEY, else "EMPTY". `cache_dir=None` turns the cache
-        off. `tokenizer`: a local tokenizer folder used to recover token ids when the server sends none (default:
-        `model` itself when it is a local folder). `on_error`: "raise" (default; finished samples stay cached,
-        so a rerun resumes) or "sample" (a failed sample becomes text "" with finish_reason "error:<why>")."""
+        http://localhost:8000/v1; `api_key` to the variable `api_key_env` names (default $OPENAI_API_KEY), else
+        "EMPTY". `cache_dir=None` turns the cache off. `tokenizer`: a local tokenizer folder used to recover
+        token ids when the server sends none (default: `model` itself when it is a local folder). `on_error`:
+        "raise" (default; finished samples stay cached, so a rerun resumes) or "sample" (a failed sample
+        becomes text "" with finish_reason "error:<why>")."""
         if on_error not in ("raise", "sample"):
             raise ValueError(f"on_error must be 'raise' or 'sample', got {on_error!r}")
+        if max_concurrency < 1:
+            raise EngineError(f"max_concurrency must be >= 1, got {max_concurrency}")
         self.model = model
         self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
-        self.api_key = api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"
+        self.client = OpenAIClient(self.base_url, api_key, api_key_env=api_key_env, timeout_s=timeout_s,
+                                   max_retries=max_retries, backoff_s=backoff_s)
         self.max_concurrency = max_concurrency
         self.max_retries = max_retries
-        self.backoff_s = backoff_s
-        self.timeout_s = timeout_s
-        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
+        self.cache = DiskCache(cache_dir) if cache_dir else None
+        self.cache_dir = self.cache.root if self.cache else None
         self.on_error = on_error
         self.tokenizer = _local_tokenizer(tokenizer or model)
         self.honours_n: bool | None = None  # learnt from the first request that asks for n > 1
         self.optional_fields = set(_OPTIONAL_FIELDS)
+        self._lock = threading.Lock()
+        self._gate = threading.BoundedSemaphore(max_concurrency)  # requests in flight, over both pools
         self.check()
 
     def check(self) -> None:
-        """Fail now, with the URL and what to do, if the server is unreachable or refuses the key."""
-        import openai
-
-        client = openai.OpenAI(base_url=self.base_url, api_key=self.api_key, max_retries=0, timeout=10.0)
-        try:
-            client.models.list()
-        except (openai.APIConnectionError, openai.APITimeoutError) as err:
-            raise EngineError(
-                f"cannot reach an OpenAI-compatible server at {self.base_url} ({err}). Start one (e.g. "
-                f"`vllm serve MODEL` or `transformers serve MODEL`) or pass the right --base-url"
-            ) from err
-        except openai.AuthenticationError as err:
-            raise EngineError(f"the server at {self.base_url} refused the API key: set OPENAI_API_KEY") from err
-        except openai.APIStatusError:
-            pass  # some servers have no /models; the first real request will tell
-        finally:
-            client.close()
+        """Fail now, with the URL and what to do, if the server is unreachable, refuses the key or does not
+        list the model (`OpenAIClient.check`)."""
+        self.client.check(self.model)
 
     # ---- public API -------------------------------------------------------------------------------------------
 
@@ -97,88 +90,72 @@ class OpenAIEngine:
         self, prompts: Sequence[Prompt], sampling: SamplingConfig, seeds: Sequence[int] | None = None
     ) -> list[list[Sample]]:
         seeds = per_prompt_seeds(len(prompts), sampling, seeds)
-        coro = self._generate_all(list(prompts), sampling, seeds)
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return asyncio.run(coro)
-        from concurrent.futures import ThreadPoolExecutor  # called from inside a running loop (e.g. a notebook)
-
-        with ThreadPoolExecutor(1) as pool:
-            return pool.submit(asyncio.run, coro).result()
+        prompts = list(prompts)
+        # Prompts run on `outer`; the samples a server left out (it ignored n) go to `inner`, one request
+        # each. Two pools, so a prompt waiting for its samples never holds the worker they need; `_gate` bounds
+        # the requests in flight over both to max_concurrency.
+        with ThreadPoolExecutor(max(1, min(self.max_concurrency, len(prompts)))) as outer, \
+                ThreadPoolExecutor(self.max_concurrency) as inner:
+            futures = [outer.submit(self._one_prompt, inner, p, sampling, s) for p, s in zip(prompts, seeds)]
+            return [f.result() for f in futures]
 
     def close(self) -> None:
         pass
 
     # ---- one prompt ---------------------------------------------------------------------------------------------
 
-    async def _generate_all(self, prompts: list[Prompt], sampling: SamplingConfig, seeds: list[int]) -> list[list[Sample]]:
-        import openai
-
-        client = openai.AsyncOpenAI(base_url=self.base_url, api_key=self.api_key, max_retries=0, timeout=self.timeout_s)
-        gate = asyncio.Semaphore(self.max_concurrency)
-        try:
-            return list(await asyncio.gather(*(self._one_prompt(client, gate, p, sampling, s) for p, s in zip(prompts, seeds))))
-        finally:
-            await client.close()
-
-    async def _one_prompt(self, client: Any, gate: asyncio.Semaphore, prompt: Prompt, sampling: SamplingConfig, seed: int) -> list[Sample]:
+    def _one_prompt(self, pool: ThreadPoolExecutor, prompt: Prompt, sampling: SamplingConfig, seed: int) -> list[Sample]:
         keys = [self._cache_key(prompt, sampling, seed, j) for j in range(sampling.n)]
         samples: list[Sample | None] = [self._cache_get(k) for k in keys]
         if all(s is None for s in samples) and sampling.n > 1 and self.honours_n is not False:
-            got = await self._request(client, gate, prompt, sampling, seed, sampling.n)
-            if self.honours_n is None and not got[0].finish_reason.startswith("error:"):
-                self.honours_n = len(got) >= sampling.n
+            got = self._request(prompt, sampling, seed, sampling.n)
+            with self._lock:
+                if self.honours_n is None and not got[0].finish_reason.startswith("error:"):
+                    self.honours_n = len(got) >= sampling.n
             for j, sample in enumerate(got[: sampling.n]):
                 samples[j] = self._cache_put(keys[j], sample)
 
-        async def one(j: int) -> None:  # each sample is cached as soon as it arrives: a failure costs only itself
-            [sample, *_] = await self._request(client, gate, prompt, sampling, derive_seed(seed, j), 1)
-            samples[j] = self._cache_put(keys[j], sample)
+        def one(j: int) -> Sample:  # each sample is cached as soon as it arrives: a failure costs only itself
+            [sample, *_] = self._request(prompt, sampling, derive_seed(seed, j), 1)
+            return self._cache_put(keys[j], sample)
 
-        await asyncio.gather(*(one(j) for j, s in enumerate(samples) if s is None))
+        missing = {j: pool.submit(one, j) for j, s in enumerate(samples) if s is None}
+        for j, future in missing.items():
+            samples[j] = future.result()
         return samples  # type: ignore[return-value]
 
-    async def _request(self, client: Any, gate: asyncio.Semaphore, prompt: Prompt, sampling: SamplingConfig, seed: int, n: int) -> list[Sample]:
-        import openai
-
-        attempt = 0
+    def _request(self, prompt: Prompt, sampling: SamplingConfig, seed: int, n: int) -> list[Sample]:
+        path = "/chat/completions" if is_messages(prompt) else "/completions"
         while True:
-            body = self._body(prompt, sampling, seed, n)
-            sent_optional = bool(self.optional_fields)
+            optional = set(self.optional_fields)
             try:
-                async with gate:
-                    if is_messages(prompt):
-                        response = await client.chat.completions.create(**body)
-                    else:
-                        response = await client.completions.create(**body)
-                return [self._to_sample(prompt, c) for c in response.model_dump()["choices"]]
-            except (openai.BadRequestError, openai.UnprocessableEntityError) as err:
-                if sent_optional:  # a strict server rejecting logprobs / return_token_ids: ask without them
-                    self.optional_fields = set()
-                    continue
-                raise EngineError(f"the server at {self.base_url} rejected the request for model {self.model!r}: {err}") from err
-            except openai.NotFoundError as err:
-                raise EngineError(
-                    f"the server at {self.base_url} does not serve model {self.model!r} ({err}): check --model against "
-                    f"GET {self.base_url}/models"
-                ) from err
-            except (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError, openai.APIStatusError) as err:
-                status = getattr(err, "status_code", None)
-                retryable = status is None or status == 429 or status >= 500
-                if retryable and attempt < self.max_retries:
-                    await asyncio.sleep(min(60.0, self.backoff_s * 2**attempt) * (0.5 + random.random()))
-                    attempt += 1
-                    continue
-                if self.on_error == "sample" and retryable:
-                    why = f"error:{type(err).__name__}: {str(err)[:200]}"
+                with self._gate:
+                    response = self.client.post(path, self._body(prompt, sampling, seed, n, optional))
+                return [self._to_sample(prompt, c) for c in response.get("choices") or []] or \
+                    [Sample(text="", token_ids=None, logprobs=None, finish_reason="error:no choices")]
+            except APIError as err:
+                if err.kind == "BadRequestError":
+                    if optional:  # a strict server rejecting logprobs / return_token_ids: ask without them
+                        with self._lock:
+                            self.optional_fields = set()
+                        continue
+                    raise EngineError(f"the server at {self.base_url} rejected the request for model "
+                                      f"{self.model!r}: {err}") from None
+                if err.kind == "NotFoundError":
+                    raise EngineError(f"the server at {self.base_url} does not serve model {self.model!r} ({err}): "
+                                      f"check --model against GET {self.base_url}/models") from None
+                if err.kind == "AuthenticationError":
+                    raise EngineError(f"the server at {self.base_url} refused the API key ({err}): set "
+                                      f"${self.client.api_key_env}") from None
+                attempts = getattr(err, "attempts", 1)
+                if self.on_error == "sample" and err.retryable:
+                    why = f"error:{err.kind}: {str(err)[:200]}"
                     return [Sample(text="", token_ids=None, logprobs=None, finish_reason=why) for _ in range(n)]
                 raise EngineError(
-                    f"request to {self.base_url} for model {self.model!r} failed after {attempt + 1} attempts: "
-                    f"{type(err).__name__}: {err}. Finished samples are cached; rerun to continue"
-                ) from err
+                    f"request to {self.base_url} for model {self.model!r} failed after {attempts} attempts: "
+                    f"{err.kind}: {err}. Finished samples are cached; rerun to continue") from None
 
-    def _body(self, prompt: Prompt, sampling: SamplingConfig, seed: int, n: int) -> dict[str, Any]:
+    def _body(self, prompt: Prompt, sampling: SamplingConfig, seed: int, n: int, optional: set[str]) -> dict[str, Any]:
         body: dict[str, Any] = dict(
             model=self.model, temperature=sampling.temperature, top_p=sampling.top_p,
             max_tokens=sampling.max_new_tokens, n=n, seed=seed,
@@ -187,10 +164,10 @@ class OpenAIEngine:
             body["messages"] = list(prompt)
         else:
             body["prompt"] = prompt
-        if "logprobs" in self.optional_fields:
+        if "logprobs" in optional:
             body["logprobs"] = True if is_messages(prompt) else 1
-        if "return_token_ids" in self.optional_fields:
-            body["extra_body"] = {"return_token_ids": True}
+        if "return_token_ids" in optional:
+            body["return_token_ids"] = True
         return body
 
     def _to_sample(self, prompt: Prompt, choice: dict[str, Any]) -> Sample:
@@ -231,24 +208,17 @@ class OpenAIEngine:
             "max_new_tokens": sampling.max_new_tokens, "seed": seed, "sample_idx": sample_idx,
         }, length=None)
 
-    def _cache_path(self, key: str) -> Path:
-        assert self.cache_dir is not None
-        return self.cache_dir / key[:2] / f"{key}.json"
-
     def _cache_get(self, key: str) -> Sample | None:
-        if self.cache_dir is None:
-            return None
-        path = self._cache_path(key)
+        hit = self.cache.get(key) if self.cache else None
         try:
-            return Sample(**json.loads(path.read_text()))
-        except (OSError, ValueError, TypeError):  # absent, or a torn/foreign file: fetch again
+            return Sample(**hit) if isinstance(hit, dict) else None
+        except TypeError:  # a foreign file: fetch again
             return None
 
     def _cache_put(self, key: str, sample: Sample) -> Sample:
         """Store a finished sample (never an error one) and return it."""
-        if self.cache_dir is None or sample.finish_reason.startswith("error:"):
-            return sample
-        atomic_write_json(self._cache_path(key), asdict(sample), indent=None)
+        if self.cache is not None and not sample.finish_reason.startswith("error:"):
+            self.cache.put(key, asdict(sample))
         return sample
 
 

@@ -73,10 +73,18 @@ def load_rewards(cfg: LabelConfig) -> tuple[list[RewardFn], list[str], dict[str,
     fns = []
     for spec in cfg.rewards:
         try:
-            fns.append(build(spec, options))
+            fns.append(_judge_reward(spec) if spec.startswith("judge:") else build(spec, options))
         except RewardSpecError as e:
             raise UserError(f"--reward {spec}: {e}") from None
     return (fns, *_names_weights(cfg, fns))
+
+
+def _judge_reward(spec: str) -> RewardFn:
+    """`judge:RUBRIC@URL#MODEL`: an LLM judge as a reward. Built here, not in rewards.plugins.BUILTINS,
+    because rewards/ (the leaf) may not import judges/ or the OpenAI client (pipelines/stages/judge.py)."""
+    from pipelines.stages.judge import judge_reward
+
+    return judge_reward(spec)
 
 
 def label_rows(rows: list[dict], fns: list[RewardFn], names: list[str], weights: dict[str, float],
@@ -248,7 +256,8 @@ def label(input: str, output: str, cfg: LabelConfig, *, overwrite: bool = False,
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = ("rewards: math, math:last_number, math:markers, code, code:fraction, format:think, "
-                "format:REGEX (full match, DOTALL), overlong:MAX,CACHE[,TOKENIZER], rm:MODEL, my_module:my_fn, "
+                "format:REGEX (full match, DOTALL), overlong:MAX,CACHE[,TOKENIZER], rm:MODEL, "
+                "judge:RUBRIC@URL#MODEL (an LLM judge's score, docs/judges.md), my_module:my_fn, "
                 "path/to/file.py:my_fn. "
                 "See docs/rewards.md.")
     p.add_argument("--input", required=True, help="rollouts: dataset directory, Parquet or JSONL with prompt, completion")

@@ -1,0 +1,147 @@
+"""`prefsmith critique-revise`: Constitutional AI's critique-revise loop over a prompt set (judges/constitutional.py).
+
+Each row's `completion` (or, when the row has none, the model's own first answer) is critiqued against a
+principle drawn from the constitution and revised, `--rounds` times. Output rows keep every input column and
+set `completion` to the final revision, `original_completion` to the response the loop started from, and
+`trace` to the rounds (`round`, `principle`, `critique`, `revision`). A side dataset `DIR/preferences/` holds
+one preference row per prompt whose revision differs from the original: `prompt`, `chosen` (the revision),
+`rejected` (the original), `prompt_id`, `principles` - ready for `prefsmith train dpo --data DIR/preferences`.
+
+The model is reached as for `prefsmith judge` (`--engine openai --base-url URL`, `--concurrency`, retries, the
+reply cache that makes a killed run resume without asking again; docs/judges.md).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from judges.constitutional import (Constitution, ConstitutionError, CritiqueConfig, critique_revise,
+                                   load_constitution)
+from judges.protocol import ChatModel
+from pipelines.builders.samples import as_completion, normalize_text
+from pipelines.core.runner import Shard, execute, update_manifest
+from pipelines.core.stage import Stage
+from pipelines.engines.openai_client import default_chat_cache
+from pipelines.errors import UserError
+from pipelines.executors import add_executor_arguments, executor_config
+from rewards.chat import completion_text
+
+from .judge import add_model_arguments, chat_model, model_settings
+
+
+@dataclass
+class CritiqueStageConfig:
+    model: str
+    constitution: Constitution = field(default_factory=load_constitution)
+    loop: CritiqueConfig = field(default_factory=CritiqueConfig)
+    engine: str = "openai"
+    # how to reach the model: not in the fingerprint
+    base_url: str | None = None
+    concurrency: int = 8
+    cache_dir: str | None = field(default_factory=lambda: str(default_chat_cache()))
+    api_key_env: str | None = None
+    max_retries: int = 5
+    backoff_s: float = 1.0
+    timeout_s: float = 600.0
+    shard_size: int | None = None
+
+
+def prompt_keys(rows: list[dict], start: int) -> list[str]:
+    """The row's `prompt_id`, else `id`, else its position: what draws its principles."""
+    return [str(r.get("prompt_id") or r.get("id") or f"row{start + i:07d}") for i, r in enumerate(rows)]
+
+
+class CritiqueStage(Stage):
+    name = "critique-revise"
+    shard_size = 64
+    _runtime = ("model",)
+
+    def __init__(self, cfg: CritiqueStageConfig, model: ChatModel | None = None):
+        if cfg.loop.rounds < 1:
+            raise UserError(f"--rounds must be >= 1, got {cfg.loop.rounds}")
+        self.cfg, self.model = cfg, model
+
+    def config(self) -> dict:
+        return {"model": self.cfg.model, "engine": self.cfg.engine, "constitution": self.cfg.constitution.to_dict(),
+                "loop": asdict(self.cfg.loop)}
+
+    def required(self) -> list[str]:
+        return ["prompt"]
+
+    def setup(self) -> None:
+        if self.model is None:
+            self.model = chat_model(self.cfg)
+
+    def process(self, rows: list[dict], shard: Shard) -> dict:
+        keys = prompt_keys(rows, shard.start)
+        responses = [completion_text(r["completion"]) if r.get("completion") is not None else None for r in rows]
+        done = critique_revise(self.model, [r["prompt"] for r in rows], responses, keys, self.cfg.constitution,
+                               self.cfg.loop)
+        out, prefs = [], []
+        for row, key, res in zip(rows, keys, done):
+            out.append({**row, "completion": as_completion(row["prompt"], res.final),
+                        "original_completion": as_completion(row["prompt"], res.original), "trace": res.trace})
+            if normalize_text(res.final) != normalize_text(res.original) and res.final.strip():
+                prefs.append({"prompt": row["prompt"], "chosen": as_completion(row["prompt"], res.final),
+                              "rejected": as_completion(row["prompt"], res.original), "prompt_id": key,
+                              "principles": [t["principle"] for t in res.trace]})
+        shard.tick(len(rows))
+        return {"rows": out, "preferences": prefs,
+                "stats": {"rows": len(rows), "preference_rows": len(prefs),
+                          "generated_first": sum(r is None for r in responses)}}
+
+    def close(self) -> None:
+        if self.model is not None:
+            self.model.close()
+            self.model = None
+
+
+def critique(input: str, output: str, cfg: CritiqueStageConfig, *, overwrite: bool = False, progress: bool = True,
+             executor=None, out=None) -> dict[str, Any]:
+    """Run the stage (Python API of `prefsmith critique-revise`); returns the manifest's stats."""
+    stage = CritiqueStage(cfg, chat_model(cfg))
+    try:
+        result = execute(stage, input, output, shard_size=cfg.shard_size, overwrite=overwrite, progress=progress,
+                         executor=executor)
+    finally:
+        stage.close()
+    stats = result.manifest.get("stats", {})
+    if not result.skipped:
+        update_manifest(output, run={"base_url": cfg.base_url, "concurrency": cfg.concurrency,
+                                     "cache_dir": cfg.cache_dir, "api_key_env": cfg.api_key_env or "OPENAI_API_KEY"})
+    print(f"critique-revise ({cfg.constitution.name}, {cfg.loop.rounds} rounds): {int(stats.get('rows', 0))} rows, "
+          f"{int(stats.get('preference_rows', 0))} preference rows (revision > original) in {output}/preferences",
+          file=out or sys.stdout)
+    return stats
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input", required=True, help="prompts (with an optional completion to start from)")
+    p.add_argument("--output", required=True, help="dataset directory to write")
+    add_model_arguments(p)
+    p.add_argument("--constitution", default="default", help="`default` (data/constitutions/) or a YAML file")
+    p.add_argument("--rounds", type=int, default=1, help="critique + revision rounds per prompt (default 1)")
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shard-size", type=int, default=None,
+                   help=f"input rows per shard, the unit of resume (default {CritiqueStage.shard_size})")
+    p.add_argument("--overwrite", action="store_true", help="replace an output made with another config")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_executor_arguments(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        constitution = load_constitution(args.constitution)
+    except ConstitutionError as err:
+        raise UserError(f"--constitution: {err}") from None
+    cfg = CritiqueStageConfig(constitution=constitution, shard_size=args.shard_size,
+                              loop=CritiqueConfig(rounds=args.rounds, temperature=args.temperature,
+                                                  max_new_tokens=args.max_new_tokens, seed=args.seed),
+                              **model_settings(args))
+    critique(args.input, args.output, cfg, overwrite=args.overwrite, progress=not args.no_progress,
+             executor=executor_config(args))
+    return 0
