@@ -392,6 +392,32 @@ def test_concurrency_is_bounded_and_the_engine_shares_the_client(tmp_path):
         assert server.requests[-1]["return_token_ids"] is True  # our scripted server accepts the vLLM fields
 
 
+def test_the_openai_engine_keeps_its_rules_on_the_shared_client(tmp_path):
+    """n ignored -> one request per missing sample with derived seeds; a server rejecting the optional fields is
+    asked without them; samples are cached one file each; on_error="sample" marks a failed sample."""
+    from pipelines.engines.base import derive_seed
+
+    def strict(body: dict) -> "str | Fail":
+        if "logprobs" in body or "return_token_ids" in body:
+            return Fail(400)
+        return f"seed {body['seed']}"
+
+    chat = [{"role": "user", "content": "hi"}]
+    with Scripted(strict) as server:
+        engine = load_engine("openai", MODEL, base_url=server.url, cache_dir=str(tmp_path / "c"), backoff_s=0.001)
+        [samples] = engine.generate([chat], SamplingConfig(n=3, max_new_tokens=4), [7])
+        assert engine.optional_fields == set() and engine.honours_n is False
+        assert [(s.text, s.finish_reason) for s in samples] == [(f"seed {derive_seed(7, j)}", "stop") for j in range(3)]
+        assert [b["n"] for b in server.requests] == [3, 3, 1, 1]  # rejected, answered with 1 choice, the rest
+        assert engine.generate([chat], SamplingConfig(n=3, max_new_tokens=4), [7]) == [samples]
+        assert len(server.requests) == 4 and len(list((tmp_path / "c").rglob("*.json"))) == 3
+        server.answer = lambda body: Fail(503)
+        marked = load_engine("openai", MODEL, base_url=server.url, cache_dir=None, backoff_s=0.001, max_retries=1,
+                             on_error="sample")
+        [[bad]] = marked.generate([chat], SamplingConfig(max_new_tokens=1), [0])
+        assert bad.finish_reason.startswith("error:InternalServerError") and bad.text == ""
+
+
 def test_a_killed_server_and_a_rerun_send_no_answered_request_again(tmp_path):
     rows = write_jsonl(tmp_path / "rows.jsonl", [{"prompt": f"Q{i}?", "completion": f"a good answer {i}"}
                                                  for i in range(12)])
@@ -499,3 +525,15 @@ def test_critique_revise_rounds_trace_preferences_and_resume(tmp_path):
         assert main([*args, "--output", str(tmp_path / "again")]) == 0
         assert len(server.requests) == 9  # every reply came from the cache
         assert ds.load_rows(str(tmp_path / "again")) == out
+
+
+def test_a_local_hf_model_as_the_judge(tiny_model, tmp_path):
+    """`--engine hf`: any prefsmith engine judges through EngineChat. The tiny random model never writes a
+    score, so every row ends `unparseable` after its retry, with the raw reply kept and no token usage."""
+    rows = write_jsonl(tmp_path / "rows.jsonl", POINTWISE_ROWS[:2])
+    cfg = JudgeStageConfig(model=str(tiny_model), engine="hf", sampling=JudgeConfig(retries=1, max_new_tokens=4))
+    result = judge(rows, str(tmp_path / "out"), cfg, progress=False)
+    out = ds.load_rows(str(tmp_path / "out"))
+    assert [r["judge_reason"] for r in out] == ["unparseable"] * 2 and [r["judge_score"] for r in out] == [None] * 2
+    assert all(isinstance(r["judge_raw"], str) for r in out) and [r["judge_tokens"] for r in out] == [None] * 2
+    assert result.summary["requests"] == 0  # no server involved
