@@ -537,3 +537,29 @@ def test_a_local_hf_model_as_the_judge(tiny_model, tmp_path):
     assert [r["judge_reason"] for r in out] == ["unparseable"] * 2 and [r["judge_score"] for r in out] == [None] * 2
     assert all(isinstance(r["judge_raw"], str) for r in out) and [r["judge_tokens"] for r in out] == [None] * 2
     assert result.summary["requests"] == 0  # no server involved
+
+
+def test_against_transformers_serve_on_the_tiny_model(tiny_model, tmp_path):
+    """A real OpenAI-compatible server: `transformers serve` lists only its hub cache, so the local folder it
+    serves passes the model check; its replies are cached, and a rerun into another folder sends nothing."""
+    pytest.importorskip("fastapi", reason="transformers serve needs fastapi and uvicorn")
+    pytest.importorskip("uvicorn", reason="transformers serve needs fastapi and uvicorn")
+    import sys
+
+    from test_engine_openai import free_port, serving
+
+    port, log = free_port(), tmp_path / "serve.log"
+    command = [str(Path(sys.executable).with_name("transformers")), "serve", str(tiny_model), "--host", "127.0.0.1",
+               "--port", str(port), "--device", "cpu", "--log-level", "info"]
+    rows = write_jsonl(tmp_path / "rows.jsonl", POINTWISE_ROWS[:2])
+    with serving(command, port, log) as url:
+        cfg = JudgeStageConfig(model=str(tiny_model), base_url=url, cache_dir=str(tmp_path / "cache"),
+                               sampling=JudgeConfig(retries=1, max_new_tokens=4), concurrency=1)
+        first = judge(rows, str(tmp_path / "out"), cfg, progress=False)
+        posts = log.read_text().count("POST /v1/chat/completions")
+        assert posts == 4  # 2 rows x (1 + 1 retry): the tiny model never writes a score
+        again = judge(rows, str(tmp_path / "out2"), cfg, progress=False)
+        assert log.read_text().count("POST /v1/chat/completions") == posts
+    assert first.summary["requests"] == 4 and again.summary["replies_cached"] == 4  # 2 rows x (1 + 1 retry)
+    out = ds.load_rows(str(tmp_path / "out"))
+    assert [r["judge_reason"] for r in out] == ["unparseable"] * 2 and out == ds.load_rows(str(tmp_path / "out2"))
