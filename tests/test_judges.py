@@ -560,6 +560,14 @@ def test_against_transformers_serve_on_the_tiny_model(tiny_model, tmp_path):
         assert posts == 4  # 2 rows x (1 + 1 retry): the tiny model never writes a score
         again = judge(rows, str(tmp_path / "out2"), cfg, progress=False)
         assert log.read_text().count("POST /v1/chat/completions") == posts
+        # the openai engine on the same client and server: n ignored, greedy text equal to the hf engine's
+        engine = load_engine("openai", str(tiny_model), base_url=url, cache_dir=None, max_concurrency=1)
+        chat = [{"role": "user", "content": "What is 2 + 2?"}]
+        [samples] = engine.generate([chat], SamplingConfig(n=2, temperature=0.0, max_new_tokens=5), [3])
+        assert engine.honours_n is False and len(samples) == 2
+    hf = load_engine("hf", str(tiny_model), device="cpu")
+    [[ref]] = hf.generate([chat], SamplingConfig(n=1, temperature=0.0, max_new_tokens=5), [3])
+    assert samples[0].text == samples[1].text == ref.text
     assert first.summary["requests"] == 4 and again.summary["replies_cached"] == 4  # 2 rows x (1 + 1 retry)
     out = ds.load_rows(str(tmp_path / "out"))
     assert [r["judge_reason"] for r in out] == ["unparseable"] * 2 and out == ds.load_rows(str(tmp_path / "out2"))
