@@ -14,6 +14,7 @@ from pipelines.errors import UserError
 COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("pipelines.stages.generate", "sample N completions per prompt (hf | vllm | openai engines)"),
     "label": ("pipelines.stages.label", "apply reward functions to rollouts"),
+    "prm-label": ("pipelines.stages.prm_label", "step labels for process reward models (Monte Carlo: mc | binary-search)"),
     "check-gold": ("pipelines.reports.check_gold", "list gold answers that do not parse, before spending compute"),
     "dedup": ("pipelines.hygiene.dedup", "remove exact and near-duplicate rows (MinHash LSH)"),
     "decontaminate": ("pipelines.hygiene.decontaminate", "remove rows overlapping evaluation sets (n-grams)"),
@@ -27,7 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("pipelines.reports.export", "write any dataset as JSONL for inspection"),
     "run": ("pipelines.pipeline", "run a pipeline file (YAML): stages in order, resumable"),
     "models": ("pipelines.engines.models", "manage models (fetch-default: convert the embedded default model)"),
-    "train": ("trainers.cli", "train: sft | dpo | kto | rm | grpo | rloo | ppo | iterative-dpo | rft"),
+    "train": ("trainers.cli", "train: sft | dpo | kto | rm | prm | grpo | rloo | ppo | iterative-dpo | rft"),
     "plot": ("trainers.cli", "plot a training run's metrics"),
 }
 

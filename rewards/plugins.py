@@ -10,6 +10,8 @@ A spec is `NAME[:ARG]`. Built-in names (the one name -> function map, `BUILTINS`
     format:REGEX      any other argument is a regex the whole completion must match (re.fullmatch, DOTALL)
     overlong:MAX,CACHE[,TOKENIZER]   DAPO soft overlong penalty
     rm:MODEL          a sequence-classification reward model (local folder or hub name)
+    prm:DIR[:AGG]     a process reward model (`train prm` output): its step scores aggregated by min (default),
+                      prod, last or mean; the reason lists every step's score (rewards/prm.py)
     judge:RUBRIC@URL#MODEL   an LLM judge's pointwise score (built by pipelines/stages/label.py, since this leaf
                       library may not import judges/; docs/judges.md)
 
@@ -254,12 +256,27 @@ def _rm(arg: str, opts: Options) -> Callable:
         raise RewardSpecError(str(e)) from None
 
 
+def _prm(arg: str, opts: Options) -> Callable:
+    from rewards import prm
+
+    model, _, how = arg.rpartition(":")
+    if how not in prm.AGGREGATES:  # no aggregate given (or a colon inside the path)
+        model, how = arg, "min"
+    if not model:
+        raise RewardSpecError("prm needs a model: prm:path/to/prm[:min|prod|last|mean]")
+    try:
+        return prm.ProcessRewardModel(model, how, device=opts.device, batch_size=opts.batch_size).results
+    except ValueError as e:
+        raise RewardSpecError(str(e)) from None
+
+
 BUILTINS: dict[str, Callable[[str, Options], Callable]] = {
     "math": _math,
     "code": _code,
     "format": _format,
     "overlong": _overlong,
     "rm": _rm,
+    "prm": _prm,
 }
 REQUIRED_COLUMNS = {"math": ["answer"], "code": ["tests"]}
 

@@ -1,4 +1,4 @@
-"""Per-algorithm glue between rows, the model and the objectives: sft, dpo (and its loss types), kto, rm.
+"""Per-algorithm glue between rows, the model and the objectives: sft, dpo (and its loss types), kto, rm, prm.
 
 An algorithm is an `Algorithm` subclass under `@register_algorithm`, and that is the one place a new one is
 added: config validation, the CLI's choices and the loop all read `ALGORITHMS`. The class declares its name,
@@ -72,6 +72,7 @@ class Algorithm:
     required_columns: tuple[str, ...] = ()  # checked when the data is read
     ref_keys: tuple[str, ...] = ()  # example keys whose reference log-probs `loss` receives, in this order
     reward_head: bool = False  # train a scalar score head (sequence classification) instead of the LM head
+    token_head: bool = False  # train a 2-label token-classification head (a process reward model)
 
     def __init__(self, cfg: TrainConfig) -> None:
         """Called once per run, with a config that passed `check_config`."""
@@ -464,3 +465,123 @@ class RewardModel(Algorithm):
         stats.add("scores/margin", (chosen - rejected).detach().sum(), n)
         return loss_sum, stats
 
+
+
+# ------------------------------------------------------------------------------------------------ process rewards
+def prm_step_loss(logits: torch.Tensor, targets: torch.Tensor, soft: bool) -> torch.Tensor:
+    """Summed loss of a PRM's two-label logits (N, 2) at N step tokens against targets (N,) in [0, 1].
+
+    Hard (Uesato et al. 2022; TRL's PRMTrainer): cross-entropy, -log softmax(logits)[y], y in {0, 1}.
+    Soft (`--soft`, Math-Shepherd's soft labels): binary cross-entropy on the MC value s, with the good-step
+    probability sigmoid(l_1 - l_0) = softmax(logits)[1]: -[s log p + (1 - s) log(1 - p)].
+    """
+    if soft:
+        return torch.nn.functional.binary_cross_entropy_with_logits(
+            (logits[:, 1] - logits[:, 0]).float(), targets.float(), reduction="sum")
+    return torch.nn.functional.cross_entropy(logits.float(), targets.long(), reduction="sum")
+
+
+PRM_POSITIONS = 5  # per-position metrics for steps 1..5, then one bucket for every later step
+
+
+@register_algorithm
+class PRM(Algorithm):
+    """A process reward model on stepwise rows (prompt, completions = steps, labels; soft_labels with --soft):
+    a token-classification head read at the last token of each step's separator, in TRL's layout
+    (rewards/prm.py). The loss is a mean over every labeled step of the optimizer step, as TRL's."""
+
+    name = "prm"
+    default_lr = 1e-5  # TRL's PRMConfig
+    required_columns = ("prompt", "completions", "labels")
+    token_head = True
+    _positions = tuple(f"step_{k}" for k in range(1, PRM_POSITIONS + 1)) + (f"step_{PRM_POSITIONS + 1}+",)
+    metric_names = ("loss", "accuracy", "labels/good", "predicted/good", "first_error/exact",
+                    *(f"accuracy/{p}" for p in _positions))
+
+    @classmethod
+    def check_config(cls, cfg: TrainConfig) -> None:
+        if cfg.no_reference:
+            raise ValueError("--no-reference: train prm uses no reference model anyway; drop the flag")
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.soft = cfg.prm_soft
+        if self.soft:
+            self.required_columns = PRM.required_columns + ("soft_labels",)
+            self.metric_names = PRM.metric_names + ("soft/mae",)
+
+    def prepare(self, cfg: TrainConfig, rows: list[dict], log: Callable[[str], None]) -> None:
+        """The step separator: a prm-label dataset's own unless given (it is saved with the model, so
+        `--reward prm:DIR` splits completions the same way), else TRL's default."""
+        from pipelines.core.dataset import read_manifest
+        from rewards.prm import DEFAULT_SEPARATOR
+
+        if cfg.step_separator is None:
+            manifest = (read_manifest(cfg.data) if Path(cfg.data).is_dir() else None) or {}
+            config = manifest.get("config", {}) if manifest.get("stage") == "prm-label" else {}
+            cfg.step_separator = (config.get("step_sep") if not config.get("step_regex") else None) or DEFAULT_SEPARATOR
+            log(f"prm: step separator {cfg.step_separator!r}")
+
+    def encode(self, rows: list[dict], tokenizer, cfg: TrainConfig, source: str) -> list[dict]:
+        from rewards.prm import step_inputs
+
+        examples = []
+        for i, row in enumerate(rows):
+            steps, labels = row.get("completions"), row.get("labels")
+            targets = row.get("soft_labels") if self.soft else labels
+            try:
+                if not isinstance(steps, list) or not isinstance(labels, list) or len(steps) != len(labels):
+                    raise ValueError("'completions' and 'labels' must be lists of the same length (one per step)")
+                if any(not isinstance(x, bool) for x in labels):
+                    raise ValueError("'labels' must hold true/false for every step (prm-label leaves unlabelable "
+                                     "rows in unlabeled/)")
+                if self.soft and (not isinstance(targets, list) or len(targets) != len(steps)
+                                  or any(t is None or not 0.0 <= t <= 1.0 for t in targets)):
+                    raise ValueError("--soft needs 'soft_labels' in [0, 1] for every step; binary-search rows "
+                                     "leave steps it did not evaluate null: label those with --method mc")
+                ids, positions = step_inputs(tokenizer, row["prompt"], steps, cfg.step_separator)
+            except ValueError as e:
+                raise _row_error(source, i, e) from None
+            limit = cfg.max_length or len(ids)
+            kept = [j for j, pos in enumerate(positions) if pos < limit]  # TRL truncates the same way
+            seq = {"input_ids": ids[:limit], "positions": [positions[j] for j in kept],
+                   "targets": [float(targets[j]) for j in kept], "labels": [bool(labels[j]) for j in kept],
+                   "step_index": kept, "truncated": len(ids) > limit}
+            examples.append({"seq": seq, "length": len(seq["input_ids"]), "units": len(kept)})
+        return examples
+
+    def loss(self, model, examples: list[dict], ref: torch.Tensor | None, ctx: StepContext):
+        seqs = [e["seq"] for e in examples]
+        width = max(len(s["input_ids"]) for s in seqs)
+        ids = torch.tensor([s["input_ids"] + [ctx.pad_id] * (width - len(s["input_ids"])) for s in seqs])
+        mask = torch.tensor([[1] * len(s["input_ids"]) + [0] * (width - len(s["input_ids"])) for s in seqs])
+        logits = model(input_ids=ids.to(ctx.device), attention_mask=mask.to(ctx.device)).logits
+        rows = torch.tensor([r for r, s in enumerate(seqs) for _ in s["positions"]], device=ctx.device)
+        cols = torch.tensor([p for s in seqs for p in s["positions"]], device=ctx.device)
+        picked = logits[rows, cols]  # (N steps, 2)
+        targets = torch.tensor([t for s in seqs for t in s["targets"]], device=ctx.device)
+        loss_sum = prm_step_loss(picked, targets, self.soft)
+        labels = torch.tensor([y for s in seqs for y in s["labels"]], device=ctx.device)
+        good = picked.detach().float().softmax(-1)[:, 1]
+        hit = (good > 0.5) == labels
+        n = len(labels)
+        stats = Stats()
+        stats.add("loss", loss_sum.detach(), n)
+        stats.add("accuracy", hit.sum(), n)
+        stats.add("labels/good", labels.sum(), n)
+        stats.add("predicted/good", (good > 0.5).sum(), n)
+        if self.soft:
+            stats.add("soft/mae", (good - targets).abs().sum(), n)
+        steps = [j for s in seqs for j in s["step_index"]]
+        for k, name in enumerate(self._positions):
+            at = torch.tensor([j == k if k < PRM_POSITIONS else j >= k for j in steps], device=ctx.device)
+            stats.add(f"accuracy/{name}", hit[at].sum(), at.sum())
+        # first error: the first step predicted bad equals the first step labeled bad (or neither has one)
+        start, exact = 0, 0
+        for s in seqs:
+            m = len(s["labels"])
+            want = next((j for j in range(m) if not s["labels"][j]), None)
+            got = next((j for j in range(m) if not bool(good[start + j] > 0.5)), None)
+            exact += want == got
+            start += m
+        stats.add("first_error/exact", exact, len(seqs))
+        return loss_sum, stats

@@ -1,4 +1,4 @@
-"""`prefsmith train sft|dpo|kto|rm ...` and `prefsmith plot RUN_DIR` (grpo|rloo: trainers/grpo.py;
+"""`prefsmith train sft|dpo|kto|rm|prm ...` and `prefsmith plot RUN_DIR` (grpo|rloo: trainers/grpo.py;
 iterative-dpo|rft: trainers/rounds.py).
 
 Also runnable as `python -m trainers.cli dpo --model M --data D --output O`, which is what
@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="KTO λ_D (default: the dataset manifest's recommendation, else 1.0)")
     g.add_argument("--undesirable-weight", type=float, default=None, help="KTO λ_U (default as --desirable-weight)")
     g.add_argument("--rm-center-coef", type=float, default=0.0, help="reward model: penalty on (r_w + r_l)^2")
+    g.add_argument("--soft", action="store_true", help="prm: BCE on soft_labels (default: cross-entropy on labels)")
+    g.add_argument("--step-sep", default=None,
+                   help="prm: separator after each step (default: the prm-label dataset's, else TRL's \\n)")
     g = p.add_argument_group("distributed (torchrun)")
     g.add_argument("--fsdp", action="store_true",
                    help="shard weights, gradients and optimizer state over the processes (FSDP2) instead of "
@@ -97,10 +100,16 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         no_reference=args.no_reference, ref_model=args.ref_model, ref_cache_dir=args.ref_cache_dir,
         loss=args.loss, beta=args.beta, label_smoothing=args.label_smoothing, simpo_gamma=args.simpo_gamma,
         dpop_lambda=args.dpop_lambda, desirable_weight=args.desirable_weight,
-        undesirable_weight=args.undesirable_weight, rm_center_coef=args.rm_center_coef, fsdp=args.fsdp, lora_r=args.lora_r,
+        undesirable_weight=args.undesirable_weight, rm_center_coef=args.rm_center_coef,
+        prm_soft=args.soft, step_separator=_unescape(args.step_sep) if args.step_sep else None, fsdp=args.fsdp, lora_r=args.lora_r,
         lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout, logging_every=args.logging_every,
         progress=not args.no_progress, plots=not args.no_plots,
     )
+
+
+def _unescape(text: str) -> str:
+    """`--step-sep '\\n\\n'` typed in a shell -> two newlines."""
+    return text.encode("latin-1", "backslashreplace").decode("unicode_escape")
 
 
 def _user_errors() -> tuple[type[Exception], ...]:

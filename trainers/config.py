@@ -64,6 +64,9 @@ class TrainConfig:
     undesirable_weight: float | None = None
     # reward model
     rm_center_coef: float = 0.0
+    # process reward model (train prm)
+    prm_soft: bool = False  # BCE on soft_labels instead of cross-entropy on labels
+    step_separator: str | None = None  # None: the prm-label dataset's separator, else TRL's "\n"
     # sharding: FSDP2 under torchrun (trainers/fsdp.py); off = plain data parallel
     fsdp: bool = False
     # LoRA (needs peft)

@@ -110,13 +110,19 @@ def _load_tokenizer(path: str):
     return tok
 
 
-def _load_model(path: str | Path, cfg: TrainConfig, tokenizer, reward_head: bool):
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+def _load_model(path: str | Path, cfg: TrainConfig, tokenizer, reward_head: bool, token_head: bool = False):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoModelForTokenClassification
 
     if not Path(path).is_dir():
         raise UserDataError(f"model {path!r} is not a local directory with config.json and weights")
     torch.manual_seed(cfg.seed)  # a fresh reward head is initialised the same way on every process
-    if reward_head:
+    if token_head:  # a PRM: 2 labels per token; no classifier dropout (TRL's PRMTrainer disables dropout)
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(path, num_labels=2)
+        config.classifier_dropout = 0.0
+        model = AutoModelForTokenClassification.from_pretrained(path, config=config, dtype=torch.float32)
+    elif reward_head:
         model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
     else:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
@@ -124,7 +130,7 @@ def _load_model(path: str | Path, cfg: TrainConfig, tokenizer, reward_head: bool
     return model
 
 
-def _apply_lora(model, cfg: TrainConfig, resume_dir: Path | None, reward_head: bool):
+def _apply_lora(model, cfg: TrainConfig, resume_dir: Path | None, reward_head: bool, token_head: bool = False):
     try:
         from peft import LoraConfig, PeftModel, get_peft_model
     except ImportError:
@@ -133,7 +139,7 @@ def _apply_lora(model, cfg: TrainConfig, resume_dir: Path | None, reward_head: b
         return PeftModel.from_pretrained(model, resume_dir, is_trainable=True)
     lora = LoraConfig(
         r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules="all-linear",
-        task_type="SEQ_CLS" if reward_head else "CAUSAL_LM",
+        task_type="TOKEN_CLS" if token_head else "SEQ_CLS" if reward_head else "CAUSAL_LM",
     )
     return get_peft_model(model, lora)
 
@@ -290,7 +296,7 @@ class TrainRun:
         self.algo = algo = make_algorithm(cfg)
         self.examples, self.eval_examples = _prepare_examples(cfg, algo, tokenizer, self.log)
         model = _load_model(resume_dir if resume_dir and not cfg.lora_r else cfg.model, cfg, tokenizer,
-                            reward_head=algo.reward_head)
+                            reward_head=algo.reward_head, token_head=algo.token_head)
         if cfg.fsdp:  # before the reference pass, which then runs on the shards too
             fsdp.shard_model(model, d)
         self.ref_info: dict = {}
@@ -303,7 +309,7 @@ class TrainRun:
             self.eval_ref = _reference_logps(cfg, algo, self.eval_examples, tokenizer, d, "eval", self.ref_info,
                                              model if same else None)
         if cfg.lora_r:
-            model = _apply_lora(model, cfg, resume_dir, algo.reward_head)
+            model = _apply_lora(model, cfg, resume_dir, algo.reward_head, algo.token_head)
         model.to(d.device).train()
         self.model = model
         self.params = [p for p in model.parameters() if p.requires_grad]

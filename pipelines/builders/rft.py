@@ -6,6 +6,10 @@ Rules (see docs/builders.md):
   whitespace normalization: the least verbose correct answer), then the earliest `sample_idx`;
 - `all-correct`: every correct completion, duplicates within a prompt (same text after whitespace
   normalization) kept once (the highest reward, then the earliest sample), in `sample_idx` order;
+- `--by SPEC` (best-of-N): rank each prompt's completions by a reward spec instead, typically a process
+  reward model (`--by prm:DIR[:min|prod|last|mean]`), and keep the top-scored one (ties: earliest sample)
+  whatever its `reward`, which is carried (so the set's accuracy is the best-of-N accuracy) and not needed;
+  the ranking score is the `by_score` column, its reason `by_info`;
 - `--mix OTHER:RATIO`: RATIO is the fraction of the final set drawn from OTHER. With S selected rows,
   `round(S * RATIO / (1 - RATIO))` rows of OTHER are drawn uniformly without replacement (seeded by
   `--seed`) and appended as the last shard; too few rows in OTHER is an error naming the largest possible
@@ -44,6 +48,7 @@ class SelectConfig:
     mix: str | None = None  # path or name of another SFT dataset
     mix_ratio: float = 0.0  # fraction of the final set drawn from `mix`
     seed: int = 0
+    by: str | None = None  # a reward spec that ranks each prompt's completions (best-of-N)
     # filled by build_select (part of the fingerprint): output format and the mix input's content hash
     format: str = "prompt-completion"
     mix_fingerprint: str | None = None
@@ -53,6 +58,8 @@ class SelectConfig:
             raise UserError(f"--keep must be one of {', '.join(KEEP)}, got {self.keep!r}")
         if self.mix is not None and not 0.0 <= self.mix_ratio < 1.0:
             raise UserError(f"--mix ratio must be in [0, 1) (the fraction of the final set drawn from it), got {self.mix_ratio}")
+        if self.by is not None and self.keep != "best":
+            raise UserError("--by picks one completion per prompt (best-of-N): use it with --keep best")
 
 
 def parse_mix(value: str) -> tuple[str, float]:
@@ -93,11 +100,36 @@ def selected_row(s: Sample, fmt: str) -> dict:
     return {**body, "id": s.id, "prompt_id": row["prompt_id"], "reward": s.reward, "source": "rft", **carried(row)}
 
 
-def select_rows(rows: list[dict], cfg: SelectConfig, tick=lambda n: None) -> dict[str, list[dict]]:
+def by_scores(rows: list[dict], fn) -> list[dict]:
+    """Rows with `by_score` / `by_info`: `fn` (a rewards.plugins.RewardFn) on each row's completion."""
+    columns = {k: [r.get(k) for r in rows] for k in dict.fromkeys(k for r in rows for k in r)
+               if k not in ("prompt", "completion")}
+    results = fn.score([r["prompt"] for r in rows], [r["completion"] for r in rows], columns)
+    return [{**r, "by_score": res.score, "by_info": res.reason} for r, res in zip(rows, results)]
+
+
+def select_rows(rows: list[dict], cfg: SelectConfig, tick=lambda n: None, by=None) -> dict[str, list[dict]]:
     """The row-level core of `select`: scored rollouts (each prompt's rows together) -> the SFT rows kept,
-    plus the per-prompt record (`prompts`) and the null rows left out (`skipped`)."""
+    plus the per-prompt record (`prompts`) and the null rows left out (`skipped`). `by`: the RewardFn of
+    `cfg.by`, whose score ranks the rows instead of `reward`."""
     out, prompts, skipped = [], [], []
     for group in group_rows(rows):
+        if by is not None:
+            group = by_scores(group, by)
+            valid, _ = score_rows(group, "by_score")
+            nulls = [{"id": str(r.get("id")), "prompt_id": r.get("prompt_id"), "reason": f"by: {r['by_info']}"}
+                     for r in group if r["by_score"] is None]
+            picked = [min(valid, key=lambda s: (-s.reward, s.order))] if valid else []  # ties: earliest sample
+            out += [{**selected_row(s, cfg.format), "reward": s.row.get("reward"), "by_score": s.reward,
+                     "by_info": s.row["by_info"]} for s in picked]
+            skipped += nulls
+            correct = [r.get("reward") is not None and r["reward"] >= cfg.min_reward for r in group]
+            prompts.append({"prompt_id": group[0]["prompt_id"], "rows": len(group), "null": len(nulls),
+                            "correct": sum(correct), "distinct_correct": sum(correct), "selected": len(picked),
+                            "selected_correct": sum(s.row.get("reward") is not None
+                                                    and s.row["reward"] >= cfg.min_reward for s in picked)})
+            tick(len(group))
+            continue
         valid, nulls = score_rows(group)
         picked, n_correct, n_distinct = choose(valid, cfg.keep, cfg.min_reward)
         out += [selected_row(s, cfg.format) for s in picked]
@@ -110,9 +142,35 @@ def select_rows(rows: list[dict], cfg: SelectConfig, tick=lambda n: None) -> dic
 
 class SelectStage(PromptGroupStage):
     name = "select"
+    _runtime = ("by_fn",)
+
+    def __init__(self, cfg: SelectConfig):
+        super().__init__(cfg)
+        self.by_fn = _build_by(cfg.by) if cfg.by else None  # a bad spec fails before any work
+
+    def present(self) -> list[str]:
+        return [] if self.cfg.by else ["reward"]  # best-of-N needs no labels
+
+    def setup(self) -> None:
+        if self.cfg.by and self.by_fn is None:
+            self.by_fn = _build_by(self.cfg.by)
 
     def process(self, rows: list[dict], shard: Shard) -> dict:
-        return select_rows(rows, self.cfg, shard.tick)
+        return select_rows(rows, self.cfg, shard.tick, self.by_fn)
+
+    def close(self) -> None:
+        if self.by_fn is not None:
+            self.by_fn.close()
+            self.by_fn = None
+
+
+def _build_by(spec: str):
+    from rewards.plugins import RewardSpecError, build
+
+    try:
+        return build(spec)
+    except RewardSpecError as e:
+        raise UserError(f"--by {spec}: {e}") from None
 
 
 def mix_rows(other: pa.Table, n: int, seed: int, fmt: str, name: str) -> list[dict]:
@@ -149,7 +207,11 @@ def build_select(input: str, output: str, cfg: SelectConfig = SelectConfig(), *,
     if cfg.mix is not None:
         other = ds.load_table(cfg.mix)
         cfg = replace(cfg, format=_mix_format(input, other, cfg.mix), mix_fingerprint=ds.fingerprint(cfg.mix))
-    result = execute(SelectStage(cfg), input, output, overwrite=overwrite, progress=progress, executor=executor)
+    stage = SelectStage(cfg)
+    try:
+        result = execute(stage, input, output, overwrite=overwrite, progress=progress, executor=executor)
+    finally:
+        stage.close()
     manifest = result.manifest
     prompts, skipped = read_side(output, "prompts"), read_side(output, "skipped")
     n_selected = sum(p["selected"] for p in prompts)
@@ -161,6 +223,10 @@ def build_select(input: str, output: str, cfg: SelectConfig = SelectConfig(), *,
         "null_rows_skipped": len(skipped),
         "null_reasons": count_by(skipped, "reason"),
     }
+    if cfg.by:  # best-of-N: how often the top-ranked completion is correct, against any correct one
+        summary["by"] = cfg.by
+        summary["selected_correct"] = sum(p.get("selected_correct") or 0 for p in prompts)
+        summary["best_of_n_accuracy"] = summary["selected_correct"] / len(prompts) if prompts else None
     if other is not None:
         summary["mix"] = _write_mix(output, manifest, other, cfg, n_selected)
     summary["rows"] = n_selected + summary.get("mix", {}).get("rows", 0)
@@ -199,13 +265,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mix", default=None, metavar="OTHER_SFT:RATIO",
                    help="append rows of another SFT set so they make RATIO of the final set (e.g. sft.jsonl:0.3)")
     p.add_argument("--seed", type=int, default=0, help="seed of the mix sampling")
+    p.add_argument("--by", default=None, metavar="SPEC",
+                   help="best-of-N: keep each prompt's completion a reward spec scores highest, e.g. prm:runs/prm:min")
     p.add_argument("--overwrite", action="store_true", help="replace an output made with another config")
     add_executor_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
     mix, ratio = parse_mix(args.mix) if args.mix else (None, 0.0)
-    cfg = SelectConfig(keep=args.keep, min_reward=args.min_reward, mix=mix, mix_ratio=ratio, seed=args.seed)
+    cfg = SelectConfig(keep=args.keep, min_reward=args.min_reward, mix=mix, mix_ratio=ratio, seed=args.seed, by=args.by)
     s = build_select(args.input, args.output, cfg, overwrite=args.overwrite, executor=executor_config(args))
     print(f"prompts: {s['prompts']}  with a correct completion: {s['prompts_with_correct']}  "
           f"selected: {s['selected']}  duplicates removed: {s['duplicates_removed']}")

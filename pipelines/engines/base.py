@@ -1,8 +1,9 @@
 """The one interface every generation engine implements.
 
-Prompts are either plain strings (sent as-is) or chat message lists (rendered with the model's own chat
-template exactly once, by the engine or by the server; `rewards.chat.prompt_ids`). For each prompt an engine
-returns `n` samples.
+Prompts are either plain strings (sent as-is), chat message lists (rendered with the model's own chat
+template exactly once, by the engine or by the server; `rewards.chat.prompt_ids`), or token ids to continue
+as they are (a prefix of an assistant turn: `prefsmith prm-label`; the openai engine sends them to
+`completions`, which accepts token arrays). For each prompt an engine returns `n` samples.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Any, Protocol, Sequence, Union
 from pipelines.errors import UserError
 from rewards.chat import prompt_ids, render_chat
 
-Prompt = Union[str, list[dict[str, Any]]]
+Prompt = Union[str, list[dict[str, Any]], list[int]]
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,8 @@ def render_prompt_ids(tokenizer: Any, prompt: Prompt) -> list[int]:
     EngineError for a prompt that gives the model nothing to continue."""
     if not isinstance(prompt, str) and not prompt:
         raise EngineError("empty chat prompt (no messages): give at least one {role, content} message")
+    if not isinstance(prompt, str) and all(isinstance(t, int) for t in prompt):
+        return list(prompt)  # already the ids to continue from
     ids = prompt_ids(tokenizer, prompt)
     if not ids:
         raise EngineError("empty prompt string (no tokens, and the tokenizer adds no BOS): drop or fill that row")
