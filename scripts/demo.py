@@ -57,7 +57,7 @@ def report(outputs: dict[str, str], seconds: float) -> None:
                 before, after = evals[0][key], evals[-1][key]
                 limit = spec[name]["args"].get("eval_limit")
                 print(f"{name:>18}: held-out greedy accuracy on {name_}{f' (first {limit} prompts)' if limit else ''}: "
-                      f"{before:.1%} before -> {after:.1%} after {evals[-1]['step']} steps ({after - before:+.1%})")
+                      f"{before:.1%} before -> {after:.1%} after {evals[-1]['step']} steps ({100 * (after - before):+.1f} points)")
                 print(f"{'':>18}  curve: {curve}")
             if train:
                 last = train[-1]
