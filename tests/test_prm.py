@@ -330,8 +330,13 @@ def trained_prm(tiny_model, labeled, tmp_path_factory) -> Path:
     assert {"accuracy", "accuracy/step_1", "first_error/exact", "labels/good"} <= set(train_records[0])
     saved = json.loads((root / "hard" / "prefsmith_train.json").read_text())
     assert saved["step_separator"] == "\n\n"  # taken from the prm-label manifest
-    soft = train(TrainConfig(output=str(root / "soft"), prm_soft=True, **common))
-    assert math.isfinite(soft.train_metrics["loss"]) and "soft/mae" in soft.train_metrics
+    # soft labels, through the command line (the separator typed with backslash escapes)
+    assert cli(["train", "prm", "--model", str(tiny_model), "--data", str(labeled["mc"]), "--output",
+                str(root / "soft"), "--soft", "--step-sep", "\\n\\n", "--max-steps", "2", "--batch-size", "4",
+                "--no-plots", "--no-progress"]) == 0
+    soft = json.loads((root / "soft" / "train_result.json").read_text())["train"]
+    assert math.isfinite(soft["loss"]) and 0 <= soft["soft/mae"] <= 1
+    assert json.loads((root / "soft" / "prefsmith_train.json").read_text())["step_separator"] == "\n\n"
     assert result.steps == 6
     return root / "hard"
 
@@ -381,3 +386,22 @@ def test_select_by_prm_keeps_the_top_scored_completion(trained_prm, tmp_path):
     assert summary["best_of_n_accuracy"] == sum(r["reward"] for r in best.values()) / 2
     assert cli(["select", "--input", str(tmp_path / "lab"), "--output", str(tmp_path / "x"), "--by",
                 f"prm:{trained_prm}", "--keep", "all-correct"]) == 2  # best-of-N keeps one per prompt
+
+
+def test_bench_figures_are_computed_from_the_rows():
+    """bench/prm.py's pure parts (the bench itself needs a real policy and is run by hand)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_prm", Path(__file__).resolve().parents[1] / "bench/prm.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    mc = [{"id": "a", "labels": [True, False], "first_error_step": 1},
+          {"id": "b", "labels": [True, True], "first_error_step": None}]
+    bs = [{"id": "a", "labels": [True, False], "first_error_step": 1},
+          {"id": "b", "labels": [False, False], "first_error_step": 0}]
+    assert bench.agreement(mc, bs) == {"solutions": 2, "step_agreement": 0.5, "first_error_agreement": 0.5}
+    rows = [{"prompt_id": "p", "sample_idx": i, "completion": f"The answer is \\boxed{{{a}}}.",
+             "rewards": {"math": float(a == 5), "prm": s}} for i, (a, s) in enumerate([(4, 0.9), (5, 0.2), (4, 0.1)])]
+    figures = bench.best_of_n(rows, "prm-dir", seed=0)
+    assert figures["prm"] == 0.0 and figures["majority"] == 0.0 and figures["pass@n"] == 1.0
+    assert figures["random (expected)"] == round(1 / 3, 4) and figures["prompts"] == 1

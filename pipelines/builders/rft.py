@@ -148,6 +148,12 @@ class SelectStage(PromptGroupStage):
         super().__init__(cfg)
         self.by_fn = _build_by(cfg.by) if cfg.by else None  # a bad spec fails before any work
 
+    def config(self) -> dict:
+        config = super().config()
+        if config["by"] is None:  # absent when off: outputs made before --by existed still resume
+            del config["by"]
+        return config
+
     def present(self) -> list[str]:
         return [] if self.cfg.by else ["reward"]  # best-of-N needs no labels
 
