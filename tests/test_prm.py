@@ -405,3 +405,35 @@ def test_bench_figures_are_computed_from_the_rows():
     figures = bench.best_of_n(rows, "prm-dir", seed=0)
     assert figures["prm"] == 0.0 and figures["majority"] == 0.0 and figures["pass@n"] == 1.0
     assert figures["random (expected)"] == round(1 / 3, 4) and figures["prompts"] == 1
+
+
+FLAKY = '''
+import re
+
+
+def flaky_math(prompts, completions, answer, **columns):
+    """The boxed number against the gold, from a checker that fails (None) on every second continuation and on
+    every continuation of the gold-10 problem; the rows' own completions (one batch of 2) always score."""
+    out = []
+    for i, (text, gold) in enumerate(zip(completions, answer)):
+        found = re.search(r"\\\\boxed\\{(-?\\d+)\\}", text)
+        out.append(None if len(completions) > 2 and (gold == "10" or i % 2) else float(bool(found) and found.group(1) == gold))
+    return out
+'''
+
+
+def test_null_continuations_are_counted_not_guessed(tiny_model, chains, policy, tmp_path):
+    plugin = tmp_path / "flaky.py"
+    plugin.write_text(FLAKY)
+    out = tmp_path / "steps"
+    assert cli(prm_args(tiny_model, chains, out, "mc", policy.url,
+                        extra=("--limit", "2", "--reward", f"{plugin}:flaky_math"))) == 0
+    [row] = ds.load_rows(out)  # c0: some continuations unscored, the fractions over the scored ones
+    assert row["id"] == "c0" and row["labels"] == [True, True, False, False, False, False]
+    assert row["soft_labels"] == [1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+    assert row["rollouts_used"] == 15 and row["null_rollouts"] == 7  # odd positions of 15 continuations
+    [skipped] = ds.load_rows(out / "unlabeled")  # c1: every continuation of a prefix unscored: no label made up
+    assert skipped["id"] == "c1" and skipped["null_rollouts"] == 12
+    assert skipped["label_info"] == ("null_rollouts: all 3 continuations of prefix 1 unscored "
+                                     "(flaky_math: returned_none)")
+    assert ds.read_manifest(out)["prm"]["null_rollouts"] == 19
