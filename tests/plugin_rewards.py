@@ -73,3 +73,9 @@ def first_char_reward(prompts, completions, id, **columns):
         else:
             out.append(1.0 if c[:1].lower() in "abcdefghijklm" else 0.0)
     return out
+
+
+def parity_reward(prompts, completions, **columns):
+    """1.0 when the completion has an even number of characters: about half of any model's samples, so groups
+    vary and selections and pairs exist (recipe tests)."""
+    return [float(len(c) % 2 == 0) for c in completions]

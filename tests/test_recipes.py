@@ -13,12 +13,13 @@ from pipelines.pipeline import run_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINES = ROOT / "data" / "pipelines"
-ACCURACY = "plugin_rewards:first_char_reward"
+ACCURACY = "plugin_rewards:parity_reward"
 
 
 @pytest.fixture()
 def small(tmp_path):
-    rows = [{"id": f"q{i}", "prompt": f"say something {i}", "answer": str(i)} for i in range(1, 10)]
+    rows = [{"id": f"q{i}", "prompt": f"say something {i}", "answer": str(i), "level": "easy" if i % 2 else "hard"}
+            for i in (10, *range(1, 9))]
     prompts, heldout = tmp_path / "prompts.jsonl", tmp_path / "heldout.jsonl"
     prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
     heldout.write_text("".join(json.dumps({**r, "id": f"h{i}", "prompt": f"tell me {i}"}) + "\n"
@@ -53,7 +54,7 @@ def test_r1_recipe(tmp_path, tiny_model, small):
 
 
 def test_instructgpt_recipe(tmp_path, tiny_model, small):
-    out = run("instructgpt", tmp_path, tiny_model, **small, comparison_prompts=6, n=4, max_new_tokens=8,
+    out = run("instructgpt", tmp_path, tiny_model, **small, accuracy_name="parity_reward", comparison_prompts=6, n=4, max_new_tokens=8,
               ppo_steps=2, prompts_per_step=4, eval_limit=4, threads=1)
     assert ds.load_rows(out["pairs"])  # comparisons became pairs, the reward model trained on them
     assert (Path(out["rm"]) / "config.json").exists()
