@@ -7,7 +7,7 @@ same model, prompts, rewards and wall-clock budget, in one run.
 Every side trains the embedded default model (SmolLM2-135M-Instruct) on data/math/train.jsonl with the rewards
 `math` + 0.2 x `format:boxed` and the same prompt template, for `--minutes` of *training* wall clock; every
 `--eval-every` minutes the clock stops and the policy's greedy accuracy is measured on the first `--eval-limit`
-prompts of data/math/heldout.jsonl (same templates as training) and data/math/heldout_alt.jsonl (other
+prompts of data/math/heldout.jsonl (the training phrasings, other numbers, no shared 13-gram) and data/math/heldout_alt.jsonl (other
 templates), with one evaluator for all sides (trainers.grpo.Evaluator: the same prompts, rendering, greedy
 decoding, reward and max tokens). Each side runs in its own process, one after the other; peak RSS is that
 process's VmHWM, polled from /proc.
