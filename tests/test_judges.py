@@ -490,7 +490,7 @@ def test_judge_reward_in_label_and_kto_from_the_judge_score(tmp_path, capsys, mo
 
 
 # ------------------------------------------------------------------------------------------- critique-revise
-def test_critique_revise_rounds_trace_preferences_and_resume(tmp_path):
+def test_critique_revise_rounds_trace_preferences_and_resume(tmp_path, tiny_model):
     from judges.constitutional import CRITIQUE_SUFFIX, REVISION_SUFFIX, draw_principle, load_constitution
 
     def reviser(body: dict) -> str:
@@ -525,6 +525,13 @@ def test_critique_revise_rounds_trace_preferences_and_resume(tmp_path):
         assert main([*args, "--output", str(tmp_path / "again")]) == 0
         assert len(server.requests) == 9  # every reply came from the cache
         assert ds.load_rows(str(tmp_path / "again")) == out
+    # the preference rows are DPO-ready as written
+    run = tmp_path / "dpo"
+    assert main(["train", "dpo", "--model", str(tiny_model), "--data", str(tmp_path / "out" / "preferences"),
+                 "--output", str(run), "--batch-size", "2", "--max-steps", "2", "--no-progress", "--no-plots"]) == 0
+    steps = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in steps if r.get("split") == "train"] == [1, 2]
+    assert all(r["loss"] > 0 for r in steps if r.get("split") == "train")
 
 
 def test_a_local_hf_model_as_the_judge(tiny_model, tmp_path):
