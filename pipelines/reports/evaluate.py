@@ -31,7 +31,7 @@ from pipelines.engines.base import SamplingConfig
 from pipelines.errors import UserError
 from pipelines.executors import add_executor_arguments, executor_config
 from pipelines.reports.stats import pass_at_k
-from pipelines.stages.generate import GenerateConfig, GenerateStage, generate_rows, prompt_ids
+from pipelines.stages.generate import GenerateConfig, GenerateStage, engine_model, generate_rows, prompt_ids
 from pipelines.stages.label import LabelConfig, LabelStage, label_rows
 from rewards.chat import completion_text
 from rewards.extract import extract_answer, gold_text, whole_answer
@@ -410,21 +410,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> EvalConfig:
-    from pipelines.engines.models import resolve_model
-
     if args.n < 1:
         raise UserError(f"--n must be >= 1, got {args.n}")
     if args.n > 1 and args.temperature == 0:
         raise UserError(f"--n {args.n} with --temperature 0 samples the same greedy completion {args.n} times; "
                         "give --temperature (e.g. 1.0) for pass@k / maj@k, or use --n 1")
     options: dict[str, Any] = {}
-    if args.engine == "openai":
-        if not args.base_url:
-            raise UserError("--engine openai needs --base-url (e.g. http://127.0.0.1:8000/v1)")
-        options["base_url"] = args.base_url
-        model = args.model if not Path(args.model).exists() else str(Path(args.model).resolve())
-    else:
-        model = resolve_model(args.model)
+    model = engine_model(args.engine, args.model, args.base_url, options)
     gen = GenerateConfig(model=model, engine=args.engine, template=args.template, chat=args.chat,
                          system=args.system, batch_size=args.batch_size, engine_options=options,
                          sampling=SamplingConfig(n=args.n, temperature=args.temperature, top_p=args.top_p,

@@ -201,15 +201,20 @@ def _parse_options(items: list[str]) -> dict[str, Any]:
     return options
 
 
+def engine_model(engine: str, model: str, base_url: str | None, options: dict) -> str:
+    """The `--model` an engine is given: a server's model name (openai; a local folder as its absolute path, and
+    `base_url` put in `options`), else a local folder (`default` and hub names resolved)."""
+    if engine == "openai":
+        if not base_url:
+            raise UserError("--engine openai needs --base-url (e.g. http://127.0.0.1:8000/v1)")
+        options["base_url"] = base_url
+        return model if not Path(model).exists() else str(Path(model).resolve())
+    return resolve_model(model)
+
+
 def run(args: argparse.Namespace) -> int:
     options = _parse_options(args.engine_option)
-    if args.engine == "openai":
-        if not args.base_url:
-            raise UserError("--engine openai needs --base-url (e.g. http://127.0.0.1:8000/v1)")
-        options["base_url"] = args.base_url
-        model = args.model if not Path(args.model).exists() else str(Path(args.model).resolve())
-    else:
-        model = resolve_model(args.model)
+    model = engine_model(args.engine, args.model, args.base_url, options)
     cfg = GenerateConfig(
         model=model, engine=args.engine,
         sampling=SamplingConfig(n=args.n, temperature=args.temperature, top_p=args.top_p,

@@ -43,7 +43,8 @@ from pipelines.core.stage import Stage
 from pipelines.engines.base import Prompt, SamplingConfig
 from pipelines.errors import UserError
 from pipelines.executors import add_executor_arguments, executor_config
-from pipelines.stages.generate import GenerateConfig, _has_chat_template, _parse_options, build_prompt, prompt_ids, prompt_seed
+from pipelines.stages.generate import (GenerateConfig, _has_chat_template, _parse_options, build_prompt, engine_model,
+                                       prompt_ids, prompt_seed)
 from pipelines.stages.label import LabelConfig, label_rows, load_rewards
 from rewards.chat import completion_text, render_chat
 from rewards.prm import split_steps
@@ -372,16 +373,8 @@ def _unescape(text: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipelines.engines.models import resolve_model
-
     options = _parse_options(args.engine_option)
-    if args.engine == "openai":
-        if not args.base_url:
-            raise UserError("--engine openai needs --base-url (e.g. http://127.0.0.1:8000/v1)")
-        options["base_url"] = args.base_url
-        model = args.model if not Path(args.model).exists() else str(Path(args.model).resolve())
-    else:
-        model = resolve_model(args.model)
+    model = engine_model(args.engine, args.model, args.base_url, options)
     cfg = PRMLabelConfig(
         model=model, engine=args.engine, method=args.method, rollouts_per_step=args.rollouts_per_step,
         step_sep=_unescape(args.step_sep), step_regex=args.step_regex, reward=args.reward, min_reward=args.min_reward,
