@@ -35,7 +35,6 @@ import json
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from pipelines.core.runner import Shard, StageResult, execute, update_manifest
