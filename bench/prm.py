@@ -63,15 +63,16 @@ def agreement(mc: list[dict], bs: list[dict]) -> dict:
             "first_error_agreement": sum(first) / len(first) if first else None}
 
 
-def best_of_n(labeled: list[dict], prm: str, seed: int) -> dict:
-    """Accuracy of the PRM's pick, the majority vote, a random pick (expected) and pass@N."""
+def best_of_n(labeled: list[dict], prm: str, seed: int, n: int) -> dict:
+    """Accuracy of the PRM's pick, the majority vote, a random pick (expected) and pass@N, over each prompt's
+    first `n` samples (by sample index), so N = 4 and N = 8 come from the same rollouts."""
     groups: dict[str, list[dict]] = {}
     for r in labeled:
         groups.setdefault(r["prompt_id"], []).append(r)
     rng = random.Random(seed)
     picks = {"prm": 0.0, "majority": 0.0, "random (expected)": 0.0, "random (one draw)": 0.0, "pass@n": 0.0}
     for rows in groups.values():
-        rows.sort(key=lambda r: r["sample_idx"])
+        rows = sorted(rows, key=lambda r: r["sample_idx"])[:n]
         correct = [(r["rewards"] or {}).get("math") == 1.0 for r in rows]
         scores = [(r["rewards"] or {}).get("prm") for r in rows]
         ranked = [i for i in range(len(rows)) if scores[i] is not None]
@@ -83,7 +84,7 @@ def best_of_n(labeled: list[dict], prm: str, seed: int) -> dict:
         picks["random (expected)"] += sum(correct) / len(correct)
         picks["random (one draw)"] += correct[rng.randrange(len(correct))]
         picks["pass@n"] += any(correct)
-    return {k: round(v / len(groups), 4) for k, v in picks.items()} | {"prompts": len(groups), "prm_model": prm}
+    return {k: round(v / len(groups), 4) for k, v in picks.items()} | {"prompts": len(groups), "n": n, "prm_model": prm}
 
 
 def main() -> None:
@@ -128,7 +129,9 @@ def main() -> None:
 
     held = sample(args.model, args.engine, str(ROOT / "data/math/heldout.jsonl"), work / "heldout", args.n,
                   args.heldout, args.seed + 1, args.max_new_tokens, ["math", f"prm:{prm_dir}:min"])
-    report["best_of_n"] = best_of_n(ds.load_rows(held), str(prm_dir), args.seed)
+    held_rows = ds.load_rows(held)
+    report["best_of_n"] = [best_of_n(held_rows, str(prm_dir), args.seed, n)
+                           for n in sorted({min(4, args.n), args.n})]
 
     for method in ("mc", "binary-search"):
         r = report[method]
@@ -137,9 +140,9 @@ def main() -> None:
               f"{r['labeled_steps']} steps labeled in {r['wall_s']} s")
     a = report["agreement"]
     print(f"agreement over {a['solutions']} solutions: steps {a['step_agreement']}, first error {a['first_error_agreement']}")
-    b = report["best_of_n"]
-    print(f"best-of-{args.n} on {b['prompts']} held-out prompts: PRM {b['prm']}, majority {b['majority']}, "
-          f"random {b['random (expected)']} (one draw {b['random (one draw)']}), pass@{args.n} {b['pass@n']}")
+    for b in report["best_of_n"]:
+        print(f"best-of-{b['n']} on {b['prompts']} held-out prompts: PRM {b['prm']}, majority {b['majority']}, "
+              f"random {b['random (expected)']} (one draw {b['random (one draw)']}), pass@{b['n']} {b['pass@n']}")
     (work / "report.json").write_text(json.dumps(report, indent=2, default=str))
     print(f"wrote {work / 'report.json'}")
 

@@ -402,9 +402,12 @@ def test_bench_figures_are_computed_from_the_rows():
     assert bench.agreement(mc, bs) == {"solutions": 2, "step_agreement": 0.5, "first_error_agreement": 0.5}
     rows = [{"prompt_id": "p", "sample_idx": i, "completion": f"The answer is \\boxed{{{a}}}.",
              "rewards": {"math": float(a == 5), "prm": s}} for i, (a, s) in enumerate([(4, 0.9), (5, 0.2), (4, 0.1)])]
-    figures = bench.best_of_n(rows, "prm-dir", seed=0)
+    figures = bench.best_of_n(rows, "prm-dir", seed=0, n=3)
     assert figures["prm"] == 0.0 and figures["majority"] == 0.0 and figures["pass@n"] == 1.0
     assert figures["random (expected)"] == round(1 / 3, 4) and figures["prompts"] == 1
+    # N = 2 takes each prompt's first two samples: the PRM's pick (0.9) is wrong, the vote ties to the first
+    two = bench.best_of_n(list(reversed(rows)), "prm-dir", seed=0, n=2)
+    assert two["prm"] == 0.0 and two["random (expected)"] == 0.5 and two["pass@n"] == 1.0 and two["n"] == 2
 
 
 FLAKY = '''
