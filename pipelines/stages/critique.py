@@ -21,14 +21,13 @@ from judges.constitutional import (Constitution, ConstitutionError, CritiqueConf
                                    load_constitution)
 from judges.protocol import ChatModel
 from pipelines.builders.samples import as_completion, normalize_text
-from pipelines.core.runner import Shard, execute, update_manifest
-from pipelines.core.stage import Stage
+from pipelines.core.runner import Shard
 from pipelines.engines.openai_client import default_chat_cache
 from pipelines.errors import UserError
 from pipelines.executors import add_executor_arguments, executor_config
 from rewards.chat import completion_text
 
-from .judge import add_model_arguments, chat_model, model_settings
+from .judge import ChatStage, add_model_arguments, chat_model, model_settings, run_chat_stage
 
 
 @dataclass
@@ -53,10 +52,8 @@ def prompt_keys(rows: list[dict], start: int) -> list[str]:
     return [str(r.get("prompt_id") or r.get("id") or f"row{start + i:07d}") for i, r in enumerate(rows)]
 
 
-class CritiqueStage(Stage):
+class CritiqueStage(ChatStage):
     name = "critique-revise"
-    shard_size = 64
-    _runtime = ("model",)
 
     def __init__(self, cfg: CritiqueStageConfig, model: ChatModel | None = None):
         if cfg.loop.rounds < 1:
@@ -69,10 +66,6 @@ class CritiqueStage(Stage):
 
     def required(self) -> list[str]:
         return ["prompt"]
-
-    def setup(self) -> None:
-        if self.model is None:
-            self.model = chat_model(self.cfg)
 
     def process(self, rows: list[dict], shard: Shard) -> dict:
         keys = prompt_keys(rows, shard.start)
@@ -92,25 +85,13 @@ class CritiqueStage(Stage):
                 "stats": {"rows": len(rows), "preference_rows": len(prefs),
                           "generated_first": sum(r is None for r in responses)}}
 
-    def close(self) -> None:
-        if self.model is not None:
-            self.model.close()
-            self.model = None
-
 
 def critique(input: str, output: str, cfg: CritiqueStageConfig, *, overwrite: bool = False, progress: bool = True,
              executor=None, out=None) -> dict[str, Any]:
     """Run the stage (Python API of `prefsmith critique-revise`); returns the manifest's stats."""
-    stage = CritiqueStage(cfg, chat_model(cfg))
-    try:
-        result = execute(stage, input, output, shard_size=cfg.shard_size, overwrite=overwrite, progress=progress,
-                         executor=executor)
-    finally:
-        stage.close()
+    result = run_chat_stage(CritiqueStage(cfg, chat_model(cfg)), input, output, overwrite=overwrite,
+                            progress=progress, executor=executor)
     stats = result.manifest.get("stats", {})
-    if not result.skipped:
-        update_manifest(output, run={"base_url": cfg.base_url, "concurrency": cfg.concurrency,
-                                     "cache_dir": cfg.cache_dir, "api_key_env": cfg.api_key_env or "OPENAI_API_KEY"})
     print(f"critique-revise ({cfg.constitution.name}, {cfg.loop.rounds} rounds): {int(stats.get('rows', 0))} rows, "
           f"{int(stats.get('preference_rows', 0))} preference rows (revision > original) in {output}/preferences",
           file=out or sys.stdout)

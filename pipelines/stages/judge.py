@@ -69,11 +69,14 @@ class JudgeStageConfig:
     timeout_s: float = 600.0
     shard_size: int | None = None
 
-    def run_settings(self) -> dict[str, Any]:
-        """What the manifest records besides the fingerprinted config: never the API key, only its variable."""
-        return {"base_url": self.base_url, "concurrency": self.concurrency, "cache_dir": self.cache_dir,
-                "api_key_env": self.api_key_env or "OPENAI_API_KEY", "max_retries": self.max_retries,
-                "backoff_s": self.backoff_s, "timeout_s": self.timeout_s}
+
+
+def run_settings(cfg: Any) -> dict[str, Any]:
+    """How a chat stage reached its model (the config fields `chat_model` reads), as the manifest records it
+    beside the fingerprinted config: never the API key, only its variable's name."""
+    return {"base_url": cfg.base_url, "concurrency": cfg.concurrency, "cache_dir": cfg.cache_dir,
+            "api_key_env": cfg.api_key_env or "OPENAI_API_KEY", "max_retries": cfg.max_retries,
+            "backoff_s": cfg.backoff_s, "timeout_s": cfg.timeout_s}
 
 
 def chat_model(cfg: Any) -> ChatModel:
@@ -163,13 +166,41 @@ def pairwise_rows(judge: PairwiseJudge, rows: list[dict], max_pairs: int | None 
 
 
 # ---------------------------------------------------------------------------------------------- the stage
-class JudgeStage(Stage):
-    """`judge` as a stage. The driver builds the chat model once (checking the server) and uses it when shards
-    run here; a replica elsewhere builds its own in `setup`."""
+class ChatStage(Stage):
+    """A stage that talks to a chat model (`judge`, `critique-revise`): the driver builds the model once
+    (checking the server) and uses it when shards run here; a replica elsewhere builds its own in `setup`.
+    Subclasses set `self.cfg` (with the fields `chat_model` reads) and `self.model`."""
 
-    name = "judge"
     shard_size = 64
     _runtime = ("model",)
+
+    def setup(self) -> None:
+        if self.model is None:
+            self.model = chat_model(self.cfg)
+
+    def close(self) -> None:
+        if self.model is not None:
+            self.model.close()
+            self.model = None
+
+
+def run_chat_stage(stage: ChatStage, input: str, output: str, *, overwrite: bool, progress: bool, executor):
+    """Execute a chat stage and close its model; a run that did work records in the output's manifest how it
+    reached the model (`run_settings`)."""
+    try:
+        result = execute(stage, input, output, shard_size=stage.cfg.shard_size, overwrite=overwrite,
+                         progress=progress, executor=executor)
+    finally:
+        stage.close()
+    if not result.skipped:
+        update_manifest(output, run=run_settings(stage.cfg))
+    return result
+
+
+class JudgeStage(ChatStage):
+    """`judge` as a stage."""
+
+    name = "judge"
 
     def __init__(self, cfg: JudgeStageConfig, model: ChatModel | None = None):
         if cfg.mode not in MODES:
@@ -192,10 +223,6 @@ class JudgeStage(Stage):
     def present(self) -> list[str]:
         return [self.cfg.reference_column] if self.cfg.rubric.reference else []
 
-    def setup(self) -> None:
-        if self.model is None:
-            self.model = chat_model(self.cfg)
-
     def process(self, rows: list[dict], shard: Shard) -> dict:
         before = _counts(self.model)
         if self.cfg.mode == "pointwise":
@@ -212,11 +239,6 @@ class JudgeStage(Stage):
         stats = dict(_counts(self.model) - before)
         stats.update({f"reason_{k}": v for k, v in reasons.items()}, **({"tokens": tokens} if tokens else {}))
         return {**result, "stats": stats}
-
-    def close(self) -> None:
-        if self.model is not None:
-            self.model.close()
-            self.model = None
 
 
 @dataclass
@@ -266,18 +288,14 @@ def format_summary(s: dict[str, Any]) -> str:
 def judge(input: str, output: str, cfg: JudgeStageConfig, *, overwrite: bool = False, progress: bool = True,
           executor=None, out=None) -> JudgeResult:
     """Run the judge stage (Python API of `prefsmith judge`)."""
-    stage = JudgeStage(cfg, chat_model(cfg))
-    try:
-        result = execute(stage, input, output, shard_size=cfg.shard_size, overwrite=overwrite, progress=progress,
-                         executor=executor)
-    finally:
-        stage.close()
+    result = run_chat_stage(JudgeStage(cfg, chat_model(cfg)), input, output, overwrite=overwrite,
+                            progress=progress, executor=executor)
     summary = summarize(output, cfg)
     if not result.skipped:
         run = result.extra.get("run_stats", {})
         summary.update(requests=int(run.get("requests", 0)), retries=int(run.get("retries", 0)),
                        replies_cached=int(run.get("replies_cached", 0)))
-        update_manifest(output, summary=summary, run=cfg.run_settings())
+        update_manifest(output, summary=summary)
     else:
         summary.update(requests=0, retries=0, replies_cached=0)
     print(format_summary(summary), file=out or sys.stdout)
