@@ -84,10 +84,13 @@ class CritiqueConfig:
 
 @dataclass
 class Revised:
-    """One prompt's outcome: the original response, the final revision and each round's step."""
+    """One prompt's outcome: the original response, the final revision and each round's step. `error`: the
+    model refused a request of this row's loop (Reply.error, e.g. `too_long: ...` once the conversation outgrew
+    its context): the loop stopped there, `final` is the last revision it got (the original if none)."""
     original: str
     final: str
     trace: list[dict] = field(default_factory=list)  # {round, principle, critique, revision}
+    error: str | None = None
 
 
 def draw_principle(constitution: Constitution, seed: int, row_key: str, round_: int) -> Principle:
@@ -97,32 +100,49 @@ def draw_principle(constitution: Constitution, seed: int, row_key: str, round_: 
 def critique_revise(model: ChatModel, prompts: Sequence[Any], responses: Sequence[str | None],
                     row_keys: Sequence[str], constitution: Constitution,
                     cfg: CritiqueConfig = CritiqueConfig()) -> list[Revised]:
-    """Run the loop for a batch. A response of None is first answered by `model`."""
-    def reply(conversations: list[list[dict]], seed: int) -> list[str]:
-        if not conversations:
-            return []
-        out = model.chat(conversations, n=1, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
-                         seed=seed)
-        return [str(r[0]).strip() for r in out]
+    """Run the loop for a batch. A response of None is first answered by `model`. A row whose request the
+    model refuses stops its loop there (`Revised.error`); the others go on."""
+    errors: dict[int, str] = {}
+
+    def reply(rows: list[int], conversations: list[list[dict]], seed: int) -> dict[int, str]:
+        """Each row's reply to its conversation; a refused row goes to `errors` and gets no reply."""
+        if not rows:
+            return {}
+        out = model.chat([conversations[i] for i in rows], n=1, temperature=cfg.temperature,
+                         max_new_tokens=cfg.max_new_tokens, seed=seed)
+        got = {}
+        for i, (r, *_) in zip(rows, out):
+            if getattr(r, "error", None):
+                errors[i] = r.error
+            else:
+                got[i] = str(r).strip()
+        return got
 
     contexts = [as_messages(p, "user") for p in prompts]
-    missing = [i for i, r in enumerate(responses) if r is None]
-    first = dict(zip(missing, reply([contexts[i] for i in missing], cfg.seed)))
-    current = [first[i] if r is None else str(r) for i, r in enumerate(responses)]
+    first = reply([i for i, r in enumerate(responses) if r is None], contexts, cfg.seed)
+    current = [first.get(i, "") if r is None else str(r) for i, r in enumerate(responses)]
     results = [Revised(original=c, final=c) for c in current]
     for i, c in enumerate(current):
         contexts[i] = [*contexts[i], {"role": "assistant", "content": c}]
     for round_ in range(1, cfg.rounds + 1):
         drawn = [draw_principle(constitution, cfg.seed, key, round_) for key in row_keys]
-        for i, p in enumerate(drawn):
-            contexts[i] = [*contexts[i], {"role": "user", "content": p.critique + CRITIQUE_SUFFIX}]
-        critiques = reply(contexts, cfg.seed + round_)
-        for i, (p, c) in enumerate(zip(drawn, critiques)):
-            contexts[i] = [*contexts[i], {"role": "assistant", "content": c},
-                           {"role": "user", "content": p.revision + REVISION_SUFFIX}]
-        revisions = reply(contexts, cfg.seed + round_)
-        for i, (p, c, rev) in enumerate(zip(drawn, critiques, revisions)):
+        active = [i for i in range(len(prompts)) if i not in errors]
+        for i in active:
+            contexts[i] = [*contexts[i], {"role": "user", "content": drawn[i].critique + CRITIQUE_SUFFIX}]
+        critiques = reply(active, contexts, cfg.seed + round_)
+        active = [i for i in active if i not in errors]
+        for i in active:
+            contexts[i] = [*contexts[i], {"role": "assistant", "content": critiques[i]},
+                           {"role": "user", "content": drawn[i].revision + REVISION_SUFFIX}]
+        revisions = reply(active, contexts, cfg.seed + round_)
+        for i in active:
+            if i in errors:
+                continue
+            rev = revisions[i]
             contexts[i] = [*contexts[i], {"role": "assistant", "content": rev}]
-            results[i].trace.append({"round": round_, "principle": p.name, "critique": c, "revision": rev})
+            results[i].trace.append({"round": round_, "principle": drawn[i].name, "critique": critiques[i],
+                                     "revision": rev})
             results[i].final = rev
+    for i, e in errors.items():
+        results[i].error = e
     return results

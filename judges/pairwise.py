@@ -11,6 +11,7 @@ as A, first as B), and the swap rule decides:
 | tie          | tie          | score 0.5, reason `tie` (rubric allows ties) |
 | anything else that parsed   | | None, reason `position_inconsistent`        |
 | either order unreadable     | | None, reason `unparseable` (after retries)  |
+| either order refused        | | None, the refusal (`too_long: ...`)         |
 
 A tie in one order and a win in the other is inconsistent too. With a rubric that has `ties: false` a "tie"
 reply does not parse (it is asked again). `info` holds `verdicts` (each order's reply in the prompt's own
@@ -73,7 +74,8 @@ class PairwiseJudge:
                 out.append(RewardResult(None, "no_reference", {"judge": self.model.name, "rubric": self.rubric.name}))
                 continue
             one, two = by_row[i]
-            score, reason = swap_rule(one.value, two.value)
+            refused = one.error or two.error
+            score, reason = (None, refused) if refused else swap_rule(one.value, two.value)
             tokens = None if one.tokens is None and two.tokens is None else (one.tokens or 0) + (two.tokens or 0)
             out.append(RewardResult(score, reason, {
                 "verdicts": [one.value, two.value], "raw": [one.raw, two.raw], "tokens": tokens,

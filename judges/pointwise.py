@@ -5,8 +5,9 @@
 
 A `PointwiseJudge` is a reward with TRL's signature (`judge(prompts, completions, **columns)`), returning
 `RewardResult`s: the score is the judge's number on the rubric's scale (not rescaled), or None with reason
-`unparseable` (no readable score after `cfg.retries` retries) or `no_reference` (a reference-guided rubric and
-a row with no gold answer). `info` holds `raw` (the judge's last reply), `tokens`, `attempts`, `judge` (the
+`unparseable` (no readable score after `cfg.retries` retries), `no_reference` (a reference-guided rubric and
+a row with no gold answer) or the model's refusal of that one request (`too_long: ...`: the prompt does not fit
+the judge's context window; not asked again). `info` holds `raw` (the judge's last reply), `tokens`, `attempts`, `judge` (the
 model's name) and `rubric`.
 """
 from __future__ import annotations
@@ -43,7 +44,7 @@ class PointwiseJudge:
                 continue
             info = {"raw": got.raw, "tokens": got.tokens, "attempts": got.attempts, "judge": self.model.name,
                     "rubric": self.rubric.name}
-            out.append(RewardResult(got.value, "ok" if got.value is not None else "unparseable", info))
+            out.append(RewardResult(got.value, got.error or ("ok" if got.value is not None else "unparseable"), info))
         return out
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **columns: Any) -> list[RewardResult]:

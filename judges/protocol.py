@@ -11,7 +11,9 @@ Messages = list[dict[str, Any]]
 
 class Reply(str):
     """An assistant reply: the text itself (it *is* a str, so a model may return plain strings), plus the
-    tokens it cost when the model reports them (None when it does not).
+    tokens it cost when the model reports them (None when it does not), and `error`: the reason when the model
+    refused this one conversation (say `too_long: ...`, a prompt past its context window) while answering the
+    others; the text is then empty, and asking again would not help.
 
     >>> r = Reply("Score: 7", prompt_tokens=120, completion_tokens=4)
     >>> r == "Score: 7", r.tokens
@@ -20,10 +22,12 @@ class Reply(str):
 
     prompt_tokens: int | None
     completion_tokens: int | None
+    error: str | None
 
-    def __new__(cls, text: str, prompt_tokens: int | None = None, completion_tokens: int | None = None) -> "Reply":
+    def __new__(cls, text: str, prompt_tokens: int | None = None, completion_tokens: int | None = None,
+                error: str | None = None) -> "Reply":
         reply = super().__new__(cls, text)
-        reply.prompt_tokens, reply.completion_tokens = prompt_tokens, completion_tokens
+        reply.prompt_tokens, reply.completion_tokens, reply.error = prompt_tokens, completion_tokens, error
         return reply
 
     @property

@@ -100,6 +100,7 @@ class Asked:
     raw: str = ""
     attempts: int = 0
     tokens: int | None = None
+    error: str | None = None  # the model refused the conversation (Reply.error): not asked again
 
 
 def ask(model: ChatModel, conversations: Sequence[list[dict]], parse: Callable[[str], Any],
@@ -119,6 +120,9 @@ def ask(model: ChatModel, conversations: Sequence[list[dict]], parse: Callable[[
             got.raw, got.attempts = str(reply), got.attempts + 1
             if reply.tokens is not None:
                 got.tokens = (got.tokens or 0) + reply.tokens
+            if getattr(reply, "error", None):
+                got.error = reply.error
+                continue
             got.value = parse(str(reply))
             if got.value is None:
                 still.append(i)

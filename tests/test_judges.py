@@ -583,7 +583,9 @@ def test_against_transformers_serve_on_the_tiny_model(tiny_model, tmp_path):
 def test_against_vllms_openai_server_on_the_tiny_model(tiny_model, tmp_path):
     """vLLM's OpenAI server, started here on the tiny model: it lists the folder it serves, so the model check
     passes; pointwise and pairwise judging send each conversation once (plus retries), counted in the server's
-    log; a rerun into another folder is answered from the cache; critique-revise runs its rounds against it."""
+    log; a rerun into another folder is answered from the cache; critique-revise runs its rounds against it.
+    A row too long for the server's context (HTTP 400 from vLLM) is that row's null `too_long`, asked once:
+    the other rows are judged and nothing crashes."""
     pytest.importorskip("vllm", reason="vllm is not installed")
     import sys
 
@@ -591,30 +593,35 @@ def test_against_vllms_openai_server_on_the_tiny_model(tiny_model, tmp_path):
 
     port, log = free_port(), tmp_path / "vllm.log"
     command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(tiny_model),
-               "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--max-model-len", "512",
+               "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--max-model-len", "1024",
                "--enforce-eager"]
     posts = lambda: log.read_text().count("POST /v1/chat/completions")  # noqa: E731
-    points = write_jsonl(tmp_path / "rows.jsonl", POINTWISE_ROWS[:2])
+    long_row = {"prompt": "Summarize.", "completion": "word " * 1500, "answer": "x"}
+    points = write_jsonl(tmp_path / "rows.jsonl", [*POINTWISE_ROWS[:2], long_row])
     pairs = write_jsonl(tmp_path / "pairs.jsonl", [
         {"prompt": "Say hi.", "prompt_id": "p0", "sample_idx": i, "completion": c} for i, c in enumerate(["Hi.", "Hello!"])])
     with serving(command, port, log) as url:
         common = dict(model=str(tiny_model), base_url=url, cache_dir=str(tmp_path / "cache"), concurrency=4,
                       sampling=JudgeConfig(retries=1, max_new_tokens=8))
         first = judge(points, str(tmp_path / "points"), JudgeStageConfig(**common), progress=False)
-        assert first.summary["requests"] == posts() == 4  # 2 rows x (1 + 1 retry): the tiny model writes no score
+        # 2 rows x (1 + 1 retry): the tiny model writes no score; the long row is refused once, not retried
+        assert first.summary["requests"] == posts() == 5 and first.summary["null_reasons"]["unparseable"] == 2
         again = judge(points, str(tmp_path / "points2"), JudgeStageConfig(**common), progress=False)
-        assert again.summary["replies_cached"] == 4 and posts() == 4
+        assert again.summary["replies_cached"] == 4 and posts() == 6  # the refusal is not cached
         paired = judge(pairs, str(tmp_path / "pairs"), JudgeStageConfig(mode="pairwise", **common), progress=False)
         assert paired.summary["pairs_judged"] == 1 and paired.summary["skipped"] == {"unparseable": 1}
-        assert posts() == 4 + 2 * 2  # both orders, each retried once
+        assert posts() == 6 + 2 * 2  # both orders, each retried once
         cr = ["critique-revise", "--input", points, "--model", str(tiny_model), "--base-url", url, "--rounds", "1",
               "--max-new-tokens", "8", "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
         assert main([*cr, "--output", str(tmp_path / "cai")]) == 0
-        assert posts() == 8 + 2 * 2  # the rows have completions: a critique and a revision per row
+        assert posts() == 10 + 2 * 2 + 1  # a critique and a revision per short row; the long row's critique refused
     out = ds.load_rows(str(tmp_path / "points"))
-    assert [r["judge_reason"] for r in out] == ["unparseable"] * 2 and out == ds.load_rows(str(tmp_path / "points2"))
+    assert [r["judge_reason"] for r in out[:2]] == ["unparseable"] * 2 and out == ds.load_rows(str(tmp_path / "points2"))
+    assert out[2]["judge_score"] is None and out[2]["judge_reason"].startswith("too_long: ")
+    assert "maximum context length" in out[2]["judge_reason"]
     skipped = ds.load_rows(str(tmp_path / "pairs" / "skipped"))
     assert [[o["a"] for o in s["judge_verdicts"]] for s in skipped] == [[skipped[0]["first_id"], skipped[0]["second_id"]]]
     cai = ds.load_rows(str(tmp_path / "cai"))
-    assert [len(r["trace"]) for r in cai] == [1, 1] and all(isinstance(r["trace"][0]["critique"], str) for r in cai)
-    assert [r["original_completion"] for r in cai] == [r["completion"] for r in POINTWISE_ROWS[:2]]
+    assert [len(r["trace"]) for r in cai] == [1, 1, 0] and all(isinstance(r["trace"][0]["critique"], str) for r in cai[:2])
+    assert [r["original_completion"] for r in cai] == [r["completion"] for r in (*POINTWISE_ROWS[:2], long_row)]
+    assert [r["critique_error"] is None for r in cai] == [True, True, False] and cai[2]["completion"] == long_row["completion"]

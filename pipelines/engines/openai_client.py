@@ -22,6 +22,7 @@ import http.client
 import json
 import os
 import random
+import re
 import socket
 import threading
 import time
@@ -220,6 +221,12 @@ class OpenAIClient:
                           f"{shown}): pass one of these as --model")
 
 
+# how servers say a prompt does not fit: vLLM ("maximum context length is 512 tokens"), OpenAI
+# ("context_length_exceeded"), TGI / llama.cpp ("exceeds the available context size", "too long")
+_CONTEXT_EXCEEDED = re.compile(r"context.length|context window|context size|maximum context|too long|"
+                               r"input_tokens|max_model_len", re.IGNORECASE)
+
+
 def _error_message(raw: bytes) -> str:
     try:
         body = json.loads(raw)
@@ -306,7 +313,15 @@ class OpenAIChat:
     def _ask(self, messages: list[dict], temperature: float, max_new_tokens: int, seed: int, key: str) -> Reply:
         body = {"model": self.model, "messages": messages, "temperature": temperature,
                 "max_tokens": max_new_tokens, "seed": seed, "n": 1}
-        answer = self.client.post("/chat/completions", body)
+        try:
+            answer = self.client.post("/chat/completions", body)
+        except APIError as err:
+            if err.status == 400 and _CONTEXT_EXCEEDED.search(str(err)):
+                # this conversation alone cannot be answered (the others can): a per-row reason, not a crash;
+                # not cached, so a server started with a longer context answers it on a rerun
+                self.counts["refused"] += 1
+                return Reply("", error=f"too_long: {err}")
+            raise
         try:
             text = answer["choices"][0]["message"]["content"] or ""
         except (KeyError, IndexError, TypeError):

@@ -3,7 +3,8 @@
 Each row's `completion` (or, when the row has none, the model's own first answer) is critiqued against a
 principle drawn from the constitution and revised, `--rounds` times. Output rows keep every input column and
 set `completion` to the final revision, `original_completion` to the response the loop started from, and
-`trace` to the rounds (`round`, `principle`, `critique`, `revision`). A side dataset `DIR/preferences/` holds
+`trace` to the rounds (`round`, `principle`, `critique`, `revision`), and `critique_error` to null, or to the
+model's refusal (`too_long: ...`: the conversation outgrew its context) where a row's loop stopped early. A side dataset `DIR/preferences/` holds
 one preference row per prompt whose revision differs from the original: `prompt`, `chosen` (the revision),
 `rejected` (the original), `prompt_id`, `principles` - ready for `prefsmith train dpo --data DIR/preferences`.
 
@@ -75,7 +76,8 @@ class CritiqueStage(ChatStage):
         out, prefs = [], []
         for row, key, res in zip(rows, keys, done):
             out.append({**row, "completion": as_completion(row["prompt"], res.final),
-                        "original_completion": as_completion(row["prompt"], res.original), "trace": res.trace})
+                        "original_completion": as_completion(row["prompt"], res.original), "trace": res.trace,
+                        "critique_error": res.error})
             if normalize_text(res.final) != normalize_text(res.original) and res.final.strip():
                 prefs.append({"prompt": row["prompt"], "chosen": as_completion(row["prompt"], res.final),
                               "rejected": as_completion(row["prompt"], res.original), "prompt_id": key,
@@ -83,7 +85,8 @@ class CritiqueStage(ChatStage):
         shard.tick(len(rows))
         return {"rows": out, "preferences": prefs,
                 "stats": {"rows": len(rows), "preference_rows": len(prefs),
-                          "generated_first": sum(r is None for r in responses)}}
+                          "generated_first": sum(r is None for r in responses),
+                          "refused": sum(res.error is not None for res in done)}}
 
 
 def critique(input: str, output: str, cfg: CritiqueStageConfig, *, overwrite: bool = False, progress: bool = True,

@@ -103,7 +103,7 @@ def _counts(model: Any) -> Counter:
         return Counter()
     c = model.client.counts
     return Counter({"requests": c["requests"], "retries": c["retries"], "replies_sent": model.counts["sent"],
-                    "replies_cached": model.counts["cached"]})
+                    "replies_cached": model.counts["cached"], "replies_refused": model.counts["refused"]})
 
 
 # ---------------------------------------------------------------------------------------------- row cores
