@@ -625,3 +625,35 @@ def test_against_vllms_openai_server_on_the_tiny_model(tiny_model, tmp_path):
     assert [len(r["trace"]) for r in cai] == [1, 1, 0] and all(isinstance(r["trace"][0]["critique"], str) for r in cai[:2])
     assert [r["original_completion"] for r in cai] == [r["completion"] for r in (*POINTWISE_ROWS[:2], long_row)]
     assert [r["critique_error"] is None for r in cai] == [True, True, False] and cai[2]["completion"] == long_row["completion"]
+
+
+def test_bench_pair_set_and_delay_server():
+    """bench/judges.py's fixed pair set (right one first in every other pair, wrong = gold + 1) and its delay
+    server's counts, read through the bench's own client code (the benchmark itself is run by hand)."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "bench/judges.py"
+    spec = importlib.util.spec_from_file_location("bench_judges", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    pairs = bench.swap_pairs(4)
+    assert [p["correct"] for p in pairs] == [0, 1, 0, 1]
+    for p in pairs:
+        right = p["first"] if p["correct"] == 0 else p["second"]
+        wrong = p["second"] if p["correct"] == 0 else p["first"]
+        assert right == f"The answer is {p['answer']}." and wrong != right and wrong.startswith("The answer is ")
+    assert bench._plus_one("7") == "8" and bench._plus_one("2.5") == "3.5" and bench._plus_one("x") == "x1"
+    server = subprocess.Popen([sys.executable, str(path), "--serve", "--delay-ms", "1"], stdout=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{int(server.stdout.readline())}"
+        model = OpenAIChat(OpenAIClient(url + "/v1", backoff_s=0.001), bench.SERVED, concurrency=4, cache_dir=None)
+        replies = model.chat([[{"role": "user", "content": f"q{i}"}] for i in range(6)])
+        assert all(parse_score(r[0], (1, 10)) == 8 for r in replies)
+        stats = bench._call(url, "/stats")
+        assert stats["answered"] == 6 and 1 <= stats["peak_in_flight"] <= 4
+        bench._call(url, "/reset", post=True)
+        assert bench._call(url, "/stats")["answered"] == 0
+    finally:
+        server.kill()
