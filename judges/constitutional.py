@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 from rewards.chat import as_messages
 
-from .protocol import ChatModel
+from .protocol import ChatModel, as_reply
 
 BUILTIN_DIR = Path(__file__).resolve().parents[1] / "data" / "constitutions"
 CRITIQUE_SUFFIX = "\nWrite only the critique."
@@ -112,7 +112,8 @@ def critique_revise(model: ChatModel, prompts: Sequence[Any], responses: Sequenc
                          max_new_tokens=cfg.max_new_tokens, seed=seed)
         got = {}
         for i, (r, *_) in zip(rows, out):
-            if getattr(r, "error", None):
+            r = as_reply(r)
+            if r.error:
                 errors[i] = r.error
             else:
                 got[i] = str(r).strip()
@@ -130,15 +131,10 @@ def critique_revise(model: ChatModel, prompts: Sequence[Any], responses: Sequenc
         for i in active:
             contexts[i] = [*contexts[i], {"role": "user", "content": drawn[i].critique + CRITIQUE_SUFFIX}]
         critiques = reply(active, contexts, cfg.seed + round_)
-        active = [i for i in active if i not in errors]
-        for i in active:
-            contexts[i] = [*contexts[i], {"role": "assistant", "content": critiques[i]},
+        for i, critique in critiques.items():
+            contexts[i] = [*contexts[i], {"role": "assistant", "content": critique},
                            {"role": "user", "content": drawn[i].revision + REVISION_SUFFIX}]
-        revisions = reply(active, contexts, cfg.seed + round_)
-        for i in active:
-            if i in errors:
-                continue
-            rev = revisions[i]
+        for i, rev in reply(list(critiques), contexts, cfg.seed + round_).items():
             contexts[i] = [*contexts[i], {"role": "assistant", "content": rev}]
             results[i].trace.append({"round": round_, "principle": drawn[i].name, "critique": critiques[i],
                                      "revision": rev})

@@ -7,8 +7,8 @@ A `PointwiseJudge` is a reward with TRL's signature (`judge(prompts, completions
 `RewardResult`s: the score is the judge's number on the rubric's scale (not rescaled), or None with reason
 `unparseable` (no readable score after `cfg.retries` retries), `no_reference` (a reference-guided rubric and
 a row with no gold answer) or the model's refusal of that one request (`too_long: ...`: the prompt does not fit
-the judge's context window; not asked again). `info` holds `raw` (the judge's last reply), `tokens`, `attempts`, `judge` (the
-model's name) and `rubric`.
+the judge's context window; not asked again). `info` holds `raw` (the judge's last reply), `tokens`,
+`attempts`, `judge` (the model's name) and `rubric`.
 """
 from __future__ import annotations
 

@@ -120,7 +120,7 @@ def ask(model: ChatModel, conversations: Sequence[list[dict]], parse: Callable[[
             got.raw, got.attempts = str(reply), got.attempts + 1
             if reply.tokens is not None:
                 got.tokens = (got.tokens or 0) + reply.tokens
-            if getattr(reply, "error", None):
+            if reply.error:
                 got.error = reply.error
                 continue
             got.value = parse(str(reply))

@@ -4,9 +4,10 @@ Each row's `completion` (or, when the row has none, the model's own first answer
 principle drawn from the constitution and revised, `--rounds` times. Output rows keep every input column and
 set `completion` to the final revision, `original_completion` to the response the loop started from, and
 `trace` to the rounds (`round`, `principle`, `critique`, `revision`), and `critique_error` to null, or to the
-model's refusal (`too_long: ...`: the conversation outgrew its context) where a row's loop stopped early. A side dataset `DIR/preferences/` holds
-one preference row per prompt whose revision differs from the original: `prompt`, `chosen` (the revision),
-`rejected` (the original), `prompt_id`, `principles` - ready for `prefsmith train dpo --data DIR/preferences`.
+model's refusal (`too_long: ...`: the conversation outgrew its context) where a row's loop stopped early. A
+side dataset `DIR/preferences/` holds one preference row per prompt whose revision differs from the original:
+`prompt`, `chosen` (the revision), `rejected` (the original), `prompt_id`, `principles` - ready for
+`prefsmith train dpo --data DIR/preferences`.
 
 The model is reached as for `prefsmith judge` (`--engine openai --base-url URL`, `--concurrency`, retries, the
 reply cache that makes a killed run resume without asking again; docs/judges.md).
