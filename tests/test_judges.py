@@ -111,6 +111,7 @@ class _Handler(BaseHTTPRequestHandler):
             s.auth.append(self.headers.get("Authorization", ""))
             s.in_flight += 1
             s.max_in_flight = max(s.max_in_flight, s.in_flight)
+        self._counted = True
         try:
             time.sleep(s.delay_s)
             if body.get("model") not in s.serves:
@@ -132,14 +133,23 @@ class _Handler(BaseHTTPRequestHandler):
             if kill:
                 threading.Thread(target=s.kill, daemon=True).start()
         finally:
-            with s.lock:
-                s.in_flight -= 1
+            self._leave()
+
+    def _leave(self):
+        # a request stops counting as in flight before its reply is written: once the client holds the reply it
+        # may send its next request, which must not be counted beside this one
+        if getattr(self, "_counted", False):
+            self._counted = False
+            with self.server.script.lock:
+                self.server.script.in_flight -= 1
 
     def _drop(self):
+        self._leave()
         self.close_connection = True
         self.connection.shutdown(socket.SHUT_RDWR)
 
     def _reply(self, status, payload, headers=None):
+        self._leave()
         data = json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
