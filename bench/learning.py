@@ -13,11 +13,13 @@ decoding, reward and max tokens). Each side runs in its own process, one after t
 process's VmHWM, polled from /proc.
 
 Sides:
-  ours        prefsmith's defaults (G = 8, 4 prompts per step, lr 1e-5, temperature 0.7, dapo loss, β = 0)
+  ours        prefsmith's defaults (G = 8, 4 prompts per step, lr 1e-5, temperature 0.7, dapo loss, β = 0, dynamic
+              sampling on the `math` outcome, no std scaling)
   trl         TRL 1.16 GRPOTrainer with its own defaults where we do not set the task (lr 1e-6, temperature 1.0,
               one prompt x 8 generations per step, linear decay, gradient checkpointing)
-  trl-tuned   TRL with our hyperparameters (4 x 8 per step, lr 1e-5, temperature 0.7, constant lr, no gradient
-              checkpointing, a static KV cache for generation): the best setting we found for it
+  trl-tuned   TRL with our hyperparameters (4 x 8 per step, lr 1e-5, temperature 0.7, constant lr, dapo loss, no
+              std scaling, no gradient checkpointing, a static KV cache for generation): the best setting we found
+              for it (TRL has no dynamic sampling)
 
 Printed: each side's curve (training minutes -> held-out accuracy on both sets), steps, s/step, generated
 tokens/s, peak RSS; then the ratios the floor asks for. A PNG of the curves goes to WORKDIR/learning.png.
@@ -128,7 +130,7 @@ def run_trl(args, out: Path, tuned: bool) -> dict:
                   reward_weights=[1.0, 0.2], beta=0.0, seed=0, dataloader_num_workers=0)
     if tuned:
         cfg = GRPOConfig(**common, per_device_train_batch_size=32, learning_rate=1e-5, temperature=0.7,
-                         lr_scheduler_type="constant", gradient_checkpointing=False, loss_type="dapo",
+                         lr_scheduler_type="constant", gradient_checkpointing=False, loss_type="dapo", scale_rewards="none",
                          cache_implementation="static")
     else:
         cfg = GRPOConfig(**common)

@@ -28,10 +28,13 @@ def prompts(tmp_path):
     return path
 
 
-def grpo_args(model, prompts, out, *extra):
+def grpo_args(model, prompts, out, *extra, defaults: bool = False):
+    """The tiny runs' arguments; they count groups exactly, so dynamic sampling (the default) is off unless
+    `defaults` keeps every default."""
     return ["train", "grpo", "--model", str(model), "--prompts", str(prompts), "--output", str(out),
             "--reward", "plugin_rewards:first_char_reward", "--num-generations", "4", "--prompts-per-step", "2",
-            "--max-new-tokens", "6", "--lr", "1e-3", "--seed", "3", "--threads", "1", *extra]
+            "--max-new-tokens", "6", "--lr", "1e-3", "--seed", "3", "--threads", "1",
+            *([] if defaults else ["--no-dynamic-sampling"]), *extra]
 
 
 def test_loop_trains_writes_metrics_rollouts_and_counts_nulls(tmp_path, tiny_model, prompts):
@@ -69,14 +72,19 @@ def test_loop_trains_writes_metrics_rollouts_and_counts_nulls(tmp_path, tiny_mod
 
 def test_dynamic_sampling_replaces_zero_variance_groups(tmp_path, tiny_model, prompts):
     out = tmp_path / "dyn"
-    assert cli(grpo_args(tiny_model, prompts, out, "--max-steps", "4", "--save-every", "0",
-                         "--dynamic-sampling")) == 0
+    assert cli(grpo_args(tiny_model, prompts, out, "--max-steps", "4", "--save-every", "0", defaults=True)) == 0
     train = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     # prompt q0 (and q10) give zero variance: whenever drawn it is replaced, so more groups are sampled than kept
     assert sum(r["groups_zero_variance"] for r in train) >= 1
     assert sum(r["groups_sampled"] for r in train) > sum(r["groups_trained"] for r in train)
     for r in train:
         assert r["groups_trained"] <= 2
+    # --no-dynamic-sampling: every sampled group is trained, flat or not
+    off = tmp_path / "off"
+    assert cli(grpo_args(tiny_model, prompts, off, "--max-steps", "4", "--save-every", "0")) == 0
+    train = [json.loads(x) for x in (off / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["groups_sampled"] == r["groups_trained"] == 2 for r in train)
+    assert sum(r["groups_zero_variance"] for r in train) >= 1
 
 
 def test_rloo_command_uses_leave_one_out(tmp_path, tiny_model, prompts):

@@ -71,7 +71,7 @@ class GRPOConfig:
     eval_max_new_tokens: int | None = None  # default: max_new_tokens
     eval_batch_size: int = 64  # prompts per greedy generate call (CPU decoding is memory-bound: wide is cheap)
     advantage: str = "grpo"  # grpo | rloo | reinforce_pp
-    scale_rewards: str = "group"  # grpo: group | batch | none
+    scale_rewards: str = "none"  # grpo: group | batch | none (Dr. GRPO's none: docs/online_rl.md, measured)
     loss: str = "dapo"  # grpo | bnpo | dr_grpo | dapo
     surrogate: str = "clip"  # clip | cispo
     epsilon: float = 0.2
@@ -80,7 +80,7 @@ class GRPOConfig:
     beta: float = 0.0
     kl: str = "k3"
     num_iterations: int = 1  # μ
-    dynamic_sampling: bool = False
+    dynamic_sampling: bool = True  # DAPO's filter on the outcome reward: what made the embedded model learn
     max_resample_rounds: int = 4  # extra prompt draws per step to fill it with informative groups
     mask_truncated: bool = False
     tis_cap: float | None = None  # truncated importance sampling against the engine's log-probs (off for hf)
@@ -700,12 +700,14 @@ def build_parser(prog: str = "prefsmith train grpo") -> argparse.ArgumentParser:
     p.add_argument("--eval-prompts", action="append", default=[],
                    help="held-out prompts for greedy accuracy (repeat for several sets)")
     p.add_argument("--advantage", choices=list(ADVANTAGES), default="grpo")
-    p.add_argument("--scale-rewards", choices=["group", "batch", "none"], default="group")
+    p.add_argument("--scale-rewards", choices=["group", "batch", "none"], default=d["scale_rewards"].default)
     p.add_argument("--loss", choices=["grpo", "bnpo", "dr_grpo", "dapo"], default="dapo")
     p.add_argument("--surrogate", choices=["clip", "cispo"], default="clip")
     p.add_argument("--importance-level", choices=["token", "sequence"], default="token")
     p.add_argument("--kl", choices=["k1", "k2", "k3"], default="k3")
-    p.add_argument("--dynamic-sampling", action="store_true")
+    p.add_argument("--dynamic-sampling", action=argparse.BooleanOptionalAction, default=d["dynamic_sampling"].default,
+                   help="drop groups whose outcome reward has zero variance and sample more prompts to fill the "
+                        "step (on by default; --no-dynamic-sampling trains on every group)")
     p.add_argument("--mask-truncated", action="store_true")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--template", default=None)

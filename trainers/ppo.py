@@ -36,6 +36,7 @@ class PPOConfig(GRPOConfig):
     num_generations: int = 1  # the value model is the baseline; no group needed
     prompts_per_step: int = 16
     num_iterations: int = 4  # PPO epochs over each step's rollouts (TRL's num_ppo_epochs)
+    dynamic_sampling: bool = False  # one sample per prompt: no group whose variance could be tested
     kl_coef: float = 0.05  # β of the per-token KL penalty in the reward (TRL's PPOTrainer default)
     gamma: float = 1.0
     lam: float = 0.95
@@ -223,7 +224,8 @@ def build_parser(prog: str = "prefsmith train ppo") -> argparse.ArgumentParser:
                    help="value model folder: a reward model from `train rm`, or any decoder (default: --model)")
     g.add_argument("--no-whiten-advantages", dest="whiten_advantages", action="store_false")
     # PPO's own defaults for the options it shares with GRPO
-    p.set_defaults(**{k: d[k].default for k in ("num_generations", "prompts_per_step", "num_iterations")})
+    p.set_defaults(**{k: d[k].default for k in ("num_generations", "prompts_per_step", "num_iterations",
+                                                      "dynamic_sampling")})
     return p
 
 
