@@ -1,8 +1,9 @@
 """`--fsdp` under `torchrun --nproc-per-node 2` (gloo, CPU): sharded training gives one process's weights.
 
-Offline DPO (with an eval split and gradient accumulation) and online GRPO each equal their unsharded run within
-1e-4 on the final weights; the saved folders load with `from_pretrained`; a run stopped after a checkpoint and
-continued with `--resume` ends with the uninterrupted sharded run's weights.
+Offline DPO (with an eval split and gradient accumulation), online GRPO and PPO (policy, value model and
+reference all sharded) each equal their unsharded run within 1e-4 on the final weights; the saved folders load
+with `from_pretrained`; a run stopped after a checkpoint and continued with `--resume` ends with the
+uninterrupted sharded run's weights.
 """
 from __future__ import annotations
 
@@ -133,3 +134,45 @@ def test_grpo_sharded_two_processes_match_one(tmp_path, tiny_model):
                 assert b[key] == pytest.approx(a[key], abs=1e-4), (a["step"], key)
     assert any(r.get("grad_norm", 0) > 0 for r in m1)
     _assert_same_weights(tmp_path / "one" / "model", tmp_path / "two" / "model", atol=1e-4)
+
+
+def test_ppo_sharded_two_processes_match_one_and_resume(tmp_path, tiny_model):
+    from transformers import AutoModelForSequenceClassification
+
+    from pipelines.cli import main as cli
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"say something {i}"}) + "\n" for i in range(12)))
+    # 3 prompts per step, one micro-batch each: rank 0 trains 2 micro-batches, rank 1 one and a padding one
+    args = ["--model", str(tiny_model), "--prompts", str(prompts), "--reward", "plugin_rewards:first_char_reward",
+            "--prompts-per-step", "3", "--max-new-tokens", "6", "--lr", "1e-3", "--seed", "3", "--threads", "1",
+            "--num-iterations", "2", "--micro-batch-size", "1"]
+    assert cli(["train", "ppo", *args, "--max-steps", "3", "--save-every", "0", "--output", str(tmp_path / "one")]) == 0
+    _torchrun(["ppo", *args, "--max-steps", "3", "--save-every", "0", "--output", str(tmp_path / "two"), "--fsdp"],
+              29660)
+    m1 = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    m2 = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in m2] == [r["step"] for r in m1] == [1, 2, 3]
+    for a, b in zip(m1, m2):
+        for key in ("reward", "loss", "value_loss", "kl", "grad_norm", "value_grad_norm", "sequences"):
+            assert b[key] == pytest.approx(a[key], abs=1e-4), (a["step"], key)
+    assert all(r["value_grad_norm"] > 0 and r["grad_norm"] > 0 for r in m1)
+    _assert_same_weights(tmp_path / "one" / "model", tmp_path / "two" / "model", atol=1e-4)
+    v1 = AutoModelForSequenceClassification.from_pretrained(tmp_path / "one" / "value_model")
+    v2 = AutoModelForSequenceClassification.from_pretrained(tmp_path / "two" / "value_model")
+    with torch.no_grad():
+        for (name, p), q in zip(v1.named_parameters(), v2.parameters()):
+            assert torch.allclose(p, q, atol=1e-4), (name, float((p - q).abs().max()))
+    # sharded, stopped after the step-2 checkpoint, then resumed: the uninterrupted sharded run's weights
+    out = tmp_path / "resumed"
+    _torchrun(["ppo", *args, "--max-steps", "2", "--save-every", "2", "--output", str(out), "--fsdp"], 29700)
+    optim = torch.load(out / "checkpoints" / "step-00000002" / "value" / "optimizer.pt", weights_only=False)
+    assert any(k.endswith("score.weight") for k in optim["optimizer"]["state"])  # full, keyed by name
+    proc = _torchrun(["ppo", *args, "--max-steps", "3", "--save-every", "2", "--output", str(out), "--fsdp",
+                      "--resume"], 29740)
+    assert "resuming from" in proc.stderr
+    _assert_same_weights(tmp_path / "two" / "model", out / "model", atol=1e-5)
+    v3 = AutoModelForSequenceClassification.from_pretrained(out / "value_model")
+    with torch.no_grad():
+        for (name, p), q in zip(v2.named_parameters(), v3.parameters()):
+            assert torch.allclose(p, q, atol=1e-5), (name, float((p - q).abs().max()))

@@ -62,14 +62,15 @@ def check_supported(d: Dist, lora: bool = False) -> None:
         raise UserError("--fsdp with --lora-r is not supported: LoRA trains few weights, use plain data parallel")
 
 
-def shard_model(model, d: Dist):
+def shard_model(model, d: Dist, layers=None):
     """`fully_shard` every decoder layer, then the root; gradients summed over processes (see the module doc).
-    The model may sit on the CPU: each process keeps (and moves to its device) only its shards."""
+    The model may sit on the CPU: each process keeps (and moves to its device) only its shards. `layers`: the
+    blocks to shard when the root is a wrapper around a Hugging Face model (PPO's value model)."""
     from torch.distributed.device_mesh import init_device_mesh
 
     _, fully_shard = _fsdp()
     mesh = init_device_mesh(d.device.type, (d.world,))
-    for layer in decoder_layers(model):
+    for layer in (decoder_layers(model) if layers is None else layers):
         fully_shard(layer, mesh=mesh)
     fully_shard(model, mesh=mesh)
     for unit in _units(model):

@@ -53,9 +53,6 @@ class PPOConfig(GRPOConfig):
         super().__post_init__()
         if self.dynamic_sampling:
             raise UserError("--dynamic-sampling filters groups by reward variance; PPO has no groups to filter")
-        if self.fsdp:
-            raise UserError("--fsdp is not wired into PPO's update yet (its value model is not sharded); use plain "
-                            "data parallel (torchrun without --fsdp)")
         if self.beta:
             raise UserError("PPO puts the KL to the reference in the reward: use --kl-coef, not --beta")
         if not 0.0 <= self.gamma <= 1.0 or not 0.0 <= self.lam <= 1.0:
@@ -88,8 +85,11 @@ class ValueModel(torch.nn.Module):
         v = self.model.score(hidden.last_hidden_state).squeeze(-1).float()
         return torch.nn.functional.pad(v[:, :-1], (1, 0)) * batch["loss_mask"].float()
 
-    def save(self, folder: Path, tokenizer=None) -> None:
-        self.model.save_pretrained(folder)
+    def save(self, folder: Path, tokenizer=None, weights: dict | None = None) -> None:
+        """A `from_pretrained` folder (a reward model's layout). `weights`: the full state dict of a sharded
+        value model, as `fsdp.full_state` gathers it (keys under `model.`)."""
+        state = None if weights is None else {k.removeprefix("model."): v for k, v in weights.items()}
+        self.model.save_pretrained(folder, state_dict=state)
         if tokenizer is not None:
             tokenizer.save_pretrained(folder)
 
@@ -101,6 +101,7 @@ class PPORun(GRPORun):
     def setup(self) -> None:
         from transformers import AutoModelForCausalLM
 
+        from trainers import fsdp
         from trainers.optim import adamw, lr_schedule
 
         super().setup()
@@ -109,21 +110,30 @@ class PPORun(GRPORun):
             self.ref = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32).eval()
             for p in self.ref.parameters():
                 p.requires_grad_(False)
+            if cfg.fsdp:
+                fsdp.shard_model(self.ref, self.d)
         torch.manual_seed(cfg.seed)  # a fresh value head starts the same on every process and every run
         source = self.resume_dir / "value" if self.resume_dir is not None else (cfg.value_model or cfg.model)
         self.value = ValueModel(str(source), self.engine.pad_id)
+        if cfg.fsdp:  # the wrapper is the root unit, so its forward gathers the embeddings and the score head
+            fsdp.shard_model(self.value, self.d, layers=fsdp.decoder_layers(self.value.model))
         self.value_params = [p for p in self.value.parameters() if p.requires_grad]
         self.value_optimizer = adamw(self.value, cfg.value_lr or cfg.lr, cfg.weight_decay)
         self.value_scheduler = lr_schedule(self.value_optimizer, cfg.max_steps, cfg.warmup_steps, "constant")
+        self._value_state: tuple[dict, dict | None] | None = None  # a sharded value model's gathered state
         if self.resume_dir is not None:
             state = torch.load(self.resume_dir / "value" / "optimizer.pt", map_location="cpu", weights_only=False)
-            self.value_optimizer.load_state_dict(state["optimizer"])
+            if fsdp.is_sharded(self.value):  # the full, name-keyed state: rank 0's copy is scattered as shards
+                fsdp.load_optimizer(self.value, self.value_optimizer, state["optimizer"] if self.d.main else None)
+            else:
+                self.value_optimizer.load_state_dict(state["optimizer"])
             self.value_scheduler.load_state_dict(state["scheduler"])
 
     def _row_advantages(self, rewards: torch.Tensor) -> None:
         return None  # token-level, from the value model (below)
 
     def _optimize(self, seqs: list[dict]) -> dict:
+        from trainers import fsdp
         from trainers.distributed import all_reduce_grads, gather_objects
         from trainers.logprobs import token_logps
         from trainers.rl_objectives import (PolicyLossConfig, clipped_value_loss, gae, kl_penalized_rewards,
@@ -137,6 +147,10 @@ class PPORun(GRPORun):
         if not seqs or n_items == 0:
             return stats
         mbs = [local[i:i + cfg.micro_batch_size] for i in range(0, len(local), cfg.micro_batch_size)]
+        real = len(mbs)  # this rank's own micro-batches; under --fsdp padding ones follow (their losses weigh 0)
+        sharded = fsdp.is_sharded(self.model)
+        if sharded:  # every forward is a collective: all ranks run as many (trainers/fsdp.py)
+            mbs += [[0]] * (fsdp.common_count(real, self.d) - real)
         batches = [self._pad([seqs[i] for i in mb]) for mb in mbs]
         masks = [b["loss_mask"].float() for b in batches]
         with torch.no_grad():
@@ -150,17 +164,19 @@ class PPORun(GRPORun):
                 a, r = gae(rewards, old_values[k], masks[k], cfg.gamma, cfg.lam)
                 advs.append(a)
                 rets.append(r)
+                if k >= real:
+                    continue
                 share = float(masks[k].sum()) / n_items
                 stats["kl"] += float(per_kl.sum()) / max(float(masks[k].sum()), 1.0) * share
                 stats["returns"] += float(r.sum()) / n_items
                 stats["values"] += float(old_values[k].sum()) / n_items
             if cfg.whiten_advantages:  # over the whole step: every micro-batch, every rank
-                mine = torch.cat([a[m.bool()] for a, m in zip(advs, masks)])
+                mine = torch.cat([a[m.bool()] for a, m in zip(advs[:real], masks[:real])] or [torch.zeros(0)])
                 parts = gather_objects(mine, self.d) if self.d.world > 1 else [mine]
                 start = sum(len(x) for x in parts[:self.d.rank])
                 every = torch.cat(parts)
                 white = masked_whiten(every, torch.ones_like(every))[start:start + len(mine)]
-                for a, m in zip(advs, masks):
+                for a, m in zip(advs[:real], masks[:real]):
                     n = int(m.sum())
                     a[m.bool()], white = white[:n], white[n:]
         loss_cfg = PolicyLossConfig(loss="dapo", surrogate=cfg.surrogate, epsilon=cfg.epsilon,
@@ -175,6 +191,9 @@ class PPORun(GRPORun):
                 loss, m = policy_loss(logps, old[k], advs[k], masks[k], loss_cfg, num_items=n_items)
                 vloss, vclip = clipped_value_loss(self.value(b), old_values[k], rets[k], masks[k],
                                                   cfg.cliprange_value, num_items=n_items)
+                if k >= real:
+                    ((loss + cfg.vf_coef * vloss) * 0.0).backward()
+                    continue
                 (loss + cfg.vf_coef * vloss).backward()
                 share = float(masks[k].sum()) / n_items
                 stats["loss"] += float(loss.detach()) / cfg.num_iterations
@@ -183,8 +202,9 @@ class PPORun(GRPORun):
                 stats["clip_low"] += m["clip_low"] * share / cfg.num_iterations
                 stats["clip_high"] += m["clip_high"] * share / cfg.num_iterations
                 stats["entropy"] += float((entropy * masks[k]).sum()) / n_items / cfg.num_iterations
-            all_reduce_grads(self.params, self.d)
-            all_reduce_grads(self.value_params, self.d)
+            if not sharded:  # FSDP summed the gradients in backward
+                all_reduce_grads(self.params, self.d)
+                all_reduce_grads(self.value_params, self.d)
             stats["grad_norm"] += float(torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)) / cfg.num_iterations
             stats["value_grad_norm"] += float(torch.nn.utils.clip_grad_norm_(self.value_params, cfg.max_grad_norm)) \
                 / cfg.num_iterations
@@ -201,14 +221,31 @@ class PPORun(GRPORun):
             stats.update({k: sum(t[i] for t in total) for i, k in enumerate(names)})
         return stats
 
+    def _gather_value(self, optimizer: bool) -> tuple[dict | None, dict | None]:
+        """A sharded value model's full weights (and optimizer state), gathered by every rank onto rank 0."""
+        from trainers import fsdp
+
+        if not fsdp.is_sharded(self.value):
+            return None, None
+        return fsdp.full_state(self.value, self.value_optimizer if optimizer else None)
+
+    def save(self) -> None:
+        self._value_state = self._gather_value(optimizer=True)  # every rank, before rank 0 writes
+        try:
+            super().save()
+        finally:
+            self._value_state = None
+
     def save_extra(self, folder: Path) -> None:
-        self.value.save(folder / "value")
-        torch.save({"optimizer": self.value_optimizer.state_dict(), "scheduler": self.value_scheduler.state_dict()},
-                   folder / "value" / "optimizer.pt")
+        weights, optim = self._value_state or (None, None)
+        self.value.save(folder / "value", weights=weights)
+        torch.save({"optimizer": optim if optim is not None else self.value_optimizer.state_dict(),
+                    "scheduler": self.value_scheduler.state_dict()}, folder / "value" / "optimizer.pt")
 
     def finish(self) -> dict:
+        weights, _ = self._gather_value(optimizer=False)
         if self.d.main:
-            self.value.save(self.out / "value_model", self.tokenizer)
+            self.value.save(self.out / "value_model", self.tokenizer, weights=weights)
         return super().finish()
 
 
