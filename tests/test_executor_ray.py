@@ -67,6 +67,32 @@ def test_generate_on_ray_equals_local(tmp_path, tiny_model, cluster):
     assert m["fingerprint"] == ds.read_manifest(tmp_path / "local")["fingerprint"]  # where it ran is not config
 
 
+def test_prm_label_on_ray_equals_local(tmp_path, tiny_model, cluster):
+    """prm-label's shards on Ray replicas (openai engine, the scripted policy server of test_prm on loopback):
+    the same step labels, soft values and rollout counts as the local run, for both methods."""
+    from test_prm import K, PolicyServer, chain_rows
+
+    server = PolicyServer(str(tiny_model))
+    try:
+        src = write_jsonl(tmp_path / "chains.jsonl", chain_rows())
+        for method in ("mc", "binary-search"):
+            base = ["prm-label", "--input", str(src), "--model", str(tiny_model), "--method", method,
+                    "--rollouts-per-step", str(K), "--shard-size", "3", "--engine", "openai", "--base-url",
+                    server.url, "--engine-option", "cache_dir=null"]
+            assert cli([*base, "--output", str(tmp_path / f"{method}-local")]) == 0
+            assert cli([*base, "--output", str(tmp_path / f"{method}-ray"), *RAY]) == 0
+            local, remote = rows(tmp_path / f"{method}-local"), rows(tmp_path / f"{method}-ray")
+            assert len(local) == len(chain_rows()) - 1  # the row with no gold answer is set aside, with its reason
+            assert remote == local, method
+            assert rows(tmp_path / f"{method}-ray" / "unlabeled") == rows(tmp_path / f"{method}-local" / "unlabeled")
+            assert any(r["first_error_step"] is not None for r in local)
+            m = ds.read_manifest(tmp_path / f"{method}-ray")
+            assert m["executor"] == "ray" and m["complete"] and m["num_shards"] == 3
+            assert m["prm"]["rollouts"] == ds.read_manifest(tmp_path / f"{method}-local")["prm"]["rollouts"]
+    finally:
+        server.close()
+
+
 def labeled_input(tmp_path: Path) -> Path:
     good = "def add(a, b):\n    return a + b\n"
     bad = "def add(a, b):\n    return a - b\n"
