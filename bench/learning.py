@@ -105,7 +105,7 @@ def run_ours(args, out: Path) -> dict:
             curve.append(curve_point(evaluator, sets, clock, run.state.step))
             mark += args.eval_every
     return {"curve": curve, "steps": run.state.step, "s_per_step": sum(step_s) / max(1, len(step_s)),
-            "tokens_per_s": tokens / gen_s if gen_s else 0.0}
+            "tokens_per_s": tokens / gen_s if gen_s else 0.0, "completion_tokens": tokens}
 
 
 def run_trl(args, out: Path, tuned: bool) -> dict:
@@ -197,6 +197,32 @@ def run_side(side: str, args) -> dict:
     return result
 
 
+def report(results: dict) -> None:
+    """The side-by-side table and the floor's ratios. Generation tokens/s is ours alone (TRL does not time its
+    generation apart); completion tokens per training second (every sampled token over the summed step times)
+    is measured the same way on every side."""
+    print(f"\n{'side':<10} {'steps':>6} {'s/step':>7} {'gen tok/s':>9} {'tok/train-s':>11} {'peak RSS':>9}   "
+          "curve (minutes: heldout / heldout_alt)")
+    for side, r in results.items():
+        curve = "  ".join(f"{p['minutes']:.0f}: {p['heldout']:.3f}/{p['heldout_alt']:.3f}" for p in r["curve"])
+        tps = f"{r['tokens_per_s']:.1f}" if r.get("tokens_per_s") else "-"
+        train_s = r["steps"] * r["s_per_step"]
+        per_train_s = f"{r['completion_tokens'] / train_s:.1f}" if r.get("completion_tokens") and train_s else "-"
+        print(f"{side:<10} {r['steps']:>6} {r['s_per_step']:>7.1f} {tps:>9} {per_train_s:>11} "
+              f"{r['peak_rss'] / 2**30:>8.2f}G   {curve}")
+    if "ours" not in results or len(results) < 2:
+        return
+    ours = results["ours"]
+    target, side = max((r["curve"][-1]["heldout"], side) for side, r in results.items() if side != "ours")
+    reach = next((p["minutes"] for p in ours["curve"] if p["heldout"] >= target), None)
+    trl_min = results[side]["curve"][-1]["minutes"]
+    print(f"\nbest TRL final held-out accuracy: {target:.3f} ({side}, at {trl_min:.1f} min); ours reached it at "
+          + (f"{reach:.1f} min -> wall-clock ratio {reach / trl_min:.2f}" if reach is not None else "- (not reached)"))
+    for other, r in results.items():
+        if other != "ours":
+            print(f"peak memory ratio (ours / {other}): {ours['peak_rss'] / r['peak_rss']:.2f}")
+
+
 def plot(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -223,26 +249,18 @@ def main() -> None:
     ap.add_argument("--eval-limit", type=int, default=60)
     ap.add_argument("--eval-every", type=float, default=10.0, help="training minutes between evaluations")
     ap.add_argument("--workdir", default="/tmp/learning-bench")
+    ap.add_argument("--report", action="store_true", help="print the table of an earlier run's WORKDIR/results.json")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         return child(args)
-    Path(args.workdir).mkdir(parents=True, exist_ok=True)
+    workdir = Path(args.workdir)
+    if args.report:
+        report(json.loads((workdir / "results.json").read_text()))
+        return
+    workdir.mkdir(parents=True, exist_ok=True)
     results = {side: run_side(side, args) for side in args.sides.split(",")}
-    print(f"\n{'side':<10} {'steps':>6} {'s/step':>7} {'tokens/s':>9} {'peak RSS':>9}   curve (minutes: heldout / heldout_alt)")
-    for side, r in results.items():
-        curve = "  ".join(f"{p['minutes']:.0f}: {p['heldout']:.3f}/{p['heldout_alt']:.3f}" for p in r["curve"])
-        tps = f"{r['tokens_per_s']:.1f}" if r.get("tokens_per_s") else "-"
-        print(f"{side:<10} {r['steps']:>6} {r['s_per_step']:>7.1f} {tps:>9} {r['peak_rss'] / 2**30:>8.2f}G   {curve}")
-    if "ours" in results and len(results) > 1:
-        ours = results["ours"]
-        best_trl = max((r["curve"][-1]["heldout"], side) for side, r in results.items() if side != "ours")
-        target, side = best_trl
-        reach = next((p["minutes"] for p in ours["curve"] if p["heldout"] >= target), None)
-        trl_min = results[side]["curve"][-1]["minutes"]
-        print(f"\nbest TRL final held-out accuracy: {target:.3f} ({side}, at {trl_min:.1f} min); ours reached it at "
-              + (f"{reach:.1f} min -> wall-clock ratio {reach / trl_min:.2f}" if reach is not None else "- (not reached)"))
-        print("peak memory ratio (ours / " + side + f"): {ours['peak_rss'] / results[side]['peak_rss']:.2f}")
+    report(results)
     plot(results, Path(args.workdir) / "learning.png")
     (Path(args.workdir) / "results.json").write_text(json.dumps(results, indent=2))
     print(f"plot: {Path(args.workdir) / 'learning.png'}")
