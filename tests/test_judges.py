@@ -62,7 +62,7 @@ class Scripted:
         self.answered: list[dict] = []  # bodies answered with 200
         self.auth: list[str] = []
         self.in_flight = self.max_in_flight = 0
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # _drop and _reply release the in-flight count under it too
         self.dead = False
         self.closed = threading.Event()  # set once the port is free again
         self.httpd = ThreadingHTTPServer(("127.0.0.1", port), _Handler)
