@@ -76,7 +76,12 @@ def test_sigkill_at_any_moment_then_rerun_matches_an_uninterrupted_run(tmp_path,
     killed_rows, clean_rows = ds.load_rows(out), ds.load_rows(clean)
     ids = [r["id"] for r in killed_rows]
     assert len(ids) == len(set(ids)) == 24
-    assert killed_rows == clean_rows
+    # the same rows; log-probs to float noise only: the clean run is in this process, whose torch thread count
+    # earlier tests may have changed, and a reduction over other threads rounds differently
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "logprobs"} for r in rs]  # noqa: E731
+    assert strip(killed_rows) == strip(clean_rows)
+    for a, b in zip(killed_rows, clean_rows):
+        assert a["logprobs"] == pytest.approx(b["logprobs"], abs=1e-5), a["id"]
     assert not list(out.rglob(".*.tmp"))
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert "already complete (24 rows); nothing to do" in again.stderr
