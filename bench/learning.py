@@ -261,9 +261,9 @@ def main() -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     results = {side: run_side(side, args) for side in args.sides.split(",")}
     report(results)
-    plot(results, Path(args.workdir) / "learning.png")
-    (Path(args.workdir) / "results.json").write_text(json.dumps(results, indent=2))
-    print(f"plot: {Path(args.workdir) / 'learning.png'}")
+    plot(results, workdir / "learning.png")
+    (workdir / "results.json").write_text(json.dumps(results, indent=2))
+    print(f"plot: {workdir / 'learning.png'}")
 
 
 if __name__ == "__main__":

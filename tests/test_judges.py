@@ -62,7 +62,7 @@ class Scripted:
         self.answered: list[dict] = []  # bodies answered with 200
         self.auth: list[str] = []
         self.in_flight = self.max_in_flight = 0
-        self.lock = threading.RLock()  # _drop and _reply release the in-flight count under it too
+        self.lock = threading.Lock()
         self.dead = False
         self.closed = threading.Event()  # set once the port is free again
         self.httpd = ThreadingHTTPServer(("127.0.0.1", port), _Handler)
@@ -104,13 +104,15 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         s = self.server.script
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        with s.lock:
-            if s.dead:
-                return self._drop()
-            s.requests.append(body)
-            s.auth.append(self.headers.get("Authorization", ""))
-            s.in_flight += 1
-            s.max_in_flight = max(s.max_in_flight, s.in_flight)
+        with s.lock:  # decide under the lock, drop outside it (_drop takes the lock to release the count)
+            dead = s.dead
+            if not dead:
+                s.requests.append(body)
+                s.auth.append(self.headers.get("Authorization", ""))
+                s.in_flight += 1
+                s.max_in_flight = max(s.max_in_flight, s.in_flight)
+        if dead:
+            return self._drop()
         self._counted = True
         try:
             time.sleep(s.delay_s)
@@ -121,11 +123,13 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._drop() if answer.status is None else self._reply(
                     answer.status, {"error": {"message": f"scripted {answer.status}"}}, answer.headers)
             with s.lock:
-                if s.dead:
-                    return self._drop()
-                s.answered.append(body)
-                kill = s.budget is not None and len(s.answered) >= s.budget
-                s.dead = s.dead or kill  # requests still in flight are dropped from now on
+                dead = s.dead
+                if not dead:
+                    s.answered.append(body)
+                    kill = s.budget is not None and len(s.answered) >= s.budget
+                    s.dead = kill  # requests still in flight are dropped from now on
+            if dead:
+                return self._drop()
             self._reply(200, {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
                               "choices": [{"index": 0, "finish_reason": "stop",
                                            "message": {"role": "assistant", "content": answer}}],
