@@ -17,6 +17,8 @@ Example:
 """
 from __future__ import annotations
 
+import ast
+import functools
 import json
 import marshal
 import math
@@ -29,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from rewards.code_harness import boot_command, frames
+from rewards.code_harness import STATUS_NAMES, boot_command, frames
 from rewards.chat import completion_text
 from rewards.result import RewardResult, trl_reward
 from rewards.sandbox import Sandbox, SandboxLimits, SandboxRun
@@ -103,10 +105,6 @@ def _as_text(value: Any) -> str:
     return "\n".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
-def _lines(text: str) -> list[str]:
-    return [line.rstrip() for line in text.strip().splitlines()]
-
-
 def build_program(prompt: Any, completion: Any, entry_point: str | None) -> str:
     """The program to test: the extracted code; for a HumanEval-style continuation that does not define the entry
     point itself, the prompt (function signature and docstring) followed by the completion."""
@@ -116,6 +114,67 @@ def build_program(prompt: Any, completion: Any, entry_point: str | None) -> str:
         if isinstance(prompt, str) and re.search(rf"def\s+{re.escape(entry_point)}\s*\(", prompt):
             return prompt + text
     return program
+
+
+def prompt_helpers(prompt: Any, entry_point: str | None) -> tuple[str, tuple[str, ...]]:
+    """The problem's own code that its tests may call (HumanEval/32's `poly`), and the names it defines: the
+    prompt's top-level statements minus the entry point and every stub the program is meant to fill in (a function
+    whose body is only a docstring, `pass`, `...` or `raise NotImplementedError`, or a class holding one). The judge
+    runs it itself, so a program that redefines `poly` changes nothing the tests compute. Only rows with an entry
+    point have prompt code (the prompt as a whole, else its last fenced block that parses); ("", ()) otherwise."""
+    if not entry_point:
+        return "", ()
+    if isinstance(prompt, list):
+        try:
+            prompt = "\n".join(str(m.get("content") or "") for m in prompt if isinstance(m, dict))
+        except AttributeError:
+            return "", ()
+    return _prompt_helpers(prompt, entry_point) if isinstance(prompt, str) else ("", ())
+
+
+@functools.lru_cache(maxsize=4096)
+def _prompt_helpers(prompt: str, entry_point: str) -> tuple[str, tuple[str, ...]]:
+    for source in [prompt] + [body for _, body in reversed(_FENCE.findall(prompt))]:
+        try:
+            tree = ast.parse(source)
+        except (SyntaxError, ValueError):
+            continue
+        keep = [node for node in tree.body if not _is_stub(node, entry_point)]
+        names = []
+        for node in keep:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.append(node.name)
+            elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                names += [t.id for t in targets if isinstance(t, ast.Name)]
+        if not names:
+            return "", ()
+        return ast.unparse(ast.Module(body=keep, type_ignores=[])), tuple(names)
+    return "", ()
+
+
+def _is_stub(node: ast.stmt, entry_point: str) -> bool:
+    if isinstance(node, ast.ClassDef):
+        return node.name == entry_point or any(_is_stub(item, "") for item in node.body)
+    if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        return False
+    if node.name == entry_point:
+        return True
+    body = node.body[1:] if _is_docstring(node.body[0]) else node.body
+    return all(isinstance(s, ast.Pass) or (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant)
+                                           and s.value.value is Ellipsis) or _raises_not_implemented(s)
+               for s in body)
+
+
+def _is_docstring(stmt: ast.stmt) -> bool:
+    return isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant) and isinstance(stmt.value.value, str)
+
+
+def _raises_not_implemented(stmt: ast.stmt) -> bool:
+    if not isinstance(stmt, ast.Raise) or stmt.exc is None:
+        return False
+    exc = stmt.exc.func if isinstance(stmt.exc, ast.Call) else stmt.exc
+    return isinstance(exc, ast.Name) and exc.id == "NotImplementedError"
 
 
 @dataclass
@@ -164,11 +223,16 @@ class _Runner:
         """The judge started but the box ended before it answered: only the submission can have caused that."""
         if run.timed_out:
             return "timeout", "wall-clock limit"
+        if run.extra.get("memory_limit"):
+            return "memory_limit", "the box's memory cgroup limit"
         return "runtime_error", f"the box ended before the judge answered: {_stderr_tail(run)}"
 
-    def run_asserts(self, program: str, tests: Sequence[str]) -> _Outcome:
+    def run_asserts(self, program: str, tests: Sequence[str], entry_point: str | None = None,
+                    prompt: tuple[str, tuple[str, ...]] = ("", ())) -> _Outcome:
         n = len(tests)
-        started, reply, run = self._judge({"mode": "asserts", "program": program, "tests": list(tests)}, n + 1)
+        job = {"mode": "asserts", "program": program, "tests": list(tests), "entry_point": entry_point,
+               "prompt_code": prompt[0], "prompt_names": list(prompt[1])}
+        started, reply, run = self._judge(job, n + 1)
         if not started:
             return _Outcome(["sandbox_error"] * n, [_stderr_tail(run)] * n, run.truncated)
         if reply is None:
@@ -177,27 +241,21 @@ class _Runner:
         program_status, program_detail = reply["program"]
         if program_status != "ok":
             return _Outcome([program_status] * n, [program_detail] * n)
-        results = reply["tests"]
-        if len(results) != n:
-            return _Outcome(["sandbox_error"] * n, [f"the judge answered for {len(results)} of {n} tests"] * n)
-        return _Outcome([r[0] for r in results], [r[1] for r in results])
+        codes, details = reply["codes"], reply["details"]
+        if len(codes) != n:
+            return _Outcome(["sandbox_error"] * n, [f"the judge answered for {len(codes)} of {n} tests"] * n)
+        return _Outcome([STATUS_NAMES[c] for c in codes], [str(details.get(i, "")) for i in range(n)])
 
     def run_case(self, program: str, stdin: str, expected: str) -> _Outcome:
-        started, reply, run = self._judge({"mode": "stdio", "program": program, "stdin": stdin}, 1)
+        """One stdin/stdout case; the judge compares the output with `expected` itself and answers a verdict."""
+        started, reply, run = self._judge({"mode": "stdio", "program": program, "stdin": stdin,
+                                           "expected": expected}, 1)
         if not started:
             return _Outcome(["sandbox_error"], [_stderr_tail(run)], run.truncated)
         if reply is None:
             status, detail = self._lost(run)
             return _Outcome([status], [detail], run.truncated)
-        if reply["truncated"]:
-            return _Outcome(["failed"], ["output limit exceeded"], True)
-        status, detail = reply["program"]
-        if status != "ok":
-            return _Outcome([status], [detail])
-        got = reply["stdout"].decode(errors="replace")
-        if _lines(got) == _lines(expected):
-            return _Outcome(["passed"], [""])
-        return _Outcome(["failed"], [f"expected {expected.strip()[:60]!r}, got {got.strip()[:60]!r}"])
+        return _Outcome([reply["verdict"]], [reply["detail"]], reply["truncated"])
 
 
 def _stderr_tail(run: SandboxRun) -> str:
@@ -270,7 +328,8 @@ def code_results(
             results[row] = RewardResult(None, f"bad_completion: row {row}: {exc}", {})
             continue
         if suite.mode == "asserts":
-            jobs.append((row, "asserts", (program, suite.items)))
+            helpers = prompt_helpers(prompts[row], entry_points[row])
+            jobs.append((row, "asserts", (program, suite.items, entry_points[row], helpers)))
         else:
             jobs.extend((row, "stdio", (program, stdin, expected)) for stdin, expected in suite.items)
     if not jobs:

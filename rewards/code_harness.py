@@ -6,21 +6,22 @@ Stdlib only; it runs inside the sandbox, copied there as `harness.py`.
   PID 1 (`bwrap --as-pid-1`): the submission cannot signal it (the kernel drops signals to a namespace's init that
   it has no handler for), and it makes itself non-dumpable first thing, so the submission (same uid) cannot ptrace
   it or open its memory, environment or file descriptors under /proc/1. It reads one job (marshal) on stdin (the
-  program, the tests, the limits), says `started` on the channel, starts the submission, runs the tests in its own
-  interpreter and writes one reply naming the job's id on the channel. Nothing the submission can write
-  reaches the channel.
+  program, the tests, the limits), caps its own memory, says `started` on the channel, starts the submission, runs
+  the tests in its own interpreter and writes one reply naming the job's id on the channel. Nothing the submission
+  can write reaches the channel.
 - `python -I -S harness.py --submission` is the submission process, exec'd fresh by the judge (so it inherits
   none of the judge's memory) with the program's rlimits. It gets the program's source on fd 3, runs it, and then
-  answers the judge's requests (call this, get that attribute, iterate) on fd 4.
+  answers the judge's requests (look up this name, call this, get that attribute, iterate) on fd 4.
 
-The boundary between them carries plain data only (tagged, in marshal's format): None, bool, int, float, complex, str, bytes and lists,
-tuples, sets, frozensets and dicts of those, each checked by exact type (`type(x) is int`, never isinstance) and
-rebuilt by the judge as fresh builtin objects. Anything else the submission returns stays in the submission and
-reaches the tests as an opaque `Remote` handle: its methods can be called and it can be iterated, but it compares
-equal to nothing but itself, so an object whose `__eq__` always says yes cannot pass a test. The tests' source and
-expected values never enter the submission's memory or file system, and the builtins the tests use are the
-judge's own, so patching `exec`, `abs`, `isinstance` or the harness in the submission changes nothing the judge
-computes.
+The tests see only trusted names (docs/sandbox.md, "The verdict"): the judge's builtins, standard-library modules
+the judge imports itself, and the problem's own prompt code. A name the tests use that none of those define is
+looked up in the program when the test first reads it. Values cross the boundary as tagged plain data (in
+marshal's format, checked before it is decoded): None, bool, int, float, complex, str, bytes, bytearray, and
+lists, tuples, sets, frozensets and dicts of those, plus the standard library's value types (Counter,
+OrderedDict, defaultdict, deque, namedtuples, Fraction, Decimal, date/time/datetime/timedelta, range), each
+checked by exact type and rebuilt by the judge as a fresh object of the judge's own class. Anything else stays
+in the submission and reaches the tests as an opaque `Remote` handle whose `==` never asks the program when the
+other side is the judge's value, so an object whose `__eq__` always says yes cannot pass a test.
 """
 import builtins
 import fcntl
@@ -38,7 +39,26 @@ import time
 _MAX_DEPTH = 200
 _SCALAR_TAGS = {int: "i", float: "f", complex: "c", str: "s", bytes: "y"}
 _SCALAR_KINDS = {tag: kind for kind, tag in _SCALAR_TAGS.items()}
+_SEQ_TAGS = {list: "l", tuple: "t", set: "S", frozenset: "F"}
+_SEQ_KINDS = {tag: kind for kind, tag in _SEQ_TAGS.items()}
+_MUTABLE = (list, dict, set, bytearray)  # the judge's arguments whose in-place changes come back
 _HIGH_FD = 100
+_MAX_VALUE_BYTES = 16 << 20  # one message across the boundary (a call's result): larger is runtime_error
+_DETAILS_KEPT = 50  # failure details in the reply; statuses are one character each, so any suite fits
+_STATUS_CODES = {"passed": "p", "failed": "f", "compile_error": "c", "runtime_error": "r", "timeout": "t",
+                 "memory_limit": "m", "sandbox_error": "s"}
+STATUS_NAMES = {code: name for name, code in _STATUS_CODES.items()}
+# the program's exceptions reach the tests as one of these (by their nearest builtin ancestor); the others end
+# the test as an error of the submission, never as something a test could take for normal control flow
+_NO_PASS_EXCEPTIONS = ("StopIteration", "StopAsyncIteration", "GeneratorExit", "SystemExit", "KeyboardInterrupt",
+                       "MemoryError")
+# standard-library modules whose import does something besides defining names
+_NOT_IMPORTED = frozenset({"antigravity", "this", "__hello__", "__phello__", "idlelib", "tkinter", "turtle",
+                           "turtledemo", "webbrowser", "pydoc", "ensurepip", "venv"})
+_BUILTIN_EXCEPTIONS = {name: kind for name, kind in vars(builtins).items()
+                       if isinstance(kind, type) and issubclass(kind, BaseException)}
+_type, _isinstance, _id, _len = type, isinstance, id, len
+_MISSING = object()
 
 
 class _TestTimeout(BaseException):
@@ -46,7 +66,7 @@ class _TestTimeout(BaseException):
 
 
 class SubmissionError(Exception):
-    """The submission raised an exception that is not one of Python's builtin exceptions, or broke the protocol."""
+    """The submission raised an exception with no builtin ancestor a test could catch, or broke the protocol."""
 
 
 class _SubmissionGone(BaseException):
@@ -65,70 +85,334 @@ def _detail(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".replace("\n", " ")[:200]
 
 
-# -- plain data across the boundary ----------------------------------------------------------------------------------
+# -- marshal, checked before it allocates ----------------------------------------------------------------------------
 
 
-def encode(value, refer=None, depth: int = 0):
-    """Tagged JSON for plain data. `refer(obj)` turns anything else into a reference (`["h", ...]`); without it,
-    anything else raises TypeError."""
+def check_marshal(data: bytes) -> None:
+    """Walk marshal bytes and raise ValueError unless every container's declared length fits in the bytes that are
+    left (marshal.loads pre-allocates a list or tuple from its 4-byte header: 5 bytes can ask for 16 GiB), the
+    nesting is shallow, and only data types appear (no code objects)."""
+    n, at = len(data), 0
+    todo = [1]  # per open container: values still to read; -1 for a dict (values until the '0' that ends it)
+    while todo:
+        if todo[-1] == 0:
+            todo.pop()
+            continue
+        if at >= n:
+            raise ValueError("truncated message")
+        code = chr(data[at] & 0x7F)
+        at += 1
+        if todo[-1] > 0:
+            todo[-1] -= 1
+        elif code == "0":
+            todo.pop()
+            continue
+        if code in "NTF":
+            continue
+        if code in "ir":
+            at += 4
+        elif code == "g":
+            at += 8
+        elif code == "y":
+            at += 16
+        elif code in "zZ)":
+            if at >= n:
+                raise ValueError("truncated message")
+            size = data[at]
+            at += 1
+            if code == ")":
+                todo.append(size)
+            else:
+                at += size
+        elif code in "suatAl([<>":
+            size = int.from_bytes(data[at:at + 4], "little", signed=True)
+            at += 4
+            width = 2 if code == "l" else 1  # a long's digits are 2 bytes each; any value takes at least 1
+            size = abs(size) if code == "l" else size
+            if size < 0 or size * width > n - at:
+                raise ValueError("a length in the message is larger than the message")
+            if code in "([<>":
+                todo.append(size)
+            else:
+                at += size * width
+        elif code == "{":
+            todo.append(-1)
+        else:
+            raise ValueError(f"type {code!r} is not data")
+        if len(todo) > _MAX_DEPTH + 50:
+            raise ValueError("value nested too deeply")
+    if at != n:
+        raise ValueError("bytes after the message")
+
+
+def loads(data: bytes):
+    check_marshal(data)
+    return marshal.loads(data)
+
+
+# -- values across the boundary ---------------------------------------------------------------------------------------
+
+
+def _std_kind(kind: type) -> str:
+    """The tag of a standard-library value type (checked by identity with the module's own class), else ''."""
+    module = sys.modules.get(getattr(kind, "__module__", None) or "")
+    if module is None or getattr(module, getattr(kind, "__qualname__", "") or "", None) is not kind:
+        return ""
+    return _STD_TYPES.get((module.__name__, kind.__qualname__), "")
+
+
+_STD_TYPES = {("collections", "Counter"): "C", ("collections", "OrderedDict"): "O", ("collections", "defaultdict"): "D",
+              ("collections", "deque"): "Q", ("fractions", "Fraction"): "fr", ("decimal", "Decimal"): "dec",
+              ("_decimal", "Decimal"): "dec", ("_pydecimal", "Decimal"): "dec", ("datetime", "date"): "date",
+              ("datetime", "datetime"): "dt", ("datetime", "time"): "time", ("datetime", "timedelta"): "td",
+              ("datetime", "timezone"): "tz"}
+_FACTORIES = ("int", "float", "str", "list", "dict", "set", "tuple", "bool", "bytes", "frozenset", "complex")
+
+
+def _namedtuple_fields(kind: type):
+    if not issubclass(kind, tuple) or kind is tuple:
+        return None
+    fields = getattr(kind, "_fields", None)
+    if _type(fields) is tuple and all(_type(f) is str for f in fields):
+        return list(fields)
+    return None
+
+
+def encode(value, refer=None, depth: int = 0, memo=None, skip=None):
+    """Tagged plain data for `value`. `refer(obj)` turns anything else into a reference (`["h", ...]`); without it,
+    anything else raises TypeError. `memo` (id -> [mirror id, obj]) marks mutable containers so that their identity
+    survives the crossing: the first time one is met it gets an id, later meetings become `["m", id]`; `skip` is an
+    object encoded in full even when memo knows it (the object whose new state is being sent)."""
     if depth > _MAX_DEPTH:
         raise ValueError("value nested too deeply to cross the boundary")
-    kind = type(value)
+    kind = _type(value)
     if value is None:
         return ["N"]
     if kind is bool:
         return ["b", value]
-    if kind in (int, float, complex, str, bytes):
+    if kind in _SCALAR_TAGS:
         return [_SCALAR_TAGS[kind], value]
-    if kind in (list, tuple, set, frozenset):
-        tag = {list: "l", tuple: "t", set: "S", frozenset: "F"}[kind]
-        return [tag, [encode(v, refer, depth + 1) for v in value]]
-    if kind is dict:
-        return ["d", [[encode(k, refer, depth + 1), encode(v, refer, depth + 1)] for k, v in value.items()]]
+    mid = None
+    if memo is not None and kind in _MUTABLE or (memo is not None and _std_kind(kind) in ("C", "O", "D", "Q")):
+        known = memo.get(_id(value))
+        if known is not None and known[1] is value and value is not skip:
+            return ["m", known[0]]
+        if known is None:
+            mid = memo[_id(value)] = [len(memo), value]
+            mid = mid[0]
+    sub = depth + 1
+    if kind in _SEQ_TAGS:
+        out = [_SEQ_TAGS[kind], [encode(v, refer, sub, memo) for v in value]]
+    elif kind is dict:
+        out = ["d", _pairs(value, refer, sub, memo)]
+    elif kind is bytearray:
+        out = ["ba", bytes(value)]
+    elif kind is range:
+        return ["rg", value.start, value.stop, value.step]
+    elif kind is type and getattr(builtins, getattr(value, "__name__", ""), None) is value:
+        return ["ty", value.__name__]
+    else:
+        tag = _std_kind(kind)
+        if tag in ("C", "O"):
+            out = [tag, _pairs(value, refer, sub, memo)]
+        elif tag == "D":
+            factory = getattr(value.default_factory, "__name__", None)
+            factory = factory if factory in _FACTORIES and getattr(builtins, factory) is value.default_factory else None
+            out = ["D", factory, _pairs(value, refer, sub, memo)]
+        elif tag == "Q":
+            out = ["Q", [encode(v, refer, sub, memo) for v in value], value.maxlen]
+        elif tag == "fr":
+            return ["fr", value.numerator, value.denominator]
+        elif tag == "dec":
+            return ["dec", str(value)]
+        elif tag == "date":
+            return ["date", value.year, value.month, value.day]
+        elif tag == "td":
+            return ["td", value.days, value.seconds, value.microseconds]
+        elif tag == "tz":
+            return ["tz", encode(value.utcoffset(None)), value.tzname(None)]
+        elif tag in ("dt", "time"):
+            tz = value.tzinfo
+            if tz is not None and _std_kind(_type(tz)) != "tz":
+                return _refer_or_fail(value, refer)
+            parts = [value.hour, value.minute, value.second, value.microsecond, encode(tz), value.fold]
+            return [tag, *([value.year, value.month, value.day] if tag == "dt" else []), *parts]
+        elif _namedtuple_fields(kind) is not None:
+            values = [encode(v, refer, sub, memo) for v in tuple.__iter__(value)]
+            out = ["nt", kind.__name__[:60], _namedtuple_fields(kind), values]
+            try:
+                out.append(refer(value))  # the program's methods on it stay callable
+            except TypeError:  # the judge passing one back: the values are the whole of it
+                pass
+            return out
+        else:
+            return _refer_or_fail(value, refer)
+    if mid is not None:
+        out.append(mid)
+    return out
+
+
+def _pairs(value, refer, depth, memo):
+    return [[encode(k, refer, depth, memo), encode(v, refer, depth, memo)] for k, v in dict.items(value)]
+
+
+def _refer_or_fail(value, refer):
     if refer is None:
-        raise TypeError(f"a {kind.__name__} cannot cross the boundary (plain data only)")
+        raise TypeError(f"a {type(value).__name__} cannot cross the boundary (plain data only)")
     return refer(value)
 
 
-def decode(data, resolve=None, depth: int = 0):
-    """The inverse of `encode`, building fresh builtin objects; raises ValueError on anything malformed.
-    `resolve(data)` turns a reference back into an object; without it a reference is malformed."""
+def decode(data, resolve=None, depth: int = 0, mirrors=None):
+    """The inverse of `encode`, building fresh objects of this process's own classes; raises ValueError on anything
+    malformed. `resolve(data)` turns a reference back into an object; `mirrors` (id -> object) collects the mutable
+    containers that carry an id and resolves `["m", id]` to them."""
     if depth > _MAX_DEPTH:
         raise ValueError("value nested too deeply")
-    if type(data) is not list or not data or type(data[0]) is not str:
+    if _type(data) is not list or not data or _type(data[0]) is not str:
         raise ValueError("malformed value")
     tag, rest = data[0], data[1:]
+    sub = depth + 1
     try:
         if tag == "N" and not rest:
             return None
-        if tag == "b" and type(rest[0]) is bool:
+        if tag == "b" and _type(rest[0]) is bool:
             return rest[0]
-        if tag in _SCALAR_KINDS and len(rest) == 1 and type(rest[0]) is _SCALAR_KINDS[tag]:
+        if tag in _SCALAR_KINDS and len(rest) == 1 and _type(rest[0]) is _SCALAR_KINDS[tag]:
             return rest[0]
-        if tag in ("l", "t", "S", "F") and type(rest[0]) is list:
-            items = [decode(v, resolve, depth + 1) for v in rest[0]]
-            return {"l": list, "t": tuple, "S": set, "F": frozenset}[tag](items)
-        if tag == "d" and type(rest[0]) is list:
-            out = {}
-            for pair in rest[0]:
-                if type(pair) is not list or len(pair) != 2:
-                    raise ValueError("malformed dict item")
-                out[decode(pair[0], resolve, depth + 1)] = decode(pair[1], resolve, depth + 1)
+        if tag == "m" and mirrors is not None and _type(rest[0]) is int and rest[0] in mirrors:
+            return mirrors[rest[0]]
+        if tag in _SEQ_KINDS and _type(rest[0]) is list:
+            kind = _SEQ_KINDS[tag]
+            if kind in (list, set):
+                out = _register(kind(), rest, 1, mirrors)
+                items = [decode(v, resolve, sub, mirrors) for v in rest[0]]
+                out.extend(items) if kind is list else out.update(items)
+                return out
+            return kind([decode(v, resolve, sub, mirrors) for v in rest[0]])
+        if tag in ("d", "C", "O") and _type(rest[0]) is list:
+            out = _register(_dict_kind(tag)(), rest, 1, mirrors)
+            return _fill(out, rest[0], resolve, sub, mirrors)
+        if tag == "D" and _type(rest[1]) is list and (rest[0] is None or rest[0] in _FACTORIES):
+            import collections
+            out = _register(collections.defaultdict(getattr(builtins, rest[0]) if rest[0] else None), rest, 2,
+                            mirrors)
+            return _fill(out, rest[1], resolve, sub, mirrors)
+        if tag == "Q" and _type(rest[0]) is list and (rest[1] is None or _type(rest[1]) is int):
+            import collections
+            out = _register(collections.deque(maxlen=rest[1]), rest, 2, mirrors)
+            out.extend(decode(v, resolve, sub, mirrors) for v in rest[0])
             return out
+        if tag == "ba" and _type(rest[0]) is bytes:
+            return _register(bytearray(rest[0]), rest, 1, mirrors)
+        if tag == "rg" and len(rest) == 3 and all(_type(v) is int for v in rest):
+            return range(*rest)
+        if tag == "ty" and _type(rest[0]) is str and _type(getattr(builtins, rest[0], None)) is type:
+            return getattr(builtins, rest[0])
+        if tag == "fr" and len(rest) == 2 and all(_type(v) is int for v in rest):
+            import fractions
+            return fractions.Fraction(rest[0], rest[1])
+        if tag == "dec" and _type(rest[0]) is str and len(rest[0]) < 100000:
+            import decimal
+            return decimal.Decimal(rest[0])
+        if tag in ("date", "dt", "time", "td", "tz"):
+            return _decode_time(tag, rest)
+        if tag == "nt" and _type(rest[0]) is str and _type(rest[1]) is list and _type(rest[2]) is list:
+            values = [decode(v, resolve, sub, mirrors) for v in rest[2]]
+            handle = decode(rest[3], resolve, sub) if len(rest) > 3 and resolve is not None else None
+            return _namedtuple(rest[0], rest[1], values, handle)
         if tag == "h" and resolve is not None:
             return resolve(data)
-    except (IndexError, TypeError, OverflowError) as exc:
+    except (IndexError, TypeError, OverflowError, KeyError, ArithmeticError) as exc:
         raise ValueError(f"malformed value: {exc}") from None
     raise ValueError(f"malformed value (tag {tag!r})")
 
 
-# -- line-delimited JSON messages over pipes -----------------------------------------------------------------------
+def _dict_kind(tag: str):
+    if tag == "d":
+        return dict
+    import collections
+    return collections.Counter if tag == "C" else collections.OrderedDict
+
+
+def _register(obj, rest, at: int, mirrors):
+    if mirrors is not None and len(rest) > at and _type(rest[at]) is int:
+        mirrors[rest[at]] = obj
+    return obj
+
+
+def _fill(out, pairs, resolve, depth, mirrors):
+    for pair in pairs:
+        if _type(pair) is not list or len(pair) != 2:
+            raise ValueError("malformed dict item")
+        key = decode(pair[0], resolve, depth, mirrors)
+        out[key] = decode(pair[1], resolve, depth, mirrors)
+    return out
+
+
+def _decode_time(tag: str, rest: list):
+    import datetime
+    if tag == "td":
+        return datetime.timedelta(days=rest[0], seconds=rest[1], microseconds=rest[2])
+    if tag == "tz":
+        offset = decode(rest[0])
+        return datetime.timezone(offset, rest[1]) if _type(rest[1]) is str else datetime.timezone(offset)
+    if tag == "date":
+        return datetime.date(*rest[:3])
+    head = 3 if tag == "dt" else 0
+    ints = rest[:head + 4]
+    if not all(_type(v) is int for v in ints):
+        raise ValueError("malformed time")
+    tz = decode(rest[head + 4])
+    if tz is not None and _type(tz) is not datetime.timezone:
+        raise ValueError("malformed time zone")
+    kind = datetime.datetime if tag == "dt" else datetime.time
+    return kind(*ints, tzinfo=tz, fold=rest[head + 5])
+
+
+_NAMEDTUPLES: dict = {}
+
+
+def _namedtuple(typename: str, fields: list, values: list, handle):
+    """A namedtuple of the judge's own making with the program's type name and fields (equal to what the program's
+    equals, field by field); attributes it lacks (the program's methods) are looked up on the program's object."""
+    key = (typename, tuple(fields))
+    kind = _NAMEDTUPLES.get(key)
+    if kind is None:
+        import collections
+        import keyword
+        ok = all(_type(f) is str and f.isidentifier() and not keyword.iskeyword(f) and not f.startswith("_")
+                 for f in fields) and len(set(fields)) == len(fields)
+        name = typename if typename.isidentifier() and not keyword.iskeyword(typename) else "namedtuple"
+        if not ok:
+            raise ValueError("malformed namedtuple fields")
+        base = collections.namedtuple(name, fields)
+        kind = _NAMEDTUPLES[key] = type(name, (base,), {"__slots__": (), "__getattr__": _remote_attribute})
+    if len(values) != len(fields):
+        raise ValueError("malformed namedtuple")
+    out = kind(*values)
+    if handle is not None:
+        _NAMEDTUPLE_HANDLES[_id(out)] = (out, handle)
+    return out
+
+
+_NAMEDTUPLE_HANDLES: dict = {}
+
+
+def _remote_attribute(self, name):
+    known = _NAMEDTUPLE_HANDLES.get(_id(self))
+    if name.startswith("__") or known is None or known[0] is not self:
+        raise AttributeError(name)
+    return getattr(known[1], name)
+
+
+# -- length-prefixed marshal messages over pipes ---------------------------------------------------------------------
 
 
 class _Messages:
     """Reads length-prefixed marshal messages from `fd`; while waiting, drains the `drain` fds into capped buffers
     so that a writer to those cannot block. Blocking: the judge's per-test alarm interrupts it. marshal, not json:
-    it is built in (json's import alone costs more than a test), and what it reads is checked by `decode`."""
+    it is built in (json's import alone costs more than a test); what it reads is walked by `check_marshal` before
+    marshal sees it, and checked again by `decode`."""
 
     def __init__(self, fd: int, cap: int, drain: dict | None = None, drain_cap: int = 65536):
         self.fd, self.cap, self.buf = fd, cap, bytearray()
@@ -140,12 +424,12 @@ class _Messages:
             if len(self.buf) >= 4:
                 size = int.from_bytes(self.buf[:4], "big")
                 if size > self.cap:
-                    raise _SubmissionGone("reply too large")
+                    raise _SubmissionGone(f"reply larger than the {self.cap >> 20} MiB a value may take")
                 if len(self.buf) >= 4 + size:
                     payload = bytes(self.buf[4:4 + size])
                     del self.buf[:4 + size]
                     try:
-                        return marshal.loads(payload)
+                        return loads(payload)
                     except (EOFError, ValueError, TypeError) as exc:
                         raise ValueError(f"malformed message: {exc}") from None
             ready, _, _ = select.select([self.fd, *self.drain], [], [])
@@ -171,7 +455,7 @@ def frames(data: bytes) -> list:
         if at + 4 + size > len(data):
             break
         try:
-            out.append(marshal.loads(data[at + 4:at + 4 + size]))
+            out.append(loads(data[at + 4:at + 4 + size]))
         except (EOFError, ValueError, TypeError):
             pass
         at += 4 + size
@@ -208,7 +492,12 @@ def submission_main() -> None:
         _send(out, {"status": "compile_error", "detail": _detail(exc)})
         os._exit(1)
     del job
-    namespace = {"__name__": "__main__" if mode == "stdio" else "solution", "__builtins__": builtins}
+    # a real module, registered under its name, as `python solution.py` would have it (dataclasses, pickle and
+    # typing look the program's module up in sys.modules)
+    module = type(sys)("__main__" if mode == "stdio" else "solution")
+    module.__builtins__ = builtins
+    sys.modules[module.__name__] = module
+    namespace = module.__dict__
     status = "ok"
     try:
         exec(code, namespace)
@@ -233,64 +522,122 @@ def submission_main() -> None:
         namespace.clear()  # after a MemoryError the program's data may still fill the address space
         _send(out, {"status": status, "detail": detail})
         os._exit(1)
-    objects: list = []
-
-    def refer(obj):
-        objects.append(obj)
-        return ["h", len(objects) - 1, type(obj).__name__[:60]]
-
-    def resolve(data):
-        index = data[1]
-        if type(index) is not int or not 0 <= index < len(objects):
-            raise ValueError("unknown reference")
-        return objects[index]
-
-    names = {}
-    for name, value in list(namespace.items()):
-        if name.startswith("__") or type(value).__name__ == "module":
-            continue
-        try:
-            names[name] = encode(value, refer)
-        except (ValueError, RecursionError):
-            names[name] = refer(value)
-    _send(out, {"status": "ok", "names": names})
+    served = _Served(namespace)
+    _send(out, {"status": "ok"})
     while True:
         try:
             request = ctrl_in.read()
         except _SubmissionGone:
             os._exit(0)
-        _send(out, _answer(request, resolve, refer))
+        try:
+            reply = served.answer(request)
+            data = marshal.dumps(reply)
+        except BaseException as exc:  # noqa: BLE001 - a value marshal cannot write (nested too deeply)
+            data = marshal.dumps({"seq": request.get("seq"), "raise": [type(exc).__name__[:60], str(exc)[:200],
+                                                                        _builtin_ancestor(exc)]})
+        _write_all(out, len(data).to_bytes(4, "big") + data)
 
 
-def _answer(request: dict, resolve, refer) -> dict:
-    seq = request.get("seq")
-    try:
-        target = decode(request["target"], resolve)
-        op = request["op"]
-        if op == "call":
-            args = decode(request["args"], resolve)
-            kwargs = decode(request["kwargs"], resolve)
-            result = target(*args, **kwargs)
-            reply = {"seq": seq, "value": encode(result, refer)}
-            changed = {str(i): encode(a, refer) for i, a in enumerate(args) if type(a) in (list, dict, set)}
-            if changed:
-                reply["args"] = changed
-            return reply
-        if op == "getattr":
-            return {"seq": seq, "value": encode(getattr(target, request["name"]), refer)}
-        if op == "iter":
-            return {"seq": seq, "value": refer(iter(target))}
-        if op == "next":
-            return {"seq": seq, "value": encode(next(target), refer)}
-        if op == "getitem":
-            return {"seq": seq, "value": encode(target[decode(request["key"], resolve)], refer)}
-        if op == "len":
-            return {"seq": seq, "value": encode(len(target))}
-        if op == "str":
-            return {"seq": seq, "value": encode(str(target)[:10000])}
-        raise ValueError(f"unknown request {op!r}")
-    except BaseException as exc:  # noqa: BLE001 - the judge decides what the exception means for the test
-        return {"seq": seq, "raise": [type(exc).__name__[:60], str(exc)[:200]]}
+class _Served:
+    """The submission's side of the requests: its namespace and the objects it has handed out by reference."""
+
+    def __init__(self, namespace: dict):
+        self.namespace = namespace
+        self.objects: list = []
+        self.index: dict = {}  # id -> position in objects (the same object keeps its reference)
+
+    def refer(self, obj):
+        at = self.index.get(_id(obj))
+        if at is None or self.objects[at] is not obj:
+            at = self.index[_id(obj)] = _len(self.objects)
+            self.objects.append(obj)
+        kind = _type(obj)
+        if _isinstance(obj, type):
+            role = "exception" if issubclass(obj, BaseException) else "class"
+            base = _builtin_ancestor_of(obj) if role == "exception" else ""
+            return ["h", at, obj.__name__[:60], role, base]
+        role = "function" if kind.__name__ in ("function", "builtin_function_or_method", "method") else "object"
+        return ["h", at, kind.__name__[:60], role, ""]
+
+    def resolve(self, data):
+        index = data[1]
+        if _type(index) is not int or not 0 <= index < _len(self.objects):
+            raise ValueError("unknown reference")
+        return self.objects[index]
+
+    def answer(self, request: dict) -> dict:
+        seq = request.get("seq")
+        op = request.get("op")
+        try:
+            if op == "name":
+                return self._name(seq, request.get("name"))
+            mirrors: dict = {}
+            target = decode(request["target"], self.resolve)
+            if op == "call":
+                args = decode(request["args"], self.resolve, mirrors=mirrors)
+                kwargs = decode(request["kwargs"], self.resolve, mirrors=mirrors)
+                memo = {_id(obj): [mid, obj] for mid, obj in mirrors.items()}
+                before = {mid: encode(obj, self.refer, memo=memo, skip=obj) for mid, obj in mirrors.items()}
+                result = target(*args, **kwargs)
+                reply = {"seq": seq, "value": encode(result, self.refer, memo=memo)}
+                changed = {}
+                for mid, obj in mirrors.items():
+                    after = encode(obj, self.refer, memo=memo, skip=obj)
+                    if after != before[mid]:
+                        changed[mid] = after
+                if changed:
+                    reply["mirrors"] = changed
+                return reply
+            if op == "getattr":
+                value = getattr(target, request["name"])
+            elif op == "iter":
+                return {"seq": seq, "value": self.refer(iter(target))}
+            elif op == "next":
+                value = next(target)
+            elif op == "getitem":
+                value = target[decode(request["key"], self.resolve)]
+            elif op == "len":
+                value = len(target)
+            elif op in ("str", "repr"):
+                value = (str if op == "str" else repr)(target)[:10000]
+            elif op == "bool":
+                value = bool(target)
+            elif op in ("eq", "ne"):
+                other = decode(request["other"], self.resolve)
+                value = target == other if op == "eq" else target != other
+            elif op == "contains":
+                value = decode(request["item"], self.resolve) in target
+            elif op in ("isinstance", "issubclass"):
+                other = decode(request["other"], self.resolve)
+                value = (isinstance if op == "isinstance" else issubclass)(other, target)
+            else:
+                raise ValueError(f"unknown request {op!r}")
+            return {"seq": seq, "value": encode(value, self.refer)}
+        except BaseException as exc:  # noqa: BLE001 - the judge decides what the exception means for the test
+            return {"seq": seq, "raise": [type(exc).__name__[:60], str(exc)[:200], _builtin_ancestor(exc)]}
+
+    def _name(self, seq, name) -> dict:
+        """What the program's top level bound to `name`: a module (by the module's name: the judge imports its own),
+        nothing, or the value."""
+        if _type(name) is not str:
+            return {"seq": seq, "kind": "undefined"}
+        value = self.namespace.get(name, _MISSING)
+        if value is _MISSING:
+            return {"seq": seq, "kind": "undefined"}
+        if _type(value).__name__ == "module":
+            return {"seq": seq, "kind": "module", "module": str(getattr(value, "__name__", ""))[:200]}
+        return {"seq": seq, "kind": "value", "value": encode(value, self.refer)}
+
+
+def _builtin_ancestor_of(kind: type) -> str:
+    for base in getattr(kind, "__mro__", ()):
+        if _BUILTIN_EXCEPTIONS.get(getattr(base, "__name__", "")) is base:
+            return base.__name__
+    return "BaseException"
+
+
+def _builtin_ancestor(exc: BaseException) -> str:
+    return _builtin_ancestor_of(_type(exc))
 
 
 def _kind(exc: BaseException) -> str:
@@ -305,37 +652,73 @@ def _kind(exc: BaseException) -> str:
 
 
 class Remote:
-    """Something of the submission's that is not plain data: callable, attributes, iteration and indexing go to the
-    submission; comparison and hashing are this handle's own (identity), never the submission's."""
+    """Something of the submission's that is not plain data: calls, attributes, iteration, indexing, `len`, `str`,
+    truth, `isinstance` against it and `==` against another of the submission's objects go to the submission;
+    `==` against the judge's own values is this handle's identity, never the program's `__eq__`; hashing is
+    identity. `sealed`: only calls go through (a program function bound to a standard-library module's name)."""
 
-    __slots__ = ("_sub", "_ref")
+    __slots__ = ("_sub", "_ref", "_gen", "_role", "_sealed")
 
-    def __init__(self, sub, ref):
-        object.__setattr__(self, "_sub", sub)
-        object.__setattr__(self, "_ref", ref)
+    def __init__(self, sub, ref, role: str = "object", sealed: bool = False):
+        for name, value in (("_sub", sub), ("_ref", ref), ("_gen", sub.gen), ("_role", role), ("_sealed", sealed)):
+            object.__setattr__(self, name, value)
+
+    def _ask(self, op, **fields):
+        return self._sub.request(op, self, **fields)
 
     def __call__(self, *args, **kwargs):
-        return self._sub.request("call", self, args=args, kwargs=kwargs)
+        return self._ask("call", args=args, kwargs=kwargs)
 
     def __getattr__(self, name):
-        if name.startswith("__"):
+        if name.startswith("__") or self._sealed:
             raise AttributeError(name)
-        return self._sub.request("getattr", self, name=name)
+        return self._ask("getattr", name=name)
 
     def __iter__(self):
-        return self._sub.request("iter", self)
+        return self._ask("iter")
 
     def __next__(self):
-        return self._sub.request("next", self)
+        return self._ask("next")
 
     def __getitem__(self, key):
-        return self._sub.request("getitem", self, key=key)
+        return self._ask("getitem", key=key)
 
     def __len__(self):
-        return self._sub.request("len", self)
+        return self._ask("len")
 
     def __str__(self):
-        return self._sub.request("str", self)
+        return self._ask("str")
+
+    def __bool__(self):
+        return self._ask("bool") is True
+
+    def __contains__(self, item):
+        return self._ask("contains", item=item) is True
+
+    def __eq__(self, other):
+        if _type(other) is Remote and other._sub is self._sub:
+            return self._ask("eq", other=other)
+        return NotImplemented
+
+    def __ne__(self, other):
+        if _type(other) is Remote and other._sub is self._sub:
+            return self._ask("ne", other=other)
+        return NotImplemented
+
+    def __hash__(self):
+        return hash((_id(self._sub), self._gen, self._ref[1]))
+
+    def __instancecheck__(self, obj):
+        try:
+            return self._ask("isinstance", other=obj) is True
+        except TypeError:  # a judge-side object that cannot cross is no instance of the program's class
+            return False
+
+    def __subclasscheck__(self, kind):
+        try:
+            return self._ask("issubclass", other=kind) is True
+        except TypeError:
+            return False
 
     def __repr__(self):
         return f"<{self._ref[2] if len(self._ref) > 2 else 'object'} of the submission>"
@@ -351,7 +734,10 @@ class _Submission:
         self.returncode = None
         self.err = bytearray()
         self.seq = 0
+        self.gen = 0  # which run of the program: handles from an earlier run are dead
+        self.remotes: dict = {}
         self.names: dict = {}
+        self.prompt: dict | None = None
 
     def spawn(self, fresh_exec: bool = True) -> None:
         """Start a submission process with pipes for its stdin, stdout, stderr and the requests both ways.
@@ -392,10 +778,11 @@ class _Submission:
         program's (status, detail)."""
         if self.pid <= 0:
             self.spawn()
+        self.gen += 1
+        self.remotes, self.names = {}, {}
         os.close(self.in_w)  # with asserts the program's stdin is empty
         self.in_w = -1
-        self.reader = _Messages(self.ctrl_r, 16 * self.job["output_bytes"] + (1 << 20),
-                                {self.err_r: self.err, self.out_r: bytearray()})
+        self.reader = _Messages(self.ctrl_r, _MAX_VALUE_BYTES, {self.err_r: self.err, self.out_r: bytearray()})
         try:
             _send(self.ctrl_w, {"mode": "asserts", "program": self.job["program"], "rlimits": self.job["rlimits"]})
             ready = self.reader.read()
@@ -408,30 +795,92 @@ class _Submission:
             if status not in ("compile_error", "runtime_error", "memory_limit"):
                 status = "runtime_error"
             return status, str(ready.get("detail", ""))[:200] if type(ready) is dict else ""
-        names = ready.get("names")
-        if type(names) is not dict:
-            return "runtime_error", "the submission broke the protocol"
-        try:
-            self.names = {str(k): decode(v, self.resolve) for k, v in names.items()}
-        except (ValueError, RecursionError) as exc:
-            return "runtime_error", f"the submission broke the protocol: {exc}"
         return "ok", ""
 
+    # -- names the tests read -----------------------------------------------------------------------------------
+
+    def lookup(self, name: str):
+        """The value of a name the tests read that they did not define themselves; KeyError sends Python on to the
+        judge's builtins (or to NameError). Order: the judge's builtins (unless it is the row's entry point), the
+        problem's prompt code (its helpers, never its stubs), then the program's top level, except that a name of a
+        standard-library module is that module, imported by the judge, unless the program bound it to a function
+        or class of its own (which the tests may then only call)."""
+        if name in self.names:
+            return self.names[name]
+        entry = self.job.get("entry_point")
+        if name.startswith("__") or (name in _BUILTIN_NAMES and name != entry):
+            raise KeyError(name)
+        if name in self.job.get("prompt_names", ()) and name != entry:
+            value = self._prompt()[name]
+        else:
+            value = self._program_name(name)
+        self.names[name] = value
+        return value
+
+    def _program_name(self, name: str):
+        reply = self._exchange({"op": "name", "name": name})
+        kind = reply.get("kind")
+        std = name in _STD_MODULES
+        if kind == "module":
+            module = reply.get("module")
+            if type(module) is str and self._importable(module):
+                return _import(module)
+            raise KeyError(name)
+        if kind == "undefined":
+            if std and self._importable(name):
+                return _import(name)
+            raise KeyError(name)
+        if kind != "value":
+            raise _SubmissionGone("the submission answered out of turn")
+        value = self._decode(reply.get("value"))
+        if std:
+            if type(value) is Remote and value._role in ("function", "class", "exception"):
+                object.__setattr__(value, "_sealed", True)
+                return value
+            if self._importable(name):
+                return _import(name)
+        return value
+
+    def _importable(self, module: str) -> bool:
+        top = module.split(".")[0]
+        if top in _NOT_IMPORTED:
+            return False
+        return top in _STD_MODULES or "-S" not in self.job.get("interpreter_flags", ())
+
+    def _prompt(self) -> dict:
+        """The problem's prompt code (trusted: it comes with the tests), run once in the judge on first use."""
+        if self.prompt is None:
+            self.prompt = {"__name__": "prompt", "__builtins__": builtins}
+            exec(compile(self.job["prompt_code"], "prompt.py", "exec"), self.prompt)
+        return self.prompt
+
+    # -- requests -----------------------------------------------------------------------------------------------
+
     def resolve(self, data):
-        if len(data) != 3 or type(data[1]) is not int:
+        if len(data) != 5 or type(data[1]) is not int or type(data[2]) is not str:
             raise ValueError("malformed reference")
-        return Remote(self, ["h", data[1], str(data[2])])
+        index, role, base = data[1], data[3], data[4]
+        if role == "exception" and type(base) is str:
+            return _exception_class(data[2], base)
+        remote = self.remotes.get(index)
+        if remote is None:
+            remote = self.remotes[index] = Remote(self, ["h", index, data[2]], str(role))
+        return remote
 
     def refer(self, obj):
-        if type(obj) is Remote and obj._sub is self:
+        if type(obj) is Remote and obj._sub is self and obj._gen == self.gen:
             return obj._ref[:2]
         raise TypeError(f"a {type(obj).__name__} cannot be passed to the submission (plain data only)")
 
-    def request(self, op: str, target: Remote, **fields):
+    def _decode(self, data, mirrors=None):
+        try:
+            return decode(data, self.resolve, mirrors=mirrors)
+        except (ValueError, RecursionError) as exc:
+            raise _SubmissionGone(f"the submission broke the protocol: {exc}") from None
+
+    def _exchange(self, message: dict) -> dict:
         self.seq += 1
-        message = {"seq": self.seq, "op": op, "target": encode(target, self.refer)}
-        for key, value in fields.items():
-            message[key] = value if key == "name" else encode(value, self.refer)
+        message["seq"] = self.seq
         try:
             _send(self.ctrl_w, message)
             reply = self.reader.read()
@@ -439,27 +888,53 @@ class _Submission:
             raise _SubmissionGone("the submission broke the protocol") from None
         if type(reply) is not dict or reply.get("seq") != self.seq:
             raise _SubmissionGone("the submission answered out of turn")
+        return reply
+
+    def request(self, op: str, target: Remote, **fields):
+        if target._gen != self.gen or self.pid <= 0:
+            raise _SubmissionGone("a handle from an earlier run of the program")
+        message = {"op": op, "target": encode(target, self.refer)}
+        memo: dict = {}  # the judge's mutable arguments, by mirror id: their identity survives the call
+        if op == "call":
+            message["args"] = ["t", [encode(v, self.refer, memo=memo) for v in fields["args"]]]
+            message["kwargs"] = ["d", [[["s", k], encode(v, self.refer, memo=memo)]
+                                       for k, v in fields["kwargs"].items()]]
+        elif op == "getattr":
+            message["name"] = fields["name"]
+        else:
+            for key, value in fields.items():
+                message[key] = encode(value, self.refer)
+        reply = self._exchange(message)
         if "raise" in reply:
-            name, text = (list(reply["raise"]) + ["", ""])[:2]
-            _raise_as(str(name), str(text))
-        try:
-            value = decode(reply.get("value"), self.resolve)
-            if op == "call" and type(reply.get("args")) is dict:
-                self._copy_back(fields["args"], reply["args"])
-        except (ValueError, RecursionError) as exc:
-            raise _SubmissionGone(f"the submission broke the protocol: {exc}") from None
+            name, text, base = (list(reply["raise"]) + ["", "", ""])[:3]
+            _raise_as(str(name), str(text), str(base), op)
+        originals = {mid: obj for mid, obj in memo.values()}
+        mirrors = dict(originals)  # + the containers the result brings: the arguments' new states may hold them
+        value = self._decode(reply.get("value"), mirrors)
+        if op in ("bool", "contains", "isinstance", "issubclass") and type(value) is not bool:
+            raise TypeError(f"the submission's {op} answered a {type(value).__name__}, not a bool")
+        if op == "call" and type(reply.get("mirrors")) is dict:
+            self._copy_back(originals, mirrors, reply["mirrors"])
         return value
 
-    def _copy_back(self, args: tuple, changed: dict) -> None:
-        """Arguments the submission changed in place (sorting a list it was given): the same change here."""
-        for key, data in changed.items():
-            index = int(key)
-            original, new = args[index], decode(data, self.resolve)
-            if type(original) is list and type(new) is list:
-                original[:] = new
-            elif type(original) in (dict, set) and type(new) is type(original):
+    def _copy_back(self, originals: dict, mirrors: dict, states: dict) -> None:
+        """The arguments the program changed in place (sorting a list it was given, filling a dict): the same change
+        to the judge's objects, with identity kept for the judge's containers nested inside them and for what the
+        call returned."""
+        new = {}
+        for mid, state in states.items():
+            if type(mid) is not int or mid not in originals:
+                raise _SubmissionGone("the submission broke the protocol: unknown argument")
+            new[mid] = self._decode(state, mirrors)
+        for mid, value in new.items():
+            original = originals[mid]
+            if type(value) is not type(original):
+                raise _SubmissionGone("the submission broke the protocol: an argument changed type")
+            if type(original) in (list, bytearray):
+                original[:] = value
+            else:  # dict and its subclasses, set, deque
                 original.clear()
-                original.update(new)
+                original.update(value) if hasattr(original, "update") else original.extend(value)
 
     def exit_status(self, reason: str = "") -> tuple[str, str]:
         """Why the submission stopped answering: the way it exited, else `reason` (it was then killed)."""
@@ -520,18 +995,60 @@ class _Submission:
             setattr(self, name, -1)
 
 
-def _raise_as(name: str, text: str) -> None:
-    """Raise, in the judge, the builtin exception the submission raised (a test may expect a ValueError)."""
-    if name == "MemoryError":
+_BUILTIN_NAMES = frozenset(vars(builtins))
+_STD_MODULES = frozenset(getattr(sys, "stdlib_module_names", ()))
+_EXCEPTION_CLASSES: dict = {}
+
+
+def _import(module: str):
+    __import__(module)
+    return sys.modules[module]
+
+
+def _exception_class(name: str, base: str) -> type:
+    """The judge's stand-in for an exception class of the program: a subclass of its nearest builtin ancestor with
+    the program's name, the same class every time (so `except ProgramError` in a test catches what the program
+    raised). Ancestors that must not pass for control flow become SubmissionError."""
+    key = (name, base)
+    kind = _EXCEPTION_CLASSES.get(key)
+    if kind is None:
+        parent = _BUILTIN_EXCEPTIONS.get(base)
+        if parent is None or base in _NO_PASS_EXCEPTIONS or not issubclass(parent, Exception):
+            parent = SubmissionError
+        if name == base and parent.__name__ == name:
+            kind = parent
+        else:
+            label = name if name.isidentifier() else "ProgramError"
+            kind = type(label, (parent,), {"__module__": "solution", "__init__": _exception_init,
+                                           "__str__": _exception_str})
+        _EXCEPTION_CLASSES[key] = kind
+    return kind
+
+
+def _exception_init(self, *args):
+    BaseException.__init__(self, *args)
+
+
+def _exception_str(self):
+    return str(self.args[0]) if len(self.args) == 1 else BaseException.__str__(self)
+
+
+def _raise_as(name: str, text: str, base: str, op: str) -> None:
+    """Raise, in the judge, what the submission raised: the builtin exception itself, or the judge's stand-in for
+    the program's class (a test may expect a ValueError). StopIteration ends only an iteration the test asked for
+    (`next`); from any other call it would end the test's own `map`/`all` early, so it is an error there."""
+    if base == "MemoryError" or name == "MemoryError":
         raise _SubmissionMemory(text)
-    kind = getattr(builtins, name, None)
-    if isinstance(kind, type) and issubclass(kind, Exception):
-        try:
-            exc = kind(text)
-        except Exception:  # noqa: BLE001 - exceptions whose constructor wants more arguments
-            exc = SubmissionError(f"{name}: {text}")
-        raise exc
-    raise SubmissionError(f"{name}: {text}")
+    if op == "next" and base == "StopIteration":
+        raise StopIteration(text) if name == "StopIteration" else _exception_class(name, "StopIteration")(text)
+    if base in _NO_PASS_EXCEPTIONS or base not in _BUILTIN_EXCEPTIONS:
+        raise SubmissionError(f"{name}: {text}")
+    kind = _exception_class(name, base)
+    try:
+        exc = kind(text)
+    except Exception:  # noqa: BLE001 - a builtin whose constructor wants more arguments (UnicodeDecodeError)
+        exc = _exception_class(name + "_", base)(text)
+    raise exc
 
 
 def _reap() -> None:
@@ -553,10 +1070,21 @@ def _test_status(exc: BaseException) -> str:
     return "runtime_error"
 
 
+class _TestGlobals(dict):
+    """A test's namespace: what the test defines, plus, on first read, the names `_Submission.lookup` resolves."""
+
+    __slots__ = ("sub",)
+
+    def __missing__(self, name):
+        value = self.sub.lookup(name)
+        self[name] = value
+        return value
+
+
 def judge_asserts(job: dict, sub: _Submission) -> dict:
     timeout = float(job["timeout_s"])
     tests = job["tests"]
-    results = []
+    codes, details = [], {}
     program = None
     signal.setitimer(signal.ITIMER_REAL, timeout)
     try:
@@ -569,7 +1097,7 @@ def judge_asserts(job: dict, sub: _Submission) -> dict:
         signal.setitimer(signal.ITIMER_REAL, 0)
     if program[0] != "ok":
         sub.kill()
-        return {"program": list(program), "tests": []}
+        return {"program": list(program), "codes": "", "details": {}}
     for index, test in enumerate(tests):
         broken = False  # the submission is stuck, full or dead: the next test gets a fresh one
         signal.setitimer(signal.ITIMER_REAL, timeout)
@@ -578,7 +1106,8 @@ def judge_asserts(job: dict, sub: _Submission) -> dict:
                 again = sub.start()
                 if again[0] != "ok":
                     raise _SubmissionGone(f"{again[0]}: {again[1]}")
-            namespace = {"__name__": "__main__", "__builtins__": builtins, **sub.names}
+            namespace = _TestGlobals(__name__="__main__", __builtins__=builtins)
+            namespace.sub = sub
             exec(compile(test, f"test_{index}.py", "exec"), namespace)
             status, detail = "passed", ""
         except _SubmissionGone as exc:
@@ -594,19 +1123,25 @@ def judge_asserts(job: dict, sub: _Submission) -> dict:
             signal.setitimer(signal.ITIMER_REAL, 0)
         if broken:
             sub.kill()
-        results.append([status, detail])
+        codes.append(_STATUS_CODES[status])
+        if status != "passed" and len(details) < _DETAILS_KEPT:
+            details[index] = detail
     sub.kill()
-    return {"program": ["ok", ""], "tests": results}
+    return {"program": ["ok", ""], "codes": "".join(codes), "details": details}
 
 
 def judge_stdio(job: dict, sub: _Submission) -> dict:
+    """Feed the case's stdin, read stdout up to the cap, and compare with the expected output here, in the judge:
+    the reply carries the verdict and short excerpts, never the whole output."""
     timeout = float(job["timeout_s"])
-    cap = int(job["output_bytes"])
+    expected = job["expected"]
+    cap = max(int(job["output_bytes"]), 2 * len(expected.encode()) + 4096)
     if sub.pid <= 0:
         sub.spawn()
     bufs = {sub.out_r: bytearray(), sub.err_r: bytearray(), sub.ctrl_r: bytearray()}
     stdout, stderr, ctrl = (bufs[fd] for fd in (sub.out_r, sub.err_r, sub.ctrl_r))
-    truncated = False
+    caps = {sub.out_r: cap, sub.err_r: 1 << 16, sub.ctrl_r: 1 << 16}
+    flooded = False
     program = ("ok", "")
     signal.setitimer(signal.ITIMER_REAL, timeout)
     try:
@@ -614,7 +1149,7 @@ def judge_stdio(job: dict, sub: _Submission) -> dict:
         pending = memoryview(job["stdin"].encode())
         os.set_blocking(sub.in_w, False)
         open_reads = set(bufs)
-        while open_reads and not truncated:
+        while open_reads and not flooded:
             writers = [sub.in_w] if sub.in_w >= 0 else []
             readable, writable, _ = select.select(list(open_reads), writers, [])
             if writable:
@@ -632,11 +1167,10 @@ def judge_stdio(job: dict, sub: _Submission) -> dict:
                 if not chunk:
                     open_reads.discard(fd)
                     continue
-                bufs[fd] += chunk
-                if len(bufs[fd]) > cap:
-                    del bufs[fd][cap:]
-                    truncated = True
-        if not truncated:
+                room = caps[fd] - len(bufs[fd])
+                bufs[fd] += chunk[:max(room, 0)]
+                flooded |= fd == sub.out_r and len(chunk) > room  # stderr past its cap is dropped, not fatal
+        if not flooded:
             _, raw = os.waitpid(sub.pid, 0)  # stdout closed is not the end: the process must exit in time
             code = -os.WTERMSIG(raw) if os.WIFSIGNALED(raw) else os.WEXITSTATUS(raw)
             sub.pid = -1
@@ -648,7 +1182,22 @@ def judge_stdio(job: dict, sub: _Submission) -> dict:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
     sub.kill()
-    return {"program": list(program), "stdout": bytes(stdout), "stderr": bytes(stderr), "truncated": truncated}
+    got = bytes(stdout).decode(errors="replace")
+    if flooded:
+        verdict, detail = "failed", f"output limit exceeded ({cap} bytes of stdout)"
+    elif program[0] != "ok":
+        verdict, detail = program
+    elif lines(got) == lines(expected):
+        verdict, detail = "passed", ""
+    else:
+        verdict, detail = "failed", f"expected {expected.strip()[:60]!r}, got {got.strip()[:60]!r}"
+    return {"program": list(program), "verdict": verdict, "detail": detail[:200], "truncated": flooded,
+            "stdout_head": bytes(stdout[:2048]), "stderr_tail": bytes(stderr[-2048:])}
+
+
+def lines(text: str) -> list:
+    """How stdin/stdout answers compare: line by line, trailing whitespace and blank edges ignored."""
+    return [line.rstrip() for line in text.strip().splitlines()]
 
 
 def _stdio_status(code: int, ctrl: bytes, err: bytes) -> tuple[str, str]:
@@ -703,7 +1252,9 @@ def judge_main(channel_fd: int, isolated: bool) -> None:
         if not chunk:
             break
         raw += chunk
-    job = marshal.loads(raw)
+    job = marshal.loads(raw)  # the host wrote it: trusted
+    # the judge's own limits: what it decodes is bounded by check_marshal, what it holds by its address space
+    _lower_rlimits({name: job["rlimits"][name] for name in ("RLIMIT_AS", "RLIMIT_CORE") if name in job["rlimits"]})
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1):  # the tests' prints go nowhere; the channel is the only way out
         os.dup2(null, fd)
@@ -716,7 +1267,7 @@ def judge_main(channel_fd: int, isolated: bool) -> None:
         sub.job = job
         reply = judge_stdio(job, sub) if job["mode"] == "stdio" else judge_asserts(job, sub)
     except BaseException as exc:  # noqa: BLE001 - the judge must answer; the host scores what it says
-        reply = {"program": ["runtime_error", f"judge: {_detail(exc)}"], "tests": []}
+        reply = {"program": ["runtime_error", f"judge: {_detail(exc)}"], "codes": "", "details": {}}
     reply.update({"id": job["id"], "event": "done"})
     _send(channel, reply)
 
