@@ -59,6 +59,8 @@ _BUILTIN_EXCEPTIONS = {name: kind for name, kind in vars(builtins).items()
                        if isinstance(kind, type) and issubclass(kind, BaseException)}
 _type, _isinstance, _id, _len = type, isinstance, id, len
 _MISSING = object()
+_COMPARISONS = {"eq": lambda a, b: a == b, "ne": lambda a, b: a != b, "lt": lambda a, b: a < b,
+                "le": lambda a, b: a <= b, "gt": lambda a, b: a > b, "ge": lambda a, b: a >= b}
 
 
 class _TestTimeout(BaseException):
@@ -237,19 +239,38 @@ def encode(value, refer=None, depth: int = 0, memo=None, skip=None):
                 return _refer_or_fail(value, refer)
             parts = [value.hour, value.minute, value.second, value.microsecond, encode(tz), value.fold]
             return [tag, *([value.year, value.month, value.day] if tag == "dt" else []), *parts]
+        elif _id(value) in _STAND_INS and _STAND_INS[_id(value)][0] is value:
+            return refer(_STAND_INS[_id(value)][1])  # the judge passing back a stand-in: the program's own object
         elif _namedtuple_fields(kind) is not None:
             values = [encode(v, refer, sub, memo) for v in tuple.__iter__(value)]
             out = ["nt", kind.__name__[:60], _namedtuple_fields(kind), values]
-            try:
+            if refer is not None:
                 out.append(refer(value))  # the program's methods on it stay callable
-            except TypeError:  # the judge passing one back: the values are the whole of it
-                pass
             return out
+        elif refer is not None and _base_value(kind) is not None:
+            # an int/str/list... subclass (an IntEnum member, a `class Stack(list)`): its value as the plain base
+            # type, so the program's __eq__ never runs in the judge, and its attributes through a handle
+            return ["sub", encode(_base_value(kind)(value), refer, sub), refer(value)]
         else:
             return _refer_or_fail(value, refer)
     if mid is not None:
         out.append(mid)
     return out
+
+
+_BASES = (int, float, complex, str, bytes, tuple, list, dict, set, frozenset)
+
+
+def _base_value(kind: type):
+    """For a subclass of a plain type (never bool), how to copy an instance's value into the plain type itself,
+    using the base type's own methods (the subclass's overrides are not called)."""
+    for base in _BASES:
+        if issubclass(kind, base) and kind is not base and kind is not bool:
+            if base in (int, float, complex, str, bytes):
+                return getattr(base, {int: "__int__", float: "__float__", complex: "__complex__", str: "__str__",
+                                      bytes: "__bytes__"}[base])
+            return lambda value, base=base: base(base.__iter__(value)) if base is not dict else dict(dict.items(value))
+    return None
 
 
 def _pairs(value, refer, depth, memo):
@@ -320,6 +341,8 @@ def decode(data, resolve=None, depth: int = 0, mirrors=None):
             values = [decode(v, resolve, sub, mirrors) for v in rest[2]]
             handle = decode(rest[3], resolve, sub) if len(rest) > 3 and resolve is not None else None
             return _namedtuple(rest[0], rest[1], values, handle)
+        if tag == "sub" and len(rest) == 2 and resolve is not None:
+            return _stand_in(decode(rest[0], resolve, sub), decode(rest[1], resolve, sub))
         if tag == "h" and resolve is not None:
             return resolve(data)
     except (IndexError, TypeError, OverflowError, KeyError, ArithmeticError) as exc:
@@ -391,15 +414,32 @@ def _namedtuple(typename: str, fields: list, values: list, handle):
         raise ValueError("malformed namedtuple")
     out = kind(*values)
     if handle is not None:
-        _NAMEDTUPLE_HANDLES[_id(out)] = (out, handle)
+        _STAND_INS[_id(out)] = (out, handle)
     return out
 
 
-_NAMEDTUPLE_HANDLES: dict = {}
+_STAND_INS: dict = {}  # id -> (the judge's stand-in, the handle of the program's object it stands for)
+_SUBCLASSES: dict = {}
+
+
+def _stand_in(value, handle):
+    """A value of the judge's own subclass of the value's plain type: equal as that type, its other attributes
+    (an enum member's `name`) read from the program's object."""
+    kind = _type(value)
+    if kind is bool:
+        return value
+    if kind not in _BASES:
+        raise ValueError("malformed subclass value")
+    stand = _SUBCLASSES.get(kind)
+    if stand is None:
+        stand = _SUBCLASSES[kind] = type(kind.__name__, (kind,), {"__getattr__": _remote_attribute})
+    out = stand(value)
+    _STAND_INS[_id(out)] = (out, handle)
+    return out
 
 
 def _remote_attribute(self, name):
-    known = _NAMEDTUPLE_HANDLES.get(_id(self))
+    known = _STAND_INS.get(_id(self))
     if name.startswith("__") or known is None or known[0] is not self:
         raise AttributeError(name)
     return getattr(known[1], name)
@@ -602,9 +642,8 @@ class _Served:
                 value = (str if op == "str" else repr)(target)[:10000]
             elif op == "bool":
                 value = bool(target)
-            elif op in ("eq", "ne"):
-                other = decode(request["other"], self.resolve)
-                value = target == other if op == "eq" else target != other
+            elif op in _COMPARISONS:
+                value = _COMPARISONS[op](target, decode(request["other"], self.resolve))
             elif op == "contains":
                 value = decode(request["item"], self.resolve) in target
             elif op in ("isinstance", "issubclass"):
@@ -704,6 +743,23 @@ class Remote:
         if _type(other) is Remote and other._sub is self._sub:
             return self._ask("ne", other=other)
         return NotImplemented
+
+    def _compare(self, op, other):
+        if _type(other) is Remote and other._sub is self._sub:
+            return self._ask(op, other=other)
+        return NotImplemented
+
+    def __lt__(self, other):
+        return self._compare("lt", other)
+
+    def __le__(self, other):
+        return self._compare("le", other)
+
+    def __gt__(self, other):
+        return self._compare("gt", other)
+
+    def __ge__(self, other):
+        return self._compare("ge", other)
 
     def __hash__(self):
         return hash((_id(self._sub), self._gen, self._ref[1]))
@@ -817,10 +873,12 @@ class _Submission:
         self.names[name] = value
         return value
 
-    def _program_name(self, name: str):
+    def _program_name(self, name: str, plain: bool = False):
+        """The program's binding of `name`; `plain`: as it is (the test imported it from the program by name),
+        else with the standard-library rule of `lookup`."""
         reply = self._exchange({"op": "name", "name": name})
         kind = reply.get("kind")
-        std = name in _STD_MODULES
+        std = name in _STD_MODULES and not plain
         if kind == "module":
             module = reply.get("module")
             if type(module) is str and self._importable(module):
@@ -1081,8 +1139,38 @@ class _TestGlobals(dict):
         return value
 
 
+def _pytest_functions(namespace: dict, filename: str) -> list:
+    """The `test*` functions a pytest-style test file defines (taking no arguments): they run after the file, in
+    the order defined, as pytest would run them; a file that only defines them must not pass by defining them."""
+    found = []
+    for name, value in list(namespace.items()):
+        code = getattr(value, "__code__", None)
+        if (name.startswith("test") and type(value).__name__ == "function" and code is not None
+                and code.co_filename == filename and code.co_argcount == 0 and not code.co_kwonlyargcount):
+            found.append(value)
+    return found
+
+
+class _ProgramModule(type(sys)):
+    """`solution`, as the judge's tests import it (`from solution import add`): each attribute is the program's own
+    binding of that name (the test asked for the program's, by name), looked up in the submission."""
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        try:
+            return _SOLUTION_OF[0]._program_name(name, plain=True)
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+_SOLUTION_OF: list = []  # the submission whose program `import solution` in a test reaches
+
+
 def judge_asserts(job: dict, sub: _Submission) -> dict:
     timeout = float(job["timeout_s"])
+    _SOLUTION_OF[:] = [sub]
+    sys.modules["solution"] = _ProgramModule("solution")
     tests = job["tests"]
     codes, details = [], {}
     program = None
@@ -1108,7 +1196,10 @@ def judge_asserts(job: dict, sub: _Submission) -> dict:
                     raise _SubmissionGone(f"{again[0]}: {again[1]}")
             namespace = _TestGlobals(__name__="__main__", __builtins__=builtins)
             namespace.sub = sub
-            exec(compile(test, f"test_{index}.py", "exec"), namespace)
+            filename = f"test_{index}.py"
+            exec(compile(test, filename, "exec"), namespace)
+            for function in _pytest_functions(namespace, filename):
+                function()
             status, detail = "passed", ""
         except _SubmissionGone as exc:
             signal.setitimer(signal.ITIMER_REAL, 0)

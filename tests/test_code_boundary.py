@@ -119,6 +119,20 @@ NAMESPACE_HACKS = {
             out.clear()
             return []
     """, ["expected = [1, 2]\nassert fill([2, 1], expected[:]) == expected"]),
+    "pytest_functions_only_defined": ("""
+        def add(a, b):
+            return 0
+    """, ["def test_add():\n    assert add(1, 2) == 3\n"]),
+    "int_enum_that_equals_everything": ("""
+        import enum
+        class Sneaky(enum.IntEnum):
+            A = 0
+            def __eq__(self, other):
+                return True
+            __hash__ = int.__hash__
+        def area(r):
+            return Sneaky.A
+    """, ["assert area(2.0) == 12"]),
     "isinstance_lie_for_a_builtin": ("""
         class Meta(type):
             def __instancecheck__(cls, obj):
@@ -301,6 +315,49 @@ HONEST = {
           "assert list(span()) == [3, 5, 7]",
           "assert raw() == b'ab'",
           "assert kind() is int"]),
+    "subclasses_of_plain_types": ("""
+        import enum
+        class Color(enum.IntEnum):
+            RED = 1
+            GREEN = 2
+        class Stack(list):
+            def peek(self):
+                return self[-1]
+        class Name(str):
+            def shout(self):
+                return self.upper() + "!"
+        def favourite():
+            return Color.GREEN
+        def stack():
+            return Stack([1, 2, 3])
+        def name():
+            return Name("ada")
+    """, ["assert favourite() == 2 and favourite() == Color.GREEN and favourite().name == 'GREEN'",
+          "assert isinstance(favourite(), Color) and isinstance(favourite(), int)",
+          "s = stack()\nassert s == [1, 2, 3] and s.peek() == 3 and len(s) == 3",
+          "assert name() == 'ada' and name().shout() == 'ADA!'"]),
+    "pytest_style_test_file": ("""
+        def add(a, b):
+            return a + b
+    """, ["from solution import add\n\ndef test_small():\n    assert add(1, 2) == 3\n\n"
+          "def test_negative():\n    assert add(-1, -2) == -3\n",
+          "import solution\nassert solution.add(2, 2) == 4"]),
+    "ordering_the_programs_objects": ("""
+        import functools
+        @functools.total_ordering
+        class Version:
+            def __init__(self, text):
+                self.parts = tuple(int(p) for p in text.split("."))
+            def __eq__(self, other):
+                return self.parts == other.parts
+            def __lt__(self, other):
+                return self.parts < other.parts
+            def __str__(self):
+                return ".".join(map(str, self.parts))
+        def parse(text):
+            return Version(text)
+    """, ["assert parse('1.10') > parse('1.9') and parse('2.0') == parse('2.0')",
+          "assert [str(v) for v in sorted([parse('1.10'), parse('1.2')])] == ['1.2', '1.10']"]),
     "program_equality_between_its_own_objects": ("""
         from dataclasses import dataclass
         @dataclass(frozen=True)
