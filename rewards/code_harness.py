@@ -532,6 +532,9 @@ def submission_main() -> None:
         _send(out, {"status": "compile_error", "detail": _detail(exc)})
         os._exit(1)
     del job
+    for name in ("exit", "quit"):  # what `site` adds under plain CPython; -S leaves them out
+        if not hasattr(builtins, name):
+            setattr(builtins, name, _Exit(name))
     # a real module, registered under its name, as `python solution.py` would have it (dataclasses, pickle and
     # typing look the program's module up in sys.modules)
     module = type(sys)("__main__" if mode == "stdio" else "solution")
@@ -576,6 +579,19 @@ def submission_main() -> None:
             data = marshal.dumps({"seq": request.get("seq"), "raise": [type(exc).__name__[:60], str(exc)[:200],
                                                                         _builtin_ancestor(exc)]})
         _write_all(out, len(data).to_bytes(4, "big") + data)
+
+
+class _Exit:
+    """`exit()` / `quit()` as `site` defines them: end the program with SystemExit."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __repr__(self):
+        return f"Use {self.name}() to exit"
+
+    def __call__(self, code=None):
+        raise SystemExit(code)
 
 
 class _Served:

@@ -455,3 +455,58 @@ def test_the_judge_has_its_own_memory_limit_and_the_submission_cannot_hurt_the_n
     results = code_results(["p", "p"], [textwrap.dedent(meddle), "def area(r):\n    return 3.0 * r\n"],
                            tests=[["assert area(1) == 3.0"]] * 2, workers=1, timeout_s=3.0)
     assert results[0].score == 0.0 and results[1].score == 1.0, results
+
+
+STDIO_HONEST = {
+    "main_guard_and_stdin_read": ("""
+        import sys
+        def main():
+            data = sys.stdin.read().split()
+            n = int(data[0])
+            xs = list(map(int, data[1:1 + n]))
+            print(sum(xs), max(xs))
+        if __name__ == "__main__":
+            main()
+    """, "3\n1 2 7\n", "10 7"),
+    "open_zero": ("print(sum(map(int, open(0).read().split())))\n", "3 3 4", "10"),
+    "stdin_buffer": ("import sys\nprint(sum(int(x) for x in sys.stdin.buffer.read().split()))\n", "3 3 4", "10"),
+    "exit_and_quit_as_under_site": ("print(10)\nexit()\n", "", "10"),
+    "quit": ("print(10)\nquit(0)\n", "", "10"),
+    "input_until_eof": ("""
+        total = 0
+        while True:
+            try:
+                line = input()
+            except EOFError:
+                break
+            total += sum(map(int, line.split()))
+        print(total)
+    """, "1 2\n3 4\n", "10"),
+    "dataclass_in_main": ("""
+        from dataclasses import dataclass
+        @dataclass
+        class P:
+            a: int
+        print(P(10).a)
+    """, "", "10"),
+    "deep_recursion_in_a_thread": ("""
+        import sys, threading
+        sys.setrecursionlimit(100000)
+        threading.stack_size(64 * 1024 * 1024)
+        def depth(n):
+            return 0 if n == 0 else 1 + depth(n - 1)
+        def main():
+            print(depth(50000) // 5000)
+        t = threading.Thread(target=main)
+        t.start()
+        t.join()
+    """, "", "10"),
+}
+
+
+def test_honest_stdin_stdout_programs_score_one():
+    names = sorted(STDIO_HONEST)
+    programs = [textwrap.dedent(STDIO_HONEST[n][0]) for n in names]
+    tests = [[{"input": STDIO_HONEST[n][1], "output": STDIO_HONEST[n][2]}] for n in names]
+    results = code_results(["p"] * len(names), programs, tests=tests, timeout_s=5.0)
+    assert {n: r.score for n, r in zip(names, results)} == {n: 1.0 for n in names}, results
