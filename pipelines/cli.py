@@ -9,6 +9,7 @@ import os
 import sys
 
 from pipelines.errors import UserError
+from rewards.pool import PoolError
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -74,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:  # includes the engines' EngineError and the trainers' UserDataError
         print(f"prefsmith {name}: error: {e}", file=sys.stderr)
         return 2
+    except PoolError as e:  # a reward worker pool died outside a stage (a training loop): one line, no traceback
+        print(f"prefsmith {name}: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

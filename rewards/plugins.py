@@ -22,6 +22,8 @@ name; use the file form for such a module.
 
 `RewardFn.score` never raises for a bad batch: an exception in the function, a list of the wrong length or a
 value that is not a number become null results whose reason starts with `error:` (counted by the label stage).
+A failure of the worker pool itself (`rewards.pool.PoolError`) is not a fact about the rows: it is raised, and
+the stage stops without writing the batch.
 A spec that cannot load (missing module, file, function, model) raises `RewardSpecError` before any work.
 """
 from __future__ import annotations
@@ -40,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from rewards.pool import PoolError
 from rewards.result import RewardResult
 
 ERROR_PREFIX = "error: "
@@ -80,6 +83,8 @@ class RewardFn:
             value = self.fn(list(prompts), list(completions), **columns)
             if inspect.isawaitable(value):
                 value = run_coroutine(value)
+        except PoolError:  # the worker pool failed, not the rows: the caller stops (no null is recorded)
+            raise
         except Exception as e:  # the user's function failed on this batch: null these rows, keep going
             return [RewardResult(None, f"{ERROR_PREFIX}{type(e).__name__}: {_one_line(e)}")] * n
         return to_results(value, n)

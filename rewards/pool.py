@@ -9,10 +9,20 @@ worker does not answer by the hard deadline it is killed and replaced. Either wa
     with WorkerPool(workers=2, timeout=5.0, preload=["rewards.math"]) as pool:
         outcomes = pool.map(my_module.check, items)   # list[Outcome], in input order
 
-How workers start: one template process (`python -m rewards.pool`, a plain child interpreter, so a pool can
-be opened from any thread and from inside a daemonic process) imports `preload`, runs `warmup` once, and
-then forks each worker on request. Workers start warm and cheap, and replacing a killed one costs a fork,
-not a fresh interpreter. The template is single-threaded, so forking it is safe.
+How workers start: one template process (a plain child interpreter, so a pool can be opened from any thread
+and from inside a daemonic process) imports `preload`, runs `warmup` once, and then forks each worker on
+request. Workers start warm and cheap, and replacing a killed one costs a fork, not a fresh interpreter. The
+template is single-threaded, so forking it is safe. It starts in isolated mode (`python -I`: neither the
+working directory nor PYTHONPATH is put first on its path), imports this package's top-level names from the
+folder that holds them, and only then takes the parent's `sys.path`: a `rewards.py` or `pipelines.py` in the
+directory a user runs from cannot shadow the package (user reward modules there are still found).
+
+Two kinds of failure, kept apart:
+- an item's own: it raised (`error`), ran out of time (`timeout`), or killed its worker twice (`crashed`: a
+  worker that dies under an item is replaced and the item runs once more, so one stray kill costs nothing);
+- the pool's: the template cannot start, a worker cannot start, or the template is dead when an item's
+  worker dies a second time (the whole pool was killed). `map` raises `PoolError`, never an outcome; the pool
+  resets itself, so a later `map` starts afresh. Callers let it stop the run: it is not a fact about the data.
 
 `fn` must be importable by module name in the child (a module-level function, not a lambda or a function
 defined in `__main__` of a script run as a file).
@@ -37,6 +47,26 @@ from typing import Any, Callable, Iterable, Sequence
 # Soft timeout fires at this fraction of the item's limit; the hard kill at the limit itself.
 SOFT_FRACTION = 0.8
 READY_TIMEOUT_S = 120.0
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the folder that holds this package
+PACKAGES = ("rewards", "judges", "pipelines", "trainers")  # the distribution's top-level names, bound first
+
+# The template's entry: argv is ROOT, the parent's sys.path (os.pathsep-joined), the control fd, preload...
+_BOOT = """
+import sys, os, importlib
+root, path = sys.argv[1], sys.argv[2]
+sys.path.insert(0, root)
+for name in sys.argv[3].split(","):
+    if os.path.isfile(os.path.join(root, name, "__init__.py")):
+        importlib.import_module(name)
+sys.path[:] = path.split(os.pathsep)
+from rewards.pool import _template_main
+_template_main(int(sys.argv[4]), sys.argv[5:])
+"""
+
+
+class PoolError(RuntimeError):
+    """The pool itself failed (its template or workers could not start, or it was killed): no item's outcome.
+    Callers stop (or retry the whole batch) rather than record a result for the items."""
 
 
 @dataclass(frozen=True)
@@ -53,8 +83,9 @@ class PoolStats:
     tasks: int = 0
     timeouts: int = 0
     killed: int = 0
-    crashed: int = 0
+    crashed: int = 0  # workers that died by themselves (each is replaced)
     started: int = 0
+    retried: int = 0  # items run again because their worker died under them
 
 
 class _Template:
@@ -62,19 +93,32 @@ class _Template:
 
     def __init__(self, preload: Sequence[str], warmup_blob: bytes):
         ours, theirs = socket.socketpair()
-        env = dict(os.environ)
         paths = [os.path.abspath(p) if p else os.getcwd() for p in sys.path if isinstance(p, str)]
-        env["PYTHONPATH"] = os.pathsep.join(paths)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "rewards.pool", str(theirs.fileno()), *preload],
-            pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env, close_fds=True,
+            [sys.executable, "-I", "-c", _BOOT, ROOT, os.pathsep.join(paths), ",".join(PACKAGES),
+             str(theirs.fileno()), *preload],
+            pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, close_fds=True,
         )
         theirs.close()
         self.sock = ours
         self.sock.settimeout(READY_TIMEOUT_S)
-        self.sock.sendall(struct.pack("q", len(warmup_blob)) + warmup_blob)
-        if _recv_exact(self.sock, 1) != b"R":
-            raise RuntimeError(f"worker template failed to start (preload {list(preload)}); see stderr above")
+        try:
+            self.sock.sendall(struct.pack("q", len(warmup_blob)) + warmup_blob)
+            ok = _recv_exact(self.sock, 1) == b"R"
+        except (OSError, EOFError):
+            ok = False
+        if not ok:
+            self.sock.close()
+            try:
+                code = self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                code = self.proc.wait()
+            raise PoolError(f"the worker process could not start (exit status {code}, preload {list(preload)}); "
+                            "its error is on stderr above")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
 
     def fork(self) -> "_Worker":
         ours, theirs = socket.socketpair()
@@ -166,12 +210,24 @@ class WorkerPool:
                 self._template = _Template(self.preload, self._warmup_blob)
             try:
                 return self._template.fork()
-            except (OSError, EOFError):
-                if attempt:
-                    raise
+            except (OSError, EOFError) as e:
                 self._template.close()  # it died; start a new one and retry once
                 self._template = None
+                if attempt:
+                    raise PoolError(f"the worker template died twice while starting a worker ({e})") from None
         raise AssertionError("unreachable")
+
+    def _template_dead(self) -> bool:
+        return self._template is None or not self._template.alive()
+
+    def _reset(self) -> None:
+        """After a PoolError: kill everything, so the next `map` starts a fresh template and workers."""
+        for w in self._workers:
+            w.kill()
+        self._workers = []
+        if self._template is not None:
+            self._template.close()
+            self._template = None
 
     def _ensure_workers(self) -> None:
         while len(self._workers) < self.n_workers:
@@ -190,19 +246,26 @@ class WorkerPool:
         with self._lock:
             if self._closed:
                 raise RuntimeError("WorkerPool is closed")
-            self._ensure_workers()
             try:
+                self._ensure_workers()
                 return self._run(fn_blob, items, limit)
+            except PoolError:
+                self._reset()
+                raise
             except BaseException:
                 # Interrupted (Ctrl-C, a bug): busy workers hold stale items; replace them so the pool stays usable.
-                for w in list(self._workers):
-                    if w.index is not None:
-                        self._replace(w)
+                try:
+                    for w in list(self._workers):
+                        if w.index is not None:
+                            self._replace(w)
+                except PoolError:
+                    self._reset()
                 raise
 
     def _run(self, fn_blob: bytes, items: list, limit: float) -> list[Outcome]:
         results: list[Outcome | None] = [None] * len(items)
         todo = list(range(len(items)))[::-1]
+        retried: set[int] = set()  # items whose worker already died under them once
         done = 0
         while done < len(items):
             now = time.monotonic()
@@ -237,13 +300,21 @@ class WorkerPool:
                 try:
                     msg = w.conn.recv()
                 except (EOFError, OSError):
-                    if w.index is not None:
-                        results[w.index] = Outcome("crashed", error="worker process died")
+                    i = w.index
+                    if i is None and not w.ready:
+                        raise PoolError(f"a worker failed to start (preload {list(self.preload)}); "
+                                        "its error is on stderr above") from None
+                    if i is not None and i not in retried:  # once: a stray kill must not decide the item
+                        retried.add(i)
+                        todo.append(i)
+                        self.stats.retried += 1
+                    elif i is not None and self._template_dead():  # twice, and the whole pool is gone
+                        raise PoolError("the worker pool was killed (its template and the workers running "
+                                        f"item {i} died, twice)") from None
+                    elif i is not None:
+                        results[i] = Outcome("crashed", error="worker process died (twice)")
                         done += 1
-                    elif not w.ready:
-                        raise RuntimeError(
-                            f"worker failed to start (preload {list(self.preload)}); see its stderr above"
-                        )
+                    w.index = None
                     self.stats.crashed += 1
                     self._replace(w)
                     continue
@@ -266,7 +337,7 @@ class WorkerPool:
                     self.stats.killed += 1
                     self._replace(w)
             if not busy and starting and not ready_conns:
-                raise RuntimeError(f"no worker became ready within {READY_TIMEOUT_S:g}s")
+                raise PoolError(f"no worker became ready within {READY_TIMEOUT_S:g}s")
         return results  # type: ignore[return-value]
 
     def close(self) -> None:
@@ -384,7 +455,3 @@ def _template_main(ctrl_fd: int, preload: Sequence[str]) -> None:
         os.close(fds[0])
         ctrl.sendall(struct.pack("q", pid))
         _reap(0, None)
-
-
-if __name__ == "__main__":
-    _template_main(int(sys.argv[1]), sys.argv[2:])

@@ -403,8 +403,9 @@ def test_pool_results_in_order_with_failures_isolated():
         assert [o.value for o in outs if o.status == "ok"] == [1, 4, 9, 16]
         assert "bad item" in outs[3].error
         # "stubborn" ignores the soft alarm, so its worker is killed; "sleep" normally ends on the soft alarm
-        # (killed too if this shared machine is too loaded to answer in time). "die" crashed its worker.
-        assert pool.stats.killed >= 1 and pool.stats.crashed == 1
+        # (killed too if this shared machine is too loaded to answer in time). "die" crashed its worker, and
+        # the fresh worker it was run again on (a worker that dies under an item gets the item once more).
+        assert pool.stats.killed >= 1 and pool.stats.crashed == 2 and pool.stats.retried == 1
         # reusable across batches; killed / crashed workers were replaced
         assert [o.value for o in pool.map(_square, range(50))] == [i * i for i in range(50)]
         assert pool.stats.started == 2 + pool.stats.killed + pool.stats.crashed

@@ -8,7 +8,9 @@ A stage is a function from the rows of one shard to output rows. The runner owns
 - a rerun skips shards already on disk when the fingerprint (stage + config + input content) matches, so a
   run killed with SIGKILL at any moment continues where it stopped and ends with exactly the rows an
   uninterrupted run gives; a finished stage is a no-op;
-- a changed config or input refuses to mix with old shards unless `overwrite=True`.
+- a changed config or input refuses to mix with old shards unless `overwrite=True`;
+- a failure of the infrastructure under a stage (`rewards.pool.PoolError`: a worker pool that died or could not
+  start) stops the run with one line; the shard it hit is never written, so a rerun redoes it.
 
 A stage may also return side rows (e.g. the duplicates dedup removed) as `{"rows": [...], "removed": [...]}`;
 those go to `OUTPUT/removed/data/` with the same shard numbering, written before the main shard. A shard is
@@ -30,6 +32,7 @@ import pyarrow.parquet as pq
 from pipelines.core import dataset as ds
 from pipelines.core.files import fingerprint_json
 from pipelines.errors import UserError
+from rewards.pool import PoolError
 
 FORMAT_VERSION = 1
 MARKERS = ".shards"
@@ -223,6 +226,9 @@ def run_stage(
             check = getattr(process, "check", None)
             if check is not None:  # with this run's counts: a stage may stop the run (label --max-errors)
                 check(sum_stats(run_stats))
+    except PoolError as e:  # infrastructure, not data: the shard it hit is not written, so a rerun redoes it
+        raise UserError(f"stopped: {e}. {len(done)} of {len(bounds)} shards are finished and kept; rerun the same "
+                        "command to continue") from None
     finally:
         bar.close()
         if own_executor:
