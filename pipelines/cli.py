@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "label": ("pipelines.stages.label", "apply reward functions to rollouts"),
     "prm-label": ("pipelines.stages.prm_label", "step labels for process reward models (Monte Carlo: mc | binary-search)"),
     "check-gold": ("pipelines.reports.check_gold", "list gold answers that do not parse, before spending compute"),
+    "audit-reward": ("pipelines.reports.audit_reward", "probe a reward before training on it: gold health, hacks, agreement"),
     "dedup": ("pipelines.hygiene.dedup", "remove exact and near-duplicate rows (MinHash LSH)"),
     "decontaminate": ("pipelines.hygiene.decontaminate", "remove rows overlapping evaluation sets (n-grams)"),
     "pairs": ("pipelines.builders.pairs", "build DPO preference pairs from scored rollouts"),
