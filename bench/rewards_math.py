@@ -3,9 +3,10 @@ and correctness on a table of verifier test cases, ours beside plain math-verify
 
     .venv/bin/python bench/rewards_math.py [--prompts 200] [--k 8] [--workers 2] [--cases-only]
 
-Case table (bench/math_cases.jsonl): ~200 (gold, completion, expected) rows in the styles of public verifier
+Case table (bench/math_cases.jsonl): ~330 (gold, completion, expected) rows in the styles of public verifier
 suites (MATH golds with boxed solutions, Minerva answer lines, GSM8K `####`, intervals, sets, matrices,
-percents, units, text and multiple choice, answer-only and marker-less completions). Printed: agreement with
+percents, units, text and multiple choice, answer-only and marker-less completions; hedges that name several
+candidates and their honest controls, issue 24). Printed: agreement with
 the expected label and false positives (scored 1 where the expected label is wrong), for our reward and for
 plain math-verify, `verify(parse(gold), parse(completion))`, with per-style counts.
 

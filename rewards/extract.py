@@ -1,8 +1,9 @@
 """Find the final answer in a math completion (or in a gold solution) as a string.
 
 Markers, decided by position (the last marker in the text wins, whichever kind):
-- `\\boxed{...}` / `\\fbox{...}` (nested braces handled; `\\boxed 5` too). Boxes separated only by commas,
-  "and" / "or" or `$` are one answer set (`\\boxed{1}, \\boxed{2}` -> `1, 2`); an empty box is skipped;
+- `\\boxed{...}` / `\\fbox{...}` (nested braces handled; `\\boxed 5` too; a box inside a box is part of the
+  outer one). Boxes separated only by commas, "and" / "or" or `$` are one answer set
+  (`\\boxed{1}, \\boxed{2}` -> `1, 2`); an empty box is skipped;
 - a "the answer is ..." / "final answer: ..." phrase (up to the end of its line; the math in it, so
   `Final Answer: The final answer is $7$. I hope it is correct.` gives `7` and `The largest $n$ is 34.`
   gives `34`). After a box, a phrase of several words with no math or digit (`the answer is an integer`)
@@ -40,6 +41,8 @@ _COPULA = re.compile(r"\s(?:is|are|was|equals|becomes|is equal to)\s+", re.IGNOR
 class Extracted:
     text: str
     method: str  # boxed | answer_is | hashes | whole | last_number (math-verify's own: mathverify)
+    start: int = 0  # where the answer starts in the text: the first box of a set, the phrase after its marker
+    end: int = 0  # where it ends: the last box's closing brace, the end of the answer line
 
 
 _BARE_TOKEN = re.compile(r"[^\s$]+")
@@ -62,20 +65,65 @@ def _closing_braces(text: str) -> dict[int, int]:
 
 
 def _boxes(text: str) -> list[tuple[int, int, str]]:
-    """(start, end, content) of every `\\boxed{...}` / `\\fbox{...}` that closes, and every `\\boxed 5`."""
+    """(start, end, content) of every outermost `\\boxed{...}` / `\\fbox{...}` that closes, and every `\\boxed 5`.
+
+    A box inside a box is part of the outer one's content, its own `\\boxed` removed:
+    `\\boxed{5 \\text{ or } \\boxed{4}}` is `5 \\text{ or } 4`, never `4` alone.
+    """
     matches = list(_BOX_RE.finditer(text))
     closing = _closing_braces(text) if any(m.group(1) == "{" for m in matches) else {}
-    out = []
+    out: list[tuple[int, int, str]] = []
     for m in matches:
+        if out and m.start() < out[-1][1]:
+            continue  # inside the previous outermost box
         if m.group(1) == "{":
             end = closing.get(m.end() - 1)
             if end is not None:
-                out.append((m.start(), end + 1, text[m.end() : end]))
+                out.append((m.start(), end + 1, unwrap(text[m.end() : end], _BOX_COMMANDS)))
         else:
             tail = _BARE_TOKEN.match(text, m.end())
             if tail:
                 out.append((m.start(), tail.end(), tail.group(0)))
     return out
+
+
+_BOX_COMMANDS = ("boxed", "fbox")
+_COMMAND_RE = re.compile(r"\\([A-Za-z]+)[ \t]*\{")
+
+
+def unwrap(s: str, commands: tuple[str, ...]) -> str:
+    """`s` with each `\\cmd{X}` of `commands` replaced by `X` (nested too), in one pass; other text unchanged.
+
+    >>> unwrap(r"5 \\text{ or } \\boxed{4}", ("boxed", "text"))
+    '5  or  4'
+    """
+    if not any("\\" + c in s for c in commands):
+        return s
+    closing = _closing_braces(s)
+    cuts = []  # (start, end) of each command head `\cmd{` and of its closing brace
+    for m in _COMMAND_RE.finditer(s):
+        if m.group(1) in commands and m.end() - 1 in closing:
+            cuts += [(m.start(), m.end()), (closing[m.end() - 1], closing[m.end() - 1] + 1)]
+    pieces, j = [], 0
+    for start, end in sorted(cuts):
+        pieces.append(s[j:start])
+        j = end
+    pieces.append(s[j:])
+    return "".join(pieces)
+
+
+def last_boxed_span(text: str) -> tuple[int, int, str] | None:
+    """(start, end, content) of the last non-empty box; boxes just before it that form one list are joined,
+    and the span covers them all (`\\boxed{1}, \\boxed{2}` -> `1, 2`)."""
+    boxes = [b for b in _boxes(text) if b[2].strip()]
+    if not boxes:
+        return None
+    group = [boxes[-1]]
+    for b in reversed(boxes[:-1]):
+        if not _BOX_GAP.fullmatch(text, b[1], group[-1][0]):
+            break  # prose between them: an earlier, separate answer
+        group.append(b)
+    return group[-1][0], group[0][1], ", ".join(b[2].strip() for b in reversed(group))
 
 
 def last_boxed_set(text: str) -> tuple[int, str] | None:
@@ -84,15 +132,8 @@ def last_boxed_set(text: str) -> tuple[int, str] | None:
     >>> last_boxed_set(r"\\boxed{(2,2)} \\text{ and } \\boxed{(6,2)}")
     (0, '(2,2), (6,2)')
     """
-    boxes = [b for b in _boxes(text) if b[2].strip()]
-    if not boxes:
-        return None
-    group = [boxes[-1]]
-    for b in reversed(boxes[:-1]):
-        if b[1] > group[-1][0] or not _BOX_GAP.fullmatch(text, b[1], group[-1][0]):
-            break  # nested inside the next box, or prose between them: an earlier, separate answer
-        group.append(b)
-    return group[-1][0], ", ".join(b[2].strip() for b in reversed(group))
+    found = last_boxed_span(text)
+    return None if found is None else (found[0], found[2])
 
 
 def last_boxed(text: str) -> str | None:
@@ -115,6 +156,11 @@ def _math_of(ans: str) -> str:
     return inner[-1]
 
 
+# Where an answer phrase stops: a sentence break, or a clause that explains or restates it.
+_PHRASE_END = re.compile(r",?\s+(?:i\.e\.|e\.g\.|that is|namely)|(?<!\d)\.\s|\.\s+(?=[A-Z])|"
+                         r",?\s+(?:because|since|so|which)\s")
+
+
 def _clean_phrase(ans: str) -> str:
     ans = ans[:1000].strip().lstrip(":").strip()  # an answer phrase is short; bounds work on a hostile line
     for _ in range(3):  # "Final Answer: The final answer is $7$." -> the inner phrase
@@ -122,13 +168,18 @@ def _clean_phrase(ans: str) -> str:
         if not inner:
             break
         ans = inner[-1].group("ans").strip().lstrip(":").strip()
-    ans = re.split(r"(?<!\d)\.\s|\.\s+(?=[A-Z])|,?\s+(?:because|since|so|which)\s", ans.strip())[0]
+    ans = _PHRASE_END.split(ans.strip())[0]
     ans = re.sub(r"^\*+|\*+$", "", ans).strip().rstrip(" .;!")
     if re.match(r"[A-Za-z]{2,}", ans):  # a sentence: "The largest $n$ is 34" -> "34"
         parts = _COPULA.split(_MATH_SPAN.sub(lambda m: m.group(0).replace(" ", "\0"), ans))
         if len(parts) > 1:
             ans = parts[-1].replace("\0", " ")
-    return _math_of(ans).strip().rstrip(".").strip()
+    ans = _math_of(ans).strip().rstrip(".").strip()
+    # `4 (four)` -> `4`; `(B) 4`, `(1, 2)` and `4 (or 5)` (a hedge, rewards.hedge reads it) stay
+    ans = re.sub(r"(?<=\S)\s+\((?![^()]*\b(?:or|maybe|possibly|perhaps|else|otherwise)\b)[A-Za-z '-]*\)$", "", ans)
+    while ans.endswith((")", "]")) and ans.count(")") + ans.count("]") > ans.count("(") + ans.count("["):
+        ans = ans[:-1].rstrip(" .")  # `(either way, the answer is 4)` -> `4`
+    return ans
 
 
 def _answer_like(phrase: str) -> bool:
@@ -139,26 +190,30 @@ def _answer_like(phrase: str) -> bool:
 def extract_answer(text: str, last_number: bool = False) -> Extracted | None:
     """The final answer of `text` and how it was found (the last marker wins), or None when there is none."""
     found: list[tuple[int, Extracted]] = []
-    boxed = last_boxed_set(text)
+    boxed = last_boxed_span(text)
     if boxed is not None:
-        found.append((boxed[0], Extracted(boxed[1], "boxed")))
+        found.append((boxed[0], Extracted(boxed[2], "boxed", boxed[0], boxed[1])))
     for m in reversed(list(_ANSWER_IS_RE.finditer(text))):
         ans = _clean_phrase(m.group("ans"))
         if ans and (boxed is None or _answer_like(ans)):
-            found.append((m.start(), Extracted(ans, "answer_is")))
+            found.append((m.start(), Extracted(ans, "answer_is", m.start("ans"), m.end("ans"))))
             break
     hashes = list(_HASH_RE.finditer(text))
     if hashes:
         ans = _clean_phrase(hashes[-1].group("ans"))
         if ans:
-            found.append((hashes[-1].start(), Extracted(ans, "hashes")))
+            found.append((hashes[-1].start(), Extracted(ans, "hashes", hashes[-1].start("ans"), hashes[-1].end())))
     if found:
         return max(found, key=lambda f: f[0])[1]
-    if last_number:
-        numbers = _NUMBER_RE.findall(text)
-        if numbers:
-            return Extracted(numbers[-1].rstrip(","), "last_number")
-    return None
+    return last_number_answer(text) if last_number else None
+
+
+def last_number_answer(text: str) -> Extracted | None:
+    """The last number in `text` (`math:last_number`), or None."""
+    last = None
+    for last in _NUMBER_RE.finditer(text):
+        pass
+    return None if last is None else Extracted(last.group(0).rstrip(","), "last_number", last.start(), last.end())
 
 
 def whole_answer(text: str) -> Extracted | None:
@@ -172,10 +227,10 @@ def whole_answer(text: str) -> Extracted | None:
         return None
     span = _MATH_SPAN.fullmatch(s)
     if span:
-        return Extracted(next(g for g in span.groups() if g).strip(), "whole")
+        return Extracted(next(g for g in span.groups() if g).strip(), "whole", 0, len(text))
     if "$" in s or "\\(" in s or "\\[" in s or len(re.findall(r"(?<![\\A-Za-z])[A-Za-z]+", s)) > 1:
         return None
-    return Extracted(s, "whole")
+    return Extracted(s, "whole", 0, len(text))
 
 
 def gold_text(gold: str) -> str:

@@ -13,8 +13,12 @@ Exact numbers, fractions, percents and number lists are decided in the parent wi
 check runs in a worker process under a hard wall-clock limit (`rewards.pool`). Identical normalized
 (gold, answer) pairs are checked once per process and cached.
 
-Reasons: `correct` (1), `wrong` (0), `no_answer` (0), `timeout` / `too_large` / `crashed` (0: the answer's
-fault; None with `null_on_timeout=True`), `bad_gold` (None), `bad_completion` (None). Rules in
+An answer that names several candidates (`\\boxed{4 \\text{ or } 5}`, `4 \\approx 5`, `\\boxed{4}, or 5`, `C or D`)
+is `hedged`, whichever one the gold is (`rewards.hedge` finds them); the marker-less fallbacks never read code,
+questions or the prompt's own text.
+
+Reasons: `correct` (1), `wrong` (0), `no_answer` (0), `hedged` (0), `timeout` / `too_large` / `crashed` (0: the
+answer's fault; None with `null_on_timeout=True`), `bad_gold` (None), `bad_completion` (None). Rules in
 docs/rewards_math.md.
 """
 from __future__ import annotations
@@ -29,9 +33,12 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Sequence
 
-from rewards.extract import Extracted, extract_answer, gold_text, whole_answer
+from rewards.extract import Extracted, extract_answer, gold_text, last_number_answer, whole_answer
+from rewards.hedge import (after_refusal, answer_candidates, approximation, choice_letters, is_refusal, is_relation,
+                           nearby_candidates, numbers, opens_with_alternative, prose_candidates, prose_for_fallback,
+                           rounds_to, without_code)
 from rewards.pool import WorkerPool
-from rewards.chat import completion_text
+from rewards.chat import completion_text, conversation_text
 from rewards.result import RewardResult, trl_reward
 
 DEFAULT_TIMEOUT_S = 5.0
@@ -288,41 +295,80 @@ def _mv_extract(text: str) -> tuple[tuple, str]:
     return tuple(x for x in found if not isinstance(x, str)), next((x for x in found if isinstance(x, str)), "")
 
 
+def _check_one(gold: str, gold_parsed: tuple, answer: str, raw: tuple | None = None) -> tuple[bool, str]:
+    """(equal, rule) for one normalized answer against a parsed gold; `raw`: math-verify's own parse of it."""
+    if _is_text(gold):
+        return _text_key(gold) == _text_key(answer), "text"
+    if gold == answer:
+        return True, "same_string"
+    answer_parsed = _mv_parse(answer) if raw is None else raw
+    if _verify(gold_parsed, answer_parsed):
+        return True, "math_verify"
+    # math-verify reads plain text as LaTeX (`pi/2` -> p*i/2, `sqrt(2)` -> s*q*r*t*2); for plain text with a
+    # function or constant name, give sympy's reading of the same string a try.
+    if "\\" not in answer and re.search(r"[A-Za-z]{2,}", answer) and _verify(gold_parsed, _sympy_parse(answer)):
+        return True, "sympy"
+    return False, "unparseable" if not answer_parsed else ""
+
+
+def _rounds(parsed: tuple, decimal: str) -> bool:
+    try:
+        return bool(parsed) and rounds_to(float(parsed[0].evalf()), decimal)
+    except (TypeError, ValueError, AttributeError):  # not a number (a symbol, a set...): no rounding of it
+        return False
+
+
 def check_pair(pair: tuple[str, ...]) -> tuple[float | None, str, dict[str, Any]]:
     """Decide one normalized pair: (score, reason, info).
 
-    `(gold, answer)`; `(gold, None)` checks the gold only; `(gold, text, "mathverify")` lets math-verify find
-    the answer in a completion that has no marker.
+    `(gold, answer)`; `(gold, None)` checks the gold only; `(gold, None, reason)` checks the gold only and
+    then scores 0 with `reason` (a row decided in the parent whose gold is not a plain number);
+    `(gold, text, "mathverify")` lets math-verify find the answer in a completion that has no marker;
+    `(gold, answer, "all", other, ...)` is an answer naming several candidates, correct only when every one
+    of them equals the gold (else `hedged`).
     """
     gold, answer, *how = pair
     _quiet_math_verify()
+    if answer is None and how:  # decided in the parent; the gold alone is checked as below
+        gold_parsed = () if _is_text(gold) else _mv_parse(gold) or tuple(_sympy_parse(gold))
+        if not gold_parsed and not _is_text(gold):
+            return None, "bad_gold", {"gold": gold[:200]}
+        if gold_parsed:
+            _verify(gold_parsed, _mv_parse("0"))
+        return 0.0, how[0], {}
     raw = None
-    if how and answer is not None:
+    candidates = list(how[1:]) if how and how[0] == "all" else []
+    approx = how[1] if how and how[0] == "approx" else None
+    if how and how[0] == "mathverify" and answer is not None:
         raw, answer = _mv_extract(answer)
         raw = raw if answer else ()
-    info = {"extracted": answer} if how else {}
+        if answer and _gold_kind(gold) != "several":
+            found = answer_candidates(answer, relations=not is_relation(gold))
+            if len(found) > 1:  # `$4 \approx 5$` read by math-verify's extraction: every side must be the gold
+                raw, answer, candidates = None, normalize_answer(found[0]), [normalize_answer(c) for c in found[1:]]
+    info = {"extracted": answer} if how and how[0] == "mathverify" else {}
     if _is_text(gold):
         if not answer:
             return 0.0, "no_answer", {}
-        ok = _text_key(gold) == _text_key(answer)
-        return (1.0, "correct", {**info, "rule": "text"}) if ok else (0.0, "wrong", {**info, "rule": "text"})
-    gold_parsed = _mv_parse(gold) or tuple(_sympy_parse(gold))
-    if not gold_parsed:
+    gold_parsed = () if _is_text(gold) else _mv_parse(gold) or tuple(_sympy_parse(gold))
+    if not gold_parsed and not _is_text(gold):
         return None, "bad_gold", {"gold": gold[:200]}
     if answer is None and not how:  # the gold-only check also compares the gold with 0, so a gold too slow
         _verify(gold_parsed, _mv_parse("0"))  # to evaluate (`9^{9^{9^9}}`) times out here and is blamed
     if not answer:
         return 0.0, "no_answer", {}
-    if gold == answer:
-        return 1.0, "correct", {**info, "rule": "same_string"}
-    answer_parsed = _mv_parse(answer) if raw is None else raw
-    if _verify(gold_parsed, answer_parsed):
-        return 1.0, "correct", {**info, "rule": "math_verify"}
-    # math-verify reads plain text as LaTeX (`pi/2` -> p*i/2, `sqrt(2)` -> s*q*r*t*2); for plain text with a
-    # function or constant name, give sympy's reading of the same string a try.
-    if "\\" not in answer and re.search(r"[A-Za-z]{2,}", answer) and _verify(gold_parsed, _sympy_parse(answer)):
-        return 1.0, "correct", {**info, "rule": "sympy"}
-    return 0.0, "wrong", info if answer_parsed else {**info, "detail": "answer_unparseable"}
+    ok, rule = _check_one(gold, gold_parsed, answer, raw)
+    if approx is not None:  # `A \approx d`: A is the answer, and d must be A rounded
+        if not ok or not _rounds(_mv_parse(answer), approx):
+            return 0.0, "hedged", {**info, "candidates": [answer, approx]}
+        return 1.0, "correct", {**info, "rule": rule}
+    if candidates:
+        if not ok or not all(_check_one(gold, gold_parsed, c)[0] for c in candidates):
+            return 0.0, "hedged", {**info, "candidates": [answer, *candidates][:10]}
+        return 1.0, "correct", {**info, "rule": rule, "candidates": 1 + len(candidates)}
+    if ok:
+        return 1.0, "correct", {**info, "rule": rule}
+    return 0.0, "wrong", {**info, "detail": "answer_unparseable"} if rule == "unparseable" else info
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -385,7 +431,10 @@ class MathVerifier:
             self._cache.popitem(last=False)
 
     def score(self, completions: Sequence[Any], answers: Sequence[Any], last_number_fallback: bool = False,
-              extraction: str = "mathverify", null_on_timeout: bool | None = None) -> list[RewardResult]:
+              extraction: str = "mathverify", null_on_timeout: bool | None = None,
+              prompts: Sequence[Any] | None = None) -> list[RewardResult]:
+        """One result per (completion, gold). `prompts` (optional, one per row): the question, whose own text a
+        marker-less completion restates without answering it (never read as the answer)."""
         if len(completions) != len(answers):
             raise ValueError(f"math reward: {len(completions)} completions but {len(answers)} values in the "
                              "`answer` column; pass one gold answer per completion")
@@ -394,8 +443,10 @@ class MathVerifier:
         null_on_timeout = self.null_on_timeout if null_on_timeout is None else null_on_timeout
         results: list[RewardResult | None] = [None] * len(completions)
         pending: list[_Pending | None] = [None] * len(completions)
-        for i, (completion, gold) in enumerate(zip(completions, answers)):
-            prepared = _prepare_row(completion, gold, last_number_fallback, extraction)
+        if prompts is None or len(prompts) != len(completions):
+            prompts = [None] * len(completions)
+        for i, (completion, gold, prompt) in enumerate(zip(completions, answers, prompts)):
+            prepared = _prepare_row(completion, gold, last_number_fallback, extraction, prompt)
             if isinstance(prepared, RewardResult):
                 results[i] = prepared
             else:
@@ -441,18 +492,105 @@ class MathVerifier:
 _MAY_HOLD_MATH = re.compile(r"[\d$]|\\[(\[]")
 
 
-def _find_answer(text: str, last_number_fallback: bool, extraction: str) -> Extracted | None:
-    """Markers first (the last one wins); then a completion that is only an answer; then the last number."""
-    found = extract_answer(text, last_number=False)
-    if found is None and extraction == "mathverify":
-        found = whole_answer(text)
-    if found is None and last_number_fallback:
-        found = extract_answer(text, last_number=True)
-    return found
+def _prompt_text(prompt: Any) -> str | None:
+    try:
+        return conversation_text(prompt)
+    except TypeError:  # an unusual prompt column is not the completion's fault: read no prompt
+        return None
 
 
-def _prepare_row(completion: Any, gold: Any, last_number_fallback: bool, extraction: str = "mathverify"
-                 ) -> RewardResult | _Pending:
+def _several(gold: str) -> bool:
+    """A gold that lists several answers (`2, 3`, `\\{1,2\\}`, `\\pm 1`, `x=2 \\text{ or } x=3`, a union):
+    an answer naming several values is then a list, compared as a set, not a hedge."""
+    if re.search(r"\\(?:pm|mp|cup|lor|vee)(?![A-Za-z])|\b(?:or|and)\b", gold):
+        return True
+    depth = 0
+    for c in gold:
+        if c in "([":
+            depth += 1
+        elif c in ")]":
+            depth -= 1
+        elif c in ",;" and depth <= 0:
+            return True
+    return False
+
+
+def _gold_kind(gold: str) -> str:
+    """`choice` (a letter), `several` (a list), `text` (words) or `math`: how the candidates of an answer
+    are compared."""
+    m = _TEXT_WRAP.match(gold)
+    if _CHOICE.match((m.group(1) if m else gold).strip()):
+        return "choice"
+    if _several(gold):
+        return "several"
+    return "text" if _is_text(gold) else "math"
+
+
+def _is_word(s: str) -> bool:
+    """A candidate that is a plain word (`more`, `so`): never equal to a number."""
+    return bool(re.fullmatch(r"[A-Za-z]{2,}", s)) and s.lower() not in _MATH_WORDS
+
+
+def _compare_candidates(kind: str, candidates: list[str]) -> str:
+    """`same` (all name one value), `differ` (two are surely different) or `check` (a worker must decide)."""
+    norm = list(dict.fromkeys(normalize_answer(c) for c in dict.fromkeys(candidates)))
+    if len(norm) == 1:
+        return "same"
+    if kind == "text":
+        return "same" if len({_text_key(n) for n in norm}) == 1 else "differ"
+    first, undecided, word = None, False, False
+    for n in norm:
+        v = simple_value(n)
+        if v is None:
+            undecided, word = True, word or _is_word(n)
+        elif first is None:
+            first = v
+        elif not (simple_equal(first, v) or simple_equal(v, first)):
+            return "differ"
+    if first is not None and word:
+        return "differ"  # `5 or more`: a number and a word
+    return "check" if undecided else "same"
+
+
+def _hedge(text: str, found: Extracted, kind: str, gold: str, prompt: str | None) -> tuple[str, list[str]]:
+    """(`none` | `same` | `differ` | `check` | `approx`, candidates) for the answer `found` in `text` (for the
+    fallbacks, `text` is the prose they read)."""
+    if kind == "several":
+        return "none", [found.text]
+    choice = kind == "choice"
+    approx = approximation(found.text) if not is_relation(gold) else None
+    if approx and not nearby_candidates(text, found.end, found.end, prompt, choice):
+        exact = simple_value(normalize_answer(approx[0]))
+        if exact is None:
+            return "approx", list(approx)
+        return ("same" if rounds_to(float(exact[0]), approx[1]) else "differ"), list(approx)
+    candidates = answer_candidates(found.text, relations=not is_relation(gold), choice=choice)
+    nearby: list[str] = []
+    if found.method in ("boxed", "answer_is", "hashes"):
+        nearby = nearby_candidates(text, found.start, found.end, prompt, choice)
+        if opens_with_alternative(text, found.start):  # `\boxed{4}. Alternatively: \boxed{5}`: the 4 too
+            earlier = extract_answer(text[: found.start])
+            nearby += [earlier.text] if earlier else []
+    elif found.method == "last_number":
+        nearby = prose_candidates(text, choice)
+    candidates = candidates + nearby
+    if choice:  # letters read strictly; a later `or maybe 0` that is no letter of the answer is another candidate
+        others = [c for c in nearby if not choice_letters([c]) and c not in found.text]
+        return ("differ" if len(choice_letters(candidates)) > 1 or others else "none"), candidates
+    if len(candidates) == 1:
+        return "none", candidates
+    return _compare_candidates(kind, candidates), candidates
+
+
+def _zero(gold: str, reason: str, info: dict[str, Any]) -> RewardResult | _Pending:
+    """0 with `reason`, decided here; a gold that is not a plain number is still checked (a bad gold is None)."""
+    if simple_value(gold) is not None or _simple_structure(gold) is not None or _gold_kind(gold) == "choice":
+        return RewardResult(0.0, reason, info)
+    return _Pending((gold, None, reason), info)
+
+
+def _prepare_row(completion: Any, gold: Any, last_number_fallback: bool, extraction: str = "mathverify",
+                 prompt: Any = None) -> RewardResult | _Pending:
     """Decide a row in the parent when no sympy is needed; otherwise the check a worker has to run."""
     if gold is None or (isinstance(gold, float) and gold != gold) or not str(gold).strip():
         return RewardResult(None, "bad_gold", {"gold": "" if gold is None else str(gold)})
@@ -463,22 +601,65 @@ def _prepare_row(completion: Any, gold: Any, last_number_fallback: bool, extract
     g = normalize_answer(gold_text(str(gold)))
     if is_number_words(g):
         return RewardResult(None, "bad_gold", {"gold": g[:200], "detail": "number_words"})
-    found = _find_answer(text, last_number_fallback, extraction)
-    if found is None and extraction == "mathverify":
-        raw = text[-RAW_TAIL_CHARS:].replace("\\$", " ")  # `costs \$32.`: a currency sign, not math mode
-        if _MAY_HOLD_MATH.search(raw):  # a digit or math mode (plain prose: math-verify finds nothing)
-            return _Pending((g, raw, "mathverify"), {"method": "mathverify"})
-    info = {"extracted": found.text[:200], "method": found.method} if found else {}
-    if found is not None and len(found.text) > MAX_ANSWER_CHARS:
+    kind = _gold_kind(g)
+    prompt_text = _prompt_text(prompt)
+    text = without_code(text)  # `answer = 4` in a code block is not an answer line
+    found = extract_answer(text, last_number=False)  # markers: the last one wins
+    if found is None:  # no marker: the fallbacks read the prose, without code, questions or the prompt's text
+        prose = prose_for_fallback(text, prompt_text)
+        rest = after_refusal(prose) if kind != "text" else None  # `I don't know` (+ the question's numbers)
+        if rest is not None and numbers(rest) <= numbers(prompt_text or ""):
+            return _zero(g, "no_answer", {"detail": "refusal"})
+        if extraction == "mathverify" and prose == text:  # a whole answer, unless it restates the question
+            found = whole_answer(text)
+        if found is None and last_number_fallback:
+            found = last_number_answer(prose)
+        if found is None:
+            return _read_prose(g, kind, prose) if extraction == "mathverify" else _zero(g, "no_answer", {})
+        text = prose
+    info = {"extracted": found.text[:200], "method": found.method}
+    if len(found.text) > MAX_ANSWER_CHARS:
         return _Pending((g, None), info, too_large=len(found.text))
-    a = normalize_answer(found.text) if found else None
-    if a is None and (simple_value(g) is not None or _simple_structure(g) is not None):
-        return RewardResult(0.0, "no_answer", {})  # a plain-number gold surely parses
+    if kind != "text" and not re.search(r"\d", found.text) and is_refusal(found.text):
+        return _zero(g, "no_answer", {**info, "detail": "refusal"})  # `The answer is: I don't know`
+    hedge, candidates = _hedge(text, found, kind, g, prompt_text)
+    if hedge == "differ":
+        return _zero(g, "hedged", {**info, "candidates": list(dict.fromkeys(candidates))[:10]})
+    if hedge == "check":
+        return _check_all(g, candidates, info)
+    if hedge == "approx":
+        return _Pending((g, normalize_answer(candidates[0]), "approx", candidates[1]), info)
+    a = normalize_answer(candidates[0] if hedge == "same" else found.text)
     for rule, compare in (("number", simple_compare), ("choice", choice_compare)):
-        verdict = compare(g, a) if a is not None else None
+        verdict = compare(g, a)
         if verdict is not None:  # exact numbers, choice letters: decided here, no worker needed
             return RewardResult(1.0 if verdict else 0.0, "correct" if verdict else "wrong", {**info, "rule": rule})
     return _Pending((g, a), info)
+
+
+def _check_all(gold: str, candidates: list[str], info: dict[str, Any]) -> _Pending:
+    """A worker checks every candidate against the gold: 1 only when all of them equal it."""
+    norm = list(dict.fromkeys(normalize_answer(c) for c in candidates))
+    return _Pending((gold, norm[0], "all", *norm[1:]), info)
+
+
+def _read_prose(gold: str, kind: str, prose: str) -> RewardResult | _Pending:
+    """A completion without a marker: hedged when its last sentence joins two values with a disjunction,
+    else math-verify's own extraction reads the prose (its last 2,000 characters)."""
+    raw = prose[-RAW_TAIL_CHARS:].replace("\\$", " ")  # `costs \$32.`: a currency sign, not math mode
+    candidates = prose_candidates(raw, kind == "choice") if kind != "several" else []
+    if kind == "choice":
+        hedge = "differ" if len(choice_letters(candidates)) > 1 else "none"
+    else:
+        hedge = _compare_candidates(kind, candidates) if len(candidates) > 1 else "none"
+    info = {"candidates": list(dict.fromkeys(candidates))[:10], "method": "mathverify"}
+    if hedge == "differ":
+        return _zero(gold, "hedged", info)
+    if not _MAY_HOLD_MATH.search(raw):  # plain prose: math-verify finds nothing
+        return _zero(gold, "no_answer", {})
+    if hedge == "check":
+        return _check_all(gold, candidates, {"method": "mathverify"})
+    return _Pending((gold, raw, "mathverify"), {"method": "mathverify"})
 
 
 _VERIFIERS: dict[tuple[float, int], MathVerifier] = {}
@@ -504,6 +685,7 @@ def math_results(prompts: Sequence[Any] | None, completions: Sequence[Any], answ
     the open-r1 layout may carry it as `solution` instead. `timeout` is the hard per-check limit in seconds.
     `extraction`: "mathverify" (default) reads a completion without an answer marker the way math-verify does;
     "markers" scores it `no_answer`. `null_on_timeout`: None instead of 0 for timeout / too_large / crashed.
+    `prompts` (optional): a marker-less completion that only restates its prompt is `no_answer`.
 
     >>> [r.score for r in math_results(None, ["So $\\boxed{\\frac{1}{2}}$."], answer=["0.5"])]
     [1.0]
@@ -514,7 +696,8 @@ def math_results(prompts: Sequence[Any] | None, completions: Sequence[Any], answ
         raise ValueError("math reward needs gold answers: add an `answer` column to the prompts "
                          f"(columns given: {sorted(columns)})")
     return get_verifier(timeout, workers).score(completions, answer, last_number_fallback=last_number_fallback,
-                                                extraction=extraction, null_on_timeout=null_on_timeout)
+                                                extraction=extraction, null_on_timeout=null_on_timeout,
+                                                prompts=prompts)
 
 
 def math_last_number_results(prompts: Sequence[Any] | None, completions: Sequence[Any],
