@@ -4,12 +4,18 @@
 from __future__ import annotations
 
 import argparse
+import difflib
+import errno
 import importlib
 import os
 import sys
 
-from pipelines.errors import UserError
+from pipelines.errors import UsageError, UserError
 from rewards.pool import PoolError
+
+# OSErrors that are the file system's answer, not a bug: printed as one line naming the path
+_FILE_SYSTEM_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR,
+                       errno.EISDIR}
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -35,8 +41,29 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """The parser of every prefsmith command (subcommands and pipeline-file stages included): a flag is spelled
+    out in full (`--max-new-token` is refused, not taken for `--max-new-tokens`), and a mistake raises
+    `UsageError`, which the CLI prints as one line (a pipeline file is checked whole with it before any stage)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+        self.also_known: list[str] = []  # flags of a parser that passed its unknown ones here (for suggestions)
+
+    def error(self, message: str):
+        unknown = message.partition("unrecognized arguments: ")[2].split()
+        flags = [a.split("=")[0] for a in unknown if a.startswith("--")]
+        parsers = [self, *(sub for a in self._actions if isinstance(a, argparse._SubParsersAction)
+                           for sub in a.choices.values())]
+        known = [*(f for p in parsers for f in p._option_string_actions), *self.also_known]
+        close = [m for f in flags for m in difflib.get_close_matches(f, known, 1, 0.75)]
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise UsageError(f"{message}{hint} (see `{self.prog} --help`)")
+
+
 def _top_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="prefsmith",
         description="Post-training data and training: rollouts, rewards, hygiene, training sets, trainers.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -58,10 +85,34 @@ def _resolve_default_models(argv: list[str]) -> list[str]:
     return out
 
 
+def command_parser(name: str, module) -> Parser:
+    parser = Parser(prog=f"prefsmith {name}", description=COMMANDS[name][1])
+    module.add_arguments(parser)
+    return parser
+
+
+def check_args(argv: list[str]) -> None:
+    """Parse a command line (`[command, flags...]`) without running it: UsageError (or UserError) when it would
+    not start. `prefsmith run` checks every stage of a pipeline file with it before the first one runs."""
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        raise UsageError(f"unknown command {name!r}; choose one of {', '.join(COMMANDS)}")
+    module = importlib.import_module(COMMANDS[name][0])
+    if name == "train":
+        module.check_args(rest)
+    elif name == "plot":
+        module.plot_parser().parse_args(rest)
+    else:
+        command_parser(name, module).parse_args(rest)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        _top_parser().parse_args(argv[:1] or ["--help"])
+        try:
+            _top_parser().parse_args(argv[:1] or ["--help"])
+        except UsageError as e:
+            print(f"prefsmith: error: {e}", file=sys.stderr)
         return 2
     name, rest = argv[0], argv[1:]
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -69,9 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if name in ("train", "plot"):  # trainers parse their own sub-subcommands
             return int((module.main if name == "train" else module.plot_main)(_resolve_default_models(rest)) or 0)
-        parser = argparse.ArgumentParser(prog=f"prefsmith {name}", description=COMMANDS[name][1])
-        module.add_arguments(parser)
-        args = parser.parse_args(rest)
+        args = command_parser(name, module).parse_args(rest)
         return int(module.run(args) or 0)
     except UserError as e:  # includes the engines' EngineError and the trainers' UserDataError
         print(f"prefsmith {name}: error: {e}", file=sys.stderr)
@@ -79,6 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     except PoolError as e:  # a reward worker pool died outside a stage (a training loop): one line, no traceback
         print(f"prefsmith {name}: error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # the file system refused (permissions, read-only, full disk): where and why, no traceback
+        if e.errno not in _FILE_SYSTEM_ERRNOS:
+            raise
+        print(f"prefsmith {name}: error: {e.filename or 'a file'}: {e.strerror}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

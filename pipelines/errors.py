@@ -6,3 +6,7 @@ The CLI prints its message without a traceback and exits with status 2.
 
 class UserError(Exception):
     pass
+
+
+class UsageError(UserError):
+    """A command line that does not parse (unknown or abbreviated flag, missing or malformed value)."""

@@ -32,6 +32,10 @@ resume, `--only` and skipping work per round as for any stage. `executor:` at th
 on Ray: `executor: ray`, or `executor: {kind: ray, address: auto, num_cpus_per_worker: 2, ray_workers: 8}`.
 Dataset stages skip finished work by themselves; for the others (train), a stage
 that finished with the same arguments is recorded in `workdir/pipeline_state.json` and skipped on a rerun.
+
+The whole file is checked before the first stage runs: every `@stage` reference, and every stage's arguments
+parsed by its command's own parser (an unknown, misspelled or abbreviated argument is an error naming the file
+and the stage), so a typo in the last stage is not found after the first ones ran for an hour.
 """
 from __future__ import annotations
 
@@ -45,7 +49,7 @@ from typing import Any
 
 import yaml
 
-from pipelines.core.files import atomic_write_json, fingerprint_json
+from pipelines.core.files import atomic_write_json, ensure_writable_dir, fingerprint_json
 from pipelines.errors import UserError
 
 POSITIONAL = {"export": ("input", "output"), "stats": ("input",)}
@@ -188,6 +192,8 @@ def stage_argv(stage: dict, outputs: dict[str, str], workdir: Path, executor: An
         args = {**executor_args(own if own is not None else executor, f"stage {stage['name']!r}"), **args}
     argv = command.split()
     if command == "train":
+        if "algo" not in args:
+            raise UserError(f"stage {stage['name']!r}: a train stage needs `algo` in its args (sft, dpo, grpo...)")
         argv.append(str(args.pop("algo")))
     if command not in POSITIONAL and "output" not in args:
         args["output"] = str(workdir / stage["name"])
@@ -222,22 +228,44 @@ def stage_argv(stage: dict, outputs: dict[str, str], workdir: Path, executor: An
     return argv
 
 
+def stage_argv_checked(stage: dict, outputs: dict[str, str], workdir: Path, executor: Any, path: str) -> list[str]:
+    """`stage_argv`, then parsed by its command's own parser: an unknown `@stage`, an unknown or misspelled
+    argument or a missing required one is found here, for every stage, before the first one runs."""
+    from pipelines.cli import check_args
+
+    try:
+        argv = stage_argv(stage, outputs, workdir, executor)
+        check_args(argv)
+    except UserError as e:
+        message = str(e)
+        prefix = f"stage {stage['name']!r}: "
+        raise UserError(f"{path}: {prefix}{message.removeprefix(prefix)}") from None
+    return argv
+
+
 def run_pipeline(path: str, only: list[str] | None = None, overwrite: bool = False,
                  overrides: dict[str, Any] | None = None) -> dict[str, str]:
     from pipelines.cli import main as cli_main
 
     spec = load_pipeline(path, overrides)
     workdir = Path(spec.get("workdir") or Path(path).with_suffix(""))
-    workdir.mkdir(parents=True, exist_ok=True)
-    state_path = workdir / "pipeline_state.json"
-    state = json.loads(state_path.read_text()) if state_path.exists() else {}
     outputs: dict[str, str] = {}
+    plan = []
     for stage in spec["stages"]:
-        argv = stage_argv(stage, outputs, workdir, spec.get("executor"))
-        if only and stage["name"] not in only:
-            continue
+        argv = stage_argv_checked(stage, outputs, workdir, spec.get("executor"), path)
         if overwrite and stage["command"] not in ("train", "stats", "export"):
             argv.append("--overwrite")
+        plan.append((stage, argv))
+    unknown = sorted(set(only or ()) - {stage["name"] for stage, _ in plan})
+    if unknown:
+        raise UserError(f"{path}: --only {', '.join(unknown)}: no such stage (stages: "
+                        f"{', '.join(stage['name'] for stage, _ in plan)})")
+    ensure_writable_dir(workdir, "the pipeline's workdir")
+    state_path = workdir / "pipeline_state.json"
+    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    for stage, argv in plan:
+        if only and stage["name"] not in only:
+            continue
         key = fingerprint_json(argv)
         if stage["command"] in TRAIN_COMMANDS and state.get(stage["name"]) == key:
             print(f"[run] {stage['name']}: already done with these arguments; skipping", file=sys.stderr)

@@ -216,7 +216,7 @@ _BRACKETED = re.compile(r"[(\[][^()\[\]]{1,80},[^()\[\]]{1,80}[)\]]")  # `(4, 3)
 def _values_after(text: str, folded: str, index: list[int], m: re.Match, choice: bool) -> str | None:
     """The value a cue at `m` introduces (`or maybe 5`), skipping at most _MAX_FILLER filler tokens; None if
     the cue leads to a word that is not filler (`or in words...`) or to nothing."""
-    skipped, bracket = 0, None
+    skipped, bracket, brace = 0, None, None
     for t in _TOKEN.finditer(folded, m.end()):
         tok = t.group(0)
         low = tok.lower()
@@ -227,6 +227,8 @@ def _values_after(text: str, folded: str, index: list[int], m: re.Match, choice:
                 group = _BRACKETED.match(text, _span(index, bracket, bracket + 1, len(text))[0])
                 if group:
                     return group.group(0)
+            if brace is not None:  # `or {8/3}+1`: the group opens the value
+                a = _span(index, brace, brace + 1, len(text))[0]
             run = _VALUE_RUN.match(text, a)
             return _trim(run.group(0)) if run else None
         if low in _NUMBER_WORDS:
@@ -235,6 +237,7 @@ def _values_after(text: str, folded: str, index: list[int], m: re.Match, choice:
             return tok
         if low in _FILLER_WORDS or tok in _FILLER_PUNCT or tok in _FILLER_COMMANDS or low == "\\":
             bracket = t.start() if tok in "([" else None
+            brace = t.start() if tok == "{" else None
             skipped += 1
             if skipped > _MAX_FILLER:
                 return None

@@ -73,6 +73,7 @@ class RewardFn:
     required: list[str] = field(default_factory=list)  # dataset columns it needs
     fingerprint: str = ""  # changes when the function's source file changes
     workers: int = 1  # > 1: a user function runs on slices of each batch in this many worker processes
+    nullable: bool = False  # its `required` columns may hold nulls: it scores such a row null itself (bad_gold)
     _pool: Any = field(default=None, repr=False)
 
     def score(self, prompts: Sequence[Any], completions: Sequence[Any], columns: dict[str, list]) -> list[RewardResult]:
@@ -371,7 +372,7 @@ def build(spec: str, options: Options | None = None) -> RewardFn:
     options = options or Options()
     head, _, arg = spec.partition(":")
     if head in BUILTINS:
-        return RewardFn(head, spec, BUILTINS[head](arg, options), list(REQUIRED_COLUMNS.get(head, [])))
+        return RewardFn(head, spec, BUILTINS[head](arg, options), list(REQUIRED_COLUMNS.get(head, [])), nullable=True)
     fn = load_function(spec)
     name = spec.rpartition(":")[2]
     workers = 1 if inspect.iscoroutinefunction(fn) else (options.workers or 1)

@@ -115,7 +115,7 @@ def test_mixed_string_and_message_prompts_are_one_column_of_messages(tmp_path):
     pq.write_table(pa.Table.from_pylist([{"prompt": "a"}]), folder / "a.parquet")
     pq.write_table(pa.Table.from_pylist([{"prompt": msgs}]), folder / "b.parquet")
     assert [r["prompt"] for r in ds.load_table(str(folder)).to_pylist()] == [[{"role": "user", "content": "a"}], msgs]
-    # a column that is plain strings everywhere is left alone; a real type clash still names the file
+    # a column that is plain strings everywhere is left alone; a real type clash names file, line and column
     assert ds.load_table(write_jsonl(tmp_path / "s.jsonl", [{"prompt": "a"}, {"prompt": "b"}])).column("prompt").to_pylist() == ["a", "b"]
-    with pytest.raises(UserError, match=r"n\.jsonl: columns have inconsistent types"):
+    with pytest.raises(UserError, match=r"n\.jsonl:2: column 'prompt' is an object here but a string on line 1"):
         ds.load_table(write_jsonl(tmp_path / "n.jsonl", [{"prompt": "a"}, {"prompt": {"x": 1}}]))

@@ -290,3 +290,11 @@ def test_hedge_shaped_hostile_completions_cost_one_pass(verifier):
     assert time.perf_counter() - start < 20
     assert [r.reason for r in rs] == ["correct", "hedged", "hedged", "correct", "hedged", "no_answer", "no_answer",
                                       "hedged"]
+
+
+def test_a_value_in_braces_after_the_cue_is_a_candidate():
+    from rewards.math import math_results
+
+    completions = ["The answer is \\boxed{8/3}, or maybe {8/3}+1.", "The answer is \\boxed{8/3}, or maybe {8/3}."]
+    results = math_results(["p", "p"], completions, answer=["8/3", "8/3"])
+    assert [(r.score, r.reason) for r in results] == [(0.0, "hedged"), (1.0, "correct")]

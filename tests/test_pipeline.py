@@ -63,31 +63,10 @@ def test_pipeline_errors_are_clear(tmp_path):
 
 
 def _parse_stage(argv: list[str]) -> None:
-    """Parse a stage's flags with its command's own parser (SystemExit on an unknown or malformed flag)."""
-    import argparse
-    import importlib
+    """Parse a stage's flags with its command's own parser (UsageError on an unknown or malformed flag)."""
+    from pipelines.cli import check_args
 
-    from pipelines.cli import COMMANDS
-
-    if argv[0] == "train":
-        from trainers import cli as train_cli, grpo, ppo, rounds_cli
-        from trainers.rounds import RECIPES
-
-        algo, rest = argv[1], argv[2:]
-        if algo in train_cli.ONLINE:
-            grpo.build_parser().parse_args(rest)
-        elif algo == "ppo":
-            ppo.build_parser().parse_args(rest)
-        elif algo in train_cli.ROUNDS:
-            args, extra = rounds_cli.build_parser(algo).parse_known_args(rest)
-            train_cli.build_parser().parse_args([RECIPES[algo].algorithm, "--model", "m", "--data", "-",
-                                                 "--output", "-", *extra])
-        else:
-            train_cli.build_parser().parse_args(argv[1:])
-        return
-    parser = argparse.ArgumentParser()
-    importlib.import_module(COMMANDS[argv[0]][0]).add_arguments(parser)
-    parser.parse_args(argv[1:])
+    check_args(argv)
 
 
 @pytest.mark.parametrize("name", ["demo", "r1", "instructgpt", "iterative_dpo", "rft", "rft_rounds"])

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pipelines.cli import Parser
+from pipelines.errors import UsageError
 from trainers.config import TrainConfig
 
 
@@ -20,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     from trainers.algorithms import ALGORITHMS, DPO_LOSSES  # torch: only for `train`, not `plot`
 
     names = list(ALGORITHMS)
-    p = argparse.ArgumentParser(prog="prefsmith train", description=f"Train a model: {' | '.join(names)}.")
+    p = Parser(prog="prefsmith train", description=f"Train a model: {' | '.join(names)}.")
     p.add_argument("algorithm", choices=names, help=f"{', '.join(names)} (dpo's variants via --loss)")
     g = p.add_argument_group("inputs and outputs")
     g.add_argument("--model", required=True, help="local model directory (policy; for rm the reward model's base)")
@@ -118,9 +120,37 @@ def _user_errors() -> tuple[type[Exception], ...]:
     return (UserError, FileNotFoundError)
 
 
+def check_args(argv: list[str]) -> None:
+    """Parse `prefsmith train ...`'s arguments (after `train`) without training: UsageError when they would not
+    start (pipeline files are checked whole with this before their first stage runs)."""
+    algo, rest = (argv[0], list(argv[1:])) if argv else (None, [])
+    if algo in ONLINE:
+        from trainers import grpo
+
+        grpo.build_parser(f"prefsmith train {algo}").parse_args(rest)
+    elif algo == "ppo":
+        from trainers import ppo
+
+        ppo.build_parser().parse_args(rest)
+    elif algo in ROUNDS:
+        from trainers import rounds_cli
+
+        rounds_cli.parse_args(rest, algo)
+    else:
+        build_parser().parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point for `prefsmith train ...` (argv after `train`). Returns the exit status."""
     argv = sys.argv[1:] if argv is None else argv
+    try:
+        return _main(argv)
+    except UsageError as e:  # also under `torchrun -m trainers.cli`, where the prefsmith CLI does not catch it
+        print(f"prefsmith train: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str]) -> int:
     if argv and argv[0] in ONLINE:  # the online loops parse their own options
         from trainers import grpo
 
@@ -133,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         from trainers import rounds_cli
 
         return rounds_cli.main(list(argv[1:]), recipe=argv[0])
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
     try:
         cfg = config_from_args(args)
     except ValueError as e:
@@ -149,11 +179,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def plot_parser() -> Parser:
+    p = Parser(prog="prefsmith plot", description="Plot a training run's metrics.jsonl.")
+    p.add_argument("run_dir", help="a `prefsmith train` output directory")
+    return p
+
+
 def plot_main(argv: list[str] | None = None) -> int:
     """Entry point for `prefsmith plot RUN_DIR`: rewrite RUN_DIR/plots/*.png from metrics.jsonl."""
-    p = argparse.ArgumentParser(prog="prefsmith plot", description="Plot a training run's metrics.jsonl.")
-    p.add_argument("run_dir", help="a `prefsmith train` output directory")
-    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    args = plot_parser().parse_args(sys.argv[1:] if argv is None else argv)
     from trainers.metrics import plot_run
 
     try:

@@ -247,7 +247,9 @@ class GRPORun:
 
             raise UserError("--engine vllm runs in one trainer process; use --engine hf under torchrun")
         self.out = Path(cfg.output)
-        self.out.mkdir(parents=True, exist_ok=True)
+        from pipelines.core.files import ensure_writable_dir
+
+        ensure_writable_dir(self.out)
         self.prompts = ds.load_rows(cfg.prompts, required=["prompt"])
         self.eval_sets = {}
         for path in cfg.eval_prompts:
@@ -642,11 +644,36 @@ class GRPORun:
         return {"steps": self.state.step, "output": str(self.out), "plots": [str(p) for p in plots]}
 
 
+def finished_summary(cfg: GRPOConfig) -> dict | None:
+    """With `--resume`, the summary of a run that already reached `--max-steps` in `cfg.output` (it is neither
+    trained nor evaluated again); None when there are steps left. A finished run with no checkpoint to continue
+    from cannot take a larger --max-steps: one clear error instead of training again from step 0."""
+    from trainers import checkpoint as ckpt
+
+    result = Path(cfg.output) / "train_result.json"
+    if not cfg.resume or not result.is_file():
+        return None
+    summary = json.loads(result.read_text())
+    if summary.get("steps", 0) >= cfg.max_steps:
+        return summary
+    if ckpt.latest_checkpoint(Path(cfg.output)) is None:
+        from pipelines.errors import UserError
+
+        raise UserError(f"{cfg.output} finished at step {summary.get('steps')} and holds no checkpoint to continue "
+                        f"to --max-steps {cfg.max_steps} from; start a new --output with --model "
+                        f"{Path(cfg.output) / 'model'}")
+    return None
+
+
 def train_grpo(cfg: GRPOConfig, run_class: type[GRPORun] | None = None) -> dict:
     """Run to `max_steps` (or `max_minutes`), evaluating and checkpointing on the way; returns a summary.
     `run_class`: a GRPORun subclass with its own update (trainers/ppo.py)."""
     from tqdm.auto import tqdm
 
+    done = finished_summary(cfg)
+    if done is not None:
+        print(f"prefsmith train: {cfg.output} already finished ({done['steps']} steps); nothing to do", file=sys.stderr)
+        return done
     run = (run_class or GRPORun)(cfg)
     run.setup()
     evals = []
@@ -682,7 +709,9 @@ def train_grpo(cfg: GRPOConfig, run_class: type[GRPORun] | None = None) -> dict:
 # ------------------------------------------------------------------------------------------------ CLI
 def build_parser(prog: str = "prefsmith train grpo") -> argparse.ArgumentParser:
     d = GRPOConfig.__dataclass_fields__
-    p = argparse.ArgumentParser(prog=prog, description="Online RL from the policy's own rollouts (GRPO family, RLOO).")
+    from pipelines.cli import Parser
+
+    p = Parser(prog=prog, description="Online RL from the policy's own rollouts (GRPO family, RLOO).")
     p.add_argument("--model", required=True)
     p.add_argument("--prompts", required=True, help="prompts with the reward's gold columns (e.g. answer)")
     p.add_argument("--output", required=True)

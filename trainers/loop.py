@@ -29,7 +29,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from pipelines.core.files import atomic_write_json
+from pipelines.core.files import atomic_write_json, ensure_writable_dir
 from trainers import checkpoint as ckpt
 from trainers import fsdp, ref_cache
 from trainers.algorithms import Algorithm, StepContext, UserDataError, make_algorithm
@@ -273,11 +273,16 @@ class TrainRun:
         """Join the process group; check resume; read and encode the data; load the model; score the reference
         (or load its cached log-probs); build optimizer and schedule; restore a checkpoint's state."""
         cfg, out = self.cfg, self.out
+        check_model_dir(cfg.model, "--model")
+        if cfg.ref_model:
+            check_model_dir(cfg.ref_model, "--ref-model")
         d = self.d = setup_distributed()
         _return_freed_memory(d, first=True)
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # our own bar is the one to watch; per-file load bars are noise
+        if d.main:
+            ensure_writable_dir(out)  # before hours of reference log-probs, not when the first file is written
         resume_dir = ckpt.latest_checkpoint(out) if cfg.resume else None
         if not cfg.resume and ckpt.list_checkpoints(out):
             raise UserDataError(f"{out} already holds checkpoints of a run; pass --resume to continue it or choose "
@@ -325,7 +330,6 @@ class TrainRun:
             self.state = ckpt.load_training_state(resume_dir, self.optimizer, self.scheduler, d.rank, model)
             self.log(f"resuming from {resume_dir} (step {self.state.step} of {self.total_steps})")
         if d.main:
-            out.mkdir(parents=True, exist_ok=True)
             cfg.save(out / "prefsmith_train.json")
             atomic_write_json(out / "run_info.json", {
                 "world_size": d.world, "device": str(d.device), "examples": len(self.examples),
@@ -461,6 +465,12 @@ def train(cfg: TrainConfig) -> TrainResult:
     """Run (or resume) one training run; returns final metrics. Call it from every process under torchrun."""
     from tqdm import tqdm
 
+    done = finished_run(cfg)
+    if done is not None:
+        print(f"prefsmith train: {cfg.output} already finished ({done.get('steps')} steps); nothing to do",
+              file=sys.stderr)
+        return TrainResult(output=Path(cfg.output), steps=int(done.get("steps") or 0), train_metrics=done.get("train")
+                           or {}, eval_metrics=done.get("eval") or {}, ref_cache_hits={})
     run = TrainRun(cfg)
     run.setup()
     bar = tqdm(total=run.total_steps, initial=run.state.step, disable=not (run.d.main and cfg.progress),
@@ -484,6 +494,33 @@ def train(cfg: TrainConfig) -> TrainResult:
 # Settings that fix which examples each step sees; changing them makes "continue at batch k" meaningless.
 _RESUME_INVARIANTS = ("algorithm", "data", "model", "batch_size", "seed", "max_length", "shuffle",
                       "group_by_length", "eval_split", "eval_data", "lora_r", "fsdp")
+
+
+def check_model_dir(path: str, flag: str) -> None:
+    """A model the trainers load: a local folder written by `save_pretrained` (one line saying so otherwise)."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise UserDataError(f"{flag} {path}: no such folder. Pass a local model folder (one written by "
+                            "save_pretrained, with config.json), or `default` for the embedded model")
+    if not (folder / "config.json").is_file():
+        raise UserDataError(f"{flag} {path} has no config.json: point it at a folder written by save_pretrained "
+                            "(a `prefsmith train` output, or `prefsmith models fetch-default` for the default model)")
+
+
+def finished_run(cfg: TrainConfig) -> dict | None:
+    """With `--resume`, the summary (train_result.json) of a run that already finished in `cfg.output`, so it is
+    neither trained again nor given a second final evaluation; None when there is a run to continue. Settings that
+    would change the run raise: --resume continues an interrupted run, it does not extend a finished one."""
+    out = Path(cfg.output)
+    if not cfg.resume or not (out / "train_result.json").is_file():
+        return None
+    saved = json.loads((out / "prefsmith_train.json").read_text()) if (out / "prefsmith_train.json").is_file() else {}
+    changed = [k for k in (*_RESUME_INVARIANTS, "epochs", "max_steps") if k in saved and saved[k] != getattr(cfg, k)]
+    if changed:
+        diffs = ", ".join(f"--{k.replace('_', '-')} {saved[k]!r} -> {getattr(cfg, k)!r}" for k in changed)
+        raise UserDataError(f"{out} holds a finished run and {diffs} changed: --resume only continues an interrupted "
+                            f"run. To train further, start a new --output with --model {out}")
+    return json.loads((out / "train_result.json").read_text())
 
 
 def _check_resumable(resume_dir: Path, cfg: TrainConfig) -> None:

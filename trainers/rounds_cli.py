@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pipelines.cli import Parser
 from pipelines.errors import UserError
 
 # flags of `prefsmith train` the rounds driver sets itself, per round
@@ -22,8 +23,8 @@ def build_parser(recipe: str) -> argparse.ArgumentParser:
 
     d = RoundsConfig.__dataclass_fields__
     algo = "dpo" if recipe == "iterative-dpo" else "sft"
-    p = argparse.ArgumentParser(
-        prog=f"prefsmith train {recipe}", allow_abbrev=False,
+    p = Parser(
+        prog=f"prefsmith train {recipe}",
         description="Iterative on-policy DPO: each round samples with the current policy, labels, dedups, pairs "
                     "and trains DPO." if recipe == "iterative-dpo" else
                     "Rejection-sampling fine-tuning / expert iteration: each round samples with the current policy, "
@@ -80,19 +81,30 @@ def build_parser(recipe: str) -> argparse.ArgumentParser:
     return p
 
 
-def parse(argv: list[str], recipe: str):
-    """argv -> RoundsConfig; the options this parser does not know go to `prefsmith train dpo|sft`'s."""
-    from pipelines.engines.models import resolve_model
-    from trainers.cli import build_parser as train_parser, config_from_args
-    from trainers.rounds import RECIPES, RoundsConfig
+def parse_args(argv: list[str], recipe: str) -> tuple[argparse.Namespace, argparse.Namespace]:
+    """argv -> (the rounds' own options, the per-round training run's), parsed but not yet checked as a config."""
+    from trainers.cli import build_parser as train_parser
+    from trainers.rounds import RECIPES
 
-    args, rest = build_parser(recipe).parse_known_args(argv)
+    own = build_parser(recipe)
+    args, rest = own.parse_known_args(argv)
     for flag in _SET_PER_ROUND:
         if any(a == flag or a.startswith(flag + "=") for a in rest):
             raise UserError(f"{flag} is set by each round (see docs/recipes.md); leave it out")
     tp = train_parser()
+    tp.prog, tp.also_known = f"prefsmith train {recipe}", list(own._option_string_actions)
     tp.set_defaults(**_TRAIN_DEFAULTS)
     targs = tp.parse_args([RECIPES[recipe].algorithm, "--model", args.model, "--data", "-", "--output", "-", *rest])
+    return args, targs
+
+
+def parse(argv: list[str], recipe: str):
+    """argv -> RoundsConfig; the options this parser does not know go to `prefsmith train dpo|sft`'s."""
+    from pipelines.engines.models import resolve_model
+    from trainers.cli import config_from_args
+    from trainers.rounds import RoundsConfig
+
+    args, targs = parse_args(argv, recipe)
     targs.ref_cache_dir = args.ref_cache_dir
     try:
         train = config_from_args(targs)

@@ -64,6 +64,7 @@ def shard_files(directory: str | Path) -> list[Path]:
 
 def _read_jsonl(path: Path) -> pa.Table:
     rows: list[dict] = []
+    linenos: list[int] = []
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
             try:
@@ -79,12 +80,56 @@ def _read_jsonl(path: Path) -> pa.Table:
             if not isinstance(row, dict):
                 raise UserError(f"{path}:{lineno}: each line must be a JSON object, got {type(row).__name__}")
             rows.append(row)
+            linenos.append(lineno)
     if not rows:
         raise UserError(f"{path}: empty input (no JSON rows)")
+    rows = unify_message_columns(rows)
     try:
-        return pa.Table.from_pylist(unify_message_columns(rows))
+        return pa.Table.from_pylist(rows)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        clash = _type_clash(rows, linenos)
+        if clash:
+            raise UserError(f"{path}:{clash}; make every line use the same type in that column") from None
         raise UserError(f"{path}: columns have inconsistent types across lines ({e}); make every line use the same type per column") from None
+
+
+def _json_kind(value: object) -> str:
+    """The JSON type of a value, as a user reads it (ints and floats are both numbers)."""
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {str: "string", list: "list", dict: "object"}.get(type(value), type(value).__name__)
+
+
+def _a(kind: str) -> str:
+    return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
+
+
+def _type_clash(rows: list[dict], linenos: list[int], prefix: str = "") -> str | None:
+    """`LINE: column 'answer' is a string here but a number on line 1`: the first value whose JSON type differs
+    from the column's first non-null one (nested inside lists and objects too), or None."""
+    first: dict[str, tuple[str, int]] = {}
+    nested: dict[str, tuple[list[dict], list[int]]] = {}
+    for row, lineno in zip(rows, linenos):
+        for col, value in row.items():
+            if value is None:
+                continue
+            kind = _json_kind(value)
+            name = prefix + col
+            seen = first.setdefault(name, (kind, lineno))
+            if seen[0] != kind:
+                return f"{lineno}: column {name!r} is {_a(kind)} here but {_a(seen[0])} on line {seen[1]}"
+            items = value if kind == "list" else [value] if kind == "object" else []
+            sub = nested.setdefault(name, ([], []))
+            for item in items:
+                sub[0].append(item if isinstance(item, dict) else {"[]": item})
+                sub[1].append(lineno)
+    for name, (sub_rows, sub_lines) in nested.items():
+        found = _type_clash(sub_rows, sub_lines, prefix=f"{name}.")
+        if found:
+            return found.replace(".[]", "[]")
+    return None
 
 
 def unify_message_columns(rows: list[dict]) -> list[dict]:

@@ -23,6 +23,26 @@ _WINDOWS = 8  # windows a sampled digest reads from a file larger than _WINDOWS 
 
 
 # ----------------------------------------------------------------------------------------------- writing
+def ensure_writable_dir(path: str | os.PathLike, what: str = "--output") -> Path:
+    """Create the folder `path` (with its parents) and check a file can be written in it, before any work: one
+    UserError naming `what`, the path and the cause otherwise (no permission, a read-only file system, a file
+    where the folder should be)."""
+    from pipelines.errors import UserError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{what} {path} is a file; it must name a folder (a new or existing one)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path, prefix=".write-check.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(name)
+    except OSError as e:
+        raise UserError(f"{what} {path}: cannot write there ({e.strerror or e}); choose a folder you can write "
+                        "to") from None
+    return path
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp path beside `path` for a writer that needs a file name (Parquet, torch.save); on success

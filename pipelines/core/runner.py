@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.core import dataset as ds
-from pipelines.core.files import fingerprint_json
+from pipelines.core.files import ensure_writable_dir, fingerprint_json
 from pipelines.errors import UserError
 from rewards.pool import PoolError
 
@@ -100,7 +100,8 @@ def open_output(out: Path, manifest: dict, overwrite: bool, extra_keys: Sequence
     """Make `out` ready for a run described by `manifest` (with its `fingerprint`). Returns the old manifest
     when it has the same fingerprint (the caller resumes or finds the work done); otherwise starts from an
     empty directory. Refuses, naming what changed, to replace output of another config or input unless
-    `overwrite`, and refuses a non-empty folder that is not a prefsmith dataset."""
+    `overwrite`, and refuses a non-empty folder that is not a prefsmith dataset, or one it cannot write to."""
+    ensure_writable_dir(out)
     old = ds.read_manifest(out)
     if old is not None and old.get("fingerprint") != manifest["fingerprint"]:
         if not overwrite:
@@ -112,7 +113,7 @@ def open_output(out: Path, manifest: dict, overwrite: bool, extra_keys: Sequence
         if not overwrite and not (out / ds.MANIFEST).exists():
             raise UserError(f"{out} exists and is not a prefsmith dataset directory; pass --overwrite or another --output")
         shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_writable_dir(out)
     for stale in out.rglob(".*.tmp"):  # left by a kill mid-write
         stale.unlink()
     return old

@@ -37,7 +37,21 @@ class Sample:
     # log-prob of each sampled token under the distribution it was sampled from (after temperature and top-p);
     # None when the backend does not return them (e.g. `transformers serve`).
     logprobs: list[float] | None
-    finish_reason: str  # "stop" | "length" | "error:<why>"
+    finish_reason: str  # "stop" | "length" | "too_long" (the prompt fills the context: not sampled) | "error:<why>"
+
+
+TOO_LONG = "too_long"
+
+
+def too_long(n: int) -> list[Sample]:
+    """The `n` samples of a prompt that leaves the model no room to generate: empty, never sampled, and marked so
+    (`label` scores them null with reason `too_long`, the generate summary counts them)."""
+    return [Sample(text="", token_ids=[], logprobs=[], finish_reason=TOO_LONG) for _ in range(n)]
+
+
+def fits(prompt_len: int, context: int | None) -> bool:
+    """Whether a prompt of `prompt_len` tokens leaves room for at least one new token in `context` positions."""
+    return context is None or prompt_len < context
 
 
 class Engine(Protocol):

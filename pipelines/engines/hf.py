@@ -21,11 +21,13 @@ from .base import (
     SamplingConfig,
     completion_text,
     derive_seed,
+    fits,
     load_tokenizer,
     per_prompt_seeds,
     render_prompt_ids,
     resolve_model_path,
     stop_token_ids,
+    too_long,
 )
 
 
@@ -140,15 +142,27 @@ class HFEngine:
         """The token ids generation continues from (the trainers' data path gives the same ids)."""
         return render_prompt_ids(self.tokenizer, prompt)
 
+    @property
+    def context(self) -> int | None:
+        """Positions the model was trained for (`max_position_embeddings`; GPT-2-style configs: `n_positions`)."""
+        config = self.lm.config
+        return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+
     def generate(
         self, prompts: Sequence[Prompt], sampling: SamplingConfig, seeds: Sequence[int] | None = None
     ) -> list[list[Sample]]:
         seeds = per_prompt_seeds(len(prompts), sampling, seeds)
         ids = [self.prompt_ids(p) for p in prompts]
+        # a prompt with no room left in the context is not generated at all (it would only extrapolate)
+        keep = [i for i, x in enumerate(ids) if fits(len(x), self.context)]
         size = max(1, self.options.prompt_batch_size)
-        out: list[list[Sample]] = []
-        for start in range(0, len(ids), size):
-            out.extend(self._generate_batch(ids[start : start + size], sampling, seeds[start : start + size]))
+        done: list[list[Sample]] = []
+        for start in range(0, len(keep), size):
+            part = keep[start : start + size]
+            done.extend(self._generate_batch([ids[i] for i in part], sampling, [seeds[i] for i in part]))
+        out = [too_long(sampling.n) for _ in ids]
+        for i, samples in zip(keep, done):
+            out[i] = samples
         return out
 
     @torch.inference_mode()

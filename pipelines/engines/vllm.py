@@ -22,11 +22,13 @@ from .base import (
     Sample,
     SamplingConfig,
     completion_text,
+    fits,
     load_tokenizer,
     per_prompt_seeds,
     render_prompt_ids,
     resolve_model_path,
     stop_token_ids,
+    too_long,
 )
 
 CPU_KV_CACHE_GIB = 1.0  # the vLLM CPU backend reserves this much RAM for the KV cache unless told otherwise
@@ -106,12 +108,24 @@ class VLLMEngine:
     def generate(
         self, prompts: Sequence[Prompt], sampling: SamplingConfig, seeds: Sequence[int] | None = None
     ) -> list[list[Sample]]:
-        from vllm import SamplingParams
-
         seeds = per_prompt_seeds(len(prompts), sampling, seeds)
         if not prompts:
             return []
-        inputs = [{"prompt_token_ids": self.prompt_ids(p)} for p in prompts]
+        ids = [self.prompt_ids(p) for p in prompts]
+        # vLLM refuses a prompt longer than max_model_len (the whole call fails): such a prompt is not sent
+        context = self.llm.llm_engine.model_config.max_model_len
+        keep = [i for i, x in enumerate(ids) if fits(len(x), context)]
+        out = [too_long(sampling.n) for _ in ids]
+        for i, samples in zip(keep, self._generate([ids[i] for i in keep], sampling, [seeds[i] for i in keep])):
+            out[i] = samples
+        return out
+
+    def _generate(self, ids: list[list[int]], sampling: SamplingConfig, seeds: list[int]) -> list[list[Sample]]:
+        from vllm import SamplingParams
+
+        if not ids:
+            return []
+        inputs = [{"prompt_token_ids": x} for x in ids]
         greedy = sampling.temperature == 0
         params = [
             SamplingParams(

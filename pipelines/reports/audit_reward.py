@@ -115,7 +115,8 @@ def gold_health(rows: list[dict], names: list[str], gold_column: str, workers: i
 
 
 def _wrong_values(gold: Any) -> tuple[str, str]:
-    """Two wrong answers near the gold: numbers next to it, or two unrelated numbers."""
+    """Two wrong answers near the gold: the numbers next to it, else the gold plus 1 and plus 7 as expressions (a
+    fraction, a radical), so no probe is accidentally right."""
     text = str(gold).strip()
     try:
         value = int(text.replace(",", ""))
@@ -126,7 +127,7 @@ def _wrong_values(gold: Any) -> tuple[str, str]:
         value = float(text)
         return f"{value + 1:g}", f"{value * 2 + 3:g}"
     except ValueError:
-        return ("0", "1") if text not in ("0", "1") else ("2", "3")
+        return f"{{{text}}}+1", f"{{{text}}}+7"
 
 
 def math_probes(prompt_text: str, gold: Any) -> dict[str, str]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.engines.base import Prompt, SamplingConfig
+from pipelines.engines.base import TOO_LONG, Prompt, SamplingConfig
 from pipelines.errors import UserError
 from pipelines.engines.models import resolve_model
 from pipelines.core.runner import Shard, StageResult, execute, update_manifest
@@ -65,7 +65,8 @@ def generate_rows(engine, rows: list[dict], cfg: GenerateConfig, ids: list[str],
                   tick=lambda n: None) -> tuple[list[dict], dict[str, float]]:
     """The row-level core of `generate` (the online trainers call it in-process with their live engine):
     sample `cfg.sampling.n` completions for each row, whose prompt ids are `ids`. Returns the rollout rows and
-    the counters {tokens, gen_seconds}."""
+    the counters {tokens, gen_seconds, too_long_prompts (when any)}. A prompt that leaves the model no room to
+    generate is not sampled: its rows have an empty completion and finish_reason `too_long`."""
     out, tokens, seconds = [], 0, 0.0
     policy = {"model": cfg.model, "engine": cfg.engine}
     sampling = cfg.sampling.to_dict()
@@ -82,7 +83,9 @@ def generate_rows(engine, rows: list[dict], cfg: GenerateConfig, ids: list[str],
                             "completion_ids": s.token_ids, "logprobs": s.logprobs,
                             "finish_reason": s.finish_reason, "policy": policy, "sampling": sampling})
         tick(len(batch))
-    return out, {"tokens": tokens, "gen_seconds": seconds}
+    long_prompts = len({r["prompt_id"] for r in out if r["finish_reason"] == TOO_LONG})
+    stats = {"tokens": tokens, "gen_seconds": seconds}
+    return out, {**stats, "too_long_prompts": long_prompts} if long_prompts else stats
 
 
 class GenerateStage(Stage):
@@ -144,6 +147,11 @@ def generate(cfg: GenerateConfig, input: str, output: str, overwrite: bool = Fal
         tokens, seconds = int(stats.get("tokens", 0)), float(stats.get("gen_seconds", 0.0))
         result.extra = {"tokens": tokens, "gen_seconds": round(seconds, 2),
                         "tokens_per_s": round(tokens / seconds, 1) if seconds else 0.0}
+        long_prompts = int(stats.get("too_long_prompts", 0))
+        if long_prompts:
+            result.extra["too_long_prompts"] = long_prompts
+            print(f"[generate] {long_prompts} prompt(s) did not fit the model's context and were not sampled: their "
+                  "rows have finish_reason too_long and an empty completion (label scores them null)", file=sys.stderr)
         update_manifest(output, generation=result.extra)
     return result
 

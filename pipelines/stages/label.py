@@ -9,6 +9,10 @@ Every row gains three columns (other columns are kept):
   records a reward without counting it);
 - `reward_info`: struct, reward name -> reason (`correct`, `wrong`, `bad_gold`, `error: ValueError: ...`).
 
+A null gold (`answer`, `tests`) is that row's null with reason `bad_gold` (or `bad_tests`), not a refused file;
+a rollout whose prompt did not fit the model's context (`finish_reason` `too_long`, never sampled) is null with
+reason `too_long` for every reward, without calling them.
+
 The name of a reward's field is the part before `:` for built-ins (`math`, `format`, `rm`...) and the function's
 name for plug-ins; a repeated name gets `_2`, `_3`... in order. Reward functions are called one batch of
 `--batch-size` rows at a time with TRL's signature: `fn(prompts, completions, **columns)`, where `columns` holds
@@ -31,6 +35,7 @@ from pipelines.core import dataset as ds
 from pipelines.errors import UserError
 from pipelines.core.runner import Shard, execute, update_manifest
 from pipelines.core.stage import Stage
+from pipelines.engines.base import TOO_LONG
 from pipelines.executors import add_executor_arguments, executor_config
 from rewards.combine import parse_weights, total, unique_names
 from rewards.plugins import ERROR_PREFIX, Options, RewardFn, RewardSpecError, build
@@ -92,20 +97,26 @@ def label_rows(rows: list[dict], fns: list[RewardFn], names: list[str], weights:
     """Score `rows` (dicts with `prompt` and `completion`) and return them with the three reward columns."""
     out = []
     for start in range(0, len(rows), batch_size):
-        batch = rows[start: start + batch_size]
+        whole = rows[start: start + batch_size]
+        # a prompt too long for the model's context was never sampled (generate): null, reason too_long
+        batch = [r for r in whole if r.get("finish_reason") != TOO_LONG]
         keys = dict.fromkeys(k for r in batch for k in r if k not in ("prompt", "completion", *OUTPUT_COLUMNS))
         columns = {k: [r.get(k) for r in batch] for k in keys}
         columns.setdefault("completion_ids", [None] * len(batch))
         prompts = [r["prompt"] for r in batch]
         completions = [r["completion"] for r in batch]
-        per_reward = [fn.score(prompts, completions, columns) for fn in fns]
-        errors = 0
-        for i, row in enumerate(batch):
-            scores = {n: res[i].score for n, res in zip(names, per_reward)}
-            info = {n: res[i].reason for n, res in zip(names, per_reward)}
+        per_reward = [fn.score(prompts, completions, columns) for fn in fns] if batch else []
+        errors, i = 0, 0
+        for row in whole:
+            if row.get("finish_reason") == TOO_LONG:
+                scores, info = dict.fromkeys(names), dict.fromkeys(names, TOO_LONG)
+            else:
+                scores = {n: res[i].score for n, res in zip(names, per_reward)}
+                info = {n: res[i].reason for n, res in zip(names, per_reward)}
+                i += 1
             errors += any(r.startswith(ERROR_PREFIX) for r in info.values())
             out.append({**row, "rewards": scores, "reward": total(scores, weights), "reward_info": info})
-        on_batch(len(batch), errors)
+        on_batch(len(whole), errors)
     return out
 
 
@@ -171,7 +182,10 @@ class LabelStage(Stage):
     def __init__(self, cfg: LabelConfig, fns: list[RewardFn] | None = None):
         self.cfg = cfg
         checked, self.names, self.weights = load_rewards(cfg) if fns is None else (fns, *_names_weights(cfg, fns))
-        self.needs = list(dict.fromkeys(c for f in checked for c in f.required))
+        self.needs = list(dict.fromkeys(c for f in checked if not f.nullable for c in f.required))
+        # a built-in's gold column must exist but may hold nulls: such a row is that reward's `bad_gold` null
+        self.golds = [c for c in dict.fromkeys(c for f in checked if f.nullable for c in f.required)
+                      if c not in self.needs]
         self.sources = {f.spec: f.fingerprint for f in checked if f.fingerprint}
         self.fns = checked  # used as they are when the stage runs in this process
         self.counts = {"rows": 0, "errors": 0}
@@ -184,6 +198,9 @@ class LabelStage(Stage):
 
     def required(self) -> list[str]:
         return ["prompt", "completion", *self.needs]
+
+    def present(self) -> list[str]:
+        return self.golds
 
     def setup(self) -> None:
         if self.fns is None:
