@@ -56,9 +56,8 @@ def test_engine_prompt_ids_equal_the_trainer_data_path(hf, prompt):
     """What the hf engine continues from is exactly the prompt part the trainer builds around a completion:
     for a chat (the template's open assistant turn) and for a plain string (the tokenizer's own tokens)."""
     engine_ids = hf.prompt_ids(prompt)
-    # a string prompt is tokenized together with its completion: one starting with a letter could merge with
-    # the prompt's last word ("is" + "5" stays two words, "is" + "s" would not), which is why online RL trains
-    # on the engine's ids rather than on re-tokenized text
+    # the prompt part is the engine's ids whatever the completion (a token merging across the boundary is
+    # tested in tests/test_sampled_context.py)
     for completion in (" 5", "5.", "5, step by step"):
         enc = encode_prompt_completion(hf.tokenizer, prompt, completion)
         n_prompt = enc["loss_mask"].index(1)

@@ -200,7 +200,9 @@ def test_ref_previous_uses_round_0_model_as_round_1_reference(tiny_model, prompt
         figures = json.loads((rdir / "round.json").read_text())["figures"]
         n = sum(p in leaked for p in ds.load_table(rdir / "prompts").column("prompt").to_pylist())
         assert figures["contaminated"] == 4 * n and figures["kept"] == 24 - 4 * n  # kept: after all cleaning
-        assert not leaked & set(ds.load_table(rdir / "pairs").column("prompt").to_pylist())
+        # pairs train in the sampled context: the tiny model's chat template, the question as the user turn
+        pairs = ds.load_table(rdir / "pairs").column("prompt").to_pylist()
+        assert all(p[-1]["role"] == "user" for p in pairs) and not leaked & {p[-1]["content"] for p in pairs}
     rec = json.loads((out / "round-001" / "round.json").read_text())
     assert rec["reference"] == rec["trained_from"] == str(out / "round-000" / "model")
     saved = json.loads((out / "round-001" / "model" / "prefsmith_train.json").read_text())

@@ -18,38 +18,53 @@ from typing import Any
 
 import torch
 
-from rewards.chat import Messages, as_messages, chat_ids, is_messages, prompt_ids
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
+from rewards.chat import Messages, as_messages, chat_ids, is_messages, prompt_ids, render_chat
 
 
 def _encode_chat(tokenizer, messages: Messages, train_from: int) -> tuple[list[int], list[int]]:
-    """Token ids of a conversation and a mask that is 1 on assistant turns with index >= train_from."""
+    """Token ids of a conversation and a mask that is 1 on assistant turns with index >= train_from.
+
+    A trained turn's context is the conversation before it with an open assistant turn, as an engine continued
+    it (`chat_ids(..., add_generation_prompt=True)`, which is `rewards.chat.prompt_ids`). The conversation is
+    tokenized whole, as TRL does, when every trained turn sits right after exactly those context ids; where a
+    token merges across that boundary, it is tokenized turn by turn instead (`_encode_turns`), so the context
+    keeps the ids the engine saw."""
     ids = chat_ids(tokenizer, messages)
+    turns = [i for i, m in enumerate(messages) if i >= train_from and m.get("role") == "assistant"]
     mask = [0] * len(ids)
-    for i, message in enumerate(messages):
-        if i < train_from or message.get("role") != "assistant":
-            continue
+    for i in turns:
         head = chat_ids(tokenizer, messages[:i], add_generation_prompt=True)
-        start = _common_prefix(head, ids)
         turn = chat_ids(tokenizer, messages[: i + 1])
-        end = _common_prefix(turn, ids)
-        # one merged token at a boundary is fine; more means the template is not prefix-stable
-        if start < len(head) - 1 or end < len(turn) - 1:
+        if ids[: len(head)] != head or ids[: len(turn)] != turn or len(turn) < len(head):
+            return _encode_turns(tokenizer, messages, turns)
+        mask[len(head) : len(turn)] = [1] * (len(turn) - len(head))
+    return ids, mask
+
+
+def _encode_turns(tokenizer, messages: Messages, turns: list[int]) -> tuple[list[int], list[int]]:
+    """`_encode_chat` when tokens merge across a turn boundary: the rendered conversation cut where each trained
+    turn starts (after its context with the open assistant turn) and ends (its end-of-turn and whatever the
+    template writes after it), each piece tokenized on its own; the pieces that are turns are trained."""
+    text = render_chat(tokenizer, messages)
+    cuts = [0]
+    for i in turns:
+        head = render_chat(tokenizer, messages[:i], add_generation_prompt=True)
+        turn = render_chat(tokenizer, messages[: i + 1])
+        if not (text.startswith(head) and text.startswith(turn) and cuts[-1] <= len(head) <= len(turn)):
             raise ValueError(
                 "the chat template renders earlier turns differently once later turns follow (message "
                 f"{i} of {len(messages)}), so assistant tokens cannot be located; use a template whose "
                 "rendering of a conversation prefix is a prefix of the full rendering"
             )
-        for t in range(start, max(end, start)):
-            mask[t] = 1
+        cuts += [len(head), len(turn)]
+    cuts.append(len(text))
+    ids: list[int] = []
+    mask: list[int] = []
+    for k in range(len(cuts) - 1):  # pieces alternate: context, turn, context, turn, ..., the rest
+        piece = text[cuts[k] : cuts[k + 1]]
+        piece_ids = list(tokenizer(piece, add_special_tokens=False)["input_ids"]) if piece else []
+        ids += piece_ids
+        mask += [k % 2] * len(piece_ids)
     return ids, mask
 
 
@@ -66,12 +81,15 @@ def encode_prompt_completion(
 ) -> dict:
     """Tokenize one prompt + completion; ``loss_mask`` is 1 on completion tokens only.
 
+    The prompt's tokens are always the ids a generation engine continues from (`rewards.chat.prompt_ids`), so a
+    set built from rollouts trains in the exact context the policy was sampled in (docs/training.md).
+
     - Chat prompt (list of messages): a string completion becomes one assistant message; a list of
       messages is appended as is, and every assistant turn in it is trained (none in the prompt).
     - Plain-text prompt and completion: tokenized as ``prompt + completion`` with the tokenizer's special
-      tokens (BOS if it adds one); the eos token is appended to the completion if missing (``add_eos``),
-      as TRL does, so the model learns to stop. The completion starts where the tokenization of the
-      prompt alone stops being a prefix of the full tokenization.
+      tokens (BOS if it adds one), as TRL does; the eos token is appended to the completion if missing
+      (``add_eos``), so the model learns to stop. Where a token merges across the boundary (the prompt's ids
+      are not a prefix of the whole), the completion is tokenized on its own after the prompt's ids.
     - Truncation to ``max_length``: tokens are dropped from the left of the prompt (its end, nearest the
       completion, stays). If the completion alone is longer than ``max_length``, the prompt keeps its last
       ``max_length // 2`` tokens (or all if shorter) and the completion is cut at the right.
@@ -82,8 +100,11 @@ def encode_prompt_completion(
             raise ValueError("a plain-text prompt needs a plain-text completion (got messages)")
         if add_eos and tokenizer.eos_token and not completion.endswith(tokenizer.eos_token):
             completion = completion + tokenizer.eos_token
-        ids = tokenizer(prompt + completion)["input_ids"]
-        n_prompt = _common_prefix(prompt_ids(tokenizer, prompt), ids)
+        context = prompt_ids(tokenizer, prompt)
+        ids = list(tokenizer(prompt + completion)["input_ids"])
+        if ids[: len(context)] != context:
+            ids = context + list(tokenizer(completion, add_special_tokens=False)["input_ids"])
+        n_prompt = len(context)
         mask = [0] * n_prompt + [1] * (len(ids) - n_prompt)
     else:
         prompt = _check_messages(prompt, "prompt")

@@ -6,8 +6,9 @@
   the same flag under the name docs/judges.md uses).
 - rows whose score is null (or NaN) are skipped and counted by the reason in `reward_info` (for a column
   `X_score`, the reason in `X_reason`: `judge_score` -> `judge_reason`).
-- output: `prompt`, `completion`, `label` (+ `id`, `prompt_id`, `reward` and the prompt-level columns).
-  A conversational prompt keeps its message list and `completion` becomes a one-message assistant list
+- output: `prompt`, `completion`, `label` (+ `id`, `prompt_id`, `reward` and the prompt-level columns);
+  `prompt` is the context the sample was drawn in (the rollout's `sampled_prompt`). A conversational
+  prompt keeps its message list and `completion` becomes a one-message assistant list
   (TRL's conversational unpaired-preference format); a text prompt gets a string completion.
 - weights: the KTO paper (Ethayarajh et al. 2024, Eq. 8) recommends
   `lambda_D * n_D / (lambda_U * n_U)` in [1, 4/3]. We fix `undesirable_weight = 1` and take the
@@ -24,7 +25,7 @@ from dataclasses import asdict, dataclass
 
 from pipelines.core.dataset import load_table
 from pipelines.errors import UserError
-from pipelines.builders.samples import (BuilderStage, as_completion, carried, count_by, read_side, row_id,
+from pipelines.builders.samples import (BuilderStage, as_completion, carried, context, count_by, read_side, row_id,
                                         score_rows)
 from pipelines.core.runner import Shard, execute, update_manifest
 from pipelines.executors import add_executor_arguments, executor_config
@@ -82,7 +83,8 @@ def kto_rows(rows: list[dict], cfg: KTOConfig) -> dict[str, list[dict]]:
         row = s.row
         value = row[cfg.label_column]
         label = value if isinstance(value, bool) else s.reward >= cfg.threshold
-        out.append({"prompt": row["prompt"], "completion": as_completion(row["prompt"], row["completion"]),
+        prompt = context(row)
+        out.append({"prompt": prompt, "completion": as_completion(prompt, row["completion"]),
                     "label": bool(label), "id": s.id, "prompt_id": row.get("prompt_id"),
                     "reward": row.get("reward"), **carried(row)})
     return {"rows": out, "skipped": skipped}

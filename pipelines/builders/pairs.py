@@ -12,8 +12,9 @@ Rules (see docs/builders.md):
   so the result does not depend on sharding or resume.
 
 Output: `prompt`, `chosen`, `rejected`, `score_chosen`, `score_rejected`, `prompt_id`, `chosen_id`,
-`rejected_id`, plus the prompt-level columns (`answer`, ...: columns with one value across the prompt's
-samples; a column that differs between samples is null). A conversational prompt (list of messages)
+`rejected_id`, plus the prompt-level columns (`answer`, `prompt_token_ids`, ...: columns with one value across
+the prompt's samples; a column that differs between samples is null). `prompt` is the context the samples were
+drawn in (`samples.context`: the rollout's `sampled_prompt`). A conversational prompt (list of messages)
 stays a list and `chosen`/`rejected` become one-message assistant lists (TRL's conversational preference
 format); a text prompt gets string `chosen`/`rejected`. Side datasets: `DIR/prompts/` (one row per prompt:
 counts and the reason it has no pair) and `DIR/skipped/` (null-reward rows with their reason).
@@ -25,8 +26,8 @@ import random
 from dataclasses import dataclass
 
 from pipelines.errors import UserError
-from pipelines.builders.samples import (PromptGroupStage, Sample, as_completion, count_by, group_rows, prompt_columns,
-                                        read_side, score_rows)
+from pipelines.builders.samples import (PromptGroupStage, Sample, as_completion, context, count_by, group_rows,
+                                        prompt_columns, read_side, score_rows)
 from pipelines.builders.similarity import edit_distance
 from pipelines.core.runner import Shard, execute, update_manifest
 from pipelines.executors import add_executor_arguments, executor_config
@@ -112,7 +113,7 @@ def _too_similar(a: str, b: str, min_distance: float) -> bool:
 
 
 def pair_row(chosen: Sample, rejected: Sample, shared: dict) -> dict:
-    prompt = chosen.row["prompt"]
+    prompt = context(chosen.row)
     return {
         "prompt": prompt,
         "chosen": as_completion(prompt, chosen.row["completion"]),

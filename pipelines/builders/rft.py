@@ -16,7 +16,8 @@ Rules (see docs/builders.md):
   ratio. Rows are not shuffled (trainers shuffle).
 
 Output: `prompt`, `completion`, `id`, `prompt_id`, `reward`, `source` ("rft" for selected rows, "mix:OTHER"
-for mixed ones) and the prompt-level columns. A conversational prompt gets a one-message assistant list as
+for mixed ones) and the prompt-level columns; `prompt` is the context the sample was drawn in (the rollout's
+`sampled_prompt`). A conversational prompt gets a one-message assistant list as
 `completion` (TRL's conversational prompt-completion format). When mixing with an SFT set that uses
 `messages`, or when one side is conversational and the other plain text, every row is written as
 `messages` instead (a text prompt becomes one user message, the completion one assistant message).
@@ -32,8 +33,8 @@ import pyarrow as pa
 
 from pipelines.core import dataset as ds
 from pipelines.errors import UserError
-from pipelines.builders.samples import (PromptGroupStage, Sample, as_completion, carried, chat_column, count_by, group_rows,
-                                input_schema, read_side, score_rows)
+from pipelines.builders.samples import (PromptGroupStage, Sample, as_completion, carried, chat_column, context, count_by,
+                                        group_rows, input_schema, read_side, score_rows)
 from pipelines.core.runner import MARKERS, Shard, execute, update_manifest
 from pipelines.executors import add_executor_arguments, executor_config
 from rewards.chat import as_messages, is_messages
@@ -95,8 +96,9 @@ def to_messages(prompt, completion) -> list[dict]:
 
 def selected_row(s: Sample, fmt: str) -> dict:
     row = s.row
-    body = ({"messages": to_messages(row["prompt"], row["completion"])} if fmt == "messages" else
-            {"prompt": row["prompt"], "completion": as_completion(row["prompt"], row["completion"])})
+    prompt = context(row)
+    body = ({"messages": to_messages(prompt, row["completion"])} if fmt == "messages" else
+            {"prompt": prompt, "completion": as_completion(prompt, row["completion"])})
     return {**body, "id": s.id, "prompt_id": row["prompt_id"], "reward": s.reward, "source": "rft", **carried(row)}
 
 
@@ -201,7 +203,8 @@ def _mix_format(input: str, other: pa.Table, mix: str) -> str:
     if not {"prompt", "completion"} <= set(other.column_names):
         raise UserError(f"{mix}: an SFT set needs a 'messages' column or 'prompt' + 'completion'; "
                         f"found {', '.join(other.column_names)}")
-    ours = chat_column(input_schema(input), "prompt")
+    schema = input_schema(input)
+    ours = chat_column(schema, "sampled_prompt" if "sampled_prompt" in schema.names else "prompt")
     theirs = chat_column(other.schema, "prompt") or chat_column(other.schema, "completion")
     return "messages" if ours != theirs else "prompt-completion"
 

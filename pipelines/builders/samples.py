@@ -3,6 +3,8 @@
 - `score_rows` splits a prompt's rows into valid ones (a finite reward) and skipped ones (null/NaN reward,
   with the reason taken from `reward_info`).
 - `normalize_text` is the whitespace normalization used to decide that two completions are "the same".
+- `context` is the prompt a set trains in: the one the engine sampled from (`sampled_prompt`), so a trainer
+  renders exactly the tokens the policy continued (docs/builders.md, "Context").
 - `as_completion` gives the completion side in the format TRL expects for the prompt's format.
 - `carried` / `prompt_columns` keep a row's / a prompt's extra columns (`answer`, `tests`, `policy`...) and
   drop the standard per-sample ones.
@@ -58,7 +60,7 @@ class PromptGroupStage(BuilderStage):
 # Columns that describe one sample, not the prompt: never carried into a built training set.
 SAMPLE_COLUMNS = frozenset({
     "id", "sample_idx", "prompt", "completion", "completion_ids", "logprobs", "finish_reason",
-    "reward", "rewards", "reward_info", "prompt_id", "label", "messages",
+    "reward", "rewards", "reward_info", "prompt_id", "label", "messages", "sampled_prompt",
 })
 
 
@@ -75,6 +77,14 @@ def chat_column(schema: pa.Schema, column: str) -> bool:
 def normalize_text(text: str) -> str:
     """Collapse runs of whitespace to one space and strip the ends: 'a  b\\n' and 'a b' are the same text."""
     return " ".join(text.split())
+
+
+def context(row: dict) -> str | list[dict]:
+    """The prompt a training row is built on: `sampled_prompt`, what the engine continued (template, system
+    message and chat applied), when `generate` wrote it; else `prompt` (rollouts from elsewhere, or from before
+    the column existed)."""
+    sampled = row.get("sampled_prompt")
+    return sampled if sampled is not None else row["prompt"]
 
 
 def as_completion(prompt: Any, text: str) -> str | list[dict]:

@@ -64,6 +64,11 @@ class Engine(Protocol):
         uninterrupted run exactly)."""
         ...
 
+    def prompt_ids(self, prompt: Prompt) -> list[int] | None:
+        """The token ids generation continues from for `prompt` (`render_prompt_ids`); None when the engine
+        cannot know them (a server's own template and no local tokenizer)."""
+        ...
+
     def close(self) -> None: ...
 
 

@@ -27,7 +27,8 @@ from typing import Any, Sequence
 from pipelines.core.files import fingerprint_json
 from rewards.chat import is_messages
 
-from .base import EngineError, Prompt, Sample, SamplingConfig, derive_seed, end_of_turn_id, per_prompt_seeds
+from .base import (EngineError, Prompt, Sample, SamplingConfig, derive_seed, end_of_turn_id, per_prompt_seeds,
+                   render_prompt_ids)
 from .openai_client import APIError, DiskCache, OpenAIClient
 
 DEFAULT_BASE_URL = "http://localhost:8000/v1"
@@ -98,6 +99,14 @@ class OpenAIEngine:
                 ThreadPoolExecutor(self.max_concurrency) as inner:
             futures = [outer.submit(self._one_prompt, inner, p, sampling, s) for p, s in zip(prompts, seeds)]
             return [f.result() for f in futures]
+
+    def prompt_ids(self, prompt: Prompt) -> list[int] | None:
+        """The ids the server continues from, as the local tokenizer renders them (the served model's own
+        tokenizer and template when `tokenizer`/`model` is its folder); None without a local tokenizer, or for a
+        chat when it has no chat template: the server's rendering is then unknown here."""
+        if self.tokenizer is None or (is_messages(prompt) and not getattr(self.tokenizer, "chat_template", None)):
+            return None
+        return render_prompt_ids(self.tokenizer, prompt)
 
     def close(self) -> None:
         pass

@@ -1,7 +1,11 @@
 """`prefsmith generate`: sample N completions per prompt and write rollout rows.
 
 One output row per (prompt, sample): every input column is carried, plus `id` (`{prompt_id}-{sample_idx}`),
-`prompt_id`, `sample_idx`, `completion`, `completion_ids`, `logprobs`, `finish_reason`, `policy`, `sampling`.
+`prompt_id`, `sample_idx`, `completion`, `completion_ids`, `logprobs`, `finish_reason`, `policy`, `sampling`,
+and the context the sample continued: `sampled_prompt` (the prompt as the engine got it: `--template` and
+`--system` applied, a message list when sampled through the chat template, else the text) and
+`prompt_token_ids` (the ids the engine continued from; null when the engine has no local tokenizer). The
+builders train in this context (docs/builders.md).
 Prompt i is sampled with seed `hash(seed, prompt_id)`, so the output doesn't depend on batching or on where a
 killed run resumed: same seed + engine + model → same rows.
 """
@@ -73,15 +77,17 @@ def generate_rows(engine, rows: list[dict], cfg: GenerateConfig, ids: list[str],
     for b in range(0, len(rows), cfg.batch_size):
         batch, batch_ids = rows[b:b + cfg.batch_size], ids[b:b + cfg.batch_size]
         prompts = [build_prompt(r, cfg, use_chat) for r in batch]
+        contexts = [engine.prompt_ids(p) for p in prompts]
         t0 = time.time()
         results = engine.generate(prompts, cfg.sampling, [prompt_seed(cfg.sampling.seed, i) for i in batch_ids])
         seconds += time.time() - t0
-        for row, pid, samples in zip(batch, batch_ids, results):
+        for row, pid, prompt, context, samples in zip(batch, batch_ids, prompts, contexts, results):
             for k, s in enumerate(samples):
                 tokens += len(s.token_ids or [])
                 out.append({**row, "id": f"{pid}-{k}", "prompt_id": pid, "sample_idx": k, "completion": s.text,
                             "completion_ids": s.token_ids, "logprobs": s.logprobs,
-                            "finish_reason": s.finish_reason, "policy": policy, "sampling": sampling})
+                            "finish_reason": s.finish_reason, "policy": policy, "sampling": sampling,
+                            "sampled_prompt": prompt, "prompt_token_ids": context})
         tick(len(batch))
     long_prompts = len({r["prompt_id"] for r in out if r["finish_reason"] == TOO_LONG})
     stats = {"tokens": tokens, "gen_seconds": seconds}
