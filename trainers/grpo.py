@@ -266,13 +266,7 @@ class GRPORun:
 
         self.resume_dir = resume_dir = ckpt.latest_checkpoint(self.out) if cfg.resume else None
         if resume_dir is not None:
-            saved = json.loads((resume_dir / "prefsmith_train.json").read_text())
-            if saved.get("identity") != json.loads(json.dumps(cfg.identity())):
-                from pipelines.errors import UserError
-
-                changed = sorted(k for k in cfg.identity() if saved.get("identity", {}).get(k) != cfg.identity()[k])
-                raise UserError(f"--resume: {resume_dir} was made with other settings ({', '.join(changed)}); "
-                                "use another --output")
+            _check_same_run(resume_dir, cfg)
         elif (self.out / "checkpoints").exists() and any((self.out / "checkpoints").iterdir()):
             from pipelines.errors import UserError
 
@@ -644,6 +638,18 @@ class GRPORun:
         return {"steps": self.state.step, "output": str(self.out), "plots": [str(p) for p in plots]}
 
 
+def _check_same_run(checkpoint: Path, cfg: GRPOConfig) -> None:
+    """--resume: the checkpoint must come from a run with the same identity (the settings that decide the run)."""
+    saved = json.loads((checkpoint / "prefsmith_train.json").read_text()).get("identity", {})
+    now = json.loads(json.dumps(cfg.identity()))
+    if saved != now:
+        from pipelines.errors import UserError
+
+        changed = sorted(k for k in now if saved.get(k) != now[k])
+        raise UserError(f"--resume: {checkpoint} was made with other settings ({', '.join(changed)}); "
+                        "use another --output")
+
+
 def finished_summary(cfg: GRPOConfig) -> dict | None:
     """With `--resume`, the summary of a run that already reached `--max-steps` in `cfg.output` (it is neither
     trained nor evaluated again); None when there are steps left. A finished run with no checkpoint to continue
@@ -654,9 +660,12 @@ def finished_summary(cfg: GRPOConfig) -> dict | None:
     if not cfg.resume or not result.is_file():
         return None
     summary = json.loads(result.read_text())
+    latest = ckpt.latest_checkpoint(Path(cfg.output))
+    if latest is not None:
+        _check_same_run(latest, cfg)
     if summary.get("steps", 0) >= cfg.max_steps:
         return summary
-    if ckpt.latest_checkpoint(Path(cfg.output)) is None:
+    if latest is None:
         from pipelines.errors import UserError
 
         raise UserError(f"{cfg.output} finished at step {summary.get('steps')} and holds no checkpoint to continue "
