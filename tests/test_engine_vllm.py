@@ -70,3 +70,16 @@ def test_vllm_sees_the_chat_template_once(vllm_engine):
     assert vllm_engine.tokenizer.decode(ids) == (
         "<|im_start|>user\nWhat is 2 + 3?<|im_end|>\n<|im_start|>assistant\n"
     )
+
+
+def test_vllm_a_prompt_longer_than_max_model_len_is_not_sent(vllm_engine):
+    """max_model_len is 256 here: vLLM would refuse the whole call. The long prompt comes back `too_long`,
+    unsampled, and the others sample exactly as they do without it."""
+    sampling = SamplingConfig(n=2, temperature=0.9, max_new_tokens=6)
+    long = "word " * 400
+    assert len(vllm_engine.prompt_ids(long)) >= 256
+    mixed = vllm_engine.generate([CHAT, long, "third"], sampling, seeds=[7, 8, 2])
+    alone = vllm_engine.generate([CHAT, "third"], sampling, seeds=[7, 2])
+    assert [(s.text, s.token_ids, s.finish_reason) for s in mixed[1]] == [("", [], "too_long")] * 2
+    ids = lambda samples: [s.token_ids for s in samples]  # noqa: E731
+    assert [ids(mixed[0]), ids(mixed[2])] == [ids(alone[0]), ids(alone[1])]
