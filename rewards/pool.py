@@ -94,12 +94,17 @@ class _Template:
     def __init__(self, preload: Sequence[str], warmup_blob: bytes):
         ours, theirs = socket.socketpair()
         paths = [os.path.abspath(p) if p else os.getcwd() for p in sys.path if isinstance(p, str)]
-        self.proc = subprocess.Popen(
-            [sys.executable, "-I", "-c", _BOOT, ROOT, os.pathsep.join(paths), ",".join(PACKAGES),
-             str(theirs.fileno()), *preload],
-            pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, close_fds=True,
-        )
-        theirs.close()
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-I", "-c", _BOOT, ROOT, os.pathsep.join(paths), ",".join(PACKAGES),
+                 str(theirs.fileno()), *preload],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, close_fds=True,
+            )
+        except OSError as e:  # no memory or process slots for one more interpreter
+            ours.close()
+            raise PoolError(f"the worker process could not start ({e})") from None
+        finally:
+            theirs.close()
         self.sock = ours
         self.sock.settimeout(READY_TIMEOUT_S)
         try:
