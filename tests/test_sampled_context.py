@@ -19,6 +19,14 @@ from pipelines.core import dataset as ds
 SYSTEM = "You solve math problems."
 TEMPLATE = "{prompt}\nPut the final answer in \\boxed{{}}."
 REWARD = "format:.*in.*"  # about a third of the tiny model's samples contain "in": mixed outcomes per prompt
+# a ChatML variant whose assistant turn opens with a partial word, so the turn's first token merges with it
+PREFILL_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}<|im_start|>assistant\nThe answ{{ message['content'] }}<|im_end|>\n"
+    "{% else %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\nThe answ{% endif %}"
+)
 
 
 @pytest.fixture(scope="module", params=["chat", "text"])
@@ -124,6 +132,30 @@ def test_our_trainers_build_the_engine_prompt_ids(built, tiny_model, tmp_path):
         assert _prompt_part(ex["seq"]) == rollouts[row["id"]]["prompt_token_ids"]
 
 
+def test_training_with_another_chat_template_than_the_samplers_warns(built, tiny_model, tmp_path):
+    """The round trip (STYLE 12): rows whose prompt renders to other ids than their `prompt_token_ids` are
+    counted and named in one warning; with the sampler's own template there is none."""
+    from transformers import AutoTokenizer
+
+    from trainers.algorithms import make_algorithm
+    from trainers.config import TrainConfig
+    from trainers.loop import _prepare_examples
+
+    kind, d, _ = built
+    if kind == "text":
+        pytest.skip("a plain-text prompt goes through no template")
+    cfg = TrainConfig(algorithm="dpo", model=str(tiny_model), data=str(d / "pairs"), output=str(tmp_path / "o"))
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    for template, warned in ((tok.chat_template, False), (PREFILL_TEMPLATE, True)):
+        tok.chat_template = template
+        logged: list[str] = []
+        examples, _ = _prepare_examples(cfg, make_algorithm(cfg), tok, logged.append)
+        n = len(ds.load_rows(d / "pairs"))
+        assert logged == ([f"warning: {n} of {n} training examples tokenize their prompt to other ids than the "
+                           "prompt_token_ids they were sampled from (a tokenizer or chat template other than the "
+                           "sampler's): they train in a context the policy did not sample in"] if warned else [])
+
+
 def test_trl_trainers_build_the_engine_prompt_ids(built, tiny_model, tmp_path):
     """The same Parquet through TRL's own dataset preparation (DPOTrainer, KTOTrainer, SFTTrainer)."""
     datasets = pytest.importorskip("datasets")
@@ -148,16 +180,6 @@ def test_trl_trainers_build_the_engine_prompt_ids(built, tiny_model, tmp_path):
     for row in sft.train_dataset:
         trained = [label != -100 for label in row["labels"]]  # the prompt's labels are -100
         assert row["input_ids"][:trained.index(True)] == rollouts[row["id"]]["prompt_token_ids"]
-
-
-# a ChatML variant whose assistant turn opens with a partial word, so the turn's first token merges with it
-PREFILL_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'assistant' %}<|im_start|>assistant\nThe answ{{ message['content'] }}<|im_end|>\n"
-    "{% else %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\nThe answ{% endif %}"
-)
 
 
 def test_a_token_merging_across_the_boundary_keeps_the_engine_prompt_ids(tiny_model):

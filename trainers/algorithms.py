@@ -61,6 +61,20 @@ def _n_loss_tokens(feat: dict) -> int:
     return int(sum(feat["loss_mask"][1:]))
 
 
+def _context_differs(row: dict, *feats: dict) -> bool:
+    """Whether a row built from rollouts tokenizes its prompt to other ids than the ones the engine continued
+    from (`prompt_token_ids`, docs/builders.md): a tokenizer or chat template other than the sampler's. The loop
+    counts these and warns; rows without the column, and truncated prompts, are not compared."""
+    want = row.get("prompt_token_ids")
+    if want is None:
+        return False
+    for f in feats:
+        mask = f["loss_mask"]
+        if not f["truncated"] and f["input_ids"][:mask.index(1) if 1 in mask else len(mask)] != list(want):
+            return True
+    return False
+
+
 # ------------------------------------------------------------------------------------------------ the seam
 class Algorithm:
     """What the loop asks of an algorithm. Subclasses set the class attributes and write `encode` and `loss`;
@@ -220,7 +234,8 @@ class SFT(Algorithm):
                     raise ValueError("needs a 'messages' column, or 'prompt' and 'completion'")
             except ValueError as e:
                 raise _row_error(source, i, e) from None
-            examples.append({"seq": feat, "length": len(feat["input_ids"]), "units": _n_loss_tokens(feat)})
+            examples.append({"seq": feat, "length": len(feat["input_ids"]), "units": _n_loss_tokens(feat),
+                             "context_differs": _context_differs(row, feat)})
         return examples
 
     def loss(self, model, examples: list[dict], ref: torch.Tensor | None, ctx: StepContext):
@@ -270,7 +285,8 @@ class DPO(Algorithm):
             except (ValueError, KeyError) as e:
                 raise _row_error(source, i, e) from None
             length = max(len(chosen["input_ids"]), len(rejected["input_ids"]))
-            examples.append({"chosen": chosen, "rejected": rejected, "length": length, "units": 1})
+            examples.append({"chosen": chosen, "rejected": rejected, "length": length, "units": 1,
+                             "context_differs": _context_differs(row, chosen, rejected)})
         return examples
 
     def loss(self, model, examples: list[dict], ref: torch.Tensor | None, ctx: StepContext):
@@ -362,6 +378,7 @@ class KTO(Algorithm):
             except (ValueError, KeyError) as e:
                 raise _row_error(source, i, e) from None
             examples.append({"completion": feat, "kl": kl, "label": label, "units": 1,
+                             "context_differs": _context_differs(row, feat),
                              "length": max(len(feat["input_ids"]), len(kl["input_ids"]))})
         return examples
 

@@ -246,6 +246,11 @@ def _prepare_examples(cfg: TrainConfig, algo: Algorithm, tokenizer,
     truncated = sum(any(isinstance(v, dict) and v.get("truncated") for v in e.values()) for e in examples)
     if truncated:
         log(f"{truncated} of {len(examples)} training examples were truncated to --max-length {cfg.max_length}")
+    differs = sum(bool(e.get("context_differs")) for e in examples)
+    if differs:
+        log(f"warning: {differs} of {len(examples)} training examples tokenize their prompt to other ids than the "
+            "prompt_token_ids they were sampled from (a tokenizer or chat template other than the sampler's): "
+            "they train in a context the policy did not sample in")
     dropped = [i for i, e in enumerate(examples) if e["units"] == 0]
     if dropped:
         log(f"skipping {len(dropped)} examples with no trainable tokens (first: row {dropped[0]})")
