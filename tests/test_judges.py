@@ -364,6 +364,20 @@ def test_a_consistent_judge_writes_preference_rows_and_ties_are_skipped(tmp_path
         assert "a tie is not allowed" in user_text(server.requests[-1])
 
 
+def test_pairwise_preferences_train_in_the_sampled_context(tmp_path):
+    """The judge reads the raw question; the preference rows carry the context the policy sampled in (the
+    rollouts' `sampled_prompt`), in TRL's conversational format."""
+    context = lambda p: [{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"Prompt {p} now."}]  # noqa: E731
+    rows = [{**r, "sampled_prompt": context(r["prompt_id"])} for r in ds.load_rows(rollouts(tmp_path))]
+    with Scripted(fair) as server:
+        judge(write_jsonl(tmp_path / "sampled.jsonl", rows), str(tmp_path / "out"),
+              config(server, tmp_path, mode="pairwise"), progress=False)
+        assert all("Prompt p" in user_text(body) and "now." not in user_text(body) for body in server.requests)
+    prefs = ds.load_rows(str(tmp_path / "out"))
+    assert prefs and all(r["prompt"] == context(r["prompt_id"]) for r in prefs)
+    assert prefs[0]["chosen"] == [{"role": "assistant", "content": "a good one"}]
+
+
 # ------------------------------------------------------------------------------------------- the client
 def test_429_with_retry_after_500_and_a_reset_are_retried_and_counted(tmp_path):
     script = iter([Fail(429, {"Retry-After": "0.4"}), Fail(500), Fail(None)])

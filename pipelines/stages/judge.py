@@ -36,7 +36,8 @@ from judges.pointwise import PointwiseJudge
 from judges.protocol import ChatModel
 from judges.rubrics import Rubric, RubricError, builtin_rubrics, load_rubric
 from judges.verdicts import JudgeConfig
-from pipelines.builders.samples import as_completion, group_rows, normalize_text, prompt_columns, read_side, row_id
+from pipelines.builders.samples import (as_completion, context, group_rows, normalize_text, prompt_columns, read_side,
+                                        row_id)
 from pipelines.core import dataset as ds
 from pipelines.core.runner import Shard, execute, update_manifest
 from pipelines.core.stage import Stage
@@ -155,7 +156,7 @@ def pairwise_rows(judge: PairwiseJudge, rows: list[dict], max_pairs: int | None 
                             "reason": res.reason, "judge_verdicts": orders})
             continue
         chosen, rejected = (a, b) if res.reason == "first" else (b, a)
-        prompt = a["prompt"]
+        prompt = context(a)  # the judge read the question; the pair trains where the policy sampled
         out.append({"prompt": prompt, "chosen": as_completion(prompt, chosen["completion"]),
                     "rejected": as_completion(prompt, rejected["completion"]),
                     "score_chosen": rate(chosen["id"]), "score_rejected": rate(rejected["id"]),
