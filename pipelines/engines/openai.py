@@ -103,10 +103,14 @@ class OpenAIEngine:
     def prompt_ids(self, prompt: Prompt) -> list[int] | None:
         """The ids the server continues from, as the local tokenizer renders them (the served model's own
         tokenizer and template when `tokenizer`/`model` is its folder); None without a local tokenizer, or for a
-        chat when it has no chat template: the server's rendering is then unknown here."""
+        chat when it has no chat template or its template refuses the prompt: the server's rendering is then
+        unknown here, and an unknown context is better than a guessed one."""
         if self.tokenizer is None or (is_messages(prompt) and not getattr(self.tokenizer, "chat_template", None)):
             return None
-        return render_prompt_ids(self.tokenizer, prompt)
+        try:
+            return render_prompt_ids(self.tokenizer, prompt)
+        except Exception:  # a local template error says nothing about the server's; the server reports its own
+            return None
 
     def close(self) -> None:
         pass
