@@ -371,6 +371,9 @@ def plot(r: dict, path: Path) -> None:
     per = r["probes"]["per_probe"]
     shares = [c["scored_above_0"] / c["of"] if c["of"] else 0 for c in per.values()]
     ax.barh(list(per), shares, color=["tab:red" if s > 0 else "tab:green" for s in shares])
+    for y, (c, share) in enumerate(zip(per.values(), shares)):  # the counts, visible when every bar is empty
+        ax.text(share + 0.01, y, f"{c['scored_above_0']}/{c['of']}", va="center", fontsize=8,
+                color="tab:red" if share > 0 else "tab:green")
     ax.set_xlim(0, 1)
     ax.set_xlabel("share of rows where the reward paid the probe")
     ax.set_title("adversarial probes (green: never paid)")
