@@ -104,6 +104,8 @@ def test_dpo_sharded_resume_gives_the_uninterrupted_weights(dpo_runs, tiny_model
     names = set(optim["state"])
     assert "model.embed_tokens.weight" in names  # the full state, keyed by parameter name
     assert optim["state"]["model.embed_tokens.weight"]["exp_avg"].shape[0] == 1024  # not a 512-row shard
+    # as if killed after step 3, before it finished (a finished run is not extended by --resume)
+    (out / "train_result.json").unlink()
     proc = _torchrun(_dpo_flags(tiny_model, data, out, tmp / "cache2", 4, "--resume"), 29580)
     assert "resuming from" in proc.stderr and "step-00000002" in proc.stderr
     steps = [r["step"] for r in read_metrics(out) if r["split"] == "train"]
