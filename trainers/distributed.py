@@ -26,33 +26,71 @@ class Dist:
         return self.rank == 0
 
 
-def setup_distributed() -> Dist:
-    """Join the torchrun process group if there is one (nccl on GPU, gloo on CPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    cuda = torch.cuda.is_available()
+DEVICES = "auto | cpu | cuda | cuda:N"
+
+
+def pick_device(spec: str = "auto") -> torch.device:
+    """`auto`: this process's GPU (`LOCAL_RANK` under torchrun, else GPU 0) when CUDA is there, else the CPU;
+    `cuda` likewise but refusing a machine without CUDA; `cuda:N` that GPU; `cpu` the CPU."""
+    from pipelines.errors import UserError
+
+    spec = (spec or "auto").strip().lower()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device(f"cuda:{local_rank}") if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(device)
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec == "cuda" or spec.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {spec}: torch sees no CUDA GPU here (torch {torch.__version__}); "
+                            "use --device cpu or auto")
+        index = local_rank if spec == "cuda" else int(spec.split(":", 1)[1])
+        if index >= torch.cuda.device_count():
+            raise UserError(f"--device {spec}: GPU {index} does not exist ({torch.cuda.device_count()} visible)")
+        return torch.device(f"cuda:{index}")
+    raise UserError(f"--device {spec!r}: choose one of {DEVICES}")
+
+
+def setup_distributed(device: str = "auto") -> Dist:
+    """This process's device (`pick_device`), and the torchrun process group if there is one (nccl on a GPU,
+    gloo on the CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    dev = pick_device(device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
     rank = dist.get_rank() if dist.is_initialized() else 0
-    return Dist(rank=rank, world=world, device=device)
+    return Dist(rank=rank, world=world, device=dev)
 
 
-def reduce_stats(stats: Stats, names: tuple[str, ...], d: Dist) -> Stats:
+def reduce_stats(stats: Stats, names: tuple[str, ...], d: Dist, extra: list[torch.Tensor] | None = None):
     """Sum metric sums and counts over processes. `names` is a fixed list, identical on every process (a
-    process with no data this step sends zeros), so the all-reduce always has the same shape."""
-    flat = torch.tensor([v for n in names for v in stats.sums.get(n, [0.0, 0.0])], dtype=torch.float64)
-    if d.world > 1:
-        flat = flat.to(d.device)
+    process with no data this step sends zeros), so the all-reduce always has the same shape. The values stay
+    on the device until one transfer at the end.
+
+    With `extra` (0-d tensors already global, e.g. gradient norms): returns (means, their values), brought to
+    the host in the same transfer; without it, the reduced `Stats`."""
+    zero = torch.zeros((), dtype=torch.float64, device=d.device)
+    flat = torch.stack([_as(v, d.device) if v is not None else zero for n in names
+                        for v in stats.sums.get(n, [None, None])]) if names else zero.new_zeros(0)
+    if d.world > 1 and names:
         dist.all_reduce(flat)
-        flat = flat.cpu()
+    more = [_as(v, d.device) for v in extra or []]
+    values = torch.cat([flat, torch.stack(more)]).tolist() if more else flat.tolist()
     out = Stats()
     for i, n in enumerate(names):
-        if flat[2 * i + 1] > 0:
-            out.sums[n] = [float(flat[2 * i]), float(flat[2 * i + 1])]
-    return out
+        if values[2 * i + 1] > 0:
+            out.sums[n] = [values[2 * i], values[2 * i + 1]]
+    if extra is None:
+        return out
+    return out.means(), values[2 * len(names):]
+
+
+def _as(value, device: torch.device) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value.detach().to(device=device, dtype=torch.float64).reshape(())
+    return torch.tensor(float(value), dtype=torch.float64, device=device)
 
 
 def all_reduce_grads(params: list[torch.nn.Parameter], d: Dist, bucket_elems: int = 1 << 25) -> None:

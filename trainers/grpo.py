@@ -39,7 +39,8 @@ from typing import Any
 
 import torch
 
-from trainers.rl_objectives import ADVANTAGES, PolicyLossConfig, policy_loss, truncated_is_weights
+from trainers.rl_objectives import (ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, SURROGATES, PolicyLossConfig, policy_loss,
+                                    truncated_is_weights)
 
 
 @dataclass
@@ -89,6 +90,14 @@ class GRPOConfig:
     system: str | None = None
     chat: str = "auto"
     micro_batch_size: int = 8  # sequences per forward/backward
+    micro_batch_tokens: int | None = None  # also at most this many padded tokens per forward/backward
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (trainers/distributed.py pick_device)
+    dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32: autocast compute, fp32 weights and AdamW
+    gradient_checkpointing: bool = False
+    lora_r: int = 0  # > 0: train LoRA adapters of this rank; the reference is the base with adapters off
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_target: str = "all-linear"  # peft's target_modules: all-linear, or comma-separated module names
     fsdp: bool = False  # torchrun: shard weights, gradients and AdamW state (trainers/fsdp.py); sampling gathers them
     threads: int | None = None
     MIN_GENERATIONS = 2  # not a field: PPO (trainers/ppo.py), whose baseline is a value model, allows 1
@@ -103,6 +112,10 @@ class GRPOConfig:
         if self.num_generations < self.MIN_GENERATIONS:
             raise UserError(f"--num-generations must be >= {self.MIN_GENERATIONS}: advantages compare a prompt's "
                             "completions")
+        if self.micro_batch_tokens is not None and self.micro_batch_tokens < 1:
+            raise UserError(f"--micro-batch-tokens must be >= 1, got {self.micro_batch_tokens}")
+        if self.lora_r < 0:
+            raise UserError(f"--lora-r must be >= 0, got {self.lora_r}")
         for name in ("prompts_per_step", "max_new_tokens", "max_steps", "num_iterations", "micro_batch_size"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -119,8 +132,96 @@ class GRPOConfig:
     def identity(self) -> dict:
         """What must not change across a resume (the rest — budgets, eval cadence — may)."""
         skip = {"resume", "max_steps", "max_minutes", "save_every", "keep_checkpoints", "eval_every", "threads",
-                "eval_limit", "eval_batch_size", "output"}
+                "eval_limit", "eval_batch_size", "output", "device", "micro_batch_size", "micro_batch_tokens",
+                "gradient_checkpointing", "dtype"}
         return {k: v for k, v in asdict(self).items() if k not in skip}
+
+
+def load_policy(cfg: GRPOConfig, resume_dir: Path | None):
+    """The policy to train, on the CPU in fp32 (the Learner places it): the model, or a checkpoint's weights;
+    with `--lora-r`, the base model with new (or the checkpoint's) LoRA adapters, everything else frozen."""
+    from transformers import AutoModelForCausalLM
+
+    if not cfg.lora_r:
+        model = AutoModelForCausalLM.from_pretrained(str(resume_dir or cfg.model), dtype=torch.float32)
+        model.config.use_cache = True
+        return model
+    try:
+        from peft import LoraConfig, PeftModel, get_peft_model
+    except ImportError:
+        from pipelines.errors import UserError
+
+        raise UserError("--lora-r needs peft: pip install 'prefsmith[peft]'") from None
+    base = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32)
+    base.config.use_cache = True
+    if resume_dir is not None:
+        return PeftModel.from_pretrained(base, resume_dir, is_trainable=True)
+    target = cfg.lora_target if cfg.lora_target == "all-linear" else [t.strip() for t in cfg.lora_target.split(",")]
+    return get_peft_model(base, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                           target_modules=target, task_type="CAUSAL_LM"))
+
+
+def export_weights(model):
+    """The policy's weights as its base architecture names them (`model.layers.0.self_attn.q_proj.weight`…), one
+    tensor at a time, on the device they live on: LoRA adapters merged in (W + B·A·α/r, the adapters themselves
+    untouched), an FSDP shard gathered to the full tensor. What a separate engine (vLLM) loads after each update."""
+    params = model.get_base_model().named_parameters() if hasattr(model, "peft_config") else model.named_parameters()
+    base = model.get_base_model() if hasattr(model, "peft_config") else model
+    with torch.no_grad():
+        for name, p in params:
+            if "lora_" in name:
+                continue
+            full = p.full_tensor() if hasattr(p, "full_tensor") else p
+            if ".base_layer." in name:
+                module_name, _, leaf = name.partition(".base_layer.")
+                name = f"{module_name}.{leaf}"
+                if leaf == "weight":
+                    module = base.get_submodule(module_name)
+                    full = full + sum(module.get_delta_weight(a) for a in module.active_adapters)
+            yield name, full.detach()
+
+
+def policy_stats(loss: torch.Tensor, share: float, m: dict, entropy: torch.Tensor, mask: torch.Tensor):
+    """A micro-batch's policy-loss metrics as step sums: the loss (its part of the step's, counted as the
+    micro-batch's share of the step's sequences), the clip fractions, KL and entropy per completion token."""
+    from trainers.metrics import Stats
+
+    mask = mask.float()
+    tokens = mask.sum()
+    stats = Stats()
+    stats.add("loss", loss.detach(), share)
+    for name in ("clip_low", "clip_high", "kl"):
+        if name in m:
+            stats.add(name, m[name] * tokens, tokens)
+    stats.add("entropy", (entropy * mask).sum(), tokens)
+    return stats
+
+
+def _hf_engine(run):
+    """The live policy samples (no copy, nothing to sync): the training model itself on its device."""
+    from pipelines.engines.hf import HFEngine
+
+    return HFEngine.wrap(run.model, run.tokenizer, device=str(run.learner.device),
+                         prompt_batch_size=run.cfg.prompts_per_step)
+
+
+def _vllm_engine(run):
+    """vLLM beside the trainer in its process (colocated on its GPU with sleep mode), synced after each update."""
+    from pipelines.errors import UserError
+
+    if run.d.world > 1:
+        raise UserError("--engine vllm runs in one trainer process; use --engine hf under torchrun")
+    from pipelines.engines.vllm import VLLMPolicyEngine
+
+    engine = VLLMPolicyEngine(run.cfg.model, prompt_batch_size=run.cfg.prompts_per_step)
+    if run.resume_dir is not None:
+        engine.load_weights(export_weights(run.model))  # the checkpoint's weights, not the starting model's
+    return engine
+
+
+# How the policy samples (`--engine`): each engine has the same lifecycle, called by the step in this order:
+# before_generation(), generate…, after_generation(), [update], load_weights(export_weights(policy)).
+POLICY_ENGINES = {"hf": _hf_engine, "vllm": _vllm_engine}
 
 
 def _seed(*parts: Any) -> int:
@@ -162,9 +263,12 @@ class Evaluator:
     with the same object, so both sides are measured alike. Split over ranks under torchrun, gathered back."""
 
     def __init__(self, engine, gen_cfg, use_chat: bool, fns, names: list[str], weights, outcome: str,
-                 batch_size: int = 64, max_new_tokens: int = 256, d=None):
+                 batch_size: int = 64, max_new_tokens: int = 256, d=None, autocast=None):
+        from contextlib import nullcontext
+
         from trainers.distributed import Dist
 
+        self.autocast = autocast or nullcontext  # the trainer's precision (bf16 autocast on a GPU)
         self.engine, self.gen_cfg, self.use_chat = engine, gen_cfg, use_chat
         self.fns, self.names, self.weights, self.outcome = fns, names, weights, outcome
         self.batch_size, self.max_new_tokens, self.d = batch_size, max_new_tokens, d or Dist()
@@ -182,7 +286,9 @@ class Evaluator:
         mine = list(range(rank, len(rows), world))
         width, self.engine.options.prompt_batch_size = self.engine.options.prompt_batch_size, self.batch_size
         try:
-            out, _ = generate_rows(self.engine, [rows[i] for i in mine], gen, [ids[i] for i in mine], self.use_chat)
+            with self.autocast():
+                out, _ = generate_rows(self.engine, [rows[i] for i in mine], gen, [ids[i] for i in mine],
+                                       self.use_chat)
         finally:
             self.engine.options.prompt_batch_size = width
         labeled = label_rows(out, self.fns, self.names, self.weights)
@@ -226,29 +332,29 @@ class GRPORun:
 
     # ---------------------------------------------------------------------------------------- set-up
     def setup(self) -> None:
-        from transformers import AutoModelForCausalLM
-
         from pipelines.core import dataset as ds
+        from pipelines.core.files import ensure_writable_dir
         from pipelines.engines.base import SamplingConfig, load_tokenizer
-        from pipelines.engines.hf import HFEngine
+        from pipelines.errors import UserError
         from pipelines.stages.generate import GenerateConfig
         from pipelines.stages.label import LabelConfig, load_rewards
         from trainers import checkpoint as ckpt
-        from trainers.metrics import MetricsLog
-
         from trainers.distributed import setup_distributed
+        from trainers.learner import Learner, resolve_dtype
+        from trainers.metrics import MetricsLog
+        from trainers.optim import adamw, lr_schedule
 
         cfg = self.cfg
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.d = setup_distributed()  # torchrun: each rank samples whole groups, gradients are summed
-        if self.d.world > 1 and cfg.engine == "vllm":
-            from pipelines.errors import UserError
+        self.d = setup_distributed(cfg.device)  # torchrun: each rank samples whole groups, gradients are summed
+        cfg.dtype = resolve_dtype(cfg.dtype, self.d.device)
+        self.learner = Learner(self.d, cfg.dtype, cfg.gradient_checkpointing, shard=cfg.fsdp)
+        if cfg.fsdp:
+            from trainers import fsdp
 
-            raise UserError("--engine vllm runs in one trainer process; use --engine hf under torchrun")
+            fsdp.check_supported(self.d, lora=bool(cfg.lora_r))
         self.out = Path(cfg.output)
-        from pipelines.core.files import ensure_writable_dir
-
         ensure_writable_dir(self.out)
         self.prompts = ds.load_rows(cfg.prompts, required=["prompt"])
         self.eval_sets = {}
@@ -260,59 +366,33 @@ class GRPORun:
         self.fns, self.names, self.weights = load_rewards(LabelConfig(rewards=list(cfg.rewards), weights=list(cfg.weights)))
         self.outcome = cfg.outcome_reward or self.names[0]
         if self.outcome not in self.names:
-            from pipelines.errors import UserError
-
             raise UserError(f"--outcome-reward {self.outcome!r} is not one of the rewards ({', '.join(self.names)})")
 
         self.resume_dir = resume_dir = ckpt.latest_checkpoint(self.out) if cfg.resume else None
         if resume_dir is not None:
             _check_same_run(resume_dir, cfg)
         elif (self.out / "checkpoints").exists() and any((self.out / "checkpoints").iterdir()):
-            from pipelines.errors import UserError
-
             raise UserError(f"{self.out} already holds checkpoints; pass --resume to continue, or another --output")
-        source = str(resume_dir) if resume_dir is not None else cfg.model
         self.tokenizer = load_tokenizer(cfg.model)
-        self.model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
-        self.model.config.use_cache = True
-        if cfg.fsdp:
-            from pipelines.errors import UserError
-            from trainers import fsdp
-
-            fsdp.check_supported(self.d)
-            if cfg.engine != "hf" or self.d.device.type != "cpu":
-                raise UserError("train grpo --fsdp shards over CPU processes with --engine hf (this trainer's "
-                                "policy trains on the CPU; its GPU path is --engine vllm in one process)")
-            fsdp.shard_model(self.model, self.d)
-        if cfg.engine == "vllm":
-            from pipelines.engines.vllm import VLLMPolicyEngine
-
-            self.engine = VLLMPolicyEngine(cfg.model, prompt_batch_size=cfg.prompts_per_step)
-            if resume_dir is not None:
-                self.engine.sync_weights(self.model)  # the checkpoint's weights, not the starting model's
-        else:
-            self.engine = HFEngine.wrap(self.model, self.tokenizer, device="cpu", prompt_batch_size=cfg.prompts_per_step)
+        self.model = self.learner.place(load_policy(cfg, resume_dir))
+        self.engine = POLICY_ENGINES[cfg.engine](self)
         self.gen_cfg = GenerateConfig(model=cfg.model, sampling=SamplingConfig(), template=cfg.template,
                                       chat=cfg.chat, system=cfg.system, batch_size=cfg.prompts_per_step,
                                       engine=cfg.engine)
         self.use_chat = cfg.chat == "always" or (cfg.chat == "auto" and bool(getattr(self.tokenizer, "chat_template", None)))
         self.evaluator = Evaluator(self.engine, self.gen_cfg, self.use_chat, self.fns, self.names, self.weights,
                                    self.outcome, cfg.eval_batch_size, cfg.eval_max_new_tokens or cfg.max_new_tokens,
-                                   self.d)
+                                   self.d, autocast=self.learner.autocast)
+        # the reference: with LoRA the base model itself, adapters off (no second copy); else a frozen copy
         self.ref = None
-        if cfg.beta:
-            self.ref = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32).eval()
-            for p in self.ref.parameters():
-                p.requires_grad_(False)
-            if cfg.fsdp:
-                from trainers import fsdp
+        if self.uses_reference() and not cfg.lora_r:
+            from transformers import AutoModelForCausalLM
 
-                fsdp.shard_model(self.ref, self.d)
-        from trainers.optim import adamw, lr_schedule
-
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
+            self.ref = self.learner.place(AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32),
+                                          train=False)
         self.optimizer = adamw(self.model, cfg.lr, cfg.weight_decay)
         self.scheduler = lr_schedule(self.optimizer, cfg.max_steps, cfg.warmup_steps, "constant")
+        self.learner.add(self.model, self.optimizer, self.scheduler, cfg.max_grad_norm)
         self.state = ckpt.TrainerState()
         if resume_dir is not None:
             self.state = ckpt.load_training_state(resume_dir, self.optimizer, self.scheduler, self.d.rank, self.model)
@@ -328,13 +408,26 @@ class GRPORun:
             self.log("warning: --tis-cap with --top-p < 1: the sampler's log-probs are of the truncated "
                      "distribution, so the importance weights are biased")
 
+    def uses_reference(self) -> bool:
+        """Whether the loss needs the reference policy's log-probs (GRPO: β > 0; PPO: its KL coefficient)."""
+        return bool(self.cfg.beta)
+
+    def ref_logps(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The reference policy's per-token log-probs: the frozen copy, or under LoRA the base (adapters off)."""
+        from trainers.logprobs import token_logps
+
+        if self.ref is not None:
+            return token_logps(self.ref, batch)
+        with self.model.disable_adapter():
+            return token_logps(self.model, batch)
+
     def train_minutes(self) -> float:
         return (time.time() - self.t_start - self.eval_seconds) / 60
 
     # ---------------------------------------------------------------------------------------- sampling
     def _rollouts(self, indices: list[int], step: int, round_: int) -> list[Group]:
         from pipelines.engines.base import SamplingConfig
-        from pipelines.stages.generate import build_prompt, generate_rows
+        from pipelines.stages.generate import generate_rows
         from pipelines.stages.label import label_rows
 
         cfg = self.cfg
@@ -344,17 +437,16 @@ class GRPORun:
             n=cfg.num_generations, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
             seed=_seed(cfg.seed, "step", step, round_)))
         t0 = time.time()
-        out, stats = generate_rows(self.engine, rows, gen, ids, self.use_chat)
+        with self.learner.autocast():
+            out, stats = generate_rows(self.engine, rows, gen, ids, self.use_chat)
         self.timing["generation"] += time.time() - t0
         self.tokens += stats["tokens"]
         t0 = time.time()
         labeled = label_rows(out, self.fns, self.names, self.weights)
         self.timing["scoring"] += time.time() - t0
-        groups = []
-        for k, row in enumerate(rows):
-            g = labeled[k * cfg.num_generations:(k + 1) * cfg.num_generations]
-            groups.append(Group(g, self.engine.prompt_ids(build_prompt(row, gen, self.use_chat))))
-        return groups
+        # the prompt ids the engine sampled from, as generate recorded them (never rendered again here)
+        return [Group(labeled[k * cfg.num_generations:(k + 1) * cfg.num_generations],
+                      list(labeled[k * cfg.num_generations]["prompt_token_ids"])) for k in range(len(rows))]
 
     def _collect(self, step: int) -> tuple[list[Group], dict]:
         """Groups for this step: null rows dropped; with dynamic sampling, zero-variance groups replaced."""
@@ -415,19 +507,21 @@ class GRPORun:
         self.timing = {"generation": 0.0, "scoring": 0.0, "training": 0.0}
         self.tokens = 0
         t_step = time.time()
-        groups, counts = self._collect(step)
+        self.engine.before_generation()
+        groups, counts = self._collect(step)  # sample and score (with dynamic sampling, until the step is full)
         seen = counts.pop("_seen")
-        if cfg.engine == "vllm":
-            self.engine.sleep()  # frees the GPU for training (a no-op on CPU)
+        self.engine.after_generation()  # vLLM with sleep mode frees the GPU for the update
         record: dict[str, Any] = {"split": "train", "step": step + 1, **counts}
 
-        seqs = self._sequences(groups)
+        seqs = self._sequences(groups)  # advantages; the engine's prompt + completion ids, as sampled
         t0 = time.time()
-        stats = self._optimize(seqs)
-        self.scheduler.step()
+        stats = self._optimize(seqs)  # the loss, through the Learner
+        self.learner.schedule()
         self.timing["training"] = time.time() - t0
-        if cfg.engine == "vllm":  # always, even without an update: a level-2 sleep dropped the weights
-            self.timing["sync"] = self.engine.sync_weights(self.model)
+        # always, even without an update (a level-2 sleep dropped vLLM's weights); the hf engine is the live model
+        synced = self.engine.load_weights(export_weights(self.model))
+        if synced is not None:
+            self.timing["sync"] = synced
 
         rows = [r for g in seen for r in g.rows]
         record.update(self._reward_metrics(rows))
@@ -478,67 +572,59 @@ class GRPORun:
                              "advantage": value, "reward": float(row["reward"]), "owner": k % self.d.world})
         return seqs
 
+    METRICS = ("loss", "clip_low", "clip_high", "kl", "entropy")
+
+    def _micro_batches(self, seqs: list[dict]) -> tuple[list[list[int]], int]:
+        """This rank's micro-batches of the step's sequences (at most `--micro-batch-size` sequences and, with
+        `--micro-batch-tokens`, at most that many padded tokens each), then the padding ones a sharded step needs;
+        and how many are its own."""
+        cfg = self.cfg
+        local = [i for i in range(len(seqs)) if seqs[i]["owner"] == self.d.rank]
+        mbs: list[list[int]] = []
+        for i in local:
+            width = max([len(seqs[j]["input_ids"]) for j in mbs[-1]] + [len(seqs[i]["input_ids"])]) if mbs else 0
+            full = not mbs or len(mbs[-1]) >= cfg.micro_batch_size or (
+                cfg.micro_batch_tokens is not None and width * (len(mbs[-1]) + 1) > cfg.micro_batch_tokens)
+            if full:
+                mbs.append([i])
+            else:
+                mbs[-1].append(i)
+        real = len(mbs)
+        return mbs + [[0]] * (self.learner.batch_count(real) - real), real
+
     def _optimize(self, seqs: list[dict]) -> dict:
-        """μ passes of the policy loss over the step's sequences (this rank's share); returns the metrics."""
-        from trainers import fsdp
-        from trainers.distributed import all_reduce_grads, gather_objects
+        """μ = `--num-iterations` optimizer steps of the policy loss over the step's sequences (this rank's share),
+        the old policy's and the reference's log-probs computed once; returns the metrics (means over the μ)."""
         from trainers.logprobs import token_logps
 
-        cfg = self.cfg
-        sharded = fsdp.is_sharded(self.model)
-        stats = {"loss": 0.0, "clip_low": 0.0, "clip_high": 0.0, "kl": 0.0, "entropy": 0.0, "grad_norm": 0.0}
+        cfg, learner = self.cfg, self.learner
         # the step's totals (every rank holds every group): the loss normalizers are global, so the ranks'
         # summed gradients are one process's
         n_items = float(sum(sum(s["loss_mask"]) for s in seqs))
         n_seqs = len(seqs)
-        local = [i for i in range(n_seqs) if seqs[i]["owner"] == self.d.rank]
-        if seqs and n_items > 0:
-            self.model.train()
-            mbs = [local[i:i + cfg.micro_batch_size] for i in range(0, len(local), cfg.micro_batch_size)]
-            real = len(mbs)
-            if sharded:  # every rank runs as many forwards and backwards (trainers/fsdp.py); the padding ones weigh 0
-                mbs += [[0]] * (fsdp.common_count(real, self.d) - real)
-            batches = [self._pad([seqs[i] for i in mb]) for mb in mbs]
-            adv_t = [torch.tensor([seqs[i]["advantage"] for i in mb]) for mb in mbs]
-            with torch.no_grad():  # old log-probs once (μ > 1), and the reference's
-                old = [token_logps(self.model, b) for b in batches] if cfg.num_iterations > 1 else None
-                ref = [token_logps(self.ref, b) for b in batches] if self.ref is not None else None
-            passes = 0
-            for it in range(cfg.num_iterations):
-                self.optimizer.zero_grad(set_to_none=True)
-                for k, b in enumerate(batches):
-                    logps, entropy = token_logps(self.model, b, with_entropy=True)
-                    old_k = old[k] if old is not None else logps.detach()
-                    isw = (truncated_is_weights(old_k, b["sampler_logps"], b["loss_mask"], cfg.tis_cap)
-                           if cfg.tis_cap else None)
-                    weight = 1.0 if cfg.loss == "dapo" else len(mbs[k]) / n_seqs
-                    loss, m = policy_loss(logps, old_k, adv_t[k], b["loss_mask"], cfg.loss_config(),
-                                          ref_logps=ref[k] if ref is not None else None, is_weights=isw,
-                                          num_items=n_items)
-                    if k >= real:
-                        (loss * 0.0).backward()
-                        continue
-                    (loss * weight).backward()
-                    mask = b["loss_mask"].float()
-                    share = float(mask.sum()) / n_items
-                    stats["loss"] += float(loss.detach()) * weight / cfg.num_iterations
-                    stats["clip_low"] += m["clip_low"] * share / cfg.num_iterations
-                    stats["clip_high"] += m["clip_high"] * share / cfg.num_iterations
-                    stats["kl"] += m.get("kl", 0.0) * share / cfg.num_iterations
-                    stats["entropy"] += float((entropy * mask).sum()) / n_items / cfg.num_iterations
-                if not sharded:  # FSDP summed the gradients in backward
-                    all_reduce_grads(self.params, self.d)
-                norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
-                stats["grad_norm"] += float(norm) / cfg.num_iterations
-                self.optimizer.step()
-                passes += 1
-            self.optimizer.zero_grad(set_to_none=True)
-            self.model.eval()
-            if self.d.world > 1:  # each rank summed its share of the step's metrics; grad_norm is already global
-                names = [k for k in stats if k != "grad_norm"]
-                total = gather_objects([stats[k] for k in names], self.d)
-                stats.update({k: sum(t[i] for t in total) for i, k in enumerate(names)})
-        return stats
+        if not seqs or n_items == 0:
+            return {k: 0.0 for k in (*self.METRICS, "grad_norm")}
+        mbs, real = self._micro_batches(seqs)
+        batches = [learner.to_device(self._pad([seqs[i] for i in mb])) for mb in mbs]
+        adv = [learner.tensor([seqs[i]["advantage"] for i in mb]) for mb in mbs]
+        self.model.train()
+        old = learner.forward(batches, lambda k, b: token_logps(self.model, b)) if cfg.num_iterations > 1 else None
+        ref = learner.forward(batches, lambda k, b: self.ref_logps(b)) if self.uses_reference() else None
+        loss_cfg = cfg.loss_config()
+        aggregation = AGGREGATIONS[cfg.loss]
+
+        def loss_fn(k: int, b: dict):
+            logps, entropy = token_logps(self.model, b, with_entropy=True)
+            old_k = old[k] if old is not None else logps.detach()
+            isw = truncated_is_weights(old_k, b["sampler_logps"], b["loss_mask"], cfg.tis_cap) if cfg.tis_cap else None
+            loss, m = policy_loss(logps, old_k, adv[k], b["loss_mask"], loss_cfg,
+                                  ref_logps=ref[k] if ref is not None else None, is_weights=isw, num_items=n_items)
+            weight = aggregation.weight(len(mbs[k]), n_seqs)
+            return loss * weight, policy_stats(loss * weight, len(mbs[k]) / n_seqs, m, entropy, b["loss_mask"])
+
+        passes = [learner.update(batches, loss_fn, self.METRICS, real=real) for _ in range(cfg.num_iterations)]
+        self.model.eval()
+        return {k: sum(p.get(k, 0.0) for p in passes) / len(passes) for k in (*self.METRICS, "grad_norm")}
 
     def _pad(self, feats: list[dict]) -> dict[str, torch.Tensor]:
         from trainers.data import collate
@@ -547,7 +633,7 @@ class GRPORun:
         batch = collate([{"input_ids": f["input_ids"], "loss_mask": f["loss_mask"]} for f in feats], pad)
         width = batch["input_ids"].shape[1]
         batch["sampler_logps"] = torch.tensor([f["sampler_logps"] + [0.0] * (width - len(f["sampler_logps"]))
-                                               for f in feats])
+                                               for f in feats], dtype=torch.float32)
         return batch
 
     def _reward_metrics(self, rows: list[dict]) -> dict:
@@ -627,14 +713,18 @@ class GRPORun:
         plots = []
         weights = fsdp.full_state(self.model)[0] if fsdp.is_sharded(self.model) else None  # every rank gathers
         if self.d.main:
-            self.model.save_pretrained(self.out / "model", state_dict=weights)
+            if self.cfg.lora_r:  # the adapters as trained, and the merged model every stage can load
+                self.model.save_pretrained(self.out / "adapter")
+                weights = {name: t.cpu() for name, t in export_weights(self.model)}
+                self.model.get_base_model().save_pretrained(self.out / "model", state_dict=weights)
+            else:
+                self.model.save_pretrained(self.out / "model", state_dict=weights)
             self.tokenizer.save_pretrained(self.out / "model")
             plots = plot_run(self.out)
         barrier(self.d)
         for f in self.fns:
             f.close()
-        if self.cfg.engine == "vllm":
-            self.engine.close()
+        self.engine.close()
         return {"steps": self.state.step, "output": str(self.out), "plots": [str(p) for p in plots]}
 
 
@@ -733,16 +823,26 @@ def build_parser(prog: str = "prefsmith train grpo") -> argparse.ArgumentParser:
                        ("max_minutes", float), ("seed", int), ("save_every", int), ("eval_every", int),
                        ("eval_limit", int), ("eval_max_new_tokens", int), ("eval_batch_size", int), ("epsilon", float),
                        ("epsilon_high", float), ("beta", float), ("num_iterations", int),
-                       ("max_resample_rounds", int), ("tis_cap", float), ("micro_batch_size", int), ("threads", int)):
+                       ("max_resample_rounds", int), ("tis_cap", float), ("micro_batch_size", int),
+                       ("micro_batch_tokens", int), ("threads", int), ("lora_r", int), ("lora_alpha", int),
+                       ("lora_dropout", float)):
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=d[name].default)
+    p.add_argument("--lora-target", default=d["lora_target"].default,
+                   help="modules given LoRA adapters: all-linear, or comma-separated names (q_proj,v_proj)")
+    p.add_argument("--device", default="auto",
+                   help="auto (this process's GPU under torchrun, else GPU 0, else the CPU) | cpu | cuda | cuda:N")
+    p.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto",
+                   help="auto: bf16 on CUDA, fp32 on CPU (bf16 is autocast compute; weights and AdamW stay fp32)")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute each layer's activations in backward (less memory, more compute)")
     p.add_argument("--eval-prompts", action="append", default=[],
                    help="held-out prompts for greedy accuracy (repeat for several sets)")
     p.add_argument("--advantage", choices=list(ADVANTAGES), default="grpo")
     p.add_argument("--scale-rewards", choices=["group", "batch", "none"], default=d["scale_rewards"].default)
-    p.add_argument("--loss", choices=["grpo", "bnpo", "dr_grpo", "dapo"], default="dapo")
-    p.add_argument("--surrogate", choices=["clip", "cispo"], default="clip")
+    p.add_argument("--loss", choices=list(AGGREGATIONS), default=d["loss"].default)
+    p.add_argument("--surrogate", choices=list(SURROGATES), default=d["surrogate"].default)
     p.add_argument("--importance-level", choices=["token", "sequence"], default="token")
-    p.add_argument("--kl", choices=["k1", "k2", "k3"], default="k3")
+    p.add_argument("--kl", choices=list(KL_ESTIMATORS), default=d["kl"].default)
     p.add_argument("--dynamic-sampling", action=argparse.BooleanOptionalAction, default=d["dynamic_sampling"].default,
                    help="drop groups whose outcome reward has zero variance and sample more prompts to fill the "
                         "step (on by default; --no-dynamic-sampling trains on every group)")
@@ -753,7 +853,7 @@ def build_parser(prog: str = "prefsmith train grpo") -> argparse.ArgumentParser:
     p.add_argument("--chat", choices=["auto", "always", "never"], default="auto")
     p.add_argument("--fsdp", action="store_true",
                    help="torchrun: shard weights, gradients and optimizer state over the processes (FSDP2)")
-    p.add_argument("--engine", choices=["hf", "vllm"], default="hf",
+    p.add_argument("--engine", choices=list(POLICY_ENGINES), default="hf",
                    help="hf: sample with the training model itself; vllm: a vLLM engine synced after each step")
     return p
 

@@ -35,8 +35,8 @@ from trainers import fsdp, ref_cache
 from trainers.algorithms import Algorithm, StepContext, UserDataError, make_algorithm
 from trainers.config import TrainConfig
 from trainers.data import collate, length_batches
-from trainers.distributed import (Dist, all_reduce_grads, barrier, broadcast_object, gather_objects, reduce_stats,
-                                  setup_distributed)
+from trainers.distributed import Dist, barrier, broadcast_object, gather_objects, reduce_stats, setup_distributed
+from trainers.learner import Learner, resolve_dtype
 from trainers.logprobs import sequence_logps
 from trainers.metrics import MetricsLog, Stats, plot_run
 from trainers.optim import adamw, lr_schedule
@@ -54,29 +54,6 @@ class TrainResult:
 def _log(d: Dist, msg: str) -> None:
     if d.main:
         print(f"prefsmith train: {msg}", file=sys.stderr, flush=True)
-
-
-def _return_freed_memory(d: Dist, first: bool = False) -> None:
-    """On CPU, hand the step's freed activations back to the OS (glibc `malloc_trim`). Batches of changing
-    lengths otherwise fragment the heap, and resident memory creeps up step after step. `first` (before any work):
-    also fix glibc's mmap threshold (512 KiB: on bench/train.py 256 KiB cost step time, 1 MiB left DPO at 1.01x TRL's peak)."""
-    if d.device.type != "cpu" or not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        if first:
-            # a fixed threshold: glibc otherwise raises it after every freed big block, and activations then come
-            # from the heap, where they fragment it; mmapped blocks go back to the OS the moment they are freed
-            libc.mallopt(-3, 1 << 19)  # M_MMAP_THRESHOLD
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (musl...): nothing to trim
-        pass
-
-
-def _autocast(cfg: TrainConfig, device: torch.device):
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bf16")
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -145,14 +122,15 @@ def _apply_lora(model, cfg: TrainConfig, resume_dir: Path | None, reward_head: b
 
 
 # ------------------------------------------------------------------------------------------------ reference
-def _reference_logps(cfg: TrainConfig, algo: Algorithm, examples: list[dict], tokenizer, d: Dist, what: str, info: dict,
-                     initial_policy=None):
+def _reference_logps(cfg: TrainConfig, algo: Algorithm, examples: list[dict], tokenizer, learner: Learner, what: str,
+                     info: dict, initial_policy=None):
     """(N, len(algo.ref_keys)) summed reference log-probs, from the disk cache or one pass of the reference.
 
     `initial_policy` is the freshly loaded, not yet trained policy: when the reference is the policy's own
     starting point it is scored with that model instead of loading a second copy."""
     if not examples:
         return torch.zeros(0, len(algo.ref_keys))
+    d = learner.d
     ref_path = cfg.ref_model or cfg.model
     cache_dir = Path(cfg.ref_cache_dir) if cfg.ref_cache_dir else ref_cache.default_cache_dir()
     feats = [{f"{k}_{key}": e[k][key] for k in algo.ref_keys for key in ("input_ids", "loss_mask")} for e in examples]
@@ -174,7 +152,7 @@ def _reference_logps(cfg: TrainConfig, algo: Algorithm, examples: list[dict], to
     starts = list(range(0, len(mine), bs))
     local: dict[int, list[float]] = {}
     passes = 0
-    with torch.no_grad(), _autocast(cfg, d.device):
+    with torch.no_grad(), learner.autocast():
         for b in range(fsdp.common_count(len(starts), d) if cfg.fsdp else len(starts)):
             padding = b >= len(starts)  # --fsdp: as many forwards as the busiest process
             idx = [0] if padding else mine[starts[b] : starts[b] + bs]
@@ -281,8 +259,9 @@ class TrainRun:
         check_model_dir(cfg.model, "--model")
         if cfg.ref_model:
             check_model_dir(cfg.ref_model, "--ref-model")
-        d = self.d = setup_distributed()
-        _return_freed_memory(d, first=True)
+        d = self.d = setup_distributed(cfg.device)
+        cfg.dtype = resolve_dtype(cfg.dtype, d.device)  # the resolved precision is what the run (and cache key) records
+        self.learner = learner = Learner(d, cfg.dtype, cfg.gradient_checkpointing, shard=cfg.fsdp)
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # our own bar is the one to watch; per-file load bars are noise
@@ -314,15 +293,13 @@ class TrainRun:
         if algo.ref_keys:
             # Before the first step (and before LoRA wraps it) the policy *is* the default reference.
             same = cfg.ref_model is None and (resume_dir is None or cfg.lora_r)
-            self.ref = _reference_logps(cfg, algo, self.examples, tokenizer, d, "train", self.ref_info,
+            self.ref = _reference_logps(cfg, algo, self.examples, tokenizer, learner, "train", self.ref_info,
                                         model if same else None)
-            self.eval_ref = _reference_logps(cfg, algo, self.eval_examples, tokenizer, d, "eval", self.ref_info,
+            self.eval_ref = _reference_logps(cfg, algo, self.eval_examples, tokenizer, learner, "eval", self.ref_info,
                                              model if same else None)
         if cfg.lora_r:
             model = _apply_lora(model, cfg, resume_dir, algo.reward_head, algo.token_head)
-        model.to(d.device).train()
-        self.model = model
-        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.model = model = learner.place(model).train()
         self.optimizer = adamw(model, cfg.lr, cfg.weight_decay, (cfg.adam_beta1, cfg.adam_beta2))
 
         self.lengths = [e["length"] for e in self.examples]
@@ -330,6 +307,7 @@ class TrainRun:
         self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * self.steps_per_epoch))
         self.scheduler = lr_schedule(self.optimizer, self.total_steps, math.ceil(cfg.warmup_ratio * self.total_steps),
                                      cfg.scheduler)
+        learner.add(model, self.optimizer, self.scheduler, cfg.max_grad_norm)
         self.state = ckpt.TrainerState()
         if resume_dir is not None:
             self.state = ckpt.load_training_state(resume_dir, self.optimizer, self.scheduler, d.rank, model)
@@ -368,41 +346,31 @@ class TrainRun:
         denom = float(sum(examples[i]["units"] for i in indices))
         micro = _micro_batches(indices, examples, d, cfg.grad_accum)
         mine = [i for m in micro for i in m]
-        sharded = fsdp.is_sharded(self.model)
-        with _autocast(cfg, d.device):
+        learner = self.learner
+        sharded = learner.sharded
+        own = [m for m in micro if m]
+        # under --fsdp every process runs a forward and backward per micro-batch: its empty ones are padding
+        batches = own + [indices[:1]] * (len(micro) - len(own) if sharded else 0)
+
+        def before() -> None:
             if sharded and not mine and type(algo).before_step is not Algorithm.before_step:
                 _padding_forward(self.model, examples[indices[0]], ctx)
             algo.before_step(self.model, examples, mine, ref, ctx, d)
-        stats = Stats()
-        for idx in micro:
-            padding = not idx and sharded  # every process runs a forward and backward per micro-batch
-            if not idx and not padding:
-                continue
-            idx = idx or indices[:1]
-            with _autocast(cfg, d.device):
-                loss_sum, s = algo.loss(self.model, [examples[i] for i in idx], ref[idx] if ref is not None else None,
-                                        ctx)
-            (loss_sum * (0.0 if padding else 1.0 / denom)).backward()
-            if not padding:
-                stats.merge(s)
-        if not sharded:  # FSDP has already reduce-scattered (summed) the gradients in backward
-            all_reduce_grads(self.params, d)
-        max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
-        lr = self.scheduler.get_last_lr()[0]
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        _return_freed_memory(d)
+
+        def loss_fn(k: int, idx: list[int]):
+            loss_sum, s = algo.loss(self.model, [examples[i] for i in idx], ref[idx] if ref is not None else None, ctx)
+            return loss_sum * (1.0 / denom), s
+
+        reduced = learner.update(batches, loss_fn, algo.metric_names, real=len(own), before=before)
+        learner.schedule()
         state = self.state
         state.step += 1
         state.batch_in_epoch += 1
         state.examples_seen += len(indices)
-        reduced = reduce_stats(stats, algo.metric_names, d).means()
         elapsed = time.perf_counter() - t0
         tokens = sum(len(e["input_ids"]) for i in indices for e in examples[i].values() if isinstance(e, dict))
         self.last_train = {"split": "train", "step": state.step, "epoch": state.step / self.steps_per_epoch,
-                           **reduced, "grad_norm": grad_norm, "lr": lr, "examples": len(indices), "tokens": tokens,
+                           **reduced, "examples": len(indices), "tokens": tokens,
                            "tokens_per_s": tokens / max(elapsed, 1e-9), "step_time_s": elapsed}
         if self.metrics and state.step % cfg.logging_every == 0:
             self.metrics.write(self.last_train)
@@ -421,17 +389,17 @@ class TrainRun:
         ordered = sorted(range(len(examples)), key=lambda i: examples[i]["length"])
         mine = [i for j, i in enumerate(ordered) if (j // per_rank) % d.world == d.rank]
         stats = Stats()
-        sharded = fsdp.is_sharded(model)
+        sharded = self.learner.sharded
         starts = list(range(0, len(mine), per_rank))
         with torch.no_grad():
-            with _autocast(cfg, d.device):
+            with self.learner.autocast():
                 if sharded and not mine and type(algo).before_eval is not Algorithm.before_eval:
                     _padding_forward(model, examples[0], ctx)
                 algo.before_eval(model, examples, mine, ref, ctx, d)
             for b in range(fsdp.common_count(len(starts), d) if sharded else len(starts)):
                 padding = b >= len(starts)  # --fsdp: as many forwards as the busiest process
                 idx = [0] if padding else mine[starts[b] : starts[b] + per_rank]
-                with _autocast(cfg, d.device):
+                with self.learner.autocast():
                     _, s = algo.loss(model, [examples[i] for i in idx], ref[idx] if ref is not None else None, ctx)
                 if not padding:
                     stats.merge(s)

@@ -11,6 +11,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from pipelines.core.files import atomic_path, atomic_write_text
 
 METRICS_FILE = "metrics.jsonl"
@@ -26,15 +28,16 @@ class Stats:
     def add(self, name: str, total, count) -> None:
         """Add `total` over `count` items to metric `name` (floats or 0-d tensors)."""
         entry = self.sums.setdefault(name, [0.0, 0.0])
-        entry[0] += float(total)
-        entry[1] += float(count)
+        # tensors stay tensors (on their device, no host sync) until the step's metrics are reduced
+        entry[0] = entry[0] + (total.detach() if isinstance(total, torch.Tensor) else float(total))
+        entry[1] = entry[1] + (count.detach() if isinstance(count, torch.Tensor) else float(count))
 
     def merge(self, other: "Stats") -> None:
         for name, (total, count) in other.sums.items():
             self.add(name, total, count)
 
     def means(self) -> dict[str, float]:
-        return {k: (s / c if c else float("nan")) for k, (s, c) in self.sums.items()}
+        return {k: (float(s) / float(c) if float(c) else float("nan")) for k, (s, c) in self.sums.items()}
 
 
 class MetricsLog:

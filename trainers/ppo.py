@@ -99,27 +99,19 @@ class PPORun(GRPORun):
     cfg: PPOConfig
 
     def setup(self) -> None:
-        from transformers import AutoModelForCausalLM
-
         from trainers import fsdp
         from trainers.optim import adamw, lr_schedule
 
-        super().setup()
+        super().setup()  # the policy, and the reference (`uses_reference`) placed by the Learner
         cfg = self.cfg
-        if cfg.kl_coef and self.ref is None:
-            self.ref = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32).eval()
-            for p in self.ref.parameters():
-                p.requires_grad_(False)
-            if cfg.fsdp:
-                fsdp.shard_model(self.ref, self.d)
         torch.manual_seed(cfg.seed)  # a fresh value head starts the same on every process and every run
         source = self.resume_dir / "value" if self.resume_dir is not None else (cfg.value_model or cfg.model)
-        self.value = ValueModel(str(source), self.engine.pad_id)
-        if cfg.fsdp:  # the wrapper is the root unit, so its forward gathers the embeddings and the score head
-            fsdp.shard_model(self.value, self.d, layers=fsdp.decoder_layers(self.value.model))
-        self.value_params = [p for p in self.value.parameters() if p.requires_grad]
+        value = ValueModel(str(source), self.engine.pad_id)
+        # under --fsdp the wrapper is the root unit, so its forward gathers the embeddings and the score head
+        self.value = self.learner.place(value, layers=fsdp.decoder_layers(value.model) if cfg.fsdp else None)
         self.value_optimizer = adamw(self.value, cfg.value_lr or cfg.lr, cfg.weight_decay)
         self.value_scheduler = lr_schedule(self.value_optimizer, cfg.max_steps, cfg.warmup_steps, "constant")
+        self.learner.add(self.value, self.value_optimizer, self.value_scheduler, cfg.max_grad_norm, name="value_")
         self._value_state: tuple[dict, dict | None] | None = None  # a sharded value model's gathered state
         if self.resume_dir is not None:
             state = torch.load(self.resume_dir / "value" / "optimizer.pt", map_location="cpu", weights_only=False)
@@ -129,97 +121,75 @@ class PPORun(GRPORun):
                 self.value_optimizer.load_state_dict(state["optimizer"])
             self.value_scheduler.load_state_dict(state["scheduler"])
 
+    def uses_reference(self) -> bool:
+        return bool(self.cfg.kl_coef)
+
     def _row_advantages(self, rewards: torch.Tensor) -> None:
         return None  # token-level, from the value model (below)
 
-    def _optimize(self, seqs: list[dict]) -> dict:
-        from trainers import fsdp
-        from trainers.distributed import all_reduce_grads, gather_objects
-        from trainers.logprobs import token_logps
-        from trainers.rl_objectives import (PolicyLossConfig, clipped_value_loss, gae, kl_penalized_rewards,
-                                            masked_whiten, policy_loss)
+    METRICS = ("loss", "clip_low", "clip_high", "entropy", "value_loss", "value_clipfrac")
+    ROLLOUT_METRICS = ("kl", "returns", "values")
 
-        cfg = self.cfg
-        stats = {"loss": 0.0, "value_loss": 0.0, "value_clipfrac": 0.0, "clip_low": 0.0, "clip_high": 0.0,
-                 "kl": 0.0, "entropy": 0.0, "grad_norm": 0.0, "value_grad_norm": 0.0, "returns": 0.0, "values": 0.0}
+    def _optimize(self, seqs: list[dict]) -> dict:
+        from trainers.distributed import reduce_stats
+        from trainers.grpo import policy_stats
+        from trainers.logprobs import token_logps
+        from trainers.metrics import Stats
+        from trainers.rl_objectives import PolicyLossConfig, clipped_value_loss, gae, kl_penalized_rewards, policy_loss
+
+        cfg, learner = self.cfg, self.learner
+        names = (*self.METRICS, *self.ROLLOUT_METRICS, "grad_norm", "value_grad_norm")
         n_items = float(sum(sum(s["loss_mask"]) for s in seqs))
-        local = [i for i in range(len(seqs)) if seqs[i]["owner"] == self.d.rank]
         if not seqs or n_items == 0:
-            return stats
-        mbs = [local[i:i + cfg.micro_batch_size] for i in range(0, len(local), cfg.micro_batch_size)]
-        real = len(mbs)  # this rank's own micro-batches; under --fsdp padding ones follow (their losses weigh 0)
-        sharded = fsdp.is_sharded(self.model)
-        if sharded:  # every forward is a collective: all ranks run as many (trainers/fsdp.py)
-            mbs += [[0]] * (fsdp.common_count(real, self.d) - real)
-        batches = [self._pad([seqs[i] for i in mb]) for mb in mbs]
+            return {k: 0.0 for k in names}
+        mbs, real = self._micro_batches(seqs)
+        batches = [learner.to_device(self._pad([seqs[i] for i in mb])) for mb in mbs]
         masks = [b["loss_mask"].float() for b in batches]
+        # the rollouts' π_old, π_ref and V(s_t), with no gradient
+        old = learner.forward(batches, lambda k, b: token_logps(self.model, b))
+        ref = learner.forward(batches, lambda k, b: self.ref_logps(b)) if self.uses_reference() else old
+        old_values = learner.forward(batches, lambda k, b: self.value(b))
+        rollout = Stats()
+        advs, rets = [], []
         with torch.no_grad():
-            old = [token_logps(self.model, b) for b in batches]
-            ref = [token_logps(self.ref, b) for b in batches] if self.ref is not None else old
-            old_values = [self.value(b) for b in batches]
-            advs, rets = [], []
-            for k, (b, mb) in enumerate(zip(batches, mbs)):
-                scores = torch.tensor([seqs[i]["reward"] for i in mb])
+            for k, mb in enumerate(mbs):
+                scores = learner.tensor([seqs[i]["reward"] for i in mb])
                 rewards, per_kl = kl_penalized_rewards(scores, old[k], ref[k], masks[k], cfg.kl_coef, cfg.kl)
                 a, r = gae(rewards, old_values[k], masks[k], cfg.gamma, cfg.lam)
                 advs.append(a)
                 rets.append(r)
-                if k >= real:
-                    continue
-                share = float(masks[k].sum()) / n_items
-                stats["kl"] += float(per_kl.sum()) / max(float(masks[k].sum()), 1.0) * share
-                stats["returns"] += float(r.sum()) / n_items
-                stats["values"] += float(old_values[k].sum()) / n_items
+                if k < real:
+                    tokens = masks[k].sum()
+                    rollout.add("kl", per_kl.sum(), tokens)
+                    rollout.add("returns", r.sum(), tokens)
+                    rollout.add("values", old_values[k].sum(), tokens)
             if cfg.whiten_advantages:  # over the whole step: every micro-batch, every rank
-                mine = torch.cat([a[m.bool()] for a, m in zip(advs[:real], masks[:real])] or [torch.zeros(0)])
-                parts = gather_objects(mine, self.d) if self.d.world > 1 else [mine]
-                start = sum(len(x) for x in parts[:self.d.rank])
-                every = torch.cat(parts)
-                white = masked_whiten(every, torch.ones_like(every))[start:start + len(mine)]
-                for a, m in zip(advs[:real], masks[:real]):
-                    n = int(m.sum())
-                    a[m.bool()], white = white[:n], white[n:]
+                learner.whiten(advs[:real], masks[:real])
         loss_cfg = PolicyLossConfig(loss="dapo", surrogate=cfg.surrogate, epsilon=cfg.epsilon,
                                     epsilon_high=cfg.epsilon_high, importance_level=cfg.importance_level)
+
+        def loss_fn(k: int, b: dict):
+            logps, entropy = token_logps(self.model, b, with_entropy=True)
+            loss, m = policy_loss(logps, old[k], advs[k], masks[k], loss_cfg, num_items=n_items)
+            vloss, vclip = clipped_value_loss(self.value(b), old_values[k], rets[k], masks[k], cfg.cliprange_value,
+                                              num_items=n_items)
+            tokens = masks[k].sum()
+            share = tokens.detach() / n_items  # both losses are token sums over the step's tokens: shares add to 1
+            stats = policy_stats(loss, share, m, entropy, masks[k])
+            stats.add("value_loss", vloss.detach(), share)
+            stats.add("value_clipfrac", vclip * tokens, tokens)
+            return loss + cfg.vf_coef * vloss, stats
+
         self.model.train()
         self.value.train()
-        for _ in range(cfg.num_iterations):
-            self.optimizer.zero_grad(set_to_none=True)
-            self.value_optimizer.zero_grad(set_to_none=True)
-            for k, b in enumerate(batches):
-                logps, entropy = token_logps(self.model, b, with_entropy=True)
-                loss, m = policy_loss(logps, old[k], advs[k], masks[k], loss_cfg, num_items=n_items)
-                vloss, vclip = clipped_value_loss(self.value(b), old_values[k], rets[k], masks[k],
-                                                  cfg.cliprange_value, num_items=n_items)
-                if k >= real:
-                    ((loss + cfg.vf_coef * vloss) * 0.0).backward()
-                    continue
-                (loss + cfg.vf_coef * vloss).backward()
-                share = float(masks[k].sum()) / n_items
-                stats["loss"] += float(loss.detach()) / cfg.num_iterations
-                stats["value_loss"] += float(vloss.detach()) / cfg.num_iterations
-                stats["value_clipfrac"] += vclip * share / cfg.num_iterations
-                stats["clip_low"] += m["clip_low"] * share / cfg.num_iterations
-                stats["clip_high"] += m["clip_high"] * share / cfg.num_iterations
-                stats["entropy"] += float((entropy * masks[k]).sum()) / n_items / cfg.num_iterations
-            if not sharded:  # FSDP summed the gradients in backward
-                all_reduce_grads(self.params, self.d)
-                all_reduce_grads(self.value_params, self.d)
-            stats["grad_norm"] += float(torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)) / cfg.num_iterations
-            stats["value_grad_norm"] += float(torch.nn.utils.clip_grad_norm_(self.value_params, cfg.max_grad_norm)) \
-                / cfg.num_iterations
-            self.optimizer.step()
-            self.value_optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.value_optimizer.zero_grad(set_to_none=True)
+        passes = [learner.update(batches, loss_fn, self.METRICS, real=real) for _ in range(cfg.num_iterations)]
         self.model.eval()
         self.value.eval()
-        self.value_scheduler.step()
-        if self.d.world > 1:  # each rank summed its share; the grad norms are already global
-            names = [k for k in stats if not k.endswith("grad_norm")]
-            total = gather_objects([stats[k] for k in names], self.d)
-            stats.update({k: sum(t[i] for t in total) for i, k in enumerate(names)})
-        return stats
+        out = {k: sum(p.get(k, 0.0) for p in passes) / len(passes)
+               for k in (*self.METRICS, "grad_norm", "value_grad_norm")}
+        means = reduce_stats(rollout, self.ROLLOUT_METRICS, self.d).means()
+        out.update({k: means.get(k, 0.0) for k in self.ROLLOUT_METRICS})
+        return out
 
     def _gather_value(self, optimizer: bool) -> tuple[dict | None, dict | None]:
         """A sharded value model's full weights (and optimizer state), gathered by every rank onto rank 0."""

@@ -133,7 +133,26 @@ def cispo_surrogate(ratio: torch.Tensor, logps: torch.Tensor, adv: torch.Tensor,
     return -torch.clamp(ratio, max=eps_high).detach() * adv * logps
 
 
-SURROGATES: dict[str, Callable[..., torch.Tensor]] = {"clip": clip_surrogate, "cispo": cispo_surrogate}
+def clip_fractions(ratio: torch.Tensor, adv: torch.Tensor, eps_low: float, eps_high: float):
+    """PPO clip's clipped tokens: ρ below 1 - ε_low where A < 0, above 1 + ε_high where A > 0 (no gradient there)."""
+    return (ratio < 1 - eps_low) & (adv < 0), (ratio > 1 + eps_high) & (adv > 0)
+
+
+def cispo_fractions(ratio: torch.Tensor, adv: torch.Tensor, eps_low: float, eps_high: float):
+    """CISPO caps the weight only from above, at ε_high itself."""
+    return torch.zeros_like(ratio, dtype=torch.bool), ratio > eps_high
+
+
+@dataclass(frozen=True)
+class Surrogate:
+    """A per-token surrogate loss and which tokens it clips (the `clip_low` / `clip_high` metrics)."""
+
+    loss: Callable[..., torch.Tensor]
+    clipped: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+
+
+SURROGATES: dict[str, Surrogate] = {"clip": Surrogate(clip_surrogate, clip_fractions),
+                                    "cispo": Surrogate(cispo_surrogate, cispo_fractions)}
 
 
 # ------------------------------------------------------------------------------------------ aggregation
@@ -157,12 +176,29 @@ def agg_dr_grpo(per_token: torch.Tensor, mask: torch.Tensor, max_completion_leng
 def agg_dapo(per_token: torch.Tensor, mask: torch.Tensor, num_items: float | None = None, **_) -> torch.Tensor:
     """DAPO: token sum divided by the number of completion tokens of the whole step (every micro-batch and
     rank), so gradient accumulation and data parallelism give the gradient of one big batch."""
-    denom = mask.sum() if num_items is None else torch.as_tensor(num_items, dtype=per_token.dtype)
+    denom = mask.sum() if num_items is None else torch.as_tensor(num_items, dtype=per_token.dtype, device=per_token.device)
     return (per_token * mask).sum() / denom.clamp(min=1.0)
 
 
-AGGREGATIONS: dict[str, Callable[..., torch.Tensor]] = {
-    "grpo": agg_grpo, "bnpo": agg_bnpo, "dr_grpo": agg_dr_grpo, "dapo": agg_dapo,
+@dataclass(frozen=True)
+class Aggregation:
+    """How per-token losses become one loss, and so how a micro-batch's loss weighs in the step's.
+
+    `step_normalized`: the aggregation divides by the whole step's totals (`num_items`), so a micro-batch's loss
+    is already its part of the step's and the parts add up (weight 1). Otherwise it normalizes within the
+    micro-batch and weighs by its share of the step's sequences: then B micro-batches of a step give the loss of
+    one batch made of them exactly for `grpo` and `dr_grpo`, and for `bnpo` as TRL does under accumulation."""
+
+    fn: Callable[..., torch.Tensor]
+    step_normalized: bool
+
+    def weight(self, sequences: int, step_sequences: int) -> float:
+        return 1.0 if self.step_normalized else sequences / step_sequences
+
+
+AGGREGATIONS: dict[str, Aggregation] = {
+    "grpo": Aggregation(agg_grpo, False), "bnpo": Aggregation(agg_bnpo, False),
+    "dr_grpo": Aggregation(agg_dr_grpo, False), "dapo": Aggregation(agg_dapo, True),
 }
 
 
@@ -192,7 +228,7 @@ class PolicyLossConfig:
 
 def policy_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
                 cfg: PolicyLossConfig, ref_logps: torch.Tensor | None = None, is_weights: torch.Tensor | None = None,
-                num_items: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                num_items: float | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The policy-gradient loss of one micro-batch and its metrics.
 
     ρ = exp(logπ - logπ_old) per token, or for ``importance_level="sequence"`` (GSPO) exp of the sequence's
@@ -207,7 +243,8 @@ def policy_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.
         log_ratio = ((log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).unsqueeze(-1)
     ratio = torch.exp(log_ratio)
     eps_high = cfg.epsilon if cfg.epsilon_high is None else cfg.epsilon_high
-    per_token = SURROGATES[cfg.surrogate](ratio, logps, adv, cfg.epsilon, eps_high)
+    surrogate = SURROGATES[cfg.surrogate]
+    per_token = surrogate.loss(ratio, logps, adv, cfg.epsilon, eps_high)
     if is_weights is not None:
         per_token = per_token * is_weights
     kl = None
@@ -216,21 +253,17 @@ def policy_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.
             raise ValueError("beta > 0 needs the reference model's log-probs")
         kl = KL_ESTIMATORS[cfg.kl](logps, ref_logps)
         per_token = per_token + cfg.beta * (kl * ratio if cfg.kl_ratio_correction else kl)
-    loss = AGGREGATIONS[cfg.loss](per_token, mask, max_completion_length=cfg.max_completion_length, num_items=num_items)
+    loss = AGGREGATIONS[cfg.loss].fn(per_token, mask, max_completion_length=cfg.max_completion_length, num_items=num_items)
 
     with torch.no_grad():
         full = ratio.expand_as(mask)
         n = mask.sum().clamp(min=1.0)
-        if cfg.surrogate == "clip":
-            low = ((full < 1 - cfg.epsilon) & (adv < 0)).to(mask.dtype)
-            high = ((full > 1 + eps_high) & (adv > 0)).to(mask.dtype)
-        else:
-            low = torch.zeros_like(mask)
-            high = (full > eps_high).to(mask.dtype)
-        metrics = {"clip_low": float((low * mask).sum() / n), "clip_high": float((high * mask).sum() / n),
-                   "ratio_mean": float((full * mask).sum() / n)}
+        low, high = surrogate.clipped(full, adv, cfg.epsilon, eps_high)
+        # 0-d tensors on the loss's device: the trainer sums them over the step and reads them once
+        metrics = {"clip_low": (low.to(mask.dtype) * mask).sum() / n, "clip_high": (high.to(mask.dtype) * mask).sum() / n,
+                   "ratio_mean": (full * mask).sum() / n}
         if kl is not None:
-            metrics["kl"] = float((kl * mask).sum() / n)
+            metrics["kl"] = (kl * mask).sum() / n
     return loss, metrics
 
 
@@ -254,7 +287,7 @@ def kl_penalized_rewards(scores: torch.Tensor, logps: torch.Tensor, ref_logps: t
     mask = mask.to(logps.dtype)
     per_kl = KL_ESTIMATORS[kl](logps, ref_logps) * mask
     rewards = -kl_coef * per_kl
-    last = (mask * torch.arange(mask.size(1), dtype=mask.dtype)).argmax(-1)  # index of each row's last token
+    last = (mask * torch.arange(mask.size(1), dtype=mask.dtype, device=mask.device)).argmax(-1)  # index of each row's last token
     has = mask.sum(-1) > 0
     rewards[has, last[has]] += scores.to(rewards.dtype)[has]
     return rewards, per_kl
@@ -295,14 +328,14 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) 
 
 
 def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
-                       clip_range: float = 0.2, num_items: float | None = None) -> tuple[torch.Tensor, float]:
+                       clip_range: float = 0.2, num_items: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """PPO's value loss with the value clipped around the rollout-time estimate (as in OpenAI's baselines and
     TRL's PPOTrainer): ½ · mean_t max((V - R)², (V_old + clip(V - V_old, ±c) - R)²) over the masked tokens
     (or divided by ``num_items``, the step's token count). Returns (loss, fraction of tokens clipped)."""
     mask = mask.to(values.dtype)
     clipped = old_values + torch.clamp(values - old_values, -clip_range, clip_range)
     a, b = (values - returns) ** 2, (clipped - returns) ** 2
-    denom = mask.sum() if num_items is None else torch.as_tensor(num_items, dtype=values.dtype)
+    denom = mask.sum() if num_items is None else torch.as_tensor(num_items, dtype=values.dtype, device=values.device)
     loss = 0.5 * (torch.max(a, b) * mask).sum() / denom.clamp(min=1.0)
-    frac = float(((b > a).to(mask.dtype) * mask).sum() / mask.sum().clamp(min=1.0))
+    frac = ((b > a).to(mask.dtype) * mask).sum().detach() / mask.sum().clamp(min=1.0)
     return loss, frac

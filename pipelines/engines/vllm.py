@@ -291,6 +291,13 @@ class VLLMPolicyEngine(VLLMEngine):
         self.weights_valid = True
         return time.perf_counter() - t0
 
+    def before_generation(self) -> None:
+        """The online trainers' lifecycle (trainers/grpo.py POLICY_ENGINES): `generate` wakes the engine itself."""
+
+    def after_generation(self) -> None:
+        """Sampling is over for this step: free the GPU for the update (sleep mode; a no-op without it)."""
+        self.sleep()
+
     def sleep(self) -> None:
         """Free vLLM's GPU memory for training: the KV cache, and the weights (level 1 offloads them to CPU RAM,
         level 2 drops them: `sync_weights` must come before the next `generate`). `generate` wakes the engine.
