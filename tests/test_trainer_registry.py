@@ -1,5 +1,5 @@
 """The algorithm seam: a new offline algorithm and a new DPO loss type are each one registration, here in this
-test module, and `train()`, TrainConfig's validation and the CLI pick them up with no other edit."""
+test module, and `train()`, the config check (`check_config`) and the CLI pick them up with no other edit."""
 from __future__ import annotations
 
 import math
@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from pipelines.core.dataset import write_dataset
 from pipelines.errors import UserError
-from trainers.algorithms import Algorithm, Stats, register_algorithm, register_dpo_loss
+from trainers.algorithms import Algorithm, Stats, check_config, register_algorithm, register_dpo_loss
 from trainers.cli import build_parser, config_from_args
 from trainers.config import TrainConfig
 from trainers.data import collate, encode_prompt_completion
@@ -105,7 +105,7 @@ def test_a_registered_algorithm_trains_through_train_with_its_hooks(tiny_model, 
     args = build_parser().parse_args(["toy_seq_nll", "--model", "m", "--data", "d", "--output", "o"])
     assert config_from_args(args).lr == 3e-4
     with pytest.raises(ValueError, match="toy_seq_nll"):
-        TrainConfig(algorithm="nope", model="m", data="d", output="o")
+        check_config(TrainConfig(algorithm="nope", model="m", data="d", output="o"))
 
 
 def test_a_registered_dpo_loss_type_trains_like_the_builtin_it_restates(tiny_model, tmp_path):
@@ -119,7 +119,7 @@ def test_a_registered_dpo_loss_type_trains_like_the_builtin_it_restates(tiny_mod
             assert ra[key] == pytest.approx(rb[key], abs=1e-6), key
         assert ra["toy/margin"] * 0.5 == pytest.approx(rb["rewards/margins"], abs=1e-6)
     assert builtin.ref_cache_hits == {"train": True}  # it needs a reference, the same one: scored once
-    assert "--loss toy_sigmoid" in str(pytest.raises(ValueError, TrainConfig, algorithm="dpo", model="m", data="d",
-                                                     output="o", loss="toy_sigmoid", no_reference=True).value)
+    refused = TrainConfig(algorithm="dpo", model="m", data="d", output="o", loss="toy_sigmoid", no_reference=True)
+    assert "--loss toy_sigmoid" in str(pytest.raises(ValueError, check_config, refused).value)
     args = build_parser().parse_args(["dpo", "--loss", "toy_sigmoid", "--model", "m", "--data", "d", "--output", "o"])
     assert config_from_args(args).loss == "toy_sigmoid"

@@ -93,7 +93,7 @@ class Algorithm:
 
     @classmethod
     def check_config(cls, cfg: TrainConfig) -> None:
-        """Raise ValueError for a setting this algorithm cannot use (TrainConfig calls it)."""
+        """Raise ValueError for a setting this algorithm cannot use (the module's `check_config` calls it)."""
 
     def prepare(self, cfg: TrainConfig, rows: list[dict], log: Callable[[str], None]) -> None:
         """Fill data-dependent defaults into `cfg` from the training rows, before they are encoded."""
@@ -127,8 +127,18 @@ def register_algorithm(cls: type[Algorithm]) -> type[Algorithm]:
     return cls
 
 
+def check_config(cfg: TrainConfig) -> None:
+    """Raise ValueError when `cfg` names no registered algorithm, or a setting its algorithm (its DPO loss type)
+    cannot use. TrainConfig checks only what needs no registry; `make_algorithm` and the CLI call this before
+    any work."""
+    if cfg.algorithm not in ALGORITHMS:
+        raise ValueError(f"unknown algorithm {cfg.algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
+    ALGORITHMS[cfg.algorithm].check_config(cfg)
+
+
 def make_algorithm(cfg: TrainConfig) -> Algorithm:
-    """The algorithm object for `cfg.algorithm`."""
+    """The algorithm object for `cfg.algorithm`, after `check_config(cfg)`."""
+    check_config(cfg)
     return ALGORITHMS[cfg.algorithm](cfg)
 
 

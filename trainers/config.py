@@ -2,8 +2,10 @@
 
 One dataclass holds everything the shared loop needs; algorithm-specific knobs (beta, loss type, KTO weights)
 live next to the generic ones so a run's full config can be written to one JSON file and read back. Which
-algorithms and DPO loss types exist, and what each accepts, is theirs to say (`ALGORITHMS`, `DPO_LOSSES` and
-`Algorithm.check_config` in trainers/algorithms.py).
+algorithms and DPO loss types exist, and what each accepts, is theirs to say: `check_config(cfg)` in
+trainers/algorithms.py checks a config against `ALGORITHMS` and `DPO_LOSSES`, and `make_algorithm` and the CLI
+call it before any work. This module checks only what needs no registry, so the algorithms can import it and
+it imports none of them.
 """
 from __future__ import annotations
 
@@ -36,7 +38,9 @@ class TrainConfig:
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     max_grad_norm: float = 1.0
-    dtype: str = "fp32"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (trainers/distributed.py pick_device)
+    dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32: autocast compute, fp32 master weights
+    gradient_checkpointing: bool = False
     seed: int = 42
     max_length: int | None = 1024
     # data
@@ -80,19 +84,15 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from trainers.algorithms import ALGORITHMS  # it imports this module
-
-        if self.algorithm not in ALGORITHMS:
-            raise ValueError(f"unknown algorithm {self.algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
+        """The checks that need no algorithm registry (the algorithm and its settings: algorithms.check_config)."""
         if self.scheduler not in ("cosine", "linear", "constant"):
             raise ValueError(f"--scheduler must be cosine, linear or constant, not {self.scheduler!r}")
-        if self.dtype not in ("fp32", "bf16"):
-            raise ValueError(f"--dtype must be fp32 or bf16, not {self.dtype!r}")
+        if self.dtype not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"--dtype must be auto, fp32 or bf16, not {self.dtype!r}")
         if self.batch_size < 1 or self.grad_accum < 1:
             raise ValueError("--batch-size and --grad-accum must be at least 1")
         if not 0.0 <= self.eval_split < 1.0:
             raise ValueError(f"--eval-split must be a fraction in [0, 1), got {self.eval_split}")
-        ALGORITHMS[self.algorithm].check_config(self)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)

@@ -1,7 +1,7 @@
 """`prefsmith train iterative-dpo|rft ...`: the rounds recipes' command line (trainers/rounds.py runs them).
 
 The round's own options are parsed here; every other option is the per-round training run's and is parsed by
-`prefsmith train dpo|sft`'s own parser (trainers/cli.py), so `--lr`, `--epochs`, `--batch-size`, `--beta`,
+`prefsmith train dpo|sft`'s own parser (trainers/offline_cli.py), so `--lr`, `--epochs`, `--batch-size`, `--beta`,
 `--loss`, `--lora-r`... mean exactly what they mean there.
 """
 from __future__ import annotations
@@ -83,7 +83,7 @@ def build_parser(recipe: str) -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str], recipe: str) -> tuple[argparse.Namespace, argparse.Namespace]:
     """argv -> (the rounds' own options, the per-round training run's), parsed but not yet checked as a config."""
-    from trainers.cli import build_parser as train_parser
+    from trainers.offline_cli import build_parser as train_parser
     from trainers.rounds import RECIPES
 
     own = build_parser(recipe)
@@ -101,7 +101,7 @@ def parse_args(argv: list[str], recipe: str) -> tuple[argparse.Namespace, argpar
 def parse(argv: list[str], recipe: str):
     """argv -> RoundsConfig; the options this parser does not know go to `prefsmith train dpo|sft`'s."""
     from pipelines.engines.models import resolve_model
-    from trainers.cli import config_from_args
+    from trainers.offline_cli import config_from_args
     from trainers.rounds import RoundsConfig
 
     args, targs = parse_args(argv, recipe)

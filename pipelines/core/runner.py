@@ -31,18 +31,13 @@ import pyarrow.parquet as pq
 
 from pipelines.core import dataset as ds
 from pipelines.core.files import ensure_writable_dir, fingerprint_json
+from pipelines.core.stage import Shard, ShardTask  # Shard: the stages import it from here too
 from pipelines.errors import UserError
+from pipelines.executors import make_executor
 from rewards.pool import PoolError
 
 FORMAT_VERSION = 1
 MARKERS = ".shards"
-
-
-@dataclass
-class Shard:
-    index: int
-    start: int  # index of the shard's first input row in the whole input
-    tick: Callable[[int], None] = lambda n: None  # advance the progress bar by n input rows
 
 
 Process = Callable[[list[dict], Shard], "list[dict] | dict[str, list[dict]]"]
@@ -152,8 +147,6 @@ def run_stage(
 
     `executor` (pipelines/executors: an Executor, an ExecutorConfig, or "local"/"ray") decides where shards run;
     everything written, and when, is decided here, the same for every executor."""
-    from pipelines.executors import ShardTask, make_executor
-
     t0 = time.time()
     out = Path(output)
     table = ds.load_table(input, required, present)

@@ -16,11 +16,47 @@ many processes or machines ran the shards. A stage keeps no state that another s
 executor may run shards in any process, in any order, and run one again after a crash.
 
 The runner (pipelines/core/runner.py) owns planning, fingerprints, markers, writes and the manifest; executors
-(pipelines/executors/) only call `stage(rows, shard)` somewhere and hand the result back.
+(pipelines/executors/) only call `stage(rows, shard)` somewhere and hand the result back. What the two share —
+the `Shard` a stage is called with, the `ShardTask` an executor is handed and the `Executor` protocol — lives
+here, with the stage, so executors never import the runner back.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Protocol
+
+import pyarrow as pa
+
+
+@dataclass
+class Shard:
+    """Where the rows a stage is called with sit in the whole input."""
+
+    index: int
+    start: int  # index of the shard's first input row in the whole input
+    tick: Callable[[int], None] = lambda n: None  # advance the progress bar by n input rows
+
+
+@dataclass
+class ShardTask:
+    """One shard still to run, as the runner hands it to an executor."""
+
+    index: int
+    start: int  # position of the shard's first row in the whole input
+    table: pa.Table  # the shard's input rows
+
+
+class Executor(Protocol):
+    """Where shards run (pipelines/executors/): it maps a stage over tasks and never writes files."""
+
+    name: str
+
+    def map(self, stage: Any, tasks: Iterable[ShardTask],
+            tick: Callable[[int], None]) -> Iterator[tuple[ShardTask, Any, float]]:
+        """Run `stage` on every task; yield `(task, output, seconds the shard took)` as each finishes, in any
+        order; call `tick(rows)` as input rows finish (for the progress bar)."""
+
+    def close(self) -> None: ...
 
 
 class Stage:
@@ -48,7 +84,7 @@ class Stage:
     def setup(self) -> None:
         """Heavy set-up (a model, a worker pool, a sandbox); runs once, on first use, where the stage runs."""
 
-    def process(self, rows: list[dict], shard: Any) -> list[dict] | dict[str, Any]:
+    def process(self, rows: list[dict], shard: Shard) -> list[dict] | dict[str, Any]:
         raise NotImplementedError
 
     def check(self, stats: dict[str, float]) -> None:
@@ -58,7 +94,7 @@ class Stage:
     def close(self) -> None:
         """Free what `setup` made. The stage may be used again afterwards (setup runs again)."""
 
-    def __call__(self, rows: list[dict], shard: Any) -> list[dict] | dict[str, Any]:
+    def __call__(self, rows: list[dict], shard: Shard) -> list[dict] | dict[str, Any]:
         if not self._ready:
             self.setup()
             self._ready = True
@@ -89,7 +125,7 @@ class Stage:
 class FunctionStage(Stage):
     """A plain `fn(rows, shard)` as a stage (the runner's low-level API and tests)."""
 
-    def __init__(self, name: str, fn: Callable[[list[dict], Any], Any], config: dict | None = None,
+    def __init__(self, name: str, fn: Callable[[list[dict], Shard], Any], config: dict | None = None,
                  required: list[str] = (), present: list[str] = (), shard_size: int = 256,
                  group_by: str | None = None):
         self.name, self.fn, self._config = name, fn, dict(config or {})

@@ -6,34 +6,16 @@
 
 An executor never writes files, plans shards or touches markers: that is the runner's job
 (pipelines/core/runner.py), so resume, fingerprints and the manifest are the same whatever runs the shards.
+The `Executor` protocol and the `ShardTask` it is handed live with the stage (pipelines/core/stage.py), so no
+executor imports the runner.
 """
 from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Protocol
 
-import pyarrow as pa
-
+from pipelines.core.stage import Executor, ShardTask  # noqa: F401 (ShardTask: re-exported, hygiene/dedup.py)
 from pipelines.errors import UserError
-
-
-@dataclass
-class ShardTask:
-    index: int
-    start: int  # position of the shard's first row in the whole input
-    table: pa.Table  # the shard's input rows
-
-
-class Executor(Protocol):
-    name: str
-
-    def map(self, stage: Any, tasks: Iterable[ShardTask],
-            tick: Callable[[int], None]) -> Iterator[tuple[ShardTask, Any, float]]:
-        """Run `stage` on every task; yield `(task, output, seconds the shard took)` as each finishes, in any
-        order; call `tick(rows)` as input rows finish (for the progress bar)."""
-
-    def close(self) -> None: ...
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Iterable, Iterator
 
-from pipelines.executors import ShardTask
+from pipelines.core.stage import Shard, ShardTask
 
 
 class LocalExecutor:
@@ -16,8 +16,6 @@ class LocalExecutor:
 
     def map(self, stage: Any, tasks: Iterable[ShardTask],
             tick: Callable[[int], None]) -> Iterator[tuple[ShardTask, Any, float]]:
-        from pipelines.core.runner import Shard
-
         if stage not in self._stages:
             self._stages.append(stage)
         for task in tasks:

@@ -26,8 +26,8 @@ import time
 from collections import deque
 from typing import Any, Callable, Iterable, Iterator
 
+from pipelines.core.stage import Shard, ShardTask
 from pipelines.errors import UserError
-from pipelines.executors import ShardTask
 
 IN_FLIGHT_PER_REPLICA = 2
 
@@ -73,7 +73,6 @@ class _Replica:
 
     def run(self, index: int, start: int, table) -> Any:
         from pipelines.core import dataset as ds
-        from pipelines.core.runner import Shard
 
         t0 = time.time()
         out = self.stage(table.to_pylist(), Shard(index=index, start=start))
