@@ -157,6 +157,7 @@ def load_policy(cfg: GRPOConfig, resume_dir: Path | None):
     if resume_dir is not None:
         return PeftModel.from_pretrained(base, resume_dir, is_trainable=True)
     target = cfg.lora_target if cfg.lora_target == "all-linear" else [t.strip() for t in cfg.lora_target.split(",")]
+    torch.manual_seed(cfg.seed)  # LoRA's A matrices are drawn at random: the same run starts from the same adapters
     return get_peft_model(base, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                                            target_modules=target, task_type="CAUSAL_LM"))
 
@@ -263,12 +264,9 @@ class Evaluator:
     with the same object, so both sides are measured alike. Split over ranks under torchrun, gathered back."""
 
     def __init__(self, engine, gen_cfg, use_chat: bool, fns, names: list[str], weights, outcome: str,
-                 batch_size: int = 64, max_new_tokens: int = 256, d=None, autocast=None):
-        from contextlib import nullcontext
-
+                 batch_size: int = 64, max_new_tokens: int = 256, d=None):
         from trainers.distributed import Dist
 
-        self.autocast = autocast or nullcontext  # the trainer's precision (bf16 autocast on a GPU)
         self.engine, self.gen_cfg, self.use_chat = engine, gen_cfg, use_chat
         self.fns, self.names, self.weights, self.outcome = fns, names, weights, outcome
         self.batch_size, self.max_new_tokens, self.d = batch_size, max_new_tokens, d or Dist()
@@ -286,9 +284,7 @@ class Evaluator:
         mine = list(range(rank, len(rows), world))
         width, self.engine.options.prompt_batch_size = self.engine.options.prompt_batch_size, self.batch_size
         try:
-            with self.autocast():
-                out, _ = generate_rows(self.engine, [rows[i] for i in mine], gen, [ids[i] for i in mine],
-                                       self.use_chat)
+            out, _ = generate_rows(self.engine, [rows[i] for i in mine], gen, [ids[i] for i in mine], self.use_chat)
         finally:
             self.engine.options.prompt_batch_size = width
         labeled = label_rows(out, self.fns, self.names, self.weights)
@@ -382,7 +378,7 @@ class GRPORun:
         self.use_chat = cfg.chat == "always" or (cfg.chat == "auto" and bool(getattr(self.tokenizer, "chat_template", None)))
         self.evaluator = Evaluator(self.engine, self.gen_cfg, self.use_chat, self.fns, self.names, self.weights,
                                    self.outcome, cfg.eval_batch_size, cfg.eval_max_new_tokens or cfg.max_new_tokens,
-                                   self.d, autocast=self.learner.autocast)
+                                   self.d)
         # the reference: with LoRA the base model itself, adapters off (no second copy); else a frozen copy
         self.ref = None
         if self.uses_reference() and not cfg.lora_r:
@@ -437,8 +433,8 @@ class GRPORun:
             n=cfg.num_generations, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
             seed=_seed(cfg.seed, "step", step, round_)))
         t0 = time.time()
-        with self.learner.autocast():
-            out, stats = generate_rows(self.engine, rows, gen, ids, self.use_chat)
+        # sampling runs on the weights as they are (fp32): the hf engine's static cache has the weights' dtype
+        out, stats = generate_rows(self.engine, rows, gen, ids, self.use_chat)
         self.timing["generation"] += time.time() - t0
         self.tokens += stats["tokens"]
         t0 = time.time()
