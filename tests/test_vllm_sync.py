@@ -172,3 +172,26 @@ def test_sleep_mode_is_refused_off_cuda(tiny_model):
         pytest.skip("on CUDA sleep mode is allowed")
     with pytest.raises(EngineError, match="CUDA"):
         VLLMPolicyEngine(str(tiny_model), sleep_mode=True)
+
+
+def test_lora_policy_reaches_the_engine_merged(engine, tiny_model):
+    """`train grpo --engine vllm --lora-r R`: the engine serves the base architecture, so the trainer pushes the
+    adapters merged into the weights (trainers.grpo.export_weights); the engine's log-probs then equal the LoRA
+    policy's own, and differ from the base's."""
+    pytest.importorskip("peft")
+    from trainers.grpo import GRPOConfig, export_weights, load_policy
+
+    cfg = GRPOConfig(model=str(tiny_model), prompts="-", output="-", rewards=["math"], lora_r=4, lora_alpha=8)
+    policy = load_policy(cfg, None).eval()
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.05)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    prompt_ids = engine.prompt_ids(CHAT)
+    completion = engine.tokenizer.encode("The answer is 5.", add_special_tokens=False)
+    assert max_gap(trainer_logps(policy, prompt_ids, completion), trainer_logps(base, prompt_ids, completion)) > 0.05
+    engine.load_weights(export_weights(policy))
+    assert max_gap(engine_logps(engine, prompt_ids, completion),
+                   trainer_logps(policy, prompt_ids, completion)) < TOLERANCE
+    engine.sync_weights(base)  # leave the module's engine as the other tests expect it
