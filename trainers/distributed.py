@@ -89,6 +89,8 @@ def reduce_stats(stats: Stats, names: tuple[str, ...], d: Dist, extra: list[torc
 
 def _as(value, device: torch.device) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
+        if hasattr(value, "full_tensor"):  # a DTensor (a sharded model's global gradient norm): its full value
+            value = value.full_tensor()
         return value.detach().to(device=device, dtype=torch.float64).reshape(())
     return torch.tensor(float(value), dtype=torch.float64, device=device)
 
