@@ -75,12 +75,13 @@ def main() -> None:
     args = ap.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="grpo-memory-"))
     work.mkdir(parents=True, exist_ok=True)
-    results = {}
+    saved = work / "results.json"  # sides measured earlier in this workdir are kept (run sides one at a time)
+    results = json.loads(saved.read_text()) if saved.is_file() else {}
     for side in args.sides.split(","):
         tree = worktree(args.baseline_rev, work) if side == "base" else ROOT
         results[side] = run_side(side, tree, args, work)
         print(f"[bench] {side}: {json.dumps(results[side])}", file=sys.stderr, flush=True)
-    (work / "results.json").write_text(json.dumps(results, indent=2))
+        saved.write_text(json.dumps(results, indent=2))
     print(f"\n{'side':<6} {'peak RSS':>9} {'s/step':>7} {'gen s':>7} {'train s':>8} {'seqs':>5} {'loss':>9}")
     for side, r in results.items():
         print(f"{side:<6} {r['peak_rss'] / 2**30:>8.2f}G {r['step_s']:>7.1f} {r['gen_s']:>7.1f} {r['train_s']:>8.1f} "
