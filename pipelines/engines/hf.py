@@ -138,6 +138,18 @@ class HFEngine:
         self.pad_id = pad if pad is not None else self.stop_ids[0]
         return self
 
+    # The online trainers' engine lifecycle (trainers/grpo.py POLICY_ENGINES): a wrapped engine *is* the live
+    # policy, so there is nothing to wake, put to sleep or load.
+    def before_generation(self) -> None:
+        pass
+
+    def after_generation(self) -> None:
+        pass
+
+    def load_weights(self, named_tensors) -> None:
+        """Nothing to load: generation runs on the trained model itself (the iterable is not consumed)."""
+        return None
+
     def prompt_ids(self, prompt: Prompt) -> list[int]:
         """The token ids generation continues from (the trainers' data path gives the same ids)."""
         return render_prompt_ids(self.tokenizer, prompt)
