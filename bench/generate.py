@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from pipelines.core.threads import add_threads_argument  # noqa: E402
 from pipelines.engines import SamplingConfig, load_engine  # noqa: E402
 
 DEFAULT_MODEL = Path("~/.cache/prefsmith/models/smollm2-135m-instruct").expanduser()
@@ -61,9 +62,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--hf-prompt-batch-size", type=int, default=8, help="hf: prompts per generate() call (the engine default)")
-    parser.add_argument("--hf-threads", type=int, default=None,
-                        help="hf: torch threads (default: torch's). On a busy machine 1 can be far faster: idle "
-                             "OpenMP threads spin while waiting for a core")
+    add_threads_argument(parser)  # hf only
     args = parser.parse_args()
 
     model = args.model
@@ -78,9 +77,9 @@ def main() -> None:
     sampling = SamplingConfig(n=args.n, temperature=args.temperature, max_new_tokens=args.max_new_tokens)
     print(f"model {model}\n{len(prompts)} chat prompts x n={args.n}, max_new_tokens={args.max_new_tokens}, "
           f"temperature={args.temperature}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, "
-          f"hf threads {args.hf_threads or 'default'}, hf prompt batch {args.hf_prompt_batch_size}")
+          f"hf threads {args.threads or 'auto'}, hf prompt batch {args.hf_prompt_batch_size}")
 
-    hf = run("hf", model, prompts, sampling, prompt_batch_size=args.hf_prompt_batch_size, num_threads=args.hf_threads)
+    hf = run("hf", model, prompts, sampling, prompt_batch_size=args.hf_prompt_batch_size, threads=args.threads)
     vllm = run("vllm", model, prompts, sampling)
     for name, r in (("hf", hf), ("vllm", vllm)):
         print(f"{name:5s} startup {r['startup_s']:6.1f} s | {r['tokens']:6d} tokens in {r['seconds']:7.2f} s "

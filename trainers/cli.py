@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 from pipelines.cli import Parser
+from pipelines.core.threads import apply_threads
 from pipelines.errors import UsageError
 from trainers.offline_cli import build_parser, config_from_args  # callers and tests import them from here too
 
@@ -74,6 +75,7 @@ def _main(argv: list[str]) -> int:
         return 2
     from trainers.loop import train
 
+    apply_threads(cfg.threads)  # belongs at the top of trainers.loop.train (then the Python API gets it too)
     try:
         train(cfg)
     except _user_errors() as e:

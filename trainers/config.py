@@ -78,6 +78,7 @@ class TrainConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.0
     # misc
+    threads: int | None = None  # torch CPU threads; None: auto (docs/engines.md, Threads); not a resume invariant
     logging_every: int = 1
     progress: bool = True
     plots: bool = True

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 
 from pipelines.cli import Parser
+from pipelines.core.threads import add_threads_argument
 from trainers.config import TrainConfig
 
 
@@ -80,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lora-r", type=int, default=0, help="LoRA rank; 0 trains all weights")
     g.add_argument("--lora-alpha", type=int, default=16)
     g.add_argument("--lora-dropout", type=float, default=0.0)
+    add_threads_argument(p)
     g = p.add_argument_group("logging")
     g.add_argument("--logging-every", type=int, default=1, help="write train metrics every N steps")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -107,7 +109,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         undesirable_weight=args.undesirable_weight, rm_center_coef=args.rm_center_coef,
         prm_soft=args.soft, step_separator=_unescape(args.step_sep) if args.step_sep else None, fsdp=args.fsdp, lora_r=args.lora_r,
         lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout, logging_every=args.logging_every,
-        progress=not args.no_progress, plots=not args.no_plots,
+        progress=not args.no_progress, plots=not args.no_plots, threads=args.threads,
     )
     check_config(cfg)
     return cfg

@@ -116,7 +116,7 @@ class RoundsConfig:
         skip = {"rounds", "output", "train", "overwrite", "progress", "executor", "eval_batch_size"}
         own = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
         run_only = {"model", "data", "output", "ref_model", "resume", "progress", "plots", "logging_every",
-                    "save_every", "save_total_limit", "ref_cache_dir"}
+                    "save_every", "save_total_limit", "ref_cache_dir", "threads"}
         train = {k: v for k, v in dataclasses.asdict(self.train).items() if k not in run_only}
         return {**own, "train": train}
 
@@ -320,7 +320,7 @@ class RoundRun:
 
         cfg = self.cfg
         gen = GenerateConfig(model=self.policy, engine=cfg.engine, template=cfg.template, chat=cfg.chat,
-                             system=cfg.system, batch_size=cfg.gen_batch_size,
+                             system=cfg.system, batch_size=cfg.gen_batch_size, threads=cfg.train.threads,
                              sampling=SamplingConfig(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p,
                                                      max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + self.r))
         out = self.dir / "rollouts"
@@ -331,7 +331,8 @@ class RoundRun:
         from pipelines.stages.label import LabelConfig, label
 
         out = self.dir / "labeled"
-        label(str(rollouts), str(out), LabelConfig(rewards=list(self.cfg.rewards), weights=list(self.cfg.weights)),
+        label(str(rollouts), str(out), LabelConfig(rewards=list(self.cfg.rewards), weights=list(self.cfg.weights),
+                                                   threads=self.cfg.train.threads),
               progress=self.cfg.progress, out=sys.stderr, executor=self.cfg.executor)
         return out
 
@@ -396,10 +397,11 @@ def evaluate(cfg: RoundsConfig, model: str, out: Path) -> dict | None:
     from pipelines.stages.label import LabelConfig
 
     gen = GenerateConfig(model=model, engine="hf", template=cfg.template, chat=cfg.chat, system=cfg.system,
-                         batch_size=cfg.eval_batch_size,
+                         batch_size=cfg.eval_batch_size, threads=cfg.train.threads,
                          sampling=SamplingConfig(n=1, temperature=0.0, max_new_tokens=cfg.eval_max_new_tokens or
                                                  cfg.max_new_tokens, seed=0))
-    ecfg = EvalConfig(generate=gen, label=LabelConfig(rewards=list(cfg.rewards), weights=list(cfg.weights)))
+    ecfg = EvalConfig(generate=gen, label=LabelConfig(rewards=list(cfg.rewards), weights=list(cfg.weights),
+                                                      threads=cfg.train.threads))
     figures: dict[str, Any] = {}
     dirs = {}
     for k, (name, path) in enumerate(eval_sets(cfg).items()):
@@ -453,7 +455,10 @@ def _describe(old: dict, new: dict, prefix: str = "") -> str:
 def run_rounds(cfg: RoundsConfig) -> list[dict]:
     """Run (or continue) rounds 0..R-1 in cfg.output; returns every round's record (also DIR/rounds.jsonl),
     prints the rounds table and draws DIR/rounds.png."""
+    from pipelines.core.threads import apply_threads
+
     _check_settings(cfg)
+    apply_threads(cfg.train.threads)  # sampling, labels, training and evaluation share this process
     root = Path(cfg.output)
     recipe = RECIPES[cfg.recipe]()
     prompts = ds.load_rows(cfg.prompts, required=["prompt"])

@@ -8,15 +8,16 @@ from .base import Engine, EngineError, Prompt, Sample, SamplingConfig
 ENGINES = ("hf", "vllm", "openai")
 
 
-def load_engine(name: str, model: str, **options: Any) -> Engine:
+def load_engine(name: str, model: str, threads: int | None = None, **options: Any) -> Engine:
     """Build engine `name` for `model` (a local folder, a hub name, or for `openai` the served model name).
 
-    Options go to the engine's constructor (see docs/engines.md). Raises EngineError before any work starts
-    when the model or server cannot be used."""
+    Options go to the engine's constructor (see docs/engines.md). `threads` (`--threads`; None: auto) is for the
+    engine whose model runs in this process on torch, hf; vllm and openai manage their own. Raises EngineError
+    before any work starts when the model or server cannot be used."""
     if name == "hf":
         from .hf import HFEngine
 
-        return HFEngine(model, **options)
+        return HFEngine(model, threads=threads, **options)
     if name == "vllm":
         from .vllm import VLLMEngine
 

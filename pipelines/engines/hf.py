@@ -14,6 +14,8 @@ from typing import Sequence
 
 import torch
 
+from pipelines.core.threads import apply_threads
+
 from .base import (
     EngineError,
     Prompt,
@@ -36,7 +38,7 @@ class HFOptions:
     device: str = "auto"  # cpu | cuda | cuda:N | auto (cuda when available)
     dtype: str = "auto"  # auto: float32 on CPU, bfloat16 on GPU
     prompt_batch_size: int = 8  # prompts per generate call (samples stay batch-independent)
-    num_threads: int | None = None  # CPU: torch intra-op threads (process-wide); None keeps torch's setting
+    threads: int | None = None  # the torch CPU threads it set (process-wide); None: wrap(), the trainer's setting
 
 
 def _pick_device(device: str) -> str:
@@ -106,14 +108,12 @@ class HFEngine:
         device: str = "auto",
         dtype: str = "auto",
         prompt_batch_size: int = 8,
-        num_threads: int | None = None,
+        threads: int | None = None,
     ) -> None:
         from transformers import AutoModelForCausalLM
 
         self.model = resolve_model_path(model)
-        self.options = HFOptions(device, dtype, prompt_batch_size, num_threads)
-        if num_threads is not None:
-            torch.set_num_threads(num_threads)
+        self.options = HFOptions(device, dtype, prompt_batch_size, apply_threads(threads))
         self.device = _pick_device(device)
         self.tokenizer = load_tokenizer(self.model)
         try:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.core.dataset import load_table
+from pipelines.core.threads import add_threads_argument
 from pipelines.errors import UserError
 
 MAX_LISTED = 20  # rows listed per finding in the table (the JSON has them all)
@@ -49,6 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rows", type=int, default=100, help="rows of --input to probe (default: the first 100)")
     p.add_argument("--gold-column", default="answer", help="gold-answer column for math rows (default: answer)")
     p.add_argument("--workers", type=int, default=None, help="worker processes for math / code rewards")
+    add_threads_argument(p)  # an rm: / prm: reward runs its model here
 
 
 def run(args: argparse.Namespace, out=None) -> int:
@@ -61,7 +63,7 @@ def run(args: argparse.Namespace, out=None) -> int:
     if not rows or "prompt" not in rows[0]:
         raise UserError(f"{args.input}: no rows with a `prompt` column to probe")
     fns, names, weights = load_rewards(LabelConfig(rewards=list(args.reward), weights=list(args.weight),
-                                                   workers=args.workers))
+                                                   workers=args.workers, threads=args.threads))
     try:
         report: dict[str, Any] = {"input": args.input, "rewards": list(args.reward), "weights": weights,
                                   "rows": len(rows)}

@@ -27,6 +27,7 @@ from pipelines.core import dataset as ds
 from pipelines.core.files import atomic_path, atomic_write_json
 from pipelines.core.runner import Shard, execute
 from pipelines.core.stage import Stage
+from pipelines.core.threads import add_threads_argument
 from pipelines.engines.base import SamplingConfig
 from pipelines.errors import UserError
 from pipelines.executors import add_executor_arguments, executor_config
@@ -403,6 +404,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard-size", type=int, default=None,
                    help=f"prompts per output shard, the unit of resume (default {EvalStage.shard_size})")
     p.add_argument("--workers", type=int, default=None, help="worker processes for math/code checks")
+    add_threads_argument(p)
     p.add_argument("--no-plot", action="store_true", help="do not write eval.png")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--overwrite", action="store_true", help="replace an output made with another config or input")
@@ -418,10 +420,11 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
     options: dict[str, Any] = {}
     model = engine_model(args.engine, args.model, args.base_url, options)
     gen = GenerateConfig(model=model, engine=args.engine, template=args.template, chat=args.chat,
-                         system=args.system, batch_size=args.batch_size, engine_options=options,
+                         system=args.system, batch_size=args.batch_size, engine_options=options, threads=args.threads,
                          sampling=SamplingConfig(n=args.n, temperature=args.temperature, top_p=args.top_p,
                                                  max_new_tokens=args.max_new_tokens, seed=args.seed))
-    label = LabelConfig(rewards=args.reward or ["math"], weights=args.weight, workers=args.workers)
+    label = LabelConfig(rewards=args.reward or ["math"], weights=args.weight, workers=args.workers,
+                        threads=args.threads)
     return EvalConfig(generate=gen, label=label, correct=args.correct_reward, by=list(dict.fromkeys(args.by)))
 
 

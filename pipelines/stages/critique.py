@@ -46,6 +46,7 @@ class CritiqueStageConfig:
     max_retries: int = 5
     backoff_s: float = 1.0
     timeout_s: float = 600.0
+    threads: int | None = None  # hf: torch CPU threads, None auto (docs/engines.md, Threads)
     shard_size: int | None = None
 
 

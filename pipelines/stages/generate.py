@@ -25,6 +25,7 @@ from pipelines.errors import UserError
 from pipelines.engines.models import resolve_model
 from pipelines.core.runner import Shard, StageResult, execute, update_manifest
 from pipelines.core.stage import Stage
+from pipelines.core.threads import add_threads_argument
 from pipelines.executors import add_executor_arguments, executor_config
 from rewards.chat import as_messages
 
@@ -40,6 +41,7 @@ class GenerateConfig:
     system: str | None = None
     batch_size: int = 8  # prompts per engine call
     engine_options: dict[str, Any] = field(default_factory=dict)
+    threads: int | None = None  # hf: torch CPU threads, None auto (docs/engines.md, Threads); not in the fingerprint
 
 
 def prompt_seed(seed: int, prompt_id: str) -> int:
@@ -110,7 +112,8 @@ class GenerateStage(Stage):
 
     def config(self) -> dict:
         cfg = self.cfg
-        config = {**{k: v for k, v in cfg.__dict__.items() if k != "sampling"}, "sampling": cfg.sampling.to_dict()}
+        config = {**{k: v for k, v in cfg.__dict__.items() if k not in ("sampling", "threads")},
+                  "sampling": cfg.sampling.to_dict()}
         config.pop("engine_options")
         config["engine_options"] = {k: v for k, v in cfg.engine_options.items() if k not in ("api_key",)}
         return config
@@ -121,7 +124,7 @@ class GenerateStage(Stage):
     def setup(self) -> None:
         from pipelines.engines import load_engine
 
-        self.engine = load_engine(self.cfg.engine, self.cfg.model, **self.cfg.engine_options)
+        self.engine = load_engine(self.cfg.engine, self.cfg.model, threads=self.cfg.threads, **self.cfg.engine_options)
 
     @property
     def use_chat(self) -> bool:
@@ -198,6 +201,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, help="use only the first N prompts")
     p.add_argument("--engine-option", action="append", default=[], metavar="KEY=VALUE",
                    help="extra engine option (JSON value), e.g. dtype=\"bfloat16\" or max_concurrency=16")
+    add_threads_argument(p)
     p.add_argument("--overwrite", action="store_true", help="replace an output made with another config or input")
     add_executor_arguments(p)
 
@@ -208,6 +212,8 @@ def _parse_options(items: list[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep:
             raise UserError(f"--engine-option {item!r}: expected KEY=VALUE")
+        if key in ("threads", "num_threads"):
+            raise UserError(f"--engine-option {key}: use --threads N (or auto)")
         try:
             options[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -234,7 +240,7 @@ def run(args: argparse.Namespace) -> int:
         sampling=SamplingConfig(n=args.n, temperature=args.temperature, top_p=args.top_p,
                                 max_new_tokens=args.max_new_tokens, seed=args.seed),
         prompt_column=args.prompt_column, template=args.template, chat=args.chat, system=args.system,
-        batch_size=args.batch_size, engine_options=options,
+        batch_size=args.batch_size, engine_options=options, threads=args.threads,
     )
     generate(cfg, args.input, args.output, overwrite=args.overwrite, shard_size=args.shard_size, limit=args.limit,
              executor=executor_config(args))

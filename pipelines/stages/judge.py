@@ -15,7 +15,7 @@ The judge is any chat model: `--engine openai` (default: any OpenAI-compatible s
 `pipelines/engines/openai_client.py`: `--concurrency` requests at once, retries, and an on-disk cache of
 every reply, so a killed run resumes without asking again what was already answered), or `hf` / `vllm` (a local
 model through `pipelines/engines/chat.py`). The fingerprint holds the mode, model, engine, rubric text and
-sampling; the URL, concurrency, cache folder and API-key variable may change on resume.
+sampling; the URL, concurrency, cache folder, API-key variable and --threads may change on resume.
 
 `--reward judge:RUBRIC@URL#MODEL` (in `label` and `train grpo`) is the pointwise judge as a reward
 (`judge_reward`).
@@ -41,6 +41,7 @@ from pipelines.builders.samples import (as_completion, context, group_rows, norm
 from pipelines.core import dataset as ds
 from pipelines.core.runner import Shard, execute, update_manifest
 from pipelines.core.stage import Stage
+from pipelines.core.threads import add_threads_argument
 from pipelines.engines.openai_client import OpenAIChat, OpenAIClient, default_chat_cache
 from pipelines.errors import UserError
 from pipelines.executors import add_executor_arguments, executor_config
@@ -68,6 +69,7 @@ class JudgeStageConfig:
     max_retries: int = 5  # per request, on 429 / 5xx / timeouts / connection errors
     backoff_s: float = 1.0
     timeout_s: float = 600.0
+    threads: int | None = None  # hf: torch CPU threads, None auto (docs/engines.md, Threads)
     shard_size: int | None = None
 
 
@@ -77,12 +79,12 @@ def run_settings(cfg: Any) -> dict[str, Any]:
     beside the fingerprinted config: never the API key, only its variable's name."""
     return {"base_url": cfg.base_url, "concurrency": cfg.concurrency, "cache_dir": cfg.cache_dir,
             "api_key_env": cfg.api_key_env or "OPENAI_API_KEY", "max_retries": cfg.max_retries,
-            "backoff_s": cfg.backoff_s, "timeout_s": cfg.timeout_s}
+            "backoff_s": cfg.backoff_s, "timeout_s": cfg.timeout_s, "threads": cfg.threads}
 
 
 def chat_model(cfg: Any) -> ChatModel:
     """The chat model a config names (fields: model, engine, base_url, concurrency, cache_dir, api_key_env,
-    max_retries, backoff_s, timeout_s; `JudgeStageConfig`, `CritiqueStageConfig`), checked (server reachable,
+    max_retries, backoff_s, timeout_s, threads; `JudgeStageConfig`, `CritiqueStageConfig`), checked (server reachable,
     key accepted, model listed) before any work."""
     if cfg.engine == "openai":
         base_url = cfg.base_url or os.environ.get("OPENAI_BASE_URL")
@@ -95,7 +97,7 @@ def chat_model(cfg: Any) -> ChatModel:
     from pipelines.engines import load_engine
     from pipelines.engines.chat import EngineChat
 
-    return EngineChat(load_engine(cfg.engine, cfg.model))
+    return EngineChat(load_engine(cfg.engine, cfg.model, threads=cfg.threads))
 
 
 def _counts(model: Any) -> Counter:
@@ -355,6 +357,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-retries", type=int, default=5, help="per request on 429/5xx/timeouts (default 5)")
     p.add_argument("--backoff-s", type=float, default=1.0, help="first retry wait, doubled each time (jittered)")
     p.add_argument("--timeout-s", type=float, default=600.0, help="per request")
+    add_threads_argument(p)
 
 
 def model_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -370,7 +373,7 @@ def model_settings(args: argparse.Namespace) -> dict[str, Any]:
     return dict(model=model, engine=args.engine, base_url=args.base_url, concurrency=args.concurrency,
                 cache_dir=None if args.no_cache else args.cache_dir or str(default_chat_cache()),
                 api_key_env=args.api_key_env, max_retries=args.max_retries, backoff_s=args.backoff_s,
-                timeout_s=args.timeout_s)
+                timeout_s=args.timeout_s, threads=args.threads)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

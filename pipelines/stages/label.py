@@ -35,6 +35,7 @@ from pipelines.core import dataset as ds
 from pipelines.errors import UserError
 from pipelines.core.runner import Shard, execute, update_manifest
 from pipelines.core.stage import Stage
+from pipelines.core.threads import add_threads_argument, apply_threads
 from pipelines.engines.base import TOO_LONG
 from pipelines.executors import add_executor_arguments, executor_config
 from rewards.combine import parse_weights, total, unique_names
@@ -54,6 +55,7 @@ class LabelConfig:
     device: str | None = None  # reward-model device
     allow_unsandboxed_code: bool = False  # run the code reward's untrusted programs with no isolation
     null_on_timeout: bool = False  # math / code: a checker timeout scores None instead of 0 (audits)
+    threads: int | None = None  # torch CPU threads for rm: / prm: / plug-in models, None auto (docs/engines.md)
 
 
 @dataclass
@@ -81,6 +83,8 @@ def load_rewards(cfg: LabelConfig) -> tuple[list[RewardFn], list[str], dict[str,
             fns.append(_judge_reward(spec) if spec.startswith("judge:") else build(spec, options))
         except RewardSpecError as e:
             raise UserError(f"--reward {spec}: {e}") from None
+    if "torch" in sys.modules:  # a reward that runs a torch model here (rm:, prm:, a plug-in's) loaded it
+        apply_threads(cfg.threads)
     return (fns, *_names_weights(cfg, fns))
 
 
@@ -290,6 +294,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="rows per reward-function call (default 64)")
     p.add_argument("--shard-size", type=int, default=None, help=f"rows per output shard, the unit of resume (default {LabelStage.shard_size})")
     p.add_argument("--device", default=None, help="device for rm: rewards (default: cuda if available, else cpu)")
+    add_threads_argument(p)
     p.add_argument("--i-know-this-runs-untrusted-code-unsandboxed", dest="allow_unsandboxed_code",
                    action="store_true", help="code reward: run model-written programs with NO isolation")
     p.add_argument("--null-on-timeout", action="store_true",
@@ -302,7 +307,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = LabelConfig(rewards=args.reward, weights=args.weight, workers=args.workers, max_errors=args.max_errors,
                       batch_size=args.batch_size, shard_size=args.shard_size, device=args.device,
-                      allow_unsandboxed_code=args.allow_unsandboxed_code, null_on_timeout=args.null_on_timeout)
+                      allow_unsandboxed_code=args.allow_unsandboxed_code, null_on_timeout=args.null_on_timeout,
+                      threads=args.threads)
     label(args.input, args.output, cfg, overwrite=args.overwrite, progress=not args.no_progress,
           executor=executor_config(args))
     return 0

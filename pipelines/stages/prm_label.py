@@ -39,6 +39,7 @@ from typing import Any
 
 from pipelines.core.runner import Shard, StageResult, execute, update_manifest
 from pipelines.core.stage import Stage
+from pipelines.core.threads import add_threads_argument
 from pipelines.engines.base import Prompt, SamplingConfig
 from pipelines.errors import UserError
 from pipelines.executors import add_executor_arguments, executor_config
@@ -72,6 +73,7 @@ class PRMLabelConfig:
     chat: str = "auto"  # auto | always | never, as in generate
     batch_size: int = 16  # prefixes per engine call (does not change the output)
     engine_options: dict[str, Any] = field(default_factory=dict)
+    threads: int | None = None  # hf: torch CPU threads, None auto (docs/engines.md, Threads); not in the fingerprint
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -266,7 +268,7 @@ class PRMLabelStage(Stage):
 
     def __init__(self, cfg: PRMLabelConfig):
         self.cfg = cfg
-        self.label_cfg = LabelConfig(rewards=[cfg.reward])
+        self.label_cfg = LabelConfig(rewards=[cfg.reward], threads=cfg.threads)
         fns, self.names, self.weights = load_rewards(self.label_cfg)  # every spec mistake before any work
         self.needs = list(dict.fromkeys(c for f in fns for c in f.required))
         self.fns = fns  # used as they are when the stage runs in this process
@@ -276,6 +278,7 @@ class PRMLabelStage(Stage):
     def config(self) -> dict:
         config = asdict(self.cfg)
         config.pop("batch_size")
+        config.pop("threads")
         config["engine_options"] = {k: v for k, v in self.cfg.engine_options.items() if k != "api_key"}
         return config
 
@@ -287,7 +290,7 @@ class PRMLabelStage(Stage):
 
         if self.fns is None:
             self.fns, _, _ = load_rewards(self.label_cfg)
-        self.engine = load_engine(self.cfg.engine, self.cfg.model, **self.cfg.engine_options)
+        self.engine = load_engine(self.cfg.engine, self.cfg.model, threads=self.cfg.threads, **self.cfg.engine_options)
 
     def process(self, rows: list[dict], shard: Shard) -> dict:
         use_chat = _has_chat_template(self.engine) if self.cfg.chat == "auto" else self.cfg.chat == "always"
@@ -363,6 +366,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, help="use only the first N rows")
     p.add_argument("--engine-option", action="append", default=[], metavar="KEY=VALUE",
                    help="extra engine option (JSON value), e.g. tokenizer=\"path\" for --engine openai")
+    add_threads_argument(p)
     p.add_argument("--overwrite", action="store_true", help="replace an output made with another config or input")
     add_executor_arguments(p)
 
@@ -379,7 +383,7 @@ def run(args: argparse.Namespace) -> int:
         step_sep=_unescape(args.step_sep), step_regex=args.step_regex, reward=args.reward, min_reward=args.min_reward,
         hard_threshold=args.hard_threshold, max_new_tokens=args.max_new_tokens, max_steps=args.max_steps,
         temperature=args.temperature, top_p=args.top_p, seed=args.seed, prompt_column=args.prompt_column,
-        chat=args.chat, batch_size=args.batch_size, engine_options=options)
+        chat=args.chat, batch_size=args.batch_size, engine_options=options, threads=args.threads)
     result = prm_label(cfg, args.input, args.output, overwrite=args.overwrite, shard_size=args.shard_size,
                        limit=args.limit, executor=executor_config(args))
     print(json.dumps(result.extra["prm"]), file=sys.stdout)
