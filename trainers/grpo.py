@@ -340,9 +340,10 @@ class GRPORun:
         from trainers.metrics import MetricsLog
         from trainers.optim import adamw, lr_schedule
 
+        from pipelines.core.threads import apply_threads
+
         cfg = self.cfg
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        apply_threads(cfg.threads)  # auto: the cores not busy now (pipelines/core/threads.py)
         self.d = setup_distributed(cfg.device)  # torchrun: each rank samples whole groups, gradients are summed
         cfg.dtype = resolve_dtype(cfg.dtype, self.d.device)
         self.learner = Learner(self.d, cfg.dtype, cfg.gradient_checkpointing, shard=cfg.fsdp)
@@ -820,9 +821,12 @@ def build_parser(prog: str = "prefsmith train grpo") -> argparse.ArgumentParser:
                        ("eval_limit", int), ("eval_max_new_tokens", int), ("eval_batch_size", int), ("epsilon", float),
                        ("epsilon_high", float), ("beta", float), ("num_iterations", int),
                        ("max_resample_rounds", int), ("tis_cap", float), ("micro_batch_size", int),
-                       ("micro_batch_tokens", int), ("threads", int), ("lora_r", int), ("lora_alpha", int),
+                       ("micro_batch_tokens", int), ("lora_r", int), ("lora_alpha", int),
                        ("lora_dropout", float)):
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=d[name].default)
+    from pipelines.core.threads import add_threads_argument
+
+    add_threads_argument(p)
     p.add_argument("--lora-target", default=d["lora_target"].default,
                    help="modules given LoRA adapters: all-linear, or comma-separated names (q_proj,v_proj)")
     p.add_argument("--device", default="auto",

@@ -38,6 +38,17 @@ class Sample:
     # None when the backend does not return them (e.g. `transformers serve`).
     logprobs: list[float] | None
     finish_reason: str  # "stop" | "length" | "too_long" (the prompt fills the context: not sampled) | "error:<why>"
+    # the prompt's token ids the engine continued from, as it rendered them (None where the engine does not know
+    # them, e.g. a served model without a local tokenizer): rows record them without rendering the prompt again
+    prompt_ids: list[int] | None = None
+
+
+def with_prompt_ids(out: list[list[Sample]], ids: list[list[int]]) -> list[list[Sample]]:
+    """Each prompt's samples, marked with the ids that prompt was rendered to."""
+    for samples, prompt in zip(out, ids):
+        for s in samples:
+            s.prompt_ids = prompt
+    return out
 
 
 TOO_LONG = "too_long"

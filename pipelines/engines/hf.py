@@ -17,6 +17,7 @@ import torch
 from pipelines.core.threads import apply_threads
 
 from .base import (
+    with_prompt_ids,
     EngineError,
     Prompt,
     Sample,
@@ -175,7 +176,7 @@ class HFEngine:
         out = [too_long(sampling.n) for _ in ids]
         for i, samples in zip(keep, done):
             out[i] = samples
-        return out
+        return with_prompt_ids(out, ids)
 
     @torch.inference_mode()
     def _generate_batch(self, batch: list[list[int]], sampling: SamplingConfig, seeds: list[int]) -> list[list[Sample]]:

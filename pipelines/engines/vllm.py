@@ -29,6 +29,7 @@ from .base import (
     resolve_model_path,
     stop_token_ids,
     too_long,
+    with_prompt_ids,
 )
 
 CPU_KV_CACHE_GIB = 1.0  # the vLLM CPU backend reserves this much RAM for the KV cache unless told otherwise
@@ -118,7 +119,7 @@ class VLLMEngine:
         out = [too_long(sampling.n) for _ in ids]
         for i, samples in zip(keep, self._generate([ids[i] for i in keep], sampling, [seeds[i] for i in keep])):
             out[i] = samples
-        return out
+        return with_prompt_ids(out, ids)
 
     def _generate(self, ids: list[list[int]], sampling: SamplingConfig, seeds: list[int]) -> list[list[Sample]]:
         from vllm import SamplingParams

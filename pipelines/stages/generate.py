@@ -79,10 +79,12 @@ def generate_rows(engine, rows: list[dict], cfg: GenerateConfig, ids: list[str],
     for b in range(0, len(rows), cfg.batch_size):
         batch, batch_ids = rows[b:b + cfg.batch_size], ids[b:b + cfg.batch_size]
         prompts = [build_prompt(r, cfg, use_chat) for r in batch]
-        contexts = [engine.prompt_ids(p) for p in prompts]
         t0 = time.time()
         results = engine.generate(prompts, cfg.sampling, [prompt_seed(cfg.sampling.seed, i) for i in batch_ids])
         seconds += time.time() - t0
+        # the ids the engine continued from, as its samples carry them (rendered once); else render them here
+        contexts = [s[0].prompt_ids if s and s[0].prompt_ids is not None else engine.prompt_ids(p)
+                    for p, s in zip(prompts, results)]
         for row, pid, prompt, context, samples in zip(batch, batch_ids, prompts, contexts, results):
             for k, s in enumerate(samples):
                 tokens += len(s.token_ids or [])
