@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from peak import run_with_peak  # noqa: E402
 EXTRA = {"base": [], "ours": [], "lora": ["--lora-r", "16", "--lora-alpha", "32"], "ckpt": ["--gradient-checkpointing"]}
 
 
@@ -46,15 +48,7 @@ def run_side(side: str, tree: Path, args, work: Path) -> dict:
            "--save-every", "0", "--output", str(out), "--threads", str(args.threads), *EXTRA[side]]
     env = {**os.environ, "PYTHONPATH": str(tree), "TOKENIZERS_PARALLELISM": "false"}
     t0 = time.time()
-    proc = subprocess.Popen(cmd, cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    peak = 0
-    while proc.poll() is None:
-        try:
-            status = Path(f"/proc/{proc.pid}/status").read_text()
-            peak = max(peak, int(status.split("VmHWM:")[1].split()[0]) * 1024)
-        except (OSError, IndexError):
-            pass
-        time.sleep(0.2)
+    proc, peak = run_with_peak(cmd, cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"side {side} failed (exit {proc.returncode}): {proc.stderr.read()[-2000:]}")
     recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]

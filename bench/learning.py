@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 TEMPLATE = "{prompt} Reply with the final answer as \\boxed{{ANSWER}}."
 REWARDS, WEIGHTS = ["math", "format:boxed"], ["format=0.2"]
@@ -188,16 +188,10 @@ def child(args) -> None:
 def run_side(side: str, args) -> dict:
     cmd = [sys.executable, __file__, "--child", side, "--minutes", str(args.minutes), "--eval-limit",
            str(args.eval_limit), "--eval-every", str(args.eval_every), "--workdir", args.workdir]
+    from peak import run_with_peak
+
     t0 = time.time()
-    proc = subprocess.Popen(cmd, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
-    peak = 0
-    while proc.poll() is None:
-        try:
-            status = Path(f"/proc/{proc.pid}/status").read_text()
-            peak = max(peak, int(status.split("VmHWM:")[1].split()[0]) * 1024)
-        except (OSError, IndexError):
-            pass
-        time.sleep(0.5)
+    proc, peak = run_with_peak(cmd, poll_s=0.5, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
     if proc.returncode != 0:
         raise SystemExit(f"side {side} failed (exit {proc.returncode})")
     result = json.loads((Path(args.workdir) / side / "result.json").read_text())

@@ -1,3 +1,4 @@
+import json
 import os
 import sys
 from pathlib import Path
@@ -23,3 +24,12 @@ def tiny_model(tmp_path_factory) -> Path:
 def tiny_model_pad_eos(tmp_path_factory) -> Path:
     """Same architecture, but pad_token == eos_token (the case that breaks naive loss masks)."""
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny_pad_eos", pad_is_eos=True)
+
+
+@pytest.fixture()
+def prompts(tmp_path):
+    """Twelve prompts with gold answers, for the online trainers' tiny runs (tests/plugin_rewards.py scores them)."""
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"say something {i}", "answer": str(i)}) + "\n"
+                            for i in range(12)))
+    return path

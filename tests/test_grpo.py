@@ -20,14 +20,6 @@ from pipelines.core import dataset as ds
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture()
-def prompts(tmp_path):
-    path = tmp_path / "prompts.jsonl"
-    path.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"say something {i}", "answer": str(i)}) + "\n"
-                            for i in range(12)))
-    return path
-
-
 def grpo_args(model, prompts, out, *extra, defaults: bool = False):
     """The tiny runs' arguments; they count groups exactly, so dynamic sampling (the default) is off unless
     `defaults` keeps every default."""

@@ -15,14 +15,6 @@ from pipelines.cli import main as cli
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture()
-def prompts(tmp_path):
-    path = tmp_path / "prompts.jsonl"
-    path.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"say something {i}", "answer": str(i)}) + "\n"
-                            for i in range(12)))
-    return path
-
-
 def args(algo, model, prompts, out, *extra):
     return ["train", algo, "--model", str(model), "--prompts", str(prompts), "--output", str(out),
             "--reward", "plugin_rewards:first_char_reward", "--num-generations", "4", "--prompts-per-step", "2",
