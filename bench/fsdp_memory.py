@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def _worker(model: str, data: str, out: str, mode: str, steps: int) -> None:
     import torch
 
-    from trainers.config import TrainConfig
-    from trainers.loop import TrainRun
+    from trainers.offline.config import TrainConfig
+    from trainers.offline.loop import TrainRun
 
     def local(t):
         return t.to_local() if hasattr(t, "to_local") else t

@@ -14,8 +14,8 @@ bench/assets/smollm2-tokenizer/ (tokenizer files only). What each part does:
               heads), on the CPU in fp32 (the reference), then on the device in fp32 (within 1e-4) and under bf16
               autocast (within BF16_LOSS / BF16_GRAD); the error is |Δ| / max(|ref|, 1) for a loss and
               ‖Δg‖ / ‖g‖ for the gradient over every parameter.
-  offline     trainers.loop.train (sft, dpo) for a few steps on the 135M-shaped model: step time, peak memory.
-  fsdp        trainers.fsdp.shard_model in a process group of one (trainers' --fsdp refuses one process), loss,
+  offline     trainers.offline.loop.train (sft, dpo) for a few steps on the 135M-shaped model: step time, peak memory.
+  fsdp        trainers.core.fsdp.shard_model in a process group of one (trainers' --fsdp refuses one process), loss,
               gradients and the weights after one AdamW step against the unsharded model.
   online      train_grpo with GRPORun and PPORun (hf engine) on the 135M- and the ~0.5B-shaped model: step time,
               generated tokens/s, peak memory.
@@ -133,7 +133,7 @@ COLUMNS: dict[str, list[tuple[str, str]]] = {  # (key in Row.values, header)
 SECTION_TITLES = {
     "objectives": f"1. objectives: device vs CPU fp32 (fp32 within {FP32_TOL:g}; bf16 autocast within "
                   f"{BF16_LOSS:g} loss, {BF16_GRAD:g} grad)",
-    "offline": "2. offline loop (trainers.loop.train)",
+    "offline": "2. offline loop (trainers.offline.loop.train)",
     "fsdp": f"3. FSDP2, one process (within {FP32_TOL:g})",
     "online": "4. online RL (train_grpo, hf engine)",
     "memory": "5. memory of one GRPO step: full vs LoRA vs gradient checkpointing",
@@ -307,9 +307,9 @@ class Objectives:
     def __init__(self, plan: Plan, tokenizer, workdir: Path):
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification
 
-        from trainers.data import collate
-        from trainers.logprobs import sequence_logps, token_logps
-        from trainers.ppo import ValueModel
+        from trainers.core.data import collate
+        from trainers.core.logprobs import sequence_logps, token_logps
+        from trainers.online.ppo import ValueModel
 
         folder = build_model_dir(plan.objective_shape, workdir / "objective_model", tokenizer, seed=1)
         from transformers import AutoModelForCausalLM
@@ -383,11 +383,11 @@ class Objectives:
 
     def cases(self) -> list[Case]:
         """Every objective as a `Case`, the registries' variants included."""
-        from trainers import objectives
-        from trainers.algorithms import DPO_LOSSES, Pairs, prm_step_loss
-        from trainers.config import TrainConfig
-        from trainers.logprobs import reward_model_scores, sequence_logps, token_logps
-        from trainers.rl_objectives import (AGGREGATIONS, PolicyLossConfig, SURROGATES, clipped_value_loss, gae,
+        from trainers.offline import objectives
+        from trainers.offline.algorithms import DPO_LOSSES, Pairs, prm_step_loss
+        from trainers.offline.config import TrainConfig
+        from trainers.core.logprobs import reward_model_scores, sequence_logps, token_logps
+        from trainers.online.rl_objectives import (AGGREGATIONS, PolicyLossConfig, SURROGATES, clipped_value_loss, gae,
                                             kl_penalized_rewards, masked_whiten, policy_loss)
 
         B, T = self.B, self.T
@@ -615,8 +615,8 @@ def device_fields(device: torch.device, dtype: str) -> dict:
 
 
 def check_offline(algo: str, plan: Plan, device: torch.device, dtype: str, model_dir: Path, workdir: Path) -> Row:
-    from trainers.config import TrainConfig
-    from trainers.loop import train
+    from trainers.offline.config import TrainConfig
+    from trainers.offline.loop import train
 
     row = Row("offline", f"loop/{algo}")
     t0 = time.perf_counter()
@@ -665,17 +665,17 @@ def _free_port() -> int:
 
 
 def fsdp_worker(args) -> int:
-    """Child process: a process group of one, trainers.fsdp.shard_model on a copy of a random Llama; loss,
+    """Child process: a process group of one, trainers.core.fsdp.shard_model on a copy of a random Llama; loss,
     gradients and the weights after one AdamW step against the unsharded model; then a greedy generate with
     the weights gathered (fsdp.full_weights). Prints one JSON line."""
     import torch.distributed as dist
 
-    from trainers import fsdp
-    from trainers.data import collate
-    from trainers.distributed import Dist
-    from trainers.logprobs import sequence_logps
-    from trainers.objectives import sft_loss
-    from trainers.optim import adamw
+    from trainers.core import fsdp
+    from trainers.core.data import collate
+    from trainers.core.distributed import Dist
+    from trainers.core.logprobs import sequence_logps
+    from trainers.offline.objectives import sft_loss
+    from trainers.core.optim import adamw
     from transformers import LlamaForCausalLM
 
     device = torch.device(args.device)
@@ -781,8 +781,8 @@ REWARD = "format:\\s*[a-mA-M].*"
 
 def run_online(algo: str, plan: Plan, device: torch.device, dtype: str, model_dir: Path, workdir: Path, steps: int,
                **extra) -> dict:
-    from trainers.grpo import GRPOConfig, GRPORun, train_grpo
-    from trainers.ppo import PPOConfig, PPORun
+    from trainers.online.grpo import GRPOConfig, GRPORun, train_grpo
+    from trainers.online.ppo import PPOConfig, PPORun
 
     prompts = write_jsonl(workdir / "prompts.jsonl", prompt_rows(64))
     out = workdir / f"out_{algo}_{len(list(workdir.glob('out_*')))}"

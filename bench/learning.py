@@ -8,7 +8,7 @@ Every side trains the embedded default model (SmolLM2-135M-Instruct) on data/mat
 `math` + 0.2 x `format:boxed` and the same prompt template, for `--minutes` of *training* wall clock; every
 `--eval-every` minutes the clock stops and the policy's greedy accuracy is measured on the first `--eval-limit`
 prompts of data/math/heldout.jsonl (the training phrasings, other numbers, no shared 13-gram) and data/math/heldout_alt.jsonl (other
-templates), with one evaluator for all sides (trainers.grpo.Evaluator: the same prompts, rendering, greedy
+templates), with one evaluator for all sides (trainers.online.grpo.Evaluator: the same prompts, rendering, greedy
 decoding, reward and max tokens). Each side runs in its own process, one after the other; peak RSS is that
 process's VmHWM, polled from /proc.
 
@@ -54,7 +54,7 @@ def make_evaluator(model, tokenizer):
     from pipelines.engines.hf import HFEngine
     from pipelines.stages.generate import GenerateConfig
     from pipelines.stages.label import LabelConfig, load_rewards
-    from trainers.grpo import Evaluator
+    from trainers.online.grpo import Evaluator
 
     fns, names, weights = load_rewards(LabelConfig(rewards=list(REWARDS), weights=list(WEIGHTS)))
     engine = HFEngine.wrap(model, tokenizer, device="cpu", prompt_batch_size=64)
@@ -87,7 +87,7 @@ LORA = {"lora_r": 16, "lora_alpha": 32, "lr": 2e-4}  # the ours-lora side: rank 
 
 
 def run_ours(args, out: Path, lora: bool = False) -> dict:
-    from trainers.grpo import GRPOConfig, GRPORun
+    from trainers.online.grpo import GRPOConfig, GRPORun
     from pipelines.engines.models import resolve_model
 
     cfg = GRPOConfig(model=resolve_model("default"), prompts=str(ROOT / "data/math/train.jsonl"), output=str(out),

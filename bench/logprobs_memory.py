@@ -1,5 +1,5 @@
 """Peak memory and seconds of forward + backward of `token_logps(...).sum()`: the scored positions projected onto
-the vocabulary all at once (`chunk_tokens=0`) vs in chunks (trainers/logprobs.py).
+the vocabulary all at once (`chunk_tokens=0`) vs in chunks (trainers/core/logprobs.py).
 
 The embedded SmolLM2-135M (V = 49152, fp32, every weight trained), a GRPO-sized micro-batch: 8 sequences of
 100 prompt + 300 completion tokens, the completions scored (2400 positions), entropy on as in GRPO's training pass.
@@ -54,7 +54,7 @@ def _worker(mode: str, chunk: int, args: argparse.Namespace) -> dict:
     from transformers import AutoModelForCausalLM
 
     from pipelines.engines.models import resolve_model
-    from trainers.logprobs import token_logps
+    from trainers.core.logprobs import token_logps
 
     class Wrapped(torch.nn.Module):  # not an nn.Linear: token_logps calls it per chunk under checkpointing
         def __init__(self, linear: torch.nn.Linear):
@@ -106,7 +106,7 @@ def _projection_worker(chunks: list[int], args: argparse.Namespace) -> dict:
     from transformers import AutoModelForCausalLM
 
     from pipelines.engines.models import resolve_model
-    from trainers.logprobs import _LinearLogps, _module_logps, _score, _upcast
+    from trainers.core.logprobs import _LinearLogps, _module_logps, _score, _upcast
 
     device = torch.device(args.device)
     head = AutoModelForCausalLM.from_pretrained(resolve_model("default"), dtype=torch.float32).lm_head.to(device)

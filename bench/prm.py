@@ -118,8 +118,8 @@ def main() -> None:
         report[method] = {**ds.read_manifest(work / f"steps_{method}")["prm"], "wall_s": round(time.time() - t0, 1)}
     report["agreement"] = agreement(ds.load_rows(work / "steps_mc"), ds.load_rows(work / "steps_binary-search"))
 
-    from trainers.config import TrainConfig
-    from trainers.loop import train
+    from trainers.offline.config import TrainConfig
+    from trainers.offline.loop import train
 
     prm_dir = work / "prm"
     if not (prm_dir / "train_result.json").exists():

@@ -65,9 +65,9 @@ def _peak_memory_mb() -> float:
 
 
 def run_ours(algo: str, model: str, data: str, work: str, steps: int, batch: int, max_len: int, q) -> None:
-    from trainers.config import TrainConfig
-    from trainers.loop import train
-    from trainers.metrics import read_metrics
+    from trainers.offline.config import TrainConfig
+    from trainers.offline.loop import train
+    from trainers.core.metrics import read_metrics
 
     t0 = time.perf_counter()
     cfg = TrainConfig(algorithm=algo, model=model, data=data, output=f"{work}/ours-{algo}", lr=1e-6, max_steps=steps,

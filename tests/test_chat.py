@@ -6,7 +6,7 @@ import pytest
 
 from pipelines.engines import load_engine
 from rewards.chat import MessageError, completion_text, conversation_text, is_messages, prompt_ids, render_chat
-from trainers.data import encode_prompt_completion
+from trainers.core.data import encode_prompt_completion
 
 CHAT = [{"role": "user", "content": "What is 2 + 3?"}]
 SYSTEM_CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},

@@ -5,8 +5,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from trainers.data import collate, encode_messages, encode_prompt_completion, length_batches
-from trainers.logprobs import reward_model_scores, sequence_logps, token_logps
+from trainers.core.data import collate, encode_messages, encode_prompt_completion, length_batches
+from trainers.core.logprobs import reward_model_scores, sequence_logps, token_logps
 
 CONVERSATION = [
     {"role": "system", "content": "Be brief."},

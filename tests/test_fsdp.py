@@ -17,9 +17,9 @@ import pytest
 import torch
 
 from pipelines.core.dataset import write_dataset
-from trainers.config import TrainConfig
-from trainers.loop import train
-from trainers.metrics import read_metrics
+from trainers.offline.config import TrainConfig
+from trainers.offline.loop import train
+from trainers.core.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -26,8 +26,8 @@ def _module():
 
 def _expected_rows() -> set[str]:
     """From the registries themselves, so a loss type added later without a row here fails this test."""
-    from trainers.algorithms import DPO_LOSSES
-    from trainers.rl_objectives import AGGREGATIONS, SURROGATES
+    from trainers.offline.algorithms import DPO_LOSSES
+    from trainers.online.rl_objectives import AGGREGATIONS, SURROGATES
 
     names = {"sft", "kto", "rm", "prm/hard", "prm/soft", "ppo/value_loss", "ppo/gae"}
     names |= {f"dpo/{n}" for n in DPO_LOSSES}
@@ -86,7 +86,7 @@ def test_a_failing_check_is_one_row_and_the_others_go_on(tmp_path):
     import torch
 
     with pytest.raises(gpu_check.CheckError, match="config has no field no_such_field"):
-        from trainers.config import TrainConfig
+        from trainers.offline.config import TrainConfig
 
         gpu_check.make_config(TrainConfig, algorithm="sft", model=".", data=".", output=".", no_such_field=1)
     plan = gpu_check.PLANS["tiny"]

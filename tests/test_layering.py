@@ -216,14 +216,14 @@ def test_the_walk_finds_every_kind_of_import():
     source = (
         "import os\n"
         "from .chat import is_messages\n"
-        "TABLE = {'x': ('trainers.loop', 'help'), 'y': 'pipelines.cli'}\n"
+        "TABLE = {'x': ('trainers.offline.loop', 'help'), 'y': 'pipelines.cli'}\n"
         "def f():\n"
         "    import importlib\n"
         "    from pipelines.core import dataset\n"
         "    return importlib.import_module('judges.protocol')\n"
     )
     refs = set(module_refs(source, "rewards"))
-    assert refs == {(1, "os", None), (2, "rewards.chat", None), (3, "trainers.loop", "TABLE"),
+    assert refs == {(1, "os", None), (2, "rewards.chat", None), (3, "trainers.offline.loop", "TABLE"),
                     (3, "pipelines.cli", "TABLE"), (5, "importlib", None), (6, "pipelines.core", None),
                     (7, "judges.protocol", None)}
 

@@ -47,8 +47,8 @@ def test_memory_savers_change_memory_not_the_result(tmp_path, tiny_model, prompt
 
 
 def test_device_and_dtype_are_decided_once_and_refused_clearly(tmp_path, tiny_model, prompts, capsys):
-    from trainers.distributed import pick_device
-    from trainers.learner import resolve_dtype
+    from trainers.core.distributed import pick_device
+    from trainers.core.learner import resolve_dtype
 
     assert pick_device("cpu") == torch.device("cpu")
     assert resolve_dtype("auto", torch.device("cpu")) == "fp32"
@@ -68,8 +68,8 @@ def test_device_and_dtype_are_decided_once_and_refused_clearly(tmp_path, tiny_mo
 
 
 def test_offline_trainer_takes_the_same_device_options(tmp_path, tiny_model):
-    from trainers.config import TrainConfig
-    from trainers.loop import train
+    from trainers.offline.config import TrainConfig
+    from trainers.offline.loop import train
 
     data = tmp_path / "sft.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"say {i}", "completion": f" {i} {i}"}) + "\n" for i in range(8)))
@@ -122,8 +122,8 @@ def test_lora_reference_is_the_base_with_adapters_off(tiny_model):
     pytest.importorskip("peft")
     from transformers import AutoModelForCausalLM
 
-    from trainers.grpo import GRPOConfig, GRPORun, export_weights, load_policy
-    from trainers.logprobs import token_logps
+    from trainers.online.grpo import GRPOConfig, GRPORun, export_weights, load_policy
+    from trainers.core.logprobs import token_logps
 
     cfg = GRPOConfig(model=str(tiny_model), prompts="-", output="-", rewards=["math"], lora_r=4, lora_alpha=8)
     policy = load_policy(cfg, None)

@@ -3,7 +3,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from trainers import logprobs
+from trainers.core import logprobs
 
 
 def _batch(vocab: int) -> dict[str, torch.Tensor]:

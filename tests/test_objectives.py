@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from trainers.objectives import (
+from trainers.offline.objectives import (
     bradley_terry_loss,
     dpo_loss,
     kto_loss,
@@ -161,7 +161,7 @@ def test_kto_weights_labels_and_clamped_kl():
 
 
 def test_kto_odd_batch_and_batch_of_one():
-    from trainers.data import kto_mismatched_pairs
+    from trainers.core.data import kto_mismatched_pairs
 
     rows = [{"prompt": f"p{i}", "completion": f"c{i}", "label": i % 2 == 0} for i in range(3)]
     pairs = kto_mismatched_pairs(rows)

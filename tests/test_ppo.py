@@ -9,7 +9,7 @@ import torch
 from pipelines.cli import main as cli
 from pipelines.core import dataset as ds
 
-from trainers.rl_objectives import clipped_value_loss, gae, kl_penalized_rewards, masked_whiten
+from trainers.online.rl_objectives import clipped_value_loss, gae, kl_penalized_rewards, masked_whiten
 
 
 def test_gae_hand_computed_trajectory():
@@ -126,7 +126,7 @@ def test_ppo_resume_gives_the_uninterrupted_weights(tmp_path, tiny_model):
 def test_value_model_starts_from_a_reward_model_head(tmp_path, tiny_model):
     from transformers import AutoModelForSequenceClassification
 
-    from trainers.ppo import ValueModel
+    from trainers.online.ppo import ValueModel
 
     torch.manual_seed(0)
     rm = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=1)

@@ -293,8 +293,8 @@ def test_prm_loss_equals_trls_on_identical_inputs(tiny_model, labeled):
     from transformers import (AutoConfig, AutoModelForTokenClassification, AutoTokenizer,
                               DataCollatorForTokenClassification)
 
-    from trainers.algorithms import PRM, StepContext, prm_step_loss
-    from trainers.config import TrainConfig
+    from trainers.offline.algorithms import PRM, StepContext, prm_step_loss
+    from trainers.offline.config import TrainConfig
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
     rows = ds.load_rows(labeled["mc"])
@@ -332,9 +332,9 @@ def test_prm_loss_equals_trls_on_identical_inputs(tiny_model, labeled):
 
 @pytest.fixture(scope="module")
 def trained_prm(tiny_model, labeled, tmp_path_factory) -> Path:
-    from trainers.config import TrainConfig
-    from trainers.loop import train
-    from trainers.metrics import read_metrics
+    from trainers.offline.config import TrainConfig
+    from trainers.offline.loop import train
+    from trainers.core.metrics import read_metrics
 
     root = tmp_path_factory.mktemp("train_prm")
     common = dict(algorithm="prm", model=str(tiny_model), data=str(labeled["mc"]), lr=5e-3, max_steps=6,

@@ -1,4 +1,4 @@
-"""Online RL objectives (trainers/rl_objectives.py): hand-computed cases, and TRL 1.16's GRPOTrainer loss and
+"""Online RL objectives (trainers/online/rl_objectives.py): hand-computed cases, and TRL 1.16's GRPOTrainer loss and
 RLOOTrainer / GRPOTrainer advantages on identical inputs (fp32, CPU, the tiny model)."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from trainers.rl_objectives import (AGGREGATIONS, PolicyLossConfig, group_advantages, kl_k1, kl_k2, kl_k3,
+from trainers.online.rl_objectives import (AGGREGATIONS, PolicyLossConfig, group_advantages, kl_k1, kl_k2, kl_k3,
                                     policy_loss, reinforce_pp_advantages, rloo_advantages, truncated_is_weights)
 
 REWARDS = [0.0, 1.0, 0.5, 0.5, 1.0, 1.0, 0.2, 0.0]
@@ -150,7 +150,7 @@ CASES = [("grpo", {}), ("bnpo", {}), ("dr_grpo", {}), ("dapo", {}), ("dapo", {"b
 
 @pytest.mark.parametrize("loss_type,extra", CASES)
 def test_policy_loss_equals_trl_grpo_trainer(tmp_path, tok_policy, loss_type, extra):
-    from trainers.logprobs import token_logps
+    from trainers.core.logprobs import token_logps
 
     tok, model = tok_policy
     tr = _trainer("grpo", tok, model, tmp_path, loss_type=loss_type, **extra)

@@ -17,8 +17,8 @@ import pytest
 from safetensors.torch import load_file
 
 from pipelines.core import dataset as ds
-from trainers.checkpoint import list_checkpoints
-from trainers.metrics import read_metrics
+from trainers.core.checkpoint import list_checkpoints
+from trainers.core.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}

@@ -89,8 +89,8 @@ def _prompt_part(feature: dict) -> list[int]:
 def _encode(algorithm: str, data, tiny_model, tmp_path):
     from transformers import AutoTokenizer
 
-    from trainers.algorithms import make_algorithm
-    from trainers.config import TrainConfig
+    from trainers.offline.algorithms import make_algorithm
+    from trainers.offline.config import TrainConfig
 
     cfg = TrainConfig(algorithm=algorithm, model=str(tiny_model), data=str(data), output=str(tmp_path / algorithm))
     rows = ds.load_rows(data)
@@ -137,9 +137,9 @@ def test_training_with_another_chat_template_than_the_samplers_warns(built, tiny
     counted and named in one warning; with the sampler's own template there is none."""
     from transformers import AutoTokenizer
 
-    from trainers.algorithms import make_algorithm
-    from trainers.config import TrainConfig
-    from trainers.loop import _prepare_examples
+    from trainers.offline.algorithms import make_algorithm
+    from trainers.offline.config import TrainConfig
+    from trainers.offline.loop import _prepare_examples
 
     kind, d, _ = built
     if kind == "text":
@@ -188,7 +188,7 @@ def test_a_token_merging_across_the_boundary_keeps_the_engine_prompt_ids(tiny_mo
     from transformers import AutoTokenizer
 
     from rewards.chat import chat_ids, prompt_ids, render_chat
-    from trainers.data import encode_messages, encode_prompt_completion
+    from trainers.core.data import encode_messages, encode_prompt_completion
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
     prompt, completion = "The answ", "er is 5"

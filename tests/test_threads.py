@@ -88,7 +88,7 @@ MODEL_COMMANDS = [
     *(["train", algo, "--model", M, "--prompts", "p", "--output", "o", "--reward", "math"]
       for algo in ("iterative-dpo", "rft")),
 ]
-# trainers/grpo.py (grpo, rloo; ppo builds on it) has its own `--threads` (an int for now: 1 works, auto not yet)
+# trainers/online/grpo.py (grpo, rloo; ppo builds on it) has its own `--threads` (an int for now: 1 works, auto not yet)
 ONLINE = [["train", algo, "--model", M, "--prompts", "p", "--output", "o", "--reward", "math"]
           for algo in ("grpo", "rloo", "ppo")]
 

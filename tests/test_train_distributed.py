@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from pipelines.core.dataset import write_dataset
-from trainers.config import TrainConfig
-from trainers.loop import train
-from trainers.metrics import read_metrics
+from trainers.offline.config import TrainConfig
+from trainers.offline.loop import train
+from trainers.core.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 

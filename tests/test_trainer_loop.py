@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from pipelines.core.dataset import write_dataset
-from trainers.config import TrainConfig
-from trainers.loop import train
-from trainers.metrics import read_metrics
+from trainers.offline.config import TrainConfig
+from trainers.offline.loop import train
+from trainers.core.metrics import read_metrics
 
 
 def _sums(n: int, seed: int = 0):

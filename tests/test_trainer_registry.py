@@ -10,13 +10,13 @@ import torch.nn.functional as F
 
 from pipelines.core.dataset import write_dataset
 from pipelines.errors import UserError
-from trainers.algorithms import Algorithm, Stats, check_config, register_algorithm, register_dpo_loss
+from trainers.offline.algorithms import Algorithm, Stats, check_config, register_algorithm, register_dpo_loss
 from trainers.cli import build_parser, config_from_args
-from trainers.config import TrainConfig
-from trainers.data import collate, encode_prompt_completion
-from trainers.logprobs import sequence_logps
-from trainers.loop import train
-from trainers.metrics import read_metrics
+from trainers.offline.config import TrainConfig
+from trainers.core.data import collate, encode_prompt_completion
+from trainers.core.logprobs import sequence_logps
+from trainers.offline.loop import train
+from trainers.core.metrics import read_metrics
 
 
 # ------------------------------------------------------------------------------------------------ the one place each

@@ -1,7 +1,7 @@
 """Our objectives on our log-probs vs TRL 1.16's trainers on the same rows and weights (fp32, CPU).
 
 For each trainer we take one batch from TRL's own dataloader, call ``trainer.compute_loss`` and backprop,
-then compute the same loss with trainers.data + trainers.logprobs + trainers.objectives on a copy of the
+then compute the same loss with trainers.core.data + trainers.core.logprobs + trainers.offline.objectives on a copy of the
 same weights, and compare the loss and the gradient norm. Tokenization is compared too (same ids, same
 completion masks). TRL 1.16 configs default to ``bf16=True`` (autocast even on CPU), so every config here
 sets ``bf16=False`` to compare in fp32.
@@ -25,9 +25,9 @@ trl = pytest.importorskip("trl")
 
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
 
-from trainers.data import collate, encode_prompt_completion, kto_mismatched_pairs  # noqa: E402
-from trainers.logprobs import reward_model_scores, sequence_logps  # noqa: E402
-from trainers.objectives import bradley_terry_loss, dpo_loss, kto_loss  # noqa: E402
+from trainers.core.data import collate, encode_prompt_completion, kto_mismatched_pairs  # noqa: E402
+from trainers.core.logprobs import reward_model_scores, sequence_logps  # noqa: E402
+from trainers.offline.objectives import bradley_terry_loss, dpo_loss, kto_loss  # noqa: E402
 
 TOL = 1e-5
 

@@ -13,8 +13,8 @@ from transformers import AutoModelForCausalLM  # noqa: E402
 
 from pipelines.engines import EngineError, SamplingConfig  # noqa: E402
 from pipelines.engines.vllm import VLLMPolicyEngine  # noqa: E402
-from trainers.data import collate  # noqa: E402
-from trainers.logprobs import token_logps  # noqa: E402
+from trainers.core.data import collate  # noqa: E402
+from trainers.core.logprobs import token_logps  # noqa: E402
 
 TOLERANCE = 1e-3  # per token, engine vs trainer (both float32 here: they agree to ~1e-6)
 # longer than a KV block (128 tokens on CPU): only full blocks enter vLLM's prefix cache
@@ -176,10 +176,10 @@ def test_sleep_mode_is_refused_off_cuda(tiny_model):
 
 def test_lora_policy_reaches_the_engine_merged(engine, tiny_model):
     """`train grpo --engine vllm --lora-r R`: the engine serves the base architecture, so the trainer pushes the
-    adapters merged into the weights (trainers.grpo.export_weights); the engine's log-probs then equal the LoRA
+    adapters merged into the weights (trainers.online.grpo.export_weights); the engine's log-probs then equal the LoRA
     policy's own, and differ from the base's."""
     pytest.importorskip("peft")
-    from trainers.grpo import GRPOConfig, export_weights, load_policy
+    from trainers.online.grpo import GRPOConfig, export_weights, load_policy
 
     cfg = GRPOConfig(model=str(tiny_model), prompts="-", output="-", rewards=["math"], lora_r=4, lora_alpha=8)
     policy = load_policy(cfg, None).eval()

@@ -1,5 +1,5 @@
-"""`prefsmith train sft|dpo|kto|rm|prm ...` (options: trainers/offline_cli.py) and `prefsmith plot RUN_DIR`
-(grpo|rloo: trainers/grpo.py; ppo: trainers/ppo.py; iterative-dpo|rft: trainers/rounds_cli.py).
+"""`prefsmith train sft|dpo|kto|rm|prm ...` (options: trainers/offline/cli.py) and `prefsmith plot RUN_DIR`
+(grpo|rloo: trainers/online/grpo.py; ppo: trainers/online/ppo.py; iterative-dpo|rft: trainers/rounds/cli.py).
 
 Also runnable as `python -m trainers.cli dpo --model M --data D --output O`, which is what
 `torchrun --nproc-per-node N -m trainers.cli dpo ...` uses for data-parallel training.
@@ -11,11 +11,11 @@ import sys
 from pipelines.cli import Parser
 from pipelines.core.threads import apply_threads
 from pipelines.errors import UsageError
-from trainers.offline_cli import build_parser, config_from_args  # callers and tests import them from here too
+from trainers.offline.cli import build_parser, config_from_args  # callers and tests import them from here too
 
 
-ONLINE = ("grpo", "rloo")  # trainers/grpo.py
-ROUNDS = ("iterative-dpo", "rft")  # trainers/rounds.py
+ONLINE = ("grpo", "rloo")  # trainers/online/grpo.py
+ROUNDS = ("iterative-dpo", "rft")  # trainers/rounds/driver.py
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
@@ -29,15 +29,15 @@ def check_args(argv: list[str]) -> None:
     start (pipeline files are checked whole with this before their first stage runs)."""
     algo, rest = (argv[0], list(argv[1:])) if argv else (None, [])
     if algo in ONLINE:
-        from trainers import grpo
+        from trainers.online import grpo
 
         grpo.build_parser(f"prefsmith train {algo}").parse_args(rest)
     elif algo == "ppo":
-        from trainers import ppo
+        from trainers.online import ppo
 
         ppo.build_parser().parse_args(rest)
     elif algo in ROUNDS:
-        from trainers import rounds_cli
+        from trainers.rounds import cli as rounds_cli
 
         rounds_cli.parse_args(rest, algo)
     else:
@@ -56,15 +56,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str]) -> int:
     if argv and argv[0] in ONLINE:  # the online loops parse their own options
-        from trainers import grpo
+        from trainers.online import grpo
 
         return grpo.main(list(argv[1:]), algo=argv[0])
     if argv and argv[0] == "ppo":  # the online loop with a value model
-        from trainers import ppo
+        from trainers.online import ppo
 
         return ppo.main(list(argv[1:]))
     if argv and argv[0] in ROUNDS:  # rounds of sample, label, build, train
-        from trainers import rounds_cli
+        from trainers.rounds import cli as rounds_cli
 
         return rounds_cli.main(list(argv[1:]), recipe=argv[0])
     args = build_parser().parse_args(argv)
@@ -73,9 +73,9 @@ def _main(argv: list[str]) -> int:
     except ValueError as e:
         print(f"prefsmith train: error: {e}", file=sys.stderr)
         return 2
-    from trainers.loop import train
+    from trainers.offline.loop import train
 
-    apply_threads(cfg.threads)  # belongs at the top of trainers.loop.train (then the Python API gets it too)
+    apply_threads(cfg.threads)  # belongs at the top of trainers.offline.loop.train (then the Python API gets it too)
     try:
         train(cfg)
     except _user_errors() as e:
@@ -93,7 +93,7 @@ def plot_parser() -> Parser:
 def plot_main(argv: list[str] | None = None) -> int:
     """Entry point for `prefsmith plot RUN_DIR`: rewrite RUN_DIR/plots/*.png from metrics.jsonl."""
     args = plot_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    from trainers.metrics import plot_run
+    from trainers.core.metrics import plot_run
 
     try:
         files = plot_run(args.run_dir)

@@ -139,7 +139,7 @@ class HFEngine:
         self.pad_id = pad if pad is not None else self.stop_ids[0]
         return self
 
-    # The online trainers' engine lifecycle (trainers/grpo.py POLICY_ENGINES): a wrapped engine *is* the live
+    # The online trainers' engine lifecycle (trainers/online/grpo.py POLICY_ENGINES): a wrapped engine *is* the live
     # policy, so there is nothing to wake, put to sleep or load.
     def before_generation(self) -> None:
         pass

@@ -293,7 +293,7 @@ class VLLMPolicyEngine(VLLMEngine):
         return time.perf_counter() - t0
 
     def before_generation(self) -> None:
-        """The online trainers' lifecycle (trainers/grpo.py POLICY_ENGINES): `generate` wakes the engine itself."""
+        """The online trainers' lifecycle (trainers/online/grpo.py POLICY_ENGINES): `generate` wakes the engine itself."""
 
     def after_generation(self) -> None:
         """Sampling is over for this step: free the GPU for the update (sleep mode; a no-op without it)."""

@@ -5,7 +5,7 @@ and PPO (its value model included) — hands the Learner its models and then cal
 
 and nothing else of the update machinery. Decided here, once:
 - **device** (`--device auto|cpu|cuda[:N]`; auto: this process's GPU — `LOCAL_RANK` under torchrun — else the
-  CPU) and the process group's backend (nccl on CUDA, gloo on CPU): `trainers/distributed.py`;
+  CPU) and the process group's backend (nccl on CUDA, gloo on CPU): `trainers/core/distributed.py`;
 - **precision** (`--dtype auto|bf16|fp32`; auto: bf16 on CUDA, fp32 on CPU). Master weights and AdamW state
   stay fp32; bf16 is autocast compute (the matmuls), log-softmax and losses in fp32. docs/gpu.md compares this
   with TRL;
@@ -29,9 +29,9 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
-from trainers import fsdp
-from trainers.distributed import Dist, all_reduce_grads, reduce_stats
-from trainers.metrics import Stats
+from trainers.core import fsdp
+from trainers.core.distributed import Dist, all_reduce_grads, reduce_stats
+from trainers.core.metrics import Stats
 
 DTYPES = ("auto", "bf16", "fp32")
 

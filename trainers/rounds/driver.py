@@ -17,7 +17,7 @@ A round, top to bottom (`RoundRun.run`), each step a stage of its own directory 
     deduped    the `dedup` stage on prompt+completion against every earlier round (`--index DIR/dedup-index`)
     decontaminated   the `decontaminate` stage, with --decontaminate-against only
     pairs | selected (+ sft, the accumulated set)   the recipe's builder
-    model      `trainers.loop.train`, checkpointing every --save-every steps
+    model      `trainers.offline.loop.train`, checkpointing every --save-every steps
     eval/SET   `prefsmith eval` of the round's model on each --eval-prompts set, greedy: held-out accuracy
 
 then DIR/round-NNN/round.json (written last: the round is done). Every step resumes by itself (a stage by its
@@ -40,7 +40,7 @@ from typing import Any, Callable, ClassVar
 from pipelines.core import dataset as ds
 from pipelines.core.files import atomic_path, atomic_write_json, atomic_write_text, fingerprint_json
 from pipelines.errors import UserError
-from trainers.config import TrainConfig
+from trainers.offline.config import TrainConfig
 
 SETTINGS = "rounds.json"
 ROUNDS_LOG = "rounds.jsonl"
@@ -127,7 +127,7 @@ class Recipe:
     from and is regularised towards."""
 
     name: ClassVar[str]
-    algorithm: ClassVar[str]  # trainers/algorithms.py
+    algorithm: ClassVar[str]  # trainers/offline/algorithms.py
     built: ClassVar[str]  # the figure the builder reports (pairs, selected)
 
     def build(self, run: "RoundRun", cleaned: Path) -> tuple[Path | None, dict]:
@@ -240,9 +240,9 @@ def _concat_datasets(parts: list[Path], out: Path, stage: str) -> Path:
 
 def round_prompts(n_prompts: int, per_round: int | None, seed: int, r: int) -> list[int]:
     """Round r's prompt indices, sorted: the r-th block of `per_round` in a seeded order that reshuffles each
-    time the set is used up (trainers.grpo.PromptSampler), so rounds see different prompts while there are
+    time the set is used up (trainers.online.grpo.PromptSampler), so rounds see different prompts while there are
     enough; every prompt when `per_round` is None or covers the set."""
-    from trainers.grpo import PromptSampler
+    from trainers.online.grpo import PromptSampler
 
     if per_round is None or per_round >= n_prompts:
         return list(range(n_prompts))
@@ -363,8 +363,8 @@ class RoundRun:
             return start, False
         done = out / "train_result.json"  # written after the final weights
         if not done.exists():
-            from trainers import checkpoint as ckpt
-            from trainers.loop import train
+            from trainers.core import checkpoint as ckpt
+            from trainers.offline.loop import train
 
             train(dataclasses.replace(self.cfg.train, algorithm=self.recipe.algorithm, model=start, data=str(data),
                                       output=str(out), resume=bool(ckpt.list_checkpoints(out)),

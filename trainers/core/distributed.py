@@ -1,7 +1,7 @@
 """Where a run executes and how its processes agree: the torchrun process group and device (`Dist`), and the
 two all-reduces every data-parallel step needs (gradients, metric sums).
 
-Shared by the offline loop (trainers/loop.py) and meant for the online loops: on one process every function
+Shared by the offline loop (trainers/offline/loop.py) and meant for the online loops: on one process every function
 here is a no-op, so a loop calls them unconditionally.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from trainers.metrics import Stats
+from trainers.core.metrics import Stats
 
 
 @dataclass

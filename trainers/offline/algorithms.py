@@ -22,12 +22,12 @@ from typing import Callable
 import torch
 
 from pipelines.errors import UserError
-from trainers import objectives
-from trainers.config import TrainConfig
-from trainers.data import collate, encode_messages, encode_prompt_completion, kto_mismatched_pairs
-from trainers.distributed import Dist, reduce_stats
-from trainers.logprobs import reward_model_scores, sequence_logps
-from trainers.metrics import Stats
+from trainers.offline import objectives
+from trainers.offline.config import TrainConfig
+from trainers.core.data import collate, encode_messages, encode_prompt_completion, kto_mismatched_pairs
+from trainers.core.distributed import Dist, reduce_stats
+from trainers.core.logprobs import reward_model_scores, sequence_logps
+from trainers.core.metrics import Stats
 
 
 class UserDataError(UserError, ValueError):

@@ -1,4 +1,4 @@
-"""The offline training loop shared by every algorithm in trainers/algorithms.py (sft, dpo, kto, rm).
+"""The offline training loop shared by every algorithm in trainers/offline/algorithms.py (sft, dpo, kto, rm).
 
 Per optimizer step: take the step's examples (length-bucketed, seeded order), split them into
 world_size × grad_accum micro-batches, sum each micro-batch's loss, divide by the units (tokens or pairs) of
@@ -6,12 +6,12 @@ the *whole* step and backpropagate; then sum gradients over processes, clip, Ada
 process knows the whole step and divides by the same global count, one process and N processes compute the
 same gradient, and `--grad-accum` only trades memory for time.
 
-`TrainRun` is one run (`setup`, `step`, `evaluate`, `save`, `finish`, the shape of trainers/grpo.py's
+`TrainRun` is one run (`setup`, `step`, `evaluate`, `save`, `finish`, the shape of trainers/online/grpo.py's
 GRPORun) and `train(cfg)` drives it. Nothing here asks which algorithm runs: the algorithm object says which
 columns it reads, which sequences need reference log-probs, and what to do before a step (its hooks).
 
 Runs on CPU, one GPU, or several processes under `torchrun` (gloo on CPU, nccl on GPU); with `--fsdp` the
-weights, gradients and optimizer state are sharded over those processes instead of replicated (trainers/fsdp.py),
+weights, gradients and optimizer state are sharded over those processes instead of replicated (trainers/core/fsdp.py),
 and every process then runs the same number of forwards: one with no examples of its own runs a padding batch
 whose result is dropped.
 """
@@ -30,16 +30,17 @@ import numpy as np
 import torch
 
 from pipelines.core.files import atomic_write_json, ensure_writable_dir
-from trainers import checkpoint as ckpt
-from trainers import fsdp, ref_cache
-from trainers.algorithms import Algorithm, StepContext, UserDataError, make_algorithm
-from trainers.config import TrainConfig
-from trainers.data import collate, length_batches
-from trainers.distributed import Dist, barrier, broadcast_object, gather_objects, reduce_stats, setup_distributed
-from trainers.learner import Learner, resolve_dtype
-from trainers.logprobs import sequence_logps
-from trainers.metrics import MetricsLog, Stats, plot_run
-from trainers.optim import adamw, lr_schedule
+from trainers.core import checkpoint as ckpt
+from trainers.core import fsdp
+from trainers.offline import ref_cache
+from trainers.offline.algorithms import Algorithm, StepContext, UserDataError, make_algorithm
+from trainers.offline.config import TrainConfig
+from trainers.core.data import collate, length_batches
+from trainers.core.distributed import Dist, barrier, broadcast_object, gather_objects, reduce_stats, setup_distributed
+from trainers.core.learner import Learner, resolve_dtype
+from trainers.core.logprobs import sequence_logps
+from trainers.core.metrics import MetricsLog, Stats, plot_run
+from trainers.core.optim import adamw, lr_schedule
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """`prefsmith train ppo`: PPO with a learned value function — the last stage of the InstructGPT pipeline
-(`train sft` → `train rm` on pairs → `train ppo --reward rm:DIR`), on the GRPO loop (trainers/grpo.py).
+(`train sft` → `train rm` on pairs → `train ppo --reward rm:DIR`), on the GRPO loop (trainers/online/grpo.py).
 
 One step, top to bottom (`PPORun._optimize`; sampling, scoring and bookkeeping are GRPORun's):
   1. sample and score as GRPO does (any `--reward`, `rm:DIR` included), `--num-generations` 1 by default;
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from trainers.grpo import GRPOConfig, GRPORun, build_parser as grpo_parser
+from trainers.online.grpo import GRPOConfig, GRPORun, build_parser as grpo_parser
 
 
 @dataclass
@@ -78,7 +78,7 @@ class ValueModel(torch.nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, T) aligned with token_logps: out[:, t] = V(tokens < t)."""
-        from trainers.logprobs import _position_ids
+        from trainers.core.logprobs import _position_ids
 
         hidden = self.model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                        position_ids=_position_ids(batch["attention_mask"]), use_cache=False)
@@ -99,8 +99,8 @@ class PPORun(GRPORun):
     cfg: PPOConfig
 
     def setup(self) -> None:
-        from trainers import fsdp
-        from trainers.optim import adamw, lr_schedule
+        from trainers.core import fsdp
+        from trainers.core.optim import adamw, lr_schedule
 
         super().setup()  # the policy, and the reference (`uses_reference`) placed by the Learner
         cfg = self.cfg
@@ -131,11 +131,11 @@ class PPORun(GRPORun):
     ROLLOUT_METRICS = ("kl", "returns", "values")
 
     def _optimize(self, seqs: list[dict]) -> dict:
-        from trainers.distributed import reduce_stats
-        from trainers.grpo import policy_stats
-        from trainers.logprobs import token_logps
-        from trainers.metrics import Stats
-        from trainers.rl_objectives import PolicyLossConfig, clipped_value_loss, gae, kl_penalized_rewards, policy_loss
+        from trainers.core.distributed import reduce_stats
+        from trainers.online.grpo import policy_stats
+        from trainers.core.logprobs import token_logps
+        from trainers.core.metrics import Stats
+        from trainers.online.rl_objectives import PolicyLossConfig, clipped_value_loss, gae, kl_penalized_rewards, policy_loss
 
         cfg, learner = self.cfg, self.learner
         names = (*self.METRICS, *self.ROLLOUT_METRICS, "grad_norm", "value_grad_norm")
@@ -193,7 +193,7 @@ class PPORun(GRPORun):
 
     def _gather_value(self, optimizer: bool) -> tuple[dict | None, dict | None]:
         """A sharded value model's full weights (and optimizer state), gathered by every rank onto rank 0."""
-        from trainers import fsdp
+        from trainers.core import fsdp
 
         if not fsdp.is_sharded(self.value):
             return None, None
@@ -239,7 +239,7 @@ def build_parser(prog: str = "prefsmith train ppo") -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     from pipelines.engines.models import resolve_model
     from pipelines.errors import UserError
-    from trainers.grpo import train_grpo
+    from trainers.online.grpo import train_grpo
 
     args = vars(build_parser().parse_args(argv))
     try:

@@ -1,7 +1,7 @@
-"""`prefsmith train iterative-dpo|rft ...`: the rounds recipes' command line (trainers/rounds.py runs them).
+"""`prefsmith train iterative-dpo|rft ...`: the rounds recipes' command line (trainers/rounds/driver.py runs them).
 
 The round's own options are parsed here; every other option is the per-round training run's and is parsed by
-`prefsmith train dpo|sft`'s own parser (trainers/offline_cli.py), so `--lr`, `--epochs`, `--batch-size`, `--beta`,
+`prefsmith train dpo|sft`'s own parser (trainers/offline/cli.py), so `--lr`, `--epochs`, `--batch-size`, `--beta`,
 `--loss`, `--lora-r`... mean exactly what they mean there.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ _TRAIN_DEFAULTS = {"save_every": 50}
 
 
 def build_parser(recipe: str) -> argparse.ArgumentParser:
-    from trainers.rounds import RoundsConfig
+    from trainers.rounds.driver import RoundsConfig
 
     d = RoundsConfig.__dataclass_fields__
     algo = "dpo" if recipe == "iterative-dpo" else "sft"
@@ -83,8 +83,8 @@ def build_parser(recipe: str) -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str], recipe: str) -> tuple[argparse.Namespace, argparse.Namespace]:
     """argv -> (the rounds' own options, the per-round training run's), parsed but not yet checked as a config."""
-    from trainers.offline_cli import build_parser as train_parser
-    from trainers.rounds import RECIPES
+    from trainers.offline.cli import build_parser as train_parser
+    from trainers.rounds.driver import RECIPES
 
     own = build_parser(recipe)
     args, rest = own.parse_known_args(argv)
@@ -101,8 +101,8 @@ def parse_args(argv: list[str], recipe: str) -> tuple[argparse.Namespace, argpar
 def parse(argv: list[str], recipe: str):
     """argv -> RoundsConfig; the options this parser does not know go to `prefsmith train dpo|sft`'s."""
     from pipelines.engines.models import resolve_model
-    from trainers.offline_cli import config_from_args
-    from trainers.rounds import RoundsConfig
+    from trainers.offline.cli import config_from_args
+    from trainers.rounds.driver import RoundsConfig
 
     args, targs = parse_args(argv, recipe)
     targs.ref_cache_dir = args.ref_cache_dir
@@ -117,7 +117,7 @@ def parse(argv: list[str], recipe: str):
 
 
 def main(argv: list[str], recipe: str) -> int:
-    from trainers.rounds import run_rounds
+    from trainers.rounds.driver import run_rounds
 
     try:
         run_rounds(parse(argv, recipe))

@@ -1,5 +1,5 @@
 """Online RL objectives as pure functions of per-token log-probs and masks (the offline ones are in
-trainers/objectives.py). Each variant is one function and one entry in a map, so a new one is one edit.
+trainers/offline/objectives.py). Each variant is one function and one entry in a map, so a new one is one edit.
 
 Shapes: rewards and advantages (N,) with N = prompts × G (a prompt's G completions are consecutive); per-token
 tensors (B, T) with ``mask`` 1 on completion tokens that are trained. Conventions follow TRL 1.16's

@@ -1,5 +1,5 @@
 """The options of `prefsmith train sft|dpo|kto|rm|prm`, which each round of `prefsmith train iterative-dpo|rft`
-reuses for its training run (trainers/rounds_cli.py): the parser, and the checked TrainConfig it gives.
+reuses for its training run (trainers/rounds/cli.py): the parser, and the checked TrainConfig it gives.
 
 They live apart from trainers/cli.py, which dispatches every `prefsmith train` command (the rounds' included),
 so the rounds' command line builds on them without importing the dispatcher back. A new knob is a TrainConfig
@@ -11,11 +11,11 @@ import argparse
 
 from pipelines.cli import Parser
 from pipelines.core.threads import add_threads_argument
-from trainers.config import TrainConfig
+from trainers.offline.config import TrainConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from trainers.algorithms import ALGORITHMS, DPO_LOSSES  # torch: only for `train`, not `plot`
+    from trainers.offline.algorithms import ALGORITHMS, DPO_LOSSES  # torch: only for `train`, not `plot`
 
     names = list(ALGORITHMS)
     p = Parser(prog="prefsmith train", description=f"Train a model: {' | '.join(names)}.")
@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The run `args` describe, checked against the algorithms (`check_config`): a ValueError names the flag."""
-    from trainers.algorithms import ALGORITHMS, check_config
+    from trainers.offline.algorithms import ALGORITHMS, check_config
 
     cfg = TrainConfig(
         algorithm=args.algorithm, model=args.model, data=args.data, output=args.output,

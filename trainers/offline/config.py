@@ -1,9 +1,9 @@
-"""Typed configuration for `prefsmith train sft|dpo|kto|rm` (and any algorithm in trainers/algorithms.py).
+"""Typed configuration for `prefsmith train sft|dpo|kto|rm` (and any algorithm in trainers/offline/algorithms.py).
 
 One dataclass holds everything the shared loop needs; algorithm-specific knobs (beta, loss type, KTO weights)
 live next to the generic ones so a run's full config can be written to one JSON file and read back. Which
 algorithms and DPO loss types exist, and what each accepts, is theirs to say: `check_config(cfg)` in
-trainers/algorithms.py checks a config against `ALGORITHMS` and `DPO_LOSSES`, and `make_algorithm` and the CLI
+trainers/offline/algorithms.py checks a config against `ALGORITHMS` and `DPO_LOSSES`, and `make_algorithm` and the CLI
 call it before any work. This module checks only what needs no registry, so the algorithms can import it and
 it imports none of them.
 """
@@ -38,7 +38,7 @@ class TrainConfig:
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     max_grad_norm: float = 1.0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N (trainers/distributed.py pick_device)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (trainers/core/distributed.py pick_device)
     dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32: autocast compute, fp32 master weights
     gradient_checkpointing: bool = False
     seed: int = 42
@@ -71,7 +71,7 @@ class TrainConfig:
     # process reward model (train prm)
     prm_soft: bool = False  # BCE on soft_labels instead of cross-entropy on labels
     step_separator: str | None = None  # None: the prm-label dataset's separator, else TRL's "\n"
-    # sharding: FSDP2 under torchrun (trainers/fsdp.py); off = plain data parallel
+    # sharding: FSDP2 under torchrun (trainers/core/fsdp.py); off = plain data parallel
     fsdp: bool = False
     # LoRA (needs peft)
     lora_r: int = 0

@@ -27,7 +27,7 @@ _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling",
 
 
 def _sharded(model) -> bool:
-    """A model sharded by FSDP (trainers/fsdp.py): its root forward is what gathers the embeddings and heads, so it
+    """A model sharded by FSDP (trainers/core/fsdp.py): its root forward is what gathers the embeddings and heads, so it
     is called whole, never through its submodules."""
     from torch.distributed.fsdp import FSDPModule
 

@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from trainers.rl_objectives import (ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, SURROGATES, PolicyLossConfig, policy_loss,
+from trainers.online.rl_objectives import (ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, SURROGATES, PolicyLossConfig, policy_loss,
                                     truncated_is_weights)
 
 
@@ -91,16 +91,16 @@ class GRPOConfig:
     chat: str = "auto"
     micro_batch_size: int = 8  # sequences per forward/backward
     micro_batch_tokens: int | None = None  # also at most this many padded tokens per forward/backward
-    device: str = "auto"  # auto | cpu | cuda | cuda:N (trainers/distributed.py pick_device)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (trainers/core/distributed.py pick_device)
     dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32: autocast compute, fp32 weights and AdamW
     gradient_checkpointing: bool = False
     lora_r: int = 0  # > 0: train LoRA adapters of this rank; the reference is the base with adapters off
     lora_alpha: int = 16
     lora_dropout: float = 0.0
     lora_target: str = "all-linear"  # peft's target_modules: all-linear, or comma-separated module names
-    fsdp: bool = False  # torchrun: shard weights, gradients and AdamW state (trainers/fsdp.py); sampling gathers them
+    fsdp: bool = False  # torchrun: shard weights, gradients and AdamW state (trainers/core/fsdp.py); sampling gathers them
     threads: int | None = None
-    MIN_GENERATIONS = 2  # not a field: PPO (trainers/ppo.py), whose baseline is a value model, allows 1
+    MIN_GENERATIONS = 2  # not a field: PPO (trainers/online/ppo.py), whose baseline is a value model, allows 1
 
     def __post_init__(self) -> None:
         from pipelines.errors import UserError
@@ -185,7 +185,7 @@ def export_weights(model):
 def policy_stats(loss: torch.Tensor, share: float, m: dict, entropy: torch.Tensor, mask: torch.Tensor):
     """A micro-batch's policy-loss metrics as step sums: the loss (its part of the step's, counted as the
     micro-batch's share of the step's sequences), the clip fractions, KL and entropy per completion token."""
-    from trainers.metrics import Stats
+    from trainers.core.metrics import Stats
 
     mask = mask.float()
     tokens = mask.sum()
@@ -265,7 +265,7 @@ class Evaluator:
 
     def __init__(self, engine, gen_cfg, use_chat: bool, fns, names: list[str], weights, outcome: str,
                  batch_size: int = 64, max_new_tokens: int = 256, d=None):
-        from trainers.distributed import Dist
+        from trainers.core.distributed import Dist
 
         self.engine, self.gen_cfg, self.use_chat = engine, gen_cfg, use_chat
         self.fns, self.names, self.weights, self.outcome = fns, names, weights, outcome
@@ -275,7 +275,7 @@ class Evaluator:
         from pipelines.engines.base import SamplingConfig
         from pipelines.stages.generate import generate_rows
         from pipelines.stages.label import label_rows
-        from trainers.distributed import gather_objects
+        from trainers.core.distributed import gather_objects
 
         world, rank = self.d.world, self.d.rank
         gen = dataclasses.replace(self.gen_cfg, batch_size=self.batch_size, sampling=SamplingConfig(
@@ -334,11 +334,11 @@ class GRPORun:
         from pipelines.errors import UserError
         from pipelines.stages.generate import GenerateConfig
         from pipelines.stages.label import LabelConfig, load_rewards
-        from trainers import checkpoint as ckpt
-        from trainers.distributed import setup_distributed
-        from trainers.learner import Learner, resolve_dtype
-        from trainers.metrics import MetricsLog
-        from trainers.optim import adamw, lr_schedule
+        from trainers.core import checkpoint as ckpt
+        from trainers.core.distributed import setup_distributed
+        from trainers.core.learner import Learner, resolve_dtype
+        from trainers.core.metrics import MetricsLog
+        from trainers.core.optim import adamw, lr_schedule
 
         from pipelines.core.threads import apply_threads
 
@@ -348,7 +348,7 @@ class GRPORun:
         cfg.dtype = resolve_dtype(cfg.dtype, self.d.device)
         self.learner = Learner(self.d, cfg.dtype, cfg.gradient_checkpointing, shard=cfg.fsdp)
         if cfg.fsdp:
-            from trainers import fsdp
+            from trainers.core import fsdp
 
             fsdp.check_supported(self.d, lora=bool(cfg.lora_r))
         self.out = Path(cfg.output)
@@ -411,7 +411,7 @@ class GRPORun:
 
     def ref_logps(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The reference policy's per-token log-probs: the frozen copy, or under LoRA the base (adapters off)."""
-        from trainers.logprobs import token_logps
+        from trainers.core.logprobs import token_logps
 
         if self.ref is not None:
             return token_logps(self.ref, batch)
@@ -476,11 +476,11 @@ class GRPORun:
     def _gathered_rollouts(self, indices: list[int], step: int, round_: int) -> list[Group]:
         """Under torchrun, rank r samples prompts r, r + world, …; every rank then holds every group, in prompt
         order, so filtering and advantages are the same everywhere (and equal one process's)."""
-        from trainers.distributed import gather_objects
+        from trainers.core.distributed import gather_objects
 
         world, rank = self.d.world, self.d.rank
         before = self.tokens
-        from trainers.fsdp import full_weights
+        from trainers.core.fsdp import full_weights
 
         with full_weights(self.model):  # --fsdp: sampling runs on the whole weights, gathered once per call
             mine = self._rollouts(indices[rank::world], step, round_) if indices[rank::world] else []
@@ -592,7 +592,7 @@ class GRPORun:
     def _optimize(self, seqs: list[dict]) -> dict:
         """μ = `--num-iterations` optimizer steps of the policy loss over the step's sequences (this rank's share),
         the old policy's and the reference's log-probs computed once; returns the metrics (means over the μ)."""
-        from trainers.logprobs import token_logps
+        from trainers.core.logprobs import token_logps
 
         cfg, learner = self.cfg, self.learner
         # the step's totals (every rank holds every group): the loss normalizers are global, so the ranks'
@@ -624,7 +624,7 @@ class GRPORun:
         return {k: sum(p.get(k, 0.0) for p in passes) / len(passes) for k in (*self.METRICS, "grad_norm")}
 
     def _pad(self, feats: list[dict]) -> dict[str, torch.Tensor]:
-        from trainers.data import collate
+        from trainers.core.data import collate
 
         pad = self.engine.pad_id
         batch = collate([{"input_ids": f["input_ids"], "loss_mask": f["loss_mask"]} for f in feats], pad)
@@ -679,7 +679,7 @@ class GRPORun:
         if not self.eval_sets:
             return None
         t0 = time.time()
-        from trainers.fsdp import full_weights
+        from trainers.core.fsdp import full_weights
 
         with full_weights(self.model):
             rec: dict[str, Any] = {"split": "eval", "step": self.state.step, **self.evaluator.evaluate(self.eval_sets)}
@@ -690,7 +690,7 @@ class GRPORun:
         return rec
 
     def save(self) -> None:
-        from trainers import checkpoint as ckpt
+        from trainers.core import checkpoint as ckpt
 
         self.model.config.use_cache = True
         ckpt.save_checkpoint_all_ranks(self.d, self.out, self.model, self.tokenizer, self.optimizer, self.scheduler,
@@ -701,11 +701,11 @@ class GRPORun:
         """More state for a checkpoint, written inside it before it is marked complete (PPO: the value model)."""
 
     def finish(self) -> dict:
-        from trainers.metrics import plot_run
+        from trainers.core.metrics import plot_run
 
-        from trainers.distributed import barrier
+        from trainers.core.distributed import barrier
 
-        from trainers import fsdp
+        from trainers.core import fsdp
 
         plots = []
         weights = fsdp.full_state(self.model)[0] if fsdp.is_sharded(self.model) else None  # every rank gathers
@@ -741,7 +741,7 @@ def finished_summary(cfg: GRPOConfig) -> dict | None:
     """With `--resume`, the summary of a run that already reached `--max-steps` in `cfg.output` (it is neither
     trained nor evaluated again); None when there are steps left. A finished run with no checkpoint to continue
     from cannot take a larger --max-steps: one clear error instead of training again from step 0."""
-    from trainers import checkpoint as ckpt
+    from trainers.core import checkpoint as ckpt
 
     result = Path(cfg.output) / "train_result.json"
     if not cfg.resume or not result.is_file():
@@ -763,7 +763,7 @@ def finished_summary(cfg: GRPOConfig) -> dict | None:
 
 def train_grpo(cfg: GRPOConfig, run_class: type[GRPORun] | None = None) -> dict:
     """Run to `max_steps` (or `max_minutes`), evaluating and checkpointing on the way; returns a summary.
-    `run_class`: a GRPORun subclass with its own update (trainers/ppo.py)."""
+    `run_class`: a GRPORun subclass with its own update (trainers/online/ppo.py)."""
     from tqdm.auto import tqdm
 
     done = finished_summary(cfg)

@@ -4,7 +4,7 @@
 Each decoder layer is one FSDP unit and the root module (embeddings, final norm, head) another, on a 1-D mesh
 over all processes (cpu + gloo, or cuda + nccl). Parameters, gradients and AdamW state then live as 1/world
 shards (DTensors); a layer's full weights exist only while it runs. What stays the same as plain data
-parallel (trainers/distributed.py):
+parallel (trainers/core/distributed.py):
 - gradients are *summed* over processes: every process divides its loss by the step's global unit count, so
   the sum is one process's gradient. FSDP averages by default; `shard_model` sets the divide factor to 1 and
   forces a plain SUM reduce-scatter (gloo refuses the PREMUL_SUM op a factor would otherwise use);
@@ -24,7 +24,7 @@ from contextlib import contextmanager
 import torch
 import torch.distributed as dist
 
-from trainers.distributed import Dist
+from trainers.core.distributed import Dist
 
 
 def _fsdp():

@@ -5,7 +5,7 @@ Layout: OUTPUT/checkpoints/step-00000010/ with the model (or LoRA adapter) and t
 `rng.pt` (torch/python/numpy/cuda states of every rank) and `trainer_state.json` (step, epoch, position in
 the epoch's batch order). A checkpoint is written to a temporary directory and renamed into place, so a kill
 mid-save leaves the previous checkpoint intact. A model sharded with `--fsdp` is saved the same way: its full
-weights and optimizer state are first gathered onto rank 0 (trainers/fsdp.py); that optimizer state is keyed by
+weights and optimizer state are first gathered onto rank 0 (trainers/core/fsdp.py); that optimizer state is keyed by
 parameter name, not position.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from pipelines.core.files import atomic_directory, atomic_write_json, atomic_write_text
-from trainers.distributed import Dist, barrier, gather_objects
+from trainers.core.distributed import Dist, barrier, gather_objects
 
 CHECKPOINT_DIR = "checkpoints"
 STATE_FILE = "trainer_state.json"
@@ -122,7 +122,7 @@ def save_checkpoint_all_ranks(
     """`save_checkpoint` called from every process: each rank's RNG state is gathered, rank 0 writes, all wait
     until the checkpoint is in place (so no rank runs ahead of a save that could still fail). A sharded model's
     weights and optimizer state are gathered first, on every rank."""
-    from trainers import fsdp
+    from trainers.core import fsdp
 
     weights, optim = fsdp.full_state(model, optimizer) if fsdp.is_sharded(model) else (None, None)
     states = gather_objects(rng_state(), d)
@@ -139,7 +139,7 @@ def load_trainer_state(path: str | Path) -> TrainerState:
 def load_training_state(path: str | Path, optimizer, scheduler, rank: int, model=None) -> TrainerState:
     """Restore optimizer, scheduler and this rank's RNG from a checkpoint; returns the loop position. Pass the
     `model` when it is sharded: rank 0 reads the full optimizer state and each rank keeps its shard."""
-    from trainers import fsdp
+    from trainers.core import fsdp
 
     path = Path(path)
     if model is not None and fsdp.is_sharded(model):

@@ -1,0 +1,1 @@
+"""Offline training from a fixed dataset: sft, dpo (and its loss types), kto, rm, prm."""

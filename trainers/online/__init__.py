@@ -1,0 +1,1 @@
+"""Online RL from the policy's own rollouts: GRPO family, RLOO, PPO."""

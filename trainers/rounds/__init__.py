@@ -1,0 +1,1 @@
+"""Rounds of sample -> label -> build -> train: iterative DPO, RFT."""
