@@ -25,10 +25,14 @@ def _module():
 
 
 def _expected_rows() -> set[str]:
-    """From the registries themselves, so a loss type added later without a row here fails this test."""
-    from trainers.offline.algorithms import DPO_LOSSES
-    from trainers.online.rl_objectives import AGGREGATIONS, SURROGATES
-
+    """From the registries themselves, so a loss type added later without a row here fails this test. Read in a
+    fresh process, as the script reads them: other tests register toy loss types in this one."""
+    code = ("import json; from trainers.offline.algorithms import DPO_LOSSES; "
+            "from trainers.online.rl_objectives import AGGREGATIONS, SURROGATES; "
+            "print(json.dumps([list(DPO_LOSSES), list(AGGREGATIONS), list(SURROGATES)]))")
+    DPO_LOSSES, AGGREGATIONS, SURROGATES = json.loads(subprocess.run([sys.executable, "-c", code], cwd=ROOT,
+                                                                     capture_output=True, text=True,
+                                                                     check=True).stdout)
     names = {"sft", "kto", "rm", "prm/hard", "prm/soft", "ppo/value_loss", "ppo/gae"}
     names |= {f"dpo/{n}" for n in DPO_LOSSES}
     names |= {f"grpo/{a}/{s}/{lvl}" for a in AGGREGATIONS for s in SURROGATES for lvl in ("token", "sequence")}
