@@ -8,8 +8,9 @@ The rule (`resolve_threads`):
 1. `--threads N` (N >= 1): N.
 2. `auto` (the default; `0` means the same): `OMP_NUM_THREADS` when it is set, a launcher's or the user's own
    choice (torchrun sets 1 per process); else `auto_threads`: the cores this process may use (its CPU affinity,
-   capped by a cgroup CPU quota) minus the load other processes put on them (the 1-minute load average, scaled
-   to our share of the machine's cores), at least 1.
+   capped by a cgroup CPU quota) minus the load other processes put on them, at least 1. That load is the
+   1-minute load average, or the cores kept busy during a half-second sample while this process sleeps when that
+   is lower: the average still counts, for a minute, a command that has just finished (`other_load`).
 
 Torch's own default is one thread per physical core, busy or not; on a shared machine its OpenMP threads then
 spin waiting for cores that other processes hold, and generation gets slower than with fewer threads.
@@ -21,6 +22,7 @@ import argparse
 import functools
 import math
 import os
+import time
 from pathlib import Path
 
 AUTO = "auto"
@@ -67,6 +69,32 @@ def cgroup_cpu_limit(root: str | Path = "/sys/fs/cgroup") -> float | None:
     return None
 
 
+def cpu_busy(seconds: float = 0.5) -> float | None:
+    """Cores kept busy machine-wide over the next `seconds` (/proc/stat), while this process sleeps: the load of
+    the others as it is now. None where /proc/stat cannot be read."""
+    def read() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            ticks = [int(x) for x in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+        return sum(ticks) - ticks[3] - ticks[4], sum(ticks)
+
+    try:
+        busy0, total0 = read()
+        time.sleep(seconds)
+        busy1, total1 = read()
+    except (OSError, ValueError, IndexError):
+        return None
+    return (busy1 - busy0) / max(1, total1 - total0) * (os.cpu_count() or 1)
+
+
+def other_load() -> float:
+    """The load of other processes, machine-wide: the 1-minute load average, or `cpu_busy()` when lower. The
+    average lags both ways; the lower of the two forgets a process that has ended (the previous command) at once
+    and still sees a steady one."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    now = cpu_busy()
+    return min(x for x in (load, now, float(os.cpu_count() or 1)) if x is not None)
+
+
 def usable_cores() -> int:
     """Cores this process may run on: its CPU affinity, capped by the cgroup quota (rounded down, at least 1)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -80,8 +108,7 @@ def _auto() -> int:
     env = os.environ.get("OMP_NUM_THREADS", "").strip()
     if env.isdigit() and int(env) > 0:
         return int(env)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    return auto_threads(usable_cores(), load, os.cpu_count())
+    return auto_threads(usable_cores(), other_load(), os.cpu_count())
 
 
 def resolve_threads(value: int | None) -> int:
@@ -129,9 +156,10 @@ def explain() -> str:
     """What auto would pick here and now, and why (`python -m pipelines.core.threads`)."""
     env = os.environ.get("OMP_NUM_THREADS")
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    load, now = (os.getloadavg()[0] if hasattr(os, "getloadavg") else None), cpu_busy()
     return (f"auto: {resolve_threads(None)} thread(s); OMP_NUM_THREADS {env or 'unset'}, affinity {affinity} of "
-            f"{os.cpu_count()} cores, cgroup quota {cgroup_cpu_limit() or 'none'}, 1-minute load {load:.2f}")
+            f"{os.cpu_count()} cores, cgroup quota {cgroup_cpu_limit() or 'none'}, 1-minute load "
+            f"{'?' if load is None else f'{load:.2f}'}, cores busy now {'?' if now is None else f'{now:.2f}'}")
 
 
 if __name__ == "__main__":
