@@ -921,7 +921,9 @@ def main(argv: list[str] | None = None) -> int:
         torch._dynamo.config.disable = True
     threads = args.threads or (1 if args.cpu else None)
     if threads:
-        torch.set_num_threads(threads)
+        from pipelines.core.threads import apply_threads
+
+        apply_threads(threads)
         os.environ["OMP_NUM_THREADS"] = str(threads)  # the FSDP worker's too
 
     if args.cpu:
