@@ -9,7 +9,6 @@ from __future__ import annotations
 import sys
 
 from pipelines.cli import Parser
-from pipelines.core.threads import apply_threads
 from pipelines.errors import UsageError
 from trainers.offline.cli import build_parser, config_from_args  # callers and tests import them from here too
 
@@ -75,7 +74,6 @@ def _main(argv: list[str]) -> int:
         return 2
     from trainers.offline.loop import train
 
-    apply_threads(cfg.threads)  # belongs at the top of trainers.offline.loop.train (then the Python API gets it too)
     try:
         train(cfg)
     except _user_errors() as e:

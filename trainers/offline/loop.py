@@ -439,6 +439,10 @@ def train(cfg: TrainConfig) -> TrainResult:
     """Run (or resume) one training run; returns final metrics. Call it from every process under torchrun."""
     from tqdm import tqdm
 
+    from pipelines.core.threads import apply_threads
+
+    apply_threads(cfg.threads)  # auto: the cores not busy now (pipelines/core/threads.py)
+
     done = finished_run(cfg)
     if done is not None:
         print(f"prefsmith train: {cfg.output} already finished ({done.get('steps')} steps); nothing to do",
