@@ -166,10 +166,9 @@ def export_weights(model):
     """The policy's weights as its base architecture names them (`model.layers.0.self_attn.q_proj.weight`…), one
     tensor at a time, on the device they live on: LoRA adapters merged in (W + B·A·α/r, the adapters themselves
     untouched), an FSDP shard gathered to the full tensor. What a separate engine (vLLM) loads after each update."""
-    params = model.get_base_model().named_parameters() if hasattr(model, "peft_config") else model.named_parameters()
     base = model.get_base_model() if hasattr(model, "peft_config") else model
     with torch.no_grad():
-        for name, p in params:
+        for name, p in base.named_parameters():
             if "lora_" in name:
                 continue
             full = p.full_tensor() if hasattr(p, "full_tensor") else p
