@@ -7,7 +7,8 @@ One step, top to bottom (`GRPORun.step`):
      plug-ins), so a reward tested with `label` trains unchanged;
   3. filter: null rewards (the data or a checker failed) leave their group; with `--dynamic-sampling` a group
      whose *outcome* reward has no variance teaches nothing and is replaced by a fresh prompt (DAPO);
-  4. advantages: group-centred (`--scale-rewards group|batch|none`), RLOO leave-one-out or REINFORCE++;
+  4. advantages: group-centred (`--scale-rewards group|batch|none`), RLOO leave-one-out, REINFORCE++ or ReMax
+     (r − the reward of one extra greedy completion per prompt, sampled and scored in step 1, never trained on);
   5. loss: clipped ratio / CISPO / GSPO, aggregated per `--loss`, + β·KL; μ = `--num-iterations` passes over
      the same rollouts with the old log-probs computed once; AdamW, clip, schedule;
   6. log: metrics.jsonl (+ plots), the step's rollouts with rewards and advantages as a prefsmith dataset
@@ -71,7 +72,7 @@ class GRPOConfig:
     eval_limit: int | None = None
     eval_max_new_tokens: int | None = None  # default: max_new_tokens
     eval_batch_size: int = 64  # prompts per greedy generate call (CPU decoding is memory-bound: wide is cheap)
-    advantage: str = "grpo"  # grpo | rloo | reinforce_pp
+    advantage: str = "grpo"  # grpo | rloo | reinforce_pp | remax (+1 greedy sample per prompt as the baseline)
     scale_rewards: str = "none"  # grpo: group | batch | none (Dr. GRPO's none: docs/online_rl.md, measured)
     loss: str = "dapo"  # grpo | bnpo | dr_grpo | dapo
     surrogate: str = "clip"  # clip | cispo
@@ -255,6 +256,7 @@ class PromptSampler:
 class Group:
     rows: list[dict]  # labeled rollout rows of one prompt
     prompt_ids: list[int]
+    baseline: dict | None = None  # ReMax: the prompt's greedy row, labeled; its reward is the baseline (not trained)
 
 
 class Evaluator:
@@ -437,19 +439,33 @@ class GRPORun:
         out, stats = generate_rows(self.engine, rows, gen, ids, self.use_chat)
         self.timing["generation"] += time.time() - t0
         self.tokens += stats["tokens"]
+        greedy: list[dict] = []
+        if cfg.advantage == "remax":  # ReMax's baseline: one greedy completion per prompt, same length budget
+            t0 = time.time()
+            greedy, _ = generate_rows(self.engine, rows, dataclasses.replace(self.gen_cfg, sampling=SamplingConfig(
+                n=1, temperature=0.0, max_new_tokens=cfg.max_new_tokens, seed=0)), ids, self.use_chat)
+            self.timing["greedy"] = self.timing.get("greedy", 0.0) + time.time() - t0
+            for r in greedy:  # its own id in the step's rollouts, apart from the G samples 0..G-1
+                r.update(id=f"{r['prompt_id']}-greedy", sample_idx=-1)
         t0 = time.time()
-        labeled = label_rows(out, self.fns, self.names, self.weights)
+        labeled = label_rows(out + greedy, self.fns, self.names, self.weights)  # one scoring pass for both
         self.timing["scoring"] += time.time() - t0
+        if greedy:
+            for k, r in enumerate(labeled):
+                r["remax_baseline"] = k >= len(out)
         # the prompt ids the engine sampled from, as generate recorded them (never rendered again here)
-        return [Group(labeled[k * cfg.num_generations:(k + 1) * cfg.num_generations],
-                      list(labeled[k * cfg.num_generations]["prompt_token_ids"])) for k in range(len(rows))]
+        G = cfg.num_generations
+        return [Group(labeled[k * G:(k + 1) * G], list(labeled[k * G]["prompt_token_ids"]),
+                      labeled[len(out) + k] if greedy else None) for k in range(len(rows))]
 
     def _collect(self, step: int) -> tuple[list[Group], dict]:
-        """Groups for this step: null rows dropped; with dynamic sampling, zero-variance groups replaced."""
+        """Groups for this step: null rows dropped; with dynamic sampling, zero-variance groups replaced; under
+        ReMax a group whose greedy baseline is null cannot be baselined and is dropped (and replaced) too."""
         cfg = self.cfg
+        remax = cfg.advantage == "remax"
         kept: list[Group] = []
         counts = {"groups_sampled": 0, "groups_zero_variance": 0, "null_rows": 0, "all_correct": 0,
-                  "all_wrong": 0, "mixed": 0}
+                  "all_wrong": 0, "mixed": 0, **({"remax_baseline_null": 0} if remax else {})}
         seen: list[Group] = []
         for round_ in range(1 + (cfg.max_resample_rounds if cfg.dynamic_sampling else 0)):
             need = cfg.prompts_per_step - len(kept)
@@ -466,11 +482,21 @@ class GRPORun:
                     counts["all_correct" if all(correct) else "all_wrong" if not any(correct) else "mixed"] += 1
                 flat = len(set(outcome)) <= 1
                 counts["groups_zero_variance"] += flat
-                if len(valid) >= cfg.MIN_GENERATIONS and not (cfg.dynamic_sampling and flat):
+                unbaselined = remax and self._null(g.baseline)
+                if remax:
+                    counts["remax_baseline_null"] += unbaselined
+                if len(valid) >= cfg.MIN_GENERATIONS and not (cfg.dynamic_sampling and flat) and not unbaselined:
                     kept.append(g)
             if not cfg.dynamic_sampling:
                 break
-        return kept, {**counts, "_seen": seen}
+        return kept, {**counts, **(self._baseline_metrics(seen) if remax else {}), "_seen": seen}
+
+    def _baseline_metrics(self, seen: list[Group]) -> dict:
+        """ReMax's cost and baseline over the step's sampled groups: greedy tokens generated, mean greedy reward."""
+        greedy = [g.baseline for g in seen if g.baseline is not None]
+        scored = [float(r["reward"]) for r in greedy if not self._null(r)]
+        return {"remax_greedy_tokens": sum(len(r["completion_ids"] or []) for r in greedy),
+                "remax_baseline_reward": round(sum(scored) / len(scored), 6) if scored else None}
 
     def _gathered_rollouts(self, indices: list[int], step: int, round_: int) -> list[Group]:
         """Under torchrun, rank r samples prompts r, r + world, …; every rank then holds every group, in prompt
@@ -527,8 +553,8 @@ class GRPORun:
                        "tokens_per_s": round(self.tokens / self.timing["generation"], 1) if self.timing["generation"] else 0.0,
                        "step_seconds": round(time.time() - t_step, 2),
                        "minutes": round(self.train_minutes(), 3)})
-        if self.d.main:
-            self._write_rollouts(step + 1, rows)
+        if self.d.main:  # ReMax's greedy rows too (remax_baseline: true, advantage null)
+            self._write_rollouts(step + 1, rows + [g.baseline for g in seen if g.baseline is not None])
         self.state.step += 1
         self.state.epoch, self.state.batch_in_epoch = self.sampler.epoch, self.sampler.index
         self.state.examples_seen += counts["groups_sampled"]
@@ -536,10 +562,11 @@ class GRPORun:
             self.metrics.write(record)
         return record
 
-    def _row_advantages(self, rewards: torch.Tensor) -> torch.Tensor | None:
-        """One advantage per completion from the step's rewards (prompts × G, NaN for null rows)."""
+    def _row_advantages(self, rewards: torch.Tensor, baseline: torch.Tensor | None = None) -> torch.Tensor | None:
+        """One advantage per completion from the step's rewards (prompts × G, NaN for null rows); `baseline`
+        (prompts,): ReMax's greedy rewards, given only under `--advantage remax`."""
         cfg = self.cfg
-        kwargs = {"scale": cfg.scale_rewards} if cfg.advantage == "grpo" else {}
+        kwargs = {"grpo": {"scale": cfg.scale_rewards}, "remax": {"baseline": baseline}}.get(cfg.advantage, {})
         return ADVANTAGES[cfg.advantage](rewards, cfg.num_generations, **kwargs)
 
     def _sequences(self, groups: list[Group]) -> list[dict]:
@@ -550,7 +577,10 @@ class GRPORun:
         # 0) so groups stay G wide, then is left out of the loss
         flat = [row for g in groups for row in g.rows]
         rewards = torch.tensor([float("nan") if self._null(r) else float(r["reward"]) for r in flat])
-        adv_all = self._row_advantages(rewards) if flat else None
+        # ReMax: each group's greedy reward (`_collect` kept only groups whose greedy row was scored)
+        extra = {"baseline": torch.tensor([float(g.baseline["reward"]) for g in groups])} \
+            if cfg.advantage == "remax" else {}
+        adv_all = self._row_advantages(rewards, **extra) if flat else None
         if adv_all is None:  # token-level advantages come later (PPO)
             adv_all = torch.full((len(flat),), float("nan"))
         advs = list(torch.split(adv_all, [len(g.rows) for g in groups])) if flat else []
@@ -836,7 +866,10 @@ def build_parser(prog: str = "prefsmith train grpo") -> argparse.ArgumentParser:
                    help="recompute each layer's activations in backward (less memory, more compute)")
     p.add_argument("--eval-prompts", action="append", default=[],
                    help="held-out prompts for greedy accuracy (repeat for several sets)")
-    p.add_argument("--advantage", choices=list(ADVANTAGES), default="grpo")
+    p.add_argument("--advantage", choices=list(ADVANTAGES), default="grpo",
+                   help="grpo: r − group mean (÷ std with --scale-rewards group); rloo: r − mean of the others; "
+                        "reinforce_pp: group-centred, whitened over the step; remax: r − the reward of one extra "
+                        "greedy completion per prompt (ReMax; 1/G more generation, shown as seconds_greedy)")
     p.add_argument("--scale-rewards", choices=["group", "batch", "none"], default=d["scale_rewards"].default)
     p.add_argument("--loss", choices=list(AGGREGATIONS), default=d["loss"].default)
     p.add_argument("--surrogate", choices=list(SURROGATES), default=d["surrogate"].default)

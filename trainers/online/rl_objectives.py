@@ -6,7 +6,7 @@ tensors (B, T) with ``mask`` 1 on completion tokens that are trained. Convention
 GRPOTrainer / RLOOTrainer (checked numerically in tests/test_rl_objectives.py); docs/online_rl.md gives each
 formula with its paper.
 
-    advantages:  ADVANTAGES[name](rewards, G, ...)            grpo | rloo | reinforce_pp
+    advantages:  ADVANTAGES[name](rewards, G, ...)            grpo | rloo | reinforce_pp | remax (baseline=)
     surrogate:   SURROGATES[name](ratio, logps, adv, ...)    clip | cispo             (per-token loss)
     aggregation: AGGREGATIONS[name](per_token, mask, ...)    grpo | bnpo | dr_grpo | dapo
     KL:          KL_ESTIMATORS[name](logps, ref_logps)       k1 | k2 | k3
@@ -90,10 +90,29 @@ def reinforce_pp_advantages(rewards: torch.Tensor, group_size: int) -> torch.Ten
     return torch.where(valid, out, torch.zeros_like(out))
 
 
+def remax_advantages(rewards: torch.Tensor, group_size: int, baseline: torch.Tensor) -> torch.Tensor:
+    """ReMax (Li et al. 2024, arXiv:2310.10505, Alg. 1): A_i = r(x, y_i) − r(x, ŷ), where ŷ is the prompt's
+    greedy (argmax) completion, sampled once per prompt for its reward only (it is not trained on).
+
+    ``baseline``: (prompts,) the greedy completions' rewards. A NaN (null) reward or baseline gives NaN: that
+    row, or that prompt's whole group, cannot be baselined, and the trainer leaves it out of the loss. The paper
+    trains with REINFORCE, no clip; the default ``clip`` surrogate at μ = 1 has ρ = 1 and the same gradient,
+    −A ∇log π (docs/online_rl.md, "ReMax").
+
+        >>> remax_advantages(torch.tensor([1., 0., 1., 0.]), 2, baseline=torch.tensor([0., 1.]))
+        tensor([ 1.,  0.,  0., -1.])
+    """
+    grouped = _grouped(rewards, group_size)
+    if baseline.shape != (grouped.size(0),):
+        raise ValueError(f"remax needs one baseline per prompt ({grouped.size(0)}), got shape {tuple(baseline.shape)}")
+    return (grouped - baseline.to(grouped.dtype).unsqueeze(1)).reshape(-1)
+
+
 ADVANTAGES: dict[str, Callable[..., torch.Tensor]] = {
     "grpo": group_advantages,
     "rloo": rloo_advantages,
     "reinforce_pp": reinforce_pp_advantages,
+    "remax": remax_advantages,
 }
 
 
