@@ -244,3 +244,42 @@ def test_bad_model_path_and_engine_name_raise_clear_errors(tmp_path, hf):
         hf.generate(["ok", ""], SamplingConfig(max_new_tokens=2), seeds=[0, 1])
     with pytest.raises(EngineError, match="cannot load"):
         load_engine("hf", "nobody-org/no-such-model-xyz")  # offline hub name
+
+
+@pytest.mark.parametrize("temperature,top_p,max_new", [(1.0, 1.0, 12), (0.7, 0.9, 90), (0.0, 1.0, 20)])
+def test_hf_decode_loop_equals_transformers_generate(hf, temperature, top_p, max_new):
+    """The engine's own decode loop (one prefill per prompt, finished rows leave the batch, an in-place cache that
+    grows past its first slab at 90 tokens) draws exactly the samples transformers' `generate` draws with the same
+    per-row generators: same tokens and stop reasons, log-probs equal up to float rounding."""
+    from pipelines.engines.hf import _fast_decodable
+
+    assert _fast_decodable(hf.lm)
+    sampling = SamplingConfig(n=3, temperature=temperature, top_p=top_p, max_new_tokens=max_new)
+    batch = [render_prompt_ids(hf.tokenizer, p) for p in PROMPTS]
+    ours = hf._decode(batch, sampling, [4, 5, 6])
+    theirs = hf._generate_batch_hf(batch, sampling, [4, 5, 6])
+    reasons = set()
+    for a_group, b_group in zip(ours, theirs):
+        for a, b in zip(a_group, b_group):
+            assert (a.token_ids, a.finish_reason) == (b.token_ids, b.finish_reason)
+            assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+            reasons.add(a.finish_reason)
+    if temperature:
+        assert reasons == {"stop", "length"}  # rows left the batch at different steps while others went on
+
+
+def test_hf_decode_loop_only_for_plain_attention_decoders(hf):
+    """Architectures whose cache is not one KV pair per attention layer (linear-attention hybrids,
+    encoder-decoders) fall back to transformers' `generate`."""
+    import copy
+
+    from pipelines.engines.hf import _fast_decodable
+
+    lm = copy.copy(hf.lm)
+    for layer_types, expected in ((["full_attention", "sliding_attention"], True),
+                                  (["full_attention", "linear_attention"], False)):
+        lm.config = copy.deepcopy(hf.lm.config)
+        lm.config.layer_types = layer_types
+        assert _fast_decodable(lm) is expected
+    lm.config.layer_types, lm.config.is_encoder_decoder = None, True
+    assert _fast_decodable(lm) is False

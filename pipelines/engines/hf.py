@@ -16,6 +16,8 @@ import torch
 
 from pipelines.core.threads import apply_threads
 
+from transformers.cache_utils import CacheLayerMixin
+
 from .base import (
     with_prompt_ids,
     EngineError,
@@ -67,6 +69,19 @@ class _RowSampler:
         self.top_p = TopPLogitsWarper(sampling.top_p) if sampling.top_p < 1.0 else None
         self.picked: list[torch.Tensor] = []
 
+    def draw(self, scores: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The engine's decode loop: a token and its log-prob for each live row (`rows`: their original
+        indices, whose generators draw)."""
+        scores = scores.float() / self.temperature
+        if self.top_p is not None:
+            scores = self.top_p(None, scores)
+        logp = scores.log_softmax(-1)
+        uniform = torch.stack([torch.rand(scores.shape[-1], generator=self.generators[r], device=scores.device)
+                               for r in rows.tolist()])
+        gumbel = -torch.log(-torch.log(uniform.clamp(1e-20, 1.0 - 1e-7)))
+        token = (logp + gumbel).argmax(-1, keepdim=True)
+        return token[:, 0], logp.gather(-1, token)[:, 0]
+
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         scores = scores.float() / self.temperature
         if self.top_p is not None:
@@ -87,10 +102,97 @@ class _GreedyRecorder:
     def __init__(self) -> None:
         self.picked: list[torch.Tensor] = []
 
+    def draw(self, scores: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logp = scores.float().log_softmax(-1)
+        token = scores.argmax(-1, keepdim=True)
+        return token[:, 0], logp.gather(-1, token)[:, 0]
+
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         logp = scores.float().log_softmax(-1)
         self.picked.append(logp.gather(-1, scores.argmax(-1, keepdim=True))[:, 0])
         return scores
+
+
+class _SlabLayer(CacheLayerMixin):
+    """One layer's KV cache for the engine's own decode loop: keys and values live in a preallocated slab
+    [rows, heads, capacity, dim] that grows by doubling, each step writes its position in place (no copy of the
+    whole cache, as concatenation does), attention reads only the filled positions (not a static cache's whole
+    length), and `keep` drops finished rows."""
+
+    is_sliding = False
+    is_compileable = False
+    is_croppable = False
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__()
+        self.capacity = capacity
+        self.length = 0
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        b, h, k, d = key_states.shape
+        self.keys = key_states.new_zeros((b, h, max(self.capacity, k), d))
+        self.values = value_states.new_zeros((b, h, max(self.capacity, k), value_states.shape[-1]))
+        self.is_initialized = True
+
+    def _grow(self, need: int) -> None:
+        cap = max(self.capacity, need)
+        while cap < need:
+            cap *= 2
+        if self.keys is not None and cap <= self.keys.shape[2]:
+            return
+        def bigger(t):
+            out = t.new_zeros((t.shape[0], t.shape[1], cap, t.shape[3]))
+            out[:, :, : self.length] = t[:, :, : self.length]
+            return out
+        self.keys, self.values = bigger(self.keys), bigger(self.values)
+        self.capacity = cap
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        k = key_states.shape[-2]
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        if self.length + k > self.keys.shape[2]:
+            self._grow(self.length + k)
+        self.keys[:, :, self.length : self.length + k] = key_states
+        self.values[:, :, self.length : self.length + k] = value_states
+        self.length += k
+        return self.keys[:, :, : self.length], self.values[:, :, : self.length]
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.length + query_length, 0
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def repeat_rows(self, repeats: int) -> None:
+        self.keys = self.keys.repeat_interleave(repeats, dim=0)
+        self.values = self.values.repeat_interleave(repeats, dim=0)
+
+    def keep(self, rows: torch.Tensor) -> None:
+        self.keys = self.keys[rows]
+        self.values = self.values[rows]
+
+
+def _fast_decodable(lm) -> bool:
+    """Whether the engine's own decode loop applies: a decoder whose every layer is plain (full or sliding-window)
+    attention with a KV cache. Other architectures (linear-attention hybrids, encoder-decoders) use
+    transformers' `generate`."""
+    config = getattr(lm, "config", None)
+    if config is None or getattr(config, "is_encoder_decoder", False) or not getattr(config, "num_hidden_layers", None):
+        return False
+    types = getattr(config, "layer_types", None) or ["full_attention"]
+    return all(t in ("full_attention", "sliding_attention") for t in types)
+
+
+def _compact_due(finished: int) -> bool:
+    """Drop finished rows from the batch as soon as any finish. A drop copies the live rows' cache (tens of ms for
+    64 rows of the 135M model), about what ten row-steps of compute cost, while a finished row kept in the batch
+    would cost one row-step at every remaining step. Measured on the loop's workload (8 prompts x 8 samples, 256
+    new tokens, one thread, other jobs running): 60.0 s dropping at once vs 65.1 s dropping in quarters."""
+    return finished > 0
 
 
 def _cache_kwargs(lm) -> dict:
@@ -168,6 +270,9 @@ class HFEngine:
         ids = [self.prompt_ids(p) for p in prompts]
         # a prompt with no room left in the context is not generated at all (it would only extrapolate)
         keep = [i for i, x in enumerate(ids) if fits(len(x), self.context)]
+        # packed by length: a batch's prompts are padded to its longest (a prompt's samples do not depend on
+        # which prompts share its batch, so the order changes no sample)
+        keep.sort(key=lambda i: len(ids[i]))
         size = max(1, self.options.prompt_batch_size)
         done: list[list[Sample]] = []
         for start in range(0, len(keep), size):
@@ -178,8 +283,66 @@ class HFEngine:
             out[i] = samples
         return with_prompt_ids(out, ids)
 
-    @torch.inference_mode()
     def _generate_batch(self, batch: list[list[int]], sampling: SamplingConfig, seeds: list[int]) -> list[list[Sample]]:
+        if _fast_decodable(self.lm):
+            return self._decode(batch, sampling, seeds)
+        return self._generate_batch_hf(batch, sampling, seeds)
+
+    @torch.inference_mode()
+    def _decode(self, batch: list[list[int]], sampling: SamplingConfig, seeds: list[int]) -> list[list[Sample]]:
+        """The engine's own decode loop. Each prompt is prefilled once and its KV cache repeated for its n
+        samples; every step runs only the rows still generating (finished rows leave the batch); the cache is
+        written in place (`_SlabLayer`). Tokens are drawn exactly as with `generate` (`_RowSampler`), so the same
+        seeds give the same samples."""
+        from transformers.cache_utils import Cache
+
+        n, dev = sampling.n, self.device
+        width = max(len(x) for x in batch)
+        ids = torch.tensor([[self.pad_id] * (width - len(x)) + x for x in batch], device=dev)
+        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in batch], device=dev)
+        layers = self.lm.config.num_hidden_layers
+        cache = Cache(layers=[_SlabLayer(width + min(sampling.max_new_tokens, 64)) for _ in range(layers)])
+        self.lm.eval()
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = self.lm(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                         use_cache=True, logits_to_keep=1).logits[:, -1]
+        # the n samples of a prompt share its prefill
+        for layer in cache.layers:
+            layer.repeat_rows(n)
+        logits = logits.repeat_interleave(n, dim=0)
+        mask = mask.repeat_interleave(n, dim=0)
+        rows = len(batch) * n
+        greedy = sampling.temperature == 0
+        sampler = _GreedyRecorder() if greedy else _RowSampler(
+            [derive_seed(seed, k) for seed in seeds for k in range(n)], sampling, dev)
+        stops = torch.tensor(self.stop_ids, device=dev)
+        live = torch.arange(rows, device=dev)  # the original row of each batch row
+        tokens: list[list[int]] = [[] for _ in range(rows)]
+        logps: list[list[float]] = [[] for _ in range(rows)]
+        done = torch.zeros(rows, dtype=torch.bool, device=dev)  # per batch row
+        for step in range(sampling.max_new_tokens):
+            token, logp = sampler.draw(logits, live)
+            for r, t, lp, d in zip(live.tolist(), token.tolist(), logp.tolist(), done.tolist()):
+                if not d:
+                    tokens[r].append(t)
+                    logps[r].append(lp)
+            done |= torch.isin(token, stops)
+            if step + 1 == sampling.max_new_tokens or bool(done.all()):
+                break
+            if _compact_due(int(done.sum())):
+                keep = (~done).nonzero()[:, 0]
+                for layer in cache.layers:
+                    layer.keep(keep)
+                live, mask, token, done = live[keep], mask[keep], token[keep], done[keep]
+            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
+            logits = self.lm(input_ids=token[:, None], attention_mask=mask,
+                             position_ids=(mask.sum(-1, keepdim=True) - 1), past_key_values=cache,
+                             use_cache=True).logits[:, -1]
+        samples = [self._sample(tokens[r], logps[r]) for r in range(rows)]
+        return [samples[i * n : (i + 1) * n] for i in range(len(batch))]
+
+    @torch.inference_mode()
+    def _generate_batch_hf(self, batch: list[list[int]], sampling: SamplingConfig, seeds: list[int]) -> list[list[Sample]]:
         from transformers import GenerationConfig, LogitsProcessorList
 
         width = max(len(x) for x in batch)
