@@ -41,6 +41,10 @@ class Sample:
     # the prompt's token ids the engine continued from, as it rendered them (None where the engine does not know
     # them, e.g. a served model without a local tokenizer): rows record them without rendering the prompt again
     prompt_ids: list[int] | None = None
+    # the log-prob of each sampled token under the model's own distribution (temperature 1, no top-p): what an
+    # off-policy correction compares a later policy against (the asynchronous trainers). Only the hf engine, and
+    # only when asked (`HFEngine.policy_logprobs = True`); else None
+    policy_logprobs: list[float] | None = None
 
 
 def with_prompt_ids(out: list[list[Sample]], ids: list[list[int]]) -> list[list[Sample]]:

@@ -71,8 +71,10 @@ class _RowSampler:
 
     def draw(self, scores: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The engine's decode loop: a token and its log-prob for each live row (`rows`: their original
-        indices, whose generators draw)."""
-        scores = scores.float() / self.temperature
+        indices, whose generators draw), and the raw scores (`model_logprob` turns them into the model's own
+        log-probs of those tokens)."""
+        raw = scores.float()
+        scores = raw / self.temperature
         if self.top_p is not None:
             scores = self.top_p(None, scores)
         logp = scores.log_softmax(-1)
@@ -80,7 +82,12 @@ class _RowSampler:
                                for r in rows.tolist()])
         gumbel = -torch.log(-torch.log(uniform.clamp(1e-20, 1.0 - 1e-7)))
         token = (logp + gumbel).argmax(-1, keepdim=True)
-        return token[:, 0], logp.gather(-1, token)[:, 0]
+        return token[:, 0], logp.gather(-1, token)[:, 0], raw
+
+    @staticmethod
+    def model_logprob(raw: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
+        """The drawn tokens' log-probs under the model's own distribution (temperature 1, no top-p)."""
+        return raw.log_softmax(-1).gather(-1, token[:, None])[:, 0]
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         scores = scores.float() / self.temperature
@@ -102,10 +109,15 @@ class _GreedyRecorder:
     def __init__(self) -> None:
         self.picked: list[torch.Tensor] = []
 
-    def draw(self, scores: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def draw(self, scores: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         logp = scores.float().log_softmax(-1)
         token = scores.argmax(-1, keepdim=True)
-        return token[:, 0], logp.gather(-1, token)[:, 0]
+        picked = logp.gather(-1, token)[:, 0]
+        return token[:, 0], picked, picked
+
+    @staticmethod
+    def model_logprob(raw: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
+        return raw  # greedy records the model's own log-probs already
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         logp = scores.float().log_softmax(-1)
@@ -216,6 +228,7 @@ class HFEngine:
         from transformers import AutoModelForCausalLM
 
         self.model = resolve_model_path(model)
+        self.policy_logprobs = False  # also record Sample.policy_logprobs (the asynchronous trainers' worker)
         self.options = HFOptions(device, dtype, prompt_batch_size, apply_threads(threads))
         self.device = _pick_device(device)
         self.tokenizer = load_tokenizer(self.model)
@@ -234,6 +247,7 @@ class HFEngine:
         Generation switches the model to eval mode; the caller switches it back to train."""
         self = cls.__new__(cls)
         self.model = getattr(lm, "name_or_path", "") or "in-memory"
+        self.policy_logprobs = False
         self.options = HFOptions(device, "auto", prompt_batch_size, None)
         self.device, self.tokenizer, self.lm = device, tokenizer, lm
         self.stop_ids = stop_token_ids(tokenizer, lm.generation_config.eos_token_id)
@@ -319,13 +333,17 @@ class HFEngine:
         live = torch.arange(rows, device=dev)  # the original row of each batch row
         tokens: list[list[int]] = [[] for _ in range(rows)]
         logps: list[list[float]] = [[] for _ in range(rows)]
+        own: list[list[float]] | None = [[] for _ in range(rows)] if self.policy_logprobs else None
         done = torch.zeros(rows, dtype=torch.bool, device=dev)  # per batch row
         for step in range(sampling.max_new_tokens):
-            token, logp = sampler.draw(logits, live)
-            for r, t, lp, d in zip(live.tolist(), token.tolist(), logp.tolist(), done.tolist()):
+            token, logp, raw = sampler.draw(logits, live)
+            model_lp = sampler.model_logprob(raw, token).tolist() if own is not None else None
+            for j, (r, t, lp, d) in enumerate(zip(live.tolist(), token.tolist(), logp.tolist(), done.tolist())):
                 if not d:
                     tokens[r].append(t)
                     logps[r].append(lp)
+                    if own is not None:
+                        own[r].append(model_lp[j])
             done |= torch.isin(token, stops)
             if step + 1 == sampling.max_new_tokens or bool(done.all()):
                 break
@@ -339,6 +357,9 @@ class HFEngine:
                              position_ids=(mask.sum(-1, keepdim=True) - 1), past_key_values=cache,
                              use_cache=True).logits[:, -1]
         samples = [self._sample(tokens[r], logps[r]) for r in range(rows)]
+        if own is not None:
+            for r, s in enumerate(samples):
+                s.policy_logprobs = own[r][: len(s.token_ids)]
         return [samples[i * n : (i + 1) * n] for i in range(len(batch))]
 
     @torch.inference_mode()

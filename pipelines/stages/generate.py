@@ -91,7 +91,9 @@ def generate_rows(engine, rows: list[dict], cfg: GenerateConfig, ids: list[str],
                 out.append({**row, "id": f"{pid}-{k}", "prompt_id": pid, "sample_idx": k, "completion": s.text,
                             "completion_ids": s.token_ids, "logprobs": s.logprobs,
                             "finish_reason": s.finish_reason, "policy": policy, "sampling": sampling,
-                            "sampled_prompt": prompt, "prompt_token_ids": context})
+                            "sampled_prompt": prompt, "prompt_token_ids": context,
+                            # an engine asked for them (the asynchronous trainers): the model's own log-probs
+                            **({"policy_logprobs": s.policy_logprobs} if s.policy_logprobs is not None else {})})
         tick(len(batch))
     long_prompts = len({r["prompt_id"] for r in out if r["finish_reason"] == TOO_LONG})
     stats = {"tokens": tokens, "gen_seconds": seconds}

@@ -57,6 +57,11 @@ class PPOConfig(GRPOConfig):
             raise UserError("PPO puts the KL to the reference in the reward: use --kl-coef, not --beta")
         if not 0.0 <= self.gamma <= 1.0 or not 0.0 <= self.lam <= 1.0:
             raise UserError(f"--gamma and --lam must lie in [0, 1], got {self.gamma} and {self.lam}")
+        if self.asynchronous():
+            raise UserError("--max-staleness / --rollout-process: asynchronous rollouts are for grpo and rloo; "
+                            "PPO samples synchronously")
+        if self.advantage not in ("grpo",):
+            raise UserError(f"--advantage {self.advantage}: PPO's advantages come from its value model (GAE)")
 
 
 class ValueModel(torch.nn.Module):
@@ -124,7 +129,7 @@ class PPORun(GRPORun):
     def uses_reference(self) -> bool:
         return bool(self.cfg.kl_coef)
 
-    def _row_advantages(self, rewards: torch.Tensor) -> None:
+    def _row_advantages(self, rewards: torch.Tensor, baseline: torch.Tensor | None = None) -> None:
         return None  # token-level, from the value model (below)
 
     METRICS = ("loss", "clip_low", "clip_high", "entropy", "value_loss", "value_clipfrac")

@@ -295,6 +295,33 @@ def truncated_is_weights(logps_old: torch.Tensor, sampler_logps: torch.Tensor, m
     return torch.where(mask.bool(), w, torch.ones_like(w)).detach()
 
 
+STALENESS_CORRECTIONS = ("tis", "mis")
+
+
+def staleness_weights(prox_logps: torch.Tensor, behaviour_logps: torch.Tensor, mask: torch.Tensor,
+                      staleness: torch.Tensor, correction: str = "tis", cap: float = 2.0) -> torch.Tensor:
+    """Per-token weights for tokens sampled by stale weights (asynchronous rollouts, `--max-staleness`).
+
+    Decoupled PPO (Hilton et al. 2021; AReaL): the surrogate is clipped around the proximal policy π_prox (the
+    trainer's weights before this update), and each token is weighted by π_prox / π_behaviour, the weights that
+    sampled it, at temperature 1. ``tis``: min(ratio, cap) (truncated IS, Ionides 2008: bounded variance, a
+    small bias); ``mis``: ratio where it is <= cap, 0 above (masked IS: tokens the old policy found far likelier
+    than the current one are left out rather than down-weighted). Rows sampled at staleness 0 get exactly 1 (the
+    same weights: their log-probs differ only by float rounding); masked positions get 1. Detached.
+
+    >>> w = staleness_weights(torch.tensor([[0.0, -1.0, -1.0]]), torch.tensor([[0.0, -2.0, 0.0]]),
+    ...                       torch.tensor([[0, 1, 1]]), torch.tensor([1.0]), "tis", 2.0)
+    >>> [round(x, 4) for x in w[0].tolist()]   # e^1 capped at 2; e^-1
+    [1.0, 2.0, 0.3679]
+    """
+    if correction not in STALENESS_CORRECTIONS:
+        raise ValueError(f"unknown staleness correction {correction!r}; choose one of {', '.join(STALENESS_CORRECTIONS)}")
+    ratio = torch.exp(prox_logps - behaviour_logps)
+    w = ratio.clamp(max=cap) if correction == "tis" else torch.where(ratio <= cap, ratio, torch.zeros_like(ratio))
+    stale = (staleness > 0).unsqueeze(-1).expand_as(w)
+    return torch.where(mask.bool() & stale, w, torch.ones_like(w)).detach()
+
+
 # ------------------------------------------------------------------------------------------ PPO (InstructGPT)
 # Token-level credit assignment with a learned value function (Schulman et al. 2017; Ouyang et al. 2022,
 # arXiv:2203.02155). Per-token tensors are (B, T) aligned like the log-probs: position t holds the token

@@ -1,0 +1,211 @@
+"""Bounded-staleness asynchronous rollouts for `train grpo|rloo --max-staleness K` (docs/online_rl.md, Asynchronous).
+
+With K >= 1 a generation process samples and scores the next steps' groups while the trainer updates on the
+current one. It holds its own copy of the policy and its own CPU threads; after each update the trainer copies
+its weights into a shared-memory mailbox and bumps the version (the number of updates applied), and the worker
+takes the newest weights before each batch of prompts it samples (each dynamic-sampling round).
+
+The bound: the groups of step s are sampled from weights of version >= s - K. The worker waits for that version
+before it samples a round of step s; every group records the version it was sampled with; the trainer checks
+s - version <= K for every group it receives, and a step that would exceed it is sampled again (never trained).
+Requests run ahead of the trainer by at most K steps.
+
+The correction (trainers/online/rl_objectives.py `staleness_weights`): decoupled PPO (Hilton et al. 2021,
+"Batch size-invariance for policy optimization"; AReaL): the clipped surrogate is taken around the *proximal*
+policy, the trainer's weights before this update (the same old log-probs as the synchronous loop), and each token
+is weighted by π_prox / π_behaviour, the current weights against the stale ones that sampled it (the worker
+records the model's own log-probs, temperature 1, of every sampled token), detached and truncated at
+`--staleness-cap` (tis) or the token dropped above it (mis). Tokens sampled at staleness 0 get weight exactly 1:
+there the two policies are the same weights and their log-probs differ only by float rounding.
+
+The worker runs `GRPORun`'s own `_collect` (rollouts, labels, dynamic sampling, ReMax's greedy baselines), so a
+step's groups are the synchronous loop's when the weights are the same: with `--rollout-process` at K = 0 the
+worker waits for each update, and the run equals the synchronous one (tests/test_async_rollouts.py).
+"""
+from __future__ import annotations
+
+import dataclasses
+import queue
+import time
+import traceback
+from typing import Any
+
+import torch
+
+
+def _mailbox(named) -> dict[str, torch.Tensor]:
+    return {name: t.detach().to("cpu", dtype=torch.float32, copy=True).share_memory_() for name, t in named}
+
+
+class RolloutWorker:
+    """The trainer's handle on the generation process."""
+
+    def __init__(self, run, threads: int) -> None:
+        import multiprocessing as mp
+
+        from trainers.online.grpo import export_weights
+
+        ctx = mp.get_context("spawn")
+        cfg = run.cfg
+        self.k = cfg.max_staleness
+        self.start_version = run.state.step
+        self.mailbox = _mailbox(export_weights(run.model))
+        self.version = ctx.Value("q", run.state.step, lock=False)
+        self.lock = ctx.Lock()
+        self.requests, self.results = ctx.Queue(), ctx.Queue()
+        self.next_request = run.state.step
+        self.max_steps = cfg.max_steps
+        sampler = (run.sampler.epoch, run.sampler.index)
+        self.proc = ctx.Process(target=_worker_main, name="prefsmith-rollouts", daemon=True,
+                                args=(cfg, self.mailbox, self.version, self.lock, self.requests, self.results,
+                                      threads, sampler))
+        self.proc.start()
+        self.waited = 0.0
+
+    def min_version(self, step: int) -> int:
+        return max(self.start_version, step - self.k)
+
+    def ask_ahead(self, step: int) -> None:
+        """Requests for steps up to `step + K` (at most `max_steps`): the worker samples them as their weights
+        become available."""
+        while self.next_request <= min(step + self.k, self.max_steps - 1):
+            self.requests.put(("collect", self.next_request, self.min_version(self.next_request)))
+            self.next_request += 1
+
+    def take(self, step: int) -> dict:
+        """The sampled groups of `step`, resampled while any exceeds the staleness bound."""
+        while True:
+            self.ask_ahead(step)
+            t0 = time.time()
+            result = self._get()
+            self.waited += time.time() - t0
+            if result["step"] != step:
+                raise RuntimeError(f"rollout worker sent step {result['step']} while the trainer waits for {step}")
+            stale = [step - g.version for g in result["groups"]]
+            if all(s <= self.k for s in stale):
+                return result
+            # never trained: the same step again, from weights inside the bound (the worker's prompt order moves
+            # on, so other prompts are drawn)
+            self.requests.put(("collect", step, self.min_version(step)))
+
+    def _get(self) -> dict:
+        while True:
+            try:
+                kind, payload = self.results.get(timeout=5.0)
+            except queue.Empty:
+                if not self.proc.is_alive():
+                    raise RuntimeError(f"the rollout worker exited (code {self.proc.exitcode}) without a result") from None
+                continue
+            if kind == "error":
+                raise RuntimeError(f"the rollout worker failed:\n{payload}")
+            return payload
+
+    def push(self, model, version: int) -> float:
+        """Copy the trained weights into the mailbox as `version`; returns the seconds it took."""
+        from trainers.online.grpo import export_weights
+
+        t0 = time.time()
+        with self.lock:
+            for name, t in export_weights(model):
+                self.mailbox[name].copy_(t.detach())
+            self.version.value = version
+        return time.time() - t0
+
+    def close(self) -> None:
+        if self.proc.is_alive():
+            self.requests.put(("stop", None, None))
+            self.proc.join(timeout=30)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join()
+
+
+def _worker_main(cfg, mailbox, version, lock, requests, results, threads, sampler) -> None:
+    try:
+        from pipelines.core.threads import apply_threads
+
+        apply_threads(threads)
+        side = GenerationSide(cfg, mailbox, version, lock, sampler)
+        while True:
+            kind, step, min_version = requests.get()
+            if kind == "stop":
+                break
+            results.put(("ok", side.collect(step, min_version)))
+    except BaseException:  # noqa: BLE001 - the trainer re-raises it with this traceback
+        results.put(("error", traceback.format_exc()))
+
+
+class GenerationSide:
+    """The worker's end: a GRPORun with only its sampling half (prompts, rewards, engine, prompt order), whose
+    policy is a private copy refreshed from the mailbox."""
+
+    def __init__(self, cfg, mailbox, version, lock, sampler) -> None:
+        from trainers.online.grpo import GRPORun, PromptSampler
+
+        class _Run(GRPORun):
+            def policy_version(inner) -> int:
+                return self.loaded
+
+            def _rollouts(inner, indices, step, round_):
+                self.refresh(self.min_version)
+                return GRPORun._rollouts(inner, indices, step, round_)
+
+        self.mailbox, self.version, self.lock = mailbox, version, lock
+        self.run = run = _Run(dataclasses.replace(cfg, max_staleness=0), log=lambda msg: None)
+        run.setup_sampling(model=self._load(cfg))
+        run.sampler = PromptSampler(len(run.prompts), cfg.seed, *sampler)
+        run.engine.policy_logprobs = True  # the behaviour policy's own log-probs: the correction's denominator
+        self.loaded = -1
+        self.min_version = 0
+        self.waited = 0.0
+
+    @staticmethod
+    def _load(cfg):
+        """A plain copy of the architecture; its weights come from the mailbox before the first sample (the
+        trainer's, resumed or not; under LoRA merged, so the worker samples a plain model)."""
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32).eval()
+
+    def refresh(self, min_version: int) -> None:
+        """Take the newest weights in the mailbox, waiting until they are at least `min_version`."""
+        t0 = time.time()
+        while self.version.value < min_version:
+            time.sleep(0.01)
+        if self.version.value != self.loaded:
+            params = dict(self.run.model.named_parameters())
+            buffers = dict(self.run.model.named_buffers())
+            with self.lock, torch.no_grad():
+                for name, t in self.mailbox.items():
+                    (params.get(name) if name in params else buffers[name]).copy_(t)
+                self.loaded = self.version.value
+        self.waited += time.time() - t0
+
+    def collect(self, step: int, min_version: int) -> dict:
+        run = self.run
+        self.min_version, self.waited = min_version, 0.0
+        run.timing = {"generation": 0.0, "scoring": 0.0}
+        run.tokens = 0
+        t0 = time.time()
+        groups, counts = run._collect(step)
+        return {"step": step, "groups": groups, "counts": counts, "timing": dict(run.timing), "tokens": run.tokens,
+                "sampler": (run.sampler.epoch, run.sampler.index), "seconds": time.time() - t0,
+                "waited_for_weights": self.waited}
+
+
+def staleness_metrics(step: int, groups: list, seen: list, waited_rollouts: float, waited_weights: float) -> dict[str, Any]:
+    """Per trained step: the staleness of its groups, each side's wait, and what was trained against what was
+    generated (completion length, share of correct samples) — dropping stale or slow groups would show here."""
+    def mean(xs):
+        return round(sum(xs) / len(xs), 4) if xs else None
+
+    stale = [step - g.version for g in groups]
+    trained = [r for g in groups for r in g.rows]
+    generated = [r for g in seen for r in g.rows]
+    length = lambda rows: mean([len(r["completion_ids"] or []) for r in rows])  # noqa: E731
+    correct = lambda rows: mean([float(r["reward"] is not None and r["reward"] >= 1.0) for r in rows])  # noqa: E731
+    return {"staleness_mean": mean(stale), "staleness_max": max(stale) if stale else None,
+            "seconds_waiting_for_rollouts": round(waited_rollouts, 2),
+            "seconds_waiting_for_weights": round(waited_weights, 2),
+            "trained_length": length(trained), "generated_length": length(generated),
+            "trained_correct": correct(trained), "generated_correct": correct(generated)}
