@@ -7,9 +7,11 @@ same model, prompts, rewards and wall-clock budget, in one run.
 Every side trains the embedded default model (SmolLM2-135M-Instruct) on data/math/train.jsonl with the rewards
 `math` + 0.2 x `format:boxed` and the same prompt template, for `--minutes` of *training* wall clock; every
 `--eval-every` minutes the clock stops and the policy's greedy accuracy is measured on the first `--eval-limit`
-prompts of data/math/heldout.jsonl (the training phrasings, other numbers, no shared 13-gram) and data/math/heldout_alt.jsonl (other
-templates), with one evaluator for all sides (trainers.online.grpo.Evaluator: the same prompts, rendering, greedy
-decoding, reward and max tokens). Each side runs in its own process, one after the other; peak RSS is that
+prompts of data/math/heldout.jsonl (the training phrasings, other numbers, no shared 13-gram),
+data/math/heldout_alt.jsonl (other sentence shapes) and data/math/heldout_phrasings.jsonl (phrasings training never
+uses), with one evaluator for all sides (trainers.online.grpo.Evaluator: the same prompts and template, rendering,
+greedy decoding, reward and max tokens). The template asks for `\boxed{ANSWER}` and the `math` reward counts only
+a boxed answer then (format as asked, rewards/math.py). Each side runs in its own process, one after the other; peak RSS is that
 process's VmHWM, polled from /proc.
 
 Sides:
@@ -19,6 +21,12 @@ Sides:
               one prompt x 8 generations per step, linear decay, gradient checkpointing)
   ours-lora   ours with LoRA adapters (rank 16, alpha 32, all linear layers) at lr 2e-4, the reference being the base
               with adapters off: LoRA's held-out accuracy and peak memory against full GRPO
+  ours-async  ours with `--max-staleness 1`: a generation process one update ahead (one thread each on 2 cores);
+              the report prints trained samples per training minute against ours, and held-out accuracy at equal
+              samples
+  defaults    `train grpo --model default --prompts data/math/train.jsonl --reward math` and nothing else (the
+              template auto, 256 new tokens): the report prints its held-out gain, counted as the evaluator's
+              template asks (in a box)
   trl-tuned   TRL with our hyperparameters (4 x 8 per step, lr 1e-5, temperature 0.7, constant lr, dapo loss, no
               std scaling, no gradient checkpointing, a static KV cache for generation): the best setting we found
               for it (TRL has no dynamic sampling)
@@ -44,10 +52,14 @@ REWARDS, WEIGHTS = ["math", "format:boxed"], ["format=0.2"]
 MAX_NEW = 128
 
 
+SETS = ("heldout", "heldout_alt", "heldout_phrasings")
+
+
 def eval_sets(limit: int) -> dict[str, list[dict]]:
     from pipelines.core import dataset as ds
 
-    return {name: ds.load_rows(ROOT / "data" / "math" / f"{name}.jsonl")[:limit] for name in ("heldout", "heldout_alt")}
+    return {name: ds.load_rows(ROOT / "data" / "math" / f"{name}.jsonl")[:limit]
+            for name in SETS}
 
 
 def make_evaluator(model, tokenizer):
@@ -84,33 +96,45 @@ def curve_point(evaluator, sets, clock: Clock, step: int) -> dict:
 
 # ------------------------------------------------------------------------------------------ sides (children)
 LORA = {"lora_r": 16, "lora_alpha": 32, "lr": 2e-4}  # the ours-lora side: rank 16, α 2r, lr 20x the full default
+ASYNC = {"max_staleness": 1}  # the ours-async side: a generation process one update ahead (1 thread each here)
 
 
-def run_ours(args, out: Path, lora: bool = False) -> dict:
+def run_ours(args, out: Path, side: str = "ours") -> dict:
     from trainers.online.grpo import GRPOConfig, GRPORun
     from pipelines.engines.models import resolve_model
 
-    cfg = GRPOConfig(model=resolve_model("default"), prompts=str(ROOT / "data/math/train.jsonl"), output=str(out),
-                     rewards=list(REWARDS), weights=list(WEIGHTS), template=TEMPLATE, max_new_tokens=MAX_NEW,
-                     save_every=0, max_steps=10**6, **(LORA if lora else {}))
+    common = dict(model=resolve_model("default"), prompts=str(ROOT / "data/math/train.jsonl"), output=str(out),
+                  save_every=0, max_steps=10**6)
+    if side == "defaults":  # `train grpo --model default --prompts data/math/train.jsonl --reward math`, nothing else
+        cfg = GRPOConfig(**common, rewards=["math"])
+    else:
+        cfg = GRPOConfig(**common, rewards=list(REWARDS), weights=list(WEIGHTS), template=TEMPLATE,
+                         max_new_tokens=MAX_NEW, **(LORA if side == "ours-lora" else {}),
+                         **(ASYNC if side == "ours-async" else {}))
     run = GRPORun(cfg)
     run.setup()
     sets = eval_sets(args.eval_limit)
     evaluator = make_evaluator(run.model, run.tokenizer)
     clock = Clock()
-    curve, tokens, gen_s, step_s = [curve_point(evaluator, sets, clock, 0)], 0, 0.0, []
+    curve, tokens, gen_s, step_s = [{**curve_point(evaluator, sets, clock, 0), "samples": 0}], 0, 0.0, []
     clock.t0, clock.paused = time.time(), 0.0
     mark = args.eval_every
+    samples = 0
+    if run.worker is not None:
+        run.worker.ask_ahead(run.state.step)
     while clock.minutes() < args.minutes:
         rec = run.step()
+        samples += rec["sequences"]
         tokens += rec["tokens_per_s"] * rec["seconds_generation"]
         gen_s += rec["seconds_generation"]
         step_s.append(rec["step_seconds"])
         if clock.minutes() >= mark or clock.minutes() >= args.minutes:
-            curve.append(curve_point(evaluator, sets, clock, run.state.step))
+            curve.append({**curve_point(evaluator, sets, clock, run.state.step), "samples": samples})
             mark += args.eval_every
+    run.close_worker()
     return {"curve": curve, "steps": run.state.step, "s_per_step": sum(step_s) / max(1, len(step_s)),
-            "tokens_per_s": tokens / gen_s if gen_s else 0.0, "completion_tokens": tokens}
+            "tokens_per_s": tokens / gen_s if gen_s else 0.0, "completion_tokens": tokens,
+            "trained_samples": samples, "samples_per_min": samples / max(clock.minutes(), 1e-9)}
 
 
 def run_trl(args, out: Path, tuned: bool) -> dict:
@@ -177,8 +201,8 @@ def run_trl(args, out: Path, tuned: bool) -> dict:
 def child(args) -> None:
     out = Path(args.workdir) / args.child
     out.mkdir(parents=True, exist_ok=True)
-    if args.child.startswith("ours"):
-        result = run_ours(args, out / "run", lora=args.child == "ours-lora")
+    if args.child.startswith("ours") or args.child == "defaults":
+        result = run_ours(args, out / "run", args.child)
     else:
         result = run_trl(args, out / "run", args.child == "trl-tuned")
     (out / "result.json").write_text(json.dumps(result, indent=2))
@@ -204,14 +228,32 @@ def report(results: dict) -> None:
     generation apart); completion tokens per training second (every sampled token over the summed step times)
     is measured the same way on every side."""
     print(f"\n{'side':<10} {'steps':>6} {'s/step':>7} {'gen tok/s':>9} {'tok/train-s':>11} {'peak RSS':>9}   "
-          "curve (minutes: heldout / heldout_alt)")
+          "curve (minutes: " + " / ".join(SETS) + ")")
     for side, r in results.items():
-        curve = "  ".join(f"{p['minutes']:.0f}: {p['heldout']:.3f}/{p['heldout_alt']:.3f}" for p in r["curve"])
+        curve = "  ".join(f"{p['minutes']:.0f}: " + "/".join(f"{p[k]:.3f}" for k in SETS if k in p) for p in r["curve"])
         tps = f"{r['tokens_per_s']:.1f}" if r.get("tokens_per_s") else "-"
         train_s = r["steps"] * r["s_per_step"]
         per_train_s = f"{r['completion_tokens'] / train_s:.1f}" if r.get("completion_tokens") and train_s else "-"
         print(f"{side:<10} {r['steps']:>6} {r['s_per_step']:>7.1f} {tps:>9} {per_train_s:>11} "
               f"{r['peak_rss'] / 2**30:>8.2f}G   {curve}")
+    if "defaults" in results:
+        d = results["defaults"]["curve"]
+        print("\ndefaults only (`train grpo --reward math`), held-out gain, format as asked: " + ", ".join(
+            f"{k} {d[0][k]:.3f} -> {d[-1][k]:.3f} ({100 * (d[-1][k] - d[0][k]):+.1f} points)" for k in SETS if k in d[0]))
+    if "ours" in results and "ours-async" in results:
+        sync, asy = results["ours"], results["ours-async"]
+        print(f"\nasync (max staleness 1) against the synchronous loop: {asy['samples_per_min']:.1f} vs "
+              f"{sync['samples_per_min']:.1f} trained samples per training minute = "
+              f"{asy['samples_per_min'] / sync['samples_per_min']:.2f}x")
+        for p in asy["curve"][1:]:  # held-out accuracy at equal samples: the synchronous curve interpolated
+            q = [c for c in sync["curve"] if c.get("samples") is not None]
+            below = max((c for c in q if c["samples"] <= p["samples"]), key=lambda c: c["samples"], default=None)
+            above = min((c for c in q if c["samples"] >= p["samples"]), key=lambda c: c["samples"], default=None)
+            if below is None or above is None:
+                continue
+            f = 0.0 if above["samples"] == below["samples"] else (p["samples"] - below["samples"]) / (above["samples"] - below["samples"])
+            print(f"  at {p['samples']} samples: async " + ", ".join(
+                f"{k} {p[k]:.3f} vs sync {below[k] + f * (above[k] - below[k]):.3f}" for k in SETS if k in p))
     if "ours" not in results or len(results) < 2:
         return
     ours = results["ours"]
@@ -238,10 +280,11 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    for ax, key in zip(axes, ("heldout", "heldout_alt")):
+    fig, axes = plt.subplots(1, len(SETS), figsize=(5.5 * len(SETS), 4), sharey=True)
+    for ax, key in zip(axes, SETS):
         for side, r in results.items():
-            ax.plot([p["minutes"] for p in r["curve"]], [p[key] for p in r["curve"]], marker="o", label=side)
+            pts = [p for p in r["curve"] if key in p]
+            ax.plot([p["minutes"] for p in pts], [p[key] for p in pts], marker="o", label=side)
         ax.set_title(f"greedy accuracy, {key}")
         ax.set_xlabel("training minutes")
         ax.grid(alpha=0.3)

@@ -17,7 +17,11 @@ An answer that names several candidates (`\\boxed{4 \\text{ or } 5}`, `4 \\appro
 is `hedged`, whichever one the gold is (`rewards.hedge` finds them); the marker-less fallbacks never read code,
 questions or the prompt's own text.
 
-Reasons: `correct` (1), `wrong` (0), `no_answer` (0), `hedged` (0), `timeout` / `too_large` / `crashed` (0: the
+Format as asked: when the prompt the model saw asks for the answer in `\\boxed{}` (the rollout's `sampled_prompt`
+column, which holds any template, else the prompt), a completion with no `\\boxed{}` scores 0
+`format_not_followed`, however right its final number (`as_asked=False` reads any answer, as before).
+
+Reasons: `correct` (1), `wrong` (0), `no_answer` (0), `hedged` (0), `format_not_followed` (0), `timeout` / `too_large` / `crashed` (0: the
 answer's fault; None with `null_on_timeout=True`), `bad_gold` (None), `bad_completion` (None). Rules in
 docs/rewards_math.md.
 """
@@ -432,9 +436,10 @@ class MathVerifier:
 
     def score(self, completions: Sequence[Any], answers: Sequence[Any], last_number_fallback: bool = False,
               extraction: str = "mathverify", null_on_timeout: bool | None = None,
-              prompts: Sequence[Any] | None = None) -> list[RewardResult]:
+              prompts: Sequence[Any] | None = None, boxed_asked: Sequence[bool] | None = None) -> list[RewardResult]:
         """One result per (completion, gold). `prompts` (optional, one per row): the question, whose own text a
-        marker-less completion restates without answering it (never read as the answer)."""
+        marker-less completion restates without answering it (never read as the answer). `boxed_asked` (one per
+        row): the prompt asked for `\\boxed{}`, so a completion without one is `format_not_followed`."""
         if len(completions) != len(answers):
             raise ValueError(f"math reward: {len(completions)} completions but {len(answers)} values in the "
                              "`answer` column; pass one gold answer per completion")
@@ -445,8 +450,9 @@ class MathVerifier:
         pending: list[_Pending | None] = [None] * len(completions)
         if prompts is None or len(prompts) != len(completions):
             prompts = [None] * len(completions)
+        asked = list(boxed_asked) if boxed_asked is not None else [False] * len(completions)
         for i, (completion, gold, prompt) in enumerate(zip(completions, answers, prompts)):
-            prepared = _prepare_row(completion, gold, last_number_fallback, extraction, prompt)
+            prepared = _prepare_row(completion, gold, last_number_fallback, extraction, prompt, asked[i])
             if isinstance(prepared, RewardResult):
                 results[i] = prepared
             else:
@@ -589,8 +595,18 @@ def _zero(gold: str, reason: str, info: dict[str, Any]) -> RewardResult | _Pendi
     return _Pending((gold, None, reason), info)
 
 
+BOXED_INSTRUCTION = "Put the final answer in \\boxed{}."  # what `train grpo --template auto` appends
+_BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
+
+
+def asks_for_boxed(prompt: Any) -> bool:
+    """Whether a prompt (text or chat messages) asks for the answer in `\\boxed{}`."""
+    text = _prompt_text(prompt)
+    return bool(text and _BOXED.search(text))
+
+
 def _prepare_row(completion: Any, gold: Any, last_number_fallback: bool, extraction: str = "mathverify",
-                 prompt: Any = None) -> RewardResult | _Pending:
+                 prompt: Any = None, boxed_asked: bool = False) -> RewardResult | _Pending:
     """Decide a row in the parent when no sympy is needed; otherwise the check a worker has to run."""
     if gold is None or (isinstance(gold, float) and gold != gold) or not str(gold).strip():
         return RewardResult(None, "bad_gold", {"gold": "" if gold is None else str(gold)})
@@ -603,6 +619,8 @@ def _prepare_row(completion: Any, gold: Any, last_number_fallback: bool, extract
         return RewardResult(None, "bad_gold", {"gold": g[:200], "detail": "number_words"})
     kind = _gold_kind(g)
     prompt_text = _prompt_text(prompt)
+    if boxed_asked and not _BOXED.search(text):  # asked for \boxed{}: an answer given any other way is not taken
+        return _zero(g, "format_not_followed", {"detail": "the prompt asks for \\boxed{}"})
     text = without_code(text)  # `answer = 4` in a code block is not an answer line
     found = extract_answer(text, last_number=False)  # markers: the last one wins
     if found is None:  # no marker: the fallbacks read the prose, without code, questions or the prompt's text
@@ -678,7 +696,7 @@ def get_verifier(timeout: float = DEFAULT_TIMEOUT_S, workers: int | None = None)
 def math_results(prompts: Sequence[Any] | None, completions: Sequence[Any], answer: Sequence[Any] | None = None,
                  *, last_number_fallback: bool = False, extraction: str = "mathverify",
                  null_on_timeout: bool = False, timeout: float = DEFAULT_TIMEOUT_S,
-                 workers: int | None = None, **columns: Any) -> list[RewardResult]:
+                 workers: int | None = None, as_asked: bool = True, **columns: Any) -> list[RewardResult]:
     """Score each completion against its gold `answer`: 1 correct, 0 wrong / no answer, None unscorable.
 
     Gold comes from the `answer` column (a bare answer, or a solution with `\\boxed{}` / `####`); datasets in
@@ -686,6 +704,9 @@ def math_results(prompts: Sequence[Any] | None, completions: Sequence[Any], answ
     `extraction`: "mathverify" (default) reads a completion without an answer marker the way math-verify does;
     "markers" scores it `no_answer`. `null_on_timeout`: None instead of 0 for timeout / too_large / crashed.
     `prompts` (optional): a marker-less completion that only restates its prompt is `no_answer`.
+    `as_asked` (default): a prompt that asks for `\\boxed{}` (its `sampled_prompt` column when the rows carry
+    one: the text the model saw, template included) is answered only in `\\boxed{}`; else
+    `format_not_followed` (0).
 
     >>> [r.score for r in math_results(None, ["So $\\boxed{\\frac{1}{2}}$."], answer=["0.5"])]
     [1.0]
@@ -695,9 +716,12 @@ def math_results(prompts: Sequence[Any] | None, completions: Sequence[Any], answ
     if answer is None:
         raise ValueError("math reward needs gold answers: add an `answer` column to the prompts "
                          f"(columns given: {sorted(columns)})")
+    seen = columns.get("sampled_prompt")
+    seen = seen if seen is not None and len(seen) == len(completions) else prompts
+    asked = [asks_for_boxed(p) for p in seen] if as_asked and seen is not None else None
     return get_verifier(timeout, workers).score(completions, answer, last_number_fallback=last_number_fallback,
                                                 extraction=extraction, null_on_timeout=null_on_timeout,
-                                                prompts=prompts)
+                                                prompts=prompts, boxed_asked=asked)
 
 
 def math_last_number_results(prompts: Sequence[Any] | None, completions: Sequence[Any],

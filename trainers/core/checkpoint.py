@@ -35,6 +35,7 @@ class TrainerState:
     epoch: int = 0
     batch_in_epoch: int = 0
     examples_seen: int = 0
+    groups_kept: int = 0  # online RL: groups trained so far (dynamic sampling's keep rate is kept / examples_seen)
 
 
 def rng_state() -> dict:

@@ -55,7 +55,7 @@ class RolloutWorker:
         self.requests, self.results = ctx.Queue(), ctx.Queue()
         self.next_request = run.state.step
         self.max_steps = cfg.max_steps
-        sampler = (run.sampler.epoch, run.sampler.index)
+        sampler = (run.sampler.epoch, run.sampler.index, run.groups_sampled, run.groups_kept)
         self.proc = ctx.Process(target=_worker_main, name="prefsmith-rollouts", daemon=True,
                                 args=(cfg, self.mailbox, self.version, self.lock, self.requests, self.results,
                                       threads, sampler))
@@ -153,7 +153,8 @@ class GenerationSide:
         self.mailbox, self.version, self.lock = mailbox, version, lock
         self.run = run = _Run(dataclasses.replace(cfg, max_staleness=0), log=lambda msg: None)
         run.setup_sampling(model=self._load(cfg))
-        run.sampler = PromptSampler(len(run.prompts), cfg.seed, *sampler)
+        epoch, index, run.groups_sampled, run.groups_kept = sampler
+        run.sampler = PromptSampler(len(run.prompts), cfg.seed, epoch, index)
         run.engine.policy_logprobs = True  # the behaviour policy's own log-probs: the correction's denominator
         self.loaded = -1
         self.min_version = 0

@@ -411,6 +411,7 @@ class GRPORun:
             self.state = ckpt.load_training_state(resume_dir, self.optimizer, self.scheduler, self.d.rank, self.model)
             self.log(f"resuming from {resume_dir} (step {self.state.step})")
         self.sampler = PromptSampler(len(self.prompts), cfg.seed, self.state.epoch, self.state.batch_in_epoch)
+        self.groups_sampled, self.groups_kept = self.state.examples_seen, self.state.groups_kept
         self.worker = None
         if cfg.asynchronous():
             self.worker = self._start_worker()
@@ -437,12 +438,29 @@ class GRPORun:
         if self.outcome not in self.names:
             raise UserError(f"--outcome-reward {self.outcome!r} is not one of the rewards ({', '.join(self.names)})")
 
+    def _default_template(self) -> str | None:
+        """`--template` left unset (auto): with a `math` reward and string prompts none of which names an answer
+        format, the prompts get the format instruction the reward checks (rewards/math.py, format as asked), so
+        the task the policy is rewarded for is the one the prompt poses; else the prompts as they are."""
+        from rewards.math import BOXED_INSTRUCTION, asks_for_boxed
+
+        cfg = self.cfg
+        if cfg.template is not None or not any(r.split(":")[0] == "math" for r in cfg.rewards):
+            return cfg.template
+        texts = [r["prompt"] for r in self.prompts]
+        if not any(isinstance(t, str) for t in texts) or any(asks_for_boxed(t) for t in texts):
+            return None
+        template = "{prompt} " + BOXED_INSTRUCTION.replace("{", "{{").replace("}", "}}")
+        self.log(f"--template auto: the prompts name no answer format, so each gets {BOXED_INSTRUCTION!r} (what the "
+                 "math reward checks); --template '{prompt}' keeps them as they are")
+        return template
+
     def _setup_generation_config(self) -> None:
         from pipelines.engines.base import SamplingConfig
         from pipelines.stages.generate import GenerateConfig
 
         cfg = self.cfg
-        self.gen_cfg = GenerateConfig(model=cfg.model, sampling=SamplingConfig(), template=cfg.template,
+        self.gen_cfg = GenerateConfig(model=cfg.model, sampling=SamplingConfig(), template=self._default_template(),
                                       chat=cfg.chat, system=cfg.system, batch_size=cfg.prompts_per_step,
                                       engine=cfg.engine)
         self.use_chat = cfg.chat == "always" or (cfg.chat == "auto" and bool(getattr(self.tokenizer, "chat_template", None)))
@@ -552,7 +570,7 @@ class GRPORun:
             need = cfg.prompts_per_step - len(kept)
             if need <= 0:
                 break
-            for g in self._gathered_rollouts(self.sampler.take(need), step, round_):
+            for g in self._gathered_rollouts(self.sampler.take(self._draw(need)), step, round_):
                 counts["groups_sampled"] += 1
                 valid = [r for r in g.rows if not self._null(r)]
                 counts["null_rows"] += len(g.rows) - len(valid)
@@ -570,7 +588,20 @@ class GRPORun:
                     kept.append(g)
             if not cfg.dynamic_sampling:
                 break
+        self.groups_sampled += counts["groups_sampled"]
+        self.groups_kept += len(kept)
         return kept, {**counts, **(self._baseline_metrics(seen) if remax else {}), "_seen": seen}
+
+    groups_sampled = groups_kept = 0  # over the run so far (a checkpoint keeps them): dynamic sampling's keep rate
+
+    def _draw(self, need: int) -> int:
+        """Prompts to sample for `need` more groups. With dynamic sampling, `need` over the share of sampled groups
+        kept so far (at most 4x `need`): one wide batch instead of several narrow rounds, each waiting for its own
+        longest sample (DAPO's over-sampling). Every kept group is trained, the surplus too."""
+        if not self.cfg.dynamic_sampling or not self.groups_sampled:
+            return need
+        rate = max(self.groups_kept / self.groups_sampled, 0.25)
+        return min(4 * need, math.ceil(need / rate))
 
     def _baseline_metrics(self, seen: list[Group]) -> dict:
         """ReMax's cost and baseline over the step's sampled groups: greedy tokens generated, mean greedy reward."""
@@ -656,6 +687,7 @@ class GRPORun:
         self.state.epoch, self.state.batch_in_epoch = batch["sampler"] if self.worker is not None else (
             self.sampler.epoch, self.sampler.index)
         self.state.examples_seen += counts["groups_sampled"]
+        self.state.groups_kept += len(groups)
         if self.d.main:
             self.metrics.write(record)
         return record
@@ -1007,7 +1039,10 @@ def build_parser(prog: str = "prefsmith train grpo") -> argparse.ArgumentParser:
                         "step (on by default; --no-dynamic-sampling trains on every group)")
     p.add_argument("--mask-truncated", action="store_true")
     p.add_argument("--resume", action="store_true")
-    p.add_argument("--template", default=None)
+    p.add_argument("--template", default=None,
+                   help="format string for string prompts, e.g. '{prompt} Answer in \\boxed{{}}.' (default auto: "
+                        "with a math reward and prompts that name no answer format, appends the boxed instruction "
+                        "the reward checks; '{prompt}' keeps prompts as they are)")
     p.add_argument("--system", default=None)
     p.add_argument("--chat", choices=["auto", "always", "never"], default="auto")
     p.add_argument("--fsdp", action="store_true",
