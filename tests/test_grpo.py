@@ -182,3 +182,17 @@ def test_torchrun_two_processes_match_one(tmp_path, tiny_model, prompts):
     with torch.no_grad():
         for (name, p), q in zip(a.named_parameters(), b.parameters()):
             assert torch.allclose(p, q, atol=1e-4), name
+
+
+def test_dynamic_sampling_draws_need_over_the_keep_rate():
+    """Over-sampling: the prompts a draw takes are the groups still needed over the share kept so far (this step's
+    earlier draws included), at least the need, at most 4x; without dynamic sampling, the need."""
+    from trainers.online.grpo import GRPOConfig, GRPORun
+
+    run = GRPORun(GRPOConfig(model="m", prompts="p.jsonl", output="o", rewards=["math"]))
+    assert run._draw(4, 0, 0) == 4  # nothing sampled yet: no rate to go by
+    assert run._draw(4, 12, 4) == 12  # a third kept: three times the need
+    assert run._draw(3, 10, 10) == 3  # all kept
+    assert run._draw(4, 100, 1) == 16  # at most 4x
+    off = GRPORun(GRPOConfig(model="m", prompts="p.jsonl", output="o", rewards=["math"], dynamic_sampling=False))
+    assert off._draw(4, 12, 4) == 4

@@ -570,7 +570,8 @@ class GRPORun:
             need = cfg.prompts_per_step - len(kept)
             if need <= 0:
                 break
-            for g in self._gathered_rollouts(self.sampler.take(self._draw(need)), step, round_):
+            draw = self._draw(need, self.groups_sampled + counts["groups_sampled"], self.groups_kept + len(kept))
+            for g in self._gathered_rollouts(self.sampler.take(draw), step, round_):
                 counts["groups_sampled"] += 1
                 valid = [r for r in g.rows if not self._null(r)]
                 counts["null_rows"] += len(g.rows) - len(valid)
@@ -594,13 +595,14 @@ class GRPORun:
 
     groups_sampled = groups_kept = 0  # over the run so far (a checkpoint keeps them): dynamic sampling's keep rate
 
-    def _draw(self, need: int) -> int:
-        """Prompts to sample for `need` more groups. With dynamic sampling, `need` over the share of sampled groups
-        kept so far (at most 4x `need`): one wide batch instead of several narrow rounds, each waiting for its own
-        longest sample (DAPO's over-sampling). Every kept group is trained, the surplus too."""
-        if not self.cfg.dynamic_sampling or not self.groups_sampled:
+    def _draw(self, need: int, sampled: int, kept: int) -> int:
+        """Prompts to sample for `need` more groups, given the groups `sampled` and `kept` so far in the run (this
+        step's earlier draws included). With dynamic sampling, `need` over the share kept (at most 4x `need`):
+        one wide batch instead of several narrow rounds, each waiting for its own longest sample (DAPO's
+        over-sampling). Every kept group is trained, the surplus too."""
+        if not self.cfg.dynamic_sampling or not sampled:
             return need
-        rate = max(self.groups_kept / self.groups_sampled, 0.25)
+        rate = max(kept / sampled, 0.25)
         return min(4 * need, math.ceil(need / rate))
 
     def _baseline_metrics(self, seen: list[Group]) -> dict:
