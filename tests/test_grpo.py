@@ -196,3 +196,33 @@ def test_dynamic_sampling_draws_need_over_the_keep_rate():
     assert run._draw(4, 100, 1) == 16  # at most 4x
     off = GRPORun(GRPOConfig(model="m", prompts="p.jsonl", output="o", rewards=["math"], dynamic_sampling=False))
     assert off._draw(4, 12, 4) == 4
+
+
+def test_math_defaults_pose_the_boxed_format_and_pay_it(tmp_path):
+    """`--template` auto and the format reward: with a `math` reward and prompts that name no answer format, the
+    prompts get the boxed instruction the math reward checks, format:boxed is added at 0.2 and dynamic sampling
+    tests the total; the user's own template or format reward is left alone."""
+    from trainers.online.grpo import GRPOConfig, GRPORun
+
+    plain, boxed = tmp_path / "plain.jsonl", tmp_path / "boxed.jsonl"
+    plain.write_text(json.dumps({"prompt": "What is 2 + 3?", "answer": "5"}) + "\n")
+    boxed.write_text(json.dumps({"prompt": "What is 2 + 3? Answer in \\boxed{}.", "answer": "5"}) + "\n")
+
+    def data(prompts, **kw):
+        run = GRPORun(GRPOConfig(model="m", prompts=str(prompts), output="o", **{"rewards": ["math"], **kw}),
+                      log=lambda msg: None)
+        run._setup_data()
+        return run
+
+    auto = data(plain)
+    assert auto.template == "{prompt} Put the final answer in \\boxed{{}}."
+    assert auto.format_added and auto.names == ["math", "format"] and auto.weights["format"] == 0.2
+    assert auto.outcome == "math"  # accuracy stays the math reward's
+    asked = data(boxed)  # the prompts ask already: no template, the format still paid
+    assert asked.template is None and asked.format_added
+    own = data(plain, template="{prompt}")  # the user's template asks for nothing: nothing added
+    assert own.template == "{prompt}" and not own.format_added and own.names == ["math"]
+    paid = data(plain, rewards=["math", "format:think"])  # the user chose a format reward
+    assert paid.template is not None and not paid.format_added
+    other = data(plain, rewards=["plugin_rewards:first_char_reward"])  # no math reward: prompts as they are
+    assert other.template is None and not other.format_added
