@@ -16,7 +16,8 @@ process's VmHWM, polled from /proc.
 
 Sides:
   ours        prefsmith's defaults (G = 8, 4 prompts per step, lr 1e-5, temperature 0.7, dapo loss, β = 0, dynamic
-              sampling on the `math` outcome, no std scaling)
+              sampling, no std scaling) with the bench's template and 128 new tokens; `--reward math` alone, so
+              the trainer adds format:boxed at 0.2 and dynamic sampling tests the total reward
   trl         TRL 1.16 GRPOTrainer with its own defaults where we do not set the task (lr 1e-6, temperature 1.0,
               one prompt x 8 generations per step, linear decay, gradient checkpointing)
   ours-lora   ours with LoRA adapters (rank 16, alpha 32, all linear layers) at lr 2e-4, the reference being the base
@@ -108,7 +109,10 @@ def run_ours(args, out: Path, side: str = "ours") -> dict:
     if side == "defaults":  # `train grpo --model default --prompts data/math/train.jsonl --reward math`, nothing else
         cfg = GRPOConfig(**common, rewards=["math"])
     else:
-        cfg = GRPOConfig(**common, rewards=list(REWARDS), weights=list(WEIGHTS), template=TEMPLATE,
+        # `math` alone: the trainer adds format:boxed at 0.2 itself (the template asks for a box) and dynamic sampling
+        # then tests the total; with math + format given by hand it would test `math`, which the embedded model
+        # almost never gets right in a box at first (docs/online_rl.md, Defaults)
+        cfg = GRPOConfig(**common, rewards=["math"], template=TEMPLATE,
                          max_new_tokens=MAX_NEW, **(LORA if side == "ours-lora" else {}),
                          **(ASYNC if side == "ours-async" else {}))
     run = GRPORun(cfg)
