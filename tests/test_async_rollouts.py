@@ -107,3 +107,23 @@ def test_bounded_staleness_versions_and_correction_by_hand(tmp_path, tiny_model,
         assert r_step["staleness_weight"] == pytest.approx(total / count, abs=1e-4)
         checked += 1
     assert checked >= 1  # some step trained on rollouts of older weights
+
+
+def test_async_with_dynamic_sampling_evaluation_and_resume(tmp_path, tiny_model, prompts):
+    """K = 1 with the defaults' dynamic sampling, held-out evaluation and checkpoints; then `--resume` to more steps:
+    the run continues from the checkpoint's weights and prompt position, and every trained group stays in bound."""
+    out = tmp_path / "run"
+    common = ["--save-every", "2", "--max-staleness", "1", "--generation-threads", "1",
+              "--eval-prompts", str(prompts), "--eval-limit", "3", "--eval-every", "2"]
+    assert cli(grpo_args(tiny_model, prompts, out, "--max-steps", "2", *common, defaults=True)) == 0
+    assert cli(grpo_args(tiny_model, prompts, out, "--max-steps", "4", "--resume", *common, defaults=True)) == 0
+    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in recs if r["split"] == "train"]
+    assert [r["step"] for r in train] == [1, 2, 3, 4]
+    assert [r["step"] for r in recs if r["split"] == "eval"] == [0, 2, 4]
+    assert all(0 <= r["staleness_max"] <= 1 for r in train)
+    assert sum(r["groups_sampled"] for r in train) >= sum(r["groups_trained"] for r in train)
+    rows = ds.load_rows(out / "rollouts")
+    assert {r["step"] for r in rows} == {1, 2, 3, 4}
+    assert all(r["step"] - 2 <= r["policy_version"] <= r["step"] - 1 for r in rows)
+    assert [r["policy_version"] for r in rows if r["step"] == 3] == [2] * len([r for r in rows if r["step"] == 3])

@@ -199,6 +199,16 @@ def _fast_decodable(lm) -> bool:
     return all(t in ("full_attention", "sliding_attention") for t in types)
 
 
+def _last_logits_only(lm) -> dict:
+    """`logits_to_keep=1` where the model's forward takes it (the prefill then projects only the last position onto
+    the vocabulary, not every prompt token)."""
+    import inspect
+
+    params = inspect.signature(lm.forward).parameters
+    takes = "logits_to_keep" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+    return {"logits_to_keep": 1} if takes else {}
+
+
 def _compact_due(finished: int) -> bool:
     """Drop finished rows from the batch as soon as any finish. A drop copies the live rows' cache (tens of ms for
     64 rows of the 135M model), about what ten row-steps of compute cost, while a finished row kept in the batch
@@ -319,7 +329,7 @@ class HFEngine:
         self.lm.eval()
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         logits = self.lm(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                         use_cache=True, logits_to_keep=1).logits[:, -1]
+                         use_cache=True, **_last_logits_only(self.lm)).logits[:, -1]
         # the n samples of a prompt share its prefill
         for layer in cache.layers:
             layer.repeat_rows(n)

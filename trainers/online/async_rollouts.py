@@ -61,6 +61,7 @@ class RolloutWorker:
                                       threads, sampler))
         self.proc.start()
         self.waited = 0.0
+        self.ready: dict[int, dict] = {}  # results that came before their step's turn
 
     def min_version(self, step: int) -> int:
         return max(self.start_version, step - self.k)
@@ -73,20 +74,24 @@ class RolloutWorker:
             self.next_request += 1
 
     def take(self, step: int) -> dict:
-        """The sampled groups of `step`, resampled while any exceeds the staleness bound."""
-        while True:
-            self.ask_ahead(step)
-            t0 = time.time()
-            result = self._get()
+        """The sampled groups of `step`, sampled again while any exceeds the staleness bound. (The worker waits for
+        weights inside the bound before it samples, so this is a guard; results of later steps that arrive first
+        are kept for their turn.)"""
+        self.ask_ahead(step)
+        t0 = time.time()
+        try:
+            while True:
+                result = self.ready.pop(step, None) or self._get()
+                if result["step"] != step:
+                    self.ready[result["step"]] = result
+                    continue
+                if all(step - g.version <= self.k for g in result["groups"]):
+                    return result
+                # never trained: the same step again, from weights inside the bound (the worker's prompt order
+                # moves on, so other prompts are drawn)
+                self.requests.put(("collect", step, self.min_version(step)))
+        finally:
             self.waited += time.time() - t0
-            if result["step"] != step:
-                raise RuntimeError(f"rollout worker sent step {result['step']} while the trainer waits for {step}")
-            stale = [step - g.version for g in result["groups"]]
-            if all(s <= self.k for s in stale):
-                return result
-            # never trained: the same step again, from weights inside the bound (the worker's prompt order moves
-            # on, so other prompts are drawn)
-            self.requests.put(("collect", step, self.min_version(step)))
 
     def _get(self) -> dict:
         while True:
@@ -127,10 +132,11 @@ def _worker_main(cfg, mailbox, version, lock, requests, results, threads, sample
         apply_threads(threads)
         side = GenerationSide(cfg, mailbox, version, lock, sampler)
         while True:
-            kind, step, min_version = requests.get()
+            t0 = time.time()
+            kind, step, min_version = requests.get()  # idle: K steps ahead already, the trainer has to catch up
             if kind == "stop":
                 break
-            results.put(("ok", side.collect(step, min_version)))
+            results.put(("ok", side.collect(step, min_version, idle=time.time() - t0)))
     except BaseException:  # noqa: BLE001 - the trainer re-raises it with this traceback
         results.put(("error", traceback.format_exc()))
 
@@ -182,9 +188,11 @@ class GenerationSide:
                 self.loaded = self.version.value
         self.waited += time.time() - t0
 
-    def collect(self, step: int, min_version: int) -> dict:
+    def collect(self, step: int, min_version: int, idle: float = 0.0) -> dict:
+        """`step`'s groups; `idle`: the seconds the worker waited for this request (counted as waiting for the
+        trainer, with any wait for recent enough weights)."""
         run = self.run
-        self.min_version, self.waited = min_version, 0.0
+        self.min_version, self.waited = min_version, idle
         run.timing = {"generation": 0.0, "scoring": 0.0}
         run.tokens = 0
         t0 = time.time()
