@@ -117,9 +117,11 @@ class RolloutWorker:
         return time.time() - t0
 
     def close(self) -> None:
+        """Stop the worker: at once, even mid-sample (what it sampled ahead is never trained, and a resumed run
+        samples those steps again)."""
         if self.proc.is_alive():
             self.requests.put(("stop", None, None))
-            self.proc.join(timeout=30)
+            self.proc.join(timeout=2)
         if self.proc.is_alive():
             self.proc.kill()
             self.proc.join()
