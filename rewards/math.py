@@ -595,7 +595,9 @@ def _zero(gold: str, reason: str, info: dict[str, Any]) -> RewardResult | _Pendi
     return _Pending((gold, None, reason), info)
 
 
-BOXED_INSTRUCTION = "Put the final answer in \\boxed{}."  # what `train grpo --template auto` appends
+# what `train grpo --template auto` appends: the phrasing the embedded model follows (it boxed 15 % of its first samples
+# under it against 3 % under "Put the final answer in \\boxed{}.", docs/online_rl.md)
+BOXED_INSTRUCTION = "Reply with the final answer as \\boxed{ANSWER}."
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 
 

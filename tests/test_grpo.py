@@ -215,7 +215,7 @@ def test_math_defaults_pose_the_boxed_format_and_pay_it(tmp_path):
         return run
 
     auto = data(plain)
-    assert auto.template == "{prompt} Put the final answer in \\boxed{{}}."
+    assert auto.template == "{prompt} Reply with the final answer as \\boxed{{ANSWER}}."
     assert auto.format_added and auto.names == ["math", "format"] and auto.weights["format"] == 0.2
     assert auto.outcome == "math"  # accuracy stays the math reward's
     asked = data(boxed)  # the prompts ask already: no template, the format still paid
