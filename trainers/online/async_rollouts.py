@@ -28,7 +28,6 @@ import dataclasses
 import queue
 import time
 import traceback
-from typing import Any
 
 import torch
 
@@ -40,12 +39,13 @@ def _mailbox(named) -> dict[str, torch.Tensor]:
 class RolloutWorker:
     """The trainer's handle on the generation process."""
 
-    def __init__(self, run, threads: int) -> None:
+    def __init__(self, run, threads: int, export_weights) -> None:
+        """`run`: the trainer's GRPORun (its class, config, prompt position and policy are what the worker starts
+        from); `export_weights(model)`: the policy's weights as (name, tensor) pairs (LoRA merged)."""
         import multiprocessing as mp
 
-        from trainers.online.grpo import export_weights
-
         ctx = mp.get_context("spawn")
+        self.export_weights = export_weights
         cfg = run.cfg
         self.k = cfg.max_staleness
         self.start_version = run.state.step
@@ -57,8 +57,8 @@ class RolloutWorker:
         self.max_steps = cfg.max_steps
         sampler = (run.sampler.epoch, run.sampler.index, run.groups_sampled, run.groups_kept)
         self.proc = ctx.Process(target=_worker_main, name="prefsmith-rollouts", daemon=True,
-                                args=(cfg, self.mailbox, self.version, self.lock, self.requests, self.results,
-                                      threads, sampler))
+                                args=(type(run), type(run.sampler), cfg, self.mailbox, self.version, self.lock,
+                                      self.requests, self.results, threads, sampler))
         self.proc.start()
         self.waited = 0.0
         self.ready: dict[int, dict] = {}  # results that came before their step's turn
@@ -107,11 +107,9 @@ class RolloutWorker:
 
     def push(self, model, version: int) -> float:
         """Copy the trained weights into the mailbox as `version`; returns the seconds it took."""
-        from trainers.online.grpo import export_weights
-
         t0 = time.time()
         with self.lock:
-            for name, t in export_weights(model):
+            for name, t in self.export_weights(model):
                 self.mailbox[name].copy_(t.detach())
             self.version.value = version
         return time.time() - t0
@@ -127,12 +125,12 @@ class RolloutWorker:
             self.proc.join()
 
 
-def _worker_main(cfg, mailbox, version, lock, requests, results, threads, sampler) -> None:
+def _worker_main(run_class, sampler_class, cfg, mailbox, version, lock, requests, results, threads, sampler) -> None:
     try:
         from pipelines.core.threads import apply_threads
 
         apply_threads(threads)
-        side = GenerationSide(cfg, mailbox, version, lock, sampler)
+        side = GenerationSide(run_class, sampler_class, cfg, mailbox, version, lock, sampler)
         while True:
             t0 = time.time()
             kind, step, min_version = requests.get()  # idle: K steps ahead already, the trainer has to catch up
@@ -147,22 +145,20 @@ class GenerationSide:
     """The worker's end: a GRPORun with only its sampling half (prompts, rewards, engine, prompt order), whose
     policy is a private copy refreshed from the mailbox."""
 
-    def __init__(self, cfg, mailbox, version, lock, sampler) -> None:
-        from trainers.online.grpo import GRPORun, PromptSampler
-
-        class _Run(GRPORun):
+    def __init__(self, run_class, sampler_class, cfg, mailbox, version, lock, sampler) -> None:
+        class _Run(run_class):
             def policy_version(inner) -> int:
                 return self.loaded
 
             def _rollouts(inner, indices, step, round_):
                 self.refresh(self.min_version)
-                return GRPORun._rollouts(inner, indices, step, round_)
+                return run_class._rollouts(inner, indices, step, round_)
 
         self.mailbox, self.version, self.lock = mailbox, version, lock
         self.run = run = _Run(dataclasses.replace(cfg, max_staleness=0), log=lambda msg: None)
         run.setup_sampling(model=self._load(cfg))
         epoch, index, run.groups_sampled, run.groups_kept = sampler
-        run.sampler = PromptSampler(len(run.prompts), cfg.seed, epoch, index)
+        run.sampler = sampler_class(len(run.prompts), cfg.seed, epoch, index)
         run.engine.policy_logprobs = True  # the behaviour policy's own log-probs: the correction's denominator
         self.loaded = -1
         self.min_version = 0
@@ -202,21 +198,3 @@ class GenerationSide:
         return {"step": step, "groups": groups, "counts": counts, "timing": dict(run.timing), "tokens": run.tokens,
                 "sampler": (run.sampler.epoch, run.sampler.index), "seconds": time.time() - t0,
                 "waited_for_weights": self.waited}
-
-
-def staleness_metrics(step: int, groups: list, seen: list, waited_rollouts: float, waited_weights: float) -> dict[str, Any]:
-    """Per trained step: the staleness of its groups, each side's wait, and what was trained against what was
-    generated (completion length, share of correct samples) — dropping stale or slow groups would show here."""
-    def mean(xs):
-        return round(sum(xs) / len(xs), 4) if xs else None
-
-    stale = [step - g.version for g in groups]
-    trained = [r for g in groups for r in g.rows]
-    generated = [r for g in seen for r in g.rows]
-    length = lambda rows: mean([len(r["completion_ids"] or []) for r in rows])  # noqa: E731
-    correct = lambda rows: mean([float(r["reward"] is not None and r["reward"] >= 1.0) for r in rows])  # noqa: E731
-    return {"staleness_mean": mean(stale), "staleness_max": max(stale) if stale else None,
-            "seconds_waiting_for_rollouts": round(waited_rollouts, 2),
-            "seconds_waiting_for_weights": round(waited_weights, 2),
-            "trained_length": length(trained), "generated_length": length(generated),
-            "trained_correct": correct(trained), "generated_correct": correct(generated)}

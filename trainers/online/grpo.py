@@ -40,7 +40,6 @@ from typing import Any
 
 import torch
 
-from trainers.online.async_rollouts import staleness_metrics
 from trainers.online.rl_objectives import (ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, STALENESS_CORRECTIONS, SURROGATES,
                                           PolicyLossConfig, policy_loss, staleness_weights, truncated_is_weights)
 
@@ -248,6 +247,24 @@ POLICY_ENGINES = {"hf": _hf_engine, "vllm": _vllm_engine}
 
 
 AUTO_FORMAT_WEIGHT = 0.2  # format:boxed's weight when the trainer adds it (the weight docs/online_rl.md measured)
+
+
+def staleness_metrics(step: int, groups: list, seen: list, waited_rollouts: float, waited_weights: float) -> dict[str, Any]:
+    """Per trained step: the staleness of its groups, each side's wait, and what was trained against what was
+    generated (completion length, share of correct samples) — dropping stale or slow groups would show here."""
+    def mean(xs):
+        return round(sum(xs) / len(xs), 4) if xs else None
+
+    stale = [step - g.version for g in groups]
+    trained = [r for g in groups for r in g.rows]
+    generated = [r for g in seen for r in g.rows]
+    length = lambda rows: mean([len(r["completion_ids"] or []) for r in rows])  # noqa: E731
+    correct = lambda rows: mean([float(r["reward"] is not None and r["reward"] >= 1.0) for r in rows])  # noqa: E731
+    return {"staleness_mean": mean(stale), "staleness_max": max(stale) if stale else None,
+            "seconds_waiting_for_rollouts": round(waited_rollouts, 2),
+            "seconds_waiting_for_weights": round(waited_weights, 2),
+            "trained_length": length(trained), "generated_length": length(generated),
+            "trained_correct": correct(trained), "generated_correct": correct(generated)}
 
 
 def _seed(*parts: Any) -> int:
@@ -519,7 +536,7 @@ class GRPORun:
             apply_threads(max(1, total - gen))
         self.log(f"asynchronous rollouts: max staleness {self.cfg.max_staleness}, a generation process with {gen} "
                  f"thread(s), the trainer with {_torch.get_num_threads()}")
-        return RolloutWorker(self, gen)
+        return RolloutWorker(self, gen, export_weights)
 
     def policy_version(self) -> int:
         """The version of the weights that sample now: the updates applied to them (the synchronous loop samples
