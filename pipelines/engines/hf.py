@@ -69,36 +69,26 @@ class _RowSampler:
         self.top_p = TopPLogitsWarper(sampling.top_p) if sampling.top_p < 1.0 else None
         self.picked: list[torch.Tensor] = []
 
-    def draw(self, scores: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The engine's decode loop: a token and its log-prob for each live row (`rows`: their original
-        indices, whose generators draw), and the raw scores (`model_logprob` turns them into the model's own
-        log-probs of those tokens)."""
+    def draw(self, scores: torch.Tensor, rows: list[int], own: bool = False):
+        """A token and its log-prob for each row of `scores`, drawn by the generators of `rows` (the rows' original
+        indices); with `own`, also the tokens' log-probs under the model's own distribution (temperature 1, no
+        top-p), else None."""
         raw = scores.float()
         scores = raw / self.temperature
         if self.top_p is not None:
             scores = self.top_p(None, scores)
         logp = scores.log_softmax(-1)
         uniform = torch.stack([torch.rand(scores.shape[-1], generator=self.generators[r], device=scores.device)
-                               for r in rows.tolist()])
+                               for r in rows])
         gumbel = -torch.log(-torch.log(uniform.clamp(1e-20, 1.0 - 1e-7)))
         token = (logp + gumbel).argmax(-1, keepdim=True)
-        return token[:, 0], logp.gather(-1, token)[:, 0], raw
-
-    @staticmethod
-    def model_logprob(raw: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
-        """The drawn tokens' log-probs under the model's own distribution (temperature 1, no top-p)."""
-        return raw.log_softmax(-1).gather(-1, token[:, None])[:, 0]
+        model_logp = raw.log_softmax(-1).gather(-1, token)[:, 0] if own else None
+        return token[:, 0], logp.gather(-1, token)[:, 0], model_logp
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        scores = scores.float() / self.temperature
-        if self.top_p is not None:
-            scores = self.top_p(input_ids, scores)
-        logp = scores.log_softmax(-1)
-        uniform = torch.stack([torch.rand(scores.shape[-1], generator=g, device=scores.device) for g in self.generators])
-        gumbel = -torch.log(-torch.log(uniform.clamp(1e-20, 1.0 - 1e-7)))
-        token = (logp + gumbel).argmax(-1, keepdim=True)
-        self.picked.append(logp.gather(-1, token)[:, 0])
-        return torch.full_like(scores, float("-inf")).scatter_(-1, token, 0.0)
+        token, logp, _ = self.draw(scores, list(range(len(self.generators))))
+        self.picked.append(logp)
+        return torch.full_like(scores, float("-inf")).scatter_(-1, token[:, None], 0.0)
 
 
 class _GreedyRecorder:
@@ -109,19 +99,14 @@ class _GreedyRecorder:
     def __init__(self) -> None:
         self.picked: list[torch.Tensor] = []
 
-    def draw(self, scores: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        logp = scores.float().log_softmax(-1)
+    def draw(self, scores: torch.Tensor, rows: list[int], own: bool = False):
+        """The argmax and its log-prob under the model's own distribution (which is also the `own` one)."""
         token = scores.argmax(-1, keepdim=True)
-        picked = logp.gather(-1, token)[:, 0]
-        return token[:, 0], picked, picked
-
-    @staticmethod
-    def model_logprob(raw: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
-        return raw  # greedy records the model's own log-probs already
+        picked = scores.float().log_softmax(-1).gather(-1, token)[:, 0]
+        return token[:, 0], picked, picked if own else None
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        logp = scores.float().log_softmax(-1)
-        self.picked.append(logp.gather(-1, scores.argmax(-1, keepdim=True))[:, 0])
+        self.picked.append(self.draw(scores, [])[1])
         return scores
 
 
@@ -147,11 +132,10 @@ class _SlabLayer(CacheLayerMixin):
         self.is_initialized = True
 
     def _grow(self, need: int) -> None:
-        cap = max(self.capacity, need)
+        cap = self.capacity
         while cap < need:
             cap *= 2
-        if self.keys is not None and cap <= self.keys.shape[2]:
-            return
+
         def bigger(t):
             out = t.new_zeros((t.shape[0], t.shape[1], cap, t.shape[3]))
             out[:, :, : self.length] = t[:, :, : self.length]
@@ -207,14 +191,6 @@ def _last_logits_only(lm) -> dict:
     params = inspect.signature(lm.forward).parameters
     takes = "logits_to_keep" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
     return {"logits_to_keep": 1} if takes else {}
-
-
-def _compact_due(finished: int) -> bool:
-    """Drop finished rows from the batch as soon as any finish. A drop copies the live rows' cache (tens of ms for
-    64 rows of the 135M model), about what ten row-steps of compute cost, while a finished row kept in the batch
-    would cost one row-step at every remaining step. Measured on the loop's workload (8 prompts x 8 samples, 256
-    new tokens, one thread, other jobs running): 60.0 s dropping at once vs 65.1 s dropping in quarters."""
-    return finished > 0
 
 
 def _cache_kwargs(lm) -> dict:
@@ -344,24 +320,27 @@ class HFEngine:
         tokens: list[list[int]] = [[] for _ in range(rows)]
         logps: list[list[float]] = [[] for _ in range(rows)]
         own: list[list[float]] | None = [[] for _ in range(rows)] if self.policy_logprobs else None
-        done = torch.zeros(rows, dtype=torch.bool, device=dev)  # per batch row
         for step in range(sampling.max_new_tokens):
-            token, logp, raw = sampler.draw(logits, live)
-            model_lp = sampler.model_logprob(raw, token).tolist() if own is not None else None
-            for j, (r, t, lp, d) in enumerate(zip(live.tolist(), token.tolist(), logp.tolist(), done.tolist())):
-                if not d:
-                    tokens[r].append(t)
-                    logps[r].append(lp)
-                    if own is not None:
-                        own[r].append(model_lp[j])
-            done |= torch.isin(token, stops)
-            if step + 1 == sampling.max_new_tokens or bool(done.all()):
+            rows_now = live.tolist()
+            token, logp, model_lp = sampler.draw(logits, rows_now, own is not None)
+            for r, t, lp in zip(rows_now, token.tolist(), logp.tolist()):
+                tokens[r].append(t)
+                logps[r].append(lp)
+            if own is not None:
+                for r, lp in zip(rows_now, model_lp.tolist()):
+                    own[r].append(lp)
+            going = ~torch.isin(token, stops)
+            if step + 1 == sampling.max_new_tokens or not bool(going.any()):
                 break
-            if _compact_due(int(done.sum())):
-                keep = (~done).nonzero()[:, 0]
+            # Finished rows leave the batch at once. A drop copies the live rows' cache (tens of ms for 64 rows of
+            # the 135M model), about ten row-steps of compute, while a finished row kept in the batch costs a row-step
+            # at every remaining step. Measured on the loop's workload (8 prompts x 8 samples, 256 new tokens, one
+            # thread, other jobs running): 60.0 s dropping at once vs 65.1 s dropping in quarters.
+            if not bool(going.all()):
+                keep = going.nonzero()[:, 0]
                 for layer in cache.layers:
                     layer.keep(keep)
-                live, mask, token, done = live[keep], mask[keep], token[keep], done[keep]
+                live, mask, token = live[keep], mask[keep], token[keep]
             mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
             logits = self.lm(input_ids=token[:, None], attention_mask=mask,
                              position_ids=(mask.sum(-1, keepdim=True) - 1), past_key_values=cache,
