@@ -522,20 +522,18 @@ class GRPORun:
 
     def _start_worker(self):
         """The rollout process, with its share of the CPU threads (the trainer keeps the rest)."""
-        import torch as _torch
-
         from pipelines.core.threads import apply_threads
         from pipelines.errors import UserError
         from trainers.online.async_rollouts import RolloutWorker
 
         if self.d.world > 1:
             raise UserError("--max-staleness >= 1 runs one trainer process; launch it without torchrun")
-        total = _torch.get_num_threads()
+        total = torch.get_num_threads()
         gen = self.cfg.generation_threads or max(1, total // 2)
         if self.d.device.type == "cpu" and total > 1:
             apply_threads(max(1, total - gen))
         self.log(f"asynchronous rollouts: max staleness {self.cfg.max_staleness}, a generation process with {gen} "
-                 f"thread(s), the trainer with {_torch.get_num_threads()}")
+                 f"thread(s), the trainer with {torch.get_num_threads()}")
         return RolloutWorker(self, gen, export_weights)
 
     def policy_version(self) -> int:
