@@ -127,3 +127,32 @@ def test_async_with_dynamic_sampling_evaluation_and_resume(tmp_path, tiny_model,
     assert {r["step"] for r in rows} == {1, 2, 3, 4}
     assert all(r["step"] - 2 <= r["policy_version"] <= r["step"] - 1 for r in rows)
     assert [r["policy_version"] for r in rows if r["step"] == 3] == [2] * len([r for r in rows if r["step"] == 3])
+
+
+def test_thread_share_hands_the_whole_budget_to_the_side_that_computes():
+    """Each side computes on its share, on every thread while the other waits, and back on its share after."""
+    import multiprocessing as mp
+
+    from trainers.online.async_rollouts import TRAINER, WORKER, ThreadShare
+
+    before = torch.get_num_threads()
+    flags = mp.get_context("spawn").Array("b", 2, lock=False)
+    try:
+        torch.set_num_threads(1)
+        trainer, worker = ThreadShare(flags, TRAINER, 1, 2), ThreadShare(flags, WORKER, 1, 2)
+        trainer.adjust()
+        assert torch.get_num_threads() == 1 and list(flags) == [0, 0]
+        with worker:  # the worker waits for a request: the trainer's next micro-batch takes both threads
+            assert list(flags) == [0, 1]
+            trainer.adjust()
+            assert torch.get_num_threads() == 2
+        trainer.adjust()  # the worker computes again
+        assert torch.get_num_threads() == 1
+        with trainer:  # the trainer waits for its batch: the worker's next decode steps take both threads
+            worker.adjust()
+            assert torch.get_num_threads() == 2 and list(flags) == [1, 0]
+        assert list(flags) == [0, 0]
+        worker.adjust()  # the trainer left its wait: the worker's next decode steps are back on its share
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -202,6 +202,7 @@ def _cache_kwargs(lm) -> dict:
 
 class HFEngine:
     name = "hf"
+    on_decode_step = None  # called every few decode steps (the asynchronous worker's thread share)
 
     def __init__(
         self,
@@ -321,6 +322,8 @@ class HFEngine:
         logps: list[list[float]] = [[] for _ in range(rows)]
         own: list[list[float]] | None = [[] for _ in range(rows)] if self.policy_logprobs else None
         for step in range(sampling.max_new_tokens):
+            if self.on_decode_step is not None and step % 8 == 0:
+                self.on_decode_step()
             rows_now = live.tolist()
             token, logp, model_lp = sampler.draw(logits, rows_now, own is not None)
             for r, t, lp in zip(rows_now, token.tolist(), logp.tolist()):

@@ -32,6 +32,34 @@ import traceback
 import torch
 
 
+class ThreadShare:
+    """Two processes on one CPU-thread budget: each computes on its own share, and on the whole budget while the
+    other one waits (the trainer for its next batch, the worker for a request or for recent enough weights).
+    `flags[side]` is 1 while that side waits; each side calls `adjust()` between units of work (the worker every
+    few decode steps, the trainer before each micro-batch), so a budget handed over comes back within one unit."""
+
+    def __init__(self, flags, side: int, own: int, total: int) -> None:
+        self.flags, self.side, self.own, self.total = flags, side, own, total
+        self.now = torch.get_num_threads()
+
+    def adjust(self) -> None:
+        want = self.total if self.flags[1 - self.side] else self.own
+        if want != self.now:
+            torch.set_num_threads(want)
+            self.now = want
+
+    def __enter__(self) -> "ThreadShare":
+        self.flags[self.side] = 1
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.flags[self.side] = 0
+        self.adjust()
+
+
+TRAINER, WORKER = 0, 1
+
+
 def _mailbox(named) -> dict[str, torch.Tensor]:
     return {name: t.detach().to("cpu", dtype=torch.float32, copy=True).share_memory_() for name, t in named}
 
@@ -39,9 +67,11 @@ def _mailbox(named) -> dict[str, torch.Tensor]:
 class RolloutWorker:
     """The trainer's handle on the generation process."""
 
-    def __init__(self, run, threads: int, export_weights) -> None:
+    def __init__(self, run, threads: int, export_weights, total_threads: int | None = None) -> None:
         """`run`: the trainer's GRPORun (its class, config, prompt position and policy are what the worker starts
-        from); `export_weights(model)`: the policy's weights as (name, tensor) pairs (LoRA merged)."""
+        from); `threads`: the worker's share of `total_threads` (the trainer holds the rest, and each side takes
+        the whole budget while the other waits); `export_weights(model)`: the policy's weights as (name, tensor)
+        pairs (LoRA merged)."""
         import multiprocessing as mp
 
         ctx = mp.get_context("spawn")
@@ -51,6 +81,9 @@ class RolloutWorker:
         self.start_version = run.state.step
         self.mailbox = _mailbox(export_weights(run.model))
         self.version = ctx.Value("q", run.state.step, lock=False)
+        total = max(total_threads or threads, threads)
+        flags = ctx.Array("b", 2, lock=False)  # 1 while the trainer / the worker waits
+        self.share = ThreadShare(flags, TRAINER, torch.get_num_threads(), total)
         self.lock = ctx.Lock()
         self.requests, self.results = ctx.Queue(), ctx.Queue()
         self.next_request = run.state.step
@@ -58,7 +91,7 @@ class RolloutWorker:
         sampler = (run.sampler.epoch, run.sampler.index, run.groups_sampled, run.groups_kept)
         self.proc = ctx.Process(target=_worker_main, name="prefsmith-rollouts", daemon=True,
                                 args=(type(run), type(run.sampler), cfg, self.mailbox, self.version, self.lock,
-                                      self.requests, self.results, threads, sampler))
+                                      self.requests, self.results, threads, sampler, flags, total))
         self.proc.start()
         self.waited = 0.0
         self.ready: dict[int, dict] = {}  # results that came before their step's turn
@@ -81,7 +114,10 @@ class RolloutWorker:
         t0 = time.time()
         try:
             while True:
-                result = self.ready.pop(step, None) or self._get()
+                result = self.ready.pop(step, None)
+                if result is None:
+                    with self.share:  # the worker computes on every thread while the trainer waits for it
+                        result = self._get()
                 if result["step"] != step:
                     self.ready[result["step"]] = result
                     continue
@@ -125,15 +161,18 @@ class RolloutWorker:
             self.proc.join()
 
 
-def _worker_main(run_class, sampler_class, cfg, mailbox, version, lock, requests, results, threads, sampler) -> None:
+def _worker_main(run_class, sampler_class, cfg, mailbox, version, lock, requests, results, threads, sampler,
+                 flags, total) -> None:
     try:
         from pipelines.core.threads import apply_threads
 
         apply_threads(threads)
-        side = GenerationSide(run_class, sampler_class, cfg, mailbox, version, lock, sampler)
+        share = ThreadShare(flags, WORKER, threads, total)
+        side = GenerationSide(run_class, sampler_class, cfg, mailbox, version, lock, sampler, share)
         while True:
             t0 = time.time()
-            kind, step, min_version = requests.get()  # idle: K steps ahead already, the trainer has to catch up
+            with share:  # idle: K steps ahead already, the trainer has to catch up (and trains on every thread)
+                kind, step, min_version = requests.get()
             if kind == "stop":
                 break
             results.put(("ok", side.collect(step, min_version, idle=time.time() - t0)))
@@ -141,11 +180,19 @@ def _worker_main(run_class, sampler_class, cfg, mailbox, version, lock, requests
         results.put(("error", traceback.format_exc()))
 
 
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+
 class GenerationSide:
     """The worker's end: a GRPORun with only its sampling half (prompts, rewards, engine, prompt order), whose
     policy is a private copy refreshed from the mailbox."""
 
-    def __init__(self, run_class, sampler_class, cfg, mailbox, version, lock, sampler) -> None:
+    def __init__(self, run_class, sampler_class, cfg, mailbox, version, lock, sampler, share=None) -> None:
         class _Run(run_class):
             def policy_version(inner) -> int:
                 return self.loaded
@@ -160,6 +207,9 @@ class GenerationSide:
         epoch, index, run.groups_sampled, run.groups_kept = sampler
         run.sampler = sampler_class(len(run.prompts), cfg.seed, epoch, index)
         run.engine.policy_logprobs = True  # the behaviour policy's own log-probs: the correction's denominator
+        self.share = share
+        if share is not None and hasattr(run.engine, "on_decode_step"):
+            run.engine.on_decode_step = share.adjust
         self.loaded = -1
         self.min_version = 0
         self.waited = 0.0
@@ -175,8 +225,10 @@ class GenerationSide:
     def refresh(self, min_version: int) -> None:
         """Take the newest weights in the mailbox, waiting until they are at least `min_version`."""
         t0 = time.time()
-        while self.version.value < min_version:
-            time.sleep(0.01)
+        if self.version.value < min_version:
+            with self.share or _nothing():
+                while self.version.value < min_version:
+                    time.sleep(0.01)
         if self.version.value != self.loaded:
             params = dict(self.run.model.named_parameters())
             buffers = dict(self.run.model.named_buffers())

@@ -533,8 +533,9 @@ class GRPORun:
         if self.d.device.type == "cpu" and total > 1:
             apply_threads(max(1, total - gen))
         self.log(f"asynchronous rollouts: max staleness {self.cfg.max_staleness}, a generation process with {gen} "
-                 f"thread(s), the trainer with {torch.get_num_threads()}")
-        return RolloutWorker(self, gen, export_weights)
+                 f"thread(s), the trainer with {torch.get_num_threads()} (each side takes all {total} while the "
+                 f"other waits)")
+        return RolloutWorker(self, gen, export_weights, total_threads=total)
 
     def policy_version(self) -> int:
         """The version of the weights that sample now: the updates applied to them (the synchronous loop samples
@@ -817,6 +818,8 @@ class GRPORun:
         aggregation = AGGREGATIONS[cfg.loss]
 
         def loss_fn(k: int, b: dict):
+            if self.worker is not None:  # every thread while the rollout process waits, else the trainer's share
+                self.worker.share.adjust()
             logps, entropy = token_logps(self.model, b, with_entropy=True)
             old_k = old[k] if old is not None else logps.detach()
             isw = truncated_is_weights(old_k, b["sampler_logps"], b["loss_mask"], cfg.tis_cap) if cfg.tis_cap else None
