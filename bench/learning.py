@@ -28,6 +28,9 @@ Sides:
   defaults    `train grpo --model default --prompts data/math/train.jsonl --reward math` and nothing else (the
               template auto, 256 new tokens): the report prints its held-out gain, counted as the evaluator's
               template asks (in a box)
+  ours-rloo   ours with `--advantage rloo` (leave-one-out baseline)
+  ours-remax  ours with `--advantage remax` (one greedy sample per prompt as the baseline): beside ours (GRPO)
+              and ours-rloo, the report prints each one's final accuracy, s/step and ReMax's greedy seconds
   trl-tuned   TRL with our hyperparameters (4 x 8 per step, lr 1e-5, temperature 0.7, constant lr, dapo loss, no
               std scaling, no gradient checkpointing, a static KV cache for generation): the best setting we found
               for it (TRL has no dynamic sampling)
@@ -98,6 +101,7 @@ def curve_point(evaluator, sets, clock: Clock, step: int) -> dict:
 # ------------------------------------------------------------------------------------------ sides (children)
 LORA = {"lora_r": 16, "lora_alpha": 32, "lr": 2e-4}  # the ours-lora side: rank 16, α 2r, lr 20x the full default
 ASYNC = {"max_staleness": 1}  # the ours-async side: a generation process one update ahead (1 thread each here)
+ADVANTAGE = {"ours-rloo": {"advantage": "rloo"}, "ours-remax": {"advantage": "remax"}}  # ours with another baseline
 
 
 def run_ours(args, out: Path, side: str = "ours") -> dict:
@@ -114,7 +118,7 @@ def run_ours(args, out: Path, side: str = "ours") -> dict:
         # almost never gets right in a box at first (docs/online_rl.md, Defaults)
         cfg = GRPOConfig(**common, rewards=["math"], template=TEMPLATE,
                          max_new_tokens=MAX_NEW, **(LORA if side == "ours-lora" else {}),
-                         **(ASYNC if side == "ours-async" else {}))
+                         **(ASYNC if side == "ours-async" else {}), **ADVANTAGE.get(side, {}))
     run = GRPORun(cfg)
     run.setup()
     sets = eval_sets(args.eval_limit)
@@ -123,7 +127,7 @@ def run_ours(args, out: Path, side: str = "ours") -> dict:
     curve, tokens, gen_s, step_s = [{**curve_point(evaluator, sets, clock, 0), "samples": 0}], 0, 0.0, []
     clock.t0, clock.paused = time.time(), 0.0
     mark = args.eval_every
-    samples = 0
+    samples, greedy_s = 0, 0.0
     if run.worker is not None:
         run.worker.ask_ahead(run.state.step)
     while clock.minutes() < args.minutes:
@@ -131,6 +135,7 @@ def run_ours(args, out: Path, side: str = "ours") -> dict:
         samples += rec["sequences"]
         tokens += rec["tokens_per_s"] * rec["seconds_generation"]
         gen_s += rec["seconds_generation"]
+        greedy_s += rec.get("seconds_greedy", 0.0)
         step_s.append(rec["step_seconds"])
         if clock.minutes() >= mark or clock.minutes() >= args.minutes:
             curve.append({**curve_point(evaluator, sets, clock, run.state.step), "samples": samples})
@@ -138,7 +143,8 @@ def run_ours(args, out: Path, side: str = "ours") -> dict:
     run.close_worker()
     return {"curve": curve, "steps": run.state.step, "s_per_step": sum(step_s) / max(1, len(step_s)),
             "tokens_per_s": tokens / gen_s if gen_s else 0.0, "completion_tokens": tokens,
-            "trained_samples": samples, "samples_per_min": samples / max(clock.minutes(), 1e-9)}
+            "trained_samples": samples, "samples_per_min": samples / max(clock.minutes(), 1e-9),
+            "greedy_seconds": greedy_s}
 
 
 def run_trl(args, out: Path, tuned: bool) -> dict:
@@ -258,6 +264,13 @@ def report(results: dict) -> None:
             f = 0.0 if above["samples"] == below["samples"] else (p["samples"] - below["samples"]) / (above["samples"] - below["samples"])
             print(f"  at {p['samples']} samples: async " + ", ".join(
                 f"{k} {p[k]:.3f} vs sync {below[k] + f * (above[k] - below[k]):.3f}" for k in SETS if k in p))
+    baselines = [s for s in ("ours", "ours-rloo", "ours-remax") if s in results]
+    if len(baselines) > 1:
+        print("\nadvantage baselines (grpo = ours): " + "; ".join(
+            f"{s}: final " + "/".join(f"{results[s]['curve'][-1][k]:.3f}" for k in SETS)
+            + f", {results[s]['s_per_step']:.1f} s/step"
+            + (f", greedy baseline {results[s]['greedy_seconds'] / max(1, results[s]['steps']):.1f} s/step"
+               if results[s].get("greedy_seconds") else "") for s in baselines))
     if "ours" not in results or len(results) < 2:
         return
     ours = results["ours"]
