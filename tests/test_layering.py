@@ -1,8 +1,9 @@
-"""Dependencies point one way: rewards, judges <- pipelines <- trainers.
+"""Dependencies point one way: rewards, judges <- pipelines <- trainers <- prefsmith (the Python API).
 
 - `rewards/` (the leaf library) imports nothing from `judges/`, `pipelines/` or `trainers/`;
 - `judges/` imports nothing from `pipelines/` or `trainers/` (it may use `rewards/`);
-- `pipelines/` imports nothing from `trainers/`.
+- `pipelines/` imports nothing from `trainers/`;
+- nothing imports `prefsmith/`, the Python API over every command (it may use all of them).
 
 "Imports" means every way a module gets loaded: `import` and `from ... import` statements anywhere (inside
 functions too, relative ones resolved), `importlib.import_module("...")`, `__import__("...")` and
@@ -39,9 +40,10 @@ from collections import deque
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("rewards", "judges", "pipelines", "trainers")
-FORBIDDEN = {"rewards": {"judges", "pipelines", "trainers"}, "judges": {"pipelines", "trainers"},
-             "pipelines": {"trainers"}, "trainers": set()}
+PACKAGES = ("rewards", "judges", "pipelines", "trainers", "prefsmith")
+FORBIDDEN = {"rewards": {"judges", "pipelines", "trainers", "prefsmith"},
+             "judges": {"pipelines", "trainers", "prefsmith"},
+             "pipelines": {"trainers", "prefsmith"}, "trainers": {"prefsmith"}, "prefsmith": set()}
 ALLOWED_TABLES = {("pipelines/cli.py", "COMMANDS")}
 LAZY_TABLES = {("pipelines/cli.py", "COMMANDS")}  # dispatch that is no edge of the import graph (docstring)
 _LOADERS = {"import_module", "__import__", "find_spec"}
