@@ -67,7 +67,7 @@ def _top_parser() -> argparse.ArgumentParser:
         prog="prefsmith",
         description="Post-training data and training: rollouts, rewards, hygiene, training sets, trainers.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="commands:\n" + "\n".join(f"  {k:<14} {v[1]}" for k, v in COMMANDS.items())
+        epilog="commands:\n" + "\n".join(f"  {k:<{max(map(len, COMMANDS))}}  {v[1]}" for k, v in COMMANDS.items())
         + "\n\nRun `prefsmith COMMAND --help` for a command's options.",
     )
     p.add_argument("command", choices=list(COMMANDS), metavar="COMMAND")

@@ -276,7 +276,7 @@ def label(input: str, output: str, cfg: LabelConfig, *, overwrite: bool = False,
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.epilog = ("rewards: math, math:last_number, math:markers, code, code:fraction, format:think, "
+    p.epilog = ("rewards: math, math:last_number, math:markers, code, code:fraction, format:think, format:boxed, "
                 "format:REGEX (full match, DOTALL), overlong:MAX,CACHE[,TOKENIZER], rm:MODEL, prm:DIR[:min|prod|last|mean], "
                 "judge:RUBRIC@URL#MODEL (an LLM judge's score, docs/judges.md), my_module:my_fn, "
                 "path/to/file.py:my_fn. "
