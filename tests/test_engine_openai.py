@@ -225,3 +225,130 @@ def test_openai_against_vllm_server_uses_its_ids_and_processed_logprobs(served_m
             assert s.finish_reason in ("stop", "length") and len(s.token_ids) == len(s.logprobs) <= 8
             assert s.logprobs == pytest.approx(rescore(served_model, prompt_ids, s.token_ids, 0.9, 0.95), abs=1e-4)
     assert [s.token_ids for s in result[1]] == [[2]] * 3  # this prompt makes the stopping model stop at once
+
+
+# ------------------------------------------------------------------------------------------- the SDK transport
+class Answering(BaseHTTPRequestHandler):
+    """GET /v1/models lists "m"; a POST is recorded (body, headers) and answered as `server.answer(body)` says:
+    `(delay_s, payload)`, the payload a dict (sent as JSON) or bytes (sent as they are, as HTML)."""
+
+    def do_GET(self):
+        self._send(json.dumps({"object": "list", "data": [{"id": "m", "object": "model"}]}).encode(), "application/json")
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.server.requests.append((body, {k.lower(): v for k, v in self.headers.items()}))
+        delay_s, payload = self.server.answer(body)
+        time.sleep(delay_s)
+        if isinstance(payload, bytes):
+            return self._send(payload, "text/html")
+        self._send(json.dumps({"id": "x", "object": "x", "created": 0, "model": "m", **payload}).encode(),
+                   "application/json")
+
+    def _send(self, data: bytes, content_type: str):
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except OSError:  # the client gave up waiting (the timeout test)
+            pass
+
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def answering(answer):
+    """An `Answering` server on a free loopback port; yields (base_url, requests)."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Answering)
+    httpd.daemon_threads = True
+    httpd.answer, httpd.requests = answer, []
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/v1", httpd.requests
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def choices(texts: list[str], chat: bool, **fields) -> list[dict]:
+    content = (lambda t: {"message": {"role": "assistant", "content": t}}) if chat else (lambda t: {"text": t})
+    return [{"index": j, "finish_reason": "stop", **content(t), **fields} for j, t in enumerate(texts)]
+
+
+def test_openai_warns_once_when_a_server_returns_identical_samples(capsys):
+    """A server that honours n but sends n copies (a prompt saying "copy" here) is named once per engine, in one
+    line on stderr with how many prompts; greedy sampling, distinct samples or a minority of identical groups
+    (a confident model) say nothing."""
+    def answer(body):
+        prompt = json.dumps(body.get("messages") or body.get("prompt"))
+        n = body["n"]
+        texts = ["same"] * n if "copy" in prompt else [f"seed {body['seed']} sample {j}" for j in range(n)]
+        return 0.0, {"choices": choices(texts, "messages" in body)}
+
+    copies = [[{"role": "user", "content": f"copy {i}"}] for i in range(3)]
+    sampling = SamplingConfig(n=4, temperature=1.0, max_new_tokens=4)
+    with answering(answer) as (url, requests):
+        engine = load_engine("openai", "m", base_url=url, cache_dir=None)
+        [samples, *_] = engine.generate(copies, sampling, [0, 1, 2])
+        assert [s.text for s in samples] == ["same"] * 4 and engine.honours_n is True and len(requests) == 3
+        assert capsys.readouterr().err == (
+            f"[openai] warning: the server at {url} returned 4 identical samples for 3 of 3 prompts at temperature "
+            "1: it ignores the seed or the temperature (transformers serve samples only when the model's "
+            "generation_config.json has do_sample: true)\n")
+        engine.generate(copies, sampling, [3, 4, 5])
+        assert capsys.readouterr().err == ""  # once per engine
+        fresh = lambda: load_engine("openai", "m", base_url=url, cache_dir=None)  # noqa: E731
+        fresh().generate(copies, SamplingConfig(n=4, temperature=0.0, max_new_tokens=4), [0, 1, 2])  # greedy
+        fresh().generate(["two", "distinct"], sampling, [0, 1])  # /completions, distinct samples
+        fresh().generate([copies[0], "a", "b"], sampling, [0, 1, 2])  # 1 of 3 identical: no majority
+        assert capsys.readouterr().err == ""
+        fresh().generate([copies[0], copies[1], "b"], sampling, [0, 1, 2])
+        assert "returned 4 identical samples for 2 of 3 prompts" in capsys.readouterr().err
+
+
+def test_openai_engine_on_the_sdk_timeouts_bad_answers_and_server_prompt_ids():
+    """The requests are the SDK's (its version header; vLLM's return_token_ids merged into the JSON by extra_body).
+    vLLM's prompt_token_ids become `Sample.prompt_ids` (per choice for /completions, per answer for chat). A
+    server slower than timeout_s is retried by the SDK, each try counted, then one clear line; an answer that is
+    not JSON is not retried and says what came back."""
+    mode = {"now": "vllm"}
+
+    def answer(body):
+        chat = "messages" in body
+        if mode["now"] == "slow":
+            return 2.0, {"choices": choices(["late"], chat)}
+        if mode["now"] == "html":
+            return 0.0, b"<html>busy</html>"
+        if chat:
+            return 0.0, {"choices": choices(["4"], True, token_ids=[5, 2]), "prompt_token_ids": [1, 8, 9]}
+        return 0.0, {"choices": choices([" 4"], False, token_ids=[5, 2], prompt_token_ids=[1, 7])}
+
+    import openai
+
+    with answering(answer) as (url, requests):
+        engine = load_engine("openai", "m", base_url=url, cache_dir=None, timeout_s=0.5, max_retries=1,
+                             backoff_s=0.01)
+        [[text], [chat]] = engine.generate(["2 + 2 =", [{"role": "user", "content": "2 + 2?"}]],
+                                           SamplingConfig(n=1, max_new_tokens=2), [0, 1])
+        assert (text.text, text.token_ids, text.prompt_ids) == (" 4", [5, 2], [1, 7])
+        assert (chat.text, chat.token_ids, chat.prompt_ids) == ("4", [5, 2], [1, 8, 9])
+        for body, headers in requests:
+            assert headers["x-stainless-package-version"] == openai.__version__ and body["return_token_ids"] is True
+        assert engine.client.counts["status_200"] == 3  # GET /models and the two completions
+
+        mode["now"], before = "slow", len(requests)
+        t0 = time.time()
+        with pytest.raises(EngineError, match=r"failed after 2 attempts: Timeout: no answer within 0.5s"):
+            engine.generate(["slow"], SamplingConfig(n=1, max_new_tokens=2), [0])
+        assert time.time() - t0 < 1.9  # two tries of 0.5 s, not the server's 2 s
+        assert len(requests) - before == 2
+        assert (engine.client.counts["timeouts"], engine.client.counts["retries"]) == (2, 1)
+
+        mode["now"], before = "html", len(requests)
+        with pytest.raises(EngineError, match=r"failed after 1 attempts: BadResponse: the answer is not JSON: "
+                                              r"b'<html>busy</html>'"):
+            engine.generate(["html"], SamplingConfig(n=1, max_new_tokens=2), [0])
+        assert len(requests) - before == 1  # a 200 that is not JSON is not retried

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import doctest
 import json
+import pickle
 import re
 import socket
 import threading
@@ -444,6 +445,26 @@ def test_the_openai_engine_keeps_its_rules_on_the_shared_client(tmp_path):
                              on_error="sample")
         [[bad]] = marked.generate([chat], SamplingConfig(max_new_tokens=1), [0])
         assert bad.finish_reason.startswith("error:InternalServerError") and bad.text == ""
+
+
+def test_the_client_pickles_without_its_key_or_connections(monkeypatch):
+    """A stage holding a client may be shipped to a worker: the pickle holds neither the key nor the SDK's
+    connections; the copy reads the key from the environment again and keeps counting. A closed client opens
+    new connections when asked again."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-first-key")
+    hi = [[{"role": "user", "content": "hi"}]]
+    with Scripted(lambda body: "ok") as server:
+        client = OpenAIClient(server.url)
+        OpenAIChat(client, MODEL, cache_dir=None).chat(hi)
+        blob = pickle.dumps(client)
+        assert b"sk-first-key" not in blob
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-second-key")
+        copy = pickle.loads(blob)
+        [[reply]] = OpenAIChat(copy, MODEL, cache_dir=None).chat(hi)
+        assert reply == "ok" and copy.counts["requests"] == 2 and client.counts["requests"] == 1
+        client.close()
+        OpenAIChat(client, MODEL, cache_dir=None).chat(hi)
+        assert server.auth == ["Bearer sk-first-key", "Bearer sk-second-key", "Bearer sk-first-key"]
 
 
 def test_a_killed_server_and_a_rerun_send_no_answered_request_again(tmp_path):

@@ -1,23 +1,28 @@
 """`openai` engine: any OpenAI-compatible server (`vllm serve`, `transformers serve`, a hosted API).
 
-Chat prompts go to `/chat/completions` (the server applies the chat template), strings to `/completions`. The
-transport is `openai_client.OpenAIClient` (the one shared with the judges): requests run on a thread pool of
-`max_concurrency` workers and are retried with exponential backoff and jitter on connection errors, timeouts,
-429 and 5xx, waiting out a `Retry-After`. Every finished sample is cached on disk, keyed by everything that
-determines it, so rerunning a stage pays only for what is missing.
+Chat prompts go to `/chat/completions` (the server applies the chat template), strings and token ids to
+`/completions`. The transport is `openai_client.OpenAIClient` (the one shared with the judges, on the `openai`
+SDK): requests run on a thread pool, at most `max_concurrency` in flight, and the SDK retries them with our
+exponential backoff and jitter on connection errors, timeouts, 408/409/429 and 5xx, waiting out a `Retry-After`.
+Every finished sample is cached on disk, keyed by everything that determines it, so rerunning a stage pays only
+for what is missing.
 
 Servers differ, and the engine adapts:
 - one that honours `n` answers one request per prompt; one that ignores it (`transformers serve`) gets one
   request per missing sample, each with its own seed (`derive_seed(seed, j)`);
-- token ids come from the server when it returns them (vLLM: `return_token_ids`); otherwise from a local
-  tokenizer re-tokenizing the text (plus the stop token when the sample stopped), when one is loadable;
-  otherwise None;
+- token ids come from the server when it returns them (vLLM: `return_token_ids`, sent in `extra_body`; the
+  prompt's ids too, as `Sample.prompt_ids`); otherwise from a local tokenizer re-tokenizing the text (plus the
+  stop token when the sample stopped), when one is loadable; otherwise None;
 - log-probs are whatever the server reports for the sampled tokens (vLLM: according to its
-  `--logprobs-mode`), or None when it reports none.
+  `--logprobs-mode`), or None when it reports none;
+- a server that returns n identical samples for most prompts at a temperature above 0 ignores the seed or the
+  temperature (`transformers serve` decodes greedily unless the model's generation config samples): the engine
+  says so once, on stderr (`_checked`).
 """
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
@@ -78,6 +83,7 @@ class OpenAIEngine:
         self.optional_fields = set(_OPTIONAL_FIELDS)
         self._lock = threading.Lock()
         self._gate = threading.BoundedSemaphore(max_concurrency)  # requests in flight, over both pools
+        self.warned_identical = False  # the identical-samples warning is said once per engine
         self.check()
 
     def check(self) -> None:
@@ -98,7 +104,7 @@ class OpenAIEngine:
         with ThreadPoolExecutor(max(1, min(self.max_concurrency, len(prompts)))) as outer, \
                 ThreadPoolExecutor(self.max_concurrency) as inner:
             futures = [outer.submit(self._one_prompt, inner, p, sampling, s) for p, s in zip(prompts, seeds)]
-            return [f.result() for f in futures]
+            return self._checked([f.result() for f in futures], sampling)
 
     def prompt_ids(self, prompt: Prompt) -> list[int] | None:
         """The ids the server continues from, as the local tokenizer renders them (the served model's own
@@ -113,7 +119,24 @@ class OpenAIEngine:
             return None
 
     def close(self) -> None:
-        pass
+        self.client.close()
+
+    def _checked(self, result: list[list[Sample]], sampling: SamplingConfig) -> list[list[Sample]]:
+        """`result`, after saying once (one line on stderr) when the server returned n > 1 identical samples
+        (text and ids) for more than half of a call's prompts at a temperature above 0: it ignores the seed or the
+        temperature, and groups of copies teach nothing (GRPO's advantages are all 0). Prompts with a failed
+        sample are left out; a few identical groups are what a confident model does, hence the majority."""
+        if self.warned_identical or sampling.n < 2 or sampling.temperature <= 0:
+            return result
+        groups = [s for s in result if not any(x.finish_reason.startswith("error:") for x in s)]
+        same = sum(len({(x.text, tuple(x.token_ids or ())) for x in s}) == 1 for s in groups)
+        if 2 * same > len(groups):
+            self.warned_identical = True
+            print(f"[openai] warning: the server at {self.base_url} returned {sampling.n} identical samples for "
+                  f"{same} of {len(groups)} prompts at temperature {sampling.temperature:g}: it ignores the seed or "
+                  "the temperature (transformers serve samples only when the model's generation_config.json has "
+                  "do_sample: true)", file=sys.stderr, flush=True)
+        return result
 
     # ---- one prompt ---------------------------------------------------------------------------------------------
 
@@ -138,13 +161,14 @@ class OpenAIEngine:
         return samples  # type: ignore[return-value]
 
     def _request(self, prompt: Prompt, sampling: SamplingConfig, seed: int, n: int) -> list[Sample]:
-        path = "/chat/completions" if is_messages(prompt) else "/completions"
         while True:
             optional = set(self.optional_fields)
             try:
+                body, extra_body = self._body(prompt, sampling, seed, n, optional)
                 with self._gate:
-                    response = self.client.post(path, self._body(prompt, sampling, seed, n, optional))
-                return [self._to_sample(prompt, c) for c in response.get("choices") or []] or \
+                    response = self.client.complete(body, extra_body)
+                choices = response.get("choices") if isinstance(response, dict) else None
+                return [self._to_sample(prompt, c, response) for c in choices or []] or \
                     [Sample(text="", token_ids=None, logprobs=None, finish_reason="error:no choices")]
             except APIError as err:
                 if err.kind == "BadRequestError":
@@ -160,15 +184,16 @@ class OpenAIEngine:
                 if err.kind == "AuthenticationError":
                     raise EngineError(f"the server at {self.base_url} refused the API key ({err}): set "
                                       f"${self.client.api_key_env}") from None
-                attempts = getattr(err, "attempts", 1)
                 if self.on_error == "sample" and err.retryable:
                     why = f"error:{err.kind}: {str(err)[:200]}"
                     return [Sample(text="", token_ids=None, logprobs=None, finish_reason=why) for _ in range(n)]
                 raise EngineError(
-                    f"request to {self.base_url} for model {self.model!r} failed after {attempts} attempts: "
+                    f"request to {self.base_url} for model {self.model!r} failed after {err.attempts} attempts: "
                     f"{err.kind}: {err}. Finished samples are cached; rerun to continue") from None
 
-    def _body(self, prompt: Prompt, sampling: SamplingConfig, seed: int, n: int, optional: set[str]) -> dict[str, Any]:
+    def _body(self, prompt: Prompt, sampling: SamplingConfig, seed: int, n: int,
+              optional: set[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The SDK's arguments, and the `extra_body` of fields the OpenAI API does not have (vLLM's)."""
         body: dict[str, Any] = dict(
             model=self.model, temperature=sampling.temperature, top_p=sampling.top_p,
             max_tokens=sampling.max_new_tokens, n=n, seed=seed,
@@ -179,11 +204,10 @@ class OpenAIEngine:
             body["prompt"] = prompt
         if "logprobs" in optional:
             body["logprobs"] = True if is_messages(prompt) else 1
-        if "return_token_ids" in optional:
-            body["return_token_ids"] = True
-        return body
+        extra_body = {"return_token_ids": True} if "return_token_ids" in optional else {}
+        return body, extra_body
 
-    def _to_sample(self, prompt: Prompt, choice: dict[str, Any]) -> Sample:
+    def _to_sample(self, prompt: Prompt, choice: dict[str, Any], response: dict[str, Any]) -> Sample:
         text = (choice.get("message") or {}).get("content") if is_messages(prompt) else choice.get("text")
         text = text or ""
         reason = choice.get("finish_reason") or "stop"
@@ -196,7 +220,11 @@ class OpenAIEngine:
         token_ids = choice.get("token_ids")
         if token_ids is None and self.tokenizer is not None:
             token_ids = self._retokenize(prompt, text, finish, logprobs)
-        return Sample(text=text, token_ids=list(token_ids) if token_ids is not None else None, logprobs=logprobs, finish_reason=finish)
+        # the ids the server continued from (vLLM with return_token_ids: per choice for /completions, once per
+        # answer for /chat/completions): its own rendering, the context the sample was drawn in
+        prompt_ids = choice.get("prompt_token_ids") or response.get("prompt_token_ids")
+        return Sample(text=text, token_ids=list(token_ids) if token_ids is not None else None, logprobs=logprobs,
+                      finish_reason=finish, prompt_ids=[int(i) for i in prompt_ids] if prompt_ids else None)
 
     def _retokenize(self, prompt: Prompt, text: str, finish: str, logprobs: list[float] | None) -> list[int] | None:
         """Token ids for `text` from the local tokenizer, plus the stop token when the sample stopped; None when

@@ -1,12 +1,17 @@
 """The one client for OpenAI-compatible servers (`vllm serve`, `transformers serve`, a hosted API), used by the
 `openai` engine and, through `OpenAIChat`, by the judges (as their `judges.protocol.ChatModel`).
 
-What it does, each in one place:
-- `OpenAIClient.post`: one JSON request, retried on connection errors, resets, timeouts, 408, 429 and 5xx with
-  exponential backoff and jitter (`backoff_s * 2**attempt * U(0.5, 1.5)`, capped at `max_backoff_s`); a
-  `Retry-After` (or `retry-after-ms`) header is waited out instead. Counts requests, retries and statuses.
-- `OpenAIClient.check`: `GET /models` once, so an unreachable server, a refused key or a model the server does
-  not list is one clear line before any work.
+The transport is the `openai` SDK (`openai.OpenAI`): its typed requests, `extra_body` for vLLM's fields, its retry
+loop and its timeouts. What is ours, each in one place:
+- `OpenAIClient.complete`: one completion (`/chat/completions` for `messages`, `/completions` for a `prompt`),
+  returned as the server's JSON (vLLM's `token_ids` and `prompt_token_ids` included). The SDK retries connection
+  errors, resets, timeouts, 408, 409, 429 and 5xx up to `max_retries` times; the wait between tries is ours,
+  `backoff_delay` (the SDK has no setting for it), or the server's `Retry-After` / `retry-after-ms`.
+- Accounting: every try the SDK makes goes through the HTTP client `_sdk_client` gives it (the SDK's default one,
+  counting requests, status_<code>, connection_errors and timeouts), so `counts["retries"]` and an error's
+  `attempts` are what reached the server, with no second retry loop of our own.
+- `OpenAIClient.check`: `GET /models` once, unretried, so an unreachable server, a refused key or a model the
+  server does not list is one clear line before any work.
 - `DiskCache`: one JSON file per key (`DIR/<k[:2]>/<k>.json`, written atomically), so a killed run resumes
   without sending a request that was already answered.
 - `OpenAIChat`: `chat(conversations, n=, temperature=, max_new_tokens=, seed=)` over a thread pool of
@@ -17,20 +22,13 @@ in the Authorization header and never stored, logged or written to a manifest.
 """
 from __future__ import annotations
 
-import email.utils
-import http.client
 import json
 import os
 import random
 import re
-import socket
 import threading
-import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -40,17 +38,19 @@ from pipelines.core.files import atomic_write_json, fingerprint_json
 from .base import EngineError, derive_seed
 
 DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
-RETRY_STATUSES = frozenset({408, 429}) | frozenset(range(500, 600))
+RETRY_STATUSES = frozenset({408, 409, 429}) | frozenset(range(500, 600))  # what the SDK retries
+CONNECT_TIMEOUT_S = 5.0  # the SDK's default: a host that does not answer the handshake fails fast
 
 
 class APIError(Exception):
     """A request that failed. `kind` names the failure like the `openai` package does (`ConnectionError`,
     `Timeout`, `RateLimitError`, `InternalServerError`, `BadRequestError`, `NotFoundError`,
-    `AuthenticationError`, `APIStatusError`, `BadResponse`); `status` is the HTTP status when there was one."""
+    `AuthenticationError`, `APIStatusError`, `BadResponse`); `status` is the HTTP status when there was one;
+    `attempts` the tries made (1 + the SDK's retries)."""
 
-    def __init__(self, kind: str, message: str, status: int | None = None, retry_after: float | None = None):
+    def __init__(self, kind: str, message: str, status: int | None = None, attempts: int = 1):
         super().__init__(message)
-        self.kind, self.status, self.retry_after = kind, status, retry_after
+        self.kind, self.status, self.attempts = kind, status, attempts
 
     @property
     def retryable(self) -> bool:
@@ -89,34 +89,18 @@ def backoff_delay(attempt: int, backoff_s: float, max_backoff_s: float, retry_af
     return min(max_backoff_s, backoff_s * 2 ** attempt * (0.5 + rng()))
 
 
-def _retry_after(headers: Any) -> float | None:
-    """`retry-after-ms` (OpenAI) or `Retry-After` (seconds or an HTTP date) as seconds; None when absent."""
-    if headers is None:
-        return None
-    ms = headers.get("retry-after-ms")
-    if ms:
-        try:
-            return float(ms) / 1000.0
-        except ValueError:
-            pass
-    value = headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        try:
-            return email.utils.parsedate_to_datetime(value).timestamp() - time.time()
-        except (TypeError, ValueError):
-            return None
-
-
 _STATUS_KINDS = {400: "BadRequestError", 401: "AuthenticationError", 403: "AuthenticationError",
                  404: "NotFoundError", 422: "BadRequestError", 429: "RateLimitError"}
 
 
+class _Tries(threading.local):
+    n = 0  # tries of the current request in this thread (the SDK retries in the thread that asked)
+
+
 class OpenAIClient:
-    """HTTP to one OpenAI-compatible server; thread-safe (each request is its own connection)."""
+    """One OpenAI-compatible server through the `openai` SDK; thread-safe (the SDK's client is, and the counts
+    are taken under a lock). The SDK client is built on first use, so the object pickles (a stage holding it
+    may be shipped to a worker) without its connections or its key."""
 
     def __init__(self, base_url: str, api_key: str | None = None, *, api_key_env: str | None = None,
                  timeout_s: float = 600.0, max_retries: int = 5, backoff_s: float = 1.0,
@@ -126,86 +110,108 @@ class OpenAIClient:
         self.api_key_env = api_key_env or DEFAULT_API_KEY_ENV
         self.timeout_s, self.max_retries = timeout_s, max_retries
         self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
-        self.counts: Counter = Counter()  # requests, retries, status_<code>, connection_errors
+        self.counts: Counter = Counter()  # requests, retries, status_<code>, connection_errors, timeouts
         self._lock = threading.Lock()
+        self._tries = _Tries()
+        self._sdk: Any = None
 
     def __repr__(self) -> str:
         return f"OpenAIClient({self.base_url!r})"
 
-    def __getstate__(self) -> dict:  # a stage holding a client may be pickled; the lock and key stay behind
-        state = {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_api_key")}
-        return state
+    def __getstate__(self) -> dict:  # the lock, the key and the SDK client (its connections) stay behind
+        return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_api_key", "_tries", "_sdk")}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self._lock = threading.Lock()
+        self._lock, self._tries, self._sdk = threading.Lock(), _Tries(), None
         self._api_key = api_key_from_env(self.api_key_env)
 
-    def _count(self, key: str) -> None:
+    @property
+    def sdk(self) -> Any:
+        """The `openai.OpenAI` client (`_sdk_client`), built on first use."""
         with self._lock:
-            self.counts[key] += 1
+            if self._sdk is None:
+                self._sdk = _sdk_client(self)
+            return self._sdk
+
+    def _tried(self, outcome: str) -> None:
+        """Called by the HTTP client after every try: `status_<code>`, `connection_errors` or `timeouts`."""
+        self._tries.n += 1
+        with self._lock:
+            self.counts["requests"] += 1
+            self.counts[outcome] += 1
+
+    def close(self) -> None:
+        """Close the SDK's connections; a later request opens new ones."""
+        with self._lock:
+            sdk, self._sdk = self._sdk, None
+        if sdk is not None:
+            sdk.close()
 
     # ---- one request --------------------------------------------------------------------------------------------
 
-    def _send(self, method: str, path: str, body: dict | None, timeout_s: float) -> dict:
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(f"{self.base_url}{path}", data=data, method=method, headers={
-            "Content-Type": "application/json", "Authorization": f"Bearer {self._api_key}"})
-        self._count("requests")
-        try:
-            with urllib.request.urlopen(request, timeout=timeout_s) as response:
-                raw = response.read()
-                self._count(f"status_{response.status}")
-        except urllib.error.HTTPError as err:
-            self._count(f"status_{err.code}")
-            detail = _error_message(err.read())
-            kind = _STATUS_KINDS.get(err.code, "InternalServerError" if err.code >= 500 else "APIStatusError")
-            raise APIError(kind, f"HTTP {err.code}: {detail}", err.code, _retry_after(err.headers)) from None
-        except (TimeoutError, socket.timeout) as err:
-            self._count("timeouts")
-            raise APIError("Timeout", f"no answer within {timeout_s:g}s ({err})") from None
-        except urllib.error.URLError as err:
-            self._count("connection_errors")
-            if isinstance(err.reason, (TimeoutError, socket.timeout)):
-                raise APIError("Timeout", f"no answer within {timeout_s:g}s") from None
-            raise APIError("ConnectionError", f"connection failed ({err.reason})") from None
-        except (ConnectionError, http.client.HTTPException, OSError) as err:  # resets, a server that hung up
-            self._count("connection_errors")
-            raise APIError("ConnectionError", f"connection failed ({type(err).__name__}: {err})") from None
-        try:
-            return json.loads(raw)
-        except ValueError:
-            raise APIError("BadResponse", f"the answer is not JSON: {raw[:200]!r}", status=None) from None
+    def complete(self, body: dict, extra_body: dict | None = None) -> dict:
+        """POST `body` to `/chat/completions` (it has `messages`) or `/completions` (it has `prompt`) through the
+        SDK's typed method, with `extra_body` (fields the OpenAI API does not have, e.g. vLLM's
+        `return_token_ids`) merged into the JSON. Returns the answer's JSON as the server sent it; raises
+        APIError after the SDK's retries (or at once, for what it does not retry)."""
+        import openai
 
-    def post(self, path: str, body: dict) -> dict:
-        """POST `body` to `base_url + path`, retried as the module docstring says; raises the last APIError."""
-        attempt = 0
-        while True:
-            try:
-                return self._send("POST", path, body, self.timeout_s)
-            except APIError as err:
-                if not err.retryable or attempt >= self.max_retries:
-                    err.attempts = attempt + 1  # type: ignore[attr-defined]
-                    raise
-                self._count("retries")
-                time.sleep(backoff_delay(attempt, self.backoff_s, self.max_backoff_s, err.retry_after))
-                attempt += 1
+        resource = self.sdk.chat.completions if "messages" in body else self.sdk.completions
+        self._tries.n = 0
+        try:
+            raw = resource.with_raw_response.create(**body, extra_body=extra_body)
+        except openai.APIError as err:
+            raise self._api_error(err, self.timeout_s) from None
+        finally:
+            with self._lock:
+                self.counts["retries"] += max(0, self._tries.n - 1)
+        try:
+            return json.loads(raw.http_response.content)
+        except ValueError:
+            raise APIError("BadResponse", f"the answer is not JSON: {raw.http_response.content[:200]!r}",
+                           attempts=self._tries.n) from None
+
+    def _api_error(self, err: Exception, timeout_s: float) -> APIError:
+        """The SDK's exception as an APIError: the kind, `HTTP <status>: <the server's message>`, the tries."""
+        import openai
+
+        attempts = max(1, self._tries.n)
+        if isinstance(err, openai.APIStatusError):
+            status = err.status_code
+            kind = _STATUS_KINDS.get(status, "InternalServerError" if status >= 500 else "APIStatusError")
+            return APIError(kind, f"HTTP {status}: {_error_message(err.response.content)}", status, attempts)
+        if isinstance(err, openai.APITimeoutError):
+            return APIError("Timeout", f"no answer within {timeout_s:g}s", attempts=attempts)
+        if isinstance(err, openai.APIConnectionError):
+            cause = err.__cause__
+            why = f"{type(cause).__name__}: {cause}" if cause is not None else str(err)
+            return APIError("ConnectionError", f"connection failed ({' '.join(why.split())})", attempts=attempts)
+        return APIError("BadResponse", str(err), attempts=attempts)
 
     # ---- the server -----------------------------------------------------------------------------------------------
 
     def models(self) -> list[str] | None:
-        """The ids `GET /models` lists, or None when the server has no such endpoint."""
+        """The ids `GET /models` lists, or None when the server has no such endpoint. Asked once, unretried."""
+        import openai
+
+        timeout_s = min(self.timeout_s, 10.0)
+        self._tries.n = 0
         try:
-            answer = self._send("GET", "/models", None, min(self.timeout_s, 10.0))
-        except APIError as err:
-            if err.kind in ("ConnectionError", "Timeout"):
+            raw = self.sdk.with_options(timeout=timeout_s, max_retries=0).models.with_raw_response.list()
+            answer = json.loads(raw.http_response.content)
+        except openai.APIError as err:
+            failed = self._api_error(err, timeout_s)
+            if failed.kind in ("ConnectionError", "Timeout"):
                 raise EngineError(
-                    f"cannot reach an OpenAI-compatible server at {self.base_url} ({err}). Start one (e.g. "
+                    f"cannot reach an OpenAI-compatible server at {self.base_url} ({failed}). Start one (e.g. "
                     f"`vllm serve MODEL` or `transformers serve MODEL`) or pass the right --base-url") from None
-            if err.kind == "AuthenticationError":
+            if failed.kind == "AuthenticationError":
                 raise EngineError(f"the server at {self.base_url} refused the API key: set ${self.api_key_env} "
                                   "(or name another variable with --api-key-env)") from None
             return None  # some servers have no /models; the first real request will tell
+        except ValueError:
+            return None
         data = answer.get("data") if isinstance(answer, dict) else None
         return [str(m.get("id")) for m in data if isinstance(m, dict)] if isinstance(data, list) else None
 
@@ -219,6 +225,39 @@ class OpenAIClient:
         shown = ", ".join(repr(m) for m in listed[:8]) + (f" and {len(listed) - 8} more" if len(listed) > 8 else "")
         raise EngineError(f"the server at {self.base_url} does not serve model {model!r} (GET /models lists "
                           f"{shown}): pass one of these as --model")
+
+
+def _is_timeout(err: BaseException) -> bool:
+    # the SDK's HTTP library is httpx2 (openai 3.x) or httpx (before): both name their timeouts' base class so
+    return any(cls.__name__ == "TimeoutException" for cls in type(err).__mro__)
+
+
+def _sdk_client(client: OpenAIClient) -> Any:
+    """`openai.OpenAI` for `client`: its `max_retries` and timeout, our `backoff_delay` between retries, and an
+    HTTP client (the SDK's default one) that reports every try to `client._tried`."""
+    import openai
+
+    class CountingHttpClient(openai.DefaultHttpxClient):
+        def send(self, request: Any, **kwargs: Any) -> Any:
+            try:
+                response = super().send(request, **kwargs)
+            except Exception as err:  # the SDK retries these as connection errors (or timeouts)
+                client._tried("timeouts" if _is_timeout(err) else "connection_errors")
+                raise
+            client._tried(f"status_{response.status_code}")
+            return response
+
+    class SDK(openai.OpenAI):
+        def _calculate_retry_timeout(self, remaining_retries: int, options: Any, response_headers: Any = None) -> float:
+            # the SDK's hook for the wait before a retry (its own: 0.5 s doubling to 8 s, no setting); ours keeps
+            # --backoff-s, and the server's Retry-After as the SDK reads it
+            attempt = options.get_max_retries(self.max_retries) - remaining_retries
+            return backoff_delay(attempt, client.backoff_s, client.max_backoff_s,
+                                 self._parse_retry_after_header(response_headers))
+
+    timeout = openai.Timeout(client.timeout_s, connect=min(client.timeout_s, CONNECT_TIMEOUT_S))
+    return SDK(api_key=client._api_key, base_url=client.base_url, max_retries=client.max_retries, timeout=timeout,
+               http_client=CountingHttpClient(timeout=timeout))
 
 
 # how servers say a prompt does not fit: vLLM ("maximum context length is 512 tokens"), OpenAI
@@ -314,7 +353,7 @@ class OpenAIChat:
         body = {"model": self.model, "messages": messages, "temperature": temperature,
                 "max_tokens": max_new_tokens, "seed": seed, "n": 1}
         try:
-            answer = self.client.post("/chat/completions", body)
+            answer = self.client.complete(body)
         except APIError as err:
             if err.status == 400 and _CONTEXT_EXCEEDED.search(str(err)):
                 # this conversation alone cannot be answered (the others can): a per-row reason, not a crash;
@@ -345,9 +384,8 @@ class OpenAIChat:
             return EngineError(f"the server at {url} refused the API key ({err}): set ${self.client.api_key_env}")
         if err.kind == "BadRequestError":
             return EngineError(f"the server at {url} rejected the request for model {self.model!r} ({err})")
-        attempts = getattr(err, "attempts", 1)
-        return EngineError(f"request to {url} for model {self.model!r} failed after {attempts} attempts: "
+        return EngineError(f"request to {url} for model {self.model!r} failed after {err.attempts} attempts: "
                            f"{err.kind}: {err}. Answered requests are cached; rerun the same command to continue")
 
     def close(self) -> None:
-        pass
+        self.client.close()
