@@ -10,6 +10,7 @@ import importlib
 import os
 import sys
 
+from pipelines.core import hub
 from pipelines.errors import UsageError, UserError
 from rewards.pool import PoolError
 
@@ -47,9 +48,36 @@ class Parser(argparse.ArgumentParser):
     `UsageError`, which the CLI prints as one line (a pipeline file is checked whole with it before any stage)."""
 
     def __init__(self, *args, **kwargs):
+        from pipelines.core.options import HelpFormatter
+
         kwargs["allow_abbrev"] = False
+        kwargs.setdefault("formatter_class", HelpFormatter)  # shows every option's default
         super().__init__(*args, **kwargs)
         self.also_known: list[str] = []  # flags of a parser that passed its unknown ones here (for suggestions)
+        self.config_passthrough = False  # --config keys this parser does not know go on to the next parser
+        self._finished = False
+
+    def finish(self) -> "Parser":
+        """The common finishing pass (pipelines/core/options.py `finish`): canonical aliases (docs/cli.md), shared
+        help, `--config FILE.yaml`. Runs once, before the first parse or help."""
+        if not self._finished:
+            from pipelines.core.options import finish
+
+            self._finished = True
+            finish(self)
+        return self
+
+    def parse_known_args(self, args=None, namespace=None):
+        from pipelines.core.options import config_argv, switch_words
+
+        self.finish()
+        args = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(switch_words(self, config_argv(self, args, self.config_passthrough)),
+                                        namespace)
+
+    def format_help(self) -> str:
+        self.finish()
+        return super().format_help()
 
     def error(self, message: str):
         unknown = message.partition("unrecognized arguments: ")[2].split()
@@ -71,6 +99,7 @@ def _top_parser() -> argparse.ArgumentParser:
         + "\n\nRun `prefsmith COMMAND --help` for a command's options.",
     )
     p.add_argument("command", choices=list(COMMANDS), metavar="COMMAND")
+    p._finished = True  # `--config` belongs to the commands, not to `prefsmith` itself
     return p
 
 
@@ -85,9 +114,16 @@ def _resolve_default_models(argv: list[str]) -> list[str]:
     return out
 
 
+# commands whose --output is a dataset directory: they take --push-to-hub (pipelines/core/hub.py)
+HUB_COMMANDS = ("generate", "label", "prm-label", "dedup", "decontaminate", "pairs", "judge", "critique-revise", "kto",
+                "select", "eval")
+
+
 def command_parser(name: str, module) -> Parser:
     parser = Parser(prog=f"prefsmith {name}", description=COMMANDS[name][1])
     module.add_arguments(parser)
+    if name in HUB_COMMANDS:
+        hub.add_arguments(parser)
     return parser
 
 
@@ -103,7 +139,9 @@ def check_args(argv: list[str]) -> None:
     elif name == "plot":
         module.plot_parser().parse_args(rest)
     else:
-        command_parser(name, module).parse_args(rest)
+        args = command_parser(name, module).parse_args(rest)
+        if name in HUB_COMMANDS:
+            hub.target(args.push_to_hub, args.hub_private)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,7 +159,11 @@ def main(argv: list[str] | None = None) -> int:
         if name in ("train", "plot"):  # trainers parse their own sub-subcommands
             return int((module.main if name == "train" else module.plot_main)(_resolve_default_models(rest)) or 0)
         args = command_parser(name, module).parse_args(rest)
-        return int(module.run(args) or 0)
+        target = hub.target(args.push_to_hub, args.hub_private) if name in HUB_COMMANDS else None  # before any work
+        status = int(module.run(args) or 0)
+        if target is not None and status == 0:
+            hub.push_dataset(args.output, target)
+        return status
     except UserError as e:  # includes the engines' EngineError and the trainers' UserDataError
         print(f"prefsmith {name}: error: {e}", file=sys.stderr)
         return 2

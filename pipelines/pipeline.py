@@ -215,7 +215,9 @@ def stage_argv(stage: dict, outputs: dict[str, str], workdir: Path, executor: An
         flag = "--" + key.replace("_", "-")
         if value is True:
             argv.append(flag)
-        elif value is False or value is None:
+        elif value is False:  # the parser turns it into --no-KEY, or nothing for a plain switch; a typo stays one
+            argv.append(f"{flag}=false")
+        elif value is None:
             continue
         elif isinstance(value, list):
             for v in value:

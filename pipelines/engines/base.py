@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol, Sequence, Union
+from typing import Any, Callable, Protocol, Sequence, Union
 
 from pipelines.errors import UserError
 from rewards.chat import prompt_ids, render_chat
@@ -42,8 +42,8 @@ class Sample:
     # them, e.g. a served model without a local tokenizer): rows record them without rendering the prompt again
     prompt_ids: list[int] | None = None
     # the log-prob of each sampled token under the model's own distribution (temperature 1, no top-p): what an
-    # off-policy correction compares a later policy against (the asynchronous trainers). Only the hf engine, and
-    # only when asked (`HFEngine.policy_logprobs = True`); else None
+    # off-policy correction compares a later policy against (the asynchronous trainers). Only when asked: the hf
+    # engine with `policy_logprobs = True`, the vLLM policy engine with `behaviour_logprobs=True`; else None
     policy_logprobs: list[float] | None = None
 
 
@@ -73,10 +73,12 @@ class Engine(Protocol):
     name: str
     model: str
 
-    def generate(self, prompts: Sequence[Prompt], sampling: SamplingConfig, seeds: Sequence[int]) -> list[list[Sample]]:
+    def generate(self, prompts: Sequence[Prompt], sampling: SamplingConfig, seeds: Sequence[int],
+                 on_prompt_done: Callable[[int], None] | None = None) -> list[list[Sample]]:
         """Return, for each prompt, `sampling.n` samples. `seeds[i]` seeds prompt i, so a prompt's samples do
         not depend on which other prompts share its batch (this is what makes kill-and-resume reproduce an
-        uninterrupted run exactly)."""
+        uninterrupted run exactly). `on_prompt_done(i)`, when given, is called once per prompt as soon as all
+        its samples are done (progress bars: `generate` advances per prompt, not per batch)."""
         ...
 
     def prompt_ids(self, prompt: Prompt) -> list[int] | None:
@@ -145,9 +147,12 @@ def stop_token_ids(tokenizer: Any, generation_eos: int | list[int] | None = None
 
 
 def resolve_model_path(model: str) -> str:
-    """Return `model` as a usable string: an existing local folder (expanded) or a hub name. A string that is
-    clearly a path but does not exist, or a folder without config.json, raises EngineError."""
-    path = Path(model).expanduser()
+    """Return `model` as a usable string: an existing local folder (expanded; a `prefsmith train` run directory
+    stands for its OUTPUT/model, `rewards.rm.model_folder`) or a hub name. A string that is clearly a path but
+    does not exist, or a folder without config.json, raises EngineError."""
+    from rewards.rm import model_folder
+
+    path = Path(model_folder(model)).expanduser()
     if path.exists():
         if not (path / "config.json").exists():
             raise EngineError(
@@ -164,17 +169,39 @@ def resolve_model_path(model: str) -> str:
     return model
 
 
-def load_tokenizer(model: str) -> Any:
-    """The model's tokenizer, or EngineError saying which model could not be loaded and what to do."""
+def load_tokenizer(model: str, chat_template: str | None = None) -> Any:
+    """The model's tokenizer, or EngineError saying which model could not be loaded and what to do.
+    `chat_template`: a Jinja file (`--chat-template`) that replaces the model's chat template."""
     from transformers import AutoTokenizer
 
+    template = read_chat_template(chat_template)
     try:
-        return AutoTokenizer.from_pretrained(model)
+        tokenizer = AutoTokenizer.from_pretrained(model)
     except Exception as err:  # offline hub name, corrupt folder: one message instead of a deep stack trace
         raise EngineError(
             f"cannot load the tokenizer of model {model!r} ({type(err).__name__}: {err}). Pass a local folder "
             "written by save_pretrained (for the default policy run `prefsmith models fetch-default`)"
         ) from err
+    if template is not None:
+        tokenizer.chat_template = template
+    return tokenizer
+
+
+def read_chat_template(path: str | None) -> str | None:
+    """The text of a `--chat-template` file (None: keep the model's), checked to be a Jinja template that parses."""
+    if path is None:
+        return None
+    try:
+        text = Path(path).read_text()
+    except (FileNotFoundError, IsADirectoryError):
+        raise EngineError(f"--chat-template {path}: no such file") from None
+    import jinja2
+
+    try:
+        jinja2.Environment().parse(text)
+    except jinja2.TemplateSyntaxError as e:
+        raise EngineError(f"--chat-template {path}: line {e.lineno}: not a valid Jinja template ({e.message})") from None
+    return text
 
 
 def completion_text(tokenizer: Any, token_ids: list[int], finish_reason: str) -> str:

@@ -10,7 +10,7 @@ rounding of padded matmuls, which could only matter at an exact tie).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -211,14 +211,16 @@ class HFEngine:
         dtype: str = "auto",
         prompt_batch_size: int = 8,
         threads: int | None = None,
+        chat_template: str | None = None,
     ) -> None:
+        """`chat_template`: a Jinja file that replaces the model's chat template (`--chat-template`)."""
         from transformers import AutoModelForCausalLM
 
         self.model = resolve_model_path(model)
         self.policy_logprobs = False  # also record Sample.policy_logprobs (the asynchronous trainers' worker)
         self.options = HFOptions(device, dtype, prompt_batch_size, apply_threads(threads))
         self.device = _pick_device(device)
-        self.tokenizer = load_tokenizer(self.model)
+        self.tokenizer = load_tokenizer(self.model, chat_template)
         try:
             self.lm = AutoModelForCausalLM.from_pretrained(self.model, dtype=_pick_dtype(dtype, self.device))
         except Exception as err:
@@ -265,12 +267,16 @@ class HFEngine:
         return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
 
     def generate(
-        self, prompts: Sequence[Prompt], sampling: SamplingConfig, seeds: Sequence[int] | None = None
+        self, prompts: Sequence[Prompt], sampling: SamplingConfig, seeds: Sequence[int] | None = None,
+        on_prompt_done: Callable[[int], None] | None = None,
     ) -> list[list[Sample]]:
         seeds = per_prompt_seeds(len(prompts), sampling, seeds)
         ids = [self.prompt_ids(p) for p in prompts]
         # a prompt with no room left in the context is not generated at all (it would only extrapolate)
         keep = [i for i, x in enumerate(ids) if fits(len(x), self.context)]
+        if on_prompt_done is not None:
+            for i in sorted(set(range(len(ids))) - set(keep)):
+                on_prompt_done(i)
         # packed by length: a batch's prompts are padded to its longest (a prompt's samples do not depend on
         # which prompts share its batch, so the order changes no sample)
         keep.sort(key=lambda i: len(ids[i]))
@@ -278,19 +284,25 @@ class HFEngine:
         done: list[list[Sample]] = []
         for start in range(0, len(keep), size):
             part = keep[start : start + size]
-            done.extend(self._generate_batch([ids[i] for i in part], sampling, [seeds[i] for i in part]))
+            report = None if on_prompt_done is None else (lambda j, part=part: on_prompt_done(part[j]))
+            done.extend(self._generate_batch([ids[i] for i in part], sampling, [seeds[i] for i in part], report))
         out = [too_long(sampling.n) for _ in ids]
         for i, samples in zip(keep, done):
             out[i] = samples
         return with_prompt_ids(out, ids)
 
-    def _generate_batch(self, batch: list[list[int]], sampling: SamplingConfig, seeds: list[int]) -> list[list[Sample]]:
+    def _generate_batch(self, batch: list[list[int]], sampling: SamplingConfig, seeds: list[int],
+                        on_prompt_done: Callable[[int], None] | None = None) -> list[list[Sample]]:
         if _fast_decodable(self.lm):
-            return self._decode(batch, sampling, seeds)
-        return self._generate_batch_hf(batch, sampling, seeds)
+            return self._decode(batch, sampling, seeds, on_prompt_done)
+        out = self._generate_batch_hf(batch, sampling, seeds)
+        for j in range(len(batch) if on_prompt_done is not None else 0):  # transformers' generate: all at the end
+            on_prompt_done(j)
+        return out
 
     @torch.inference_mode()
-    def _decode(self, batch: list[list[int]], sampling: SamplingConfig, seeds: list[int]) -> list[list[Sample]]:
+    def _decode(self, batch: list[list[int]], sampling: SamplingConfig, seeds: list[int],
+                on_prompt_done: Callable[[int], None] | None = None) -> list[list[Sample]]:
         """The engine's own decode loop. Each prompt is prefilled once and its KV cache repeated for its n
         samples; every step runs only the rows still generating (finished rows leave the batch); the cache is
         written in place (`_SlabLayer`). Tokens are drawn exactly as with `generate` (`_RowSampler`), so the same
@@ -321,6 +333,14 @@ class HFEngine:
         tokens: list[list[int]] = [[] for _ in range(rows)]
         logps: list[list[float]] = [[] for _ in range(rows)]
         own: list[list[float]] | None = [[] for _ in range(rows)] if self.policy_logprobs else None
+        left = [n] * len(batch)  # samples of each prompt still generating (`on_prompt_done` when one reaches 0)
+
+        def finished(ended: list[int]) -> None:
+            for r in ended:
+                left[r // n] -= 1
+                if left[r // n] == 0:
+                    on_prompt_done(r // n)
+
         for step in range(sampling.max_new_tokens):
             if self.on_decode_step is not None and step % 8 == 0:
                 self.on_decode_step()
@@ -333,6 +353,8 @@ class HFEngine:
                 for r, lp in zip(rows_now, model_lp.tolist()):
                     own[r].append(lp)
             going = ~torch.isin(token, stops)
+            if on_prompt_done is not None:
+                finished([r for r, g in zip(rows_now, going.tolist()) if not g])
             if step + 1 == sampling.max_new_tokens or not bool(going.any()):
                 break
             # Finished rows leave the batch at once. A drop copies the live rows' cache (tens of ms for 64 rows of
@@ -348,6 +370,8 @@ class HFEngine:
             logits = self.lm(input_ids=token[:, None], attention_mask=mask,
                              position_ids=(mask.sum(-1, keepdim=True) - 1), past_key_values=cache,
                              use_cache=True).logits[:, -1]
+        if on_prompt_done is not None:  # the rows still going stopped at max_new_tokens
+            finished([r for r in live.tolist() if not tokens[r] or tokens[r][-1] not in self.stop_ids])
         samples = [self._sample(tokens[r], logps[r]) for r in range(rows)]
         if own is not None:
             for r, s in enumerate(samples):

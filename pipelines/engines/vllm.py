@@ -14,7 +14,7 @@ import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from .base import (
     EngineError,
@@ -76,6 +76,7 @@ class VLLMEngine:
         enforce_eager: bool | None = None,
         tensor_parallel_size: int = 1,
         enable_prefix_caching: bool = True,
+        chat_template: str | None = None,
         **engine_args: Any,
     ) -> None:
         """`dtype` auto: float32 on CPU (exact log-probs), the checkpoint's dtype on GPU. `kv_cache_gib`: KV cache
@@ -88,7 +89,8 @@ class VLLMEngine:
             raise EngineError(f"the vllm engine needs the vllm package ({err}): pip install 'prefsmith[vllm]'") from err
 
         self.model = resolve_model_path(model)
-        self.tokenizer = load_tokenizer(self.model)  # fails fast, before vLLM's slow start
+        # fails fast, before vLLM's slow start; prompts are rendered to ids with it (--chat-template included)
+        self.tokenizer = load_tokenizer(self.model, chat_template)
         cpu = _on_cpu()
         args: dict[str, Any] = dict(
             model=self.model,
@@ -122,8 +124,10 @@ class VLLMEngine:
         return render_prompt_ids(self.tokenizer, prompt)
 
     def generate(
-        self, prompts: Sequence[Prompt], sampling: SamplingConfig, seeds: Sequence[int] | None = None
+        self, prompts: Sequence[Prompt], sampling: SamplingConfig, seeds: Sequence[int] | None = None,
+        on_prompt_done: Callable[[int], None] | None = None,
     ) -> list[list[Sample]]:
+        """`on_prompt_done(i)`: called for every prompt once the call's batch is done (vLLM runs it as one)."""
         seeds = per_prompt_seeds(len(prompts), sampling, seeds)
         if not prompts:
             return []
@@ -134,6 +138,8 @@ class VLLMEngine:
         out = [too_long(sampling.n) for _ in ids]
         for i, samples in zip(keep, self._generate([ids[i] for i in keep], sampling, [seeds[i] for i in keep])):
             out[i] = samples
+        for i in range(len(ids) if on_prompt_done is not None else 0):
+            on_prompt_done(i)
         return with_prompt_ids(out, ids)
 
     def _generate(self, ids: list[list[int]], sampling: SamplingConfig, seeds: list[int]) -> list[list[Sample]]:
@@ -254,11 +260,14 @@ class VLLMPolicyEngine(VLLMEngine):
         sleep_level: int = 1,
         gpu_memory_utilization: float | None = None,
         tensor_parallel_size: int = 1,
+        behaviour_logprobs: bool = False,
         **options: Any,
     ) -> None:
         """`sleep_mode` None: on with CUDA, off elsewhere (vLLM has no sleep mode on CPU). `gpu_memory_utilization`
-        default: $PREFSMITH_VLLM_GPU_MEMORY_UTILIZATION, else 0.3 on GPU (the trainer needs the rest). Other
-        options as `VLLMEngine`."""
+        default: $PREFSMITH_VLLM_GPU_MEMORY_UTILIZATION, else 0.3 on GPU (the trainer needs the rest).
+        `behaviour_logprobs`: the asynchronous trainers' rollout process — log-probs are the model's own
+        (temperature 1, no top-p: vLLM's raw log-probs), and each sample carries them as `policy_logprobs` too.
+        Other options as `VLLMEngine`."""
         try:
             from vllm.platforms import current_platform
         except ImportError as err:
@@ -278,6 +287,9 @@ class VLLMPolicyEngine(VLLMEngine):
             gpu_memory_utilization = COLOCATED_GPU_FRACTION
         if sleep:
             options["enable_sleep_mode"] = True
+        if behaviour_logprobs:
+            options["logprobs_mode"] = "raw_logprobs"
+        self.behaviour_logprobs = behaviour_logprobs
         with _in_process():
             super().__init__(model, gpu_memory_utilization=gpu_memory_utilization, **options)
         self.options = PolicyOptions(prompt_batch_size, sleep, sleep_level)
@@ -324,14 +336,20 @@ class VLLMPolicyEngine(VLLMEngine):
             self.weights_valid = self.options.sleep_level == 1
 
     def generate(
-        self, prompts: Sequence[Prompt], sampling: SamplingConfig, seeds: Sequence[int] | None = None
+        self, prompts: Sequence[Prompt], sampling: SamplingConfig, seeds: Sequence[int] | None = None,
+        on_prompt_done: Callable[[int], None] | None = None,
     ) -> list[list[Sample]]:
         if self.asleep:
             if not self.weights_valid:
                 raise EngineError("sleep level 2 dropped vLLM's weights: call sync_weights(model) before generate")
             self.llm.wake_up()  # what is still asleep: the KV cache (and at level 1 without a sync, the weights)
             self.asleep = False
-        return super().generate(prompts, sampling, seeds)
+        out = super().generate(prompts, sampling, seeds, on_prompt_done)
+        if self.behaviour_logprobs:  # raw log-probs: the model's own distribution, what the correction needs
+            for samples in out:
+                for s in samples:
+                    s.policy_logprobs = s.logprobs
+        return out
 
     def close(self) -> None:
         """Shut the engine down and undo its process-wide state (torch.distributed group, vLLM's env cache)."""

@@ -24,15 +24,19 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from pipelines.core import dataset as ds
+from pipelines.core.columns import standard_rows
 from pipelines.core.files import atomic_path, atomic_write_json
 from pipelines.core.runner import Shard, execute
 from pipelines.core.stage import Stage
 from pipelines.core.threads import add_threads_argument
+from pipelines.core.tracking import (TABLE_ROWS, Trackers, add_report_to_argument, check_installed, parse_report_to,
+                                     table_rows)
 from pipelines.engines.base import SamplingConfig
 from pipelines.errors import UserError
 from pipelines.executors import add_executor_arguments, executor_config
 from pipelines.reports.stats import pass_at_k
-from pipelines.stages.generate import GenerateConfig, GenerateStage, engine_model, generate_rows, prompt_ids
+from pipelines.stages.generate import (GenerateConfig, GenerateStage, chat_template_for, engine_model, generate_rows,
+                                       prompt_ids)
 from pipelines.stages.label import LabelConfig, LabelStage, label_rows
 from rewards.chat import completion_text
 from rewards.extract import extract_answer, gold_text, whole_answer
@@ -300,7 +304,7 @@ class EvalStage(Stage):
                 "correct_at": CORRECT_AT}
 
     def required(self) -> list[str]:
-        return [self.cfg.generate.prompt_column, *self.label.needs]
+        return [self.cfg.generate.prompt_column, *map(self.label._column, self.label.needs)]
 
     def present(self) -> list[str]:
         return list(self.cfg.by)
@@ -312,6 +316,7 @@ class EvalStage(Stage):
     def process(self, rows: list[dict], shard: Shard) -> dict:
         out, stats = generate_rows(self.gen.engine, rows, self.cfg.generate, prompt_ids(rows, shard.start),
                                    self.gen.use_chat, shard.tick)
+        out = standard_rows(out, gold_column=self.cfg.label.gold_column)  # --gold-column: the rewards read `answer`
         scored = score_rows(out, self.label.fns, self.label.names, self.label.weights, self.correct,
                             self.cfg.label.batch_size)
         return {"rows": scored, "stats": stats}
@@ -330,11 +335,13 @@ class EvalResult:
 
 def evaluate(cfg: EvalConfig, prompts: str, output: str, *, overwrite: bool = False, limit: int | None = None,
              shard_size: int | None = None, progress: bool = True, plot_png: bool = True, executor=None,
-             out=None) -> EvalResult:
+             out=None, report_to: list[str] | None = None) -> EvalResult:
     """Run `prefsmith eval` (its Python API): the rows into `output`, then `output/eval.json`, the printed
-    table and `output/eval.png`. A finished run is not sampled again: the figures are recomputed from its rows
-    (so another --by costs nothing)."""
+    table and `output/eval.png`, and the figures to the `report_to` trackers (`report`). A finished run is not
+    sampled again: the figures are recomputed from its rows (so another --by costs nothing)."""
     out = out or sys.stdout
+    report_to = parse_report_to(report_to)
+    check_installed(report_to)  # before any sampling
     stage = EvalStage(cfg)
     try:
         result = execute(stage, prompts, output, overwrite=overwrite, limit=limit, shard_size=shard_size,
@@ -367,7 +374,43 @@ def evaluate(cfg: EvalConfig, prompts: str, output: str, *, overwrite: bool = Fa
         summary["plot"] = str(plot(figures, ks, Path(output) / "eval.png", title))
     atomic_write_json(Path(output) / "eval.json", summary)
     print(format_table(figures, names, ks), file=out)
+    if report_to:
+        samples = table.select([c for c in ("prompt", "completion", "reward") if c in table.column_names])
+        report(summary, samples.slice(0, TABLE_ROWS).to_pylist(), report_to, output)
     return EvalResult(str(output), summary, result.skipped)
+
+
+def scalar_figures(summary: dict[str, Any]) -> dict[str, float]:
+    """eval.json's numbers as one flat record: the overall figures under their names (`accuracy`, `pass@4`,
+    `reward`, `reward_math`, `null`...), each --by group's metrics as `COLUMN/VALUE/METRIC`, and the generation
+    rate."""
+    def figures(g: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        rec = {f"{prefix}{k}": g.get(k) for k in ("prompts", "completions", "accuracy")}
+        rec.update({f"{prefix}{k}": v for k, v in g.items() if k.startswith(("pass@", "maj@"))})
+        rec[f"{prefix}reward"] = g["reward"]["mean"]
+        rec.update({f"{prefix}reward_{name}": r["mean"] for name, r in g["rewards"].items()})
+        rec[f"{prefix}null"] = g["null"]["completions"]
+        return rec
+
+    rec = figures(summary["overall"])
+    for column, groups in summary["by"].items():
+        for value, g in groups.items():
+            rec.update({k: v for k, v in figures(g, f"{column}/{value}/").items()
+                        if k.rsplit("/", 1)[1].startswith(("accuracy", "pass@", "maj@"))})
+    rec["tokens_per_s"] = summary["generation"]["tokens_per_s"]
+    return {k: v for k, v in rec.items() if v is not None}
+
+
+def report(summary: dict[str, Any], samples: list[dict], report_to: list[str], output: str | Path) -> None:
+    """The evaluation to the trackers, under OUTPUT like every run: the figures as `eval/...` at step 0, the
+    config (model, engine, prompts, sampling, rewards) and a table of the first completions."""
+    config = {k: summary[k] for k in ("model", "engine", "prompts")} | summary["config"]
+    trackers = Trackers(report_to, output, config)
+    try:
+        trackers.log({"split": "eval", "step": 0, **scalar_figures(summary)})
+        trackers.log_table("eval/samples", table_rows(samples), 0)
+    finally:
+        trackers.finish()
 
 
 # -------------------------------------------------------------------------------------------------- CLI
@@ -397,6 +440,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chat", choices=["auto", "always", "never"], default="auto",
                    help="wrap string prompts as a user message (auto: when the model has a chat template)")
     p.add_argument("--system", help="system message prepended to chat prompts")
+    p.add_argument("--chat-template", default=None, metavar="FILE.jinja")
+    p.add_argument("--prompt-column", default="prompt")
+    p.add_argument("--gold-column", default="answer")
     p.add_argument("--engine", choices=["hf", "vllm", "openai"], default="hf")
     p.add_argument("--base-url", help="OpenAI-compatible server URL (engine openai)")
     p.add_argument("--limit", type=int, help="evaluate only the first N prompts")
@@ -408,6 +454,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-plot", action="store_true", help="do not write eval.png")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--overwrite", action="store_true", help="replace an output made with another config or input")
+    add_report_to_argument(p)
     add_executor_arguments(p)
 
 
@@ -421,15 +468,16 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
     model = engine_model(args.engine, args.model, args.base_url, options)
     gen = GenerateConfig(model=model, engine=args.engine, template=args.template, chat=args.chat,
                          system=args.system, batch_size=args.batch_size, engine_options=options, threads=args.threads,
+                         prompt_column=args.prompt_column, chat_template=chat_template_for(args.engine, args.chat_template),
                          sampling=SamplingConfig(n=args.n, temperature=args.temperature, top_p=args.top_p,
                                                  max_new_tokens=args.max_new_tokens, seed=args.seed))
     label = LabelConfig(rewards=args.reward or ["math"], weights=args.weight, workers=args.workers,
-                        threads=args.threads)
+                        threads=args.threads, gold_column=args.gold_column)
     return EvalConfig(generate=gen, label=label, correct=args.correct_reward, by=list(dict.fromkeys(args.by)))
 
 
 def run(args: argparse.Namespace) -> int:
     evaluate(config_from_args(args), args.prompts, args.output, overwrite=args.overwrite, limit=args.limit,
              shard_size=args.shard_size, progress=not args.no_progress, plot_png=not args.no_plot,
-             executor=executor_config(args))
+             executor=executor_config(args), report_to=args.report_to)
     return 0

@@ -47,6 +47,7 @@ class CritiqueStageConfig:
     backoff_s: float = 1.0
     timeout_s: float = 600.0
     threads: int | None = None  # hf: torch CPU threads, None auto (docs/engines.md, Threads)
+    chat_template: str | None = None  # hf, vllm: a Jinja file replacing the model's chat template
     shard_size: int | None = None
 
 

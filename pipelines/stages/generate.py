@@ -18,11 +18,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from pipelines.engines.base import TOO_LONG, Prompt, SamplingConfig
 from pipelines.errors import UserError
 from pipelines.engines.models import resolve_model
+from pipelines.core.columns import prompt_of
 from pipelines.core.runner import Shard, StageResult, execute, update_manifest
 from pipelines.core.stage import Stage
 from pipelines.core.threads import add_threads_argument
@@ -42,6 +43,7 @@ class GenerateConfig:
     batch_size: int = 8  # prompts per engine call
     engine_options: dict[str, Any] = field(default_factory=dict)
     threads: int | None = None  # hf: torch CPU threads, None auto (docs/engines.md, Threads); not in the fingerprint
+    chat_template: str | None = None  # a Jinja file replacing the model's chat template (hf, vllm)
 
 
 def prompt_seed(seed: int, prompt_id: str) -> int:
@@ -54,7 +56,7 @@ def prompt_ids(rows: list[dict], start: int) -> list[str]:
 
 
 def build_prompt(row: dict, cfg: GenerateConfig, use_chat: bool) -> Prompt:
-    prompt = row[cfg.prompt_column]
+    prompt = prompt_of(row[cfg.prompt_column], cfg.prompt_column)
     if isinstance(prompt, str):
         text = cfg.template.format(prompt=prompt, **{k: v for k, v in row.items() if k != "prompt"}) if cfg.template else prompt
         if not use_chat:
@@ -68,11 +70,13 @@ def build_prompt(row: dict, cfg: GenerateConfig, use_chat: bool) -> Prompt:
 
 
 def generate_rows(engine, rows: list[dict], cfg: GenerateConfig, ids: list[str], use_chat: bool,
-                  tick=lambda n: None) -> tuple[list[dict], dict[str, float]]:
+                  tick: Callable[[int], None] | None = None) -> tuple[list[dict], dict[str, float]]:
     """The row-level core of `generate` (the online trainers call it in-process with their live engine):
     sample `cfg.sampling.n` completions for each row, whose prompt ids are `ids`. Returns the rollout rows and
     the counters {tokens, gen_seconds, too_long_prompts (when any)}. A prompt that leaves the model no room to
-    generate is not sampled: its rows have an empty completion and finish_reason `too_long`."""
+    generate is not sampled: its rows have an empty completion and finish_reason `too_long`. `tick(1)` is
+    called as each prompt's samples are done (the engine's `on_prompt_done`), for a progress bar."""
+    done = None if tick is None else (lambda i: tick(1))
     out, tokens, seconds = [], 0, 0.0
     policy = {"model": cfg.model, "engine": cfg.engine}
     sampling = cfg.sampling.to_dict()
@@ -80,7 +84,8 @@ def generate_rows(engine, rows: list[dict], cfg: GenerateConfig, ids: list[str],
         batch, batch_ids = rows[b:b + cfg.batch_size], ids[b:b + cfg.batch_size]
         prompts = [build_prompt(r, cfg, use_chat) for r in batch]
         t0 = time.time()
-        results = engine.generate(prompts, cfg.sampling, [prompt_seed(cfg.sampling.seed, i) for i in batch_ids])
+        results = engine.generate(prompts, cfg.sampling, [prompt_seed(cfg.sampling.seed, i) for i in batch_ids],
+                                  on_prompt_done=done)
         seconds += time.time() - t0
         # the ids the engine continued from, as its samples carry them (rendered once); else render them here
         contexts = [s[0].prompt_ids if s and s[0].prompt_ids is not None else engine.prompt_ids(p)
@@ -88,13 +93,15 @@ def generate_rows(engine, rows: list[dict], cfg: GenerateConfig, ids: list[str],
         for row, pid, prompt, context, samples in zip(batch, batch_ids, prompts, contexts, results):
             for k, s in enumerate(samples):
                 tokens += len(s.token_ids or [])
-                out.append({**row, "id": f"{pid}-{k}", "prompt_id": pid, "sample_idx": k, "completion": s.text,
+                # `prompt` is the prompt column's prompt (pipelines/core/columns.py): the next stage needs no flag
+                out.append({**row, **({"prompt": prompt_of(row[cfg.prompt_column], cfg.prompt_column)}
+                                      if cfg.prompt_column != "prompt" else {}),
+                            "id": f"{pid}-{k}", "prompt_id": pid, "sample_idx": k, "completion": s.text,
                             "completion_ids": s.token_ids, "logprobs": s.logprobs,
                             "finish_reason": s.finish_reason, "policy": policy, "sampling": sampling,
                             "sampled_prompt": prompt, "prompt_token_ids": context,
                             # an engine asked for them (the asynchronous trainers): the model's own log-probs
                             **({"policy_logprobs": s.policy_logprobs} if s.policy_logprobs is not None else {})})
-        tick(len(batch))
     long_prompts = len({r["prompt_id"] for r in out if r["finish_reason"] == TOO_LONG})
     stats = {"tokens": tokens, "gen_seconds": seconds}
     return out, {**stats, "too_long_prompts": long_prompts} if long_prompts else stats
@@ -119,6 +126,13 @@ class GenerateStage(Stage):
         config = {**{k: v for k, v in cfg.__dict__.items() if k not in ("sampling", "threads")},
                   "sampling": cfg.sampling.to_dict()}
         config.pop("engine_options")
+        if cfg.chat_template is None:  # absent when unset: outputs made before the option resume
+            config.pop("chat_template")
+        else:
+            from pipelines.core.files import fingerprint_json
+            from pipelines.engines.base import read_chat_template
+
+            config["chat_template"] = fingerprint_json(read_chat_template(cfg.chat_template))
         config["engine_options"] = {k: v for k, v in cfg.engine_options.items() if k not in ("api_key",)}
         return config
 
@@ -128,7 +142,9 @@ class GenerateStage(Stage):
     def setup(self) -> None:
         from pipelines.engines import load_engine
 
-        self.engine = load_engine(self.cfg.engine, self.cfg.model, threads=self.cfg.threads, **self.cfg.engine_options)
+        template = {"chat_template": self.cfg.chat_template} if self.cfg.chat_template else {}
+        self.engine = load_engine(self.cfg.engine, self.cfg.model, threads=self.cfg.threads, **template,
+                                  **self.cfg.engine_options)
 
     @property
     def use_chat(self) -> bool:
@@ -196,6 +212,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--base-url", help="OpenAI-compatible server URL (engine openai)")
     p.add_argument("--prompt-column", default="prompt")
+    p.add_argument("--chat-template", default=None, metavar="FILE.jinja")
     p.add_argument("--template", help="format string for string prompts, e.g. '{prompt} Put the answer in \\boxed{{}}.'")
     p.add_argument("--chat", choices=["auto", "always", "never"], default="auto",
                    help="wrap string prompts as a user message (auto: when the model has a chat template)")
@@ -236,6 +253,20 @@ def engine_model(engine: str, model: str, base_url: str | None, options: dict) -
     return resolve_model(model)
 
 
+def chat_template_for(engine: str, path: str | None) -> str | None:
+    """`--chat-template FILE`, checked now (a missing file or bad Jinja is one line before any work); the openai
+    engine sends messages to a server that applies its own template, so there it is refused."""
+    if path is None:
+        return None
+    if engine == "openai":
+        raise UserError("--chat-template: with --engine openai the server applies its own chat template; give it to "
+                        "the server (vllm serve --chat-template FILE)")
+    from pipelines.engines.base import read_chat_template
+
+    read_chat_template(path)
+    return str(Path(path).resolve())
+
+
 def run(args: argparse.Namespace) -> int:
     options = _parse_options(args.engine_option)
     model = engine_model(args.engine, args.model, args.base_url, options)
@@ -245,6 +276,7 @@ def run(args: argparse.Namespace) -> int:
                                 max_new_tokens=args.max_new_tokens, seed=args.seed),
         prompt_column=args.prompt_column, template=args.template, chat=args.chat, system=args.system,
         batch_size=args.batch_size, engine_options=options, threads=args.threads,
+        chat_template=chat_template_for(args.engine, args.chat_template),
     )
     generate(cfg, args.input, args.output, overwrite=args.overwrite, shard_size=args.shard_size, limit=args.limit,
              executor=executor_config(args))

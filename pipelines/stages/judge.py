@@ -70,6 +70,7 @@ class JudgeStageConfig:
     backoff_s: float = 1.0
     timeout_s: float = 600.0
     threads: int | None = None  # hf: torch CPU threads, None auto (docs/engines.md, Threads)
+    chat_template: str | None = None  # hf, vllm: a Jinja file replacing the model's chat template
     shard_size: int | None = None
 
 
@@ -97,7 +98,8 @@ def chat_model(cfg: Any) -> ChatModel:
     from pipelines.engines import load_engine
     from pipelines.engines.chat import EngineChat
 
-    return EngineChat(load_engine(cfg.engine, cfg.model, threads=cfg.threads))
+    template = {"chat_template": cfg.chat_template} if cfg.chat_template else {}
+    return EngineChat(load_engine(cfg.engine, cfg.model, threads=cfg.threads, **template))
 
 
 def _counts(model: Any) -> Counter:
@@ -357,6 +359,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-retries", type=int, default=5, help="per request on 429/5xx/timeouts (default 5)")
     p.add_argument("--backoff-s", type=float, default=1.0, help="first retry wait, doubled each time (jittered)")
     p.add_argument("--timeout-s", type=float, default=600.0, help="per request")
+    p.add_argument("--chat-template", default=None, metavar="FILE.jinja")
     add_threads_argument(p)
 
 
@@ -364,6 +367,8 @@ def model_settings(args: argparse.Namespace) -> dict[str, Any]:
     """`add_model_arguments`' flags -> the config fields `chat_model` reads."""
     if args.concurrency < 1:
         raise UserError(f"--concurrency must be >= 1, got {args.concurrency}")
+    from pipelines.stages.generate import chat_template_for
+
     if args.engine == "openai":  # the served name; a local folder (transformers serve) as an absolute path
         model = str(Path(args.model).resolve()) if Path(args.model).exists() else args.model
     else:
@@ -373,7 +378,8 @@ def model_settings(args: argparse.Namespace) -> dict[str, Any]:
     return dict(model=model, engine=args.engine, base_url=args.base_url, concurrency=args.concurrency,
                 cache_dir=None if args.no_cache else args.cache_dir or str(default_chat_cache()),
                 api_key_env=args.api_key_env, max_retries=args.max_retries, backoff_s=args.backoff_s,
-                timeout_s=args.timeout_s, threads=args.threads)
+                timeout_s=args.timeout_s, threads=args.threads,
+                chat_template=chat_template_for(args.engine, args.chat_template))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -28,10 +28,12 @@ import argparse
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from pipelines.core import dataset as ds
+from pipelines.core.columns import standard_rows
+from pipelines.core.options import add_dataclass_options
 from pipelines.errors import UserError
 from pipelines.core.runner import Shard, execute, update_manifest
 from pipelines.core.stage import Stage
@@ -46,16 +48,23 @@ OUTPUT_COLUMNS = ("rewards", "reward", "reward_info")
 
 @dataclass
 class LabelConfig:
-    rewards: list[str]  # specs: math, format:think, my_module:fn ...
-    weights: list[str] = field(default_factory=list)  # NAME=W
-    workers: int | None = None  # worker processes for math / code (their default when None)
-    max_errors: int | None = None  # stop once more than this many rows errored in this run
+    """The options of `prefsmith label` (its flags come from these fields: `add_arguments`)."""
+
+    rewards: list[str] = field(metadata={"flag": "--reward", "metavar": "NAME[:ARG]",
+                                         "help": "a reward to apply (repeat for several)"})
+    weights: list[str] = field(default_factory=list, metadata={
+        "flag": "--weight", "metavar": "NAME=W",
+        "help": "weight of a reward in the total `reward` (default 1; 0 records without counting)"})
+    workers: int | None = None  # worker processes for math/code checks and for your (sync) reward functions
+    max_errors: int | None = None  # stop once more than N rows errored in reward functions (default: never stop)
     batch_size: int = 64  # rows per reward-function call
     shard_size: int | None = None  # rows per output shard, the unit of resume (None: LabelStage.shard_size)
-    device: str | None = None  # reward-model device
+    device: str | None = None  # device for rm: rewards (default: cuda if available, else cpu)
     allow_unsandboxed_code: bool = False  # run the code reward's untrusted programs with no isolation
-    null_on_timeout: bool = False  # math / code: a checker timeout scores None instead of 0 (audits)
+    null_on_timeout: bool = False  # math/code: a checker timeout scores null instead of 0 (default 0, reason timeout)
     threads: int | None = None  # torch CPU threads for rm: / prm: / plug-in models, None auto (docs/engines.md)
+    prompt_column: str = "prompt"  # where the prompts are: a string or messages (pipelines/core/columns.py)
+    gold_column: str = "answer"  # where the rewards read gold answers
 
 
 @dataclass
@@ -197,14 +206,21 @@ class LabelStage(Stage):
 
     def config(self) -> dict:
         # Only what changes the values goes into the fingerprint, so a resume may change workers or batch size.
+        columns = {k: getattr(self.cfg, k) for k, default in (("prompt_column", "prompt"), ("gold_column", "answer"))
+                   if getattr(self.cfg, k) != default}
         return {"rewards": list(self.cfg.rewards), "names": self.names, "weights": self.weights,
-                **({"null_on_timeout": True} if self.cfg.null_on_timeout else {})}  # absent when off: old outputs resume
+                **({"null_on_timeout": True} if self.cfg.null_on_timeout else {}),  # absent when off: old outputs resume
+                **columns}
+
+    def _column(self, name: str) -> str:
+        """The input's column for a reward's `prompt` / `answer` (--prompt-column, --gold-column)."""
+        return {"prompt": self.cfg.prompt_column, "answer": self.cfg.gold_column}.get(name, name)
 
     def required(self) -> list[str]:
-        return ["prompt", "completion", *self.needs]
+        return [self.cfg.prompt_column, "completion", *map(self._column, self.needs)]
 
     def present(self) -> list[str]:
-        return self.golds
+        return list(map(self._column, self.golds))
 
     def setup(self) -> None:
         if self.fns is None:
@@ -222,7 +238,10 @@ class LabelStage(Stage):
             self.counts["errors"] += n_errors
             self._stop_if_over(self.counts["errors"])
 
-        out = label_rows(rows, self.fns, self.names, self.weights, self.cfg.batch_size, tick)
+        view = standard_rows(rows, self.cfg.prompt_column, self.cfg.gold_column)
+        out = label_rows(view, self.fns, self.names, self.weights, self.cfg.batch_size, tick)
+        if view is not rows:  # the rows as they came, plus the reward columns
+            out = [{**r, **{k: o[k] for k in ("rewards", "reward", "reward_info")}} for r, o in zip(rows, out)]
         return {"rows": out, "stats": {"rows": len(rows), "error_rows": errors[0]}}
 
     def check(self, stats: dict) -> None:  # the driver's count over every replica's shards of this run
@@ -283,32 +302,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                 "See docs/rewards.md.")
     p.add_argument("--input", required=True, help="rollouts: dataset directory, Parquet or JSONL with prompt, completion")
     p.add_argument("--output", required=True, help="dataset directory to write")
-    p.add_argument("--reward", action="append", default=[], metavar="NAME[:ARG]", required=True,
-                   help="a reward to apply (repeat for several)")
-    p.add_argument("--weight", action="append", default=[], metavar="NAME=W",
-                   help="weight of a reward in the total `reward` (default 1; 0 records without counting)")
-    p.add_argument("--workers", type=int, default=None,
-                   help="worker processes for math/code checks and for your (sync) reward functions")
-    p.add_argument("--max-errors", type=int, default=None,
-                   help="stop once more than N rows errored in reward functions (default: never stop)")
-    p.add_argument("--batch-size", type=int, default=64, help="rows per reward-function call (default 64)")
     p.add_argument("--shard-size", type=int, default=None, help=f"rows per output shard, the unit of resume (default {LabelStage.shard_size})")
-    p.add_argument("--device", default=None, help="device for rm: rewards (default: cuda if available, else cpu)")
     add_threads_argument(p)
     p.add_argument("--i-know-this-runs-untrusted-code-unsandboxed", dest="allow_unsandboxed_code",
                    action="store_true", help="code reward: run model-written programs with NO isolation")
-    p.add_argument("--null-on-timeout", action="store_true",
-                   help="math/code: a checker timeout scores null instead of 0 (default 0 with reason timeout)")
+    add_dataclass_options(p, LabelConfig)  # every other LabelConfig field: --reward, --weight, --workers, ...
     p.add_argument("--overwrite", action="store_true", help="replace an output made with another config")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_executor_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = LabelConfig(rewards=args.reward, weights=args.weight, workers=args.workers, max_errors=args.max_errors,
-                      batch_size=args.batch_size, shard_size=args.shard_size, device=args.device,
-                      allow_unsandboxed_code=args.allow_unsandboxed_code, null_on_timeout=args.null_on_timeout,
-                      threads=args.threads)
+    cfg = LabelConfig(**{f.name: getattr(args, f.name) for f in fields(LabelConfig)})
     label(args.input, args.output, cfg, overwrite=args.overwrite, progress=not args.no_progress,
           executor=executor_config(args))
     return 0

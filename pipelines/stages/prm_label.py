@@ -43,8 +43,8 @@ from pipelines.core.threads import add_threads_argument
 from pipelines.engines.base import Prompt, SamplingConfig
 from pipelines.errors import UserError
 from pipelines.executors import add_executor_arguments, executor_config
-from pipelines.stages.generate import (GenerateConfig, _has_chat_template, _parse_options, build_prompt, engine_model,
-                                       prompt_ids, prompt_seed)
+from pipelines.stages.generate import (GenerateConfig, _has_chat_template, _parse_options, build_prompt,
+                                       chat_template_for, engine_model, prompt_ids, prompt_seed)
 from pipelines.stages.label import LabelConfig, label_rows, load_rewards
 from rewards.chat import completion_text, render_chat
 from rewards.prm import split_steps
@@ -359,6 +359,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prompt-column", default="prompt")
+    p.add_argument("--chat-template", default=None, metavar="FILE.jinja")
     p.add_argument("--chat", choices=["auto", "always", "never"], default="auto")
     p.add_argument("--batch-size", type=int, default=16, help="prefixes per engine call")
     p.add_argument("--shard-size", type=int, default=None,
@@ -378,6 +379,8 @@ def _unescape(text: str) -> str:
 def run(args: argparse.Namespace) -> int:
     options = _parse_options(args.engine_option)
     model = engine_model(args.engine, args.model, args.base_url, options)
+    if args.chat_template:  # goes to the engine, and into the output's fingerprint
+        options["chat_template"] = chat_template_for(args.engine, args.chat_template)
     cfg = PRMLabelConfig(
         model=model, engine=args.engine, method=args.method, rollouts_per_step=args.rollouts_per_step,
         step_sep=_unescape(args.step_sep), step_regex=args.step_regex, reward=args.reward, min_reward=args.min_reward,

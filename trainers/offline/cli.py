@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 
 from pipelines.cli import Parser
+from pipelines.core import hub
 from pipelines.core.threads import add_threads_argument
+from pipelines.core.tracking import add_report_to_argument
 from trainers.offline.config import TrainConfig
 
 
@@ -36,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="global examples per optimizer step, summed over processes and accumulation micro-steps")
     g.add_argument("--grad-accum", type=int, default=1, help="split each step into N micro-batches (saves memory)")
     g.add_argument("--warmup-ratio", type=float, default=0.1)
+    g.add_argument("--warmup-steps", type=int, default=None,
+                   help="steps spent warming the learning rate up from 0 (overrides --warmup-ratio)")
     g.add_argument("--scheduler", choices=("cosine", "linear", "constant"), default="cosine")
     g.add_argument("--weight-decay", type=float, default=0.0)
     g.add_argument("--max-grad-norm", type=float, default=1.0, help="clip the global gradient norm (0: off)")
@@ -47,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="recompute each layer's activations in backward (less memory, ~30%% more compute)")
     g.add_argument("--seed", type=int, default=42)
     g.add_argument("--max-length", type=int, default=1024, help="truncate prompt+completion to N tokens")
+    g.add_argument("--chat-template", default=None, metavar="FILE.jinja",
+                   help="Jinja chat template file used instead of the model's to render chat rows (saved with the "
+                        "trained model)")
     g.add_argument("--no-shuffle", action="store_true", help="length-sorted order instead of seeded shuffling")
     g.add_argument("--no-group-by-length", action="store_true",
                    help="seeded random batches instead of batches of similar length")
@@ -86,18 +93,24 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--logging-every", type=int, default=1, help="write train metrics every N steps")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--no-plots", action="store_true", help="skip PNG plots at the end")
+    add_report_to_argument(g)
+    hub.add_arguments(p, command_line_only=True)  # `prefsmith train` takes them off the command line (trainers/cli.py)
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The run `args` describe, checked against the algorithms (`check_config`): a ValueError names the flag."""
+    from pipelines.engines.models import resolve_model
     from trainers.offline.algorithms import ALGORITHMS, check_config
 
+    for name in ("model", "ref_model"):  # `default` given in a --config file (the command line's is resolved earlier)
+        if getattr(args, name) == "default":
+            setattr(args, name, resolve_model("default"))
     cfg = TrainConfig(
         algorithm=args.algorithm, model=args.model, data=args.data, output=args.output,
         lr=args.lr if args.lr is not None else ALGORITHMS[args.algorithm].default_lr, epochs=args.epochs,
         max_steps=args.max_steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
-        warmup_ratio=args.warmup_ratio, scheduler=args.scheduler, weight_decay=args.weight_decay,
+        warmup_ratio=args.warmup_ratio, warmup_steps=args.warmup_steps, scheduler=args.scheduler, weight_decay=args.weight_decay,
         max_grad_norm=args.max_grad_norm, dtype=args.dtype, device=args.device, gradient_checkpointing=args.gradient_checkpointing,
         seed=args.seed, max_length=args.max_length,
         eval_data=args.eval_data, eval_split=args.eval_split, eval_every=args.eval_every, shuffle=not args.no_shuffle,
@@ -109,7 +122,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         undesirable_weight=args.undesirable_weight, rm_center_coef=args.rm_center_coef,
         prm_soft=args.soft, step_separator=_unescape(args.step_sep) if args.step_sep else None, fsdp=args.fsdp, lora_r=args.lora_r,
         lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout, logging_every=args.logging_every,
-        progress=not args.no_progress, plots=not args.no_plots, threads=args.threads,
+        progress=not args.no_progress, plots=not args.no_plots, threads=args.threads, report_to=args.report_to,
+        chat_template=args.chat_template,
     )
     check_config(cfg)
     return cfg

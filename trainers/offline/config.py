@@ -33,6 +33,7 @@ class TrainConfig:
     batch_size: int = 8
     grad_accum: int = 1
     warmup_ratio: float = 0.1
+    warmup_steps: int | None = None  # overrides warmup_ratio when given (TRL's rule)
     scheduler: str = "cosine"
     weight_decay: float = 0.0
     adam_beta1: float = 0.9
@@ -79,9 +80,11 @@ class TrainConfig:
     lora_dropout: float = 0.0
     # misc
     threads: int | None = None  # torch CPU threads; None: auto (docs/engines.md, Threads); not a resume invariant
+    chat_template: str | None = None  # a Jinja chat template file used instead of the model's (and saved with it)
     logging_every: int = 1
     progress: bool = True
     plots: bool = True
+    report_to: list[str] = field(default_factory=list)  # trackers besides metrics.jsonl (pipelines/core/tracking.py)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -94,6 +97,14 @@ class TrainConfig:
             raise ValueError("--batch-size and --grad-accum must be at least 1")
         if not 0.0 <= self.eval_split < 1.0:
             raise ValueError(f"--eval-split must be a fraction in [0, 1), got {self.eval_split}")
+        from pipelines.core.tracking import check_installed, parse_report_to
+        from pipelines.errors import UserError
+
+        try:
+            self.report_to = parse_report_to(self.report_to)
+            check_installed(self.report_to)
+        except UserError as e:
+            raise ValueError(str(e)) from None
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)

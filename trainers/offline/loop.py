@@ -39,8 +39,10 @@ from trainers.core.data import collate, length_batches
 from trainers.core.distributed import Dist, barrier, broadcast_object, gather_objects, reduce_stats, setup_distributed
 from trainers.core.learner import Learner, resolve_dtype
 from trainers.core.logprobs import sequence_logps
-from trainers.core.metrics import MetricsLog, Stats, plot_run
+from trainers.core.card import RunInfo, final_model_dir, write_model_card
+from trainers.core.metrics import MetricsLog, Stats, plot_run, read_metrics
 from trainers.core.optim import adamw, lr_schedule
+from rewards.rm import model_folder
 
 
 @dataclass
@@ -79,10 +81,15 @@ def _split_eval(rows: list[dict], cfg: TrainConfig, columns: tuple[str, ...]) ->
 
 
 # ------------------------------------------------------------------------------------------------ models
-def _load_tokenizer(path: str):
+def _load_tokenizer(path: str, chat_template: str | None = None):
     from transformers import AutoTokenizer
 
+    from pipelines.engines.base import read_chat_template
+
+    template = read_chat_template(chat_template)  # --chat-template: checked before the model loads
     tok = AutoTokenizer.from_pretrained(path)
+    if template is not None:
+        tok.chat_template = template  # saved with the trained model
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -153,7 +160,11 @@ def _reference_logps(cfg: TrainConfig, algo: Algorithm, examples: list[dict], to
     starts = list(range(0, len(mine), bs))
     local: dict[int, list[float]] = {}
     passes = 0
-    with torch.no_grad(), learner.autocast():
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(mine), desc=f"reference log-probs ({what})", unit="example", dynamic_ncols=True,
+               disable=not (d.main and cfg.progress))
+    with torch.no_grad(), learner.autocast(), bar:
         for b in range(fsdp.common_count(len(starts), d) if cfg.fsdp else len(starts)):
             padding = b >= len(starts)  # --fsdp: as many forwards as the busiest process
             idx = [0] if padding else mine[starts[b] : starts[b] + bs]
@@ -165,6 +176,7 @@ def _reference_logps(cfg: TrainConfig, algo: Algorithm, examples: list[dict], to
                 passes += not padding
             if padding:
                 continue
+            bar.update(len(idx))
             for j, i in enumerate(idx):
                 local[i] = [float(c[j]) for c in cols]
     del model  # the caller keeps the policy; a separately loaded reference is freed here
@@ -208,11 +220,14 @@ def _padding_forward(model, example: dict, ctx: StepContext) -> None:
 
 
 def _save_final(model, tokenizer, cfg: TrainConfig, weights: dict | None = None) -> None:
-    out = Path(cfg.output)
+    """The final model (LoRA merged) and tokenizer in OUTPUT/model, where every trainer leaves its model; the run's
+    config goes with it (a PRM's step separator is read from there) and stays in OUTPUT."""
+    out = Path(cfg.output) / "model"
     final = model.merge_and_unload() if cfg.lora_r else model
     final.save_pretrained(out, state_dict=weights)
     tokenizer.save_pretrained(out)
     cfg.save(out / "prefsmith_train.json")
+    cfg.save(out.parent / "prefsmith_train.json")
 
 
 def _prepare_examples(cfg: TrainConfig, algo: Algorithm, tokenizer,
@@ -282,7 +297,7 @@ class TrainRun:
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
 
-        self.tokenizer = tokenizer = _load_tokenizer(cfg.model)
+        self.tokenizer = tokenizer = _load_tokenizer(cfg.model, cfg.chat_template)
         self.algo = algo = make_algorithm(cfg)
         self.examples, self.eval_examples = _prepare_examples(cfg, algo, tokenizer, self.log)
         model = _load_model(resume_dir if resume_dir and not cfg.lora_r else cfg.model, cfg, tokenizer,
@@ -306,8 +321,8 @@ class TrainRun:
         self.lengths = [e["length"] for e in self.examples]
         self.steps_per_epoch = math.ceil(len(self.examples) / cfg.batch_size)
         self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * self.steps_per_epoch))
-        self.scheduler = lr_schedule(self.optimizer, self.total_steps, math.ceil(cfg.warmup_ratio * self.total_steps),
-                                     cfg.scheduler)
+        warmup = cfg.warmup_steps if cfg.warmup_steps is not None else math.ceil(cfg.warmup_ratio * self.total_steps)
+        self.scheduler = lr_schedule(self.optimizer, self.total_steps, warmup, cfg.scheduler)
         learner.add(model, self.optimizer, self.scheduler, cfg.max_grad_norm)
         self.state = ckpt.TrainerState()
         if resume_dir is not None:
@@ -320,7 +335,8 @@ class TrainRun:
                 "eval_examples": len(self.eval_examples), "steps": self.total_steps,
                 "steps_per_epoch": self.steps_per_epoch, "ref_cache": self.ref_info,
                 "resumed_from": str(resume_dir) if resume_dir else None})
-        self.metrics = MetricsLog(out, resume_step=self.state.step if resume_dir else None) if d.main else None
+        self.metrics = MetricsLog(out, resume_step=self.state.step if resume_dir else None, report_to=cfg.report_to,
+                                  config=json.loads(cfg.to_json())) if d.main else None
         self.ctx = StepContext(cfg=cfg, device=d.device, pad_id=tokenizer.pad_token_id)
         self.last_train: dict = {}
         self.last_eval: dict = {}
@@ -419,7 +435,7 @@ class TrainRun:
                                        self.scheduler, self.state, cfg.to_json(), keep=cfg.save_total_limit)
 
     def finish(self) -> TrainResult:
-        """The final model (LoRA merged), tokenizer and config in OUTPUT, train_result.json and the plots."""
+        """The final model (LoRA merged), tokenizer and config in OUTPUT/model, train_result.json and the plots."""
         cfg, d, out = self.cfg, self.d, self.out
         weights = fsdp.full_state(self.model)[0] if fsdp.is_sharded(self.model) else None  # every rank gathers
         if d.main:
@@ -427,9 +443,13 @@ class TrainRun:
             summary = {"steps": self.state.step, "train": self.last_train, "eval": self.last_eval,
                        "ref_cache": self.ref_info}
             atomic_write_json(out / "train_result.json", summary, default=float)
+            write_model_card(final_model_dir(out), RunInfo(
+                algorithm=cfg.algorithm, base_model=cfg.model, config=json.loads(cfg.to_json()), datasets=[cfg.data],
+                eval_datasets=[cfg.eval_data] if cfg.eval_data else [], records=read_metrics(out), summary=summary))
             if cfg.plots:
                 plot_run(out)
-            self.log(f"done: {self.state.step} steps; model and tokenizer saved to {out}")
+            self.metrics.close()
+            self.log(f"done: {self.state.step} steps; model and tokenizer saved to {out / 'model'}")
         barrier(d)
         return TrainResult(output=out, steps=self.state.step, train_metrics=self.last_train,
                            eval_metrics=self.last_eval, ref_cache_hits={k: v["hit"] for k, v in self.ref_info.items()})
@@ -442,6 +462,9 @@ def train(cfg: TrainConfig) -> TrainResult:
     from pipelines.core.threads import apply_threads
 
     apply_threads(cfg.threads)  # auto: the cores not busy now (pipelines/core/threads.py)
+    # a run directory given as --model / --ref-model stands for the model it holds (OUTPUT/model)
+    cfg.model = model_folder(cfg.model)
+    cfg.ref_model = cfg.ref_model and model_folder(cfg.ref_model)
 
     done = finished_run(cfg)
     if done is not None:

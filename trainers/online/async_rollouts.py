@@ -67,11 +67,12 @@ def _mailbox(named) -> dict[str, torch.Tensor]:
 class RolloutWorker:
     """The trainer's handle on the generation process."""
 
-    def __init__(self, run, threads: int, export_weights, total_threads: int | None = None) -> None:
+    def __init__(self, run, threads: int, export_weights, total_threads: int | None = None,
+                 device: str = "cpu") -> None:
         """`run`: the trainer's GRPORun (its class, config, prompt position and policy are what the worker starts
         from); `threads`: the worker's share of `total_threads` (the trainer holds the rest, and each side takes
         the whole budget while the other waits); `export_weights(model)`: the policy's weights as (name, tensor)
-        pairs (LoRA merged)."""
+        pairs (LoRA merged); `device`: where the worker samples (cpu, or cuda:N: the worker sees only that GPU)."""
         import multiprocessing as mp
 
         ctx = mp.get_context("spawn")
@@ -91,7 +92,7 @@ class RolloutWorker:
         sampler = (run.sampler.epoch, run.sampler.index, run.groups_sampled, run.groups_kept)
         self.proc = ctx.Process(target=_worker_main, name="prefsmith-rollouts", daemon=True,
                                 args=(type(run), type(run.sampler), cfg, self.mailbox, self.version, self.lock,
-                                      self.requests, self.results, threads, sampler, flags, total))
+                                      self.requests, self.results, threads, sampler, flags, total, device))
         self.proc.start()
         self.waited = 0.0
         self.ready: dict[int, dict] = {}  # results that came before their step's turn
@@ -162,13 +163,20 @@ class RolloutWorker:
 
 
 def _worker_main(run_class, sampler_class, cfg, mailbox, version, lock, requests, results, threads, sampler,
-                 flags, total) -> None:
+                 flags, total, device="cpu") -> None:
     try:
+        import os
+
         from pipelines.core.threads import apply_threads
 
+        if device.startswith("cuda"):  # before CUDA starts in this process: the worker sees its GPU as cuda:0
+            index = device.partition(":")[2] or "0"
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            os.environ["CUDA_VISIBLE_DEVICES"] = visible.split(",")[int(index)] if visible else index
+            device = "cuda:0"
         apply_threads(threads)
-        share = ThreadShare(flags, WORKER, threads, total)
-        side = GenerationSide(run_class, sampler_class, cfg, mailbox, version, lock, sampler, share)
+        share = ThreadShare(flags, WORKER, threads, total) if device == "cpu" else None
+        side = GenerationSide(run_class, sampler_class, cfg, mailbox, version, lock, sampler, share, device)
         while True:
             t0 = time.time()
             with share:  # idle: K steps ahead already, the trainer has to catch up (and trains on every thread)
@@ -192,7 +200,8 @@ class GenerationSide:
     """The worker's end: a GRPORun with only its sampling half (prompts, rewards, engine, prompt order), whose
     policy is a private copy refreshed from the mailbox."""
 
-    def __init__(self, run_class, sampler_class, cfg, mailbox, version, lock, sampler, share=None) -> None:
+    def __init__(self, run_class, sampler_class, cfg, mailbox, version, lock, sampler, share=None,
+                 device: str = "cpu") -> None:
         class _Run(run_class):
             def policy_version(inner) -> int:
                 return self.loaded
@@ -202,17 +211,33 @@ class GenerationSide:
                 return run_class._rollouts(inner, indices, step, round_)
 
         self.mailbox, self.version, self.lock = mailbox, version, lock
-        self.run = run = _Run(dataclasses.replace(cfg, max_staleness=0), log=lambda msg: None)
-        run.setup_sampling(model=self._load(cfg))
+        self.run = run = _Run(dataclasses.replace(cfg, max_staleness=0, generation_device=None), log=lambda msg: None)
+        if cfg.engine == "vllm":  # vLLM alone in this process, on its own device; weights come from the mailbox
+            from pipelines.engines.vllm import VLLMPolicyEngine
+
+            run.setup_sampling(VLLMPolicyEngine(cfg.model, prompt_batch_size=cfg.prompts_per_step, sleep_mode=False,
+                                                behaviour_logprobs=True))
+        else:
+            from pipelines.engines.hf import HFEngine
+
+            model = self._load(cfg).to(device)
+            engine = HFEngine.wrap(model, self._tokenizer(cfg), device=device, prompt_batch_size=cfg.prompts_per_step)
+            engine.policy_logprobs = True  # the behaviour policy's own log-probs: the correction's denominator
+            run.setup_sampling(engine, model)
         epoch, index, run.groups_sampled, run.groups_kept = sampler
         run.sampler = sampler_class(len(run.prompts), cfg.seed, epoch, index)
-        run.engine.policy_logprobs = True  # the behaviour policy's own log-probs: the correction's denominator
         self.share = share
         if share is not None and hasattr(run.engine, "on_decode_step"):
             run.engine.on_decode_step = share.adjust
         self.loaded = -1
         self.min_version = 0
         self.waited = 0.0
+
+    @staticmethod
+    def _tokenizer(cfg):
+        from pipelines.engines.base import load_tokenizer
+
+        return load_tokenizer(cfg.model, cfg.chat_template)
 
     @staticmethod
     def _load(cfg):
@@ -230,11 +255,14 @@ class GenerationSide:
                 while self.version.value < min_version:
                     time.sleep(0.01)
         if self.version.value != self.loaded:
-            params = dict(self.run.model.named_parameters())
-            buffers = dict(self.run.model.named_buffers())
             with self.lock, torch.no_grad():
-                for name, t in self.mailbox.items():
-                    (params.get(name) if name in params else buffers[name]).copy_(t)
+                if self.run.model is None:  # vLLM: its own weight loader, from the mailbox's tensors
+                    self.run.engine.load_weights(self.mailbox.items())
+                else:
+                    params = dict(self.run.model.named_parameters())
+                    buffers = dict(self.run.model.named_buffers())
+                    for name, t in self.mailbox.items():
+                        (params.get(name) if name in params else buffers[name]).copy_(t)
                 self.loaded = self.version.value
         self.waited += time.time() - t0
 

@@ -46,68 +46,77 @@ from trainers.online.rl_objectives import (ADVANTAGES, AGGREGATIONS, KL_ESTIMATO
 
 @dataclass
 class GRPOConfig:
-    model: str
-    prompts: str
-    output: str
-    rewards: list[str]
-    weights: list[str] = field(default_factory=list)
+    model: str  # the policy: `default` (the embedded model) or a local model folder
+    prompts: str  # prompts with the rewards' gold columns (e.g. answer): JSONL, Parquet or a dataset directory
+    output: str  # run directory: model/, checkpoints/, rollouts/, metrics.jsonl, plots/
+    rewards: list[str] = field(metadata={"flag": "--reward", "metavar": "SPEC",
+                                         "help": "reward spec as in `prefsmith label` (repeatable)"})
+    weights: list[str] = field(default_factory=list, metadata={"flag": "--weight", "metavar": "NAME=W"})
     outcome_reward: str | None = None  # the reward whose variance dynamic sampling tests (default: the first)
     num_generations: int = 8  # G
-    prompts_per_step: int = 4
-    max_new_tokens: int = 256
+    prompts_per_step: int = 4  # prompts sampled per optimizer step (each gives a group of G completions)
+    max_new_tokens: int = 256  # most tokens per completion (longer ones are cut: finish_reason length)
     temperature: float = 0.7  # a weak policy at 1.0 samples mostly noise (docs/online_rl.md)
-    top_p: float = 1.0
+    top_p: float = 1.0  # nucleus sampling (1.0: off)
     lr: float = 1e-5  # small models, tens of steps (docs/online_rl.md); TRL uses 1e-6 for long runs of big ones
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    max_steps: int = 100
-    max_minutes: float | None = None
-    seed: int = 0
-    save_every: int = 10
-    keep_checkpoints: int = 2
-    resume: bool = False
+    warmup_steps: int = 0  # steps of linear learning-rate warm-up from 0 (overrides --warmup-ratio when > 0)
+    warmup_ratio: float = 0.0  # the warm-up as a fraction of --max-steps
+    weight_decay: float = 0.0  # AdamW weight decay
+    max_grad_norm: float = 1.0  # clip the global gradient norm (0: off)
+    max_steps: int = 100  # optimizer steps to run
+    max_minutes: float | None = None  # also stop (after a checkpoint) once this much wall time has passed
+    seed: int = 0  # sampling and prompt-order seed
+    save_every: int = 10  # checkpoint every N steps (and at the end)
+    keep_checkpoints: int = 2  # keep the newest N checkpoints
+    resume: bool = False  # continue from the newest checkpoint in --output
     eval_prompts: list[str] = field(default_factory=list)  # held-out sets (repeatable --eval-prompts)
-    eval_every: int = 10
-    eval_limit: int | None = None
+    eval_every: int = 10  # greedy accuracy on --eval-prompts every N steps (and before the first, after the last)
+    eval_limit: int | None = None  # only the first N prompts of each eval set
     eval_max_new_tokens: int | None = None  # default: max_new_tokens
     eval_batch_size: int = 64  # prompts per greedy generate call (CPU decoding is memory-bound: wide is cheap)
     advantage: str = "grpo"  # grpo | rloo | reinforce_pp | remax (+1 greedy sample per prompt as the baseline)
     scale_rewards: str = "none"  # grpo: group | batch | none (Dr. GRPO's none: docs/online_rl.md, measured)
     loss: str = "dapo"  # grpo | bnpo | dr_grpo | dapo
     surrogate: str = "clip"  # clip | cispo
-    epsilon: float = 0.2
-    epsilon_high: float | None = None
+    epsilon: float = 0.2  # PPO clip range ε of the ratio
+    epsilon_high: float | None = None  # DAPO's clip-higher upper range (default: --epsilon)
     importance_level: str = "token"  # token | sequence (GSPO)
-    beta: float = 0.0
-    kl: str = "k3"
+    beta: float = 0.0  # KL penalty weight against the reference model (0: no reference pass)
+    kl: str = "k3"  # KL estimator of the penalty (Schulman's k1 | k2 | k3)
     num_iterations: int = 1  # μ
     dynamic_sampling: bool = True  # DAPO's filter on the outcome reward: what made the embedded model learn
     max_resample_rounds: int = 4  # extra prompt draws per step to fill it with informative groups
-    mask_truncated: bool = False
+    mask_truncated: bool = False  # DAPO: truncated completions (finish_reason length) get no loss
     tis_cap: float | None = None  # truncated importance sampling against the engine's log-probs (off for hf)
     engine: str = "hf"  # hf: the live policy in-process | vllm: vLLM beside the trainer, weights synced each step
     template: str | None = None
-    system: str | None = None
-    chat: str = "auto"
+    system: str | None = None  # system message put before chat prompts
+    chat: str = "auto"  # auto (when the model has a chat template) | always | never: string prompts as a user message
+    chat_template: str | None = None  # a Jinja chat template file used instead of the model's (and saved with it)
+    prompt_column: str = "prompt"  # the prompts' column: a string or messages (e.g. `messages`; docs/cli.md)
+    gold_column: str = "answer"  # the rewards' gold-answer column
     micro_batch_size: int = 8  # sequences per forward/backward
     micro_batch_tokens: int | None = None  # also at most this many padded tokens per forward/backward
     device: str = "auto"  # auto | cpu | cuda | cuda:N (trainers/core/distributed.py pick_device)
     dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32: autocast compute, fp32 weights and AdamW
     gradient_checkpointing: bool = False
     lora_r: int = 0  # > 0: train LoRA adapters of this rank; the reference is the base with adapters off
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
+    lora_alpha: int = 16  # LoRA scaling α (the update is scaled by α / r)
+    lora_dropout: float = 0.0  # dropout on the LoRA adapters' input
     lora_target: str = "all-linear"  # peft's target_modules: all-linear, or comma-separated module names
     fsdp: bool = False  # torchrun: shard weights, gradients and AdamW state (trainers/core/fsdp.py); sampling gathers them
     threads: int | None = None
+    report_to: list[str] = field(default_factory=list)  # trackers besides metrics.jsonl (pipelines/core/tracking.py)
     # bounded-staleness asynchronous rollouts (trainers/online/async_rollouts.py): a step trains on groups sampled
     # from weights at most this many updates old, generated by a separate process while the trainer updates
     max_staleness: int = 0  # 0: the synchronous loop
     staleness_correction: str = "tis"  # tis: weight min(π_prox/π_behaviour, cap) | mis: drop tokens above cap
-    staleness_cap: float = 2.0
+    staleness_cap: float = 2.0  # the cap of --staleness-correction
     rollout_process: bool | None = None  # None: a separate generation process when max_staleness >= 1
     generation_threads: int | None = None  # the rollout process's CPU threads (None: half of --threads, >= 1)
+    # where the rollout process samples: cpu, cuda:N (None: the trainer's device on the CPU; on GPUs the last
+    # visible GPU when there are two or more, else the trainer's GPU, shared)
+    generation_device: str | None = None
     MIN_GENERATIONS = 2  # not a field: PPO (trainers/online/ppo.py), whose baseline is a value model, allows 1
 
     def __post_init__(self) -> None:
@@ -131,9 +140,11 @@ class GRPOConfig:
                             f"{', '.join(STALENESS_CORRECTIONS)}")
         if self.staleness_cap <= 0:
             raise UserError(f"--staleness-cap must be > 0, got {self.staleness_cap}")
-        if self.asynchronous() and (self.engine != "hf" or self.fsdp):
-            raise UserError("--max-staleness >= 1 (asynchronous rollouts) runs the hf engine in its own process next "
-                            "to one trainer process: drop --engine vllm / --fsdp, or use --max-staleness 0")
+        if self.asynchronous() and self.fsdp:
+            raise UserError("--max-staleness >= 1 (asynchronous rollouts) runs one trainer process next to its "
+                            "generation process: drop --fsdp, or use --max-staleness 0")
+        if self.generation_device is not None and not self.asynchronous():
+            raise UserError("--generation-device places the asynchronous rollout process: give --max-staleness >= 1")
         for name in ("prompts_per_step", "max_new_tokens", "max_steps", "num_iterations", "micro_batch_size"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -141,6 +152,14 @@ class GRPOConfig:
             self.loss_config()
         except ValueError as e:
             raise UserError(str(e)) from None
+        from pipelines.core.tracking import check_installed, parse_report_to
+
+        self.report_to = parse_report_to(self.report_to)
+        check_installed(self.report_to)
+
+    def warmup(self) -> int:
+        """Warm-up steps: --warmup-steps when > 0, else --warmup-ratio of --max-steps."""
+        return self.warmup_steps or math.ceil(self.warmup_ratio * self.max_steps)
 
     def asynchronous(self) -> bool:
         """Whether rollouts come from the separate generation process."""
@@ -155,8 +174,12 @@ class GRPOConfig:
         """What must not change across a resume (the rest — budgets, eval cadence — may)."""
         skip = {"resume", "max_steps", "max_minutes", "save_every", "keep_checkpoints", "eval_every", "threads",
                 "eval_limit", "eval_batch_size", "output", "device", "micro_batch_size", "micro_batch_tokens",
-                "gradient_checkpointing", "dtype", "generation_threads"}
-        return {k: v for k, v in asdict(self).items() if k not in skip}
+                "gradient_checkpointing", "dtype", "generation_threads",
+                "generation_device"}
+        # options added later are left out at their defaults, so a run made before them resumes
+        later = {"chat_template": None, "prompt_column": "prompt", "gold_column": "answer", "warmup_ratio": 0.0}
+        return {k: v for k, v in asdict(self).items()
+                if k not in skip and k != "report_to" and not (k in later and v == later[k])}
 
 
 def load_policy(cfg: GRPOConfig, resume_dir: Path | None):
@@ -316,6 +339,8 @@ class Evaluator:
         self.batch_size, self.max_new_tokens, self.d = batch_size, max_new_tokens, d or Dist()
 
     def rows(self, rows: list[dict], prefix: str = "eval") -> list[dict]:
+        from tqdm.auto import tqdm
+
         from pipelines.engines.base import SamplingConfig
         from pipelines.stages.generate import generate_rows
         from pipelines.stages.label import label_rows
@@ -327,9 +352,12 @@ class Evaluator:
         ids = [str(r.get("id") if r.get("id") is not None else f"{prefix}{i:06d}") for i, r in enumerate(rows)]
         mine = list(range(rank, len(rows), world))
         width, self.engine.options.prompt_batch_size = self.engine.options.prompt_batch_size, self.batch_size
+        bar = tqdm(total=len(mine), desc=f"eval {prefix}", unit="prompt", disable=not self.d.main, dynamic_ncols=True)
         try:
-            out, _ = generate_rows(self.engine, [rows[i] for i in mine], gen, [ids[i] for i in mine], self.use_chat)
+            out, _ = generate_rows(self.engine, [rows[i] for i in mine], gen, [ids[i] for i in mine], self.use_chat,
+                                   bar.update)
         finally:
+            bar.close()
             self.engine.options.prompt_batch_size = width
         labeled = label_rows(out, self.fns, self.names, self.weights)
         if world == 1:
@@ -375,6 +403,7 @@ class GRPORun:
     # ---------------------------------------------------------------------------------------- set-up
     def setup(self) -> None:
         from pipelines.core import dataset as ds
+        from pipelines.core.columns import standard_rows
         from pipelines.core.files import ensure_writable_dir
         from pipelines.engines.base import load_tokenizer
         from pipelines.errors import UserError
@@ -403,16 +432,18 @@ class GRPORun:
             name = Path(path.rstrip("/")).stem
             if name in self.eval_sets:
                 name = f"{name}{len(self.eval_sets)}"
-            self.eval_sets[name] = ds.load_rows(path, required=["prompt"])[: cfg.eval_limit]
+            self.eval_sets[name] = standard_rows(ds.load_rows(path, required=[cfg.prompt_column])[: cfg.eval_limit],
+                                                 cfg.prompt_column, cfg.gold_column, path)
 
         self.resume_dir = resume_dir = ckpt.latest_checkpoint(self.out) if cfg.resume else None
         if resume_dir is not None:
             _check_same_run(resume_dir, cfg)
         elif (self.out / "checkpoints").exists() and any((self.out / "checkpoints").iterdir()):
             raise UserError(f"{self.out} already holds checkpoints; pass --resume to continue, or another --output")
-        self.tokenizer = load_tokenizer(cfg.model)
+        self.tokenizer = load_tokenizer(cfg.model, cfg.chat_template)
         self.model = self.learner.place(load_policy(cfg, resume_dir))
-        self.engine = POLICY_ENGINES[cfg.engine](self)
+        # asynchronous: `--engine` samples in the rollout process; this one keeps the live model for evaluations
+        self.engine = POLICY_ENGINES["hf" if cfg.asynchronous() else cfg.engine](self)
         self._setup_generation_config()
         self.evaluator = Evaluator(self.engine, self.gen_cfg, self.use_chat, self.fns, self.names, self.weights,
                                    self.outcome, cfg.eval_batch_size, cfg.eval_max_new_tokens or cfg.max_new_tokens,
@@ -425,7 +456,7 @@ class GRPORun:
             self.ref = self.learner.place(AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32),
                                           train=False)
         self.optimizer = adamw(self.model, cfg.lr, cfg.weight_decay)
-        self.scheduler = lr_schedule(self.optimizer, cfg.max_steps, cfg.warmup_steps, "constant")
+        self.scheduler = lr_schedule(self.optimizer, cfg.max_steps, cfg.warmup(), "constant")
         self.learner.add(self.model, self.optimizer, self.scheduler, cfg.max_grad_norm)
         self.state = ckpt.TrainerState()
         if resume_dir is not None:
@@ -436,8 +467,8 @@ class GRPORun:
         self.worker = None
         if cfg.asynchronous():
             self.worker = self._start_worker()
-        self.metrics = MetricsLog(self.out, resume_step=self.state.step if resume_dir is not None else None) \
-            if self.d.main else None
+        self.metrics = MetricsLog(self.out, resume_step=self.state.step if resume_dir is not None else None,
+                                  report_to=cfg.report_to, config=asdict(cfg)) if self.d.main else None
         if self.d.main:
             self._trim_rollouts(self.state.step)
         self.t_start = time.time()
@@ -449,11 +480,13 @@ class GRPORun:
     def _setup_data(self) -> None:
         """The training prompts and the rewards (the trainer and the asynchronous rollout worker alike)."""
         from pipelines.core import dataset as ds
+        from pipelines.core.columns import standard_rows
         from pipelines.errors import UserError
         from pipelines.stages.label import LabelConfig, load_rewards
 
         cfg = self.cfg
-        self.prompts = ds.load_rows(cfg.prompts, required=["prompt"])
+        self.prompts = standard_rows(ds.load_rows(cfg.prompts, required=[cfg.prompt_column]), cfg.prompt_column,
+                                     cfg.gold_column, cfg.prompts)
         self.template = self._default_template()
         rewards, weights = list(cfg.rewards), list(cfg.weights)
         self.format_added = self._format_missing()
@@ -506,19 +539,26 @@ class GRPORun:
                                       engine=cfg.engine)
         self.use_chat = cfg.chat == "always" or (cfg.chat == "auto" and bool(getattr(self.tokenizer, "chat_template", None)))
 
-    def setup_sampling(self, model) -> None:
-        """Only the sampling half, around `model` on the CPU: the asynchronous rollout worker
+    def setup_sampling(self, engine, model=None) -> None:
+        """Only the sampling half, around `engine` (and the hf engine's `model`): the asynchronous rollout worker
         (trainers/online/async_rollouts.py), which runs `_collect` and nothing else."""
         from pipelines.engines.base import load_tokenizer
-        from pipelines.engines.hf import HFEngine
         from trainers.core.distributed import Dist
 
         self.d = Dist()
         self._setup_data()
-        self.tokenizer = load_tokenizer(self.cfg.model)
-        self.model = model
-        self.engine = HFEngine.wrap(model, self.tokenizer, device="cpu", prompt_batch_size=self.cfg.prompts_per_step)
+        self.tokenizer = load_tokenizer(self.cfg.model, self.cfg.chat_template)
+        self.model, self.engine = model, engine
         self._setup_generation_config()
+
+    def generation_device(self) -> str:
+        """Where the rollout process samples (`--generation-device`; see the field)."""
+        if self.cfg.generation_device is not None:
+            return self.cfg.generation_device
+        dev = self.d.device
+        if dev.type == "cuda" and torch.cuda.device_count() > 1:
+            return f"cuda:{torch.cuda.device_count() - 1}"
+        return str(dev)
 
     def _start_worker(self):
         """The rollout process, with its share of the CPU threads (the trainer keeps the rest)."""
@@ -529,13 +569,15 @@ class GRPORun:
         if self.d.world > 1:
             raise UserError("--max-staleness >= 1 runs one trainer process; launch it without torchrun")
         total = torch.get_num_threads()
+        device = self.generation_device()
         gen = self.cfg.generation_threads or max(1, total // 2)
-        if self.d.device.type == "cpu" and total > 1:
+        if device == "cpu" and total > 1:
             apply_threads(max(1, total - gen))
-        self.log(f"asynchronous rollouts: max staleness {self.cfg.max_staleness}, a generation process with {gen} "
-                 f"thread(s), the trainer with {torch.get_num_threads()} (each side takes all {total} while the "
-                 f"other waits)")
-        return RolloutWorker(self, gen, export_weights, total_threads=total)
+        where = (f"with {gen} CPU thread(s), the trainer with {torch.get_num_threads()} (each side takes all {total} "
+                 "while the other waits)") if device == "cpu" else f"on {device}, the trainer on {self.d.device}"
+        self.log(f"asynchronous rollouts: max staleness {self.cfg.max_staleness}, the {self.cfg.engine} engine in a "
+                 f"generation process {where}")
+        return RolloutWorker(self, gen, export_weights, total_threads=total, device=device)
 
     def policy_version(self) -> int:
         """The version of the weights that sample now: the updates applied to them (the synchronous loop samples
@@ -734,6 +776,11 @@ class GRPORun:
         self.state.groups_kept += len(groups)
         if self.d.main:
             self.metrics.write(record)
+            from pipelines.core.tracking import table_rows
+
+            # the step's first completions, for --report-to trackers (all of them are in OUTPUT/rollouts/)
+            self.metrics.trackers.log_table("train/samples", table_rows(
+                rows, ("prompt", "completion", "reward", "advantage")), step + 1)
         return record
 
     def _row_advantages(self, rewards: torch.Tensor, baseline: torch.Tensor | None = None) -> torch.Tensor | None:
@@ -945,6 +992,7 @@ class GRPORun:
                 self.model.save_pretrained(self.out / "model", state_dict=weights)
             self.tokenizer.save_pretrained(self.out / "model")
             plots = plot_run(self.out)
+            self.metrics.close()
         barrier(self.d)
         for f in self.fns:
             f.close()
@@ -1032,35 +1080,33 @@ def train_grpo(cfg: GRPOConfig, run_class: type[GRPORun] | None = None) -> dict:
     summary["eval"] = [e for e in evals if e]
     if run.d.main:
         (run.out / "train_result.json").write_text(json.dumps(summary, indent=2))
+        from trainers.core.card import RunInfo, write_model_card
+        from trainers.core.metrics import read_metrics
+
+        algorithm = run.NAME if run.NAME != "grpo" or cfg.advantage == "grpo" else cfg.advantage  # rloo, remax...
+        write_model_card(run.out / "model", RunInfo(
+            algorithm=algorithm, base_model=cfg.model, config=json.loads(json.dumps(asdict(cfg), default=str)),
+            datasets=[cfg.prompts], eval_datasets=list(cfg.eval_prompts), records=read_metrics(run.out),
+            summary=summary))
     return summary
 
 
 # ------------------------------------------------------------------------------------------------ CLI
-def build_parser(prog: str = "prefsmith train grpo") -> argparse.ArgumentParser:
-    d = GRPOConfig.__dataclass_fields__
+def build_parser(prog: str = "prefsmith train grpo", config: type = None) -> argparse.ArgumentParser:
+    """The options of `config` (GRPOConfig; PPO passes PPOConfig): the ones that need more than a field gives are
+    written here; every other field becomes a flag with its trailing comment as help (pipelines/core/options.py),
+    so a new knob is a field with a comment."""
     from pipelines.cli import Parser
+    from pipelines.core.options import add_dataclass_options
 
+    config = config or GRPOConfig
+    d = config.__dataclass_fields__
     p = Parser(prog=prog, description="Online RL from the policy's own rollouts (GRPO family, RLOO).")
-    p.add_argument("--model", required=True)
-    p.add_argument("--prompts", required=True, help="prompts with the reward's gold columns (e.g. answer)")
-    p.add_argument("--output", required=True)
-    p.add_argument("--reward", action="append", required=True, dest="rewards", help="as in `prefsmith label`")
-    p.add_argument("--weight", action="append", default=[], dest="weights", metavar="NAME=W")
-    p.add_argument("--outcome-reward", default=None, help="reward whose variance --dynamic-sampling tests (default: first)")
-    for name, kind in (("num_generations", int), ("prompts_per_step", int), ("max_new_tokens", int),
-                       ("temperature", float), ("top_p", float), ("lr", float), ("warmup_steps", int),
-                       ("weight_decay", float), ("max_grad_norm", float), ("max_steps", int),
-                       ("max_minutes", float), ("seed", int), ("save_every", int), ("keep_checkpoints", int),
-                       ("eval_every", int),
-                       ("eval_limit", int), ("eval_max_new_tokens", int), ("eval_batch_size", int), ("epsilon", float),
-                       ("epsilon_high", float), ("beta", float), ("num_iterations", int),
-                       ("max_resample_rounds", int), ("tis_cap", float), ("micro_batch_size", int),
-                       ("micro_batch_tokens", int), ("lora_r", int), ("lora_alpha", int),
-                       ("lora_dropout", float)):
-        p.add_argument("--" + name.replace("_", "-"), type=kind, default=d[name].default)
     from pipelines.core.threads import add_threads_argument
+    from pipelines.core.tracking import add_report_to_argument
 
     add_threads_argument(p)
+    add_report_to_argument(p)
     p.add_argument("--lora-target", default=d["lora_target"].default,
                    help="modules given LoRA adapters: all-linear, or comma-separated names (q_proj,v_proj)")
     p.add_argument("--device", default="auto",
@@ -1075,22 +1121,13 @@ def build_parser(prog: str = "prefsmith train grpo") -> argparse.ArgumentParser:
                    help="grpo: r − group mean (÷ std with --scale-rewards group); rloo: r − mean of the others; "
                         "reinforce_pp: group-centred, whitened over the step; remax: r − the reward of one extra "
                         "greedy completion per prompt (ReMax; 1/G more generation, shown as seconds_greedy)")
-    p.add_argument("--scale-rewards", choices=["group", "batch", "none"], default=d["scale_rewards"].default)
-    p.add_argument("--loss", choices=list(AGGREGATIONS), default=d["loss"].default)
-    p.add_argument("--surrogate", choices=list(SURROGATES), default=d["surrogate"].default)
-    p.add_argument("--importance-level", choices=["token", "sequence"], default="token")
-    p.add_argument("--kl", choices=list(KL_ESTIMATORS), default=d["kl"].default)
     p.add_argument("--dynamic-sampling", action=argparse.BooleanOptionalAction, default=d["dynamic_sampling"].default,
                    help="drop groups whose outcome reward has zero variance and sample more prompts to fill the "
                         "step (on by default; --no-dynamic-sampling trains on every group)")
-    p.add_argument("--mask-truncated", action="store_true")
-    p.add_argument("--resume", action="store_true")
     p.add_argument("--template", default=None,
                    help="format string for string prompts, e.g. '{prompt} Answer in \\boxed{{}}.' (default auto: "
                         "with a math reward and prompts that name no answer format, appends the boxed instruction "
                         "the reward checks; '{prompt}' keeps prompts as they are)")
-    p.add_argument("--system", default=None)
-    p.add_argument("--chat", choices=["auto", "always", "never"], default="auto")
     p.add_argument("--fsdp", action="store_true",
                    help="torchrun: shard weights, gradients and optimizer state over the processes (FSDP2)")
     p.add_argument("--max-staleness", type=int, default=d["max_staleness"].default, metavar="K",
@@ -1100,14 +1137,22 @@ def build_parser(prog: str = "prefsmith train grpo") -> argparse.ArgumentParser:
                    default=d["staleness_correction"].default,
                    help="with K >= 1, always applied: each token weighted by π_prox/π_behaviour truncated at "
                         "--staleness-cap (tis) or dropped above it (mis)")
-    p.add_argument("--staleness-cap", type=float, default=d["staleness_cap"].default)
     p.add_argument("--rollout-process", action=argparse.BooleanOptionalAction, default=None,
                    help="sample in the separate process (default: when --max-staleness >= 1); at K = 0 it waits "
                         "for every update and equals the synchronous loop")
     p.add_argument("--generation-threads", type=int, default=None,
                    help="the rollout process's CPU threads (default: half of --threads, at least 1)")
+    p.add_argument("--generation-device", default=None,
+                   help="where the rollout process samples: cpu or cuda:N (default: the trainer's device on the CPU; "
+                        "with 2+ GPUs the last one, the trainer keeping cuda:0)")
     p.add_argument("--engine", choices=list(POLICY_ENGINES), default="hf",
                    help="hf: sample with the training model itself; vllm: a vLLM engine synced after each step")
+    add_dataclass_options(p, config, choices={
+        "scale_rewards": ["group", "batch", "none"], "loss": list(AGGREGATIONS), "surrogate": list(SURROGATES),
+        "importance_level": ["token", "sequence"], "kl": list(KL_ESTIMATORS), "chat": ["auto", "always", "never"]})
+    from pipelines.core import hub
+
+    hub.add_arguments(p, command_line_only=True)  # `prefsmith train` takes them off the command line (trainers/cli.py)
     return p
 
 
@@ -1115,7 +1160,9 @@ def main(argv: list[str], algo: str = "grpo") -> int:
     from pipelines.engines.models import resolve_model
     from pipelines.errors import UserError
 
-    args = vars(build_parser(f"prefsmith train {algo}").parse_args(argv))
+    parsed = vars(build_parser(f"prefsmith train {algo}").parse_args(argv))
+    # the config's fields (the hub flags are the parser's too: trainers/cli.py takes them off the command line)
+    args = {f.name: parsed[f.name] for f in dataclasses.fields(GRPOConfig) if f.init}
     if algo == "rloo":
         args["advantage"] = "rloo"
     try:

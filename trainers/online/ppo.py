@@ -21,6 +21,7 @@ Formulas: docs/online_rl.md#ppo.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from dataclasses import dataclass
@@ -38,13 +39,13 @@ class PPOConfig(GRPOConfig):
     num_iterations: int = 4  # PPO epochs over each step's rollouts (TRL's num_ppo_epochs)
     dynamic_sampling: bool = False  # one sample per prompt: no group whose variance could be tested
     kl_coef: float = 0.05  # β of the per-token KL penalty in the reward (TRL's PPOTrainer default)
-    gamma: float = 1.0
-    lam: float = 0.95
-    vf_coef: float = 0.1
-    cliprange_value: float = 0.2
-    value_model: str | None = None  # default: the policy's weights with a fresh scalar head
-    value_lr: float | None = None  # default: --lr
-    whiten_advantages: bool = True
+    gamma: float = 1.0  # GAE discount γ
+    lam: float = 0.95  # GAE λ
+    vf_coef: float = 0.1  # weight of the value loss
+    cliprange_value: float = 0.2  # clip range of the value prediction around the old one
+    value_model: str | None = None  # value model folder: a `train rm` model or any decoder (default: the policy's weights with a fresh scalar head)
+    value_lr: float | None = None  # the value model's learning rate (default: --lr)
+    whiten_advantages: bool = True  # whiten the GAE advantages over the step
     MIN_GENERATIONS = 1
 
     def __post_init__(self) -> None:
@@ -110,12 +111,15 @@ class PPORun(GRPORun):
         super().setup()  # the policy, and the reference (`uses_reference`) placed by the Learner
         cfg = self.cfg
         torch.manual_seed(cfg.seed)  # a fresh value head starts the same on every process and every run
-        source = self.resume_dir / "value" if self.resume_dir is not None else (cfg.value_model or cfg.model)
+        from rewards.rm import model_folder  # a `train rm` run directory stands for its OUTPUT/model
+
+        source = (self.resume_dir / "value" if self.resume_dir is not None
+                  else model_folder(cfg.value_model or cfg.model))
         value = ValueModel(str(source), self.engine.pad_id)
         # under --fsdp the wrapper is the root unit, so its forward gathers the embeddings and the score head
         self.value = self.learner.place(value, layers=fsdp.decoder_layers(value.model) if cfg.fsdp else None)
         self.value_optimizer = adamw(self.value, cfg.value_lr or cfg.lr, cfg.weight_decay)
-        self.value_scheduler = lr_schedule(self.value_optimizer, cfg.max_steps, cfg.warmup_steps, "constant")
+        self.value_scheduler = lr_schedule(self.value_optimizer, cfg.max_steps, cfg.warmup(), "constant")
         self.learner.add(self.value, self.value_optimizer, self.value_scheduler, cfg.max_grad_norm, name="value_")
         self._value_state: tuple[dict, dict | None] | None = None  # a sharded value model's gathered state
         if self.resume_dir is not None:
@@ -225,19 +229,8 @@ class PPORun(GRPORun):
 
 
 def build_parser(prog: str = "prefsmith train ppo") -> argparse.ArgumentParser:
-    d = PPOConfig.__dataclass_fields__
-    p = grpo_parser(prog)
+    p = grpo_parser(prog, PPOConfig)  # every PPOConfig field, PPO's own defaults for the ones it shares with GRPO
     p.description = "PPO with a value model (InstructGPT): GAE, per-token KL penalty, clipped value loss."
-    g = p.add_argument_group("PPO")
-    for name, kind in (("kl_coef", float), ("gamma", float), ("lam", float), ("vf_coef", float),
-                       ("cliprange_value", float), ("value_lr", float)):
-        g.add_argument("--" + name.replace("_", "-"), type=kind, default=d[name].default)
-    g.add_argument("--value-model", default=None,
-                   help="value model folder: a reward model from `train rm`, or any decoder (default: --model)")
-    g.add_argument("--no-whiten-advantages", dest="whiten_advantages", action="store_false")
-    # PPO's own defaults for the options it shares with GRPO
-    p.set_defaults(**{k: d[k].default for k in ("num_generations", "prompts_per_step", "num_iterations",
-                                                      "dynamic_sampling")})
     return p
 
 
@@ -246,7 +239,8 @@ def main(argv: list[str]) -> int:
     from pipelines.errors import UserError
     from trainers.online.grpo import train_grpo
 
-    args = vars(build_parser().parse_args(argv))
+    parsed = vars(build_parser().parse_args(argv))
+    args = {f.name: parsed[f.name] for f in dataclasses.fields(PPOConfig) if f.init}  # not the hub flags
     try:
         args["model"] = resolve_model(args["model"])
         summary = train_grpo(PPOConfig(**args), run_class=PPORun)

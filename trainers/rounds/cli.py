@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from pipelines.cli import Parser
+from pipelines.core import hub
 from pipelines.errors import UserError
 
 # flags of `prefsmith train` the rounds driver sets itself, per round
@@ -43,9 +44,9 @@ def build_parser(recipe: str) -> argparse.ArgumentParser:
     g.add_argument("--n", type=int, default=d["n"].default, help="completions per prompt")
     g.add_argument("--prompts-per-round", type=int, default=None,
                    help="a seeded slice of this many prompts per round, a new one each round (default: all)")
-    for name, kind in (("temperature", float), ("top_p", float), ("max_new_tokens", int),
-                       ("gen_batch_size", int)):
-        g.add_argument("--" + name.replace("_", "-"), type=kind, default=d[name].default)
+    for name, kind in (("temperature", float), ("top_p", float), ("max_new_tokens", int)):
+        g.add_argument("--" + name.replace("_", "-"), type=kind, default=d[name].default)  # help: COMMON_HELP
+    g.add_argument("--gen-batch-size", type=int, default=d["gen_batch_size"].default, help="prompts per engine call")
     g.add_argument("--template", default=None, help="format string for string prompts, e.g. '{prompt} ...'")
     g.add_argument("--system", default=None)
     g.add_argument("--chat", choices=["auto", "always", "never"], default="auto")
@@ -55,15 +56,18 @@ def build_parser(recipe: str) -> argparse.ArgumentParser:
     g.add_argument("--weight", action="append", default=[], dest="weights", metavar="NAME=W")
     g.add_argument("--dedup-field", default=d["dedup_field"].default,
                    help="what makes two samples the same, against every earlier round (dedup --field)")
-    g.add_argument("--dedup-threshold", type=float, default=d["dedup_threshold"].default)
+    g.add_argument("--dedup-threshold", type=float, default=d["dedup_threshold"].default,
+                   help="MinHash Jaccard similarity at or above which two samples are near-duplicates")
     g.add_argument("--decontaminate-against", action="append", default=[], metavar="EVAL",
                    help="remove rows whose prompt overlaps this eval set (decontaminate --against; repeatable)")
-    g.add_argument("--decontaminate-ngram", type=int, default=d["decontaminate_ngram"].default)
+    g.add_argument("--decontaminate-ngram", type=int, default=d["decontaminate_ngram"].default,
+                   help="n of the word n-grams a prompt may not share with an eval set")
     g = p.add_argument_group("the training set")
     if recipe == "iterative-dpo":
         g.add_argument("--strategy", choices=["best-worst", "all", "random"], default=d["strategy"].default,
                        help="pairs --strategy (default best-worst: RLHFlow's highest vs lowest reward)")
-        g.add_argument("--min-margin", type=float, default=d["min_margin"].default)
+        g.add_argument("--min-margin", type=float, default=d["min_margin"].default,
+                       help="pairs --min-margin: the least reward gap between chosen and rejected")
         g.add_argument("--ref", choices=["initial", "previous"], default=d["ref"].default,
                        help="DPO reference: the initial model (default, RLHFlow) or the previous round's policy")
     else:
@@ -76,8 +80,10 @@ def build_parser(recipe: str) -> argparse.ArgumentParser:
     g = p.add_argument_group("evaluation (greedy, after every round and of the initial model)")
     g.add_argument("--eval-prompts", action="append", default=[], help="held-out prompts (repeat for several sets)")
     g.add_argument("--eval-max-new-tokens", type=int, default=None, help="default: --max-new-tokens")
-    g.add_argument("--eval-batch-size", type=int, default=d["eval_batch_size"].default)
+    g.add_argument("--eval-batch-size", type=int, default=d["eval_batch_size"].default,
+                   help="prompts per greedy generate call of the evaluations")
     g.add_argument("--eval-limit", type=int, default=None, help="only the first N prompts of each set")
+    hub.add_arguments(p, command_line_only=True)  # `prefsmith train` takes them off the command line (trainers/cli.py)
     return p
 
 
@@ -87,6 +93,7 @@ def parse_args(argv: list[str], recipe: str) -> tuple[argparse.Namespace, argpar
     from trainers.rounds.driver import RECIPES
 
     own = build_parser(recipe)
+    own.config_passthrough = True  # a --config file holds both parsers' keys: the training run's go on to it
     args, rest = own.parse_known_args(argv)
     for flag in _SET_PER_ROUND:
         if any(a == flag or a.startswith(flag + "=") for a in rest):

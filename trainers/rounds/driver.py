@@ -17,10 +17,11 @@ A round, top to bottom (`RoundRun.run`), each step a stage of its own directory 
     deduped    the `dedup` stage on prompt+completion against every earlier round (`--index DIR/dedup-index`)
     decontaminated   the `decontaminate` stage, with --decontaminate-against only
     pairs | selected (+ sft, the accumulated set)   the recipe's builder
-    model      `trainers.offline.loop.train`, checkpointing every --save-every steps
+    train      `trainers.offline.loop.train`, checkpointing every --save-every steps; the round's model in train/model
     eval/SET   `prefsmith eval` of the round's model on each --eval-prompts set, greedy: held-out accuracy
 
-then DIR/round-NNN/round.json (written last: the round is done). Every step resumes by itself (a stage by its
+then DIR/round-NNN/round.json (written last: the round is done), and DIR/model links to the newest round's model
+(where every trainer leaves its final model). Every step resumes by itself (a stage by its
 shard markers and manifest, training from its newest checkpoint, eval by its manifest), so a run killed
 anywhere, rerun with the same command, continues at the exact step of the exact round and ends with the rows and
 weights of an uninterrupted run. DIR/rounds.json records the settings; a rerun with other settings is refused
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import sys
 import time
@@ -116,7 +118,7 @@ class RoundsConfig:
         skip = {"rounds", "output", "train", "overwrite", "progress", "executor", "eval_batch_size"}
         own = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
         run_only = {"model", "data", "output", "ref_model", "resume", "progress", "plots", "logging_every",
-                    "save_every", "save_total_limit", "ref_cache_dir", "threads"}
+                    "save_every", "save_total_limit", "ref_cache_dir", "threads", "report_to"}
         train = {k: v for k, v in dataclasses.asdict(self.train).items() if k not in run_only}
         return {**own, "train": train}
 
@@ -300,7 +302,7 @@ class RoundRun:
                   "figures": self.figures, "seconds": self.seconds,
                   "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         atomic_write_json(self.dir / "round.json", record)  # last: the round is done
-        shutil.rmtree(self.dir / "model" / "checkpoints", ignore_errors=True)  # the final weights are saved
+        shutil.rmtree(self.dir / "train" / "checkpoints", ignore_errors=True)  # the final weights are saved
         return record
 
     # ---------------------------------------------------------------------------------------- the steps
@@ -321,6 +323,7 @@ class RoundRun:
         cfg = self.cfg
         gen = GenerateConfig(model=self.policy, engine=cfg.engine, template=cfg.template, chat=cfg.chat,
                              system=cfg.system, batch_size=cfg.gen_batch_size, threads=cfg.train.threads,
+                             chat_template=cfg.train.chat_template,
                              sampling=SamplingConfig(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p,
                                                      max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + self.r))
         out = self.dir / "rollouts"
@@ -355,9 +358,10 @@ class RoundRun:
         return out
 
     def train(self, data: Path | None, start: str, reference: str | None) -> tuple[str, bool]:
-        """Train the round's model into DIR/round-NNN/model, resuming from its newest checkpoint; returns (the
-        round's model, whether it trained). A round with no training rows keeps the model it started from."""
-        out = self.dir / "model"
+        """Train the round's model (a run in DIR/round-NNN/train, its model in train/model), resuming from its
+        newest checkpoint; returns (the round's model, whether it trained). A round with no training rows keeps the
+        model it started from."""
+        out = self.dir / "train"
         if data is None or not _rows(data):
             _log(f"round {self.r}: no training rows; the round's model is the one it started from ({start})")
             return start, False
@@ -371,7 +375,7 @@ class RoundRun:
                                       ref_model=None if reference in (None, start) else reference))
         result = json.loads(done.read_text())
         self.figures.update({"steps": result["steps"], "train_loss": result["train"].get("loss")})
-        return str(out), True
+        return str(out / "model"), True
 
 
 # ------------------------------------------------------------------------------------------------ eval
@@ -397,7 +401,7 @@ def evaluate(cfg: RoundsConfig, model: str, out: Path) -> dict | None:
     from pipelines.stages.label import LabelConfig
 
     gen = GenerateConfig(model=model, engine="hf", template=cfg.template, chat=cfg.chat, system=cfg.system,
-                         batch_size=cfg.eval_batch_size, threads=cfg.train.threads,
+                         batch_size=cfg.eval_batch_size, threads=cfg.train.threads, chat_template=cfg.train.chat_template,
                          sampling=SamplingConfig(n=1, temperature=0.0, max_new_tokens=cfg.eval_max_new_tokens or
                                                  cfg.max_new_tokens, seed=0))
     ecfg = EvalConfig(generate=gen, label=LabelConfig(rewards=list(cfg.rewards), weights=list(cfg.weights),
@@ -476,10 +480,19 @@ def run_rounds(cfg: RoundsConfig) -> list[dict]:
             record = RoundRun(cfg, recipe, r, policy, prompts).run()
         records.append(record)
         policy = record["model"]
+        _link(root / "model", Path(policy))
         atomic_write_text(root / ROUNDS_LOG, "".join(json.dumps(row_of(rec)) + "\n" for rec in records))
     print(format_table(records, recipe, initial), file=sys.stdout)
     plot_rounds(records, recipe, initial, root / "rounds.png")
     return records
+
+
+def _link(link: Path, model: Path) -> None:
+    """DIR/model: a link to the newest round's model (relative, so the run directory can move), replaced atomically."""
+    tmp = link.with_name(".model.link.tmp")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(os.path.relpath(model.resolve(), link.parent.resolve()), target_is_directory=True)
+    os.replace(tmp, link)
 
 
 def row_of(record: dict) -> dict:

@@ -1,0 +1,319 @@
+"""One CLI, one config story (docs/cli.md): options from config dataclasses, help and defaults everywhere,
+abbreviations refused, canonical names with their older spellings as aliases, `--config FILE.yaml`,
+`prefsmith train --help`, `--prompt-column` / `--gold-column` / `messages`, `--chat-template`; and the
+docs/cli.md example run for real on the tiny model."""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipelines.cli import COMMANDS, command_parser, main as cli
+from pipelines.errors import UsageError
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
+TRAIN_ALGOS = ("sft", "dpo", "kto", "rm", "prm", "grpo", "rloo", "ppo", "iterative-dpo", "rft")
+
+
+def _parser(name: str, algo: str | None = None):
+    """The finished parser of `prefsmith NAME` (for train: of `prefsmith train ALGO`)."""
+    if name != "train":
+        return command_parser(name, importlib.import_module(COMMANDS[name][0])).finish()
+    if algo in ("grpo", "rloo"):
+        from trainers.online.grpo import build_parser
+        return build_parser(f"prefsmith train {algo}").finish()
+    if algo == "ppo":
+        from trainers.online.ppo import build_parser
+        return build_parser().finish()
+    if algo in ("iterative-dpo", "rft"):
+        from trainers.rounds.cli import build_parser
+        return build_parser(algo).finish()
+    from trainers.offline.cli import build_parser
+    return build_parser().finish()
+
+
+ALL_PARSERS = [(n, None) for n in COMMANDS if n not in ("train", "plot")] + [("train", a) for a in TRAIN_ALGOS]
+
+
+def _one_error_line(capsys) -> str:
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+# ----------------------------------------------------------------------------------------------- help
+@pytest.mark.parametrize("name, algo", ALL_PARSERS)
+def test_every_option_of_every_command_has_help(name, algo):
+    parser = _parser(name, algo)
+    missing = [a.option_strings or [a.dest] for a in parser._actions if not (a.help or "").strip()]
+    assert not missing, f"prefsmith {name} {algo or ''}: options without help: {missing}"
+    assert "--config" in parser._option_string_actions
+
+
+def test_help_shows_defaults_but_not_none_noise():
+    text = " ".join(_parser("generate").format_help().split())
+    assert "completions per prompt (default: 8)" in text
+    assert "sampling temperature (0: greedy) (default: 1.0)" in text
+    assert "(default: None)" not in text and "(default: False)" not in text and "(default: [])" not in text
+    grpo = " ".join(_parser("train", "grpo").format_help().split())
+    assert "prompts sampled per optimizer step (each gives a group of G completions) (default: 4)" in grpo
+    assert "(default: None)" not in grpo
+
+
+def test_train_help_lists_every_algorithm_and_recipe(capsys):
+    assert cli(["train", "--help"]) == 0
+    out = capsys.readouterr().out
+    listed = {m.group(1): m.group(2) for m in re.finditer(r"^  (\S+)\s+(.+)$", out, re.M)}
+    assert list(listed) == list(TRAIN_ALGOS)
+    assert all(len(line) > 20 for line in listed.values())  # one real line each
+    assert "rejection-sampling" in listed["rft"] and "value model" in listed["ppo"]
+
+
+# ----------------------------------------------------------------------------------------------- from the dataclass
+@pytest.mark.parametrize("algo", ["grpo", "ppo"])
+def test_online_trainers_options_are_their_config_dataclass(algo):
+    from trainers.online.grpo import GRPOConfig
+    from trainers.online.ppo import PPOConfig
+
+    config = GRPOConfig if algo == "grpo" else PPOConfig
+    parser = _parser("train", algo)
+    dests = {a.dest: a for a in parser._actions}
+    for f in dataclasses.fields(config):
+        assert f.name in dests, f"{config.__name__}.{f.name} has no flag"
+        if f.default is not dataclasses.MISSING:
+            assert dests[f.name].default == f.default, f.name
+    args = parser.parse_args(["--model", "m", "--input", "p.jsonl", "--output", "o", "--reward", "math",
+                              "--no-dynamic-sampling" if algo == "grpo" else "--no-whiten-advantages"])
+    cfg = config(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config)})  # field for field
+    assert cfg.prompts == "p.jsonl" and cfg.rewards == ["math"]
+    if algo == "ppo":  # PPO's own defaults for the fields it shares with GRPO
+        assert (cfg.num_generations, cfg.prompts_per_step, cfg.num_iterations) == (1, 16, 4)
+        assert cfg.whiten_advantages is False
+    else:
+        assert cfg.dynamic_sampling is False and cfg.num_generations == 8
+    help_of = {a.dest: a.help for a in parser._actions}
+    assert help_of["mask_truncated"].startswith("DAPO: truncated completions")  # the field's trailing comment
+
+
+def test_label_options_are_its_config_dataclass():
+    from pipelines.stages.label import LabelConfig
+
+    args = _parser("label").parse_args(["--input", "i", "--output", "o", "--reward", "math", "--reward",
+                                        "format:boxed", "--weight", "format=0.2", "--gold-column", "solution",
+                                        "--null-on-timeout", "--threads", "1"])
+    cfg = LabelConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(LabelConfig)})
+    assert cfg == LabelConfig(rewards=["math", "format:boxed"], weights=["format=0.2"], gold_column="solution",
+                              null_on_timeout=True, threads=1)
+
+
+# ----------------------------------------------------------------------------------------------- names and aliases
+@pytest.mark.parametrize("name, algo, old, new, dest, value", [
+    ("generate", None, "--n", "--num-generations", "n", "3"),
+    ("eval", None, "--prompts", "--input", "prompts", "p.jsonl"),
+    ("eval", None, "--n", "--num-generations", "n", "3"),
+    ("eval", None, "--no-plot", "--no-plots", "no_plot", None),
+    ("stats", None, "--no-plot", "--no-plots", "no_plot", None),
+    ("judge", None, "--retries", "--verdict-retries", "retries", "4"),
+    ("judge", None, "--reference-column", "--gold-column", "reference_column", "solution"),
+    ("check-gold", None, "--column", "--gold-column", "column", "solution"),
+    ("train", "dpo", "--data", "--input", "data", "pairs.jsonl"),
+    ("train", "grpo", "--prompts", "--input", "prompts", "p.jsonl"),
+    ("train", "rft", "--prompts", "--input", "prompts", "p.jsonl"),
+    ("train", "rft", "--n", "--num-generations", "n", "3"),
+])
+def test_one_name_per_idea_and_the_old_spelling_still_works(name, algo, old, new, dest, value):
+    parser = _parser(name, algo)
+    for a in parser._actions:
+        a.required = False  # only the one option matters here
+    action = parser._option_string_actions[old]
+    assert parser._option_string_actions[new] is action and action.option_strings[0] == new  # listed first
+    words = [old] + ([value] if value is not None else [])
+    for flag in (old, new):
+        words[0] = flag
+        parsed = parser.parse_known_args(words)[0].__dict__[dest]
+        assert parsed is True if value is None else str(parsed) == value
+
+
+def test_the_alias_table_in_the_docs_is_the_one_in_the_code():
+    from pipelines.core.options import ALIASES
+
+    table = DOC.read_text().partition("## One name per idea")[2]
+    for canonical, older in ALIASES.items():
+        row = next((line for line in table.splitlines() if f"| `{canonical}` |" in line), None)
+        assert row, f"docs/cli.md has no row for {canonical}"
+        assert all(f"`{o}`" in row for o in older if any(o in _parser(n, a)._option_string_actions
+                                                            for n, a in ALL_PARSERS)), row
+
+
+# ----------------------------------------------------------------------------------------------- abbreviations
+@pytest.mark.parametrize("value", [5, False])
+def test_a_pipeline_file_abbreviation_is_refused_with_did_you_mean(tmp_path, capsys, value):
+    """`max_new_token:` was taken for `--max-new-tokens` while argparse still guessed abbreviations; a false
+    value was dropped without a look at its name. Both are refused now, before any stage runs."""
+    spec = {"workdir": str(tmp_path / "w"), "stages": [
+        {"name": "g", "command": "generate", "args": {"model": "m", "input": "p.jsonl", "max_new_token": value}}]}
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert cli(["run", str(path)]) == 2
+    line = _one_error_line(capsys)
+    assert "unrecognized arguments: --max-new-token" in line and "did you mean --max-new-tokens?" in line
+    assert not (tmp_path / "w").exists()
+
+
+def test_a_pipeline_file_false_turns_a_switch_off(tmp_path):
+    from pipelines.pipeline import stage_argv
+    from trainers.cli import check_args
+
+    stage = {"name": "grpo", "command": "train", "args": {"algo": "grpo", "model": "m", "input": "p.jsonl",
+                                                          "reward": "math", "dynamic_sampling": False,
+                                                          "mask_truncated": True, "resume": False}}
+    argv = stage_argv(stage, {}, tmp_path)
+    check_args(argv[1:])  # parses
+    args = _parser("train", "grpo").parse_args(argv[2:])
+    assert args.dynamic_sampling is False and args.mask_truncated is True and args.resume is False
+
+
+# ----------------------------------------------------------------------------------------------- --config
+def test_config_file_gives_the_options_and_flags_override_it(tmp_path):
+    path = tmp_path / "generate.yaml"
+    path.write_text(yaml.safe_dump({"model": "m", "input": "p.jsonl", "output": "o", "num_generations": 3,
+                                    "max-new-tokens": 7, "engine_option": {"dtype": "bfloat16", "max_concurrency": 16},
+                                    "overwrite": True, "system": None}))
+    args = _parser("generate").parse_args(["--config", str(path), "--max-new-tokens", "9"])
+    assert (args.model, args.input, args.n, args.max_new_tokens, args.overwrite, args.system) == \
+           ("m", "p.jsonl", 3, 9, True, None)
+    assert args.engine_option == ["dtype=bfloat16", "max_concurrency=16"]
+    args = _parser("generate").parse_args([f"--config={path}", "--engine-option", "seed=1"])
+    assert args.engine_option == ["seed=1"]  # a repeatable flag on the command line replaces the file's list
+    assert "config" not in vars(args)
+
+
+def test_config_file_unknown_key_is_one_line_naming_the_file(tmp_path, capsys):
+    path = tmp_path / "generate.yaml"
+    path.write_text("model: m\ninput: p.jsonl\noutput: o\nmax_new_token: 5\n")
+    assert cli(["generate", "--config", str(path)]) == 2
+    line = _one_error_line(capsys)
+    assert line == (f"prefsmith generate: error: --config {path}: unknown key 'max_new_token'; did you mean "
+                    "max_new_tokens? (see `prefsmith generate --help`)")
+    path.write_text("- not\n- a mapping\n")
+    assert cli(["generate", "--config", str(path)]) == 2
+    assert "expected a mapping of option names to values" in _one_error_line(capsys)
+    assert cli(["generate", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "missing.yaml: no such file" in _one_error_line(capsys)
+
+
+def test_config_file_for_train_algorithms(tmp_path):
+    from trainers.offline.cli import build_parser, config_from_args
+    from trainers.online.grpo import GRPOConfig
+    from trainers.rounds.cli import parse_args
+
+    path = tmp_path / "grpo.yaml"
+    path.write_text(yaml.safe_dump({"model": "m", "prompts": "p.jsonl", "output": "o", "rewards": ["math", "format:boxed"],
+                                    "weight": ["format=0.1"], "dynamic_sampling": False, "num_generations": 4}))
+    args = _parser("train", "grpo").parse_args(["--config", str(path), "--max-steps", "3"])
+    cfg = GRPOConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(GRPOConfig)})
+    assert (cfg.rewards, cfg.weights, cfg.dynamic_sampling, cfg.num_generations, cfg.max_steps) == \
+           (["math", "format:boxed"], ["format=0.1"], False, 4, 3)
+
+    path = tmp_path / "dpo.yaml"
+    path.write_text(yaml.safe_dump({"model": "m", "input": "pairs.jsonl", "output": "o", "beta": 0.2,
+                                    "no_plots": True, "lr": 1e-6}))
+    cfg = config_from_args(build_parser().parse_args(["dpo", "--config", str(path), "--lr", "2e-6"]))
+    assert (cfg.data, cfg.beta, cfg.plots, cfg.lr) == ("pairs.jsonl", 0.2, False, 2e-6)
+
+    path = tmp_path / "rft.yaml"  # the rounds' own keys and the per-round training run's, in one file
+    path.write_text(yaml.safe_dump({"model": "m", "prompts": "p.jsonl", "output": "o", "reward": ["math"], "n": 2,
+                                    "rounds": 3, "lr": 3e-5, "epochs": 2}))
+    own, train = parse_args(["--config", str(path)], "rft")
+    assert (own.n, own.rounds, own.rewards, train.lr, train.epochs) == (2, 3, ["math"], 3e-5, 2.0)
+    path.write_text(yaml.safe_dump({"model": "m", "prompts": "p.jsonl", "output": "o", "reward": ["math"],
+                                    "lrr": 3e-5}))
+    with pytest.raises(UsageError, match="unrecognized arguments: --lrr"):
+        parse_args(["--config", str(path)], "rft")
+
+
+# ----------------------------------------------------------------------------------------------- columns
+def test_prompt_column_rule():
+    from pipelines.core.columns import prompt_of, standard_rows
+
+    chat = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    assert prompt_of(chat, "messages") == chat[:1]  # a conversation: the prompt is what precedes the answer
+    assert prompt_of(chat, "prompt") == chat  # the prompt column as it is (a trailing assistant turn continues)
+    assert prompt_of("text", "question") == "text"
+    rows = standard_rows([{"messages": chat, "solution": "4"}], "messages", "solution")
+    assert rows == [{"messages": chat, "solution": "4", "prompt": chat[:1], "answer": "4"}]
+    with pytest.raises(Exception, match="no column 'messages'"):
+        standard_rows([{"prompt": "x"}], "messages")
+
+
+# ----------------------------------------------------------------------------------------------- --chat-template
+def test_chat_template_mistakes_are_one_line_before_any_model_loads(tmp_path, tiny_model, capsys):
+    base = ["generate", "--model", str(tiny_model), "--input", str(tmp_path / "p.jsonl"),
+            "--output", str(tmp_path / "o")]
+    assert cli([*base, "--chat-template", str(tmp_path / "missing.jinja")]) == 2
+    assert _one_error_line(capsys).endswith(f"--chat-template {tmp_path / 'missing.jinja'}: no such file")
+    bad = tmp_path / "bad.jinja"
+    bad.write_text("{% for m in messages %}{{ m['content'] }}\n")
+    assert cli([*base, "--chat-template", str(bad)]) == 2
+    assert "not a valid Jinja template" in _one_error_line(capsys)
+    assert cli([*base, "--engine", "openai", "--base-url", "http://127.0.0.1:9/v1", "--chat-template", str(bad)]) == 2
+    assert "the server applies its own chat template" in _one_error_line(capsys)
+
+
+# ----------------------------------------------------------------------------------------------- docs/cli.md
+def _doc_blocks() -> tuple[dict[str, str], list[str]]:
+    """docs/cli.md's example: the files it shows (`<!-- file: NAME -->` before a block) and its commands
+    (the `<!-- run -->` block)."""
+    text = DOC.read_text()
+    files = {m.group(1): m.group(2) for m in re.finditer(r"<!-- file: (\S+) -->\n```\w*\n(.*?)```", text, re.S)}
+    runs = [m.group(1) for m in re.finditer(r"<!-- run -->\n```bash\n(.*?)```", text, re.S)]
+    return files, [line for block in runs for line in block.splitlines() if line.strip()]
+
+
+def test_docs_cli_example_runs(tmp_path, tiny_model, monkeypatch, capsys):
+    """The example end to end on the tiny model (`default` is the tiny model here): a `messages` file flows
+    from generate to label, eval and both trainers with only --prompt-column / --gold-column."""
+    from transformers import AutoTokenizer
+
+    from pipelines.core.dataset import load_rows
+    from rewards.chat import prompt_ids
+
+    files, commands = _doc_blocks()
+    assert set(files) == {"prompts.jsonl", "chat.jinja", "generate.yaml"} and len(commands) == 5
+    monkeypatch.chdir(tmp_path)
+    for name, text in files.items():
+        Path(name).write_text(text.replace("model: default", f"model: {tiny_model}"))
+    for line in commands:
+        words = shlex.split(line.replace("--model default", f"--model {tiny_model}"))
+        assert words[0] == "prefsmith"
+        assert cli(words[1:]) == 0, line
+
+    template = files["chat.jinja"]
+    conversations = [json.loads(x) for x in files["prompts.jsonl"].splitlines()]
+    rollouts = load_rows("runs/cli/rollouts")
+    assert len(rollouts) == 2 * len(conversations)  # num_generations 2 from the config file
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    tok.chat_template = template
+    for row in rollouts:
+        conversation = next(c for c in conversations if c["id"] == row["prompt_id"])
+        assert row["prompt"] == conversation["messages"][:1]  # the user turn: the answer is not part of the prompt
+        assert row["prompt_token_ids"] == prompt_ids(tok, row["prompt"])  # rendered with chat.jinja
+        assert len(row["completion_ids"]) <= 8  # the config file's max_new_tokens
+    labeled = load_rows("runs/cli/labeled")
+    assert len(labeled) == len(rollouts) and all(r["rewards"]["math"] is not None for r in labeled)
+    assert all(r["reward_info"]["math"] != "bad_gold" for r in labeled)  # the gold came from `solution`
+    assert "answer" not in labeled[0]  # the rows as they came, plus the reward columns
+    evaluated = load_rows("runs/cli/eval")
+    assert len(evaluated) == 2 and all(r["prompt_token_ids"] == prompt_ids(tok, r["prompt"]) for r in evaluated)
+    assert json.loads(Path("runs/cli/eval/eval.json").read_text())["overall"]["prompts"] == 2
+    sft = Path("runs/cli/sft") / "model" if (Path("runs/cli/sft") / "model").is_dir() else Path("runs/cli/sft")
+    assert AutoTokenizer.from_pretrained(sft).chat_template == template  # saved with the trained model
+    assert (Path("runs/cli/grpo") / "model" / "config.json").is_file()
+    metrics = [json.loads(x) for x in Path("runs/cli/grpo/metrics.jsonl").read_text().splitlines()]
+    assert any(m.get("step") == 1 for m in metrics)
