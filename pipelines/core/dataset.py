@@ -3,6 +3,7 @@
     DIR/manifest.json            stage, config, fingerprints, versions, row counts, timings, shard status
     DIR/data/part-00000.parquet  the rows: load with datasets.load_dataset("parquet", data_dir="DIR/data")
     DIR/removed/...              side datasets some stages write (same layout)
+    DIR/README.md                the card, with the Hub's metadata, written from the manifest (pipelines/core/card.py)
 
 The shards live in `data/` rather than beside the manifest because `datasets.load_dataset("parquet",
 data_dir=...)` tries to read every non-hidden file of the folder, the manifest included.
@@ -25,6 +26,7 @@ from typing import Iterable, Iterator, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines.core import card
 from pipelines.core.files import atomic_write_bytes  # noqa: F401  (stages write markers as ds.atomic_write_bytes)
 from pipelines.core.files import atomic_path, atomic_write_json, fingerprint_files, fingerprint_json
 from pipelines.errors import UserError
@@ -335,7 +337,38 @@ def read_manifest(directory: str | Path) -> dict | None:
 
 
 def write_manifest(directory: str | Path, manifest: dict) -> None:
+    """Write `manifest.json`; once the dataset is complete, also its card (README.md, docs/hub.md)."""
     atomic_write_json(Path(directory) / MANIFEST, manifest)
+    if manifest.get("complete"):
+        write_card(directory, manifest)
+
+
+def write_card(directory: str | Path, manifest: dict | None = None) -> bool:
+    """Write a finished dataset's card, `DIR/README.md`, from its manifest, shards and upstream manifests; False
+    when a README.md that prefsmith did not write is there (it is kept) or the directory has no manifest."""
+    manifest = manifest if manifest is not None else read_manifest(directory)
+    if manifest is None:
+        return False
+    directory = Path(directory)
+    side = {p.name: sorted((p / DATA).glob(SHARD_GLOB)) for p in sorted(directory.iterdir())
+            if p.is_dir() and p.name != DATA and not p.name.startswith(".") and (p / DATA).is_dir()}
+    text = card.dataset_card(directory, manifest, sorted((directory / DATA).glob(SHARD_GLOB)), side,
+                             upstream_manifests(manifest))
+    return card.write_card(directory, text)
+
+
+def upstream_manifests(manifest: dict, limit: int = 32) -> list[tuple[str, dict]]:
+    """(source, manifest) of the dataset directories a dataset was made from, nearest first, following each
+    manifest's `input.source` while it names a directory with a manifest (a JSONL file or a hub name ends it)."""
+    chain: list[tuple[str, dict]] = []
+    source = (manifest.get("input") or {}).get("source")
+    while source and len(chain) < limit and Path(source).is_dir():
+        found = read_manifest(source)
+        if found is None or any(Path(source).resolve() == Path(s).resolve() for s, _ in chain):
+            break
+        chain.append((str(source), found))
+        source = (found.get("input") or {}).get("source")
+    return chain
 
 
 def write_dataset(rows: Iterable[dict] | pa.Table, directory: str | Path, manifest: dict | None = None) -> Path:

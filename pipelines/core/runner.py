@@ -29,6 +29,7 @@ from typing import Any, Callable, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines.core import card
 from pipelines.core import dataset as ds
 from pipelines.core.files import ensure_writable_dir, fingerprint_json
 from pipelines.core.stage import Shard, ShardTask  # Shard: the stages import it from here too
@@ -104,11 +105,17 @@ def open_output(out: Path, manifest: dict, overwrite: bool, extra_keys: Sequence
                             f"({_describe_change(old, manifest, extra_keys)}). Use --overwrite to replace it, "
                             "or another --output.")
         old = None
-    if old is None and out.exists() and any(out.iterdir()):
+    users_readme = None
+    # a folder holding only the user's own README.md is an empty output folder
+    if old is None and out.exists() and any(p.name != card.README or card.is_ours(p) for p in out.iterdir()):
         if not overwrite and not (out / ds.MANIFEST).exists():
             raise UserError(f"{out} exists and is not a prefsmith dataset directory; pass --overwrite or another --output")
+        readme = out / card.README
+        users_readme = readme.read_bytes() if readme.is_file() and not card.is_ours(readme) else None
         shutil.rmtree(out)
     ensure_writable_dir(out)
+    if users_readme is not None:  # a README.md the user wrote outlives the output it described (docs/hub.md)
+        ds.atomic_write_bytes(out / card.README, users_readme)
     for stale in out.rglob(".*.tmp"):  # left by a kill mid-write
         stale.unlink()
     return old
