@@ -173,6 +173,7 @@ def test_the_api_doc_runs(tmp_path, tiny_model, monkeypatch):
     assert len(blocks) >= 6
     monkeypatch.setenv("PREFSMITH_API_MODEL", str(tiny_model))
     monkeypatch.setenv("PREFSMITH_API_WORKDIR", str(tmp_path / "api"))
+    monkeypatch.setenv("PREFSMITH_CACHE", str(tmp_path / "cache"))  # DPO's reference log-probs
     monkeypatch.chdir(ROOT)  # the doc reads data/math/ from the repository's root
     doc = types.ModuleType("api_walkthrough")
     monkeypatch.setitem(sys.modules, doc.__name__, doc)
@@ -191,3 +192,32 @@ def test_the_api_doc_runs(tmp_path, tiny_model, monkeypatch):
     assert ns["report"].summary["overall"]["prompts"] == 16
     assert 0.0 <= ns["report"].summary["overall"]["accuracy"] <= 1.0
     assert (tmp_path / "api" / ".prefsmith-inputs" / "rollouts.input.jsonl").is_file()
+
+
+def test_a_pipeline_file(tmp_path, labeled):
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(f"workdir: {tmp_path / 'work'}\nvars: {{margin: 0.0}}\nstages:\n"
+                        f"  - {{name: pairs, command: pairs, args: {{input: {labeled}, min_margin: '${{margin}}'}}}}\n"
+                        "  - {name: flat, command: export, args: {input: '@pairs', output: '{workdir}/pairs.jsonl'}}\n")
+    result = prefsmith.run(pipeline=pipeline, set={"margin": 0.3})
+    assert result.path == tmp_path / "work"
+    assert result.summary["outputs"]["pairs"] == str(tmp_path / "work" / "pairs")  # as `prefsmith run` records it
+    assert ds.read_manifest(tmp_path / "work" / "pairs")["config"]["min_margin"] == 0.3
+    assert len(ds.load_rows(tmp_path / "work" / "pairs.jsonl")) == 1  # p0 only: p1's margin 0.25 is not > 0.3
+
+
+def longer(prompts, completions, **columns):
+    """Length in characters: a reward the tiny model's rollouts differ on (named as test_api:longer)."""
+    return [float(len(c)) for c in completions]
+
+
+def test_online_training_from_rows_and_a_reward_function(tmp_path, tiny_model):
+    rows = [{"prompt": f"say something {i}", "answer": str(i)} for i in range(4)]
+    run = prefsmith.train.grpo(model=tiny_model, prompts=rows, output=tmp_path / "grpo", reward=[longer],
+                               max_steps=2, num_generations=2, prompts_per_step=2, max_new_tokens=8,
+                               no_dynamic_sampling=True, seed=1)
+    assert run.model == tmp_path / "grpo" / "model" and (run.model / "config.json").is_file()
+    assert run.summary["steps"] == 2 and [r["step"] for r in run.records if "loss" in r] == [1, 2]
+    assert all(r["reward_longer"] == r["reward"] > 0 for r in run.records if "loss" in r)
+    assert (tmp_path / ".prefsmith-inputs" / "grpo.prompts.jsonl").is_file()
+    assert "test_api:longer" in (run.path / "rollouts" / "manifest.json").read_text()
