@@ -41,16 +41,26 @@ class Stats:
 
 
 class MetricsLog:
-    """Appends records to `run_dir/metrics.jsonl` (call only on the main process)."""
+    """Appends records to `run_dir/metrics.jsonl` (call only on the main process), and sends each to the run's
+    `--report-to` trackers (pipelines/core/tracking.py), opened here with the run's `config`."""
 
-    def __init__(self, run_dir: str | Path, resume_step: int | None = None) -> None:
+    def __init__(self, run_dir: str | Path, resume_step: int | None = None, report_to: list[str] | None = None,
+                 config: dict | None = None) -> None:
+        from pipelines.core.tracking import Trackers
+
         self.path = Path(run_dir) / METRICS_FILE
         kept = [] if resume_step is None else [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+        self.trackers = Trackers(report_to, run_dir, config, resume_step=resume_step)
 
     def write(self, record: dict) -> None:
         with self.path.open("a") as f:
             f.write(json.dumps(_clean(record)) + "\n")
+        self.trackers.log(record)
+
+    def close(self) -> None:
+        """Flush and close the trackers (metrics.jsonl needs nothing)."""
+        self.trackers.finish()
 
 
 def _clean(record: dict) -> dict:
