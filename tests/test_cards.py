@@ -296,3 +296,37 @@ def test_no_token_is_one_line_before_any_work(chain, tmp_path):
     assert proc.stderr.strip() == ("prefsmith pairs: error: --push-to-hub me/pairs: no Hugging Face token; set "
                                    "HF_TOKEN or run `hf auth login`")
     assert not out.exists()
+
+
+def test_pipeline_file_and_config_file(chain, pref, tiny_model, tmp_path, capsys):
+    """`push_to_hub:` in a pipeline file is checked for every stage before the first one runs; for `prefsmith
+    train` the flags belong on the command line, and a --config file holding them is one clear line."""
+    f = tmp_path / "p.yaml"
+    f.write_text(f"workdir: {tmp_path / 'wd'}\nstages:\n"
+                 f"  - {{name: pairs, command: pairs, args: {{input: {chain['labeled']}}}}}\n"
+                 f"  - {{name: more, command: pairs, args: {{input: {chain['labeled']}, push_to_hub: me/pairs}}}}\n")
+    assert main(["run", str(f)]) == 2
+    assert "HF_HUB_OFFLINE is set" in capsys.readouterr().err
+    assert not (tmp_path / "wd" / "pairs").exists()  # the first stage did not run
+    config = tmp_path / "train.yaml"
+    config.write_text("push_to_hub: me/dpo\nmax_steps: 1\n")
+    out = tmp_path / "dpo"
+    assert main(["train", "dpo", "--model", str(tiny_model), "--data", str(pref), "--output", str(out),
+                 "--config", str(config)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--push-to-hub: give it on the command line" in err
+    assert not out.exists()
+
+
+def test_final_model_dir_of_each_trainer(tmp_path):
+    (tmp_path / "dpo" / "model").mkdir(parents=True)
+    (tmp_path / "dpo" / "model" / "config.json").write_text("{}")
+    assert final_model_dir(tmp_path / "dpo") == tmp_path / "dpo" / "model"
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "config.json").write_text("{}")  # a run saved in OUTPUT itself
+    assert final_model_dir(tmp_path / "old") == tmp_path / "old"
+    rounds = tmp_path / "idpo"
+    rounds.mkdir()
+    (rounds / "rounds.jsonl").write_text("".join(json.dumps({"round": r, "model": str(rounds / f"round-00{r}" / "model")})
+                                                 + "\n" for r in range(2)))
+    assert final_model_dir(rounds) == rounds / "round-001" / "model"  # the last round's policy
