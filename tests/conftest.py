@@ -11,7 +11,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from tiny_model import build_tiny_model  # noqa: E402
+from tiny_model import build_boxing_model, build_tiny_model  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -24,6 +24,13 @@ def tiny_model(tmp_path_factory) -> Path:
 def tiny_model_pad_eos(tmp_path_factory) -> Path:
     """Same architecture, but pad_token == eos_token (the case that breaks naive loss masks)."""
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny_pad_eos", pad_is_eos=True)
+
+
+@pytest.fixture(scope="session")
+def boxing_model(tiny_model, tmp_path_factory) -> Path:
+    """The tiny model fine-tuned to answer math prompts boxed half the time (tests/tiny_model.py): its samples
+    differ in format, so rewards vary within a prompt (pairs, GRPO groups) and completions end at different steps."""
+    return build_boxing_model(tiny_model, tmp_path_factory.mktemp("models") / "boxing")
 
 
 @pytest.fixture()

@@ -86,3 +86,35 @@ def build_tiny_model(path: str | os.PathLike, seed: int = 0, pad_is_eos: bool = 
     model.save_pretrained(path)
     (path / "prefsmith_tiny.json").write_text(json.dumps({"seed": seed, "pad_is_eos": pad_is_eos}))
     return path
+
+
+BOXING_TEMPLATE = "{prompt} Reply with the final answer as \\boxed{{ANSWER}}."
+
+
+def build_boxing_model(base: str | os.PathLike, path: str | os.PathLike, prompts: int = 24) -> Path:
+    """The tiny model taught (by `prefsmith train sft`, seconds on a CPU) to answer each of the first built-in math
+    prompts both ways, "The answer is \\boxed{N}." and "The answer is N.", then end its turn.
+
+    Sampled at temperature 1 it writes either form for the same prompt, so `format:boxed` differs within a prompt's
+    samples: `pairs` finds pairs and GRPO finds groups with a signal, where the random tiny model ties everywhere.
+    Returns the trained model folder (idempotent)."""
+    from pipelines.cli import main
+
+    path = Path(path)
+    run = path / "run"
+    for model in (run / "model", run):  # a train output keeps its final model in OUTPUT/model
+        if (model / "config.json").exists():
+            return model
+    path.mkdir(parents=True, exist_ok=True)
+    problems = Path(__file__).resolve().parents[1] / "data" / "math" / "train.jsonl"
+    lines = problems.read_text().splitlines()[:prompts]
+    data = path / "sft.jsonl"
+    with data.open("w") as f:
+        for problem in map(json.loads, lines):
+            prompt = [{"role": "user", "content": BOXING_TEMPLATE.format(prompt=problem["prompt"])}]  # as sampled
+            for answer in (f"\\boxed{{{problem['answer']}}}", problem["answer"]):
+                f.write(json.dumps({"prompt": prompt, "completion": f"The answer is {answer}."}) + "\n")
+    status = main(["train", "sft", "--model", str(base), "--data", str(data), "--output", str(run),
+                   "--lr", "5e-3", "--epochs", "8", "--batch-size", "8", "--no-plots", "--no-progress"])
+    assert status == 0, "training the boxing model failed"
+    return run / "model" if (run / "model" / "config.json").exists() else run

@@ -27,7 +27,7 @@ from pipelines.core.dataset import load_table
 from pipelines.errors import UserError
 from pipelines.builders.samples import (BuilderStage, as_completion, carried, context, count_by, read_side, row_id,
                                         score_rows)
-from pipelines.core.runner import Shard, execute, update_manifest
+from pipelines.core.runner import Shard, StageResult, execute, update_manifest, written
 from pipelines.executors import add_executor_arguments, executor_config
 
 KTO_BOUND = (1.0, 4.0 / 3.0)  # Eq. 8: lambda_D * n_D / (lambda_U * n_U) in this range
@@ -103,7 +103,11 @@ class KTOStage(BuilderStage):
 def build_kto(input: str, output: str, cfg: KTOConfig = KTOConfig(), *, overwrite: bool = False,
               progress: bool = True, executor=None) -> dict:
     """Run the kto stage; returns the manifest fields `summary` and `kto` (the weights)."""
-    result = execute(KTOStage(cfg), input, output, overwrite=overwrite, progress=progress, executor=executor)
+    return _build_kto(input, output, cfg, overwrite=overwrite, progress=progress, executor=executor)[1]
+
+
+def _build_kto(input: str, output: str, cfg: KTOConfig, **run) -> tuple[StageResult, dict]:
+    result = execute(KTOStage(cfg), input, output, **run)
     labels = load_table(output).column("label").to_pylist() if result.manifest.get("rows_out") else []
     n_desirable = sum(labels)
     weights = kto_weights(n_desirable, len(labels) - n_desirable)
@@ -115,7 +119,7 @@ def build_kto(input: str, output: str, cfg: KTOConfig = KTOConfig(), *, overwrit
     }
     if {k: result.manifest.get(k) for k in fields} != fields:
         update_manifest(output, **fields)
-    return fields
+    return result, fields
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -130,8 +134,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    fields = build_kto(args.input, args.output, KTOConfig(threshold=args.threshold, label_column=args.label_column),
-                       overwrite=args.overwrite, executor=executor_config(args))
+    result, fields = _build_kto(args.input, args.output, KTOConfig(threshold=args.threshold,
+                                                                   label_column=args.label_column),
+                                overwrite=args.overwrite, executor=executor_config(args))
     s, w = fields["summary"], fields["kto"]
     if not s["rows"]:
         raise UserError(f"{args.input}: every row has a null {args.label_column}; nothing to label")
@@ -143,5 +148,5 @@ def run(args: argparse.Namespace) -> int:
           f"undesirable_weight={w['undesirable_weight']:.4g}")
     if w.get("warning"):
         print(f"warning: {w['warning']}")
-    print(f"wrote {s['rows']} rows to {args.output}")
+    print(written(result, s["rows"], "rows"))
     return 0

@@ -29,7 +29,7 @@ from pipelines.errors import UserError
 from pipelines.builders.samples import (PromptGroupStage, Sample, as_completion, context, count_by, group_rows,
                                         prompt_columns, read_side, score_rows)
 from pipelines.builders.similarity import edit_distance
-from pipelines.core.runner import Shard, execute, update_manifest
+from pipelines.core.runner import Shard, StageResult, execute, update_manifest, written
 from pipelines.executors import add_executor_arguments, executor_config
 
 STRATEGIES = ("best-worst", "all", "random")
@@ -172,11 +172,15 @@ def summarize(output: str) -> dict:
 def build_pairs(input: str, output: str, cfg: PairsConfig = PairsConfig(), *, overwrite: bool = False,
                 progress: bool = True, executor=None) -> dict:
     """Run the pairs stage; returns the summary (also stored in the manifest under `summary`)."""
-    result = execute(PairsStage(cfg), input, output, overwrite=overwrite, progress=progress, executor=executor)
+    return _build_pairs(input, output, cfg, overwrite=overwrite, progress=progress, executor=executor)[1]
+
+
+def _build_pairs(input: str, output: str, cfg: PairsConfig, **run) -> tuple[StageResult, dict]:
+    result = execute(PairsStage(cfg), input, output, **run)
     summary = summarize(output)
     if result.manifest.get("summary") != summary:
         update_manifest(output, summary=summary)
-    return summary
+    return result, summary
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -202,9 +206,10 @@ def run(args: argparse.Namespace) -> int:
     min_dist = args.min_edit_distance if args.max_similarity is None else round(1.0 - args.max_similarity, 12)
     cfg = PairsConfig(strategy=args.strategy, min_margin=args.min_margin, max_per_prompt=args.max_per_prompt,
                       seed=args.seed, min_edit_distance=min_dist)
-    summary = build_pairs(args.input, args.output, cfg, overwrite=args.overwrite, executor=executor_config(args))
+    result, summary = _build_pairs(args.input, args.output, cfg, overwrite=args.overwrite,
+                                   executor=executor_config(args))
     print(format_summary(summary))
-    print(f"wrote {summary['pairs']} pairs to {args.output}")
+    print(written(result, summary["pairs"], "pairs"))
     return 0
 
 

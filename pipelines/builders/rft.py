@@ -35,7 +35,7 @@ from pipelines.core import dataset as ds
 from pipelines.errors import UserError
 from pipelines.builders.samples import (PromptGroupStage, Sample, as_completion, carried, chat_column, context, count_by,
                                         group_rows, input_schema, read_side, score_rows)
-from pipelines.core.runner import MARKERS, Shard, execute, update_manifest
+from pipelines.core.runner import MARKERS, Shard, StageResult, execute, update_manifest, written
 from pipelines.executors import add_executor_arguments, executor_config
 from rewards.chat import as_messages, is_messages
 
@@ -212,13 +212,17 @@ def _mix_format(input: str, other: pa.Table, mix: str) -> str:
 def build_select(input: str, output: str, cfg: SelectConfig = SelectConfig(), *, overwrite: bool = False,
                  progress: bool = True, executor=None) -> dict:
     """Run the select stage (and the mix); returns the summary stored in the manifest."""
+    return _build_select(input, output, cfg, overwrite=overwrite, progress=progress, executor=executor)[1]
+
+
+def _build_select(input: str, output: str, cfg: SelectConfig, **run) -> tuple[StageResult, dict]:
     other = None
     if cfg.mix is not None:
         other = ds.load_table(cfg.mix)
         cfg = replace(cfg, format=_mix_format(input, other, cfg.mix), mix_fingerprint=ds.fingerprint(cfg.mix))
     stage = SelectStage(cfg)
     try:
-        result = execute(stage, input, output, overwrite=overwrite, progress=progress, executor=executor)
+        result = execute(stage, input, output, **run)
     finally:
         stage.close()
     manifest = result.manifest
@@ -241,7 +245,7 @@ def build_select(input: str, output: str, cfg: SelectConfig = SelectConfig(), *,
     summary["rows"] = n_selected + summary.get("mix", {}).get("rows", 0)
     if manifest.get("summary") != summary:
         update_manifest(output, summary=summary, rows_out=summary["rows"])
-    return summary
+    return result, summary
 
 
 def _write_mix(output: str, manifest: dict, other: pa.Table, cfg: SelectConfig, n_selected: int) -> dict:
@@ -283,7 +287,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     mix, ratio = parse_mix(args.mix) if args.mix else (None, 0.0)
     cfg = SelectConfig(keep=args.keep, min_reward=args.min_reward, mix=mix, mix_ratio=ratio, seed=args.seed, by=args.by)
-    s = build_select(args.input, args.output, cfg, overwrite=args.overwrite, executor=executor_config(args))
+    result, s = _build_select(args.input, args.output, cfg, overwrite=args.overwrite, executor=executor_config(args))
     print(f"prompts: {s['prompts']}  with a correct completion: {s['prompts_with_correct']}  "
           f"selected: {s['selected']}  duplicates removed: {s['duplicates_removed']}")
     print(f"null-reward rows skipped: {s['null_rows_skipped']}"
@@ -291,5 +295,5 @@ def run(args: argparse.Namespace) -> int:
     if "mix" in s:
         print(f"mixed in {s['mix']['rows']} rows of {s['mix']['source']} "
               f"({100 * s['mix']['achieved_ratio']:.1f}% of the set; asked {100 * s['mix']['ratio']:.1f}%)")
-    print(f"wrote {s['rows']} rows to {args.output}")
+    print(written(result, s["rows"], "rows"))
     return 0

@@ -281,6 +281,13 @@ def _rows_on_disk(data_dir: Path, index: int) -> int:
     return pq.ParquetFile(f).metadata.num_rows if f.exists() else 0
 
 
+def written(result: StageResult, count: int, what: str) -> str:
+    """A command's last line: what it wrote, or that the output was already complete and left as it was."""
+    if result.skipped:
+        return f"skipped (already complete): {result.output} holds {count} {what}"
+    return f"wrote {count} {what} to {result.output}"
+
+
 def update_manifest(output: str | Path, **fields: Any) -> dict:
     """Add stage-specific results (a summary, KTO weights...) to a finished dataset's manifest."""
     manifest = ds.read_manifest(output) or {}

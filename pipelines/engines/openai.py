@@ -24,10 +24,10 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from pipelines.core.files import fingerprint_json
 from rewards.chat import is_messages
@@ -94,7 +94,8 @@ class OpenAIEngine:
     # ---- public API -------------------------------------------------------------------------------------------
 
     def generate(
-        self, prompts: Sequence[Prompt], sampling: SamplingConfig, seeds: Sequence[int] | None = None
+        self, prompts: Sequence[Prompt], sampling: SamplingConfig, seeds: Sequence[int] | None = None,
+        on_prompt_done: Callable[[int], None] | None = None,
     ) -> list[list[Sample]]:
         seeds = per_prompt_seeds(len(prompts), sampling, seeds)
         prompts = list(prompts)
@@ -104,6 +105,12 @@ class OpenAIEngine:
         with ThreadPoolExecutor(max(1, min(self.max_concurrency, len(prompts)))) as outer, \
                 ThreadPoolExecutor(self.max_concurrency) as inner:
             futures = [outer.submit(self._one_prompt, inner, p, sampling, s) for p, s in zip(prompts, seeds)]
+            if on_prompt_done is None:
+                return self._checked([f.result() for f in futures], sampling)
+            order = {f: i for i, f in enumerate(futures)}
+            for f in as_completed(futures):  # reported here, in the caller's thread, as each prompt's replies land
+                f.result()
+                on_prompt_done(order[f])
             return self._checked([f.result() for f in futures], sampling)
 
     def prompt_ids(self, prompt: Prompt) -> list[int] | None:
