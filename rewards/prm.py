@@ -26,6 +26,7 @@ from typing import Any, Sequence
 
 from rewards.chat import completion_text, is_messages, prompt_ids
 from rewards.result import RewardResult, scores
+from rewards.rm import model_folder
 
 DEFAULT_SEPARATOR = "\n"  # TRL's PRMConfig.step_separator, for a PRM that records none
 AGGREGATES = ("min", "prod", "last", "mean")
@@ -137,15 +138,15 @@ class ProcessRewardModel:
         self.batch_size = max(1, int(batch_size))
         self.device = device or os.environ.get("PREFSMITH_RM_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(model)
-            self.model = AutoModelForTokenClassification.from_pretrained(model, dtype="auto")
+            self.tokenizer = AutoTokenizer.from_pretrained(model_folder(model))
+            self.model = AutoModelForTokenClassification.from_pretrained(model_folder(model), dtype="auto")
         except Exception as e:
             raise ValueError(f"prm:{model}: could not load a token-classification model and tokenizer "
                              f"({type(e).__name__}: {e}). Pass a `prefsmith train prm` output folder.") from None
         if self.model.config.num_labels != 2:
             raise ValueError(f"prm:{model}: the model has {self.model.config.num_labels} labels; a PRM has 2")
         self.model.to(self.device).eval()
-        self.separator = separator or model_separator(model)
+        self.separator = separator or model_separator(model_folder(model))
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else self.tokenizer.eos_token_id
         limit = getattr(self.model.config, "max_position_embeddings", None)

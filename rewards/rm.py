@@ -16,12 +16,23 @@ available, else `cpu`.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Sequence
 
 from rewards.chat import as_messages, completion_text, conversation_text, render_chat
 from rewards.result import RewardResult, scores
 
 DEVICE_ENV = "PREFSMITH_RM_DEVICE"
+
+
+def model_folder(model: str) -> str:
+    """The folder to load for `model`: every `prefsmith train` run leaves its final model in OUTPUT/model, so a run
+    directory with no config.json of its own stands for the model inside it (`--model runs/dpo`, `rm:runs/rm`);
+    a model folder itself (an older run's OUTPUT included), or a hub name, is returned as given."""
+    path = Path(model).expanduser()
+    if path.is_dir() and not (path / "config.json").exists() and (path / "model" / "config.json").is_file():
+        return str(path / "model")
+    return model
 
 
 def _messages(prompt: Any, completion: Any) -> list[dict[str, str]]:
@@ -46,8 +57,8 @@ class RewardModel:
         self.batch_size = max(1, int(batch_size))
         self.device = device or os.environ.get(DEVICE_ENV) or ("cuda" if torch.cuda.is_available() else "cpu")
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(model)
-            self.model = AutoModelForSequenceClassification.from_pretrained(model, dtype="auto")
+            self.tokenizer = AutoTokenizer.from_pretrained(model_folder(model))
+            self.model = AutoModelForSequenceClassification.from_pretrained(model_folder(model), dtype="auto")
         except Exception as e:  # OSError / ValueError / hub errors: the user needs the name and the cause
             raise ValueError(f"rm:{model}: could not load a sequence-classification model and tokenizer "
                              f"({type(e).__name__}: {e}). Pass a local model folder.") from None
