@@ -224,6 +224,7 @@ def test_openai_against_vllm_server_uses_its_ids_and_processed_logprobs(served_m
         for s in samples:
             assert s.finish_reason in ("stop", "length") and len(s.token_ids) == len(s.logprobs) <= 8
             assert s.logprobs == pytest.approx(rescore(served_model, prompt_ids, s.token_ids, 0.9, 0.95), abs=1e-4)
+            assert s.prompt_ids == prompt_ids  # the server's own ids (return_token_ids), equal to our rendering
     assert [s.token_ids for s in result[1]] == [[2]] * 3  # this prompt makes the stopping model stop at once
 
 
