@@ -763,17 +763,25 @@ def _describe(model) -> dict:
             "grad_ckpt": bool(getattr(model, "is_gradient_checkpointing", False))}
 
 
-def probed(base):
-    """`base` (GRPORun or PPORun) that records where its policy lives after set-up (a `run_class` for train_grpo)."""
+from trainers.online.grpo import GRPORun  # noqa: E402
+from trainers.online.ppo import PPORun  # noqa: E402
 
-    class Probed(base):
-        def setup(self) -> None:
-            super().setup()
-            PROBE.clear()
-            PROBE.update(_describe(self.model))
 
-    Probed.__name__ = f"Probed{base.__name__}"
-    return Probed
+class ProbedGRPORun(GRPORun):
+    """GRPORun that records where its policy lives after set-up (a `run_class` for train_grpo). At module level:
+    the asynchronous rollout process is spawned and unpickles the run's class."""
+
+    def setup(self) -> None:
+        super().setup()
+        PROBE.clear()
+        PROBE.update(_describe(self.model))
+
+
+class ProbedPPORun(PPORun):
+    def setup(self) -> None:
+        super().setup()
+        PROBE.clear()
+        PROBE.update(_describe(self.model))
 
 
 # What a random policy can earn: its completion starts (after spaces) with a letter a-m, about two in five do, so a
@@ -783,8 +791,8 @@ REWARD = "format:\\s*[a-mA-M].*"
 
 def run_online(algo: str, plan: Plan, device: torch.device, dtype: str, model_dir: Path, workdir: Path, steps: int,
                **extra) -> dict:
-    from trainers.online.grpo import GRPOConfig, GRPORun, train_grpo
-    from trainers.online.ppo import PPOConfig, PPORun
+    from trainers.online.grpo import GRPOConfig, train_grpo
+    from trainers.online.ppo import PPOConfig
 
     prompts = write_jsonl(workdir / "prompts.jsonl", prompt_rows(64))
     out = workdir / f"out_{algo}_{len(list(workdir.glob('out_*')))}"
@@ -794,10 +802,10 @@ def run_online(algo: str, plan: Plan, device: torch.device, dtype: str, model_di
     if algo == "grpo":
         cfg = make_config(GRPOConfig, num_generations=plan.generations, prompts_per_step=plan.prompts_per_step,
                           dynamic_sampling=False, **common)
-        run_class = probed(GRPORun)
+        run_class = ProbedGRPORun
     else:
         cfg = make_config(PPOConfig, prompts_per_step=plan.ppo_prompts, **common)
-        run_class = probed(PPORun)
+        run_class = ProbedPPORun
     torch._dynamo.reset()  # each run compiles its own generate, as a fresh process would (no stale graphs)
     base = reset_peak(device)
     PROBE.clear()
@@ -871,14 +879,17 @@ def check_async(plan: Plan, device: torch.device, dtype: str, model_dir: Path, w
             problems.append("a step trained on rollouts more than 1 update old")
         if any("staleness_max" not in s for s in logged):
             problems.append("no staleness metrics: the rollout process did not run")
-        step_s = lambda steps: sum(s["step_seconds"] for s in steps[1:]) / max(1, len(steps) - 1)  # noqa: E731
+        def step_s(steps: list[dict]) -> float:  # after the first (the worker's start-up), when there are more
+            later = steps[1:] or steps
+            return sum(s["step_seconds"] for s in later) / max(1, len(later))
+
         row.values.update(steps=len(logged), step_s=step_s(logged), sync_step_s=step_s(sync["steps"]),
                           peak_gib=res["peak"], sync_s=logged[-1].get("seconds_sync") if logged else None,
                           waiting_s=logged[-1].get("seconds_waiting_for_rollouts") if logged else None)
         if problems:
             raise CheckError("; ".join(problems))
+        row.note = f"dtype {dtype}; step time async / sync = {row.values['step_s'] / row.values['sync_step_s']:.2f}"
         row.status = "PASS"
-        row.note = f"dtype {dtype}; steps after the first, async / sync = {row.values['step_s'] / row.values['sync_step_s']:.2f}"
         for r in (sync, res):
             shutil.rmtree(r["out"], ignore_errors=True)
     except Exception as e:  # noqa: BLE001
