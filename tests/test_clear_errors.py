@@ -88,7 +88,7 @@ def _dpo(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
 def test_resume_of_a_finished_dpo_run_does_nothing(tmp_path, tiny_model, capsys):
     data, out = _pairs(tmp_path), tmp_path / "run"
     assert cli(_dpo(tiny_model, data, out, "--eval-split", "0.25")) == 0
-    files = {p: p.read_bytes() for p in (out / "metrics.jsonl", out / "model.safetensors", out / "train_result.json")}
+    files = {p: p.read_bytes() for p in (out / "metrics.jsonl", out / "model" / "model.safetensors", out / "train_result.json")}
     capsys.readouterr()
     assert cli(_dpo(tiny_model, data, out, "--eval-split", "0.25", "--resume")) == 0
     assert "already finished (2 steps); nothing to do" in capsys.readouterr().err

@@ -62,10 +62,10 @@ def test_dpo_metrics_plots_final_model_and_ref_cache_reuse(tiny_model, tmp_path)
     assert 0.0 <= eval_recs[-1]["eval/rewards/accuracies"] <= 1.0
     assert result.eval_metrics["rewards/accuracies"] == eval_recs[-1]["eval/rewards/accuracies"]
     assert {"loss.png", "rewards_accuracies.png", "rewards_margins.png"} <= {p.name for p in (run / "plots").iterdir()}
-    # the final model (with its tokenizer) loads from the output directory and has moved off the start
-    trained = AutoModelForCausalLM.from_pretrained(run)
+    # the final model (with its tokenizer) loads from OUTPUT/model and has moved off the start
+    trained = AutoModelForCausalLM.from_pretrained(run / "model")
     start = AutoModelForCausalLM.from_pretrained(tiny_model)
-    assert AutoTokenizer.from_pretrained(run).chat_template
+    assert AutoTokenizer.from_pretrained(run / "model").chat_template
     assert not torch.equal(trained.model.norm.weight, start.model.norm.weight)
     info = json.loads((run / "run_info.json").read_text())["ref_cache"]
     assert info["train"]["hit"] is False and info["train"]["forward_passes"] > 0
@@ -132,7 +132,7 @@ def test_reward_model_on_rankings_and_reference_free_simpo(tiny_model, tmp_path)
     recs = read_metrics(result.output)
     assert recs[0]["examples"] == 12  # 12 ranked rows expand to 36 pairs; a step takes 12 pairs
     assert recs[-1]["accuracy"] > 0.8
-    rm = AutoModelForSequenceClassification.from_pretrained(result.output)
+    rm = AutoModelForSequenceClassification.from_pretrained(result.output / "model")
     assert rm.config.num_labels == 1 and rm.score.weight.shape[0] == 1
 
     pref = pref_data(tmp_path / "pref")
@@ -173,7 +173,7 @@ def test_lora_trains_adapters_and_saves_a_merged_model(tiny_model, tmp_path):
                            save_every=2))
     ckpt_dir = tmp_path / "lora" / "checkpoints" / "step-00000002"
     assert (ckpt_dir / "adapter_model.safetensors").exists() and (ckpt_dir / "optimizer.pt").exists()
-    merged = load_file(result.output / "model.safetensors")
+    merged = load_file(result.output / "model" / "model.safetensors")
     start = load_file(tiny_model / "model.safetensors")
     assert merged.keys() == start.keys()  # a plain model: no lora_A / lora_B / base_layer names
     assert not torch.equal(merged["model.layers.0.self_attn.q_proj.weight"], start["model.layers.0.self_attn.q_proj.weight"])

@@ -95,7 +95,7 @@ def test_a_registered_algorithm_trains_through_train_with_its_hooks(tiny_model, 
     assert train_recs[0]["loss"] == pytest.approx(expected, abs=1e-4)
     assert train_recs[0]["hook_rows"] == 6  # before_step saw the whole step, not one of the two micro-batches
     assert [(r["step"], r["eval/hook_rows"]) for r in recs if r["split"] == "eval"] == [(0, 2), (1, 2)]
-    trained = AutoModelForCausalLM.from_pretrained(result.output)
+    trained = AutoModelForCausalLM.from_pretrained(result.output / "model")
     assert not torch.equal(trained.model.norm.weight, start.model.norm.weight)
 
     # its columns are the ones checked, and the CLI offers it with its own default learning rate
