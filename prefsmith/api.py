@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from pipelines.cli import COMMANDS, command_parser
+from pipelines.cli import COMMANDS, Parser, command_parser
 from pipelines.core import dataset as ds
 from pipelines.core.files import atomic_write_text
 from pipelines.errors import UsageError, UserError
@@ -90,14 +90,13 @@ def dataset_summary(path: str | os.PathLike) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------ keywords -> argv
-def _options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
-    """The parser's actions once its finishing pass (aliases, --config) has run, when it has one."""
-    if hasattr(parser, "finish"):  # pipelines.cli.Parser: canonical aliases are added on first use
-        parser.finish()
+def _options(parser: Parser) -> list[argparse.Action]:
+    """The parser's actions once its finishing pass (canonical aliases, --config) has run."""
+    parser.finish()
     return [a for a in parser._actions if not isinstance(a, argparse._HelpAction)]
 
 
-def keywords(parsers: Sequence[argparse.ArgumentParser]) -> tuple[dict[str, tuple[str, argparse.Action]], list[str]]:
+def keywords(parsers: Sequence[Parser]) -> tuple[dict[str, tuple[str, argparse.Action]], list[str]]:
     """Keyword name -> (flag, action) for every `--flag` of `parsers` (first parser wins), and the first
     parser's positional arguments by name."""
     flags: dict[str, tuple[str, argparse.Action]] = {}
@@ -110,7 +109,7 @@ def keywords(parsers: Sequence[argparse.ArgumentParser]) -> tuple[dict[str, tupl
     return flags, positional
 
 
-def command_line(parsers: Sequence[argparse.ArgumentParser], options: dict[str, Any], where: str,
+def command_line(parsers: Sequence[Parser], options: dict[str, Any], where: str,
                  fixed: Sequence[str] = ()) -> list[str]:
     """Keyword arguments -> the argv `parsers` parse (module docstring). `fixed`: positionals the caller fills."""
     flags, positional = keywords(parsers)

@@ -6,17 +6,21 @@ prefsmith/api.py (options: `prefsmith train ALGO --help`; docs/training.md, docs
 returns a `TrainResult`: the run directory, the final model's folder, the final metrics (train_result.json; the
 rounds recipes: each round's row of rounds.jsonl) and the metrics.jsonl records.
 
-The glue after parsing is the CLI's own (trainers/cli.py and the `main` it dispatches to), minus its printing:
-a mistake raises `UserError` / `UsageError` instead of printing one line.
+The keywords are checked by the algorithm's own parsers first (`UsageError`), then `prefsmith train ALGO` runs in
+this process through the CLI's own entry point, so `--config`, `--push-to-hub` and every check behave as on the
+command line; a run that fails raises `UserError` with the message the command printed.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.errors import UsageError
+from pipelines.errors import UserError
 from prefsmith.api import command_line, materialize
 
 
@@ -45,114 +49,124 @@ def run_result(output: str | Path) -> TrainResult:
     return TrainResult(out, model, summary, read_metrics(out))
 
 
-def _prepare(algo: str, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+class _ErrorLine(io.TextIOBase):
+    """stderr as it is, remembering the last `...: error: MESSAGE` line the command printed."""
+
+    def __init__(self, stream):
+        self.stream, self.message = stream, None
+
+    def write(self, text: str) -> int:
+        for line in text.splitlines():
+            if ": error: " in line:
+                self.message = line.split(": error: ", 1)[1]
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+
+def _train(algo: str, options: dict[str, Any]) -> Path:
+    """`prefsmith train ALGO` with `options` as its flags: checked by its parsers (UsageError), then run by the
+    CLI's own entry point (trainers/cli.py `main`: --config, --push-to-hub and every check as on the command
+    line); a run that fails raises UserError with the line the command printed. Returns the output folder."""
     from pipelines.engines.models import resolve_model
+    from trainers import cli
 
     where = f"prefsmith.train.{algo.replace('-', '_')}"
     options = materialize(options, where)
-    for key in ("model", "ref_model"):  # as the CLI does for every `prefsmith train` command
+    for key in ("model", "ref_model"):  # as `prefsmith train` does with `default`
         if options.get(key) == "default":
             options[key] = resolve_model("default")
-    return where, options
+    parsers = _parsers(algo)
+    argv = [algo, *command_line(parsers, options, where, fixed=("algorithm",))]
+    cli.check_args(argv)
+    offline = algo not in (*cli.ONLINE, "ppo", *cli.ROUNDS)  # its parser takes the algorithm as a positional
+    output = parsers[0].parse_known_args(argv if offline else argv[1:])[0].output  # --config may give it
+    errors = _ErrorLine(sys.stderr)
+    with contextlib.redirect_stderr(errors):
+        status = cli.main(argv)
+    if status:
+        raise UserError(f"{where}: {errors.message or f'`prefsmith train {algo}` ended with status {status}'}")
+    return Path(output)
 
 
-def _offline(algo: str, options: dict[str, Any]) -> TrainResult:
-    from trainers.cli import build_parser, config_from_args
-    from trainers.offline.loop import train
+def _parsers(algo: str) -> list:
+    """The parsers whose flags `prefsmith train ALGO` takes (a recipe: its own, then the per-round trainer's)."""
+    from trainers import cli
 
-    where, options = _prepare(algo, options)
-    parser = build_parser()
-    args = parser.parse_args([algo, *command_line([parser], options, where, fixed=("algorithm",))])
-    try:
-        cfg = config_from_args(args)
-    except ValueError as e:
-        raise UsageError(f"{where}: {e}") from None
-    train(cfg)
-    return run_result(cfg.output)
+    if algo in cli.ONLINE:
+        from trainers.online import grpo
 
+        return [grpo.build_parser(f"prefsmith train {algo}")]
+    if algo == "ppo":
+        from trainers.online import ppo
 
-def _online(algo: str, options: dict[str, Any]) -> TrainResult:
-    from pipelines.engines.models import resolve_model
-    from trainers.online import grpo
+        return [ppo.build_parser()]
+    if algo in cli.ROUNDS:
+        from trainers.rounds import cli as rounds_cli
 
-    where, options = _prepare(algo, options)
-    parser = grpo.build_parser(f"prefsmith train {algo}")
-    args = vars(parser.parse_args(command_line([parser], options, where)))
-    if algo == "rloo":
-        args["advantage"] = "rloo"
-    args["model"] = resolve_model(args["model"])
-    grpo.train_grpo(grpo.GRPOConfig(**args))
-    return run_result(args["output"])
+        return [rounds_cli.build_parser(algo), cli.build_parser()]
+    return [cli.build_parser()]
 
 
-def _ppo(options: dict[str, Any]) -> TrainResult:
-    from pipelines.engines.models import resolve_model
-    from trainers.online import ppo
-    from trainers.online.grpo import train_grpo
-
-    where, options = _prepare("ppo", options)
-    parser = ppo.build_parser()
-    args = vars(parser.parse_args(command_line([parser], options, where)))
-    args["model"] = resolve_model(args["model"])
-    train_grpo(ppo.PPOConfig(**args), run_class=ppo.PPORun)
-    return run_result(args["output"])
+def _run(algo: str, options: dict[str, Any]) -> TrainResult:
+    return run_result(_train(algo, options))
 
 
 def _rounds(recipe: str, options: dict[str, Any]) -> TrainResult:
-    """The rounds' own flags and every flag of the per-round `train dpo|sft` (trainers/rounds/cli.py)."""
-    from trainers.cli import build_parser
+    """A recipe's run: `model` is the last round's policy, `summary["rounds"]` and `records` its rounds.jsonl."""
     from trainers.core.metrics import read_metrics
-    from trainers.rounds import cli as rounds_cli
-    from trainers.rounds.driver import run_rounds
 
-    where, options = _prepare(recipe, options)
-    argv = command_line([rounds_cli.build_parser(recipe), build_parser()], options, where)
-    cfg = rounds_cli.parse(argv, recipe)
-    records = run_rounds(cfg)
-    out = Path(cfg.output)
+    out = _train(recipe, options)
     rows = read_metrics(out / "rounds.jsonl")
-    model = Path(records[-1]["model"]) if records else Path(cfg.model)
+    model = Path(rows[-1]["model"]) if rows and rows[-1].get("model") else out
     return TrainResult(out, model, {"rounds": rows}, rows)
 
 
 def sft(**options: Any) -> TrainResult:
     """`prefsmith train sft`: supervised fine-tuning (docs/training.md)."""
-    return _offline("sft", options)
+    return _run("sft", options)
 
 
 def dpo(**options: Any) -> TrainResult:
     """`prefsmith train dpo`: DPO and its variants via `loss=` (docs/training.md, docs/objectives.md)."""
-    return _offline("dpo", options)
+    return _run("dpo", options)
 
 
 def kto(**options: Any) -> TrainResult:
     """`prefsmith train kto` (docs/training.md)."""
-    return _offline("kto", options)
+    return _run("kto", options)
 
 
 def rm(**options: Any) -> TrainResult:
     """`prefsmith train rm`: a Bradley-Terry reward model (docs/training.md)."""
-    return _offline("rm", options)
+    return _run("rm", options)
 
 
 def prm(**options: Any) -> TrainResult:
     """`prefsmith train prm`: a process reward model (docs/prm.md)."""
-    return _offline("prm", options)
+    return _run("prm", options)
 
 
 def grpo(**options: Any) -> TrainResult:
     """`prefsmith train grpo`: online RL from the policy's rollouts (docs/online_rl.md)."""
-    return _online("grpo", options)
+    return _run("grpo", options)
 
 
 def rloo(**options: Any) -> TrainResult:
     """`prefsmith train rloo`: grpo with the leave-one-out baseline (docs/online_rl.md)."""
-    return _online("rloo", options)
+    return _run("rloo", options)
 
 
 def ppo(**options: Any) -> TrainResult:
     """`prefsmith train ppo`: online RL with a value model (docs/online_rl.md)."""
-    return _ppo(options)
+    return _run("ppo", options)
 
 
 def iterative_dpo(**options: Any) -> TrainResult:

@@ -160,6 +160,10 @@ def test_train_keywords_give_what_the_cli_gives(tmp_path, tiny_model, labeled):
     assert run.summary["train"]["loss"] == [r for r in by_cli if r["split"] == "train"][-1]["loss"]
     with pytest.raises(UsageError, match="unknown keyword argument 'max_step'; did you mean max_steps"):
         prefsmith.train.dpo(model=tiny_model, data=pairs.path, output=tmp_path / "x", max_step=1)
+    with pytest.raises(UsageError, match="--loss: invalid choice: 'sigmoidal'"):  # the trainer's own parser
+        prefsmith.train.dpo(model=tiny_model, data=pairs.path, output=tmp_path / "x", loss="sigmoidal")
+    with pytest.raises(UserError, match=r"^prefsmith.train.dpo: .*missing.jsonl"):  # what the CLI prints, raised
+        prefsmith.train.dpo(model=tiny_model, data=tmp_path / "missing.jsonl", output=tmp_path / "x")
 
 
 def _python_blocks(markdown: str) -> list[str]:
