@@ -142,7 +142,8 @@ def test_report_to_names():
 
 
 def test_sft_run_reads_back_equal_to_metrics_jsonl(tmp_path, tiny_model):
-    run = tmp_path / "runs" / "sft"
+    run = tmp_path / "runs" / "sft-tracked"
+    first_trackio = "trackio" not in sys.modules
     trackers = ",".join(["tensorboard", "trackio", *HAVE])
     assert cli(["train", "sft", "--model", str(tiny_model), "--data", str(sft_data(tmp_path / "sft")),
                 "--output", str(run), "--max-steps", "2", "--batch-size", "4", "--eval-split", "0.25", "--lr", "1e-3",
@@ -153,12 +154,14 @@ def test_sft_run_reads_back_equal_to_metrics_jsonl(tmp_path, tiny_model):
     assert sorted(want["train/loss"]) == [1, 2] and sorted(want["eval/loss"]) == [0, 2]  # before and after
     assert_same(tensorboard_scalars(run), want, "tensorboard")
     store = trackio_store(run)
-    assert_same(trackio_scalars(store, "runs/sft"), want, "trackio")
+    if first_trackio:  # the default store: the first run's own folder (later runs in this process share it)
+        assert store == run / "trackio"
+    assert_same(trackio_scalars(store, "runs/sft-tracked"), want, "trackio")
     # the run's full config, as prefsmith_train.json holds it
     saved = json.loads((run / "prefsmith_train.json").read_text())
     tb_config = tensorboard_texts(run)["config"][0]
     assert json.loads(tb_config.strip().strip("`")) == saved
-    config = trackio_config(store, "runs/sft")
+    config = trackio_config(store, "runs/sft-tracked")
     assert {k: config[k] for k in saved} == saved and saved["lr"] == 1e-3 and saved["report_to"] == trackers.split(",")
     if "wandb" in HAVE:
         assert_same(wandb_scalars(run), want, "wandb")
@@ -206,35 +209,50 @@ def test_grpo_logs_a_samples_table_per_step(tmp_path, tiny_model, prompts):
             [(r["prompt"], r["completion"], r["reward"]) for r in first]
 
 
-def _blocked(module: str, argv: list[str]) -> subprocess.CompletedProcess:
-    """`prefsmith ARGV` in a fresh process where `module` cannot be imported (as if it were not installed)."""
-    code = (f"import sys; sys.modules[{module!r}] = None; sys.path.insert(0, {str(ROOT)!r}); "
-            f"from pipelines.cli import main; sys.exit(main({argv!r}))")
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+def _blocked(modules: list[str], commands: list[list[str]]) -> list[tuple[int, str]]:
+    """Each `prefsmith ARGV` in one fresh process where `modules` cannot be imported (as if not installed):
+    [(exit status, stderr)]."""
+    code = f"""
+import contextlib, io, json, sys
+for name in {modules!r}:
+    sys.modules[name] = None
+sys.path.insert(0, {str(ROOT)!r})
+from pipelines.cli import main
+out = []
+for argv in {commands!r}:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        out.append((main(argv), err.getvalue()))
+print(json.dumps(out))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def test_a_tracker_that_is_not_installed_is_one_line(tmp_path, tiny_model, prompts):
+def test_a_tracker_that_is_not_installed_is_one_line(tmp_path, tiny_model, prompts, capsys):
     data = sft_data(tmp_path / "sft")
-    for module, argv in (
-        ("trackio", ["train", "dpo", "--model", str(tiny_model), "--data", str(data), "--output", str(tmp_path / "a"),
-                     "--report-to", "tensorboard,trackio"]),
-        ("wandb", ["train", "grpo", "--model", str(tiny_model), "--prompts", str(prompts), "--reward", "math",
-                   "--output", str(tmp_path / "b"), "--report-to", "wandb"]),
-        ("mlflow", ["eval", "--model", str(tiny_model), "--prompts", str(prompts), "--output", str(tmp_path / "c"),
-                    "--report-to", "mlflow"]),
-    ):
-        done = _blocked(module, argv)
-        assert done.returncode == 2, done.stderr
-        lines = done.stderr.strip().splitlines()
+    commands = {  # a missing tracker stops each kind of command before any work
+        "trackio": ["train", "dpo", "--model", str(tiny_model), "--data", str(data), "--output", str(tmp_path / "a"),
+                    "--report-to", "tensorboard,trackio"],
+        "wandb": ["train", "grpo", "--model", str(tiny_model), "--prompts", str(prompts), "--reward", "math",
+                  "--output", str(tmp_path / "b"), "--report-to", "wandb"],
+        "mlflow": ["eval", "--model", str(tiny_model), "--prompts", str(prompts), "--output", str(tmp_path / "c"),
+                   "--report-to", "mlflow"],
+    }
+    for module, (status, err) in zip(commands, _blocked(list(commands), list(commands.values()))):
+        assert status == 2, err
+        lines = err.strip().splitlines()
         assert len(lines) == 1 and lines[0].endswith(f"--report-to {module}: the {module} package is not installed; "
                                                      f"pip install {module} (or pip install 'prefsmith[tracking]' "
-                                                     "for every tracker)"), done.stderr
+                                                     "for every tracker)"), err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b" / "metrics.jsonl").exists()
+    assert not (tmp_path / "c").exists()
     # an unknown name is a usage error, also one line
-    done = subprocess.run([sys.executable, "-m", "pipelines.cli", "train", "sft", "--model", "m", "--data", "d",
-                           "--output", "o", "--report-to", "tensorbord"], capture_output=True, text=True, cwd=ROOT)
-    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
-    assert "tensorbord: choose from none, tensorboard, trackio, wandb, mlflow" in done.stderr
+    assert cli(["train", "sft", "--model", "m", "--data", "d", "--output", "o", "--report-to", "tensorboard,wandbb"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["prefsmith train: error: argument --report-to: wandbb: choose from none, tensorboard, trackio, "
+                   "wandb, mlflow (see `prefsmith train --help`)"]
 
 
 def test_docs_examples_run_at_tiny_size(tmp_path, tiny_model, monkeypatch):
@@ -270,5 +288,5 @@ def test_docs_examples_run_at_tiny_size(tmp_path, tiny_model, monkeypatch):
             assert_same(scalars, expected(records(out)), "tensorboard")
         ran.append(kind)
     assert ran == ["sft", "grpo", "eval"]
-    if "trackio" in block:
-        assert trackio_logs(tmp_path / "runs" / "sft")
+    assert_same(trackio_scalars(trackio_store(tmp_path), "runs/sft"), expected(records(tmp_path / "runs" / "sft")),
+                "trackio")

@@ -58,7 +58,7 @@ def _flag_type(text: str) -> list[str]:
     try:
         return parse_report_to(text)
     except UserError as e:
-        raise argparse.ArgumentTypeError(str(e).removeprefix(f"--report-to {text}: ")) from None
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--report-to ")) from None  # argparse names the flag
 
 
 def add_report_to_argument(parser) -> None:
@@ -184,7 +184,8 @@ class Trackio:
         with contextlib.redirect_stdout(sys.stderr):  # trackio's notes; stdout is the commands' JSON summaries
             self.trackio = _import("trackio", "trackio")
             self.path = Path(self.trackio.utils.TRACKIO_DIR)
-            self.run = self.trackio.init(project=PROJECT, name=name, config=config, resume="allow", embed=False,
+            self.run = self.trackio.init(project=PROJECT, name=name, config=config, embed=False,
+                                         resume="allow" if resume_step is not None else "never",
                                          auto_log_gpu=False, auto_log_cpu=False)
 
     def log(self, values: dict[str, float], step: int) -> None:
