@@ -62,15 +62,15 @@ def _kill_in_round_1_training(args: list[str], out: Path) -> None:
     """Start the run and SIGKILL it once round 1's training has written a checkpoint."""
     proc = subprocess.Popen([sys.executable, "-m", "trainers.cli", *args], cwd=ROOT, env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    model = out / "round-001" / "model"
+    train = out / "round-001" / "train"
     deadline = time.monotonic() + 240
-    while proc.poll() is None and time.monotonic() < deadline and not list_checkpoints(model):
+    while proc.poll() is None and time.monotonic() < deadline and not list_checkpoints(train):
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
     assert (out / "round-000" / "round.json").exists()
-    assert not (out / "round-001" / "model" / "train_result.json").exists(), "round 1 trained before the kill"
+    assert not (out / "round-001" / "train" / "train_result.json").exists(), "round 1 trained before the kill"
 
 
 def _weights(model_dir: Path) -> dict:
@@ -103,7 +103,7 @@ def _killed_and_resumed_equals_uninterrupted(recipe: str, tiny_model: Path, prom
     assert "already complete" in resumed.stderr  # round 1's finished stages were not run again
     assert "resuming from" in resumed.stderr  # its training continued from the checkpoint
     for r in (0, 1):
-        _assert_same_weights(full / f"round-00{r}" / "model", out / f"round-00{r}" / "model")
+        _assert_same_weights(full / f"round-00{r}" / "train" / "model", out / f"round-00{r}" / "train" / "model")
         a, b = (json.loads((d / f"round-00{r}" / "round.json").read_text()) for d in (full, out))
         fingerprints = [{k: v["fingerprint"] for k, v in rec["data"].items()} for rec in (a, b)]
         assert fingerprints[0] == fingerprints[1], r
@@ -123,9 +123,9 @@ def _check_layout(recipe: str, out: Path, model: Path) -> list[dict]:
             assert ds.read_manifest(rdir / stage)["complete"], (r, stage)
             assert rec["data"][stage]["fingerprint"] == ds.fingerprint(rdir / stage)
             assert rec["data"][stage]["rows"] == ds.read_manifest(rdir / stage)["rows_out"]
-        assert (rdir / "model" / "model.safetensors").exists()
-        assert not (rdir / "model" / "checkpoints").exists()  # dropped once the round is done
-        assert rec["model"] == str(rdir / "model") and rec["trained"]
+        assert (rdir / "train" / "model" / "model.safetensors").exists()
+        assert not (rdir / "train" / "checkpoints").exists()  # dropped once the round is done
+        assert rec["model"] == str(rdir / "train" / "model") and rec["trained"]
         figures = rec["figures"]
         assert figures["rollouts"] == 6 * 4 and figures["prompts"] == 6
         labeled = ds.load_table(rdir / "labeled").column("reward").to_pylist()
@@ -136,7 +136,8 @@ def _check_layout(recipe: str, out: Path, model: Path) -> list[dict]:
             sum(e["rewards"]["format"] >= 1 for e in evals) / 4)
     # round 0 samples with --model, round 1 with round 0's model; new prompts each round
     assert records[0]["sampled_with"] == str(model)
-    assert records[1]["sampled_with"] == str(out / "round-000" / "model")
+    assert records[1]["sampled_with"] == str(out / "round-000" / "train" / "model")
+    assert (out / "model").resolve() == (out / "round-001" / "train" / "model").resolve()  # the run's final model
     ids = [set(ds.load_table(out / f"round-00{r}" / "prompts").column("id").to_pylist()) for r in (0, 1)]
     assert len(ids[0]) == len(ids[1]) == 6 and not ids[0] & ids[1]
     assert {r["round"] for r in _rows(out)} == {0, 1}
@@ -153,11 +154,11 @@ def test_iterative_dpo_killed_in_round_1_resumes_to_the_uninterrupted_run(tiny_m
     for rec in records:
         assert rec["reference"] == str(tiny_model)  # --ref initial: RLHFlow's fixed reference
         assert rec["figures"]["pairs"] == ds.read_manifest(run / f"round-00{rec['round']}" / "pairs")["rows_out"] > 0
-    assert records[1]["trained_from"] == str(run / "round-000" / "model")
-    saved = json.loads((run / "round-001" / "model" / "prefsmith_train.json").read_text())
+    assert records[1]["trained_from"] == str(run / "round-000" / "train" / "model")
+    saved = json.loads((run / "round-001" / "train" / "prefsmith_train.json").read_text())
     assert saved["ref_model"] == str(tiny_model) and saved["algorithm"] == "dpo"
     # round 1's policy starts where round 0 ended, so against the initial reference its first loss is not ln 2
-    first_loss = next(r for r in read_metrics(run / "round-001" / "model") if r.get("split") == "train")["loss"]
+    first_loss = next(r for r in read_metrics(run / "round-001" / "train") if r.get("split") == "train")["loss"]
     assert abs(first_loss - math.log(2)) > 1e-3
     assert "held-out acc" in first.stdout
 
@@ -182,7 +183,7 @@ def test_rft_killed_in_round_1_resumes_to_the_uninterrupted_run(tiny_model, prom
     assert [r["id"] for r in sft] == [r["id"] for r in ds.load_rows(run / "round-000" / "selected")] + \
            [r["id"] for r in ds.load_rows(run / "round-001" / "selected")]
     assert all(r["reward"] >= 1.0 for r in sft)
-    saved = json.loads((run / "round-001" / "model" / "prefsmith_train.json").read_text())
+    saved = json.loads((run / "round-001" / "train" / "prefsmith_train.json").read_text())
     assert saved["algorithm"] == "sft" and saved["model"] == str(tiny_model)
 
 
@@ -204,11 +205,11 @@ def test_ref_previous_uses_round_0_model_as_round_1_reference(tiny_model, prompt
         pairs = ds.load_table(rdir / "pairs").column("prompt").to_pylist()
         assert all(p[-1]["role"] == "user" for p in pairs) and not leaked & {p[-1]["content"] for p in pairs}
     rec = json.loads((out / "round-001" / "round.json").read_text())
-    assert rec["reference"] == rec["trained_from"] == str(out / "round-000" / "model")
-    saved = json.loads((out / "round-001" / "model" / "prefsmith_train.json").read_text())
-    assert saved["model"] == str(out / "round-000" / "model") and saved["ref_model"] is None
+    assert rec["reference"] == rec["trained_from"] == str(out / "round-000" / "train" / "model")
+    saved = json.loads((out / "round-001" / "train" / "prefsmith_train.json").read_text())
+    assert saved["model"] == str(out / "round-000" / "train" / "model") and saved["ref_model"] is None
     # the reference is the policy round 1 starts from: its first DPO loss is -log σ(0) = ln 2
-    first = next(r for r in read_metrics(out / "round-001" / "model") if r.get("split") == "train")
+    first = next(r for r in read_metrics(out / "round-001" / "train") if r.get("split") == "train")
     assert first["loss"] == pytest.approx(math.log(2), abs=1e-4)
 
 
