@@ -290,3 +290,18 @@ def test_docs_examples_run_at_tiny_size(tmp_path, tiny_model, monkeypatch):
     assert ran == ["sft", "grpo", "eval"]
     assert_same(trackio_scalars(trackio_store(tmp_path), "runs/sft"), expected(records(tmp_path / "runs" / "sft")),
                 "trackio")
+
+
+def test_rounds_log_each_training_and_the_rounds_figures(tmp_path, tiny_model, prompts):
+    run = tmp_path / "rft"
+    assert cli(["train", "rft", "--model", str(tiny_model), "--prompts", str(prompts), "--eval-prompts", str(prompts),
+                "--eval-limit", "2", "--reward", "format:.*in.*", "--rounds", "1", "--output", str(run), "--n", "4",
+                "--prompts-per-round", "6", "--max-new-tokens", "8", "--lr", "1e-3", "--batch-size", "2",
+                "--max-steps", "2", "--no-progress", "--no-plots", "--threads", "1",
+                "--report-to", "tensorboard"]) == 0
+    train = run / "round-000" / "train"
+    assert_same(tensorboard_scalars(train), expected(records(train)), "tensorboard")
+    rounds = [json.loads(line) for line in (run / "rounds.jsonl").read_text().splitlines()]
+    want = expected([{"split": "rounds", "step": r["round"], **r} for r in rounds])
+    assert {"rounds/accuracy", "rounds/steps"} <= set(want)
+    assert_same(tensorboard_scalars(run), want, "tensorboard")

@@ -464,6 +464,8 @@ def run_rounds(cfg: RoundsConfig) -> list[dict]:
     _check_settings(cfg)
     apply_threads(cfg.train.threads)  # sampling, labels, training and evaluation share this process
     root = Path(cfg.output)
+    if "trackio" in cfg.train.report_to:  # one trackio store for every round's run (docs/tracking.md)
+        os.environ.setdefault("TRACKIO_DIR", str((root / "trackio").resolve()))
     recipe = RECIPES[cfg.recipe]()
     prompts = ds.load_rows(cfg.prompts, required=["prompt"])
     initial = None
@@ -484,6 +486,13 @@ def run_rounds(cfg: RoundsConfig) -> list[dict]:
         atomic_write_text(root / ROUNDS_LOG, "".join(json.dumps(row_of(rec)) + "\n" for rec in records))
     print(format_table(records, recipe, initial), file=sys.stdout)
     plot_rounds(records, recipe, initial, root / "rounds.png")
+    if cfg.train.report_to:  # each round's training logged itself; rounds.jsonl's figures are one more run
+        from pipelines.core.tracking import Trackers
+
+        trackers = Trackers(cfg.train.report_to, root, {"recipe": cfg.recipe, **cfg.identity()})
+        for rec in records:
+            trackers.log({"split": "rounds", "step": rec["round"], **row_of(rec)})
+        trackers.finish()
     return records
 
 
