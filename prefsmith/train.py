@@ -39,14 +39,14 @@ class TrainResult:
 
 
 def run_result(output: str | Path) -> TrainResult:
-    """The run in `output` as the trainers wrote it: the model in OUTPUT/model or OUTPUT itself."""
+    """The run in `output` as the trainer wrote it (its final model where `prefsmith train --push-to-hub` finds it)."""
+    from trainers.core.card import final_model_dir
     from trainers.core.metrics import read_metrics
 
     out = Path(output)
     summary_file = out / "train_result.json"
     summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
-    model = out / "model" if (out / "model" / "config.json").is_file() else out
-    return TrainResult(out, model, summary, read_metrics(out))
+    return TrainResult(out, final_model_dir(out), summary, read_metrics(out))
 
 
 class _ErrorLine(io.TextIOBase):
@@ -123,10 +123,11 @@ def _rounds(recipe: str, options: dict[str, Any]) -> TrainResult:
     """A recipe's run: `model` is the last round's policy, `summary["rounds"]` and `records` its rounds.jsonl."""
     from trainers.core.metrics import read_metrics
 
+    from trainers.core.card import final_model_dir
+
     out = _train(recipe, options)
     rows = read_metrics(out / "rounds.jsonl")
-    model = Path(rows[-1]["model"]) if rows and rows[-1].get("model") else out
-    return TrainResult(out, model, {"rounds": rows}, rows)
+    return TrainResult(out, final_model_dir(out), {"rounds": rows}, rows)
 
 
 def sft(**options: Any) -> TrainResult:
