@@ -6,8 +6,8 @@ config and sample tables, also sent to the trackers a user names. metrics.jsonl 
     trackers.log_table("samples", [{"prompt": ..., "completion": ..., "reward": 1.0}], step=3)
     trackers.finish()
 
-Every tracker writes under the run's own folder (RUN/tensorboard, RUN/trackio, RUN/wandb, RUN/mlflow) and works
-offline: nothing is sent anywhere. The trackers are optional packages, imported only when named; a named one
+Every tracker writes under the run's own folder (RUN/tensorboard, RUN/trackio, RUN/wandb, RUN/mlflow; trackio
+keeps one store per process, see `Trackio`) and works offline: nothing is sent anywhere. The trackers are optional packages, imported only when named; a named one
 that is not installed is one line saying what to install. What each writes and how to view it: docs/tracking.md.
 """
 from __future__ import annotations
