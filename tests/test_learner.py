@@ -80,7 +80,7 @@ def test_offline_trainer_takes_the_same_device_options(tmp_path, tiny_model):
         cfg = TrainConfig(algorithm="sft", model=str(tiny_model), data=str(data), output=str(tmp_path / name),
                           max_steps=2, batch_size=4, lr=1e-3, device="cpu", progress=False, plots=False, **extra)
         train(cfg)
-        runs[name] = weights(tmp_path / name)
+        runs[name] = weights(tmp_path / name / "model")
         saved = json.loads((tmp_path / name / "prefsmith_train.json").read_text())
         assert saved["dtype"] == "fp32" and saved["device"] == "cpu"  # auto resolved, and written down
     assert max_diff(runs["plain"], runs["ckpt"]) < 1e-6

@@ -57,7 +57,7 @@ def test_instructgpt_recipe(tmp_path, tiny_model, small):
     out = run("instructgpt", tmp_path, tiny_model, **small, accuracy_name="parity_reward", comparison_prompts=6, n=4, max_new_tokens=8,
               ppo_steps=2, prompts_per_step=4, eval_limit=4, threads=1)
     assert ds.load_rows(out["pairs"])  # comparisons became pairs, the reward model trained on them
-    assert (Path(out["rm"]) / "config.json").exists()
+    assert (Path(out["rm"]) / "model" / "config.json").exists()
     ppo = Path(out["ppo"])
     train = [r for r in map(json.loads, (ppo / "metrics.jsonl").read_text().splitlines()) if r["split"] == "train"]
     assert len(train) == 2 and all("value_loss" in r and "reward_rm" in r for r in train)
@@ -79,9 +79,9 @@ def test_rounds_written_as_a_pipeline_file(tmp_path, tiny_model, small):
               eval_limit=4)
     root = tmp_path / "rft_rounds"
     for r in (0, 1):
-        assert (root / f"round-{r:03d}" / "policy" / "config.json").exists()
+        assert (root / f"round-{r:03d}" / "policy" / "model" / "config.json").exists()
         assert json.loads((root / f"round-{r:03d}" / "eval" / "eval.json").read_text())["overall"]
     # round 1 sampled with round 0's model
     rows = ds.load_rows(root / "round-001" / "rollouts")
-    assert rows and {r["policy"]["model"] for r in rows} == {str(root / "round-000" / "policy")}
+    assert rows and {r["policy"]["model"] for r in rows} == {str(root / "round-000" / "policy" / "model")}
     assert out["rounds.policy"] == str(root / "round-001" / "policy")
