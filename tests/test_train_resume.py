@@ -51,7 +51,7 @@ def test_killed_run_resumes_to_identical_weights(tiny_model, tmp_path, capsys):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    assert not (out / "model.safetensors").exists(), "the run finished before it could be killed"
+    assert not (out / "model" / "model.safetensors").exists(), "the run finished before it could be killed"
     killed_at = json.loads((list_checkpoints(out)[-1] / "trainer_state.json").read_text())["step"]
     assert 4 <= killed_at < 24
 
@@ -60,8 +60,8 @@ def test_killed_run_resumes_to_identical_weights(tiny_model, tmp_path, capsys):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from" in resumed.stderr
 
-    a = load_file(tmp_path / "full" / "model.safetensors")
-    b = load_file(out / "model.safetensors")
+    a = load_file(tmp_path / "full" / "model" / "model.safetensors")
+    b = load_file(out / "model" / "model.safetensors")
     assert a.keys() == b.keys()
     for name in a:
         assert (a[name] - b[name]).abs().max().item() <= 1e-6, name
