@@ -5,9 +5,10 @@ huggingface_hub's own card classes (`DatasetCard`, `ModelCard`: the parser the H
 compared with the manifests and metrics.jsonl they were written from, and `datasets.load_dataset(DIR)` is pointed at
 a dataset folder so the card's `configs` decide which files it reads, as they would on the Hub.
 
-No hub is reachable here, so the upload itself is not run: what is tested is that `--push-to-hub` is checked
-before any work starts (the repo id's form, HF_HUB_OFFLINE, a token) and fails with one line. A subprocess that
-looks for a token gets HF_ENDPOINT on a closed loopback port, so nothing could leave the machine.
+No hub is reachable here. `--push-to-hub` is checked before any work starts (the repo id's form, HF_HUB_OFFLINE,
+a token) and fails with one line; the upload runs through huggingface_hub's real client against `FakeHub`, a
+loopback server these tests start as HF_ENDPOINT, which records what arrives (docs/hub.md says what that does not
+show). Every subprocess that may dial gets a loopback HF_ENDPOINT, so nothing could leave the machine.
 """
 from __future__ import annotations
 
@@ -330,3 +331,129 @@ def test_final_model_dir_of_each_trainer(tmp_path):
     (rounds / "rounds.jsonl").write_text("".join(json.dumps({"round": r, "model": str(rounds / f"round-00{r}" / "model")})
                                                  + "\n" for r in range(2)))
     assert final_model_dir(rounds) == rounds / "round-001" / "model"  # the last round's policy
+
+
+class FakeHub:
+    """The few Hub API calls `create_repo` + `upload_folder` make when every file is a regular (non-LFS) upload,
+    on a loopback port this test starts: it records what the client sent. Not the Hub: it checks nothing the Hub
+    would (auth, sizes, LFS), so this shows what prefsmith hands huggingface_hub, not that the Hub accepts it."""
+
+    def __init__(self):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        hub = self
+        self.created: list[dict] = []
+        self.files: dict[str, bytes] = {}
+        self.auth: set[str] = set()
+        self.other: list[str] = []
+        self.validated: list[dict] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                import base64
+
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                hub.auth.add(self.headers.get("authorization", ""))
+                parts = self.path.split("?")[0].strip("/").split("/")
+                if parts[:3] == ["api", "repos", "create"]:
+                    hub.created.append(json.loads(body))
+                    kind = json.loads(body).get("type", "model")
+                    prefix = "" if kind == "model" else f"{kind}s/"
+                    return self.reply({"url": f"{hub.url}/{prefix}{hub.created[-1]['organization']}/"
+                                              f"{hub.created[-1]['name']}"})
+                if parts == ["api", "validate-yaml"]:  # the Hub's card check, which the client asks for first
+                    hub.validated.append(json.loads(body))
+                    return self.reply({})
+                if len(parts) == 6 and parts[0] == "api" and parts[4] == "preupload":
+                    files = json.loads(body)["files"]
+                    return self.reply({"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False,
+                                                  "oid": None} for f in files]})
+                if len(parts) == 6 and parts[0] == "api" and parts[4] == "commit":
+                    for line in body.decode().splitlines():
+                        item = json.loads(line)
+                        if item["key"] == "file":
+                            hub.files[item["value"]["path"]] = base64.b64decode(item["value"]["content"])
+                    return self.reply({"commitUrl": f"{hub.url}/{parts[1]}/{parts[2]}/{parts[3]}/commit/0123",
+                                       "commitOid": "0123"})
+                hub.other.append(self.path)
+                self.send_response(404)
+                self.end_headers()
+
+            def do_GET(self):
+                hub.other.append("GET " + self.path)
+                self.send_response(404)
+                self.end_headers()
+
+            def reply(self, obj):
+                data = json.dumps(obj).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+def test_push_hands_the_folder_to_huggingface_hub(chain, tmp_path):
+    """`pairs --push-to-hub` in a subprocess whose HF_ENDPOINT is a loopback fake hub: the repo is created private,
+    one commit holds the dataset folder (card, manifest, shards; not the completion markers), and the token only
+    travels in the library's Authorization header: it is in no file of the folder."""
+    hub = FakeHub()
+    try:
+        env = {k: v for k, v in os.environ.items() if k not in ("HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH")}
+        env.update(HF_HUB_OFFLINE="0", TRANSFORMERS_OFFLINE="0", HF_HOME=str(tmp_path / "hf"), HF_ENDPOINT=hub.url,
+                   HF_TOKEN="hf_loopbacktoken", HF_HUB_DISABLE_PROGRESS_BARS="1", HF_HUB_DISABLE_TELEMETRY="1",
+                   PYTHONPATH=str(ROOT))
+        out = tmp_path / "pairs"
+        proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "pairs", "--input", str(chain["clean"]),
+                               "--output", str(out), "--push-to-hub", "me/pairs", "--hub-private"], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=120)
+    finally:
+        hub.close()
+    assert proc.returncode == 0, (proc.stderr, hub.other, hub.created, list(hub.files))
+    assert hub.created == [{"name": "pairs", "organization": "me", "visibility": "private", "type": "dataset"}]
+    local = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    sent = hub.files
+    assert set(sent) == {k for k in local if not k.startswith(".shards/")}
+    assert all(sent[k] == local[k] for k in sent) and "README.md" in sent and "manifest.json" in sent
+    assert hub.validated == [{"content": local["README.md"].decode(), "repoType": "dataset"}]  # the card, checked
+    # besides the upload, the client only GETs (it asks the endpoint for its agent-harness list); all on loopback
+    assert hub.auth == {"Bearer hf_loopbacktoken"} and all(o.startswith("GET ") for o in hub.other)
+    assert not any(b"hf_loopbacktoken" in v for v in local.values())
+    assert "pushed" in proc.stderr and f"{hub.url}/datasets/me/pairs/commit/0123" in proc.stderr
+
+
+def test_train_push_hands_the_model_folder_to_huggingface_hub(tiny_model, pref, tmp_path):
+    """`train dpo --push-to-hub` through the same loopback fake hub: a model repo, one commit of OUTPUT/model with
+    its card, after training."""
+    hub = FakeHub()
+    try:
+        env = {k: v for k, v in os.environ.items() if k not in ("HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH")}
+        env.update(HF_HUB_OFFLINE="0", TRANSFORMERS_OFFLINE="0", HF_HOME=str(tmp_path / "hf"), HF_ENDPOINT=hub.url,
+                   HF_TOKEN="hf_loopbacktoken", HF_HUB_DISABLE_PROGRESS_BARS="1", HF_HUB_DISABLE_TELEMETRY="1",
+                   PYTHONPATH=str(ROOT))
+        out = tmp_path / "dpo"
+        proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "train", "dpo", "--model", str(tiny_model),
+                               "--data", str(pref), "--output", str(out), "--max-steps", "1", "--batch-size", "4",
+                               "--no-progress", "--no-plots", "--ref-cache-dir", str(tmp_path / "refcache"),
+                               "--push-to-hub", "me/dpo"], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=300)
+    finally:
+        hub.close()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert hub.created == [{"name": "dpo", "organization": "me", "type": "model"}]
+    model_dir = final_model_dir(out)
+    local = {p.relative_to(model_dir).as_posix(): p.read_bytes() for p in model_dir.rglob("*") if p.is_file()}
+    assert set(hub.files) == set(local) and all(hub.files[k] == local[k] for k in local)
+    assert {"README.md", "config.json", "model.safetensors"} <= set(hub.files)
+    assert ModelCard(hub.files["README.md"].decode()).data.tags == ["prefsmith", "dpo"]

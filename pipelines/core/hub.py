@@ -100,7 +100,8 @@ def push(folder: str | Path, hub: HubTarget, repo_type: str, rerun: str,
     api = HfApi()
     log(f"pushing {folder} to the Hub {repo_type} repo {hub.repo_id}{' (private)' if hub.private else ''}")
     try:
-        repo = api.create_repo(hub.repo_id, repo_type=repo_type, private=hub.private, exist_ok=True)
+        # without --hub-private the Hub's own default visibility applies (an organization may default to private)
+        repo = api.create_repo(hub.repo_id, repo_type=repo_type, private=hub.private or None, exist_ok=True)
         commit = api.upload_folder(repo_id=repo.repo_id, folder_path=folder, repo_type=repo_type,
                                    ignore_patterns=list(IGNORE), commit_message=f"prefsmith: upload {folder.name}")
     except Exception as e:  # noqa: BLE001  the hub client raises many types (HTTP, auth, network); one line each
