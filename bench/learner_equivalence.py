@@ -63,7 +63,8 @@ def run(tree: Path, name: str, paths: dict, out: Path, work: Path) -> None:
 
 
 def final_model(out: Path, name: str, sub: str) -> Path:
-    return out / sub if name in ("grpo", "rloo", "ppo") else out
+    """OUTPUT/<sub> (where every trainer saves now), else OUTPUT itself (an offline run of an older baseline)."""
+    return out / sub if (out / sub / "config.json").exists() else out
 
 
 def main() -> None:
