@@ -90,9 +90,9 @@ def test_dpo_sharded_two_processes_match_one(dpo_runs):
         else:
             assert b["eval/loss"] == pytest.approx(a["eval/loss"], abs=1e-4)
     assert json.loads((tmp / "fsdp" / "run_info.json").read_text())["world_size"] == 2
-    config = json.loads((tmp / "fsdp" / "config.json").read_text())
+    config = json.loads((tmp / "fsdp" / "model" / "config.json").read_text())
     assert config["architectures"] == ["LlamaForCausalLM"]  # not FSDP's wrapper class
-    _assert_same_weights(tmp / "one", tmp / "fsdp", atol=1e-4)
+    _assert_same_weights(tmp / "one" / "model", tmp / "fsdp" / "model", atol=1e-4)
 
 
 def test_dpo_sharded_resume_gives_the_uninterrupted_weights(dpo_runs, tiny_model):
@@ -110,7 +110,7 @@ def test_dpo_sharded_resume_gives_the_uninterrupted_weights(dpo_runs, tiny_model
     assert "resuming from" in proc.stderr and "step-00000002" in proc.stderr
     steps = [r["step"] for r in read_metrics(out) if r["split"] == "train"]
     assert steps == [1, 2, 3, 4]
-    _assert_same_weights(tmp / "fsdp", out, atol=1e-5)
+    _assert_same_weights(tmp / "fsdp" / "model", out / "model", atol=1e-5)
 
 
 def test_grpo_sharded_two_processes_match_one(tmp_path, tiny_model):
