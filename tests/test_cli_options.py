@@ -252,6 +252,19 @@ def test_prompt_column_rule():
         standard_rows([{"prompt": "x"}], "messages")
 
 
+def test_rounds_take_the_columns_and_old_runs_keep_their_identity(tiny_model):
+    from trainers.rounds.cli import parse
+
+    base = ["--model", str(tiny_model), "--input", "p.jsonl", "--output", "o", "--reward", "math"]
+    cfg = parse([*base, "--prompt-column", "messages", "--gold-column", "solution", "--chat-template", "t.jinja"],
+                "rft")
+    assert (cfg.prompt_column, cfg.gold_column, cfg.train.chat_template) == ("messages", "solution", "t.jinja")
+    assert cfg.identity()["prompt_column"] == "messages" and cfg.identity()["train"]["chat_template"] == "t.jinja"
+    plain = parse(base, "rft").identity()  # a run made before these options had none of them
+    assert not {"prompt_column", "gold_column"} & set(plain)
+    assert not {"chat_template", "warmup_steps"} & set(plain["train"])
+
+
 # ----------------------------------------------------------------------------------------------- --chat-template
 def test_chat_template_mistakes_are_one_line_before_any_model_loads(tmp_path, tiny_model, capsys):
     base = ["generate", "--model", str(tiny_model), "--input", str(tmp_path / "p.jsonl"),

@@ -51,6 +51,8 @@ def build_parser(recipe: str) -> argparse.ArgumentParser:
     g.add_argument("--system", default=None)
     g.add_argument("--chat", choices=["auto", "always", "never"], default="auto")
     g.add_argument("--engine", choices=["hf", "vllm"], default="hf")
+    g.add_argument("--prompt-column", default=d["prompt_column"].default)
+    g.add_argument("--gold-column", default=d["gold_column"].default)
     g = p.add_argument_group("labels and cleaning")
     g.add_argument("--reward", action="append", required=True, dest="rewards", help="as in `prefsmith label`")
     g.add_argument("--weight", action="append", default=[], dest="weights", metavar="NAME=W")

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 from pipelines.core import dataset as ds
+from pipelines.core.columns import standard_rows
 from pipelines.core.files import atomic_path, atomic_write_json, atomic_write_text, fingerprint_json
 from pipelines.errors import UserError
 from trainers.offline.config import TrainConfig
@@ -71,6 +72,8 @@ class RoundsConfig:
     chat: str = "auto"
     engine: str = "hf"
     gen_batch_size: int = 8
+    prompt_column: str = "prompt"  # the prompts' column: a string or messages (pipelines/core/columns.py)
+    gold_column: str = "answer"  # the rewards' gold-answer column
     seed: int = 0  # prompt slices and sampling (round r samples with seed + r)
     # cleaning
     dedup_field: str = "prompt+completion"
@@ -116,10 +119,14 @@ class RoundsConfig:
         """What a rerun must not change: everything that decides a round's rows or weights. --rounds may grow,
         and where or how verbosely it runs does not matter."""
         skip = {"rounds", "output", "train", "overwrite", "progress", "executor", "eval_batch_size"}
-        own = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+        # options added later are left out at their defaults, so a run made before them continues
+        later = {"prompt_column": "prompt", "gold_column": "answer", "chat_template": None, "warmup_steps": None}
+        own = {k: v for k, v in dataclasses.asdict(self).items()
+               if k not in skip and not (k in later and v == later[k])}
         run_only = {"model", "data", "output", "ref_model", "resume", "progress", "plots", "logging_every",
                     "save_every", "save_total_limit", "ref_cache_dir", "threads", "report_to"}
-        train = {k: v for k, v in dataclasses.asdict(self.train).items() if k not in run_only}
+        train = {k: v for k, v in dataclasses.asdict(self.train).items()
+                 if k not in run_only and not (k in later and v == later[k])}
         return {**own, "train": train}
 
 
@@ -402,10 +409,11 @@ def evaluate(cfg: RoundsConfig, model: str, out: Path) -> dict | None:
 
     gen = GenerateConfig(model=model, engine="hf", template=cfg.template, chat=cfg.chat, system=cfg.system,
                          batch_size=cfg.eval_batch_size, threads=cfg.train.threads, chat_template=cfg.train.chat_template,
+                         prompt_column=cfg.prompt_column,
                          sampling=SamplingConfig(n=1, temperature=0.0, max_new_tokens=cfg.eval_max_new_tokens or
                                                  cfg.max_new_tokens, seed=0))
     ecfg = EvalConfig(generate=gen, label=LabelConfig(rewards=list(cfg.rewards), weights=list(cfg.weights),
-                                                      threads=cfg.train.threads))
+                                                      threads=cfg.train.threads, gold_column=cfg.gold_column))
     figures: dict[str, Any] = {}
     dirs = {}
     for k, (name, path) in enumerate(eval_sets(cfg).items()):
@@ -467,7 +475,9 @@ def run_rounds(cfg: RoundsConfig) -> list[dict]:
     if "trackio" in cfg.train.report_to:  # one trackio store for every round's run (docs/tracking.md)
         os.environ.setdefault("TRACKIO_DIR", str((root / "trackio").resolve()))
     recipe = RECIPES[cfg.recipe]()
-    prompts = ds.load_rows(cfg.prompts, required=["prompt"])
+    # `prompt` and `answer` from --prompt-column / --gold-column: every stage of a round reads those
+    prompts = standard_rows(ds.load_rows(cfg.prompts, required=[cfg.prompt_column]), cfg.prompt_column,
+                            cfg.gold_column, cfg.prompts)
     initial = None
     if cfg.eval_prompts:
         _log("evaluating the initial model")
