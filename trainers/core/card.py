@@ -139,8 +139,8 @@ def _evals_section(evals: list[dict]) -> str:
 
 
 def final_model_dir(output: str | Path) -> Path:
-    """Where a `prefsmith train` run's final model is: OUTPUT/model (online trainers), OUTPUT itself (offline),
-    or the last round's model (iterative-dpo, rft: rounds.jsonl)."""
+    """Where a `prefsmith train` run's final model is: OUTPUT/model (every trainer), OUTPUT itself (an offline run
+    written before that layout), or the last round's model (iterative-dpo, rft: rounds.jsonl)."""
     output = Path(output)
     rounds = output / "rounds.jsonl"
     if rounds.is_file():
