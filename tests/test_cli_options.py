@@ -54,6 +54,7 @@ def test_every_option_of_every_command_has_help(name, algo):
     missing = [a.option_strings or [a.dest] for a in parser._actions if not (a.help or "").strip()]
     assert not missing, f"prefsmith {name} {algo or ''}: options without help: {missing}"
     assert "--config" in parser._option_string_actions
+    assert "--config FILE.yaml" in parser.format_help()  # formats (no stray % in a help text)
 
 
 def test_help_shows_defaults_but_not_none_noise():
