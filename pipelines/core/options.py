@@ -123,19 +123,20 @@ def _escape(text: str) -> str:
 
 
 def add_dataclass_options(parser: argparse._ActionsContainer, cls: type, *, skip: tuple[str, ...] = (),
-                          flags: dict[str, str] | None = None, choices: dict[str, Any] | None = None,
-                          help: dict[str, str] | None = None) -> None:
+                          only: tuple[str, ...] | None = None, flags: dict[str, str] | None = None,
+                          choices: dict[str, Any] | None = None, help: dict[str, str] | None = None) -> None:
     """One flag per field of dataclass `cls` that `parser` does not have yet (a hand-written option for a field,
     added before this call, wins). Flag `--field-name` unless `flags` or the field's metadata "flag" names
     another; help from `help`, metadata "help", the trailing comment or `COMMON_HELP`; choices from `choices` or
-    metadata "choices". The parsed namespace's names are the fields' names, so `cls(**vars(args))` builds it."""
+    metadata "choices"; `only`: just these fields (to list them first). The parsed namespace's names are the
+    fields' names, so `cls(**vars(args))` builds it."""
     hints = typing.get_type_hints(cls)
     comments = {k: v for klass in reversed(cls.__mro__) if dataclasses.is_dataclass(klass)
                 for k, v in field_comments(klass).items()}  # a subclass's comment wins
     root = getattr(parser, "_option_string_actions", {})
     taken = {a.dest for a in getattr(parser, "_actions", [])}
     for f in dataclasses.fields(cls):
-        if f.name in skip or not f.init or f.name in taken:
+        if f.name in skip or not f.init or f.name in taken or (only is not None and f.name not in only):
             continue
         flag = (flags or {}).get(f.name) or f.metadata.get("flag") or "--" + f.name.replace("_", "-")
         if flag in root:

@@ -1102,6 +1102,7 @@ def build_parser(prog: str = "prefsmith train grpo", config: type = None) -> arg
     config = config or GRPOConfig
     d = config.__dataclass_fields__
     p = Parser(prog=prog, description="Online RL from the policy's own rollouts (GRPO family, RLOO).")
+    add_dataclass_options(p, config, only=("model", "prompts", "output", "rewards", "weights"))  # listed first
     from pipelines.core.threads import add_threads_argument
     from pipelines.core.tracking import add_report_to_argument
 
