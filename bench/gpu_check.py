@@ -131,6 +131,9 @@ COLUMNS: dict[str, list[tuple[str, str]]] = {  # (key in Row.values, header)
                ("peak_gib", "peak GiB"), ("reward", "reward"), ("grad_norm", "|g|")],
     "memory": [("shape", "shape"), ("peak_gib", "peak GiB"), ("vs_full", "vs full"), ("trainable", "trainable"),
                ("step_s", "step s")],
+    "async": [("shape", "shape"), ("device", "device"), ("gpus", "GPUs"), ("steps", "steps"), ("step_s", "step s"),
+              ("sync_step_s", "sync step s"), ("sync_s", "weights s"), ("waiting_s", "wait s"),
+              ("peak_gib", "peak GiB")],
 }
 SECTION_TITLES = {
     "objectives": f"1. objectives: device vs CPU fp32 (fp32 within {FP32_TOL:g}; bf16 autocast within "
@@ -139,6 +142,7 @@ SECTION_TITLES = {
     "fsdp": f"3. FSDP2, one process (within {FP32_TOL:g})",
     "online": "4. online RL (train_grpo, hf engine)",
     "memory": "5. memory of one GRPO step: full vs LoRA vs gradient checkpointing",
+    "async": "6. asynchronous rollouts (--max-staleness 1) against the synchronous loop",
 }
 
 
@@ -169,7 +173,7 @@ def _one_line(err: BaseException) -> str:
 def print_table(rows: list[Row], header: str = "", out=sys.stdout) -> None:
     if header:
         print(header, file=out)
-    for section in ("objectives", "offline", "fsdp", "online", "memory"):
+    for section in SECTION_TITLES:
         part = [r for r in rows if r.section == section]
         if not part:
             continue
