@@ -305,3 +305,29 @@ def test_rounds_log_each_training_and_the_rounds_figures(tmp_path, tiny_model, p
     want = expected([{"split": "rounds", "step": r["round"], **r} for r in rounds])
     assert {"rounds/accuracy", "rounds/steps"} <= set(want)
     assert_same(tensorboard_scalars(run), want, "tensorboard")
+
+
+def test_a_resumed_run_logs_each_step_once(tmp_path, tiny_model):
+    """Killed after step 4 with its last checkpoint at step 2 (the later checkpoint and the final model removed,
+    as a kill leaves them), then `--resume`: metrics.jsonl keeps each step once, tensorboard shows it so, and the
+    trackio run holds each train step once (steps 3 and 4 from the resumed run only)."""
+    import shutil
+
+    from trainers.core.checkpoint import list_checkpoints
+
+    run = tmp_path / "runs" / "sft-resumed"
+    args = ["train", "sft", "--model", str(tiny_model), "--data", str(sft_data(tmp_path / "sft")),
+            "--output", str(run), "--max-steps", "4", "--batch-size", "2", "--lr", "1e-3", "--save-every", "2",
+            "--save-total-limit", "3", "--threads", "1", "--no-progress", "--no-plots",
+            "--report-to", "tensorboard,trackio"]
+    assert cli(args) == 0
+    assert sorted(r["step"] for r in records(run) if r["split"] == "train") == [1, 2, 3, 4]
+    for ckpt in list_checkpoints(run)[1:]:  # keep step 2 only
+        shutil.rmtree(ckpt)
+    shutil.rmtree(run / "model")
+    assert cli(args + ["--resume"]) == 0
+    recs = records(run)
+    assert sorted(r["step"] for r in recs if r["split"] == "train") == [1, 2, 3, 4]  # each step once
+    assert_same(tensorboard_scalars(run), expected(recs), "tensorboard")
+    steps = [step for step, m in trackio_logs(trackio_store(run), "runs/sft-resumed") if "train/loss" in m]
+    assert steps == [1, 2, 3, 4], steps
