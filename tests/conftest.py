@@ -10,6 +10,12 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# trackio reads its store's folder once per process: without this, whichever test imports it first with no run
+# folder set would make it the user's ~/.cache/huggingface/trackio, shared by every later test session
+if "TRACKIO_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["TRACKIO_DIR"] = tempfile.mkdtemp(prefix="prefsmith-tests-trackio-")
 
 from tiny_model import build_boxing_model, build_tiny_model  # noqa: E402
 

@@ -143,7 +143,8 @@ def test_report_to_names():
 
 def test_sft_run_reads_back_equal_to_metrics_jsonl(tmp_path, tiny_model):
     run = tmp_path / "runs" / "sft-tracked"
-    first_trackio = "trackio" not in sys.modules
+    # the default store (tests/conftest.py sets TRACKIO_DIR for the suite; a user's run without it gets its own)
+    first_trackio = "trackio" not in sys.modules and "TRACKIO_DIR" not in os.environ
     trackers = ",".join(["tensorboard", "trackio", *HAVE])
     assert cli(["train", "sft", "--model", str(tiny_model), "--data", str(sft_data(tmp_path / "sft")),
                 "--output", str(run), "--max-steps", "2", "--batch-size", "4", "--eval-split", "0.25", "--lr", "1e-3",
@@ -331,3 +332,19 @@ def test_a_resumed_run_logs_each_step_once(tmp_path, tiny_model):
     assert_same(tensorboard_scalars(run), expected(recs), "tensorboard")
     steps = [step for step, m in trackio_logs(trackio_store(run), "runs/sft-resumed") if "train/loss" in m]
     assert steps == [1, 2, 3, 4], steps
+
+
+def test_without_trackio_dir_a_run_keeps_its_store_in_its_folder(tmp_path, tiny_model):
+    """A user's run with no TRACKIO_DIR: trackio's store is OUTPUT/trackio, not the home cache (a fresh process,
+    HOME pointed at the test's folder so nothing reaches the real one)."""
+    run = tmp_path / "runs" / "sft-default-store"
+    env = {k: v for k, v in os.environ.items() if k != "TRACKIO_DIR"}
+    env.update(HOME=str(tmp_path / "home"), HF_HOME=str(tmp_path / "home" / "hf"))
+    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "train", "sft", "--model", str(tiny_model),
+                           "--data", str(sft_data(tmp_path / "sft")), "--output", str(run), "--max-steps", "1",
+                           "--batch-size", "4", "--threads", "1", "--no-progress", "--no-plots",
+                           "--report-to", "trackio"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    steps = [step for step, m in trackio_logs(run / "trackio", "runs/sft-default-store") if "train/loss" in m]
+    assert steps == [1]
+    assert not (tmp_path / "home" / "hf" / "trackio").exists()
