@@ -835,11 +835,25 @@ def _online_checks(res: dict, device: torch.device, steps: int) -> list[str]:
     return problems
 
 
+def _checked(row: Row, body: Callable[[], None]) -> Row:
+    """Run one check's `body` (it fills `row`, PASS on success): an exception is the row's note, the row is timed,
+    and device memory is freed after it."""
+    t0 = time.perf_counter()
+    try:
+        body()
+    except Exception as e:  # noqa: BLE001
+        traceback.print_exc()
+        row.note = _one_line(e)
+    row.seconds = time.perf_counter() - t0
+    free_memory()
+    return row
+
+
 def check_online(algo: str, slot: str, plan: Plan, device: torch.device, dtype: str, model_dir: Path,
                  workdir: Path) -> Row:
     row = Row("online", f"{algo}/{slot}")
-    t0 = time.perf_counter()
-    try:
+
+    def body() -> None:
         shape = plan.slots[slot]
         row.values.update(shape=shape_label(shape), device=str(device))
         res = run_online(algo, plan, device, dtype, model_dir, workdir, plan.rl_steps)
@@ -858,12 +872,8 @@ def check_online(algo: str, slot: str, plan: Plan, device: torch.device, dtype: 
         seqs = logged[-1].get("sequences")
         row.note = f"dtype {dtype}; {seqs} sequences/step, ≤{plan.max_new_tokens} new tokens" + baseline_note(res["base"])
         shutil.rmtree(res["out"], ignore_errors=True)
-    except Exception as e:  # noqa: BLE001
-        traceback.print_exc()
-        row.note = _one_line(e)
-    row.seconds = time.perf_counter() - t0
-    free_memory()
-    return row
+
+    return _checked(row, body)
 
 
 def check_async(plan: Plan, device: torch.device, dtype: str, model_dir: Path, workdir: Path) -> Row:
@@ -871,8 +881,8 @@ def check_async(plan: Plan, device: torch.device, dtype: str, model_dir: Path, w
     else the trainer's GPU, shared), weights through the host mailbox after each update; every step within the
     bound, and the step time against the synchronous loop's."""
     row = Row("async", "grpo-async/135m")
-    t0 = time.perf_counter()
-    try:
+
+    def body() -> None:
         row.values.update(shape=shape_label(plan.slots["135m"]), device=str(device),
                           gpus=torch.cuda.device_count() if device.type == "cuda" else 0)
         sync = run_online("grpo", plan, device, dtype, model_dir, workdir, plan.rl_steps)
@@ -896,12 +906,8 @@ def check_async(plan: Plan, device: torch.device, dtype: str, model_dir: Path, w
         row.status = "PASS"
         for r in (sync, res):
             shutil.rmtree(r["out"], ignore_errors=True)
-    except Exception as e:  # noqa: BLE001
-        traceback.print_exc()
-        row.note = _one_line(e)
-    row.seconds = time.perf_counter() - t0
-    free_memory()
-    return row
+
+    return _checked(row, body)
 
 
 def check_memory(plan: Plan, device: torch.device, dtype: str, model_dir: Path, workdir: Path) -> list[Row]:

@@ -404,16 +404,22 @@ class FakeHub:
         self.server.shutdown()
 
 
+def hub_env(hub: "FakeHub", tmp_path: Path) -> dict[str, str]:
+    """A subprocess's environment that sends huggingface_hub to the loopback fake hub with a test token."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH")}
+    env.update(HF_HUB_OFFLINE="0", TRANSFORMERS_OFFLINE="0", HF_HOME=str(tmp_path / "hf"), HF_ENDPOINT=hub.url,
+               HF_TOKEN="hf_loopbacktoken", HF_HUB_DISABLE_PROGRESS_BARS="1", HF_HUB_DISABLE_TELEMETRY="1",
+               PYTHONPATH=str(ROOT))
+    return env
+
+
 def test_push_hands_the_folder_to_huggingface_hub(chain, tmp_path):
     """`pairs --push-to-hub` in a subprocess whose HF_ENDPOINT is a loopback fake hub: the repo is created private,
     one commit holds the dataset folder (card, manifest, shards; not the completion markers), and the token only
     travels in the library's Authorization header: it is in no file of the folder."""
     hub = FakeHub()
     try:
-        env = {k: v for k, v in os.environ.items() if k not in ("HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH")}
-        env.update(HF_HUB_OFFLINE="0", TRANSFORMERS_OFFLINE="0", HF_HOME=str(tmp_path / "hf"), HF_ENDPOINT=hub.url,
-                   HF_TOKEN="hf_loopbacktoken", HF_HUB_DISABLE_PROGRESS_BARS="1", HF_HUB_DISABLE_TELEMETRY="1",
-                   PYTHONPATH=str(ROOT))
+        env = hub_env(hub, tmp_path)
         out = tmp_path / "pairs"
         proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "pairs", "--input", str(chain["clean"]),
                                "--output", str(out), "--push-to-hub", "me/pairs", "--hub-private"], cwd=ROOT, env=env,
@@ -438,10 +444,7 @@ def test_train_push_hands_the_model_folder_to_huggingface_hub(tiny_model, pref, 
     its card, after training."""
     hub = FakeHub()
     try:
-        env = {k: v for k, v in os.environ.items() if k not in ("HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH")}
-        env.update(HF_HUB_OFFLINE="0", TRANSFORMERS_OFFLINE="0", HF_HOME=str(tmp_path / "hf"), HF_ENDPOINT=hub.url,
-                   HF_TOKEN="hf_loopbacktoken", HF_HUB_DISABLE_PROGRESS_BARS="1", HF_HUB_DISABLE_TELEMETRY="1",
-                   PYTHONPATH=str(ROOT))
+        env = hub_env(hub, tmp_path)
         out = tmp_path / "dpo"
         proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "train", "dpo", "--model", str(tiny_model),
                                "--data", str(pref), "--output", str(out), "--max-steps", "1", "--batch-size", "4",
