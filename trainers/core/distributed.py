@@ -6,6 +6,7 @@ here is a no-op, so a loop calls them unconditionally.
 """
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass, field
 
@@ -60,8 +61,16 @@ def setup_distributed(device: str = "auto") -> Dist:
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        # tear the group down before the interpreter does: left to exit-time destructors, gloo's worker threads
+        # can be destroyed while joinable and abort the process ("terminate called without an active exception")
+        atexit.register(_destroy_group)
     rank = dist.get_rank() if dist.is_initialized() else 0
     return Dist(rank=rank, world=world, device=dev)
+
+
+def _destroy_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def reduce_stats(stats: Stats, names: tuple[str, ...], d: Dist, extra: list[torch.Tensor] | None = None):
