@@ -102,6 +102,28 @@ def test_online_trainers_options_are_their_config_dataclass(algo):
     assert help_of["mask_truncated"].startswith("DAPO: truncated completions")  # the field's trailing comment
 
 
+def test_offline_trainers_options_are_their_config_dataclass():
+    from trainers.offline.cli import config_from_args
+    from trainers.offline.config import TrainConfig
+
+    parser = _parser("train", "dpo")
+    dests = {a.dest: a for a in parser._actions}
+    for f in dataclasses.fields(TrainConfig):
+        if f.name != "extra":
+            assert f.name in dests, f"TrainConfig.{f.name} has no flag"
+            assert (dests[f.name].help or "").strip(), f.name
+        if f.default is not dataclasses.MISSING and f.name != "lr":  # --lr: the algorithm's default
+            assert dests[f.name].default == f.default, f.name
+    args = parser.parse_args(["dpo", "--model", "m", "--input", "d", "--output", "o", "--no-shuffle", "--no-plots",
+                              "--soft", "--step-sep", "\\n\\n", "--no-reference", "--loss", "simpo",
+                              "--adam-beta2", "0.95"])
+    cfg = config_from_args(args)
+    assert (cfg.shuffle, cfg.plots, cfg.prm_soft, cfg.no_reference, cfg.loss) == (False, False, True, True, "simpo")
+    assert cfg.step_separator == "\n\n" and cfg.adam_beta2 == 0.95 and cfg.lr == 1e-6  # DPO's default lr
+    assert cfg.group_by_length and cfg.progress  # switches not given keep the field's default
+    assert dests["warmup_steps"].help.startswith("steps of warm-up")  # the field's trailing comment
+
+
 def test_label_options_are_its_config_dataclass():
     from pipelines.stages.label import LabelConfig
 

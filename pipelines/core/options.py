@@ -148,7 +148,9 @@ def add_dataclass_options(parser: argparse._ActionsContainer, cls: type, *, skip
             f.default if f.default is not dataclasses.MISSING else None)
         kwargs: dict[str, Any] = {"dest": f.name, "help": _escape(text) if text else None}  # None: a test flags it
         pick = (choices or {}).get(f.name) or f.metadata.get("choices")
-        if kind is bool:
+        if kind is bool and flag.startswith("--no-") and default is False:  # a field that names the switch-off
+            kwargs.update(action="store_true", default=False)
+        elif kind is bool:
             kwargs.update(action=argparse.BooleanOptionalAction, default=default)
         elif typing.get_origin(kind) is list:
             (item,) = typing.get_args(kind) or (str,)
