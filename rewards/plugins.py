@@ -12,6 +12,10 @@ A spec is `NAME[:ARG]`. Built-in names (the one name -> function map, `BUILTINS`
     rm:MODEL          a sequence-classification reward model (local folder or hub name)
     prm:DIR[:AGG]     a process reward model (`train prm` output): its step scores aggregated by min (default),
                       prod, last or mean; the reason lists every step's score (rewards/prm.py)
+    turn_reward       a trajectory's summed per-turn rewards from its environment (`turn_reward` column, written by
+                      `generate --env`); null `no_turn_reward` when the environment gave none
+    tool_use          1 when a trajectory made at least one tool call and none failed, else 0 (`no_tool_call`,
+                      `tool_errors: N`): shaping for a policy that does not call its tools yet
     judge:RUBRIC@URL#MODEL   an LLM judge's pointwise score (built by pipelines/stages/label.py, since this leaf
                       library may not import judges/; docs/judges.md)
 
@@ -276,6 +280,45 @@ def _prm(arg: str, opts: Options) -> Callable:
         raise RewardSpecError(str(e)) from None
 
 
+def turn_reward_results(prompts, completions, turn_reward=None, **columns) -> list[RewardResult]:
+    """The environment's per-turn rewards summed over the trajectory (`turn_reward`, pipelines/envs/base.py). A row
+    without them (an environment that gives none, or a row that is no trajectory) is data missing: null."""
+    values = turn_reward if turn_reward is not None else [None] * len(completions)
+    return [RewardResult(None, "no_turn_reward") if v is None else RewardResult(float(v), "turn_reward")
+            for v in values]
+
+
+def tool_use_results(prompts, completions, tool_calls=None, tool_errors=None, **columns) -> list[RewardResult]:
+    """1 when the trajectory made at least one tool call and none of its calls failed, else 0 with the reason
+    (`no_tool_call`, `tool_errors: N`); null `not_a_trajectory` on a row without the counts."""
+    n = len(completions)
+    calls = tool_calls if tool_calls is not None else [None] * n
+    errors = tool_errors if tool_errors is not None else [None] * n
+    out = []
+    for c, e in zip(calls, errors):
+        if c is None:
+            out.append(RewardResult(None, "not_a_trajectory"))
+        elif int(c) < 1:
+            out.append(RewardResult(0.0, "no_tool_call"))
+        elif e:
+            out.append(RewardResult(0.0, f"tool_errors: {int(e)}"))
+        else:
+            out.append(RewardResult(1.0, "clean_tool_use"))
+    return out
+
+
+def _turn_reward(arg: str, opts: Options) -> Callable:
+    if arg:
+        raise RewardSpecError(f"turn_reward:{arg}: takes no argument")
+    return turn_reward_results
+
+
+def _tool_use(arg: str, opts: Options) -> Callable:
+    if arg:
+        raise RewardSpecError(f"tool_use:{arg}: takes no argument")
+    return tool_use_results
+
+
 BUILTINS: dict[str, Callable[[str, Options], Callable]] = {
     "math": _math,
     "code": _code,
@@ -283,8 +326,14 @@ BUILTINS: dict[str, Callable[[str, Options], Callable]] = {
     "overlong": _overlong,
     "rm": _rm,
     "prm": _prm,
+    "turn_reward": _turn_reward,
+    "tool_use": _tool_use,
 }
-REQUIRED_COLUMNS = {"math": ["answer"], "code": ["tests"]}
+# columns a built-in reads: they must exist in the input, and may hold nulls (that row's reward is null)
+REQUIRED_COLUMNS = {"math": ["answer"], "code": ["tests"], "turn_reward": ["turn_reward"],
+                    "tool_use": ["tool_calls", "tool_errors"]}
+# built-ins that read the trajectory columns `generate --env` writes (the online trainers need `--env` for them)
+TRAJECTORY_REWARDS = ("turn_reward", "tool_use")
 
 
 # ------------------------------------------------------------------------------------------------ user functions

@@ -13,6 +13,12 @@ A null gold (`answer`, `tests`) is that row's null with reason `bad_gold` (or `b
 a rollout whose prompt did not fit the model's context (`finish_reason` `too_long`, never sampled) is null with
 reason `too_long` for every reward, without calling them.
 
+Trajectories (`generate --env`, pipelines/envs/base.py) are scored on their final assistant turn (`completion`),
+and their `finish_reason` composes with every reward (`trajectory_outcome`, docs/rewards.md "What null means"):
+`env_error` (the environment failed) is null for every reward with the environment's reason, without calling
+them; `fault` and `max_turns` (the policy ended without an answer) cap every reward at 0: a score above or at 0
+becomes 0 with the row's `env_fault` as reason, a penalty (a score below 0) and a null are kept.
+
 The name of a reward's field is the part before `:` for built-ins (`math`, `format`, `rm`...) and the function's
 name for plug-ins; a repeated name gets `_2`, `_3`... in order. Reward functions are called one batch of
 `--batch-size` rows at a time with TRL's signature: `fn(prompts, completions, **columns)`, where `columns` holds
@@ -105,14 +111,42 @@ def _judge_reward(spec: str) -> RewardFn:
     return judge_reward(spec)
 
 
+ENV_ERROR = "env_error"  # the environment failed (pipelines/envs/base.py): the row cannot be scored
+POLICY_FAULTS = ("fault", "max_turns")  # the policy ended its trajectory without an answer: outcome 0
+
+
+def unscorable(row: dict) -> str | None:
+    """The reason every reward of `row` is null without being called, or None: a prompt that never fit the
+    model's context (`too_long`), an environment that failed (`env_error: ...`, the environment's message)."""
+    reason = row.get("finish_reason")
+    if reason == TOO_LONG:
+        return TOO_LONG
+    if reason == ENV_ERROR:
+        fault = row.get("env_fault")
+        return fault if fault and fault.startswith(ENV_ERROR) else f"{ENV_ERROR}: {fault}" if fault else ENV_ERROR
+    return None
+
+
+def trajectory_outcome(row: dict, scores: dict, info: dict) -> tuple[dict, dict]:
+    """A trajectory the policy ended without an answer (`fault`: a malformed tool call, an unknown tool...;
+    `max_turns`: still calling tools at --max-turns) is never paid: each score at or above 0 becomes 0 with the
+    row's `env_fault` as reason. A penalty (below 0) keeps its score and reason, so faulting never escapes it, and
+    a null stays null (a bad gold is still the data's failure). Other rows pass unchanged."""
+    if row.get("finish_reason") not in POLICY_FAULTS:
+        return scores, info
+    why = row.get("env_fault") or row["finish_reason"]
+    capped = {n: s if s is None or s < 0 else 0.0 for n, s in scores.items()}
+    return capped, {n: why if s is not None and s >= 0 else info[n] for n, s in scores.items()}
+
+
 def label_rows(rows: list[dict], fns: list[RewardFn], names: list[str], weights: dict[str, float],
                batch_size: int = 64, on_batch=lambda n_rows, n_errors: None) -> list[dict]:
     """Score `rows` (dicts with `prompt` and `completion`) and return them with the three reward columns."""
     out = []
     for start in range(0, len(rows), batch_size):
         whole = rows[start: start + batch_size]
-        # a prompt too long for the model's context was never sampled (generate): null, reason too_long
-        batch = [r for r in whole if r.get("finish_reason") != TOO_LONG]
+        # never sampled (too_long) or the environment failed (env_error): null for every reward, not called
+        batch = [r for r in whole if unscorable(r) is None]
         keys = dict.fromkeys(k for r in batch for k in r if k not in ("prompt", "completion", *OUTPUT_COLUMNS))
         columns = {k: [r.get(k) for r in batch] for k in keys}
         columns.setdefault("completion_ids", [None] * len(batch))
@@ -121,11 +155,12 @@ def label_rows(rows: list[dict], fns: list[RewardFn], names: list[str], weights:
         per_reward = [fn.score(prompts, completions, columns) for fn in fns] if batch else []
         errors, i = 0, 0
         for row in whole:
-            if row.get("finish_reason") == TOO_LONG:
-                scores, info = dict.fromkeys(names), dict.fromkeys(names, TOO_LONG)
+            why = unscorable(row)
+            if why is not None:
+                scores, info = dict.fromkeys(names), dict.fromkeys(names, why)
             else:
-                scores = {n: res[i].score for n, res in zip(names, per_reward)}
-                info = {n: res[i].reason for n, res in zip(names, per_reward)}
+                scores, info = trajectory_outcome(row, {n: res[i].score for n, res in zip(names, per_reward)},
+                                                  {n: res[i].reason for n, res in zip(names, per_reward)})
                 i += 1
             errors += any(r.startswith(ERROR_PREFIX) for r in info.values())
             out.append({**row, "rewards": scores, "reward": total(scores, weights), "reward_info": info})
@@ -297,6 +332,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = ("rewards: math, math:last_number, math:markers, code, code:fraction, format:think, format:boxed, "
                 "format:REGEX (full match, DOTALL), overlong:MAX,CACHE[,TOKENIZER], rm:MODEL, prm:DIR[:min|prod|last|mean], "
+                "turn_reward, tool_use (trajectories of generate --env), "
                 "judge:RUBRIC@URL#MODEL (an LLM judge's score, docs/judges.md), my_module:my_fn, "
                 "path/to/file.py:my_fn. "
                 "See docs/rewards.md.")

@@ -1,0 +1,131 @@
+"""Rewards and training on multi-turn trajectories (issue 28, parts 3–5): the label stage's fault rules and the
+trajectory rewards, the builders and offline trainers on policy tokens only, `stats` on tool use, and online RL
+with `--env` (env tokens never trained, killed and resumed to the uninterrupted result).
+
+The offline parts read real Parquet files of trajectory rows written here with the tiny model's tokenizer, laid
+out as pipelines/envs/base.py says: the prompt's ids, then each policy turn's ids (mask 1) and each observation's
+ids appended once (mask 0)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipelines.cli import main as cli
+from pipelines.core import dataset as ds
+
+ROOT = Path(__file__).resolve().parents[1]
+TOOL_PROMPT = [{"role": "system", "content": "Use python."}, {"role": "user", "content": "What is 2 + 3?"}]
+
+
+def trajectory(tok, prompt: list[dict], turns: list[str], observations: list[str], **extra) -> dict:
+    """One trajectory row: `turns` are the policy's turns, `observations[k]` the tool output after turn k (one
+    fewer than the turns when the trajectory ends on an answer). Ids as a rollout appends them: each policy
+    turn's own tokens and end-of-turn token, each observation's rendered tool message and the next assistant
+    header, never the whole conversation re-tokenized."""
+    from rewards.chat import chat_ids
+
+    prompt_ids = chat_ids(tok, prompt, add_generation_prompt=True)
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    ids, mask, messages = [], [], [dict(m) for m in prompt]
+    for k, turn in enumerate(turns):
+        piece = tok(turn, add_special_tokens=False)["input_ids"] + [end]
+        ids += piece
+        mask += [1] * len(piece)
+        messages.append({"role": "assistant", "content": turn})
+        if k < len(observations):
+            obs = tok(f"\n<|im_start|>tool\n{observations[k]}<|im_end|>\n<|im_start|>assistant\n",
+                      add_special_tokens=False)["input_ids"]
+            ids += obs
+            mask += [0] * len(obs)
+            messages.append({"role": "tool", "content": observations[k]})
+    row = {"prompt": prompt[-1]["content"], "sampled_prompt": prompt, "prompt_token_ids": prompt_ids,
+           "messages": messages, "completion": turns[-1], "completion_ids": ids, "completion_mask": mask,
+           "logprobs": [-1.0 if m else 0.0 for m in mask], "turns": len(turns),
+           "tool_calls": len(observations), "tool_errors": 0, "finish_reason": "stop", "env_fault": None,
+           "turn_reward": None, "round_trip": None, "answer": "5"}
+    return {**row, **extra}
+
+
+def trajectory_rows(tok) -> list[dict]:
+    """Four samples of one prompt and two of another: an answer after a tool call, an answer with no tool, a
+    tool error then a wrong answer, a run out of turns, a malformed tool call, an environment failure."""
+    code = "```python\nprint(2 + 3)\n```"
+    rows = [
+        trajectory(tok, TOOL_PROMPT, [code, "The answer is \\boxed{5}."], ["5"], turn_reward=0.5),
+        trajectory(tok, TOOL_PROMPT, ["The answer is \\boxed{5}."], [], turn_reward=0.0),
+        trajectory(tok, TOOL_PROMPT, [code, "The answer is \\boxed{6}."], ["Traceback: NameError"], tool_errors=1,
+                   turn_reward=0.0),
+        trajectory(tok, TOOL_PROMPT, [code, code], ["5", "5"], finish_reason="max_turns",
+                   env_fault="max_turns: no final answer after 2 turns", turn_reward=1.0),
+        trajectory(tok, TOOL_PROMPT, ["```python\nprint(2 + "], [], finish_reason="fault",
+                   env_fault="unterminated code block", turn_reward=None),
+        trajectory(tok, TOOL_PROMPT, [code], [], finish_reason="env_error",
+                   env_fault="env_error: RuntimeError: the sandbox could not start", tool_calls=1),
+    ]
+    for k, r in enumerate(rows):
+        pid = "p0" if k < 4 else "p1"
+        r.update(id=f"{pid}-{k}", prompt_id=pid, sample_idx=k if k < 4 else k - 4)
+    return rows
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    from tiny_model import build_tiny_model
+
+    return AutoTokenizer.from_pretrained(build_tiny_model(tmp_path_factory.mktemp("tok") / "tiny"))
+
+
+def labeled(tmp_path, tok, *rewards: str) -> list[dict]:
+    src = ds.write_dataset(trajectory_rows(tok), tmp_path / "rollouts", {"stage": "generate"})
+    out = tmp_path / "labeled"
+    assert cli(["label", "--input", str(src), "--output", str(out), "--no-progress", *rewards]) == 0
+    return ds.load_rows(out)
+
+
+# ------------------------------------------------------------------------------------------------ rewards
+def test_label_trajectories_faults_cap_at_zero_and_env_errors_are_null(tmp_path, tok):
+    rows = labeled(tmp_path, tok, "--reward", "math", "--reward", "tool_use", "--reward", "turn_reward",
+                   "--reward", "format:boxed", "--weight", "tool_use=0.1", "--weight", "format=0.2")
+    by = {r["id"]: r for r in rows}
+    # the answer after a clean tool call: every reward pays
+    r = by["p0-0"]
+    assert r["rewards"] == {"math": 1.0, "tool_use": 1.0, "turn_reward": 0.5, "format": 1.0}
+    assert r["reward"] == pytest.approx(1.0 + 0.1 + 0.5 + 0.2)
+    # a correct answer with no tool call: tool_use 0 with its reason
+    assert by["p0-1"]["rewards"]["tool_use"] == 0.0 and by["p0-1"]["reward_info"]["tool_use"] == "no_tool_call"
+    assert by["p0-2"]["reward_info"]["tool_use"] == "tool_errors: 1" and by["p0-2"]["rewards"]["math"] == 0.0
+    # out of turns: every reward at 0 with the fault's reason (the word "turn"), the env's turn reward too
+    r = by["p0-3"]
+    assert r["rewards"] == {"math": 0.0, "tool_use": 0.0, "turn_reward": 0.0, "format": 0.0}
+    assert set(r["reward_info"].values()) == {"max_turns: no final answer after 2 turns"} and r["reward"] == 0.0
+    # a malformed tool call: 0 with the fault; its missing turn reward is data missing, still null
+    r = by["p1-4"]
+    assert r["rewards"]["math"] == 0.0 and r["reward_info"]["math"] == "unterminated code block"
+    assert r["rewards"]["turn_reward"] is None and r["reward_info"]["turn_reward"] == "no_turn_reward"
+    assert r["reward"] is None
+    # the environment failed: null everywhere with its reason, no reward called
+    r = by["p1-5"]
+    assert r["rewards"] == dict.fromkeys(r["rewards"]) and r["reward"] is None
+    assert set(r["reward_info"].values()) == {"env_error: RuntimeError: the sandbox could not start"}
+
+
+def test_fault_keeps_a_penalty_and_a_bad_gold(tmp_path, tok):
+    """A score below 0 (a penalty) survives a fault, so faulting never escapes it; a null (bad gold) stays null."""
+    from pipelines.stages.label import trajectory_outcome
+
+    row = {"finish_reason": "fault", "env_fault": "unknown tool 'search'"}
+    scores, info = trajectory_outcome(row, {"math": None, "overlong": -0.5, "format": 1.0},
+                                      {"math": "bad_gold", "overlong": "overlong", "format": "ok"})
+    assert scores == {"math": None, "overlong": -0.5, "format": 0.0}
+    assert info == {"math": "bad_gold", "overlong": "overlong", "format": "unknown tool 'search'"}
+    assert trajectory_outcome({"finish_reason": "length"}, {"m": 1.0}, {"m": "ok"}) == ({"m": 1.0}, {"m": "ok"})
+
+
+def test_trajectory_rewards_need_their_columns(tmp_path):
+    src = ds.write_dataset([{"prompt": "p", "completion": "c"}], tmp_path / "plain", {"stage": "generate"})
+    assert cli(["label", "--input", str(src), "--output", str(tmp_path / "o"), "--no-progress",
+                "--reward", "tool_use"]) == 2
