@@ -124,6 +124,25 @@ def test_offline_trainers_options_are_their_config_dataclass():
     assert dests["warmup_steps"].help.startswith("steps of warm-up")  # the field's trailing comment
 
 
+def test_eval_options_are_its_config_dataclasses(tiny_model):
+    from pipelines.engines.base import SamplingConfig
+    from pipelines.reports.evaluate import EvalConfig, config_from_args
+    from pipelines.stages.generate import GenerateConfig
+
+    parser = _parser("eval")
+    dests = {a.dest for a in parser._actions}
+    for cls, skip in ((GenerateConfig, {"sampling", "engine_options"}), (SamplingConfig, {"stop"}),
+                      (EvalConfig, {"generate", "label"})):
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in skip and f.name not in dests]
+        assert not missing, f"{cls.__name__}: no flag for {missing}"
+    cfg = config_from_args(parser.parse_args(["--model", str(tiny_model), "--input", "p.jsonl", "--output", "o",
+                                              "--max-new-tokens", "7", "--by", "level", "--correct-reward", "math",
+                                              "--gold-column", "solution", "--batch-size", "3"]))
+    assert cfg.generate.sampling == SamplingConfig(n=1, temperature=0.0, max_new_tokens=7)  # eval's greedy default
+    assert (cfg.generate.batch_size, cfg.label.batch_size) == (3, 64)  # the engine's, not the reward calls'
+    assert cfg.label.rewards == ["math"] and cfg.label.gold_column == "solution" and cfg.by == ["level"]
+
+
 def test_label_options_are_its_config_dataclass():
     from pipelines.stages.label import LabelConfig
 

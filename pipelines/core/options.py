@@ -76,6 +76,9 @@ COMMON_HELP: dict[str, str] = {
     "--mode": "pointwise: a score per completion | pairwise: a preference per pair of completions (both orders)",
     "--method": "mc: Monte Carlo rollouts from every step | binary-search: find the first wrong step",
     "--system-prompt": "system message put before chat prompts",
+    "--n": "completions per prompt",
+    "--batch-size": "prompts per engine call",
+    "--template": "format string for string prompts, e.g. '{prompt} Put the answer in \\boxed{{}}.'",
 }
 
 CONFIG_HELP = ("YAML file of this command's options: keys are the flags' names (`max_new_tokens` or "
@@ -166,6 +169,15 @@ def add_dataclass_options(parser: argparse._ActionsContainer, cls: type, *, skip
         if "metavar" in f.metadata:
             kwargs["metavar"] = f.metadata["metavar"]
         parser.add_argument(flag, **kwargs)
+
+
+def from_args(cls: type, args: argparse.Namespace, only: tuple[str, ...] | None = None, **values: Any):
+    """`cls` built from the parsed options that are its fields (`only`: just these; the rest keep their defaults).
+    A command whose config nests dataclasses (`GenerateConfig.sampling`) builds each level with this; `values`
+    give the other fields or override."""
+    taken = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+             if f.init and f.name not in values and hasattr(args, f.name) and (only is None or f.name in only)}
+    return cls(**taken, **values)
 
 
 # ----------------------------------------------------------------------------------------- the finishing pass

@@ -26,6 +26,7 @@ from typing import Any, Sequence
 from pipelines.core import dataset as ds
 from pipelines.core.columns import standard_rows
 from pipelines.core.files import atomic_path, atomic_write_json
+from pipelines.core.options import add_dataclass_options, from_args
 from pipelines.core.runner import Shard, execute
 from pipelines.core.stage import Stage
 from pipelines.core.threads import add_threads_argument
@@ -270,8 +271,11 @@ def plot(summary: dict[str, Any], ks: Sequence[int], path: str | Path, title: st
 class EvalConfig:
     generate: GenerateConfig
     label: LabelConfig
-    correct: str | None = None  # the correctness reward's name; None: `math` when given, else the first
-    by: list[str] = field(default_factory=list)  # columns to break the figures down by (not in the fingerprint)
+    correct: str | None = field(default=None, metadata={
+        "flag": "--correct-reward", "metavar": "NAME",
+        "help": "the reward that decides correctness (>= 1); default: math when given, else the first"})
+    by: list[str] = field(default_factory=list, metadata={  # not in the fingerprint
+        "metavar": "COLUMN", "help": "also report the figures per value of this prompt column (repeatable), e.g. level"})
 
 
 class EvalStage(Stage):
@@ -414,43 +418,32 @@ def report(summary: dict[str, Any], samples: list[dict], report_to: list[str], o
 
 
 # -------------------------------------------------------------------------------------------------- CLI
+LABEL_OPTIONS = ("weights", "workers", "gold_column", "null_on_timeout")  # the label stage's options eval takes
+GENERATE_CHOICES = {"engine": ("hf", "vllm", "openai"), "chat": ("auto", "always", "never")}
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options are the fields of `EvalConfig` and of what it holds (`SamplingConfig`, `GenerateConfig`, the
+    reward options of `LabelConfig`); eval's own defaults (greedy, the `math` reward) and the run's options (where
+    the prompts are, the output, the limit) are added here."""
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = ("Greedy accuracy: --n 1 --temperature 0 (the default). Sampled: --n K --temperature T gives "
                 "pass@k and maj@k for k = 1, 2, 4, ... K. Metrics and outputs: docs/eval.md.")
-    p.add_argument("--model", required=True,
-                   help="`default` (embedded SmolLM2-135M-Instruct), a local folder or a hub name")
     p.add_argument("--prompts", required=True,
                    help="prompts with gold answers: JSONL, Parquet, dataset directory or hub name")
     p.add_argument("--output", required=True, help="dataset directory: per-completion rows, eval.json, eval.png")
-    p.add_argument("--reward", action="append", default=[], metavar="SPEC",
+    p.add_argument("--reward", dest="rewards", action="append", default=[], metavar="SPEC",
                    help="a reward, as `prefsmith label` takes it (repeat for several; default: math)")
-    p.add_argument("--weight", action="append", default=[], metavar="NAME=W", help="weight of a reward in the total")
-    p.add_argument("--correct-reward", default=None, metavar="NAME",
-                   help="the reward that decides correctness (>= 1); default: math when given, else the first")
-    p.add_argument("--n", type=int, default=1, help="completions per prompt (default 1)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--max-new-tokens", type=int, default=512)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--by", action="append", default=[], metavar="COLUMN",
-                   help="also report the figures per value of this prompt column (repeatable), e.g. level")
-    p.add_argument("--template",
-                   help="format string for string prompts, e.g. '{prompt} Put the answer in \\boxed{{}}.'")
-    p.add_argument("--chat", choices=["auto", "always", "never"], default="auto",
-                   help="wrap string prompts as a user message (auto: when the model has a chat template)")
-    p.add_argument("--system", help="system message prepended to chat prompts")
-    p.add_argument("--chat-template", default=None, metavar="FILE.jinja")
-    p.add_argument("--prompt-column", default="prompt")
-    p.add_argument("--gold-column", default="answer")
-    p.add_argument("--engine", choices=["hf", "vllm", "openai"], default="hf")
+    add_threads_argument(p)
+    add_dataclass_options(p, GenerateConfig, skip=("sampling", "engine_options"), choices=GENERATE_CHOICES)
+    add_dataclass_options(p, SamplingConfig, skip=("stop",))
+    add_dataclass_options(p, LabelConfig, only=LABEL_OPTIONS)
+    add_dataclass_options(p, EvalConfig, skip=("generate", "label"))
+    p.set_defaults(temperature=0.0, n=1)  # greedy accuracy unless asked
     p.add_argument("--base-url", help="OpenAI-compatible server URL (engine openai)")
     p.add_argument("--limit", type=int, help="evaluate only the first N prompts")
-    p.add_argument("--batch-size", type=int, default=8, help="prompts per engine call")
     p.add_argument("--shard-size", type=int, default=None,
                    help=f"prompts per output shard, the unit of resume (default {EvalStage.shard_size})")
-    p.add_argument("--workers", type=int, default=None, help="worker processes for math/code checks")
-    add_threads_argument(p)
     p.add_argument("--no-plot", action="store_true", help="do not write eval.png")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--overwrite", action="store_true", help="replace an output made with another config or input")
@@ -465,15 +458,11 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         raise UserError(f"--n {args.n} with --temperature 0 samples the same greedy completion {args.n} times; "
                         "give --temperature (e.g. 1.0) for pass@k / maj@k, or use --n 1")
     options: dict[str, Any] = {}
-    model = engine_model(args.engine, args.model, args.base_url, options)
-    gen = GenerateConfig(model=model, engine=args.engine, template=args.template, chat=args.chat,
-                         system=args.system, batch_size=args.batch_size, engine_options=options, threads=args.threads,
-                         prompt_column=args.prompt_column, chat_template=chat_template_for(args.engine, args.chat_template),
-                         sampling=SamplingConfig(n=args.n, temperature=args.temperature, top_p=args.top_p,
-                                                 max_new_tokens=args.max_new_tokens, seed=args.seed))
-    label = LabelConfig(rewards=args.reward or ["math"], weights=args.weight, workers=args.workers,
-                        threads=args.threads, gold_column=args.gold_column)
-    return EvalConfig(generate=gen, label=label, correct=args.correct_reward, by=list(dict.fromkeys(args.by)))
+    gen = from_args(GenerateConfig, args, model=engine_model(args.engine, args.model, args.base_url, options),
+                    engine_options=options, chat_template=chat_template_for(args.engine, args.chat_template),
+                    sampling=from_args(SamplingConfig, args))
+    label = from_args(LabelConfig, args, only=LABEL_OPTIONS + ("threads",), rewards=args.rewards or ["math"])
+    return from_args(EvalConfig, args, generate=gen, label=label, by=list(dict.fromkeys(args.by)))
 
 
 def run(args: argparse.Namespace) -> int:
