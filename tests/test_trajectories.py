@@ -129,3 +129,121 @@ def test_trajectory_rewards_need_their_columns(tmp_path):
     src = ds.write_dataset([{"prompt": "p", "completion": "c"}], tmp_path / "plain", {"stage": "generate"})
     assert cli(["label", "--input", str(src), "--output", str(tmp_path / "o"), "--no-progress",
                 "--reward", "tool_use"]) == 2
+
+
+# ------------------------------------------------------------------------------------------------ offline sets
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, tok):
+    """Labeled trajectory rollouts (math + tool_use) and the three sets built from them, through the CLI."""
+    d = tmp_path_factory.mktemp("built")
+    src = ds.write_dataset(trajectory_rows(tok), d / "rollouts", {"stage": "generate"})
+    assert cli(["label", "--input", str(src), "--output", str(d / "labeled"), "--no-progress", "--reward", "math",
+                "--reward", "tool_use", "--weight", "tool_use=0.1"]) == 0
+    assert cli(["select", "--input", str(d / "labeled"), "--output", str(d / "select"), "--keep", "all-correct"]) == 0
+    assert cli(["pairs", "--input", str(d / "labeled"), "--output", str(d / "pairs")]) == 0
+    assert cli(["kto", "--input", str(d / "labeled"), "--output", str(d / "kto")]) == 0
+    return d, {r["id"]: r for r in trajectory_rows(tok)}
+
+
+def test_builders_carry_the_turns_ids_and_mask(built):
+    d, src = built
+    picked = ds.load_rows(d / "select")
+    # p0-0 (1.1) and p0-1 (1.0) are correct; the tool error and the out-of-turns run are not; p1 has none
+    assert sorted(r["id"] for r in picked) == ["p0-0", "p0-1"]
+    for r in picked:
+        assert r["prompt"] == TOOL_PROMPT
+        assert r["completion"] == src[r["id"]]["messages"][len(TOOL_PROMPT):]  # assistant turns and tool outputs
+        assert r["completion_ids"] == src[r["id"]]["completion_ids"]
+        assert r["completion_mask"] == src[r["id"]]["completion_mask"]
+    assert [m["role"] for m in picked[0]["completion"]] == ["assistant", "tool", "assistant"]
+    (pair,) = ds.load_rows(d / "pairs")  # best-worst: p0-0 (1.1) over the tool error (0; tied, the earlier)
+    assert (pair["chosen_id"], pair["rejected_id"]) == ("p0-0", "p0-2")
+    for side, sid in (("chosen", "p0-0"), ("rejected", "p0-2")):
+        assert pair[side] == src[sid]["messages"][len(TOOL_PROMPT):]
+        assert pair[f"{side}_ids"] == src[sid]["completion_ids"] and pair[f"{side}_mask"] == src[sid]["completion_mask"]
+    kto = {r["id"]: r for r in ds.load_rows(d / "kto")}
+    assert set(kto) == {"p0-0", "p0-1", "p0-2", "p0-3", "p1-4"}  # the environment failure is skipped (null)
+    assert kto["p0-3"]["label"] is False and kto["p0-3"]["completion_mask"] == src["p0-3"]["completion_mask"]
+    skipped = ds.load_rows(d / "kto" / "skipped")
+    assert [s["reason"] for s in skipped] == ["math: env_error: RuntimeError: the sandbox could not start; "
+                                              "tool_use: env_error: RuntimeError: the sandbox could not start"]
+
+
+def test_trainers_encode_policy_tokens_only(built, tok):
+    """Each set's examples are the sampled context's ids then the trajectory's ids as sampled, the loss mask 0 on
+    the prompt and equal to completion_mask after it: tool outputs never trained, nothing re-tokenized."""
+    from trainers.offline.algorithms import make_algorithm
+    from trainers.offline.config import TrainConfig
+
+    d, src = built
+    prompt = src["p0-0"]["prompt_token_ids"]
+
+    def check(feat, sid):
+        assert feat["input_ids"] == prompt + src[sid]["completion_ids"]
+        assert feat["loss_mask"] == [0] * len(prompt) + src[sid]["completion_mask"]
+
+    for algo, data in (("sft", "select"), ("dpo", "pairs"), ("kto", "kto")):
+        cfg = TrainConfig(algorithm=algo, model="m", data=str(d / data), output="o")
+        rows = ds.load_rows(d / data)
+        examples = make_algorithm(cfg).encode(rows, tok, cfg, data)
+        for row, ex in zip(rows, examples):
+            assert not ex["context_differs"]
+            if algo == "dpo":
+                check(ex["chosen"], row["chosen_id"])
+                check(ex["rejected"], row["rejected_id"])
+            else:
+                check(ex["seq" if algo == "sft" else "completion"], row["id"])
+        if algo == "sft":  # the loss counts the policy's tokens (the first token has no context: [1:])
+            assert [ex["units"] for ex in examples] == [sum(src[r["id"]]["completion_mask"]) for r in rows]
+
+
+def test_train_sft_dpo_kto_on_trajectory_sets(built, tiny_model, tmp_path):
+    """The sets train end to end; SFT's logged loss is the mean NLL over the policy tokens alone, recomputed here
+    from the model's logits."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    d, src = built
+    for algo, data in (("sft", "select"), ("dpo", "pairs"), ("kto", "kto")):
+        out = tmp_path / algo
+        assert cli(["train", algo, "--model", str(tiny_model), "--data", str(d / data), "--output", str(out),
+                    "--max-steps", "1", "--batch-size", "8", "--no-plots", "--no-progress", "--threads", "1",
+                    "--ref-cache-dir", str(tmp_path / "cache")]) == 0
+        recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"train"' in x]
+        assert recs and all(r["loss"] == r["loss"] for r in recs)  # finite
+        if algo == "sft":
+            sft = recs[0]
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    nll, n = 0.0, 0
+    for sid in ("p0-0", "p0-1"):
+        r = src[sid]
+        ids = torch.tensor([r["prompt_token_ids"] + r["completion_ids"]])
+        with torch.no_grad():
+            logp = model(ids).logits[0, :-1].log_softmax(-1)
+        start = len(r["prompt_token_ids"])
+        for k, (t, m) in enumerate(zip(r["completion_ids"], r["completion_mask"])):
+            if m:
+                nll -= float(logp[start + k - 1, t])
+                n += 1
+    assert sft["loss"] == pytest.approx(nll / n, rel=1e-4)
+    assert sft["completion_tokens"] == pytest.approx(n / 2)
+
+
+def test_stats_reports_tool_use_and_its_effect_on_reward(built, capsys):
+    from pipelines.reports.stats import compute_stats
+
+    d, _ = built
+    stats = compute_stats(ds.load_table(d / "labeled"))
+    t = stats["trajectories"]
+    assert t["turns"]["values"] == {"1": 3, "2": 3}
+    assert t["tool_calls"]["values"] == {"0": 2, "1": 3, "2": 1}
+    assert t["rows_with_tool_errors"] == pytest.approx(1 / 6)
+    assert t["env_faults"] == {"max_turns: no final answer after 2 turns": 1, "unterminated code block": 1,
+                               "env_error: RuntimeError: the sandbox could not start": 1}
+    # rewards 1.1 (1 call), 1.0 (0 calls), 0 (1 call, tool error), 0 (2 calls, max_turns), 0 (fault), null (env)
+    assert t["reward_by_tool_calls"]["0"] == {"rows": 2, "scored": 2, "mean_reward": pytest.approx(0.5)}
+    assert t["reward_by_tool_calls"]["1"] == {"rows": 3, "scored": 2, "mean_reward": pytest.approx(0.55)}
+    assert t["reward_by_tool_errors"]["with"] == {"rows": 1, "scored": 1, "mean_reward": 0.0}
+    assert stats["policy_tokens"]["count"] == 6
+    assert cli(["stats", str(d / "labeled"), "--no-plot"]) == 0
+    assert "reward_by_tool_calls" in capsys.readouterr().out

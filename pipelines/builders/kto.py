@@ -9,7 +9,8 @@
 - output: `prompt`, `completion`, `label` (+ `id`, `prompt_id`, `reward` and the prompt-level columns);
   `prompt` is the context the sample was drawn in (the rollout's `sampled_prompt`). A conversational
   prompt keeps its message list and `completion` becomes a one-message assistant list
-  (TRL's conversational unpaired-preference format); a text prompt gets a string completion.
+  (TRL's conversational unpaired-preference format); a text prompt gets a string completion. A trajectory's
+  completion is its messages after the prompt, with `completion_ids` / `completion_mask` (`samples.sampled_side`).
 - weights: the KTO paper (Ethayarajh et al. 2024, Eq. 8) recommends
   `lambda_D * n_D / (lambda_U * n_U)` in [1, 4/3]. We fix `undesirable_weight = 1` and take the
   `desirable_weight` in that range closest to the paper's default 1: it stays 1 when the data already
@@ -25,7 +26,7 @@ from dataclasses import asdict, dataclass
 
 from pipelines.core.dataset import load_table
 from pipelines.errors import UserError
-from pipelines.builders.samples import (BuilderStage, as_completion, carried, context, count_by, read_side, row_id,
+from pipelines.builders.samples import (BuilderStage, carried, context, count_by, read_side, row_id, sampled_side,
                                         score_rows)
 from pipelines.core.runner import Shard, StageResult, execute, update_manifest, written
 from pipelines.executors import add_executor_arguments, executor_config
@@ -83,9 +84,7 @@ def kto_rows(rows: list[dict], cfg: KTOConfig) -> dict[str, list[dict]]:
         row = s.row
         value = row[cfg.label_column]
         label = value if isinstance(value, bool) else s.reward >= cfg.threshold
-        prompt = context(row)
-        out.append({"prompt": prompt, "completion": as_completion(prompt, row["completion"]),
-                    "label": bool(label), "id": s.id, "prompt_id": row.get("prompt_id"),
+        out.append({"prompt": context(row), **sampled_side(row), "label": bool(label), "id": s.id, "prompt_id": row.get("prompt_id"),
                     "reward": row.get("reward"), **carried(row)})
     return {"rows": out, "skipped": skipped}
 

@@ -16,7 +16,8 @@ Output: `prompt`, `chosen`, `rejected`, `score_chosen`, `score_rejected`, `promp
 the prompt's samples; a column that differs between samples is null). `prompt` is the context the samples were
 drawn in (`samples.context`: the rollout's `sampled_prompt`). A conversational prompt (list of messages)
 stays a list and `chosen`/`rejected` become one-message assistant lists (TRL's conversational preference
-format); a text prompt gets string `chosen`/`rejected`. Side datasets: `DIR/prompts/` (one row per prompt:
+format); a text prompt gets string `chosen`/`rejected`. Trajectories (`generate --env`) give each side's messages
+after the prompt and `chosen_ids`/`chosen_mask`, `rejected_ids`/`rejected_mask` (`samples.sampled_side`). Side datasets: `DIR/prompts/` (one row per prompt:
 counts and the reason it has no pair) and `DIR/skipped/` (null-reward rows with their reason).
 """
 from __future__ import annotations
@@ -26,8 +27,8 @@ import random
 from dataclasses import dataclass
 
 from pipelines.errors import UserError
-from pipelines.builders.samples import (PromptGroupStage, Sample, as_completion, context, count_by, group_rows,
-                                        prompt_columns, read_side, score_rows)
+from pipelines.builders.samples import (PromptGroupStage, Sample, context, count_by, group_rows, prompt_columns,
+                                        read_side, sampled_side, score_rows)
 from pipelines.builders.similarity import edit_distance
 from pipelines.core.runner import Shard, StageResult, execute, update_manifest, written
 from pipelines.executors import add_executor_arguments, executor_config
@@ -113,11 +114,10 @@ def _too_similar(a: str, b: str, min_distance: float) -> bool:
 
 
 def pair_row(chosen: Sample, rejected: Sample, shared: dict) -> dict:
-    prompt = context(chosen.row)
     return {
-        "prompt": prompt,
-        "chosen": as_completion(prompt, chosen.row["completion"]),
-        "rejected": as_completion(prompt, rejected.row["completion"]),
+        "prompt": context(chosen.row),
+        **sampled_side(chosen.row, "chosen"),
+        **sampled_side(rejected.row, "rejected"),
         "score_chosen": chosen.reward,
         "score_rejected": rejected.reward,
         "prompt_id": chosen.row["prompt_id"],

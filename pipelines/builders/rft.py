@@ -21,6 +21,10 @@ for mixed ones) and the prompt-level columns; `prompt` is the context the sample
 `completion` (TRL's conversational prompt-completion format). When mixing with an SFT set that uses
 `messages`, or when one side is conversational and the other plain text, every row is written as
 `messages` instead (a text prompt becomes one user message, the completion one assistant message).
+A trajectory (`generate --env`) is selected like any sample; its `completion` is its messages after the prompt
+(assistant turns and tool outputs) and it carries `completion_ids` / `completion_mask`, so `train sft` trains the
+policy's tokens only (`samples.sampled_side`); in the `messages` format it is the whole conversation, trained on
+its assistant turns as rendered.
 """
 from __future__ import annotations
 
@@ -34,7 +38,7 @@ import pyarrow as pa
 from pipelines.core import dataset as ds
 from pipelines.errors import UserError
 from pipelines.builders.samples import (PromptGroupStage, Sample, as_completion, carried, chat_column, context, count_by,
-                                        group_rows, input_schema, read_side, score_rows)
+                                        group_rows, input_schema, read_side, sampled_side, score_rows)
 from pipelines.core.runner import MARKERS, Shard, StageResult, execute, update_manifest, written
 from pipelines.executors import add_executor_arguments, executor_config
 from rewards.chat import as_messages, is_messages
@@ -97,8 +101,8 @@ def to_messages(prompt, completion) -> list[dict]:
 def selected_row(s: Sample, fmt: str) -> dict:
     row = s.row
     prompt = context(row)
-    body = ({"messages": to_messages(prompt, row["completion"])} if fmt == "messages" else
-            {"prompt": prompt, "completion": as_completion(prompt, row["completion"])})
+    side = sampled_side(row)
+    body = ({"messages": to_messages(prompt, side["completion"])} if fmt == "messages" else {"prompt": prompt, **side})
     return {**body, "id": s.id, "prompt_id": row["prompt_id"], "reward": s.reward, "source": "rft", **carried(row)}
 
 

@@ -5,7 +5,8 @@
 - `normalize_text` is the whitespace normalization used to decide that two completions are "the same".
 - `context` is the prompt a set trains in: the one the engine sampled from (`sampled_prompt`), so a trainer
   renders exactly the tokens the policy continued (docs/builders.md, "Context").
-- `as_completion` gives the completion side in the format TRL expects for the prompt's format.
+- `as_completion` gives the completion side in the format TRL expects for the prompt's format; `sampled_side`
+  gives a trajectory's (docs/builders.md, "Trajectories").
 - `carried` / `prompt_columns` keep a row's / a prompt's extra columns (`answer`, `tests`, `policy`...) and
   drop the standard per-sample ones.
 """
@@ -21,7 +22,7 @@ import pyarrow.parquet as pq
 
 from pipelines.core import dataset as ds
 from pipelines.core.stage import Stage
-from rewards.chat import as_messages, completion_text, is_messages
+from rewards.chat import as_messages, completion_text, conversation_text, is_messages
 
 
 # Builders do little work per row, so shards are larger than the runner's default: the cost of a shard is
@@ -60,7 +61,8 @@ class PromptGroupStage(BuilderStage):
 # Columns that describe one sample, not the prompt: never carried into a built training set.
 SAMPLE_COLUMNS = frozenset({
     "id", "sample_idx", "prompt", "completion", "completion_ids", "logprobs", "finish_reason",
-    "reward", "rewards", "reward_info", "prompt_id", "label", "messages", "sampled_prompt",
+    "reward", "rewards", "reward_info", "prompt_id", "label", "messages", "sampled_prompt", "completion_mask",
+    "policy_logprobs",
 })
 
 
@@ -90,6 +92,29 @@ def context(row: dict) -> str | list[dict]:
 def as_completion(prompt: Any, text: str) -> str | list[dict]:
     """TRL's formats: a conversational prompt gets a one-message assistant list, a text prompt a string."""
     return as_messages(text, "assistant") if is_messages(prompt) else text
+
+
+def is_trajectory(row: dict) -> bool:
+    """A multi-turn rollout (`generate --env`): its conversation and a mask of which tokens are the policy's."""
+    return row.get("completion_mask") is not None and row.get("messages") is not None
+
+
+def trajectory_messages(row: dict) -> list[dict]:
+    """A trajectory's messages after its sampled prompt: each assistant turn and each observation, in order."""
+    prompt = context(row)
+    return [dict(m) for m in row["messages"][len(prompt) if isinstance(prompt, list) else 1:]]
+
+
+def sampled_side(row: dict, name: str = "completion") -> dict:
+    """A sample's completion side as a built set writes it, under `name` (`completion`, `chosen`, `rejected`).
+    A single-turn sample: its text, in the prompt's format (`as_completion`). A trajectory: its messages after
+    the prompt (assistant turns and tool outputs, TRL's conversational format) plus its ids as sampled and their
+    mask, `NAME_ids` / `NAME_mask` (`completion_ids` / `completion_mask` for `completion`), so a trainer trains
+    the policy's tokens only, never re-tokenized (trainers/core/data.py `encode_sampled`)."""
+    if not is_trajectory(row):
+        return {name: as_completion(context(row), row["completion"])}
+    ids, mask = ("completion_ids", "completion_mask") if name == "completion" else (f"{name}_ids", f"{name}_mask")
+    return {name: trajectory_messages(row), ids: list(row["completion_ids"]), mask: list(row["completion_mask"])}
 
 
 def carried(row: dict) -> dict:
@@ -123,7 +148,7 @@ class Sample:
     row: dict
     reward: float
     order: int
-    text: str  # the completion's text (rewards/chat.py), whitespace-normalized
+    text: str  # the completion's text (rewards/chat.py; a trajectory's: every turn and output), whitespace-normalized
 
     @property
     def id(self) -> str:
@@ -150,7 +175,9 @@ def score_rows(rows: list[dict], score: str = "reward") -> tuple[list[Sample], l
             skipped.append({"id": row_id(row, order), "prompt_id": row.get("prompt_id"), "reason": reason})
             continue
         row = row if row.get("id") is not None else {**row, "id": row_id(row, order)}
-        text = normalize_text(completion_text(row["completion"]))
+        # a trajectory's text is all of it: two that end in the same answer by other tool calls are not the same
+        text = normalize_text(conversation_text(trajectory_messages(row)) if is_trajectory(row)
+                              else completion_text(row["completion"]))
         valid.append(Sample(row=row, reward=float(value), order=int(order), text=text))
     return valid, skipped
 

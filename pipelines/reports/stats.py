@@ -10,7 +10,11 @@ The dataset kind is detected from its columns: `pairs` (chosen + rejected), `kto
   (default 1.0); averaged over prompts with n >= k. pass@1 is the mean of c/n;
 - all-pass / all-fail / mixed fractions of prompts;
 - completion lengths (tokens from `completion_ids` when present, else whitespace words);
-- finish reasons; for pairs the chosen/rejected lengths and score margins; for KTO the label balance.
+- finish reasons; for pairs the chosen/rejected lengths and score margins; for KTO the label balance;
+- trajectories (`generate --env`: `turns`, `tool_calls`, `tool_errors` columns): the distribution of each, the
+  share of rows with a tool error, the faults by reason, and the mean reward by tool-call count and with /
+  without tool errors (`trajectory_stats`); `policy_tokens`: the tokens the policy wrote (`completion_mask`),
+  next to `completion_length`, which counts the tool outputs too.
 """
 from __future__ import annotations
 
@@ -120,6 +124,40 @@ def prompt_outcomes(prompt_ids: list, rewards: list, ks: Sequence[int], threshol
     return out
 
 
+TOOL_CALL_BUCKETS = 4  # reward by tool-call count: 0, 1, 2, 3 and "4+"
+
+
+def _mean_reward(rewards: list) -> dict:
+    valid = [r for r in rewards if r is not None and not np.isnan(r)]
+    return {"rows": len(rewards), "scored": len(valid), "mean_reward": float(np.mean(valid)) if valid else None}
+
+
+def trajectory_stats(turns: list, tool_calls: list, tool_errors: list, rewards: list | None = None,
+                     faults: list | None = None) -> dict:
+    """What a set of trajectories did with its tools, and what that did to the reward: the turns, tool calls and
+    tool errors per row (`distribution`), the share of rows with a tool error, the policy faults by reason, and
+    (with `rewards`) the mean reward by tool-call count (0, 1, 2, 3, 4+) and with / without tool errors."""
+    n = len(turns)
+    out: dict[str, Any] = {
+        "turns": distribution([t for t in turns if t is not None]),
+        "tool_calls": distribution([c for c in tool_calls if c is not None]),
+        "tool_errors": distribution([e for e in tool_errors if e is not None]),
+        "rows_with_tool_errors": sum(bool(e) for e in tool_errors) / n if n else None,
+    }
+    if faults is not None and any(faults):
+        out["env_faults"] = dict(Counter(str(f) for f in faults if f).most_common())
+    if rewards is not None:
+        by_calls: dict[str, list] = defaultdict(list)
+        for c, r in zip(tool_calls, rewards):
+            if c is not None:
+                by_calls[str(c) if c < TOOL_CALL_BUCKETS else f"{TOOL_CALL_BUCKETS}+"].append(r)
+        out["reward_by_tool_calls"] = {k: _mean_reward(by_calls[k]) for k in sorted(by_calls, key=lambda k: k.rstrip("+").zfill(4))}
+        out["reward_by_tool_errors"] = {
+            "without": _mean_reward([r for e, r in zip(tool_errors, rewards) if e is not None and not e]),
+            "with": _mean_reward([r for e, r in zip(tool_errors, rewards) if e])}
+    return out
+
+
 def compute_stats(table: pa.Table, ks: Sequence[int] = (1, 4, 8), pass_threshold: float = 1.0) -> dict:
     """All statistics of one dataset as a JSON-able dict (see module docstring)."""
     cols = table.column_names
@@ -157,6 +195,11 @@ def compute_stats(table: pa.Table, ks: Sequence[int] = (1, 4, 8), pass_threshold
         stats["completion_length"] = lengths(col("completion"))
     elif "messages" in cols:
         stats["completion_length"] = lengths(_assistant_turns(col("messages")))
+    if "completion_mask" in cols:
+        stats["policy_tokens"] = distribution([sum(m) for m in col("completion_mask") if m is not None])
+    if {"turns", "tool_calls", "tool_errors"} <= set(cols):
+        stats["trajectories"] = trajectory_stats(col("turns"), col("tool_calls"), col("tool_errors"), col("reward"),
+                                                 col("env_fault"))
     if "finish_reason" in cols:
         stats["finish_reasons"] = dict(Counter(str(x) for x in col("finish_reason")).most_common())
     if "source" in cols:

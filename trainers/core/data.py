@@ -1,5 +1,9 @@
 """Tokenization with assistant-only loss masks, padding, length-bucketed batching, KTO mismatched pairs.
 
+Rows that carry their sampled ids with a mask (trajectories: `completion_ids` + `completion_mask`) train on those
+ids as they are, the mask saying which tokens are the policy's (`encode_sampled`); every other row is tokenized
+from its text as below.
+
 Masks are built from the structure of the row (which message is an assistant turn, where the prompt
 ends), never by comparing token ids with the pad or eos id, so they stay right when pad == eos: the eos
 that closes an assistant turn is trained, padding is not (collate() marks padding by position).
@@ -114,6 +118,38 @@ def encode_prompt_completion(
         ids, mask = _encode_chat(tokenizer, prompt + completion, train_from=len(prompt))
         n_prompt = mask.index(1) if 1 in mask else len(ids)
     return _truncate_left(ids, mask, n_prompt, max_length)
+
+
+def encode_sampled(tokenizer, prompt: str | Messages, completion_ids: list[int], completion_mask: list[int],
+                   max_length: int | None = None) -> dict:
+    """A sampled completion trained on its ids as the engine returned them (pipelines/envs/base.py): the prompt's
+    ids (`rewards.chat.prompt_ids`, the sampled context as for every set built from rollouts), then
+    `completion_ids` with `completion_mask` as the loss mask, so a trajectory trains its policy turns only and
+    never its tool outputs (mask 0), and no turn is re-tokenized. Truncation as `encode_prompt_completion`.
+
+    >>> encode_sampled(tok, "2+3?", [7, 8, 9], [1, 0, 1])["loss_mask"][-3:]  # doctest: +SKIP
+    [1, 0, 1]
+    """
+    if len(completion_ids) != len(completion_mask):
+        raise ValueError(f"completion_mask has {len(completion_mask)} entries for {len(completion_ids)} "
+                         "completion_ids; they must align")
+    if not any(completion_mask):
+        raise ValueError("completion_mask is 0 everywhere: the row has no policy token to train")
+    context = prompt_ids(tokenizer, prompt)
+    ids = context + [int(t) for t in completion_ids]
+    mask = [0] * len(context) + [int(bool(m)) for m in completion_mask]
+    return _truncate_left(ids, mask, len(context), max_length)
+
+
+def encode_completion(tokenizer, row: dict, side: str, max_length: int | None = None) -> dict:
+    """One side of a training row (`completion`, `chosen`, `rejected`) in its prompt's context: from its sampled
+    ids when the row carries them (`completion_ids` + `completion_mask`, `chosen_ids` + `chosen_mask`...:
+    trajectories, whose tool outputs are masked), else from its text (`encode_prompt_completion`)."""
+    ids_key = "completion_ids" if side == "completion" else f"{side}_ids"
+    mask_key = "completion_mask" if side == "completion" else f"{side}_mask"
+    if row.get(ids_key) is not None and row.get(mask_key) is not None:
+        return encode_sampled(tokenizer, row["prompt"], row[ids_key], row[mask_key], max_length)
+    return encode_prompt_completion(tokenizer, row["prompt"], row[side], max_length)
 
 
 def _truncate_left(ids: list[int], mask: list[int], n_prompt: int, max_length: int | None) -> dict:

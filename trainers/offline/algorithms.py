@@ -24,7 +24,8 @@ import torch
 from pipelines.errors import UserError
 from trainers.offline import objectives
 from trainers.offline.config import TrainConfig
-from trainers.core.data import collate, encode_messages, encode_prompt_completion, kto_mismatched_pairs
+from trainers.core.data import (collate, encode_completion, encode_messages, encode_prompt_completion,
+                                kto_mismatched_pairs)
 from trainers.core.distributed import Dist, reduce_stats
 from trainers.core.logprobs import reward_model_scores, sequence_logps
 from trainers.core.metrics import Stats
@@ -236,7 +237,10 @@ class SFT(Algorithm):
         examples = []
         for i, row in enumerate(rows):
             try:
-                if row.get("messages") is not None:
+                if row.get("prompt") is not None and row.get("completion_ids") is not None \
+                        and row.get("completion_mask") is not None:  # a trajectory: its policy tokens only
+                    feat = encode_completion(tokenizer, row, "completion", cfg.max_length)
+                elif row.get("messages") is not None:
                     feat = encode_messages(tokenizer, row["messages"], cfg.max_length)
                 elif row.get("prompt") is not None and row.get("completion") is not None:
                     feat = encode_prompt_completion(tokenizer, row["prompt"], row["completion"], cfg.max_length)
@@ -290,8 +294,8 @@ class DPO(Algorithm):
         examples = []
         for i, row in enumerate(rows):
             try:
-                chosen = encode_prompt_completion(tokenizer, row["prompt"], row["chosen"], cfg.max_length)
-                rejected = encode_prompt_completion(tokenizer, row["prompt"], row["rejected"], cfg.max_length)
+                chosen = encode_completion(tokenizer, row, "chosen", cfg.max_length)
+                rejected = encode_completion(tokenizer, row, "rejected", cfg.max_length)
             except (ValueError, KeyError) as e:
                 raise _row_error(source, i, e) from None
             length = max(len(chosen["input_ids"]), len(rejected["input_ids"]))
@@ -372,8 +376,10 @@ class KTO(Algorithm):
         # Mismatched pairs are drawn once per dataset, over a seeded shuffle, so their reference log-probs
         # can be cached like the rest: row i's prompt with a completion from another random row.
         order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
-        rotated = kto_mismatched_pairs([{"prompt": rows[i]["prompt"], "completion": rows[i]["completion"]}
-                                        for i in order])
+        side = ("completion", "completion_ids", "completion_mask")  # a trajectory's ids move with its text
+        rotated = kto_mismatched_pairs([{"prompt": rows[i].get("prompt"),
+                                         "completion": tuple(rows[i].get(k) for k in side)} for i in order])
+        rotated = [{"prompt": r["prompt"], **dict(zip(side, r["completion"]))} for r in rotated]
         kl_rows = [None] * len(rows)
         for pos, i in enumerate(order):
             kl_rows[i] = rotated[pos]
@@ -383,8 +389,8 @@ class KTO(Algorithm):
             if not isinstance(label, bool):
                 raise UserDataError(f"{source}: row {i}: column 'label' must be true or false, got {label!r}")
             try:
-                feat = encode_prompt_completion(tokenizer, row["prompt"], row["completion"], cfg.max_length)
-                kl = encode_prompt_completion(tokenizer, kl_rows[i]["prompt"], kl_rows[i]["completion"], cfg.max_length)
+                feat = encode_completion(tokenizer, row, "completion", cfg.max_length)
+                kl = encode_completion(tokenizer, kl_rows[i], "completion", cfg.max_length)
             except (ValueError, KeyError) as e:
                 raise _row_error(source, i, e) from None
             examples.append({"completion": feat, "kl": kl, "label": label, "units": 1,
