@@ -121,11 +121,13 @@ def encode_prompt_completion(
 
 
 def encode_sampled(tokenizer, prompt: str | Messages, completion_ids: list[int], completion_mask: list[int],
-                   max_length: int | None = None) -> dict:
-    """A sampled completion trained on its ids as the engine returned them (pipelines/envs/base.py): the prompt's
-    ids (`rewards.chat.prompt_ids`, the sampled context as for every set built from rollouts), then
-    `completion_ids` with `completion_mask` as the loss mask, so a trajectory trains its policy turns only and
-    never its tool outputs (mask 0), and no turn is re-tokenized. Truncation as `encode_prompt_completion`.
+                   max_length: int | None = None, prompt_token_ids: list[int] | None = None) -> dict:
+    """A sampled completion trained on its ids as the engine returned them (pipelines/envs/base.py): the ids the
+    engine continued from (`prompt_token_ids`, the sampled context; it holds what the prompt's messages alone do
+    not say, such as an environment's tools rendered by the template; else the prompt rendered by
+    `rewards.chat.prompt_ids`), then `completion_ids` with `completion_mask` as the loss mask, so a trajectory
+    trains its policy turns only and never its tool outputs (mask 0), and no turn is re-tokenized. Truncation as
+    `encode_prompt_completion`. The completion ids are the sampler's tokenizer's: train with the same tokenizer.
 
     >>> encode_sampled(tok, "2+3?", [7, 8, 9], [1, 0, 1])["loss_mask"][-3:]  # doctest: +SKIP
     [1, 0, 1]
@@ -135,7 +137,10 @@ def encode_sampled(tokenizer, prompt: str | Messages, completion_ids: list[int],
                          "completion_ids; they must align")
     if not any(completion_mask):
         raise ValueError("completion_mask is 0 everywhere: the row has no policy token to train")
-    context = prompt_ids(tokenizer, prompt)
+    context = list(prompt_token_ids) if prompt_token_ids is not None else prompt_ids(tokenizer, prompt)
+    if max(completion_ids, default=0) >= len(tokenizer):
+        raise ValueError(f"completion_ids hold token {max(completion_ids)}, beyond this tokenizer's {len(tokenizer)} "
+                         "tokens: the rows were sampled with another tokenizer")
     ids = context + [int(t) for t in completion_ids]
     mask = [0] * len(context) + [int(bool(m)) for m in completion_mask]
     return _truncate_left(ids, mask, len(context), max_length)
@@ -148,7 +153,8 @@ def encode_completion(tokenizer, row: dict, side: str, max_length: int | None = 
     ids_key = "completion_ids" if side == "completion" else f"{side}_ids"
     mask_key = "completion_mask" if side == "completion" else f"{side}_mask"
     if row.get(ids_key) is not None and row.get(mask_key) is not None:
-        return encode_sampled(tokenizer, row["prompt"], row[ids_key], row[mask_key], max_length)
+        return encode_sampled(tokenizer, row["prompt"], row[ids_key], row[mask_key], max_length,
+                              row.get("prompt_token_ids"))
     return encode_prompt_completion(tokenizer, row["prompt"], row[side], max_length)
 
 

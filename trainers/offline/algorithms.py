@@ -377,9 +377,9 @@ class KTO(Algorithm):
         # can be cached like the rest: row i's prompt with a completion from another random row.
         order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
         side = ("completion", "completion_ids", "completion_mask")  # a trajectory's ids move with its text
-        rotated = kto_mismatched_pairs([{"prompt": rows[i].get("prompt"),
-                                         "completion": tuple(rows[i].get(k) for k in side)} for i in order])
-        rotated = [{"prompt": r["prompt"], **dict(zip(side, r["completion"]))} for r in rotated]
+        rotated = kto_mismatched_pairs([{"prompt": rows[i].get("prompt"), "prompt_token_ids": rows[i].get(
+            "prompt_token_ids"), "completion": tuple(rows[i].get(k) for k in side)} for i in order])
+        rotated = [{**r, **dict(zip(side, r["completion"]))} for r in rotated]
         kl_rows = [None] * len(rows)
         for pos, i in enumerate(order):
             kl_rows[i] = rotated[pos]
