@@ -354,18 +354,23 @@ def _file_module(path: Path):
     return module
 
 
-def _import_module(name: str):
+def _import_module(name: str, what: str = "reward", form: str = "path/to/file.py:function"):
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())  # like `python -m`: modules in the current directory are found
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as e:
         if e.name and (name == e.name or name.startswith(e.name + ".")):
-            raise RewardSpecError(f"no module named {e.name!r} (from reward {name!r}); run from the folder that holds "
-                                  "it, add that folder to PYTHONPATH, or name the file: path/to/file.py:function") from None
+            raise RewardSpecError(f"no module named {e.name!r} (from {what} {name!r}); run from the folder that holds "
+                                  f"it, add that folder to PYTHONPATH, or name the file: {form}") from None
         raise RewardSpecError(f"importing {name!r} failed: {type(e).__name__}: {e}") from None
     except Exception as e:
         raise RewardSpecError(f"importing {name!r} failed: {type(e).__name__}: {e}") from None
+
+
+# the same loading for other plug-ins (pipelines/envs loads environment classes with them)
+load_file_module = _file_module
+import_plugin_module = _import_module
 
 
 def load_function(spec: str) -> Callable:

@@ -15,6 +15,13 @@ An environment is a small picklable class (so an executor can ship it), named li
             reward       float, an optional per-turn reward (summed into the row's `turn_reward`)
             fault        str, a policy fault that ends the trajectory now (malformed tool call, unknown tool,
                          an unterminated code block): the row's outcome is 0 with this reason
+    step_many(assistant_turns, states) -> list of step results   (optional)
+        `step` on each (turn, state), run concurrently (the built-ins launch their sandboxes in a thread pool); an
+        item whose step raised is that exception instead of a result. The rollout calls it when present, else
+        `step` in a loop.
+    close()   (optional)
+        releases what the environment holds (the built-ins' sandbox, which is also released when the object is
+        collected or the process exits); whoever loaded the environment calls it when done with it.
     stop: tuple[str, ...]
         strings that end a policy turn early (the `python` environment's closing code fence). The engines stop a
         sample as soon as its text contains one; the tokens up to and including the one that completed the
@@ -51,6 +58,9 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from pipelines.core.columns import PROMPT, prompt_of
+from rewards.chat import as_messages
+
 Messages = list[dict[str, Any]]
 
 
@@ -70,3 +80,16 @@ class EnvSpecError(ValueError):
 
 # the info keys the rollout reads itself (everything else goes to env_info)
 INFO_KEYS = ("tool_calls", "tool_errors", "reward", "fault")
+
+
+def prompt_messages(row: dict, system: str | None = None) -> Messages:
+    """The usual start of `reset`: the row's `prompt` (a string or a message list) as chat messages, as `generate`
+    renders it; `system`, when given, is added as a system message, or after the row's own system message's
+    text (a blank line between)."""
+    messages = as_messages(prompt_of(row[PROMPT], PROMPT), "user")
+    if system:
+        if messages and messages[0].get("role") == "system":
+            messages[0] = {**messages[0], "content": f"{messages[0].get('content') or ''}\n\n{system}"}
+        else:
+            messages.insert(0, {"role": "system", "content": system})
+    return messages
