@@ -320,6 +320,14 @@ def test_long_output_is_cut_with_a_marker(py):
     assert info["tool_errors"] == 0
 
 
+def test_a_block_that_floods_its_output_is_stopped(py):
+    observation, state, info = py.step(block("print('b' * 200_000)\nprint('never')"), [])
+    content = observation[0]["content"]
+    assert content.startswith("```output\n" + "b" * 200) and "[... truncated " in content
+    assert content.endswith("\n[the program was stopped: it wrote more than 65536 bytes]\n```")
+    assert info == {"tool_calls": 1, "tool_errors": 1, "status": "error"} and state == []
+
+
 def test_a_block_that_runs_too_long_times_out(py):
     start = time.monotonic()
     observation, state, info = py.step(block("print('started')\nwhile True:\n    pass"), ["y = 1"])
