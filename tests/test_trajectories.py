@@ -247,3 +247,142 @@ def test_stats_reports_tool_use_and_its_effect_on_reward(built, capsys):
     assert stats["policy_tokens"]["count"] == 6
     assert cli(["stats", str(d / "labeled"), "--no-plot"]) == 0
     assert "reward_by_tool_calls" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------------ online RL
+ENV_SOURCE = '''
+class EchoEnv:
+    """Two policy turns: the first gets a tool observation quoting it (a tool call, turn reward 0.25), the
+    second is the answer. Deterministic, so a resumed run replays it exactly."""
+
+    name = "echo"
+    stop = ()
+    tools = None
+
+    def reset(self, row):
+        from pipelines.envs.base import prompt_messages
+
+        return prompt_messages(row), 0
+
+    def step(self, turn, state):
+        if state == 0:
+            return [{"role": "user", "content": f"tool says {len(turn)} chars: {turn[:4]!r}"}], 1, {
+                "tool_calls": 1, "tool_errors": 0, "reward": 0.25}
+        return None, state, {}
+'''
+
+
+def grpo_env_args(model, prompts, out, env_file, *extra):
+    return ["train", "grpo", "--model", str(model), "--prompts", str(prompts), "--output", str(out),
+            "--reward", "plugin_rewards:length_reward", "--reward", "turn_reward", "--weight", "length_reward=0.1",
+            "--weight", "turn_reward=0.5",
+            "--env", f"{env_file}:EchoEnv", "--max-turns", "3", "--num-generations", "4", "--prompts-per-step", "2",
+            "--max-new-tokens", "6", "--lr", "1e-3", "--seed", "3", "--threads", "1", "--no-dynamic-sampling",
+            *extra]
+
+
+@pytest.fixture()
+def env_file(tmp_path):
+    path = tmp_path / "echo_env.py"
+    path.write_text(ENV_SOURCE)
+    return path
+
+
+def test_grpo_env_step_trains_policy_tokens_only(tmp_path, tiny_model, prompts, env_file):
+    """One GRPO step on trajectories through the run's own update: its gradient norm is the one of the loss over
+    the policy's tokens alone, recomputed here from the starting model (and differs from the loss that would also
+    train the observations' tokens)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from pipelines.cli import main as run_cli
+
+    out = tmp_path / "run"
+    assert run_cli(grpo_env_args(tiny_model, prompts, out, env_file, "--max-steps", "1", "--save-every", "0",
+                                 "--max-grad-norm", "0")) == 0
+    rec = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    rows = ds.load_rows(out / "rollouts")
+    assert {r["turns"] for r in rows} == {2} and {r["tool_calls"] for r in rows} == {1}
+    assert rec["turns"] == 2.0 and rec["tool_calls"] == 1.0
+    for r in rows:
+        assert r["completion_mask"].count(0) > 0 and len(r["completion_mask"]) == len(r["completion_ids"])
+        assert r["messages"][2]["content"].startswith("tool says")
+        # the final turn's length (0.1 per character) + 0.5 x the environment's 0.25
+        assert r["rewards"] == {"length_reward": len(r["completion"]), "turn_reward": 0.25}
+        assert r["reward"] == pytest.approx(0.1 * len(r["completion"]) + 0.125)
+    trained = rows
+    assert all(r["advantage"] is not None for r in rows) and any(r["advantage"] != 0 for r in rows)
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+
+    def grad_norm(include_env: bool) -> float:
+        model.zero_grad()
+        n = sum(len(r["completion_ids"]) if include_env else sum(r["completion_mask"]) for r in trained)
+        loss = 0.0
+        for r in trained:  # dapo, first pass (ratio 1): -A · Σ log π over the trained tokens / the step's tokens
+            ids = torch.tensor([r["prompt_token_ids"] + r["completion_ids"]])
+            logp = model(ids).logits[0, :-1].log_softmax(-1)
+            start = len(r["prompt_token_ids"])
+            for k, (t, m) in enumerate(zip(r["completion_ids"], r["completion_mask"])):
+                if m or include_env:
+                    loss = loss - r["advantage"] * logp[start + k - 1, t] / n
+        loss.backward()
+        return float(torch.sqrt(sum((p.grad ** 2).sum() for p in model.parameters() if p.grad is not None)))
+
+    assert rec["grad_norm"] == pytest.approx(grad_norm(False), rel=1e-4)
+    assert abs(rec["grad_norm"] - grad_norm(True)) > 1e-3 * rec["grad_norm"]
+
+
+def test_grpo_env_sigkill_then_resume_gives_the_uninterrupted_weights(tmp_path, tiny_model, prompts, env_file):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    extra = ("--max-steps", "4", "--save-every", "2")
+    clean = tmp_path / "clean"
+    assert cli(grpo_env_args(tiny_model, prompts, clean, env_file, *extra)) == 0
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+    cmd = [sys.executable, "-m", "pipelines.cli", *grpo_env_args(tiny_model, prompts, out, env_file, *extra)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if list((out / "checkpoints").glob("step-00000002/trainer_state.json")):
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    result = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "resuming from" in result.stderr
+    a = AutoModelForCausalLM.from_pretrained(clean / "model")
+    b = AutoModelForCausalLM.from_pretrained(out / "model")
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        assert torch.allclose(p, q, atol=1e-6), name
+    key = lambda r: (r["id"], r["step"], r["completion_ids"], r["completion_mask"])  # noqa: E731
+    assert [key(r) for r in ds.load_rows(out / "rollouts")] == [key(r) for r in ds.load_rows(clean / "rollouts")]
+    # the environment is part of the run: another --max-turns, or an edited environment file, is refused
+    assert cli([*grpo_env_args(tiny_model, prompts, out, env_file, *extra), "--resume", "--max-turns", "2"]) == 2
+    env_file.write_text(ENV_SOURCE.replace("0.25", "0.5"))
+    assert cli([*grpo_env_args(tiny_model, prompts, out, env_file, *extra), "--resume"]) == 2
+
+
+def test_grpo_env_options_are_checked_before_any_work(tmp_path, tiny_model, prompts, env_file, capsys):
+    base = ["train", "grpo", "--model", str(tiny_model), "--prompts", str(prompts), "--output", str(tmp_path / "o"),
+            "--reward", "plugin_rewards:first_char_reward"]
+    assert cli([*base, "--reward", "tool_use"]) == 2
+    assert "give --env" in capsys.readouterr().err
+    assert cli([*base, "--env", f"{env_file}:EchoEnv", "--max-staleness", "1"]) == 2
+    assert "synchronous loop" in capsys.readouterr().err
+    assert cli([*base, "--env", f"{env_file}:EchoEnv", "--env-option", "volume=3"]) == 2
+    assert "volume" in capsys.readouterr().err
+    from trainers.online.grpo import GRPOConfig
+
+    plain = GRPOConfig(model="m", prompts="p", output="o", rewards=["math"])
+    assert not {"env", "max_turns", "env_options", "env_source"} & set(plain.identity())

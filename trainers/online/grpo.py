@@ -44,6 +44,9 @@ from trainers.online.rl_objectives import (ADVANTAGES, AGGREGATIONS, KL_ESTIMATO
                                           PolicyLossConfig, policy_loss, staleness_weights, truncated_is_weights)
 
 
+MAX_TURNS = 4  # --max-turns' default, as `generate --env`'s
+
+
 @dataclass
 class GRPOConfig:
     model: str  # the policy: `default` (the embedded model) or a local model folder
@@ -117,6 +120,13 @@ class GRPOConfig:
     # where the rollout process samples: cpu, cuda:N (None: the trainer's device on the CPU; on GPUs the last
     # visible GPU when there are two or more, else the trainer's GPU, shared)
     generation_device: str | None = None
+    # multi-turn rollouts (docs/environments.md): the policy and an environment take turns; rewards score the final
+    # turn, the loss covers the policy's tokens only (tool outputs never trained)
+    env: str | None = None  # an environment: python, tools:FILE.py, module:Class or path/to/file.py:Class (None: single-turn)
+    max_turns: int = MAX_TURNS  # --env: most policy turns per trajectory (a trajectory still calling tools then: outcome 0)
+    env_options: list[str] = field(default_factory=list, metadata={
+        "flag": "--env-option", "metavar": "KEY=VALUE",
+        "help": "an option of the --env environment, VALUE as JSON or text (repeatable), e.g. timeout_s=10"})
     MIN_GENERATIONS = 2  # not a field: PPO (trainers/online/ppo.py), whose baseline is a value model, allows 1
 
     def __post_init__(self) -> None:
@@ -145,6 +155,7 @@ class GRPOConfig:
                             "generation process: drop --fsdp, or use --max-staleness 0")
         if self.generation_device is not None and not self.asynchronous():
             raise UserError("--generation-device places the asynchronous rollout process: give --max-staleness >= 1")
+        self._check_env()
         for name in ("prompts_per_step", "max_new_tokens", "max_steps", "num_iterations", "micro_batch_size"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -157,6 +168,38 @@ class GRPOConfig:
         self.report_to = parse_report_to(self.report_to)
         check_installed(self.report_to)
 
+    def _check_env(self) -> None:
+        from pipelines.errors import UserError
+        from rewards.plugins import TRAJECTORY_REWARDS
+
+        if self.env is None:
+            reads = [r for r in self.rewards if r.split(":")[0] in TRAJECTORY_REWARDS]
+            if reads or self.env_options or self.max_turns != MAX_TURNS:
+                what = f"--reward {reads[0]} reads trajectories" if reads else "--max-turns / --env-option set one up"
+                raise UserError(f"{what}: give --env (e.g. --env python)")
+            return
+        if self.max_turns < 1:
+            raise UserError(f"--max-turns must be >= 1, got {self.max_turns}")
+        if self.asynchronous():
+            raise UserError("--env: multi-turn rollouts run in the synchronous loop; drop --max-staleness / "
+                            "--rollout-process")
+        self.env_option_values()
+
+    def env_option_values(self) -> dict[str, Any]:
+        """`--env-option KEY=VALUE` as keywords for the environment: VALUE read as JSON, else as text."""
+        from pipelines.errors import UserError
+
+        options: dict[str, Any] = {}
+        for item in self.env_options:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise UserError(f"--env-option {item!r}: expected KEY=VALUE")
+            try:
+                options[key] = json.loads(value)
+            except json.JSONDecodeError:
+                options[key] = value
+        return options
+
     def warmup(self) -> int:
         """Warm-up steps: --warmup-steps when > 0, else --warmup-ratio of --max-steps."""
         return self.warmup_steps or math.ceil(self.warmup_ratio * self.max_steps)
@@ -166,9 +209,11 @@ class GRPOConfig:
         return self.max_staleness >= 1 if self.rollout_process is None else bool(self.rollout_process)
 
     def loss_config(self) -> PolicyLossConfig:
+        # Dr. GRPO's constant: the most policy tokens a completion (a trajectory: every turn) can have
+        longest = self.max_new_tokens * (self.max_turns if self.env else 1)
         return PolicyLossConfig(loss=self.loss, surrogate=self.surrogate, epsilon=self.epsilon,
                                 epsilon_high=self.epsilon_high, importance_level=self.importance_level,
-                                beta=self.beta, kl=self.kl, max_completion_length=self.max_new_tokens)
+                                beta=self.beta, kl=self.kl, max_completion_length=longest)
 
     def identity(self) -> dict:
         """What must not change across a resume (the rest — budgets, eval cadence — may)."""
@@ -177,9 +222,15 @@ class GRPOConfig:
                 "gradient_checkpointing", "dtype", "generation_threads",
                 "generation_device"}
         # options added later are left out at their defaults, so a run made before them resumes
-        later = {"chat_template": None, "prompt_column": "prompt", "gold_column": "answer", "warmup_ratio": 0.0}
-        return {k: v for k, v in asdict(self).items()
-                if k not in skip and k != "report_to" and not (k in later and v == later[k])}
+        later = {"chat_template": None, "prompt_column": "prompt", "gold_column": "answer", "warmup_ratio": 0.0,
+                 "env": None, "max_turns": MAX_TURNS, "env_options": []}
+        out = {k: v for k, v in asdict(self).items()
+               if k not in skip and k != "report_to" and not (k in later and v == later[k])}
+        if self.env is not None:  # the file behind a tools: or plug-in environment is part of the run
+            from pipelines.envs import env_fingerprint
+
+            out["env_source"] = env_fingerprint(self.env, self.env_option_values())
+        return out
 
 
 def load_policy(cfg: GRPOConfig, resume_dir: Path | None):
@@ -269,6 +320,9 @@ def _vllm_engine(run):
 POLICY_ENGINES = {"hf": _hf_engine, "vllm": _vllm_engine}
 
 
+# finish reasons of a cut completion, left out of the loss with --mask-truncated (DAPO's overlong filtering): the
+# last turn hit --max-new-tokens (length), or a trajectory filled the context (context)
+TRUNCATED = ("length", "context")
 AUTO_FORMAT_WEIGHT = 0.2  # format:boxed's weight when the trainer adds it (the weight docs/online_rl.md measured)
 
 
@@ -325,24 +379,36 @@ class Group:
     version: int = 0  # the policy version that sampled it (updates applied to those weights)
 
 
+def sample_rows(engine, env, rows: list[dict], gen, ids: list[str], use_chat: bool, max_turns: int, tick=None):
+    """The policy's samples of `rows`: single-turn completions (`generate_rows`), or with an environment,
+    trajectories of up to `max_turns` policy turns (`rollout_rows`, pipelines/envs/rollout.py)."""
+    if env is None:
+        from pipelines.stages.generate import generate_rows
+
+        return generate_rows(engine, rows, gen, ids, use_chat, tick)
+    from pipelines.envs.rollout import rollout_rows
+
+    return rollout_rows(engine, env, rows, gen, ids, use_chat, max_turns, tick)
+
+
 class Evaluator:
     """Greedy completions of held-out prompts by a policy, labeled by the run's rewards, and their accuracy
     (the outcome reward >= 1). The GRPO loop's held-out evaluation; bench/learning.py evaluates TRL's policy
     with the same object, so both sides are measured alike. Split over ranks under torchrun, gathered back."""
 
     def __init__(self, engine, gen_cfg, use_chat: bool, fns, names: list[str], weights, outcome: str,
-                 batch_size: int = 64, max_new_tokens: int = 256, d=None):
+                 batch_size: int = 64, max_new_tokens: int = 256, d=None, env=None, max_turns: int = MAX_TURNS):
         from trainers.core.distributed import Dist
 
         self.engine, self.gen_cfg, self.use_chat = engine, gen_cfg, use_chat
         self.fns, self.names, self.weights, self.outcome = fns, names, weights, outcome
         self.batch_size, self.max_new_tokens, self.d = batch_size, max_new_tokens, d or Dist()
+        self.env, self.max_turns = env, max_turns  # with an environment, greedy trajectories
 
     def rows(self, rows: list[dict], prefix: str = "eval") -> list[dict]:
         from tqdm.auto import tqdm
 
         from pipelines.engines.base import SamplingConfig
-        from pipelines.stages.generate import generate_rows
         from pipelines.stages.label import label_rows
         from trainers.core.distributed import gather_objects
 
@@ -354,8 +420,8 @@ class Evaluator:
         width, self.engine.options.prompt_batch_size = self.engine.options.prompt_batch_size, self.batch_size
         bar = tqdm(total=len(mine), desc=f"eval {prefix}", unit="prompt", disable=not self.d.main, dynamic_ncols=True)
         try:
-            out, _ = generate_rows(self.engine, [rows[i] for i in mine], gen, [ids[i] for i in mine], self.use_chat,
-                                   bar.update)
+            out, _ = sample_rows(self.engine, self.env, [rows[i] for i in mine], gen, [ids[i] for i in mine],
+                                 self.use_chat, self.max_turns, bar.update)
         finally:
             bar.close()
             self.engine.options.prompt_batch_size = width
@@ -445,9 +511,10 @@ class GRPORun:
         # asynchronous: `--engine` samples in the rollout process; this one keeps the live model for evaluations
         self.engine = POLICY_ENGINES["hf" if cfg.asynchronous() else cfg.engine](self)
         self._setup_generation_config()
+        self.env = self._load_env()
         self.evaluator = Evaluator(self.engine, self.gen_cfg, self.use_chat, self.fns, self.names, self.weights,
                                    self.outcome, cfg.eval_batch_size, cfg.eval_max_new_tokens or cfg.max_new_tokens,
-                                   self.d)
+                                   self.d, self.env, cfg.max_turns)
         # the reference: with LoRA the base model itself, adapters off (no second copy); else a frozen copy
         self.ref = None
         if self.uses_reference() and not cfg.lora_r:
@@ -499,6 +566,29 @@ class GRPORun:
         self.outcome = cfg.outcome_reward or self.names[0]
         if self.outcome not in self.names:
             raise UserError(f"--outcome-reward {self.outcome!r} is not one of the rewards ({', '.join(self.names)})")
+
+    env = None  # the --env environment, else None (single-turn completions)
+
+    def _load_env(self):
+        """The `--env` environment (its sandbox opened now: a machine where it cannot start fails before training)."""
+        from pipelines.errors import UserError
+
+        if self.cfg.env is None:
+            return None
+        if not self.use_chat:
+            raise UserError("--env needs chat prompts: the model has no chat template (give one with --chat-template "
+                            "FILE), or --chat never was passed")
+        from pipelines.envs import EnvSpecError, load_env
+
+        try:
+            return load_env(self.cfg.env, self.cfg.env_option_values())
+        except EnvSpecError as e:
+            raise UserError(f"--env: {e}") from None
+
+    def close_env(self) -> None:
+        if self.env is not None and hasattr(self.env, "close"):
+            self.env.close()
+        self.env = None
 
     def _format_missing(self) -> bool:
         """Whether the prompts, as the policy sees them, ask for `\\boxed{}` while the rewards give a `math` reward
@@ -603,7 +693,6 @@ class GRPORun:
     # ---------------------------------------------------------------------------------------- sampling
     def _rollouts(self, indices: list[int], step: int, round_: int) -> list[Group]:
         from pipelines.engines.base import SamplingConfig
-        from pipelines.stages.generate import generate_rows
         from pipelines.stages.label import label_rows
 
         cfg = self.cfg
@@ -614,14 +703,15 @@ class GRPORun:
             seed=_seed(cfg.seed, "step", step, round_)))
         t0 = time.time()
         # sampling runs on the weights as they are (fp32): the hf engine's static cache has the weights' dtype
-        out, stats = generate_rows(self.engine, rows, gen, ids, self.use_chat)
+        # with --env: trajectories, scored on their final turn (docs/rewards.md for faults)
+        out, stats = sample_rows(self.engine, self.env, rows, gen, ids, self.use_chat, cfg.max_turns)
         self.timing["generation"] += time.time() - t0
         self.tokens += stats["tokens"]
         greedy: list[dict] = []
         if cfg.advantage == "remax":  # ReMax's baseline: one greedy completion per prompt, same length budget
             t0 = time.time()
-            greedy, _ = generate_rows(self.engine, rows, dataclasses.replace(self.gen_cfg, sampling=SamplingConfig(
-                n=1, temperature=0.0, max_new_tokens=cfg.max_new_tokens, seed=0)), ids, self.use_chat)
+            greedy, _ = sample_rows(self.engine, self.env, rows, dataclasses.replace(self.gen_cfg, sampling=SamplingConfig(
+                n=1, temperature=0.0, max_new_tokens=cfg.max_new_tokens, seed=0)), ids, self.use_chat, cfg.max_turns)
             self.timing["greedy"] = self.timing.get("greedy", 0.0) + time.time() - t0
             for r in greedy:  # its own id in the step's rollouts, apart from the G samples 0..G-1
                 r.update(id=f"{r['prompt_id']}-greedy", sample_idx=-1)
@@ -812,9 +902,11 @@ class GRPORun:
                 ids = list(row["completion_ids"] or [])
                 if not ids or self._null(row):
                     continue
-                train = not (cfg.mask_truncated and row["finish_reason"] == "length")
+                train = not (cfg.mask_truncated and row["finish_reason"] in TRUNCATED)
+                # the policy's tokens only: a trajectory's environment tokens (mask 0) are context, never trained
+                policy = row.get("completion_mask") or [1] * len(ids)
                 seq = {"input_ids": g.prompt_ids + ids,
-                       "loss_mask": [0] * len(g.prompt_ids) + [int(train)] * len(ids),
+                       "loss_mask": [0] * len(g.prompt_ids) + [int(train and m) for m in policy],
                        "sampler_logps": [0.0] * len(g.prompt_ids) + list(row["logprobs"] or [0.0] * len(ids)),
                        "advantage": value, "reward": float(row["reward"]), "owner": k % self.d.world}
                 if self.worker is not None:  # the behaviour policy's own log-probs and how stale it was
@@ -917,6 +1009,14 @@ class GRPORun:
         lengths = [len(r["completion_ids"] or []) for r in rows]
         out["completion_length"] = round(sum(lengths) / len(lengths), 2) if lengths else 0.0
         out["truncated"] = round(sum(r["finish_reason"] == "length" for r in rows) / len(rows), 4) if rows else 0.0
+        if self.env is not None and rows:  # what the trajectories did with their tools, per sample
+            n = len(rows)
+            out["turns"] = round(sum(r["turns"] for r in rows) / n, 4)
+            out["tool_calls"] = round(sum(r["tool_calls"] for r in rows) / n, 4)
+            out["tool_errors"] = round(sum(r["tool_errors"] for r in rows) / n, 4)
+            for reason in ("fault", "max_turns", "env_error", "context"):
+                out[f"finished_{reason}"] = round(sum(r["finish_reason"] == reason for r in rows) / n, 4)
+            out["policy_tokens"] = round(sum(sum(r["completion_mask"] or []) for r in rows) / n, 2)
         return out
 
     # ---------------------------------------------------------------------------------------- outputs
@@ -997,6 +1097,7 @@ class GRPORun:
         for f in self.fns:
             f.close()
         self.close_worker()
+        self.close_env()
         self.engine.close()
         return {"steps": self.state.step, "output": str(self.out), "plots": [str(p) for p in plots]}
 
@@ -1069,6 +1170,7 @@ def train_grpo(cfg: GRPOConfig, run_class: type[GRPORun] | None = None) -> dict:
                 run.save()
     except BaseException:
         run.close_worker()
+        run.close_env()
         raise
     finally:
         bar.close()
