@@ -386,3 +386,44 @@ def test_grpo_env_options_are_checked_before_any_work(tmp_path, tiny_model, prom
 
     plain = GRPOConfig(model="m", prompts="p", output="o", rewards=["math"])
     assert not {"env", "max_turns", "env_options", "env_source"} & set(plain.identity())
+
+
+def test_remax_baseline_is_a_greedy_trajectory_and_ppo_trains_on_trajectories(tmp_path, tiny_model, prompts,
+                                                                               env_file):
+    """ReMax's baseline is one greedy trajectory per prompt (never trained); PPO's value model and GAE run over
+    the policy's tokens (its loss mask is completion_mask: environment tokens get no reward, value or loss)."""
+    remax = tmp_path / "remax"
+    assert cli(grpo_env_args(tiny_model, prompts, remax, env_file, "--max-steps", "1", "--save-every", "0",
+                             "--advantage", "remax")) == 0
+    rows = ds.load_rows(remax / "rollouts")
+    greedy = [r for r in rows if r["remax_baseline"]]
+    assert len(greedy) == 2 and all(r["turns"] == 2 and r["sample_idx"] == -1 for r in greedy)
+    assert all(r["advantage"] is None for r in greedy)
+    for r in (r for r in rows if not r["remax_baseline"]):  # A = r − the prompt's greedy trajectory's reward
+        (base,) = [g for g in greedy if g["prompt_id"] == r["prompt_id"]]
+        assert r["advantage"] == pytest.approx(r["reward"] - base["reward"], abs=1e-5)
+    ppo = tmp_path / "ppo"
+    args = grpo_env_args(tiny_model, prompts, ppo, env_file, "--max-steps", "1", "--save-every", "0",
+                         "--num-generations", "1", "--prompts-per-step", "4")
+    args[1] = "ppo"
+    args.remove("--no-dynamic-sampling")
+    assert cli(args) == 0
+    rec = json.loads((ppo / "metrics.jsonl").read_text().splitlines()[0])
+    assert rec["turns"] == 2.0 and rec["value_loss"] > 0 and rec["grad_norm"] > 0
+
+
+def test_gae_over_a_trajectory_skips_environment_tokens():
+    """PPO's rule: GAE runs over the policy's tokens as if the environment's were not there (γ and λ discount
+    policy tokens only); environment positions get no advantage and no return."""
+    import torch
+
+    from trainers.online.rl_objectives import gae
+
+    torch.manual_seed(0)
+    mask = torch.tensor([[0, 0, 1, 1, 0, 0, 0, 1, 1, 1, 0]])  # prompt, turn, observation, turn, padding
+    rewards, values = torch.randn(1, 11) * mask, torch.randn(1, 11)
+    adv, ret = gae(rewards, values, mask, gamma=0.9, lam=0.8)
+    keep = mask[0].bool()
+    a2, r2 = gae(rewards[:, keep], values[:, keep], torch.ones(1, int(keep.sum())), gamma=0.9, lam=0.8)
+    assert torch.allclose(adv[:, keep], a2) and torch.allclose(ret[:, keep], r2)
+    assert not adv[:, ~keep].any() and not ret[:, ~keep].any()

@@ -21,7 +21,9 @@ Where it departs from TRL's GRPOTrainer, on purpose:
 - dynamic sampling tests the outcome reward's variance, not the shaped total's (a format reward would make
   almost every group look informative);
 - `--engine vllm` samples with vLLM beside the trainer (weights synced after every optimizer step); its
-  log-probs differ from the trainer's, so use `--tis-cap` with it.
+  log-probs differ from the trainer's, so use `--tis-cap` with it;
+- `--env SPEC`: each sample is a multi-turn trajectory with an environment (pipelines/envs/rollout.py), scored on
+  its final turn; only the policy's tokens are in the loss (`completion_mask`), the environment's are context.
 Formulas and defaults: docs/online_rl.md.
 """
 from __future__ import annotations

@@ -15,7 +15,10 @@ Simplifications, on purpose:
 - the episode ends at the completion's last token: V = 0 after it (TRL's PPOTrainer bootstraps from the value
   one position past the end, which is not a state the policy can be in);
 - no mini-batches inside an epoch: each epoch is one optimizer step over the whole step's sequences (the
-  micro-batches only bound memory), as GRPO's μ passes are.
+  micro-batches only bound memory), as GRPO's μ passes are;
+- trajectories (`--env`): the loss mask is the policy's tokens (`completion_mask`), so GAE runs over them as if
+  the environment's tokens were not there (γ, λ discount policy tokens only) and an environment token gets no
+  reward, no value loss and no advantage.
 Formulas: docs/online_rl.md#ppo.
 """
 from __future__ import annotations
