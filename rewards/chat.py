@@ -85,22 +85,23 @@ def conversation_text(value: Any) -> str | None:
 
 
 def render_chat(tokenizer: Any, messages: Sequence[dict], *, add_generation_prompt: bool = False,
-                continue_final_message: bool = False) -> str:
+                continue_final_message: bool = False, tools: list[dict] | None = None) -> str:
     """`messages` through the tokenizer's chat template, as text. `add_generation_prompt` opens an assistant
-    turn after the last message; `continue_final_message` leaves the last (assistant) message open."""
+    turn after the last message; `continue_final_message` leaves the last (assistant) message open; `tools`
+    (JSON schemas) go to the template, which describes them in its own format."""
     return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=add_generation_prompt,
-                                         continue_final_message=continue_final_message)
+                                         continue_final_message=continue_final_message, tools=tools)
 
 
 def chat_ids(tokenizer: Any, messages: Sequence[dict], *, add_generation_prompt: bool = False,
-             continue_final_message: bool = False) -> list[int]:
+             continue_final_message: bool = False, tools: list[dict] | None = None) -> list[int]:
     """Token ids of `render_chat(...)`, tokenized without special tokens (the template holds any BOS)."""
     text = render_chat(tokenizer, messages, add_generation_prompt=add_generation_prompt,
-                       continue_final_message=continue_final_message)
+                       continue_final_message=continue_final_message, tools=tools)
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def prompt_ids(tokenizer: Any, prompt: str | Messages) -> list[int]:
+def prompt_ids(tokenizer: Any, prompt: str | Messages, tools: list[dict] | None = None) -> list[int]:
     """Token ids the model sees for a prompt, before the first completion token (engines and trainers agree).
 
     A string is tokenized with the tokenizer's usual special tokens (as vLLM and the `completions` endpoint do).
@@ -110,4 +111,5 @@ def prompt_ids(tokenizer: Any, prompt: str | Messages) -> list[int]:
     if isinstance(prompt, str):
         return list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
     continue_final = bool(prompt) and prompt[-1].get("role") == "assistant"
-    return chat_ids(tokenizer, prompt, add_generation_prompt=not continue_final, continue_final_message=continue_final)
+    return chat_ids(tokenizer, prompt, add_generation_prompt=not continue_final, continue_final_message=continue_final,
+                    tools=tools)

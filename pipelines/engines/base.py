@@ -25,9 +25,18 @@ class SamplingConfig:
     top_p: float = 1.0
     max_new_tokens: int = 512
     seed: int = 0
+    # strings that end a sample as soon as its decoded text contains one (an environment's `stop`); the sample
+    # keeps its tokens up to and including the one that completed the string, finish_reason `stop_string`
+    stop: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The settings as a dict; `stop` only when set, so configs made before it keep their fingerprint."""
+        out = asdict(self)
+        if self.stop:
+            out["stop"] = list(self.stop)
+        else:
+            del out["stop"]
+        return out
 
 
 @dataclass
@@ -37,7 +46,10 @@ class Sample:
     # log-prob of each sampled token under the distribution it was sampled from (after temperature and top-p);
     # None when the backend does not return them (e.g. `transformers serve`).
     logprobs: list[float] | None
-    finish_reason: str  # "stop" | "length" | "too_long" (the prompt fills the context: not sampled) | "error:<why>"
+    # "stop" (a stop token, kept as the last id) | "length" | "stop_string" (the text reached one of
+    # `SamplingConfig.stop`; the last id is the token that completed it, no end-of-turn token follows) |
+    # "too_long" (the prompt fills the context: not sampled) | "error:<why>"
+    finish_reason: str
     # the prompt's token ids the engine continued from, as it rendered them (None where the engine does not know
     # them, e.g. a served model without a local tokenizer): rows record them without rendering the prompt again
     prompt_ids: list[int] | None = None
@@ -91,6 +103,12 @@ class Engine(Protocol):
 
 class EngineError(UserError, RuntimeError):
     """A problem the user can fix (wrong model path, unreachable server); raised before any work starts."""
+
+
+def prompt_seed(seed: int, prompt_id: str) -> int:
+    """The seed of the prompt whose id is `prompt_id` in a run seeded `seed`: its samples do not depend on batching
+    or on where a killed run resumed (`generate`, its multi-turn rollouts, `prm-label`)."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{prompt_id}".encode()).digest()[:4], "little")
 
 
 def derive_seed(seed: int, sample_idx: int) -> int:
@@ -209,6 +227,28 @@ def completion_text(tokenizer: Any, token_ids: list[int], finish_reason: str) ->
     engine that has the token ids decodes them this same way, so equal ids give equal text."""
     body = token_ids[:-1] if finish_reason == "stop" and token_ids else token_ids
     return tokenizer.decode(body, skip_special_tokens=True)
+
+
+STOP_STRING = "stop_string"
+
+
+class StopStrings:
+    """Whether a growing completion's text now contains one of `stop` (`SamplingConfig.stop`), decoding only the
+    tail of its tokens: a string of L characters is at most 4L UTF-8 bytes and every token adds at least a byte,
+    so the tokens spelling it, the one that completed it and one more fit in the last 4L + 2. Called after every
+    new token, it finds the string at the token that completed it. Engines that check stop strings themselves
+    (hf) use it; vLLM and servers check their own."""
+
+    def __init__(self, tokenizer: Any, stop: Sequence[str]) -> None:
+        self.tokenizer, self.stop = tokenizer, tuple(s for s in stop if s)
+        self.window = 4 * max(map(len, self.stop)) + 2 if self.stop else 0
+
+    def __bool__(self) -> bool:
+        return bool(self.stop)
+
+    def hit(self, tokens: Sequence[int]) -> bool:
+        tail = self.tokenizer.decode(list(tokens[-self.window:]), skip_special_tokens=True)
+        return any(s in tail for s in self.stop)
 
 
 def per_prompt_seeds(n_prompts: int, sampling: SamplingConfig, seeds: Sequence[int] | None) -> list[int]:

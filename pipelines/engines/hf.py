@@ -19,11 +19,13 @@ from pipelines.core.threads import apply_threads
 from transformers.cache_utils import CacheLayerMixin
 
 from .base import (
+    STOP_STRING,
     with_prompt_ids,
     EngineError,
     Prompt,
     Sample,
     SamplingConfig,
+    StopStrings,
     completion_text,
     derive_seed,
     fits,
@@ -108,6 +110,22 @@ class _GreedyRecorder:
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         self.picked.append(self.draw(scores, [])[1])
         return scores
+
+
+class _StopStringCriteria:
+    """transformers' `generate` stopping criterion for `SamplingConfig.stop` (`StopStrings` on each row's new
+    tokens); `ends[row]` records how many new tokens the row keeps (through the one that completed the string)."""
+
+    def __init__(self, strings: StopStrings, width: int) -> None:
+        self.strings, self.width, self.ends = strings, width, {}
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        length = input_ids.shape[1]
+        tails = input_ids[:, max(self.width, length - self.strings.window):].tolist()
+        for r, tail in enumerate(tails):
+            if r not in self.ends and self.strings.hit(tail):
+                self.ends[r] = length - self.width
+        return torch.tensor([r in self.ends for r in range(len(tails))], device=input_ids.device)
 
 
 class _SlabLayer(CacheLayerMixin):
@@ -333,6 +351,8 @@ class HFEngine:
         tokens: list[list[int]] = [[] for _ in range(rows)]
         logps: list[list[float]] = [[] for _ in range(rows)]
         own: list[list[float]] | None = [[] for _ in range(rows)] if self.policy_logprobs else None
+        strings = StopStrings(self.tokenizer, sampling.stop)
+        string_end: dict[int, int] = {}  # rows a stop string ended: tokens kept (through the completing one)
         left = [n] * len(batch)  # samples of each prompt still generating (`on_prompt_done` when one reaches 0)
 
         def finished(ended: list[int]) -> None:
@@ -353,6 +373,11 @@ class HFEngine:
                 for r, lp in zip(rows_now, model_lp.tolist()):
                     own[r].append(lp)
             going = ~torch.isin(token, stops)
+            if strings:  # only rows still going: a stop token ends a row first
+                hits = [g and strings.hit(tokens[r]) for r, g in zip(rows_now, going.tolist())]
+                if any(hits):
+                    string_end.update((r, len(tokens[r])) for r, h in zip(rows_now, hits) if h)
+                    going &= ~torch.tensor(hits, device=dev)
             if on_prompt_done is not None:
                 finished([r for r, g in zip(rows_now, going.tolist()) if not g])
             if step + 1 == sampling.max_new_tokens or not bool(going.any()):
@@ -371,8 +396,9 @@ class HFEngine:
                              position_ids=(mask.sum(-1, keepdim=True) - 1), past_key_values=cache,
                              use_cache=True).logits[:, -1]
         if on_prompt_done is not None:  # the rows still going stopped at max_new_tokens
-            finished([r for r in live.tolist() if not tokens[r] or tokens[r][-1] not in self.stop_ids])
-        samples = [self._sample(tokens[r], logps[r]) for r in range(rows)]
+            finished([r for r in live.tolist()
+                      if r not in string_end and (not tokens[r] or tokens[r][-1] not in self.stop_ids)])
+        samples = [self._sample(tokens[r], logps[r], string_end.get(r)) for r in range(rows)]
         if own is not None:
             for r, s in enumerate(samples):
                 s.policy_logprobs = own[r][: len(s.token_ids)]
@@ -380,7 +406,7 @@ class HFEngine:
 
     @torch.inference_mode()
     def _generate_batch_hf(self, batch: list[list[int]], sampling: SamplingConfig, seeds: list[int]) -> list[list[Sample]]:
-        from transformers import GenerationConfig, LogitsProcessorList
+        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
         width = max(len(x) for x in batch)
         # each prompt row repeated n times (what num_return_sequences does, but valid for greedy too)
@@ -400,20 +426,28 @@ class HFEngine:
         sampler = _GreedyRecorder() if greedy else _RowSampler(
             [derive_seed(seed, k) for seed in seeds for k in range(sampling.n)], sampling, self.device)
         processors = LogitsProcessorList([sampler])
+        strings = _StopStringCriteria(StopStrings(self.tokenizer, sampling.stop), width)
         self.lm.eval()
         result = self.lm.generate(input_ids=input_ids, attention_mask=attention, generation_config=config,
-                                  logits_processor=processors)
+                                  logits_processor=processors,
+                                  stopping_criteria=StoppingCriteriaList([strings] if strings.strings else []))
         new_tokens = result.sequences[:, width:]
         # sampled: log-probs under the processed distribution; greedy: under the model's own (temperature 1)
         picked = torch.stack(sampler.picked, dim=1)
-        samples = [self._sample(new_tokens[r].tolist(), picked[r].tolist()) for r in range(new_tokens.shape[0])]
+        samples = [self._sample(new_tokens[r].tolist(), picked[r].tolist(), strings.ends.get(r))
+                   for r in range(new_tokens.shape[0])]
         return [samples[i * sampling.n : (i + 1) * sampling.n] for i in range(len(batch))]
 
-    def _sample(self, tokens: list[int], logprobs: list[float]) -> Sample:
+    def _sample(self, tokens: list[int], logprobs: list[float], string_end: int | None = None) -> Sample:
+        """The sample of a row's drawn tokens: cut after its first stop token, or after the token that completed a
+        stop string (`string_end` tokens, when the row ended so)."""
         stops = set(self.stop_ids)
         end = next((k + 1 for k, t in enumerate(tokens) if t in stops), None)
-        finish = "length" if end is None else "stop"
-        end = len(tokens) if end is None else end
+        if string_end is not None and (end is None or string_end < end):
+            finish, end = STOP_STRING, string_end
+        else:
+            finish = "length" if end is None else "stop"
+            end = len(tokens) if end is None else end
         text = completion_text(self.tokenizer, tokens[:end], finish)
         return Sample(text=text, token_ids=tokens[:end], logprobs=logprobs[:end], finish_reason=finish)
 

@@ -15,6 +15,10 @@ Servers differ, and the engine adapts:
   stop token when the sample stopped), when one is loadable; otherwise None;
 - log-probs are whatever the server reports for the sampled tokens (vLLM: according to its
   `--logprobs-mode`), or None when it reports none;
+- stop strings (`SamplingConfig.stop`) go as `stop`, with vLLM's `include_stop_str_in_output`; a sample a stop
+  string ended (vLLM names it in `stop_reason`) has finish_reason `stop_string` and its text keeps the string
+  (appended back where the server cut it). A server that does not say which string matched (OpenAI's own API)
+  reports a plain `stop`;
 - a server that returns n identical samples for most prompts at a temperature above 0 ignores the seed or the
   temperature (`transformers serve` decodes greedily unless the model's generation config samples): the engine
   says so once, on stderr (`_checked`).
@@ -32,8 +36,8 @@ from typing import Any, Callable, Sequence
 from pipelines.core.files import fingerprint_json
 from rewards.chat import is_messages
 
-from .base import (EngineError, Prompt, Sample, SamplingConfig, derive_seed, end_of_turn_id, per_prompt_seeds,
-                   render_prompt_ids)
+from .base import (STOP_STRING, EngineError, Prompt, Sample, SamplingConfig, derive_seed, end_of_turn_id,
+                   per_prompt_seeds, render_prompt_ids)
 from .openai_client import APIError, DiskCache, OpenAIClient
 
 DEFAULT_BASE_URL = "http://localhost:8000/v1"
@@ -175,7 +179,7 @@ class OpenAIEngine:
                 with self._gate:
                     response = self.client.complete(body, extra_body)
                 choices = response.get("choices") if isinstance(response, dict) else None
-                return [self._to_sample(prompt, c, response) for c in choices or []] or \
+                return [self._to_sample(prompt, c, response, sampling.stop) for c in choices or []] or \
                     [Sample(text="", token_ids=None, logprobs=None, finish_reason="error:no choices")]
             except APIError as err:
                 if err.kind == "BadRequestError":
@@ -212,13 +216,23 @@ class OpenAIEngine:
         if "logprobs" in optional:
             body["logprobs"] = True if is_messages(prompt) else 1
         extra_body = {"return_token_ids": True} if "return_token_ids" in optional else {}
+        if sampling.stop:
+            body["stop"] = list(sampling.stop)
+            if extra_body:  # vLLM's fields are welcome: keep the stop string in the text it returns
+                extra_body["include_stop_str_in_output"] = True
         return body, extra_body
 
-    def _to_sample(self, prompt: Prompt, choice: dict[str, Any], response: dict[str, Any]) -> Sample:
+    def _to_sample(self, prompt: Prompt, choice: dict[str, Any], response: dict[str, Any],
+                   stop: tuple[str, ...] = ()) -> Sample:
         text = (choice.get("message") or {}).get("content") if is_messages(prompt) else choice.get("text")
         text = text or ""
         reason = choice.get("finish_reason") or "stop"
         finish = "length" if reason == "length" else "stop" if reason in _STOP_REASONS else f"error:{reason}"
+        matched = choice.get("stop_reason")  # vLLM: the stop string that ended the sample (a stop token: its id)
+        if finish == "stop" and isinstance(matched, str) and matched in stop:
+            finish = STOP_STRING
+            if not text.endswith(matched):  # a server that leaves the string out: the text stays whole
+                text += matched
         info = choice.get("logprobs") or {}
         if is_messages(prompt):
             logprobs = [float(t["logprob"]) for t in info.get("content") or []] or None
@@ -227,6 +241,10 @@ class OpenAIEngine:
         token_ids = choice.get("token_ids")
         if token_ids is None and self.tokenizer is not None:
             token_ids = self._retokenize(prompt, text, finish, logprobs)
+        elif finish == STOP_STRING and self.tokenizer is not None:
+            # the ids run through the token that completed the string, which may hold characters past it that the
+            # server cut from its text: the text of the ids, as every engine decodes them
+            text = self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
         # the ids the server continued from (vLLM with return_token_ids: per choice for /completions, once per
         # answer for /chat/completions): its own rendering, the context the sample was drawn in
         prompt_ids = choice.get("prompt_token_ids") or response.get("prompt_token_ids")
@@ -254,6 +272,7 @@ class OpenAIEngine:
             "base_url": self.base_url, "model": self.model, "prompt": prompt,
             "temperature": sampling.temperature, "top_p": sampling.top_p,
             "max_new_tokens": sampling.max_new_tokens, "seed": seed, "sample_idx": sample_idx,
+            **({"stop": list(sampling.stop)} if sampling.stop else {}),
         }, length=None)
 
     def _cache_get(self, key: str) -> Sample | None:

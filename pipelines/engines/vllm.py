@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from .base import (
+    STOP_STRING,
     EngineError,
     Prompt,
     Sample,
@@ -123,6 +124,11 @@ class VLLMEngine:
     def prompt_ids(self, prompt: Prompt) -> list[int]:
         return render_prompt_ids(self.tokenizer, prompt)
 
+    @property
+    def context(self) -> int:
+        """Positions a sequence may fill (vLLM's `max_model_len`)."""
+        return self.llm.llm_engine.model_config.max_model_len
+
     def generate(
         self, prompts: Sequence[Prompt], sampling: SamplingConfig, seeds: Sequence[int] | None = None,
         on_prompt_done: Callable[[int], None] | None = None,
@@ -133,8 +139,7 @@ class VLLMEngine:
             return []
         ids = [self.prompt_ids(p) for p in prompts]
         # vLLM refuses a prompt longer than max_model_len (the whole call fails): such a prompt is not sent
-        context = self.llm.llm_engine.model_config.max_model_len
-        keep = [i for i, x in enumerate(ids) if fits(len(x), context)]
+        keep = [i for i, x in enumerate(ids) if fits(len(x), self.context)]
         out = [too_long(sampling.n) for _ in ids]
         for i, samples in zip(keep, self._generate([ids[i] for i in keep], sampling, [seeds[i] for i in keep])):
             out[i] = samples
@@ -158,7 +163,12 @@ class VLLMEngine:
                 seed=seed,
                 logprobs=0,  # just the sampled token's log-prob
                 stop_token_ids=self.stop_ids,
-                detokenize=False,  # text is decoded from the ids below, the same way as the other engines
+                # stop strings: vLLM checks them on its detokenized text, keeps the completing token and (with
+                # include_stop_str_in_output) the string; the text is still decoded from the ids below, the same
+                # way as the other engines
+                stop=list(sampling.stop) or None,
+                include_stop_str_in_output=bool(sampling.stop),
+                detokenize=bool(sampling.stop),
             )
             for seed in seeds
         ]
@@ -174,6 +184,8 @@ class VLLMEngine:
         logprobs = [float(step[tid].logprob) for tid, step in zip(token_ids, completion.logprobs or [])]
         reason = completion.finish_reason
         finish = reason if reason in ("stop", "length") else f"error:{reason}"
+        if reason == "stop" and isinstance(completion.stop_reason, str):  # a stop string (a stop token gives its id)
+            finish = STOP_STRING
         return Sample(
             text=completion_text(self.tokenizer, token_ids, finish),
             token_ids=token_ids,
