@@ -36,23 +36,29 @@ means"). Running out of `--max-turns` while the policy still calls tools ends it
 `max_turns: no final answer after K turns`.
 
 A trajectory row (one per sample) carries every input column plus the `generate` columns, with these meanings:
-    messages           the whole conversation: the prompt messages, then each assistant turn and observation
-    completion         the final assistant turn's text (the reward specs score it by default)
+    messages           the whole conversation: the prompt messages, then each assistant turn and observation (an
+                       observation the policy never answered, after `max_turns` or a fault, is left out)
+    sampled_prompt     the messages `reset` returned (what prompt_token_ids render)
+    completion         the final assistant turn's text, the text of its ids (the reward specs score it by default)
     completion_ids     every token after the prompt: the policy's tokens exactly as the engine returned them,
                        each observation's tokens appended once between turns (never re-tokenized)
     completion_mask    1 on policy tokens, 0 on environment tokens (same length as completion_ids)
-    logprobs           the sampler's log-prob of each token of completion_ids; 0.0 on environment tokens
+    logprobs           the sampler's log-prob of each token of completion_ids; 0.0 on environment tokens (null
+                       when the engine reports none)
     turns              policy turns taken
     tool_calls, tool_errors   totals over the trajectory
     turn_finish_reasons  each policy turn's finish reason (`stop`, `length`, `stop_string`)
     finish_reason      how the trajectory ended: `stop` (a final answer), `length` (the last turn hit
                        max_new_tokens), `max_turns`, `fault` (a policy fault, reason in env_fault),
-                       `env_error` (the environment failed; rewards null), `context` (the context is full)
-    env_fault          the policy fault's reason, or null
+                       `env_error` (the environment failed; rewards null), `context` (the context is full),
+                       `too_long` (the prompt alone fills it: never sampled, as in `generate`), `error:<why>` (the
+                       engine failed on a turn)
+    env_fault          why it ended early: the policy fault's reason, `max_turns: ...` or `env_error: ...`; else null
     env_info           the environment's other info, one dict per turn (JSON text)
     turn_reward        the sum of per-turn rewards, null when the environment gives none
     round_trip         null when rendering `messages` with the chat template gives exactly prompt_token_ids +
-                       completion_ids; else a one-line description of the first difference (the ids win)
+                       completion_ids; else a one-line description of the first difference (the ids win;
+                       docs/environments.md, "Token rules and the round-trip check")
 """
 from __future__ import annotations
 
