@@ -160,3 +160,25 @@ def test_eval_on_the_tiny_model(tmp_path, tiny_model, capsys):
     assert (out / "data" / "part-00000.parquet").stat().st_mtime_ns == before
     again = json.loads((out / "eval.json").read_text())
     assert again["overall"] == summary["overall"] and again["by"] == summary["by"]
+
+
+def test_eval_with_an_environment_scores_trajectories_and_reports_tool_use(tmp_path, tiny_model, capsys):
+    """`eval --env`: each sample is a trajectory (generate's rollout driver), the final turn is scored, and eval.json
+    says how the tools were used. EchoEnv answers the first turn once, so every trajectory takes two turns."""
+    rows = [{"id": f"p{i}", "prompt": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(3)]
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "eval"
+    args = {"model": str(tiny_model), "prompts": str(prompts), "env": "tests/plugin_envs.py:EchoEnv",
+            "env_option": ["replies=1"], "max_turns": 3, "max_new_tokens": 6, "workers": 1, "no_progress": True,
+            "output": str(out)}
+    assert cli(["eval", *flags(args)]) == 0
+    assert "tools:" in capsys.readouterr().out
+    got = ds.load_rows(out)
+    assert len(got) == 3 and all(r["turns"] == 2 and len(r["completion_ids"]) == len(r["completion_mask"]) for r in got)
+    assert all(0 in r["completion_mask"] for r in got)  # the environment's tokens are in the ids, masked
+    summary = json.loads((out / "eval.json").read_text())
+    tools = summary["tools"]
+    assert tools["trajectories"] == 3 and tools["mean_turns"] == 2.0 and tools["tool_call_rate"] == 0.0
+    assert sum(tools["finish_reasons"].values()) == 3
+    assert summary["config"]["env"] == "tests/plugin_envs.py:EchoEnv" and summary["config"]["max_turns"] == 3

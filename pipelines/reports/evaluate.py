@@ -318,8 +318,7 @@ class EvalStage(Stage):
         self.label.setup()
 
     def process(self, rows: list[dict], shard: Shard) -> dict:
-        out, stats = generate_rows(self.gen.engine, rows, self.cfg.generate, prompt_ids(rows, shard.start),
-                                   self.gen.use_chat, shard.tick)
+        out, stats = self.gen.sample(rows, prompt_ids(rows, shard.start), shard.tick)  # trajectories with --env
         out = standard_rows(out, gold_column=self.cfg.label.gold_column)  # --gold-column: the rewards read `answer`
         scored = score_rows(out, self.label.fns, self.label.names, self.label.weights, self.correct,
                             self.cfg.label.batch_size)
@@ -373,6 +372,10 @@ def evaluate(cfg: EvalConfig, prompts: str, output: str, *, overwrite: bool = Fa
         "generation": {"tokens": tokens, "gen_seconds": round(seconds, 2),
                        "tokens_per_s": round(tokens / seconds, 1) if seconds else None},
     }
+    if "tool_calls" in table.column_names:  # multi-turn rollouts (--env): how the policy used its tools
+        summary["tools"] = tool_figures(table.select(["turns", "tool_calls", "tool_errors", "finish_reason"]).to_pylist())
+        summary["config"].update(env=gen.env, max_turns=gen.max_turns, env_options=gen.env_options)
+        print(format_tools(summary["tools"]), file=out)
     if plot_png:
         title = f"{Path(gen.model).name}: n={gen.sampling.n}, T={gen.sampling.temperature:g}, correct={stage.correct}"
         summary["plot"] = str(plot(figures, ks, Path(output) / "eval.png", title))
@@ -382,6 +385,28 @@ def evaluate(cfg: EvalConfig, prompts: str, output: str, *, overwrite: bool = Fa
         samples = table.select([c for c in ("prompt", "completion", "reward") if c in table.column_names])
         report(summary, samples.slice(0, TABLE_ROWS).to_pylist(), report_to, output)
     return EvalResult(str(output), summary, result.skipped)
+
+
+def tool_figures(rows: list[dict]) -> dict[str, Any]:
+    """Tool use over the trajectories: the share that made at least one tool call, the share of calls that failed,
+    mean turns and calls, and how the trajectories ended."""
+    calls = sum(int(r["tool_calls"] or 0) for r in rows)
+    errors = sum(int(r["tool_errors"] or 0) for r in rows)
+    n = len(rows)
+    return {"trajectories": n,
+            "tool_call_rate": round(sum(1 for r in rows if r["tool_calls"]) / n, 4) if n else None,
+            "tool_error_rate": round(errors / calls, 4) if calls else None,
+            "tool_calls": calls, "tool_errors": errors,
+            "mean_turns": round(sum(int(r["turns"] or 0) for r in rows) / n, 3) if n else None,
+            "finish_reasons": dict(Counter(r["finish_reason"] for r in rows))}
+
+
+def format_tools(t: dict[str, Any]) -> str:
+    pct = lambda x: "-" if x is None else f"{100 * x:.1f}%"  # noqa: E731
+    ends = ", ".join(f"{k} {v}" for k, v in sorted(t["finish_reasons"].items()))
+    return (f"tools: {pct(t['tool_call_rate'])} of {t['trajectories']} trajectories called a tool; "
+            f"{t['tool_calls']} calls, {pct(t['tool_error_rate'])} failed; {t['mean_turns']} turns on average; "
+            f"ended: {ends}")
 
 
 def scalar_figures(summary: dict[str, Any]) -> dict[str, float]:
@@ -402,6 +427,8 @@ def scalar_figures(summary: dict[str, Any]) -> dict[str, float]:
             rec.update({k: v for k, v in figures(g, f"{column}/{value}/").items()
                         if k.rsplit("/", 1)[1].startswith(("accuracy", "pass@", "maj@"))})
     rec["tokens_per_s"] = summary["generation"]["tokens_per_s"]
+    for k in ("tool_call_rate", "tool_error_rate", "mean_turns"):
+        rec[k] = (summary.get("tools") or {}).get(k)
     return {k: v for k, v in rec.items() if v is not None}
 
 

@@ -195,15 +195,17 @@ class GenerateStage(Stage):
         return self.cfg.chat == "always"
 
     def process(self, rows: list[dict], shard: Shard) -> dict:
-        ids = prompt_ids(rows, shard.start)
+        out, stats = self.sample(rows, prompt_ids(rows, shard.start), shard.tick)
+        return {"rows": out, "stats": stats}
+
+    def sample(self, rows: list[dict], ids: list[str], tick=None) -> tuple[list[dict], dict]:
+        """The rollout rows of `rows` (prompt ids `ids`): single-turn samples, or with `--env` trajectories
+        (`pipelines.envs.rollout.rollout_rows`). `eval` samples through this too."""
         if self.env is not None:
             from pipelines.envs.rollout import rollout_rows
 
-            out, stats = rollout_rows(self.engine, self.env, rows, self.cfg, ids, self.use_chat, self.cfg.max_turns,
-                                      shard.tick)
-        else:
-            out, stats = generate_rows(self.engine, rows, self.cfg, ids, self.use_chat, shard.tick)
-        return {"rows": out, "stats": stats}
+            return rollout_rows(self.engine, self.env, rows, self.cfg, ids, self.use_chat, self.cfg.max_turns, tick)
+        return generate_rows(self.engine, rows, self.cfg, ids, self.use_chat, tick)
 
     def close(self) -> None:
         if self.env is not None and hasattr(self.env, "close"):
