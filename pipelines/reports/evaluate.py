@@ -29,14 +29,12 @@ from pipelines.core.files import atomic_path, atomic_write_json
 from pipelines.core.options import add_dataclass_options, from_args
 from pipelines.core.runner import Shard, execute
 from pipelines.core.stage import Stage
-from pipelines.core.threads import add_threads_argument
 from pipelines.core.tracking import (TABLE_ROWS, Trackers, add_report_to_argument, check_installed, parse_report_to,
                                      table_rows)
-from pipelines.engines.base import SamplingConfig
 from pipelines.errors import UserError
 from pipelines.executors import add_executor_arguments, executor_config
 from pipelines.reports.stats import pass_at_k
-from pipelines.stages.generate import (GenerateConfig, GenerateStage, chat_template_for, engine_model, generate_rows,
+from pipelines.stages.generate import (GenerateConfig, GenerateStage, add_generate_options, generate_config, generate_rows,
                                        prompt_ids)
 from pipelines.stages.label import LabelConfig, LabelStage, label_rows
 from rewards.chat import completion_text
@@ -446,7 +444,6 @@ def report(summary: dict[str, Any], samples: list[dict], report_to: list[str], o
 
 # -------------------------------------------------------------------------------------------------- CLI
 LABEL_OPTIONS = ("weights", "workers", "gold_column", "null_on_timeout")  # the label stage's options eval takes
-GENERATE_CHOICES = {"engine": ("hf", "vllm", "openai"), "chat": ("auto", "always", "never")}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -461,13 +458,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", required=True, help="dataset directory: per-completion rows, eval.json, eval.png")
     p.add_argument("--reward", dest="rewards", action="append", default=[], metavar="SPEC",
                    help="a reward, as `prefsmith label` takes it (repeat for several; default: math)")
-    add_threads_argument(p)
-    add_dataclass_options(p, GenerateConfig, skip=("sampling", "engine_options"), choices=GENERATE_CHOICES)
-    add_dataclass_options(p, SamplingConfig, skip=("stop",))
+    add_generate_options(p)
+    p.set_defaults(temperature=0.0, n=1)  # greedy accuracy unless asked
     add_dataclass_options(p, LabelConfig, only=LABEL_OPTIONS)
     add_dataclass_options(p, EvalConfig, skip=("generate", "label"))
-    p.set_defaults(temperature=0.0, n=1)  # greedy accuracy unless asked
-    p.add_argument("--base-url", help="OpenAI-compatible server URL (engine openai)")
     p.add_argument("--limit", type=int, help="evaluate only the first N prompts")
     p.add_argument("--shard-size", type=int, default=None,
                    help=f"prompts per output shard, the unit of resume (default {EvalStage.shard_size})")
@@ -484,10 +478,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
     if args.n > 1 and args.temperature == 0:
         raise UserError(f"--n {args.n} with --temperature 0 samples the same greedy completion {args.n} times; "
                         "give --temperature (e.g. 1.0) for pass@k / maj@k, or use --n 1")
-    options: dict[str, Any] = {}
-    gen = from_args(GenerateConfig, args, model=engine_model(args.engine, args.model, args.base_url, options),
-                    engine_options=options, chat_template=chat_template_for(args.engine, args.chat_template),
-                    sampling=from_args(SamplingConfig, args))
+    gen = generate_config(args)
     label = from_args(LabelConfig, args, only=LABEL_OPTIONS + ("threads",), rewards=args.rewards or ["math"])
     return from_args(EvalConfig, args, generate=gen, label=label, by=list(dict.fromkeys(args.by)))
 

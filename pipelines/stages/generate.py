@@ -36,16 +36,22 @@ from rewards.chat import as_messages
 @dataclass
 class GenerateConfig:
     model: str
-    engine: str = "hf"
+    engine: str = field(default="hf", metadata={"choices": ("hf", "vllm", "openai")})
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     prompt_column: str = "prompt"
-    template: str | None = None  # e.g. "{prompt}\nPut the final answer in \\boxed{{}}."
-    chat: str = "auto"  # auto | always | never: wrap string prompts as one user message
+    # a format string for string prompts, e.g. "{prompt}\nPut the final answer in \\boxed{{}}."
+    template: str | None = field(default=None, metadata={
+        "help": "format string for string prompts ({prompt} and the row's other columns), e.g. "
+                "'{prompt} Put the answer in \\boxed{{}}.'"})
+    chat: str = field(default="auto", metadata={
+        "choices": ("auto", "always", "never"),
+        "help": "wrap string prompts as one user message: auto (when the model has a chat template) | always | never"})
     system: str | None = None
     batch_size: int = 8  # prompts per engine call
-    engine_options: dict[str, Any] = field(default_factory=dict)
+    engine_options: dict[str, Any] = field(default_factory=dict)  # --engine-option KEY=VALUE items, --base-url
     threads: int | None = None  # hf: torch CPU threads, None auto (docs/engines.md, Threads); not in the fingerprint
-    chat_template: str | None = None  # a Jinja file replacing the model's chat template (hf, vllm)
+    chat_template: str | None = field(default=None, metadata={
+        "metavar": "FILE.jinja", "help": "Jinja chat template file used instead of the model's own (hf, vllm)"})
     # Multi-turn rollouts (docs/environments.md). Left out of the fingerprint while `env` is None, so outputs made
     # before them resume. max_turns 4: room for a tool call, its result, a retry and the final answer, while a
     # policy that never stops calling tools costs at most 4 x max_new_tokens tokens per trajectory.
@@ -263,43 +269,50 @@ def report(output: str) -> dict:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="`default` (embedded SmolLM2-135M-Instruct), a local folder or a hub name")
     p.add_argument("--input", required=True, help="prompts: JSONL, Parquet, dataset directory or hub dataset name")
     p.add_argument("--output", required=True, help="output dataset directory")
-    p.add_argument("--engine", choices=["hf", "vllm", "openai"], default="hf")
-    p.add_argument("--n", type=int, default=8, help="completions per prompt")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--max-new-tokens", type=int, default=512)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--base-url", help="OpenAI-compatible server URL (engine openai)")
-    p.add_argument("--prompt-column", default="prompt")
-    p.add_argument("--chat-template", default=None, metavar="FILE.jinja")
-    p.add_argument("--template", help="format string for string prompts, e.g. '{prompt} Put the answer in \\boxed{{}}.'")
-    p.add_argument("--chat", choices=["auto", "always", "never"], default="auto",
-                   help="wrap string prompts as a user message (auto: when the model has a chat template)")
-    p.add_argument("--system", help="system message prepended to chat prompts")
-    p.add_argument("--batch-size", type=int, default=8, help="prompts per engine call")
-    p.add_argument("--shard-size", type=int, default=None, help=f"prompts per output shard, the unit of resume (default {GenerateStage.shard_size})")
+    add_generate_options(p)
+    p.set_defaults(n=8)  # generate samples groups (SamplingConfig's n is 1)
+    p.add_argument("--shard-size", type=int, default=None,
+                   help=f"prompts per output shard, the unit of resume (default {GenerateStage.shard_size})")
     p.add_argument("--limit", type=int, help="use only the first N prompts")
-    p.add_argument("--engine-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra engine option (JSON value), e.g. dtype=\"bfloat16\" or max_concurrency=16; with --env "
-                        "and --engine openai, tokenizer=DIR (the served model's tokenizer folder)")
-    g = p.add_argument_group("multi-turn rollouts with an environment (docs/environments.md)")
-    g.add_argument("--env", metavar="SPEC", help=_help("env"))
-    g.add_argument("--max-turns", type=int, default=4, metavar="K", help=_help("max_turns"))
-    g.add_argument("--env-option", dest="env_options", action="append", default=[], metavar="KEY=VALUE",
-                   help=_help("env_options"))
-    add_threads_argument(p)
     p.add_argument("--overwrite", action="store_true", help="replace an output made with another config or input")
     add_executor_arguments(p)
 
 
-def _help(name: str) -> str:
-    """A GenerateConfig field's help (its metadata), for the hand-written flags."""
-    from dataclasses import fields
+def add_generate_options(p: argparse.ArgumentParser) -> None:
+    """The options of GenerateConfig and its SamplingConfig (`add_dataclass_options`), `--engine-option` and
+    `--base-url` for `engine_options`, and `--threads`: what `generate` and `eval` take to sample."""
+    from pipelines.core.options import add_dataclass_options
 
-    return next(f.metadata["help"] for f in fields(GenerateConfig) if f.name == name).replace("%", "%%")
+    add_threads_argument(p)
+    add_dataclass_options(p, GenerateConfig, skip=("sampling", "engine_options", "env", "max_turns", "env_options"))
+    add_dataclass_options(p, SamplingConfig, skip=("stop",))  # stop strings come from the environment
+    p.add_argument("--base-url", help="OpenAI-compatible server URL (engine openai)")
+    p.add_argument("--engine-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra engine option (JSON value), e.g. dtype=\"bfloat16\" or max_concurrency=16; with --env "
+                        "and --engine openai, tokenizer=DIR (the served model's tokenizer folder)")
+    add_dataclass_options(p.add_argument_group("multi-turn rollouts with an environment (docs/environments.md)"),
+                          GenerateConfig, only=("env", "max_turns", "env_options"))
+
+
+def generate_config(args: argparse.Namespace) -> GenerateConfig:
+    """The GenerateConfig `add_generate_options`' flags give, checked (one line for a mistake, before any model
+    loads): the model resolved for its engine, the chat template file read, the environment's options parsed."""
+    from pipelines.core.options import from_args
+
+    options = _parse_options(args.engine_option)
+    model = engine_model(args.engine, args.model, args.base_url, options)
+    if args.env is not None:
+        _parse_options(args.env_options, "--env-option")  # a malformed item: one line now
+        if args.max_turns < 1:
+            raise UserError(f"--max-turns must be >= 1, got {args.max_turns}")
+        if args.engine == "openai" and not options.get("tokenizer") and not Path(model).is_dir():
+            raise UserError("--env with --engine openai needs the served model's tokenizer to render the chat template "
+                            "and send token ids: pass --engine-option tokenizer=DIR")
+    return from_args(GenerateConfig, args, model=model, engine_options=options,
+                     chat_template=chat_template_for(args.engine, args.chat_template),
+                     sampling=from_args(SamplingConfig, args), env_options=list(args.env_options))
 
 
 def _parse_options(items: list[str], flag: str = "--engine-option") -> dict[str, Any]:
@@ -343,24 +356,7 @@ def chat_template_for(engine: str, path: str | None) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    options = _parse_options(args.engine_option)
-    model = engine_model(args.engine, args.model, args.base_url, options)
-    if args.env is not None:
-        _parse_options(args.env_options, "--env-option")  # a malformed item: one line now
-        if args.max_turns < 1:
-            raise UserError(f"--max-turns must be >= 1, got {args.max_turns}")
-        if args.engine == "openai" and not options.get("tokenizer") and not Path(model).is_dir():
-            raise UserError("--env with --engine openai needs the served model's tokenizer to render the chat template "
-                            "and send token ids: pass --engine-option tokenizer=DIR")
-    cfg = GenerateConfig(
-        model=model, engine=args.engine,
-        sampling=SamplingConfig(n=args.n, temperature=args.temperature, top_p=args.top_p,
-                                max_new_tokens=args.max_new_tokens, seed=args.seed),
-        prompt_column=args.prompt_column, template=args.template, chat=args.chat, system=args.system,
-        batch_size=args.batch_size, engine_options=options, threads=args.threads,
-        chat_template=chat_template_for(args.engine, args.chat_template),
-        env=args.env, max_turns=args.max_turns, env_options=list(args.env_options),
-    )
+    cfg = generate_config(args)
     generate(cfg, args.input, args.output, overwrite=args.overwrite, shard_size=args.shard_size, limit=args.limit,
              executor=executor_config(args))
     print(json.dumps(report(args.output)), file=sys.stdout)
