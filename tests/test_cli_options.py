@@ -142,6 +142,13 @@ def test_eval_options_are_its_config_dataclasses(tiny_model):
     assert (cfg.generate.batch_size, cfg.label.batch_size) == (3, 64)  # the engine's, not the reward calls'
     assert cfg.label.rewards == ["math"] and cfg.label.gold_column == "solution" and cfg.by == ["level"]
 
+    from pipelines.stages.generate import generate_config  # generate: the same dataclasses, its own n default
+    gen = generate_config(_parser("generate").parse_args([
+        "--model", str(tiny_model), "--input", "p.jsonl", "--output", "o", "--env", "python", "--env-option",
+        "timeout_s=3", "--max-turns", "2", "--top-p", "0.9"]))
+    assert gen.sampling == SamplingConfig(n=8, top_p=0.9) and (gen.env, gen.max_turns) == ("python", 2)
+    assert gen.env_options == ["timeout_s=3"]
+
 
 def test_label_options_are_its_config_dataclass():
     from pipelines.stages.label import LabelConfig
