@@ -85,3 +85,22 @@ def test_rounds_written_as_a_pipeline_file(tmp_path, tiny_model, small):
     rows = ds.load_rows(root / "round-001" / "rollouts")
     assert rows and {r["policy"]["model"] for r in rows} == {str(root / "round-000" / "policy" / "model")}
     assert out["rounds.policy"] == str(root / "round-001" / "policy")
+
+
+def test_tir_recipe(tmp_path, tiny_model, small):
+    """Cold-start SFT on the tool-using traces, then GRPO with the `python` environment (a real sandbox): the
+    rollouts are trajectories, held-out accuracy comes from greedy trajectories before and after."""
+    out = run("tir", tmp_path, tiny_model, **small, max_new_tokens=8, max_turns=2, grpo_steps=2, grpo_minutes=5,
+              prompts_per_step=2, num_generations=4, sft_epochs=1, eval_limit=4, threads=1)
+    sft = Path(out["cold_start_sft"])
+    assert (sft / "model" / "config.json").exists()
+    rl = Path(out["tir_rl"])
+    assert [e["step"] for e in _eval_rows(rl)] == [0, 2]
+    train = [r for r in map(json.loads, (rl / "metrics.jsonl").read_text().splitlines()) if r["split"] == "train"]
+    assert len(train) == 2 and all("turns" in r and "reward_tool_use" in r for r in train)
+    rows = ds.load_rows(rl / "rollouts")
+    assert rows and all(len(r["completion_mask"]) == len(r["completion_ids"]) and 1 <= r["turns"] <= 2 for r in rows)
+    assert all(r["messages"][0]["content"].startswith("You can run Python code") for r in rows)
+    config = ds.read_manifest(rl / "rollouts")["config"]  # the run's identity: from the SFT model, with the env
+    assert config["model"].startswith(str(sft)) and config["env"] == "python" and config["max_turns"] == 2
+    assert config["env_options"] == ["timeout_s=5"]

@@ -427,3 +427,33 @@ def test_gae_over_a_trajectory_skips_environment_tokens():
     a2, r2 = gae(rewards[:, keep], values[:, keep], torch.ones(1, int(keep.sum())), gamma=0.9, lam=0.8)
     assert torch.allclose(adv[:, keep], a2) and torch.allclose(ret[:, keep], r2)
     assert not adv[:, ~keep].any() and not ret[:, ~keep].any()
+
+
+# ------------------------------------------------------------------------------------------------ the recipe's traces
+def test_tir_traces_replay_in_the_python_environment(tok):
+    """data/tir/tir_traces.jsonl (the tir recipe's cold start) is what the `python` environment would have made:
+    its opening is `reset`'s for the prompt as GRPO poses it, each tool turn's output is what the sandbox prints
+    for that block now, the last turn is a final answer with the gold boxed; SFT trains the assistant turns only."""
+    from pipelines.envs import load_env
+    from rewards.math import BOXED_INSTRUCTION
+    from trainers.core.data import encode_messages
+
+    rows = [json.loads(x) for x in (ROOT / "data" / "tir" / "tir_traces.jsonl").read_text().splitlines()]
+    assert len(rows) >= 12
+    env = load_env("python", {})
+    try:
+        for row in rows:
+            messages, state = env.reset({"prompt": f"{row['prompt']} {BOXED_INSTRUCTION}"})
+            assert row["messages"][:len(messages)] == messages
+            turns = row["messages"][len(messages):]
+            for k in range(0, len(turns), 2):
+                observation, state, info = env.step(turns[k]["content"], state)
+                if k + 1 < len(turns):
+                    assert info["tool_calls"] == 1 and info["tool_errors"] == 0 and observation == [turns[k + 1]]
+                else:
+                    assert observation is None and f"\\boxed{{{row['answer']}}}" in turns[k]["content"]
+            feat = encode_messages(tok, row["messages"])
+            trained = tok.decode([t for t, m in zip(feat["input_ids"], feat["loss_mask"]) if m])
+            assert "```output" not in trained and "```python" in trained
+    finally:
+        env.close()
