@@ -188,19 +188,11 @@ class GRPOConfig:
         self.env_option_values()
 
     def env_option_values(self) -> dict[str, Any]:
-        """`--env-option KEY=VALUE` as keywords for the environment: VALUE read as JSON, else as text."""
-        from pipelines.errors import UserError
+        """`--env-option KEY=VALUE` as keywords for the environment: VALUE read as JSON, else as text (as
+        `generate --env-option`)."""
+        from pipelines.stages.generate import _parse_options
 
-        options: dict[str, Any] = {}
-        for item in self.env_options:
-            key, sep, value = item.partition("=")
-            if not sep or not key:
-                raise UserError(f"--env-option {item!r}: expected KEY=VALUE")
-            try:
-                options[key] = json.loads(value)
-            except json.JSONDecodeError:
-                options[key] = value
-        return options
+        return _parse_options(self.env_options, "--env-option")
 
     def warmup(self) -> int:
         """Warm-up steps: --warmup-steps when > 0, else --warmup-ratio of --max-steps."""
