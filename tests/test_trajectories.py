@@ -457,3 +457,38 @@ def test_tir_traces_replay_in_the_python_environment(tok):
             assert "```output" not in trained and "```python" in trained
     finally:
         env.close()
+
+
+def test_generate_env_rows_build_and_train_offline(tmp_path, tiny_model, prompts, env_file):
+    """Rows as `generate --env` writes them (the real rollout driver on the tiny model): label, select and kto
+    carry them, and `train sft` and `train kto` train their policy tokens after the ids the engine continued."""
+    from transformers import AutoTokenizer
+
+    from trainers.offline.algorithms import make_algorithm
+    from trainers.offline.config import TrainConfig
+
+    d = tmp_path
+    assert cli(["generate", "--model", str(tiny_model), "--input", str(prompts), "--output", str(d / "rollouts"),
+                "--env", f"{env_file}:EchoEnv", "--max-turns", "3", "--n", "2", "--max-new-tokens", "6",
+                "--limit", "4", "--threads", "1"]) == 0
+    assert cli(["label", "--input", str(d / "rollouts"), "--output", str(d / "labeled"), "--no-progress",
+                "--reward", "plugin_rewards:parity_reward", "--reward", "tool_use"]) == 0
+    assert cli(["select", "--input", str(d / "labeled"), "--output", str(d / "select"), "--keep", "all-correct",
+                "--min-reward", "1.0"]) == 0
+    assert cli(["kto", "--input", str(d / "labeled"), "--output", str(d / "kto"), "--threshold", "1.5"]) == 0
+    src = {r["id"]: r for r in ds.load_rows(d / "labeled")}
+    assert all(r["rewards"]["tool_use"] == 1.0 and r["turns"] == 2 for r in src.values())
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    for algo, data in (("sft", "select"), ("kto", "kto")):
+        rows = ds.load_rows(d / data)
+        assert rows
+        cfg = TrainConfig(algorithm=algo, model=str(tiny_model), data=str(d / data), output=str(d / f"t-{algo}"))
+        for row, ex in zip(rows, make_algorithm(cfg).encode(rows, tok, cfg, data)):
+            s = src[row["id"]]
+            feat = ex["seq" if algo == "sft" else "completion"]
+            assert feat["input_ids"] == s["prompt_token_ids"] + s["completion_ids"]
+            assert feat["loss_mask"] == [0] * len(s["prompt_token_ids"]) + s["completion_mask"]
+            assert row["completion"] == s["messages"][len(s["sampled_prompt"]):]
+        assert cli(["train", algo, "--model", str(tiny_model), "--data", str(d / data), "--output",
+                    str(d / f"t-{algo}"), "--max-steps", "1", "--no-plots", "--no-progress", "--threads", "1",
+                    "--ref-cache-dir", str(d / "cache")]) == 0
