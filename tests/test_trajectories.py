@@ -382,6 +382,8 @@ def test_grpo_env_options_are_checked_before_any_work(tmp_path, tiny_model, prom
     assert "synchronous loop" in capsys.readouterr().err
     assert cli([*base, "--env", f"{env_file}:EchoEnv", "--env-option", "volume=3"]) == 2
     assert "volume" in capsys.readouterr().err
+    assert cli([*base, "--env", f"{tmp_path / 'missing.py'}:EchoEnv"]) == 2
+    assert "not found" in capsys.readouterr().err
     from trainers.online.grpo import GRPOConfig
 
     plain = GRPOConfig(model="m", prompts="p", output="o", rewards=["math"])

@@ -221,9 +221,13 @@ class GRPOConfig:
         out = {k: v for k, v in asdict(self).items()
                if k not in skip and k != "report_to" and not (k in later and v == later[k])}
         if self.env is not None:  # the file behind a tools: or plug-in environment is part of the run
-            from pipelines.envs import env_fingerprint
+            from pipelines.envs import EnvSpecError, env_fingerprint
+            from pipelines.errors import UserError
 
-            out["env_source"] = env_fingerprint(self.env, self.env_option_values())
+            try:
+                out["env_source"] = env_fingerprint(self.env, self.env_option_values())
+            except EnvSpecError as e:
+                raise UserError(f"--env: {e}") from None
         return out
 
 
