@@ -104,3 +104,6 @@ def test_tir_recipe(tmp_path, tiny_model, small):
     config = ds.read_manifest(rl / "rollouts")["config"]  # the run's identity: from the SFT model, with the env
     assert config["model"].startswith(str(sft)) and config["env"] == "python" and config["max_turns"] == 2
     assert config["env_options"] == ["timeout_s=5"]
+    summary = json.loads((Path(out["eval"]) / "eval.json").read_text())  # the final policy, with the environment
+    assert summary["overall"]["prompts"] == 4 and summary["model"] == str(rl / "model")
+    assert summary["config"]["env"] == "python" and "tools" in summary
