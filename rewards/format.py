@@ -156,7 +156,8 @@ def soft_overlong_penalty(length: int, max_len: int, cache: int) -> float:
 class Overlong:
     """DAPO's soft overlong punishment as a reward (add it to a correctness reward). Picklable; see module doc.
 
-    Length is `len(completion_ids[i])` when that column is given, else the token count from `tokenizer`
+    Length is `len(completion_ids[i])` when that column is given (for a multi-turn trajectory, the policy's tokens:
+    the ones `completion_mask` marks 1, so tool outputs do not count), else the token count from `tokenizer`
     (a tokenizer object or a local path), else null with reason `no_completion_ids`.
     """
 
@@ -180,11 +181,15 @@ class Overlong:
         return self._tokenizer
 
     def results(self, prompts: Sequence[Any] | None, completions: Sequence[Any],
-                completion_ids: Sequence[Sequence[int] | None] | None = None, **columns: Any) -> list[RewardResult]:
+                completion_ids: Sequence[Sequence[int] | None] | None = None,
+                completion_mask: Sequence[Sequence[int] | None] | None = None, **columns: Any) -> list[RewardResult]:
         ids = list(completion_ids) if completion_ids is not None else [None] * len(completions)
+        masks = list(completion_mask) if completion_mask is not None else [None] * len(completions)
         out = []
-        for text, tokens in zip(_texts(completions), ids):
-            if tokens is not None:
+        for text, tokens, mask in zip(_texts(completions), ids, masks):
+            if tokens is not None and mask is not None:  # a trajectory: the policy's tokens, not the tool outputs
+                length = int(sum(mask))
+            elif tokens is not None:
                 length = len(tokens)
             elif self._tokenizer is not None and text is not None:
                 length = len(self.tokenizer()(text, add_special_tokens=False)["input_ids"])

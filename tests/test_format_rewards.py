@@ -88,3 +88,17 @@ def test_boxed_format(text, score, reason):
     assert (r.score, r.reason) == (score, reason)
     [via_spec] = build("format:boxed").score(["q"], [[{"role": "assistant", "content": text}]], {})
     assert via_spec.score == score
+
+
+def test_overlong_counts_only_the_policy_tokens_of_a_trajectory():
+    """A multi-turn trajectory's completion_ids hold tool outputs too (mask 0): the length the penalty sees is the
+    policy's own tokens, so a long tool output does not punish the policy."""
+    from rewards.format import Overlong
+
+    fn = Overlong(max_len=20, cache=5)
+    ids = [[1] * 30, [1] * 30]
+    masks = [[1] * 10 + [0] * 20, [1] * 30]
+    got = fn.results(None, ["a", "b"], completion_ids=ids, completion_mask=masks)
+    assert got[0].score == 0.0 and got[0].info["length"] == 10
+    assert got[1].score == -1.0 and got[1].info["length"] == 30
+    assert fn.results(None, ["a"], completion_ids=[[1] * 30])[0].score == -1.0  # no mask: every token counts
