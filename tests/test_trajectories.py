@@ -494,3 +494,63 @@ def test_generate_env_rows_build_and_train_offline(tmp_path, tiny_model, prompts
         assert cli(["train", algo, "--model", str(tiny_model), "--data", str(d / data), "--output",
                     str(d / f"t-{algo}"), "--max-steps", "1", "--no-plots", "--no-progress", "--threads", "1",
                     "--ref-cache-dir", str(d / "cache")]) == 0
+
+
+def test_grpo_with_the_python_environment_sigkill_then_resume_gives_the_uninterrupted_weights(tmp_path, tiny_model):
+    """`train grpo --env python` for 2 steps on a tiny model taught to write python blocks: the blocks run in the
+    real sandbox (tool calls in the rollouts, their output in the conversation, masked out of the loss), and a run
+    killed after its first checkpoint resumes to the uninterrupted run's weights and rollouts."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tiny_model import build_coding_model
+
+    model = build_coding_model(tiny_model, tmp_path / "coder")
+    problems = (ROOT / "data" / "math" / "train.jsonl").read_text().splitlines()[:8]
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("\n".join(problems) + "\n")
+
+    def args(out: Path) -> list[str]:
+        return ["train", "grpo", "--model", str(model), "--prompts", str(prompts), "--output", str(out),
+                "--reward", "math", "--env", "python", "--max-turns", "2", "--env-option", "timeout_s=5",
+                "--num-generations", "4", "--prompts-per-step", "2", "--max-new-tokens", "24", "--temperature", "0.7",
+                "--lr", "1e-3", "--seed", "5", "--threads", "1", "--no-dynamic-sampling", "--max-steps", "2",
+                "--save-every", "1"]
+
+    clean = tmp_path / "clean"
+    assert cli(args(clean)) == 0
+    rows = ds.load_rows(clean / "rollouts")
+    ran = [r for r in rows if r["tool_calls"]]
+    assert ran, "the coding model wrote no python block the environment ran"
+    for r in ran:  # the block's output came back as the next turn's observation, never trained
+        assert r["turns"] >= 2 and r["messages"][3]["content"].startswith("```output\n")
+        assert 0 in r["completion_mask"] and len(r["completion_mask"]) == len(r["completion_ids"])
+    assert any(r["messages"][3]["content"] == f"```output\n{r['answer']}\n```" for r in ran)  # it printed the answer
+
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+    cmd = [sys.executable, "-m", "pipelines.cli", *args(out)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if list((out / "checkpoints").glob("step-00000001/trainer_state.json")):
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    result = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "resuming from" in result.stderr
+    a = AutoModelForCausalLM.from_pretrained(clean / "model")
+    b = AutoModelForCausalLM.from_pretrained(out / "model")
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        assert torch.allclose(p, q, atol=1e-6), name
+    key = lambda r: (r["id"], r["step"], r["completion_ids"], r["completion_mask"], r["tool_calls"])  # noqa: E731
+    assert [key(r) for r in ds.load_rows(out / "rollouts")] == [key(r) for r in rows]

@@ -118,3 +118,33 @@ def build_boxing_model(base: str | os.PathLike, path: str | os.PathLike, prompts
                    "--lr", "5e-3", "--epochs", "8", "--batch-size", "8", "--no-plots", "--no-progress"])
     assert status == 0, "training the boxing model failed"
     return run / "model" if (run / "model" / "config.json").exists() else run
+
+
+def build_coding_model(base: str | os.PathLike, path: str | os.PathLike, prompts: int = 12) -> Path:
+    """The tiny model taught (by `prefsmith train sft` on two-turn traces in the `python` environment's format) to
+    answer the first built-in math prompts with a ```python block that prints the answer, then, after the
+    ```output block, "The answer is \\boxed{N}." Sampled, it writes python blocks the environment runs, so a GRPO
+    run with `--env python` has tool calls to train on. Returns the trained model folder (idempotent)."""
+    from pipelines.cli import main
+    from pipelines.envs.python_env import SYSTEM
+
+    path = Path(path)
+    run = path / "run"
+    if (run / "model" / "config.json").exists():
+        return run / "model"
+    path.mkdir(parents=True, exist_ok=True)
+    problems = Path(__file__).resolve().parents[1] / "data" / "math" / "train.jsonl"
+    data = path / "sft.jsonl"
+    with data.open("w") as f:
+        for problem in map(json.loads, problems.read_text().splitlines()[:prompts]):
+            answer = problem["answer"]
+            f.write(json.dumps({"messages": [
+                {"role": "system", "content": SYSTEM},
+                {"role": "user", "content": BOXING_TEMPLATE.format(prompt=problem["prompt"])},
+                {"role": "assistant", "content": f"```python\nprint({answer})\n```\n"},
+                {"role": "user", "content": f"```output\n{answer}\n```"},
+                {"role": "assistant", "content": f"The answer is \\boxed{{{answer}}}."}]}) + "\n")
+    status = main(["train", "sft", "--model", str(base), "--data", str(data), "--output", str(run),
+                   "--lr", "5e-3", "--epochs", "40", "--batch-size", "4", "--no-plots", "--no-progress"])
+    assert status == 0, "training the coding model failed"
+    return run / "model"

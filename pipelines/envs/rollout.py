@@ -5,7 +5,8 @@ same seeds, carried columns and `policy`/`sampling` columns, one trajectory row 
 trajectory is
 
     prompt ids     the messages `env.reset(row)` returns, rendered once with the chat template (`tools=env.tools`)
-    policy turn    the engine continues prompt ids + completion ids so far (token ids, n=1, `stop=env.stop`);
+    policy turn    the engine continues prompt ids + completion ids so far (token ids, n=1, `stop=env.stop`;
+                   at the first turn one call with n=m for a prompt's m trajectories, prefilled once);
                    its ids and log-probs are appended as they came back (mask 1)
     observation    `env.step(turn text)` -> messages; their tokens (`observation_ids`) are appended once (mask 0,
                    log-prob 0.0), then the next policy turn
@@ -33,9 +34,10 @@ _PROBE = "PREFSMITH_TURN_PROBE"
 
 
 def turn_seed(seed: int, sample_idx: int, turn: int) -> int:
-    """The seed of policy turn `turn` of trajectory `sample_idx` of a prompt seeded `seed`. Turn 0 is the seed
-    `generate` gives that sample (`derive_seed`: on the hf engine the first turn draws what `generate` would); later
-    turns get stable, distinct seeds."""
+    """The seed of policy turn `turn` of trajectory `sample_idx` of a prompt seeded `seed`, sampled alone. Turn 0 is
+    the seed `generate` gives that sample (`derive_seed`); later turns get stable, distinct seeds. (The first turns
+    of a prompt's trajectories 0..m-1 are sampled together, one prompt with m samples and the prompt's seed, as
+    `generate` samples them: `_Rollout.shared_starts`.)"""
     if turn == 0:
         return derive_seed(seed, sample_idx)
     digest = hashlib.sha256(f"{seed}:{sample_idx}:turn{turn}".encode()).digest()
@@ -186,18 +188,39 @@ class _Rollout:
         budget = {id(t): self.budget(t) for t in live}
         tokens, seconds = 0, 0.0
         for limit in sorted(set(budget.values())):
-            group = [t for t in live if budget[id(t)] == limit]
-            t0 = time.time()
-            results = self.engine.generate([t.prompt_ids + t.ids for t in group],
-                                           replace(self.sampling, max_new_tokens=limit),
-                                           [turn_seed(t.seed, t.sample_idx, len(t.turn_finish)) for t in group])
-            seconds += time.time() - t0
-            for t, [sample] in zip(group, results):
-                tokens += self.take(t, sample, limit)
+            shared = self.shared_starts([t for t in live if budget[id(t)] == limit])
+            for n in sorted({len(same) for same in shared}):  # one call per sample count (n is per call)
+                sets = [same for same in shared if len(same) == n]
+                t0 = time.time()
+                results = self.engine.generate(
+                    [same[0].prompt_ids + same[0].ids for same in sets],
+                    replace(self.sampling, max_new_tokens=limit, n=n),
+                    [turn_seed(same[0].seed, same[0].sample_idx, len(same[0].turn_finish)) for same in sets])
+                seconds += time.time() - t0
+                for same, samples in zip(sets, results):
+                    for t, sample in zip(same, samples):
+                        tokens += self.take(t, sample, limit)
         stepping = [t for t in live if t.finish is None]
         for t, result in zip(stepping, self.step([t.completion for t in stepping], [t.state for t in stepping])):
             self.answer(t, result)
         return tokens, seconds
+
+    def shared_starts(self, group: list[_Trajectory]) -> list[list[_Trajectory]]:
+        """`group` cut into the sets one engine call samples together: at the first turn, the trajectories
+        0..m-1 of a prompt continue the same ids, so they are one prompt with m samples (prefilled once; sample k
+        is drawn with `derive_seed(seed, k)`, the seed it gets alone, `turn_seed`); every other trajectory is
+        its own prompt with one sample."""
+        sets: list[list[_Trajectory]] = []
+        first: dict[int, list[_Trajectory]] = {}
+        for t in group:
+            same = first.get(t.row) if not t.turn_finish else None
+            if same is not None and t.sample_idx == len(same) and t.prompt_ids == same[0].prompt_ids:
+                same.append(t)
+                continue
+            sets.append([t])
+            if not t.turn_finish and t.sample_idx == 0:
+                first[t.row] = sets[-1]
+        return sets
 
     def budget(self, t: _Trajectory) -> int:
         """The turn's max_new_tokens: the configured one, or less where the context has less room left."""
