@@ -25,6 +25,7 @@ import math
 from dataclasses import asdict, dataclass
 
 from pipelines.core.dataset import load_table
+from pipelines.core.options import add_dataclass_options, from_args
 from pipelines.errors import UserError
 from pipelines.builders.samples import (BuilderStage, carried, context, count_by, read_side, row_id, sampled_side,
                                         score_rows)
@@ -36,8 +37,10 @@ KTO_BOUND = (1.0, 4.0 / 3.0)  # Eq. 8: lambda_D * n_D / (lambda_U * n_U) in this
 
 @dataclass
 class KTOConfig:
-    threshold: float = 0.5
-    label_column: str = "reward"
+    """The options of `prefsmith kto` (its flags come from these fields: `add_arguments`)."""
+
+    threshold: float = 0.5  # label = score >= threshold
+    label_column: str = "reward"  # column to label from (a boolean column is the label itself)
 
 
 @dataclass
@@ -124,18 +127,19 @@ def _build_kto(input: str, output: str, cfg: KTOConfig, **run) -> tuple[StageRes
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", required=True, help="labeled rollouts (JSONL, Parquet or dataset directory)")
     p.add_argument("--output", required=True, help="dataset directory to write")
-    p.add_argument("--threshold", type=float, default=0.5, help="label = score >= threshold (default 0.5)")
-    p.add_argument("--label-column", "--from-column", dest="label_column", default="reward",
+    add_dataclass_options(p, KTOConfig, only=("threshold",))
+    # two spellings (docs/judges.md says --from-column), which a field's one flag cannot give: written by hand
+    p.add_argument("--label-column", "--from-column", dest="label_column", default=KTOConfig.label_column,
                    help="column to label from (default reward; e.g. judge_score); a boolean column is used as the "
                         "label directly")
+    add_dataclass_options(p, KTOConfig)  # a new field gets its flag too
     p.add_argument("--overwrite", action="store_true", help="replace an output made with another config")
     add_executor_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    result, fields = _build_kto(args.input, args.output, KTOConfig(threshold=args.threshold,
-                                                                   label_column=args.label_column),
-                                overwrite=args.overwrite, executor=executor_config(args))
+    result, fields = _build_kto(args.input, args.output, from_args(KTOConfig, args), overwrite=args.overwrite,
+                                executor=executor_config(args))
     s, w = fields["summary"], fields["kto"]
     if not s["rows"]:
         raise UserError(f"{args.input}: every row has a null {args.label_column}; nothing to label")

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import argparse
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from pipelines.core.options import add_dataclass_options, from_args
 from pipelines.errors import UserError
 from pipelines.builders.samples import (PromptGroupStage, Sample, context, count_by, group_rows, prompt_columns,
                                         read_side, sampled_side, score_rows)
@@ -38,11 +39,15 @@ STRATEGIES = ("best-worst", "all", "random")
 
 @dataclass
 class PairsConfig:
-    strategy: str = "best-worst"
-    min_margin: float = 0.0
-    max_per_prompt: int | None = None  # best-worst: always 1; random: default 1; all: unlimited
-    seed: int = 0
-    min_edit_distance: float = 0.0  # 0 = off; pairs closer than this (normalized Levenshtein) are skipped
+    """The options of `prefsmith pairs` (its flags come from these fields: `add_arguments`)."""
+
+    strategy: str = field(default="best-worst", metadata={"choices": STRATEGIES, "help": (
+        "best-worst: top vs bottom reward (1 pair/prompt); all: every pair; random: seeded random pairs")})
+    min_margin: float = 0.0  # a pair needs score_chosen - score_rejected > this (default 0: ties never pair)
+    max_per_prompt: int | None = None  # at most K pairs per prompt (all: largest margins first; random: default 1)
+    seed: int = 0  # seed of the random strategy
+    min_edit_distance: float = field(default=0.0, metadata={"help": (
+        "skip pairs whose normalized Levenshtein distance is below this (e.g. 0.1); 0 = off")})
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -186,27 +191,23 @@ def _build_pairs(input: str, output: str, cfg: PairsConfig, **run) -> tuple[Stag
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", required=True, help="labeled rollouts (JSONL, Parquet or dataset directory)")
     p.add_argument("--output", required=True, help="dataset directory to write")
-    p.add_argument("--strategy", choices=STRATEGIES, default="best-worst",
-                   help="best-worst: top vs bottom reward (1 pair/prompt); all: every pair; random: seeded random pairs")
-    p.add_argument("--min-margin", type=float, default=0.0,
-                   help="a pair needs score_chosen - score_rejected > this (default 0: ties never pair)")
-    p.add_argument("--max-per-prompt", type=int, default=None,
-                   help="at most K pairs per prompt (all: largest margins first; random: default 1)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random strategy")
-    near = p.add_mutually_exclusive_group()
-    near.add_argument("--min-edit-distance", type=float, default=0.0,
-                      help="skip pairs whose normalized Levenshtein distance is below this (e.g. 0.1); 0 = off")
+    add_dataclass_options(p, PairsConfig, skip=("min_edit_distance",))  # --strategy, --min-margin, ...
+    near = p.add_mutually_exclusive_group()  # one near-duplicate filter, said either way
+    add_dataclass_options(near, PairsConfig, only=("min_edit_distance",))
     near.add_argument("--max-similarity", type=float, default=None,
                       help="same filter as 1 - similarity: skip pairs more similar than this (0.9 == --min-edit-distance 0.1)")
     p.add_argument("--overwrite", action="store_true", help="replace an output made with another config")
     add_executor_arguments(p)
 
 
+def config_from_args(args: argparse.Namespace) -> PairsConfig:
+    """The PairsConfig `args` give, field for field (`--max-similarity S` is `min_edit_distance` 1 - S)."""
+    near = {} if args.max_similarity is None else {"min_edit_distance": round(1.0 - args.max_similarity, 12)}
+    return from_args(PairsConfig, args, **near)
+
+
 def run(args: argparse.Namespace) -> int:
-    min_dist = args.min_edit_distance if args.max_similarity is None else round(1.0 - args.max_similarity, 12)
-    cfg = PairsConfig(strategy=args.strategy, min_margin=args.min_margin, max_per_prompt=args.max_per_prompt,
-                      seed=args.seed, min_edit_distance=min_dist)
-    result, summary = _build_pairs(args.input, args.output, cfg, overwrite=args.overwrite,
+    result, summary = _build_pairs(args.input, args.output, config_from_args(args), overwrite=args.overwrite,
                                    executor=executor_config(args))
     print(format_summary(summary))
     print(written(result, summary["pairs"], "pairs"))

@@ -30,12 +30,13 @@ from __future__ import annotations
 
 import argparse
 import random
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pyarrow as pa
 
 from pipelines.core import dataset as ds
+from pipelines.core.options import add_dataclass_options, from_args
 from pipelines.errors import UserError
 from pipelines.builders.samples import (PromptGroupStage, Sample, as_completion, carried, chat_column, context, count_by,
                                         group_rows, input_schema, read_side, sampled_side, score_rows)
@@ -48,12 +49,17 @@ KEEP = ("best", "all-correct")
 
 @dataclass
 class SelectConfig:
-    keep: str = "best"
-    min_reward: float = 1.0
+    """The options of `prefsmith select` (its flags come from these fields: `add_arguments`; `--mix OTHER:RATIO`
+    gives `mix` and `mix_ratio`)."""
+
+    keep: str = field(default="best", metadata={"choices": KEEP, "help": (
+        "best: one per prompt (highest reward, then shortest); all-correct: every distinct correct one")})
+    min_reward: float = 1.0  # correct means reward >= this
     mix: str | None = None  # path or name of another SFT dataset
     mix_ratio: float = 0.0  # fraction of the final set drawn from `mix`
-    seed: int = 0
-    by: str | None = None  # a reward spec that ranks each prompt's completions (best-of-N)
+    seed: int = 0  # seed of the mix sampling
+    by: str | None = field(default=None, metadata={"metavar": "SPEC", "help": (
+        "best-of-N: keep each prompt's completion a reward spec scores highest, e.g. prm:runs/prm:min")})
     # filled by build_select (part of the fingerprint): output format and the mix input's content hash
     format: str = "prompt-completion"
     mix_fingerprint: str | None = None
@@ -276,22 +282,25 @@ def _write_mix(output: str, manifest: dict, other: pa.Table, cfg: SelectConfig, 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", required=True, help="labeled rollouts (JSONL, Parquet or dataset directory)")
     p.add_argument("--output", required=True, help="dataset directory to write")
-    p.add_argument("--keep", choices=KEEP, default="best",
-                   help="best: one per prompt (highest reward, then shortest); all-correct: every distinct correct one")
-    p.add_argument("--min-reward", type=float, default=1.0, help="correct means reward >= this (default 1.0)")
+    add_dataclass_options(p, SelectConfig, only=("keep", "min_reward"))
+    # one flag for two fields (`parse_mix`), so written by hand
     p.add_argument("--mix", default=None, metavar="OTHER_SFT:RATIO",
                    help="append rows of another SFT set so they make RATIO of the final set (e.g. sft.jsonl:0.3)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the mix sampling")
-    p.add_argument("--by", default=None, metavar="SPEC",
-                   help="best-of-N: keep each prompt's completion a reward spec scores highest, e.g. prm:runs/prm:min")
+    # the rest: --seed, --by; `format` and `mix_fingerprint` are build_select's, not options
+    add_dataclass_options(p, SelectConfig, skip=("mix_ratio", "format", "mix_fingerprint"))
     p.add_argument("--overwrite", action="store_true", help="replace an output made with another config")
     add_executor_arguments(p)
 
 
-def run(args: argparse.Namespace) -> int:
+def config_from_args(args: argparse.Namespace) -> SelectConfig:
+    """The SelectConfig `args` give, field for field (`--mix OTHER:RATIO` is `mix` and `mix_ratio`)."""
     mix, ratio = parse_mix(args.mix) if args.mix else (None, 0.0)
-    cfg = SelectConfig(keep=args.keep, min_reward=args.min_reward, mix=mix, mix_ratio=ratio, seed=args.seed, by=args.by)
-    result, s = _build_select(args.input, args.output, cfg, overwrite=args.overwrite, executor=executor_config(args))
+    return from_args(SelectConfig, args, mix=mix, mix_ratio=ratio)
+
+
+def run(args: argparse.Namespace) -> int:
+    result, s = _build_select(args.input, args.output, config_from_args(args), overwrite=args.overwrite,
+                              executor=executor_config(args))
     print(f"prompts: {s['prompts']}  with a correct completion: {s['prompts_with_correct']}  "
           f"selected: {s['selected']}  duplicates removed: {s['duplicates_removed']}")
     print(f"null-reward rows skipped: {s['null_rows_skipped']}"

@@ -20,13 +20,14 @@ of its first matching n-gram (ties: the set named first). The manifest's `decont
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 
 from pipelines.core import dataset as ds
+from pipelines.core.options import add_dataclass_options, from_args
 from pipelines.hygiene import shingles as tx
 from pipelines.errors import UserError
 from pipelines.core.runner import Shard, execute, update_manifest
@@ -38,6 +39,17 @@ STAGE = "decontaminate"
 AUTO_FIELDS = ("prompt", "question", "problem")
 REPO = Path(__file__).resolve().parents[2]
 MATH_HELDOUT = REPO / "data" / "math" / "heldout.jsonl"
+
+
+@dataclass
+class DecontaminateConfig:
+    """The options of `prefsmith decontaminate` (its flags come from these fields: `add_arguments`); `decontaminate`
+    takes them as arguments."""
+
+    against: list[str] = field(default_factory=list, metadata={
+        "metavar": "EVAL", "help": "eval set: humaneval | math-heldout | PATH[:FIELD] (repeatable)"})
+    ngram: int = 13  # words per n-gram (default 13, as GPT-3; 8 is stricter)
+    field: str = "prompt"  # training text column (string or chat-message list)
 
 
 @dataclass
@@ -246,17 +258,15 @@ def format_summary(summary: dict) -> str:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", required=True, help="JSONL, Parquet file, dataset directory or hub name")
     p.add_argument("--output", required=True, help="output dataset directory (removed rows go to OUTPUT/removed)")
-    p.add_argument("--against", action="append", default=[], metavar="EVAL",
-                   help="eval set: humaneval | math-heldout | PATH[:FIELD] (repeatable)")
-    p.add_argument("--ngram", type=int, default=13, help="words per n-gram (default 13, as GPT-3; 8 is stricter)")
-    p.add_argument("--field", default="prompt", help="training text column (string or chat-message list)")
+    add_dataclass_options(p, DecontaminateConfig)  # --against, --ngram, --field
     p.add_argument("--overwrite", action="store_true", help="replace an output made with another config or input")
     p.add_argument("--no-progress", action="store_true")
     add_executor_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    summary = decontaminate(args.input, args.output, args.against, ngram=args.ngram, field=args.field,
+    cfg = from_args(DecontaminateConfig, args)
+    summary = decontaminate(args.input, args.output, cfg.against, ngram=cfg.ngram, field=cfg.field,
                             overwrite=args.overwrite, progress=not args.no_progress, executor=executor_config(args))
     print(format_summary(summary))
     return 0

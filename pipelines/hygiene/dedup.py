@@ -51,6 +51,7 @@ import pyarrow.parquet as pq
 
 from pipelines.core import dataset as ds
 from pipelines.core.files import atomic_path, atomic_write_json, fingerprint_json
+from pipelines.core.options import add_dataclass_options, from_args
 from pipelines.core.stage import Stage
 from pipelines.executors import ShardTask, add_executor_arguments, executor_config, make_executor
 from pipelines.hygiene import shingles as tx
@@ -66,19 +67,25 @@ _ENTRY = np.dtype([("key", "<u8"), ("node", "<i8")])  # one bucket-file entry: (
 _MAX_BUCKETS = 4096
 _FLUSH_ENTRIES = 1 << 20  # bucket entries buffered in phase 2 before they are appended to their files
 _RAY_WINDOW_ROWS = 1 << 17  # input rows handed to one RayExecutor.map call (it holds its whole task list)
+KEEP = ("first", "best-reward")  # --keep: which row of a duplicate cluster stays
 
 
 @dataclass
 class DedupConfig:
-    field: str = "prompt"
-    threshold: float = 0.8  # exact Jaccard of the shingle sets at or above which two rows are duplicates
+    """The options of `prefsmith dedup` (its flags come from these fields: `add_arguments`)."""
+
+    # `field(...)` is dataclasses.field only on this first line: from here on the class body's `field` is a str
+    field: str = field(default="prompt", metadata={"help": (
+        "text column to compare: a string or chat-message list column; A+B joins several (prompt+completion: the "
+        "same completion of another prompt is no duplicate)")})
+    threshold: float = 0.8  # Jaccard of word-shingle sets at/above which rows are near-duplicates
     ngram: int = 5  # words per shingle
-    num_perm: int = 128  # MinHash permutation budget: the banding uses bands x rows <= num_perm of them
-    keep: str = "first"  # first | best-reward
+    num_perm: int = 128  # MinHash permutation budget; the LSH banding, derived from --threshold, uses at most this many
+    keep: str = "first"  # the row of a duplicate cluster kept: the earliest, or the highest `reward` (ties -> earliest)
     seed: int = 1  # MinHash permutation seed (an index must always use the same)
-    batch_rows: int = 8192  # rows per streamed input batch = per resumable signature shard
+    batch_rows: int = 8192  # rows per streamed batch: the unit a killed run resumes from, and one signature task
     shard_rows: int = 100_000  # rows per output shard
-    bucket_mb: float = 64.0  # phase 2: bytes of one bucket file's entries (16 B each), which sets P
+    bucket_mb: float = 64.0  # memory for one LSH bucket file while clustering (16 B an entry); sets how many there are
 
     def validate(self) -> None:
         if not 0.0 < self.threshold <= 1.0:
@@ -87,7 +94,7 @@ class DedupConfig:
             raise UserError(f"--ngram must be >= 1, got {self.ngram}")
         if self.num_perm < 1:
             raise UserError(f"--num-perm must be >= 1, got {self.num_perm}")
-        if self.keep not in ("first", "best-reward"):
+        if self.keep not in KEEP:
             raise UserError(f"--keep must be 'first' or 'best-reward', got {self.keep!r}")
         if self.batch_rows < 1:
             raise UserError(f"--batch-rows must be >= 1, got {self.batch_rows}")
@@ -1009,36 +1016,19 @@ def _result_from_manifest(out: Path, m: dict, seconds: float, skipped: bool = Tr
 
 # ------------------------------------------------------------------------------------------ CLI
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    d = DedupConfig()
     p.add_argument("--input", required=True, help="JSONL, Parquet file, dataset directory or hub name")
     p.add_argument("--output", required=True, help="output dataset directory (removed rows go to OUTPUT/removed)")
-    p.add_argument("--field", default=d.field, help="text column to compare: a string or chat-message list column; "
-                   f"A+B joins several (prompt+completion: the same completion of another prompt is no duplicate) "
-                   f"(default {d.field})")
-    p.add_argument("--threshold", type=float, default=d.threshold,
-                   help=f"Jaccard of word-shingle sets at/above which rows are near-duplicates (default {d.threshold})")
-    p.add_argument("--ngram", type=int, default=d.ngram, help=f"words per shingle (default {d.ngram})")
-    p.add_argument("--num-perm", type=int, default=d.num_perm, help="MinHash permutation budget; the LSH banding, derived from --threshold, uses at most this many "
-                   f"(default {d.num_perm})")
-    p.add_argument("--batch-rows", type=int, default=d.batch_rows, help="rows per streamed batch, which is also the "
-                   f"unit a killed run resumes from and a signature task (default {d.batch_rows})")
-    p.add_argument("--bucket-mb", type=float, default=d.bucket_mb, help="memory for one LSH bucket file while "
-                   f"clustering; sets how many there are (default {d.bucket_mb:g})")
-    p.add_argument("--keep", choices=["first", "best-reward"], default=d.keep,
-                   help="which row of a duplicate cluster to keep: the earliest, or the highest `reward` (ties -> earliest)")
+    add_dataclass_options(p, DedupConfig, choices={"keep": KEEP})  # --field, --threshold, --ngram, ...
     p.add_argument("--index", default=None, help="directory of a persistent index: dedup against earlier rounds "
                    "stored there, then add this round's kept rows")
-    p.add_argument("--seed", type=int, default=d.seed, help="MinHash permutation seed")
     p.add_argument("--overwrite", action="store_true", help="replace an output made with another config or input")
     p.add_argument("--no-progress", action="store_true")
     add_executor_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = DedupConfig(field=args.field, threshold=args.threshold, ngram=args.ngram, num_perm=args.num_perm,
-                      keep=args.keep, seed=args.seed, batch_rows=args.batch_rows, bucket_mb=args.bucket_mb)
-    r = dedup(args.input, args.output, cfg, index=args.index, overwrite=args.overwrite, progress=not args.no_progress,
-              executor=executor_config(args))
+    r = dedup(args.input, args.output, from_args(DedupConfig, args), index=args.index, overwrite=args.overwrite,
+              progress=not args.no_progress, executor=executor_config(args))
     print(f"dedup: {r.rows_in} rows in, {r.rows_out} kept, {r.removed_exact} exact and {r.removed_near} near "
           f"duplicates removed ({r.removed_by_index} of them matched earlier rounds in the index); "
           f"LSH {r.bands} bands x {r.rows_per_band} rows; removed rows in {r.output / 'removed'}")
