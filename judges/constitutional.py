@@ -76,7 +76,7 @@ def load_constitution(name_or_path: str = "default") -> Constitution:
 
 @dataclass(frozen=True)
 class CritiqueConfig:
-    rounds: int = 1
+    rounds: int = 1  # critique + revision rounds per prompt
     temperature: float = 0.7
     max_new_tokens: int = 512
     seed: int = 0

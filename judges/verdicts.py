@@ -87,7 +87,7 @@ def parse_winner(text: str, ties: bool = True) -> str | None:
 class JudgeConfig:
     retries: int = 2  # a reply that does not parse is asked again up to this many times
     temperature: float = 0.0
-    retry_temperature: float = 0.7
+    retry_temperature: float = 0.7  # temperature of those retries
     max_new_tokens: int = 512
     seed: int = 0
 

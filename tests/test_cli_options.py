@@ -161,6 +161,102 @@ def test_label_options_are_its_config_dataclass():
                               null_on_timeout=True, threads=1)
 
 
+def _model_folder(tmp_path) -> str:
+    """A folder `--model` takes (checked for config.json only: parsing loads no model)."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    return str(folder)
+
+
+def _fields_without_flags(parser, *classes, skip=()) -> list[str]:
+    dests = {a.dest for a in parser._actions}
+    return [f"{cls.__name__}.{f.name}" for cls in classes for f in dataclasses.fields(cls)
+            if f.name not in skip and f.name not in dests]
+
+
+def test_judge_options_are_its_config_dataclasses(tmp_path, monkeypatch):
+    from judges.rubrics import load_rubric
+    from judges.verdicts import JudgeConfig
+    from pipelines.engines.models import resolve_model
+    from pipelines.stages.judge import JudgeStageConfig, config_from_args
+
+    monkeypatch.setenv("PREFSMITH_CHAT_CACHE", str(tmp_path / "chat"))
+    parser = _parser("judge")
+    # rubric: --rubric NAME|FILE; sampling: JudgeConfig's flags
+    assert not _fields_without_flags(parser, JudgeStageConfig, JudgeConfig, skip=("sampling",))
+    run = ["--input", "i", "--output", "o"]
+    assert config_from_args(parser.parse_args([*run, "--model", "served"])) == JudgeStageConfig(model="served")
+    cfg = config_from_args(parser.parse_args([
+        *run, "--model", "served", "--mode", "pairwise", "--base-url", "http://h:1/v1", "--concurrency", "3",
+        "--cache-dir", str(tmp_path / "c"), "--api-key-env", "MY_KEY", "--max-retries", "1", "--backoff-s", "0.5",
+        "--timeout-s", "30", "--threads", "2", "--rubric", "correctness", "--reference-column", "solution",
+        "--retries", "4", "--temperature", "0.3", "--retry-temperature", "0.9", "--max-new-tokens", "64", "--seed",
+        "7", "--max-pairs", "2", "--shard-size", "5"]))
+    assert cfg == JudgeStageConfig(
+        model="served", mode="pairwise", base_url="http://h:1/v1", concurrency=3, cache_dir=str(tmp_path / "c"),
+        api_key_env="MY_KEY", max_retries=1, backoff_s=0.5, timeout_s=30.0, threads=2,
+        rubric=load_rubric("correctness"), reference_column="solution", max_pairs=2, shard_size=5,
+        sampling=JudgeConfig(retries=4, temperature=0.3, retry_temperature=0.9, max_new_tokens=64, seed=7))
+    template = tmp_path / "t.jinja"
+    template.write_text("{% for m in messages %}{{ m.content }}{% endfor %}")
+    folder = _model_folder(tmp_path)
+    cfg = config_from_args(parser.parse_args([*run, "--model", folder, "--engine", "hf", "--no-cache",
+                                              "--chat-template", str(template), "--verdict-retries", "0"]))
+    assert (cfg.engine, cfg.model, cfg.cache_dir, cfg.sampling.retries) == ("hf", resolve_model(folder), None, 0)
+    assert cfg.chat_template == str(template.resolve())
+
+
+def test_critique_options_are_its_config_dataclasses(tmp_path, monkeypatch):
+    from judges.constitutional import CritiqueConfig, load_constitution
+    from pipelines.stages.critique import CritiqueStageConfig, config_from_args
+
+    monkeypatch.setenv("PREFSMITH_CHAT_CACHE", str(tmp_path / "chat"))
+    parser = _parser("critique-revise")
+    # constitution: --constitution NAME|FILE; loop: CritiqueConfig's flags
+    assert not _fields_without_flags(parser, CritiqueStageConfig, CritiqueConfig, skip=("loop",))
+    run = ["--input", "i", "--output", "o"]
+    assert config_from_args(parser.parse_args([*run, "--model", "served"])) == CritiqueStageConfig(model="served")
+    constitution = tmp_path / "mine.yaml"
+    constitution.write_text(yaml.safe_dump({"name": "mine", "principles": [
+        {"name": "brief", "critique": "Is it too long?", "revision": "Shorten it."}]}))
+    cfg = config_from_args(parser.parse_args([
+        *run, "--model", "served", "--base-url", "http://h:1/v1", "--concurrency", "2", "--no-cache",
+        "--max-retries", "0", "--timeout-s", "9", "--constitution", str(constitution), "--rounds", "3",
+        "--temperature", "0.1", "--max-new-tokens", "32", "--seed", "5", "--shard-size", "4"]))
+    assert cfg == CritiqueStageConfig(
+        model="served", base_url="http://h:1/v1", concurrency=2, cache_dir=None, max_retries=0, timeout_s=9.0,
+        constitution=load_constitution(str(constitution)), shard_size=4,
+        loop=CritiqueConfig(rounds=3, temperature=0.1, max_new_tokens=32, seed=5))
+
+
+def test_prm_label_options_are_its_config_dataclass(tmp_path):
+    from pipelines.engines.models import resolve_model
+    from pipelines.stages.prm_label import PRMLabelConfig, config_from_args
+
+    parser = _parser("prm-label")
+    # engine_options: --engine-option KEY=VALUE, --base-url and --chat-template fill the dict
+    assert not _fields_without_flags(parser, PRMLabelConfig, skip=("engine_options",))
+    folder = _model_folder(tmp_path)
+    model = resolve_model(folder)
+    run = ["--input", "i", "--output", "o", "--model", folder]
+    assert config_from_args(parser.parse_args(run)) == PRMLabelConfig(model=model)
+    template = tmp_path / "t.jinja"
+    template.write_text("{% for m in messages %}{{ m.content }}{% endfor %}")
+    cfg = config_from_args(parser.parse_args([
+        *run, "--method", "binary-search", "--rollouts-per-step", "4", "--step-sep", "\\n", "--reward",
+        "format:boxed", "--min-reward", "0.5", "--max-new-tokens", "64", "--max-steps", "9", "--temperature", "0.8",
+        "--top-p", "0.9", "--seed", "3", "--prompt-column", "question", "--chat", "never", "--batch-size", "2",
+        "--threads", "1", "--engine-option", "dtype=\"float32\"", "--chat-template", str(template)]))
+    assert cfg == PRMLabelConfig(
+        model=model, method="binary-search", rollouts_per_step=4, step_sep="\n", reward="format:boxed",
+        min_reward=0.5, max_new_tokens=64, max_steps=9, temperature=0.8, top_p=0.9, seed=3, prompt_column="question",
+        chat="never", batch_size=2, threads=1,
+        engine_options={"dtype": "float32", "chat_template": str(template.resolve())})
+    cfg = config_from_args(parser.parse_args([*run, "--step-regex", "Step \\d+", "--hard-threshold", "0.5"]))
+    assert (cfg.step_regex, cfg.hard_threshold, cfg.method) == ("Step \\d+", 0.5, "mc")
+
+
 # ----------------------------------------------------------------------------------------------- names and aliases
 @pytest.mark.parametrize("name, algo, old, new, dest, value", [
     ("generate", None, "--n", "--num-generations", "n", "3"),

@@ -23,32 +23,20 @@ from judges.constitutional import (Constitution, ConstitutionError, CritiqueConf
                                    load_constitution)
 from judges.protocol import ChatModel
 from pipelines.builders.samples import as_completion, normalize_text
+from pipelines.core.options import add_dataclass_options, from_args
 from pipelines.core.runner import Shard
-from pipelines.engines.openai_client import default_chat_cache
 from pipelines.errors import UserError
 from pipelines.executors import add_executor_arguments, executor_config
 from rewards.chat import completion_text
 
-from .judge import ChatStage, add_model_arguments, chat_model, model_settings, run_chat_stage
+from .judge import ChatModelConfig, ChatStage, add_model_arguments, chat_model, model_settings, run_chat_stage
 
 
 @dataclass
-class CritiqueStageConfig:
-    model: str
-    constitution: Constitution = field(default_factory=load_constitution)
+class CritiqueStageConfig(ChatModelConfig):
+    """The model and how to reach it (`ChatModelConfig`, as for `judge`), the constitution and the loop."""
+    constitution: Constitution = field(default_factory=load_constitution)  # --constitution NAME|FILE (by hand)
     loop: CritiqueConfig = field(default_factory=CritiqueConfig)
-    engine: str = "openai"
-    # how to reach the model: not in the fingerprint
-    base_url: str | None = None
-    concurrency: int = 8
-    cache_dir: str | None = field(default_factory=lambda: str(default_chat_cache()))
-    api_key_env: str | None = None
-    max_retries: int = 5
-    backoff_s: float = 1.0
-    timeout_s: float = 600.0
-    threads: int | None = None  # hf: torch CPU threads, None auto (docs/engines.md, Threads)
-    chat_template: str | None = None  # hf, vllm: a Jinja file replacing the model's chat template
-    shard_size: int | None = None
 
 
 def prompt_keys(rows: list[dict], start: int) -> list[str]:
@@ -105,14 +93,16 @@ def critique(input: str, output: str, cfg: CritiqueStageConfig, *, overwrite: bo
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options are `CritiqueStageConfig`'s fields (`ChatModelConfig`'s, through `add_model_arguments`) and its
+    `loop` (`CritiqueConfig`)'s; written by hand: the run's (input, output, shard size, overwrite, progress,
+    executor), `--constitution` (a name or file, loaded into the Constitution the config holds), `--threads` and
+    `--no-cache`."""
     p.add_argument("--input", required=True, help="prompts (with an optional completion to start from)")
     p.add_argument("--output", required=True, help="dataset directory to write")
     add_model_arguments(p)
     p.add_argument("--constitution", default="default", help="`default` (data/constitutions/) or a YAML file")
-    p.add_argument("--rounds", type=int, default=1, help="critique + revision rounds per prompt (default 1)")
-    p.add_argument("--temperature", type=float, default=0.7)
-    p.add_argument("--max-new-tokens", type=int, default=512)
-    p.add_argument("--seed", type=int, default=0)
+    add_dataclass_options(p, CritiqueStageConfig, skip=("loop", "shard_size"))  # a new field gets its flag
+    add_dataclass_options(p, CritiqueConfig)  # --rounds, --temperature, --max-new-tokens, --seed
     p.add_argument("--shard-size", type=int, default=None,
                    help=f"input rows per shard, the unit of resume (default {CritiqueStage.shard_size})")
     p.add_argument("--overwrite", action="store_true", help="replace an output made with another config")
@@ -120,15 +110,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_executor_arguments(p)
 
 
-def run(args: argparse.Namespace) -> int:
+def config_from_args(args: argparse.Namespace) -> CritiqueStageConfig:
+    """The CritiqueStageConfig `add_arguments`' flags give, level by level (`from_args`), checked."""
     try:
         constitution = load_constitution(args.constitution)
     except ConstitutionError as err:
         raise UserError(f"--constitution: {err}") from None
-    cfg = CritiqueStageConfig(constitution=constitution, shard_size=args.shard_size,
-                              loop=CritiqueConfig(rounds=args.rounds, temperature=args.temperature,
-                                                  max_new_tokens=args.max_new_tokens, seed=args.seed),
-                              **model_settings(args))
-    critique(args.input, args.output, cfg, overwrite=args.overwrite, progress=not args.no_progress,
-             executor=executor_config(args))
+    return from_args(CritiqueStageConfig, args, constitution=constitution, loop=from_args(CritiqueConfig, args),
+                     **model_settings(args))
+
+
+def run(args: argparse.Namespace) -> int:
+    critique(args.input, args.output, config_from_args(args), overwrite=args.overwrite,
+             progress=not args.no_progress, executor=executor_config(args))
     return 0

@@ -39,6 +39,7 @@ from judges.verdicts import JudgeConfig
 from pipelines.builders.samples import (as_completion, context, group_rows, normalize_text, prompt_columns, read_side,
                                         row_id)
 from pipelines.core import dataset as ds
+from pipelines.core.options import add_dataclass_options, from_args
 from pipelines.core.runner import Shard, execute, update_manifest
 from pipelines.core.stage import Stage
 from pipelines.core.threads import add_threads_argument
@@ -53,26 +54,36 @@ ENGINES = ("openai", "hf", "vllm")
 
 
 @dataclass
-class JudgeStageConfig:
-    model: str
-    mode: str = "pointwise"
-    rubric: Rubric = field(default_factory=lambda: load_rubric("helpfulness"))
-    engine: str = "openai"
-    sampling: JudgeConfig = field(default_factory=JudgeConfig)
-    reference_column: str = "answer"
-    max_pairs: int | None = None  # pairwise: pairs judged per prompt (None: every pair)
-    # how to reach the judge: not in the fingerprint (a resume may change them)
-    base_url: str | None = None
-    concurrency: int = 8
-    cache_dir: str | None = field(default_factory=lambda: str(default_chat_cache()))  # None: no cache
-    api_key_env: str | None = None
-    max_retries: int = 5  # per request, on 429 / 5xx / timeouts / connection errors
-    backoff_s: float = 1.0
-    timeout_s: float = 600.0
+class ChatModelConfig:
+    """Which chat model a stage talks to and how it reaches it: the fields `chat_model` reads, shared by `judge`
+    and `critique-revise` (their options: `add_model_arguments`). All but `model` and `engine` stay out of the
+    fingerprint: a resume may change them."""
+    model: str = field(metadata={"help": "the served model name (openai) or a local folder (hf, vllm)"})
+    engine: str = field(default="openai", metadata={"choices": ENGINES})
+    base_url: str | None = None  # OpenAI-compatible server URL (default $OPENAI_BASE_URL)
+    concurrency: int = 8  # requests in flight at once
+    # where every reply is cached, for resume; None: no cache (--no-cache)
+    cache_dir: str | None = field(default_factory=lambda: str(default_chat_cache()), metadata={
+        "help": "where every reply is cached, for resume (default $PREFSMITH_CHAT_CACHE, else "
+                "~/.cache/prefsmith/chat)"})
+    api_key_env: str | None = field(default=None, metadata={
+        "metavar": "NAME", "help": "environment variable holding the API key (default OPENAI_API_KEY)"})
+    max_retries: int = 5  # retries per request, on 429 / 5xx / timeouts / connection errors
+    backoff_s: float = 1.0  # first retry wait in seconds, doubled each time (jittered)
+    timeout_s: float = 600.0  # seconds one request may take
     threads: int | None = None  # hf: torch CPU threads, None auto (docs/engines.md, Threads)
-    chat_template: str | None = None  # hf, vllm: a Jinja file replacing the model's chat template
-    shard_size: int | None = None
+    chat_template: str | None = field(default=None, metadata={
+        "metavar": "FILE.jinja", "help": "hf, vllm: a Jinja chat template file used instead of the model's own"})
+    shard_size: int | None = None  # input rows per shard, the unit of resume (None: the stage's)
 
+
+@dataclass
+class JudgeStageConfig(ChatModelConfig):
+    mode: str = field(default="pointwise", metadata={"choices": MODES})
+    rubric: Rubric = field(default_factory=lambda: load_rubric("helpfulness"))  # --rubric NAME|FILE (by hand)
+    sampling: JudgeConfig = field(default_factory=JudgeConfig)
+    reference_column: str = "answer"  # gold answers for reference-guided rubrics
+    max_pairs: int | None = None  # pairwise: pairs judged per prompt (default: every pair)
 
 
 def run_settings(cfg: Any) -> dict[str, Any]:
@@ -84,9 +95,8 @@ def run_settings(cfg: Any) -> dict[str, Any]:
 
 
 def chat_model(cfg: Any) -> ChatModel:
-    """The chat model a config names (fields: model, engine, base_url, concurrency, cache_dir, api_key_env,
-    max_retries, backoff_s, timeout_s, threads; `JudgeStageConfig`, `CritiqueStageConfig`), checked (server reachable,
-    key accepted, model listed) before any work."""
+    """The chat model a config names (a `ChatModelConfig`: `JudgeStageConfig`, `CritiqueStageConfig`), checked
+    (server reachable, key accepted, model listed) before any work."""
     if cfg.engine == "openai":
         base_url = cfg.base_url or os.environ.get("OPENAI_BASE_URL")
         if not base_url:
@@ -345,26 +355,16 @@ def judge_reward(spec: str, concurrency: int = 8) -> RewardFn:
 
 # ---------------------------------------------------------------------------------------------- CLI
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    """The flags that say which chat model to call and how (shared with `critique-revise`)."""
-    p.add_argument("--model", required=True, help="the served model name (openai) or a local folder (hf, vllm)")
-    p.add_argument("--engine", choices=ENGINES, default="openai")
-    p.add_argument("--base-url", help="OpenAI-compatible server URL (default $OPENAI_BASE_URL)")
-    p.add_argument("--concurrency", type=int, default=8, help="requests in flight at once (default 8)")
-    p.add_argument("--api-key-env", default=None, metavar="NAME",
-                   help="environment variable holding the API key (default OPENAI_API_KEY)")
-    p.add_argument("--cache-dir", default=None,
-                   help="where every reply is cached, for resume (default $PREFSMITH_CHAT_CACHE, else "
-                        "~/.cache/prefsmith/chat)")
-    p.add_argument("--no-cache", action="store_true", help="do not cache replies (a killed run asks again)")
-    p.add_argument("--max-retries", type=int, default=5, help="per request on 429/5xx/timeouts (default 5)")
-    p.add_argument("--backoff-s", type=float, default=1.0, help="first retry wait, doubled each time (jittered)")
-    p.add_argument("--timeout-s", type=float, default=600.0, help="per request")
-    p.add_argument("--chat-template", default=None, metavar="FILE.jinja")
+    """The flags that say which chat model to call and how: `ChatModelConfig`'s fields (shared with
+    `critique-revise`), `--threads` and `--no-cache` (cache_dir None) written by hand."""
+    add_dataclass_options(p, ChatModelConfig, skip=("shard_size", "threads"))  # --shard-size: with the run's options
     add_threads_argument(p)
+    p.add_argument("--no-cache", action="store_true", help="do not cache replies (a killed run asks again)")
 
 
 def model_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """`add_model_arguments`' flags -> the config fields `chat_model` reads."""
+    """The `ChatModelConfig` fields whose flags need checking or resolving: the model (a local folder resolved),
+    the reply cache (`--no-cache`: none) and the chat template file; the others come as parsed (`from_args`)."""
     if args.concurrency < 1:
         raise UserError(f"--concurrency must be >= 1, got {args.concurrency}")
     from pipelines.stages.generate import chat_template_for
@@ -375,30 +375,25 @@ def model_settings(args: argparse.Namespace) -> dict[str, Any]:
         from pipelines.engines.models import resolve_model
 
         model = resolve_model(args.model)
-    return dict(model=model, engine=args.engine, base_url=args.base_url, concurrency=args.concurrency,
-                cache_dir=None if args.no_cache else args.cache_dir or str(default_chat_cache()),
-                api_key_env=args.api_key_env, max_retries=args.max_retries, backoff_s=args.backoff_s,
-                timeout_s=args.timeout_s, threads=args.threads,
+    return dict(model=model, cache_dir=None if args.no_cache else args.cache_dir or str(default_chat_cache()),
                 chat_template=chat_template_for(args.engine, args.chat_template))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options are `JudgeStageConfig`'s fields and its `sampling` (`JudgeConfig`)'s; written by hand: the
+    run's (input, output, shard size, overwrite, progress, executor), `--rubric` (a rubric's name or file, loaded
+    into the Rubric the config holds), `--threads` and `--no-cache`."""
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = (f"built-in rubrics: {', '.join(builtin_rubrics())} (data/rubrics/); --rubric FILE for your own. "
                 "The API key is read from $OPENAI_API_KEY (or the variable --api-key-env names) and never written "
                 "anywhere. See docs/judges.md.")
     p.add_argument("--input", required=True, help="rows with prompt, completion (pairwise: and prompt_id)")
     p.add_argument("--output", required=True, help="dataset directory to write")
-    p.add_argument("--mode", choices=MODES, default="pointwise")
+    add_dataclass_options(p, JudgeStageConfig, only=("mode",))
     add_model_arguments(p)
     p.add_argument("--rubric", default="helpfulness", help="built-in rubric name or a YAML file (default helpfulness)")
-    p.add_argument("--reference-column", default="answer", help="gold answers for reference-guided rubrics")
-    p.add_argument("--retries", type=int, default=2, help="asks again after an unreadable verdict (default 2)")
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--retry-temperature", type=float, default=0.7, help="temperature of those retries")
-    p.add_argument("--max-new-tokens", type=int, default=512)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-pairs", type=int, default=None, help="pairwise: pairs judged per prompt (default all)")
+    add_dataclass_options(p, JudgeStageConfig, skip=("sampling", "shard_size"))  # --reference-column, --max-pairs
+    add_dataclass_options(p, JudgeConfig)  # --retries, --temperature, --retry-temperature, --max-new-tokens, --seed
     p.add_argument("--shard-size", type=int, default=None,
                    help=f"input rows per shard, the unit of resume (default {JudgeStage.shard_size})")
     p.add_argument("--overwrite", action="store_true", help="replace an output made with another config")
@@ -407,19 +402,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> JudgeStageConfig:
+    """The JudgeStageConfig `add_arguments`' flags give, level by level (`from_args`), checked."""
     try:
         rubric = load_rubric(args.rubric)
     except RubricError as err:
         raise UserError(f"--rubric: {err}") from None
     if args.retries < 0:
         raise UserError(f"--retries must be >= 0, got {args.retries}")
-    return JudgeStageConfig(
-        mode=args.mode, rubric=rubric,
-        sampling=JudgeConfig(retries=args.retries, temperature=args.temperature,
-                             retry_temperature=args.retry_temperature, max_new_tokens=args.max_new_tokens,
-                             seed=args.seed),
-        reference_column=args.reference_column, max_pairs=args.max_pairs, shard_size=args.shard_size,
-        **model_settings(args))
+    return from_args(JudgeStageConfig, args, rubric=rubric, sampling=from_args(JudgeConfig, args),
+                     **model_settings(args))
 
 
 def run(args: argparse.Namespace) -> int:

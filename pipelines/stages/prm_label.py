@@ -37,6 +37,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from pipelines.core.options import add_dataclass_options, from_args
 from pipelines.core.runner import Shard, StageResult, execute, update_manifest
 from pipelines.core.stage import Stage
 from pipelines.core.threads import add_threads_argument
@@ -55,23 +56,31 @@ TEXT_ENGINES = ("openai",)  # the server tokenizes: prefixes go as text to /v1/c
 
 @dataclass
 class PRMLabelConfig:
-    model: str
-    engine: str = "hf"
-    method: str = "mc"
-    rollouts_per_step: int = 8  # K continuations per evaluated prefix
-    step_sep: str = "\n\n"
-    step_regex: str | None = None  # instead of step_sep
-    reward: str = "math"  # a label reward spec
+    model: str = field(metadata={"help": "the policy that continues prefixes: `default`, a folder, or the served "
+                                         "name (--engine openai)"})
+    engine: str = field(default="hf", metadata={"choices": ("hf", "vllm", "openai")})
+    method: str = field(default="mc", metadata={"choices": METHODS})
+    rollouts_per_step: int = field(default=8, metadata={"metavar": "K",
+                                                        "help": "continuations per evaluated prefix"})
+    step_sep: str = field(default="\n\n", metadata={
+        "help": "step separator (default a blank line); `\\n` escapes work on the command line"})
+    step_regex: str | None = field(default=None, metadata={"metavar": "RE",
+                                                           "help": "split steps at matches of RE instead"})
+    reward: str = "math"  # reward spec that decides a continuation (as in label)
     min_reward: float = 1.0  # a continuation is correct when its reward >= this
-    hard_threshold: float | None = None  # mc: hard label = soft >= this (None: any continuation correct)
-    max_new_tokens: int = 512
-    max_steps: int | None = None  # rows with more steps go to unlabeled/
+    # mc: hard label = soft >= this (None: any continuation correct)
+    hard_threshold: float | None = field(default=None, metadata={
+        "help": "mc: a step is good when this fraction of continuations is correct (default: any)"})
+    max_new_tokens: int = 512  # budget of one continuation
+    max_steps: int | None = field(default=None, metadata={"metavar": "S",
+                                                          "help": "rows with more steps are not labeled (unlabeled/)"})
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int = 0
     prompt_column: str = "prompt"
-    chat: str = "auto"  # auto | always | never, as in generate
+    chat: str = field(default="auto", metadata={"choices": ("auto", "always", "never")})
     batch_size: int = 16  # prefixes per engine call (does not change the output)
+    # --engine-option KEY=VALUE items, --base-url and --chat-template (by hand: a dict has no flag)
     engine_options: dict[str, Any] = field(default_factory=dict)
     threads: int | None = None  # hf: torch CPU threads, None auto (docs/engines.md, Threads); not in the fingerprint
 
@@ -339,29 +348,16 @@ def prm_label(cfg: PRMLabelConfig, input: str, output: str, *, overwrite: bool =
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options are `PRMLabelConfig`'s fields; written by hand: the run's (input, output, shard size, limit,
+    overwrite, executor), `--threads`, and `--base-url`, `--chat-template` and `--engine-option`, which make up
+    the `engine_options` dict."""
     p.add_argument("--input", required=True, help="rows with prompt, completion and the reward's gold columns (answer)")
     p.add_argument("--output", required=True, help="dataset directory to write")
-    p.add_argument("--model", required=True, help="the policy that continues prefixes: `default`, a folder, or "
-                                                  "the served name (--engine openai)")
-    p.add_argument("--engine", choices=["hf", "vllm", "openai"], default="hf")
+    add_dataclass_options(p, PRMLabelConfig, only=("model", "engine"))
     p.add_argument("--base-url", help="OpenAI-compatible server URL (engine openai)")
-    p.add_argument("--method", choices=METHODS, default="mc")
-    p.add_argument("--rollouts-per-step", type=int, default=8, metavar="K", help="continuations per evaluated prefix")
-    p.add_argument("--step-sep", default="\n\n", help="step separator (default a blank line); `\\n` escapes work")
-    p.add_argument("--step-regex", default=None, metavar="RE", help="split steps at matches of RE instead")
-    p.add_argument("--reward", default="math", help="reward spec that decides a continuation (as in label)")
-    p.add_argument("--min-reward", type=float, default=1.0, help="a continuation is correct when reward >= this")
-    p.add_argument("--hard-threshold", type=float, default=None,
-                   help="mc: a step is good when this fraction of continuations is correct (default: any)")
-    p.add_argument("--max-new-tokens", type=int, default=512, help="budget of one continuation")
-    p.add_argument("--max-steps", type=int, default=None, metavar="S", help="rows with more steps are not labeled")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--prompt-column", default="prompt")
-    p.add_argument("--chat-template", default=None, metavar="FILE.jinja")
-    p.add_argument("--chat", choices=["auto", "always", "never"], default="auto")
-    p.add_argument("--batch-size", type=int, default=16, help="prefixes per engine call")
+    add_dataclass_options(p, PRMLabelConfig, skip=("engine_options", "threads"))  # every other field
+    p.add_argument("--chat-template", default=None, metavar="FILE.jinja",
+                   help="Jinja chat template file used instead of the model's own (hf, vllm)")
     p.add_argument("--shard-size", type=int, default=None,
                    help=f"rows per output shard, the unit of resume (default {PRMLabelStage.shard_size})")
     p.add_argument("--limit", type=int, help="use only the first N rows")
@@ -376,18 +372,18 @@ def _unescape(text: str) -> str:
     return text.encode("latin-1", "backslashreplace").decode("unicode_escape")
 
 
-def run(args: argparse.Namespace) -> int:
+def config_from_args(args: argparse.Namespace) -> PRMLabelConfig:
+    """The PRMLabelConfig `add_arguments`' flags give (`from_args`), checked: the model resolved for its engine,
+    the engine options (`--engine-option`, `--base-url`, `--chat-template`) gathered, `--step-sep` unescaped."""
     options = _parse_options(args.engine_option)
     model = engine_model(args.engine, args.model, args.base_url, options)
     if args.chat_template:  # goes to the engine, and into the output's fingerprint
         options["chat_template"] = chat_template_for(args.engine, args.chat_template)
-    cfg = PRMLabelConfig(
-        model=model, engine=args.engine, method=args.method, rollouts_per_step=args.rollouts_per_step,
-        step_sep=_unescape(args.step_sep), step_regex=args.step_regex, reward=args.reward, min_reward=args.min_reward,
-        hard_threshold=args.hard_threshold, max_new_tokens=args.max_new_tokens, max_steps=args.max_steps,
-        temperature=args.temperature, top_p=args.top_p, seed=args.seed, prompt_column=args.prompt_column,
-        chat=args.chat, batch_size=args.batch_size, engine_options=options, threads=args.threads)
-    result = prm_label(cfg, args.input, args.output, overwrite=args.overwrite, shard_size=args.shard_size,
-                       limit=args.limit, executor=executor_config(args))
+    return from_args(PRMLabelConfig, args, model=model, step_sep=_unescape(args.step_sep), engine_options=options)
+
+
+def run(args: argparse.Namespace) -> int:
+    result = prm_label(config_from_args(args), args.input, args.output, overwrite=args.overwrite,
+                       shard_size=args.shard_size, limit=args.limit, executor=executor_config(args))
     print(json.dumps(result.extra["prm"]), file=sys.stdout)
     return 0
