@@ -38,7 +38,7 @@ from .base import (
 )
 
 
-ROWS_PER_PROMPT = 8  # the rows a batch gives each of its `prompt_batch_size` prompts when n is smaller
+MIN_BATCH_ROWS = 64  # a batch of prompts with few samples takes more prompts, up to this many rows
 
 
 @dataclass
@@ -301,10 +301,10 @@ class HFEngine:
         # packed by length: a batch's prompts are padded to its longest (a prompt's samples do not depend on
         # which prompts share its batch, so the order changes no sample)
         keep.sort(key=lambda i: len(ids[i]))
-        # a batch decodes `prompt_batch_size` prompts x n samples, and at least prompt_batch_size x ROWS_PER_PROMPT
-        # rows: one-sample prompts (greedy evaluation, each turn of a multi-turn trajectory) go ROWS_PER_PROMPT
-        # times wider, since a decode step costs about the same for 8 rows as for 64 on a CPU or a GPU
-        size = max(1, self.options.prompt_batch_size) * max(1, ROWS_PER_PROMPT // max(1, sampling.n))
+        # a batch decodes `prompt_batch_size` prompts x n samples, or more prompts up to MIN_BATCH_ROWS rows when n
+        # is small (each turn of a multi-turn trajectory is a prompt with one sample): a decode step of 8 rows
+        # costs about what one of 64 does, on a CPU or a GPU
+        size = max(1, self.options.prompt_batch_size, MIN_BATCH_ROWS // max(1, sampling.n))
         done: list[list[Sample]] = []
         for start in range(0, len(keep), size):
             part = keep[start : start + size]
