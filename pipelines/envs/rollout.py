@@ -333,8 +333,8 @@ class _Rollout:
 def rollout_rows(engine, env: Environment, rows: list[dict], cfg, ids: list[str], use_chat: bool, max_turns: int,
                  tick: Callable[[int], None] | None = None) -> tuple[list[dict], dict[str, float]]:
     """The multi-turn `generate_rows`: `cfg.sampling.n` trajectories per row of `rows` (prompt ids `ids`), each up
-    to `max_turns` policy turns with `env`. The live trajectories of a batch (`cfg.batch_size` prompts) are sampled
-    together, one engine call per turn. Returns the trajectory rows (columns: pipelines/envs/base.py) and the
+    to `max_turns` policy turns with `env`. The live trajectories of a batch (`cfg.prompts_per_call` prompts) are
+    sampled together, one engine call per turn. Returns the trajectory rows (columns: pipelines/envs/base.py) and the
     counters {tokens (policy tokens), gen_seconds, turns, tool_calls, tool_errors, too_long_prompts and
     round_trip_rows when any}. `tick(1)` as each prompt's trajectories have all ended."""
     if not use_chat:
@@ -346,8 +346,9 @@ def rollout_rows(engine, env: Environment, rows: list[dict], cfg, ids: list[str]
     out: list[dict] = []
     stats = {"tokens": 0, "gen_seconds": 0.0, "turns": 0, "tool_calls": 0, "tool_errors": 0}
     too_long, differ = 0, 0
-    for b in range(0, len(rows), cfg.batch_size):
-        batch, batch_ids = rows[b:b + cfg.batch_size], ids[b:b + cfg.batch_size]
+    size = cfg.prompts_per_call
+    for b in range(0, len(rows), size):
+        batch, batch_ids = rows[b:b + size], ids[b:b + size]
         prompts = [cfg.prompt(r, True) for r in batch]  # generate's `build_prompt`
         seeds = [prompt_seed(cfg.sampling.seed, pid) for pid in batch_ids]
         trajectories = [run.start(row, prompt, i, k, seed) for i, (row, prompt, seed) in

@@ -33,6 +33,9 @@ from pipelines.executors import add_executor_arguments, executor_config
 from rewards.chat import as_messages
 
 
+CALL_SAMPLES = 64  # an engine call of prompts with few samples takes more prompts, up to this many samples
+
+
 @dataclass
 class GenerateConfig:
     model: str
@@ -47,7 +50,7 @@ class GenerateConfig:
         "choices": ("auto", "always", "never"),
         "help": "wrap string prompts as one user message: auto (when the model has a chat template) | always | never"})
     system: str | None = None
-    batch_size: int = 8  # prompts per engine call
+    batch_size: int = 8  # prompts per engine call (more when n is small: up to 64 samples a call)
     engine_options: dict[str, Any] = field(default_factory=dict)  # --engine-option KEY=VALUE items, --base-url
     threads: int | None = None  # hf: torch CPU threads, None auto (docs/engines.md, Threads); not in the fingerprint
     chat_template: str | None = field(default=None, metadata={
@@ -65,6 +68,13 @@ class GenerateConfig:
     env_options: list[str] = field(default_factory=list, metadata={
         "flag": "--env-option", "metavar": "KEY=VALUE", "help": "with --env: an option of the environment (JSON "
                                                                 "value), e.g. timeout_s=5 (repeatable)"})
+
+    @property
+    def prompts_per_call(self) -> int:
+        """Prompts per engine call: `batch_size`, or more when n is small, up to 64 samples (a greedy evaluation's
+        one-sample prompts, a multi-turn rollout's trajectories): a decode step of 8 rows costs about what one of
+        64 does. No sample depends on its batch, so this changes speed, never rows."""
+        return max(1, self.batch_size, CALL_SAMPLES // max(1, self.sampling.n))
 
     def prompt(self, row: dict, use_chat: bool) -> Prompt:
         """`build_prompt(row, self, use_chat)`: what the rollout driver (pipelines/envs/rollout.py) calls, so it
@@ -106,8 +116,9 @@ def generate_rows(engine, rows: list[dict], cfg: GenerateConfig, ids: list[str],
     out, tokens, seconds = [], 0, 0.0
     policy = {"model": cfg.model, "engine": cfg.engine}
     sampling = cfg.sampling.to_dict()
-    for b in range(0, len(rows), cfg.batch_size):
-        batch, batch_ids = rows[b:b + cfg.batch_size], ids[b:b + cfg.batch_size]
+    size = cfg.prompts_per_call
+    for b in range(0, len(rows), size):
+        batch, batch_ids = rows[b:b + size], ids[b:b + size]
         prompts = [build_prompt(r, cfg, use_chat) for r in batch]
         t0 = time.time()
         results = engine.generate(prompts, cfg.sampling, [prompt_seed(cfg.sampling.seed, i) for i in batch_ids],
