@@ -625,8 +625,8 @@ def check_offline(algo: str, plan: Plan, device: torch.device, dtype: str, model
     from trainers.offline.loop import train
 
     row = Row("offline", f"loop/{algo}")
-    t0 = time.perf_counter()
-    try:
+
+    def body() -> None:
         row.values.update(shape=plan.offline_shape, device=str(device))
         n = plan.offline_batch * plan.offline_steps
         data = write_jsonl(workdir / f"{algo}.jsonl", offline_rows(algo, n, plan.offline_words))
@@ -655,12 +655,8 @@ def check_offline(algo: str, plan: Plan, device: torch.device, dtype: str, model
             raise CheckError("; ".join(problems))
         row.status = "PASS"
         row.note = f"dtype {dtype}" + baseline_note(base)
-    except Exception as e:  # noqa: BLE001
-        traceback.print_exc()
-        row.note = _one_line(e)
-    row.seconds = time.perf_counter() - t0
-    free_memory()
-    return row
+
+    return _checked(row, body)
 
 
 # ------------------------------------------------------------------------------------------------ 4. FSDP2

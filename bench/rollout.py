@@ -3,8 +3,8 @@ against one prompt of `prompt_batch_size` rows at a time with every turn sampled
 
     .venv/bin/python bench/rollout.py [--model DIR] [--prompts 4] [--samples 8] [--turns 3] [--workdir /tmp/rollout-bench]
 
-The policy is the tir recipe's cold-start model (`train sft` on data/tir/tir_traces.jsonl, 4 epochs, trained into
-WORKDIR when `--model` is not given), so trajectories call python and take several turns. Both sides sample the same
+The policy is the tir recipe's cold-start model (its `cold_start_sft` stage, run into WORKDIR/recipe when `--model`
+is not given), so trajectories call python and take several turns. Both sides sample the same
 rows (same seeds; printed and checked: token count, turns, tool calls). Printed: seconds, policy tokens/s and the
 ratio.
 """
@@ -23,12 +23,10 @@ TEMPLATE = "{prompt} Reply with the final answer as \\boxed{{ANSWER}}."
 
 
 def cold_start(work: Path) -> str:
-    out = work / "cold_start"
-    if not (out / "model" / "config.json").exists():
-        subprocess.run([sys.executable, "-m", "pipelines.cli", "train", "sft", "--model", "default", "--data",
-                        str(ROOT / "data/tir/tir_traces.jsonl"), "--epochs", "4", "--lr", "5e-5", "--batch-size", "4",
-                        "--max-length", "512", "--output", str(out), "--no-plots"], cwd=ROOT, check=True)
-    return str(out / "model")
+    """The tir recipe's cold-start model, made by the recipe's own stage (skipped when it is already there)."""
+    subprocess.run([sys.executable, "-m", "pipelines.cli", "run", str(ROOT / "data/pipelines/tir.yaml"), "--set",
+                    f"workdir={work / 'recipe'}", "--only", "cold_start_sft"], cwd=ROOT, check=True)
+    return str(work / "recipe" / "cold_start_sft" / "model")
 
 
 def main() -> None:

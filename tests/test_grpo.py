@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -96,30 +94,14 @@ def test_rloo_command_uses_leave_one_out(tmp_path, tiny_model, prompts):
 
 
 def test_sigkill_then_resume_gives_the_uninterrupted_weights(tmp_path, tiny_model, prompts):
-    from transformers import AutoModelForCausalLM
+    from kill_resume import assert_same_weights, kill_at_checkpoint_then_resume
 
     extra = ("--max-steps", "6", "--save-every", "2")
     clean = tmp_path / "clean"
     assert cli(grpo_args(tiny_model, prompts, clean, *extra)) == 0
     out = tmp_path / "killed"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
-    cmd = [sys.executable, "-m", "pipelines.cli", *grpo_args(tiny_model, prompts, out, *extra)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if list((out / "checkpoints").glob("step-00000002/trainer_state.json")):
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    result = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    assert "resuming from" in result.stderr
-    a = AutoModelForCausalLM.from_pretrained(clean / "model")
-    b = AutoModelForCausalLM.from_pretrained(out / "model")
-    for (name, p), q in zip(a.named_parameters(), b.parameters()):
-        assert torch.allclose(p, q, atol=1e-6), name
+    kill_at_checkpoint_then_resume(grpo_args(tiny_model, prompts, out, *extra), out, step=2)
+    assert_same_weights(clean / "model", out / "model")
     assert [r["id"] for r in ds.load_rows(out / "rollouts")] == [r["id"] for r in ds.load_rows(clean / "rollouts")]
     steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]  # the log reads as one run

@@ -334,37 +334,14 @@ def test_grpo_env_step_trains_policy_tokens_only(tmp_path, tiny_model, prompts, 
 
 
 def test_grpo_env_sigkill_then_resume_gives_the_uninterrupted_weights(tmp_path, tiny_model, prompts, env_file):
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    import torch
-    from transformers import AutoModelForCausalLM
+    from kill_resume import assert_same_weights, kill_at_checkpoint_then_resume
 
     extra = ("--max-steps", "4", "--save-every", "2")
     clean = tmp_path / "clean"
     assert cli(grpo_env_args(tiny_model, prompts, clean, env_file, *extra)) == 0
     out = tmp_path / "killed"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
-    cmd = [sys.executable, "-m", "pipelines.cli", *grpo_env_args(tiny_model, prompts, out, env_file, *extra)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if list((out / "checkpoints").glob("step-00000002/trainer_state.json")):
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    result = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    assert "resuming from" in result.stderr
-    a = AutoModelForCausalLM.from_pretrained(clean / "model")
-    b = AutoModelForCausalLM.from_pretrained(out / "model")
-    for (name, p), q in zip(a.named_parameters(), b.parameters()):
-        assert torch.allclose(p, q, atol=1e-6), name
+    kill_at_checkpoint_then_resume(grpo_env_args(tiny_model, prompts, out, env_file, *extra), out, step=2)
+    assert_same_weights(clean / "model", out / "model")
     key = lambda r: (r["id"], r["step"], r["completion_ids"], r["completion_mask"])  # noqa: E731
     assert [key(r) for r in ds.load_rows(out / "rollouts")] == [key(r) for r in ds.load_rows(clean / "rollouts")]
     # the environment is part of the run: another --max-turns, or an edited environment file, is refused
@@ -500,15 +477,7 @@ def test_grpo_with_the_python_environment_sigkill_then_resume_gives_the_uninterr
     """`train grpo --env python` for 2 steps on a tiny model taught to write python blocks: the blocks run in the
     real sandbox (tool calls in the rollouts, their output in the conversation, masked out of the loss), and a run
     killed after its first checkpoint resumes to the uninterrupted run's weights and rollouts."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    import torch
-    from transformers import AutoModelForCausalLM
-
+    from kill_resume import assert_same_weights, kill_at_checkpoint_then_resume
     from tiny_model import build_coding_model
 
     model = build_coding_model(tiny_model, tmp_path / "coder")
@@ -534,23 +503,7 @@ def test_grpo_with_the_python_environment_sigkill_then_resume_gives_the_uninterr
     assert any(r["messages"][3]["content"] == f"```output\n{r['answer']}\n```" for r in ran)  # it printed the answer
 
     out = tmp_path / "killed"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
-    cmd = [sys.executable, "-m", "pipelines.cli", *args(out)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if list((out / "checkpoints").glob("step-00000001/trainer_state.json")):
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    result = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    assert "resuming from" in result.stderr
-    a = AutoModelForCausalLM.from_pretrained(clean / "model")
-    b = AutoModelForCausalLM.from_pretrained(out / "model")
-    for (name, p), q in zip(a.named_parameters(), b.parameters()):
-        assert torch.allclose(p, q, atol=1e-6), name
+    kill_at_checkpoint_then_resume(args(out), out, step=1)
+    assert_same_weights(clean / "model", out / "model")
     key = lambda r: (r["id"], r["step"], r["completion_ids"], r["completion_mask"], r["tool_calls"])  # noqa: E731
     assert [key(r) for r in ds.load_rows(out / "rollouts")] == [key(r) for r in rows]

@@ -87,6 +87,13 @@ class EnvSpecError(ValueError):
 # the info keys the rollout reads itself (everything else goes to env_info)
 INFO_KEYS = ("tool_calls", "tool_errors", "reward", "fault")
 
+# how a trajectory can end besides generate's own finish reasons (stop, length, too_long, error:<why>)
+ENV_ERROR, FAULT, MAX_TURNS, CONTEXT = "env_error", "fault", "max_turns", "context"
+POLICY_FAULTS = (FAULT, MAX_TURNS)  # the policy ended without an answer: outcome 0 (pipelines/stages/label.py)
+# --max-turns' default everywhere (generate, eval, the online trainers): room for a tool call, its result, a retry
+# and the final answer, while a policy that never stops calling tools costs at most 4 x max_new_tokens per trajectory
+DEFAULT_MAX_TURNS = 4
+
 
 def prompt_messages(row: dict, system: str | None = None) -> Messages:
     """The usual start of `reset`: the row's `prompt` (a string or a message list) as chat messages, as `generate`

@@ -25,11 +25,10 @@ from typing import Any, Callable
 
 from pipelines.core.columns import prompt_of
 from pipelines.engines.base import TOO_LONG, derive_seed, end_of_turn_id, fits, prompt_seed
-from pipelines.envs.base import INFO_KEYS, Environment, Messages
+from pipelines.envs.base import CONTEXT, ENV_ERROR, FAULT, INFO_KEYS, MAX_TURNS, Environment, Messages
 from pipelines.errors import UserError
 from rewards.chat import is_messages, prompt_ids as render_prompt, render_chat
 
-ENV_ERROR, FAULT, MAX_TURNS, CONTEXT = "env_error", "fault", "max_turns", "context"
 _PROBE = "PREFSMITH_TURN_PROBE"
 
 

@@ -25,6 +25,7 @@ from typing import Any, Callable
 from pipelines.engines.base import TOO_LONG, Prompt, SamplingConfig, prompt_seed
 from pipelines.errors import UserError
 from pipelines.engines.models import resolve_model
+from pipelines.envs.base import DEFAULT_MAX_TURNS
 from pipelines.core.columns import prompt_of
 from pipelines.core.runner import Shard, StageResult, execute, update_manifest
 from pipelines.core.stage import Stage
@@ -56,12 +57,11 @@ class GenerateConfig:
     chat_template: str | None = field(default=None, metadata={
         "metavar": "FILE.jinja", "help": "Jinja chat template file used instead of the model's own (hf, vllm)"})
     # Multi-turn rollouts (docs/environments.md). Left out of the fingerprint while `env` is None, so outputs made
-    # before them resume. max_turns 4: room for a tool call, its result, a retry and the final answer, while a
-    # policy that never stops calling tools costs at most 4 x max_new_tokens tokens per trajectory.
+    # before them resume.
     env: str | None = field(default=None, metadata={
         "metavar": "SPEC", "help": "an environment (python, tools:FILE.py, module:Class, path/file.py:Class): "
                                    "each sample becomes a multi-turn trajectory (docs/environments.md)"})
-    max_turns: int = field(default=4, metadata={
+    max_turns: int = field(default=DEFAULT_MAX_TURNS, metadata={
         "metavar": "K", "help": "with --env: policy turns per trajectory; still calling tools after K turns ends "
                                 "it with finish_reason max_turns (outcome 0)"})
     # KEY=VALUE items (JSON values), a list rather than a dict so every command's flags come from this dataclass
@@ -144,6 +144,18 @@ def generate_rows(engine, rows: list[dict], cfg: GenerateConfig, ids: list[str],
     return out, {**stats, "too_long_prompts": long_prompts} if long_prompts else stats
 
 
+def sample_rows(engine, env, rows: list[dict], cfg: GenerateConfig, ids: list[str], use_chat: bool,
+                tick: Callable[[int], None] | None = None) -> tuple[list[dict], dict[str, float]]:
+    """The policy's samples of `rows` (prompt ids `ids`): single-turn completions (`generate_rows`), or with an
+    environment `env` (loaded from `cfg.env`), trajectories of up to `cfg.max_turns` policy turns
+    (`pipelines.envs.rollout.rollout_rows`). `generate`, `eval` and the online trainers all sample through this."""
+    if env is None:
+        return generate_rows(engine, rows, cfg, ids, use_chat, tick)
+    from pipelines.envs.rollout import rollout_rows
+
+    return rollout_rows(engine, env, rows, cfg, ids, use_chat, cfg.max_turns, tick)
+
+
 class GenerateStage(Stage):
     """`generate` as a stage: the engine loads on first use (a finished stage never loads a model), once per
     process that runs shards (one per replica on Ray)."""
@@ -216,13 +228,8 @@ class GenerateStage(Stage):
         return {"rows": out, "stats": stats}
 
     def sample(self, rows: list[dict], ids: list[str], tick=None) -> tuple[list[dict], dict]:
-        """The rollout rows of `rows` (prompt ids `ids`): single-turn samples, or with `--env` trajectories
-        (`pipelines.envs.rollout.rollout_rows`). `eval` samples through this too."""
-        if self.env is not None:
-            from pipelines.envs.rollout import rollout_rows
-
-            return rollout_rows(self.engine, self.env, rows, self.cfg, ids, self.use_chat, self.cfg.max_turns, tick)
-        return generate_rows(self.engine, rows, self.cfg, ids, self.use_chat, tick)
+        """`sample_rows` with this stage's engine and environment (`eval` samples through this too)."""
+        return sample_rows(self.engine, self.env, rows, self.cfg, ids, self.use_chat, tick)
 
     def close(self) -> None:
         if self.env is not None and hasattr(self.env, "close"):

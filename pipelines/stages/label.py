@@ -34,12 +34,13 @@ import argparse
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from pipelines.core import dataset as ds
 from pipelines.core.columns import standard_rows
-from pipelines.core.options import add_dataclass_options
+from pipelines.core.options import add_dataclass_options, from_args
+from pipelines.envs.base import ENV_ERROR, POLICY_FAULTS
 from pipelines.errors import UserError
 from pipelines.core.runner import Shard, execute, update_manifest
 from pipelines.core.stage import Stage
@@ -111,8 +112,6 @@ def _judge_reward(spec: str) -> RewardFn:
     return judge_reward(spec)
 
 
-ENV_ERROR = "env_error"  # the environment failed (pipelines/envs/base.py): the row cannot be scored
-POLICY_FAULTS = ("fault", "max_turns")  # the policy ended its trajectory without an answer: outcome 0
 
 
 def unscorable(row: dict) -> str | None:
@@ -349,7 +348,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = LabelConfig(**{f.name: getattr(args, f.name) for f in fields(LabelConfig)})
+    cfg = from_args(LabelConfig, args)
     label(args.input, args.output, cfg, overwrite=args.overwrite, progress=not args.no_progress,
           executor=executor_config(args))
     return 0

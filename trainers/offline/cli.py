@@ -8,11 +8,10 @@ field plus its flag here.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 from pipelines.cli import Parser
 from pipelines.core import hub
-from pipelines.core.options import add_dataclass_options
+from pipelines.core.options import add_dataclass_options, from_args
 from pipelines.core.threads import add_threads_argument
 from pipelines.core.tracking import add_report_to_argument
 from trainers.offline.config import TrainConfig
@@ -63,12 +62,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     for name in ("model", "ref_model"):  # `default` given in a --config file (the command line's is resolved earlier)
         if getattr(args, name) == "default":
             setattr(args, name, resolve_model("default"))
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
-    if values["lr"] is None:
-        values["lr"] = ALGORITHMS[args.algorithm].default_lr
-    if values["step_separator"]:
-        values["step_separator"] = _unescape(values["step_separator"])
-    cfg = TrainConfig(**values)
+    cfg = from_args(TrainConfig, args, lr=ALGORITHMS[args.algorithm].default_lr if args.lr is None else args.lr,
+                    step_separator=_unescape(args.step_separator) if args.step_separator else None)
     check_config(cfg)
     return cfg
 

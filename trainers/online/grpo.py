@@ -42,11 +42,9 @@ from typing import Any
 
 import torch
 
+from pipelines.envs.base import DEFAULT_MAX_TURNS
 from trainers.online.rl_objectives import (ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, STALENESS_CORRECTIONS, SURROGATES,
                                           PolicyLossConfig, policy_loss, staleness_weights, truncated_is_weights)
-
-
-MAX_TURNS = 4  # --max-turns' default, as `generate --env`'s
 
 
 @dataclass
@@ -125,7 +123,7 @@ class GRPOConfig:
     # multi-turn rollouts (docs/environments.md): the policy and an environment take turns; rewards score the final
     # turn, the loss covers the policy's tokens only (tool outputs never trained)
     env: str | None = None  # an environment: python, tools:FILE.py, module:Class or path/to/file.py:Class (None: single-turn)
-    max_turns: int = MAX_TURNS  # --env: most policy turns per trajectory (a trajectory still calling tools then: outcome 0)
+    max_turns: int = DEFAULT_MAX_TURNS  # --env: most policy turns per trajectory (a trajectory still calling tools then: outcome 0)
     env_options: list[str] = field(default_factory=list, metadata={
         "flag": "--env-option", "metavar": "KEY=VALUE",
         "help": "an option of the --env environment, VALUE as JSON or text (repeatable), e.g. timeout_s=10"})
@@ -176,7 +174,7 @@ class GRPOConfig:
 
         if self.env is None:
             reads = [r for r in self.rewards if r.split(":")[0] in TRAJECTORY_REWARDS]
-            if reads or self.env_options or self.max_turns != MAX_TURNS:
+            if reads or self.env_options or self.max_turns != DEFAULT_MAX_TURNS:
                 what = f"--reward {reads[0]} reads trajectories" if reads else "--max-turns / --env-option set one up"
                 raise UserError(f"{what}: give --env (e.g. --env python)")
             return
@@ -217,7 +215,7 @@ class GRPOConfig:
                 "generation_device"}
         # options added later are left out at their defaults, so a run made before them resumes
         later = {"chat_template": None, "prompt_column": "prompt", "gold_column": "answer", "warmup_ratio": 0.0,
-                 "env": None, "max_turns": MAX_TURNS, "env_options": []}
+                 "env": None, "max_turns": DEFAULT_MAX_TURNS, "env_options": []}
         out = {k: v for k, v in asdict(self).items()
                if k not in skip and k != "report_to" and not (k in later and v == later[k])}
         if self.env is not None:  # the file behind a tools: or plug-in environment is part of the run
@@ -377,36 +375,25 @@ class Group:
     version: int = 0  # the policy version that sampled it (updates applied to those weights)
 
 
-def sample_rows(engine, env, rows: list[dict], gen, ids: list[str], use_chat: bool, max_turns: int, tick=None):
-    """The policy's samples of `rows`: single-turn completions (`generate_rows`), or with an environment,
-    trajectories of up to `max_turns` policy turns (`rollout_rows`, pipelines/envs/rollout.py)."""
-    if env is None:
-        from pipelines.stages.generate import generate_rows
-
-        return generate_rows(engine, rows, gen, ids, use_chat, tick)
-    from pipelines.envs.rollout import rollout_rows
-
-    return rollout_rows(engine, env, rows, gen, ids, use_chat, max_turns, tick)
-
-
 class Evaluator:
     """Greedy completions of held-out prompts by a policy, labeled by the run's rewards, and their accuracy
     (the outcome reward >= 1). The GRPO loop's held-out evaluation; bench/learning.py evaluates TRL's policy
     with the same object, so both sides are measured alike. Split over ranks under torchrun, gathered back."""
 
     def __init__(self, engine, gen_cfg, use_chat: bool, fns, names: list[str], weights, outcome: str,
-                 batch_size: int = 64, max_new_tokens: int = 256, d=None, env=None, max_turns: int = MAX_TURNS):
+                 batch_size: int = 64, max_new_tokens: int = 256, d=None, env=None):
         from trainers.core.distributed import Dist
 
         self.engine, self.gen_cfg, self.use_chat = engine, gen_cfg, use_chat
         self.fns, self.names, self.weights, self.outcome = fns, names, weights, outcome
         self.batch_size, self.max_new_tokens, self.d = batch_size, max_new_tokens, d or Dist()
-        self.env, self.max_turns = env, max_turns  # with an environment, greedy trajectories
+        self.env = env  # with an environment (gen_cfg.env, .max_turns), greedy trajectories
 
     def rows(self, rows: list[dict], prefix: str = "eval") -> list[dict]:
         from tqdm.auto import tqdm
 
         from pipelines.engines.base import SamplingConfig
+        from pipelines.stages.generate import sample_rows
         from pipelines.stages.label import label_rows
         from trainers.core.distributed import gather_objects
 
@@ -419,7 +406,7 @@ class Evaluator:
         bar = tqdm(total=len(mine), desc=f"eval {prefix}", unit="prompt", disable=not self.d.main, dynamic_ncols=True)
         try:
             out, _ = sample_rows(self.engine, self.env, [rows[i] for i in mine], gen, [ids[i] for i in mine],
-                                 self.use_chat, self.max_turns, bar.update)
+                                 self.use_chat, bar.update)
         finally:
             bar.close()
             self.engine.options.prompt_batch_size = width
@@ -512,7 +499,7 @@ class GRPORun:
         self.env = self._load_env()
         self.evaluator = Evaluator(self.engine, self.gen_cfg, self.use_chat, self.fns, self.names, self.weights,
                                    self.outcome, cfg.eval_batch_size, cfg.eval_max_new_tokens or cfg.max_new_tokens,
-                                   self.d, self.env, cfg.max_turns)
+                                   self.d, self.env)
         # the reference: with LoRA the base model itself, adapters off (no second copy); else a frozen copy
         self.ref = None
         if self.uses_reference() and not cfg.lora_r:
@@ -624,7 +611,8 @@ class GRPORun:
         cfg = self.cfg
         self.gen_cfg = GenerateConfig(model=cfg.model, sampling=SamplingConfig(), template=self.template,
                                       chat=cfg.chat, system=cfg.system, batch_size=cfg.prompts_per_step,
-                                      engine=cfg.engine)
+                                      engine=cfg.engine, env=cfg.env, max_turns=cfg.max_turns,
+                                      env_options=list(cfg.env_options))
         self.use_chat = cfg.chat == "always" or (cfg.chat == "auto" and bool(getattr(self.tokenizer, "chat_template", None)))
 
     def setup_sampling(self, engine, model=None) -> None:
@@ -691,6 +679,7 @@ class GRPORun:
     # ---------------------------------------------------------------------------------------- sampling
     def _rollouts(self, indices: list[int], step: int, round_: int) -> list[Group]:
         from pipelines.engines.base import SamplingConfig
+        from pipelines.stages.generate import sample_rows
         from pipelines.stages.label import label_rows
 
         cfg = self.cfg
@@ -702,14 +691,14 @@ class GRPORun:
         t0 = time.time()
         # sampling runs on the weights as they are (fp32): the hf engine's static cache has the weights' dtype
         # with --env: trajectories, scored on their final turn (docs/rewards.md for faults)
-        out, stats = sample_rows(self.engine, self.env, rows, gen, ids, self.use_chat, cfg.max_turns)
+        out, stats = sample_rows(self.engine, self.env, rows, gen, ids, self.use_chat)
         self.timing["generation"] += time.time() - t0
         self.tokens += stats["tokens"]
         greedy: list[dict] = []
         if cfg.advantage == "remax":  # ReMax's baseline: one greedy completion per prompt, same length budget
             t0 = time.time()
             greedy, _ = sample_rows(self.engine, self.env, rows, dataclasses.replace(self.gen_cfg, sampling=SamplingConfig(
-                n=1, temperature=0.0, max_new_tokens=cfg.max_new_tokens, seed=0)), ids, self.use_chat, cfg.max_turns)
+                n=1, temperature=0.0, max_new_tokens=cfg.max_new_tokens, seed=0)), ids, self.use_chat)
             self.timing["greedy"] = self.timing.get("greedy", 0.0) + time.time() - t0
             for r in greedy:  # its own id in the step's rollouts, apart from the G samples 0..G-1
                 r.update(id=f"{r['prompt_id']}-greedy", sample_idx=-1)
@@ -1258,17 +1247,15 @@ def build_parser(prog: str = "prefsmith train grpo", config: type = None) -> arg
 
 
 def main(argv: list[str], algo: str = "grpo") -> int:
+    from pipelines.core.options import from_args
     from pipelines.engines.models import resolve_model
     from pipelines.errors import UserError
 
-    parsed = vars(build_parser(f"prefsmith train {algo}").parse_args(argv))
-    # the config's fields (the hub flags are the parser's too: trainers/cli.py takes them off the command line)
-    args = {f.name: parsed[f.name] for f in dataclasses.fields(GRPOConfig) if f.init}
-    if algo == "rloo":
-        args["advantage"] = "rloo"
+    args = build_parser(f"prefsmith train {algo}").parse_args(argv)
     try:
-        args["model"] = resolve_model(args["model"])
-        summary = train_grpo(GRPOConfig(**args))
+        # the config's fields (the hub flags are the parser's too: trainers/cli.py takes them off the command line)
+        summary = train_grpo(from_args(GRPOConfig, args, model=resolve_model(args.model),
+                                       advantage="rloo" if algo == "rloo" else args.advantage))
     except UserError as e:
         print(f"prefsmith train {algo}: error: {e}", file=sys.stderr)
         return 2

@@ -24,7 +24,6 @@ Formulas: docs/online_rl.md#ppo.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from dataclasses import dataclass
@@ -238,15 +237,14 @@ def build_parser(prog: str = "prefsmith train ppo") -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
+    from pipelines.core.options import from_args
     from pipelines.engines.models import resolve_model
     from pipelines.errors import UserError
     from trainers.online.grpo import train_grpo
 
-    parsed = vars(build_parser().parse_args(argv))
-    args = {f.name: parsed[f.name] for f in dataclasses.fields(PPOConfig) if f.init}  # not the hub flags
-    try:
-        args["model"] = resolve_model(args["model"])
-        summary = train_grpo(PPOConfig(**args), run_class=PPORun)
+    args = build_parser().parse_args(argv)
+    try:  # the config's fields, not the hub flags
+        summary = train_grpo(from_args(PPOConfig, args, model=resolve_model(args.model)), run_class=PPORun)
     except UserError as e:
         print(f"prefsmith train ppo: error: {e}", file=sys.stderr)
         return 2
